@@ -1,0 +1,52 @@
+# One entry point for every task. `make test` is what CI runs (via .ci/run).
+PYTHON ?= python3
+VENV ?= .venv
+# The torch to install into the venv. On a machine whose python already has a CUDA
+# torch, use it instead:  make install VENV_FLAGS=--system-site-packages TORCH=none
+TORCH ?= torch==2.13.0
+VENV_FLAGS ?=
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip -q --disable-pip-version-check
+STAMP := $(VENV)/.recis-installed
+BUILT := build/.recis-built
+CSRC := $(shell find csrc -type f) setup.py
+TORCHRUN := $(VENV)/bin/torchrun
+export MAX_JOBS ?= 2
+
+.PHONY: install build test lint format bench clean
+
+install: $(STAMP) $(BUILT)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV_FLAGS) $(VENV)
+	$(if $(filter-out none,$(TORCH)),$(PIP) install "$(TORCH)")
+	$(PIP) install ninja setuptools wheel
+	# torchrec's own requirements would pull a CUDA torch: install it alone.
+	$(PIP) install --no-deps torchrec==1.8.0
+	$(PIP) install --no-build-isolation --no-deps -e .
+	$(PIP) install -e ".[test,peers]" --no-build-isolation
+	touch $(STAMP)
+
+# Incremental rebuild of the extension whenever a csrc file changes.
+$(BUILT): $(STAMP) $(CSRC)
+	$(PY) setup.py -q build_ext --inplace
+	mkdir -p build && touch $(BUILT)
+
+build: $(BUILT)
+
+test: install
+	$(PY) -m pytest -q tests
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: install
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+bench: install
+	$(PY) benchmarks/run_all.py
+
+clean:
+	rm -rf build recis/_C*.so *.egg-info $(VENV)

@@ -1,0 +1,33 @@
+#pragma once
+#include <ATen/ATen.h>
+#include <c10/util/Exception.h>
+
+namespace recis {
+
+enum class Pooling : int64_t { kSum = 0, kMean = 1 };
+
+inline Pooling to_pooling(int64_t pooling) {
+  TORCH_CHECK(pooling == 0 || pooling == 1, "recis: pooling must be 0 (sum) or 1 (mean), got ",
+              pooling);
+  return static_cast<Pooling>(pooling);
+}
+
+// Shape and dtype checks shared by every bag-shaped kernel (CPU and CUDA bindings).
+inline void check_bags(const at::Tensor& weight, const at::Tensor& ids, const at::Tensor& offsets,
+                       const std::optional<at::Tensor>& per_sample_weights) {
+  TORCH_CHECK(weight.dim() == 2, "recis: weight must be 2-D [rows, dim], got ", weight.sizes());
+  TORCH_CHECK(ids.dim() == 1 && offsets.dim() == 1, "recis: ids and offsets must be 1-D");
+  TORCH_CHECK(ids.scalar_type() == at::kLong || ids.scalar_type() == at::kInt,
+              "recis: ids must be int32 or int64, got ", ids.scalar_type());
+  TORCH_CHECK(offsets.scalar_type() == ids.scalar_type(),
+              "recis: offsets must have the dtype of ids");
+  TORCH_CHECK(offsets.numel() >= 1, "recis: offsets needs num_bags + 1 entries");
+  if (per_sample_weights.has_value()) {
+    TORCH_CHECK(per_sample_weights->dim() == 1 && per_sample_weights->numel() == ids.numel(),
+                "recis: per_sample_weights must be 1-D with one weight per id");
+    TORCH_CHECK(per_sample_weights->is_floating_point(),
+                "recis: per_sample_weights must be floating point");
+  }
+}
+
+}  // namespace recis

@@ -1,0 +1,41 @@
+// CUDA pooled lookup: one block per bag (grid-stride), threads across the embedding
+// dimension so that each row read is coalesced.
+#include "cuda/kernels.h"
+
+namespace recis::cuda {
+namespace {
+
+__global__ void pooled_lookup_kernel(const float* __restrict__ weight, int64_t rows, int64_t dim,
+                                     const int64_t* __restrict__ ids,
+                                     const int64_t* __restrict__ offsets,
+                                     const float* __restrict__ psw, int64_t num_bags, bool mean,
+                                     float* __restrict__ out) {
+  for (int64_t b = blockIdx.x; b < num_bags; b += gridDim.x) {
+    const int64_t start = offsets[b], stop = offsets[b + 1];
+    const float scale = (mean && stop > start) ? 1.0f / static_cast<float>(stop - start) : 1.0f;
+    for (int64_t d = threadIdx.x; d < dim; d += blockDim.x) {
+      float acc = 0.0f;
+      for (int64_t j = start; j < stop; ++j) {
+        const int64_t id = ids[j];
+        if (id < 0 || id >= rows) continue;
+        acc += (psw ? psw[j] : 1.0f) * __ldg(weight + id * dim + d);
+      }
+      out[b * dim + d] = acc * scale;
+    }
+  }
+}
+
+}  // namespace
+
+void pooled_lookup_f32(const float* weight, int64_t rows, int64_t dim, const int64_t* ids,
+                       const int64_t* offsets, const float* per_sample_weights, int64_t num_bags,
+                       bool mean, float* out, cudaStream_t stream) {
+  if (num_bags == 0 || dim == 0) return;
+  const int threads = dim >= 128 ? 128 : (dim >= 64 ? 64 : 32);
+  const int64_t max_blocks = 65535;
+  const int blocks = static_cast<int>(num_bags < max_blocks ? num_bags : max_blocks);
+  pooled_lookup_kernel<<<blocks, threads, 0, stream>>>(weight, rows, dim, ids, offsets,
+                                                       per_sample_weights, num_bags, mean, out);
+}
+
+}  // namespace recis::cuda

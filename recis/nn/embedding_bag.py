@@ -1,0 +1,125 @@
+"""EmbeddingBagCollection: pooled lookups of several tables on one device."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from recis.nn.config import EmbeddingBagConfig
+from recis.nn.lookup import table_lookup
+from recis.nn.table import EmbeddingTable
+from recis.sparse import KeyedJaggedTensor, KeyedTensor
+from recis.sparse._validate import offsets_from_lengths
+
+
+def check_ids_in_range(
+    ids: Tensor, lengths_per_feature: Sequence[int], features: Sequence[str], table: str, rows: int
+) -> None:
+    """Raises ValueError naming the feature when an id is outside ``[0, rows)``."""
+    if ids.numel() == 0:
+        return
+    low, high = torch.aminmax(ids)
+    if int(low) >= 0 and int(high) < rows:
+        return
+    start = 0
+    for feature, n in zip(features, lengths_per_feature, strict=True):
+        part = ids[start : start + n]
+        bad = (part < 0) | (part >= rows)
+        if bool(bad.any()):
+            value = int(part[bad][0])
+            raise ValueError(
+                f"feature {feature!r} (table {table!r}) has id {value} outside [0, {rows})"
+            )
+        start += n
+
+
+def table_inputs(
+    kjt: KeyedJaggedTensor, features: Sequence[str], table: str
+) -> tuple[Tensor, Tensor, Tensor | None, list[int]]:
+    """Ids, lengths, weights of ``features`` (concatenated in that order) from ``kjt``."""
+    present = set(kjt.keys())
+    missing = [f for f in features if f not in present]
+    if missing:
+        raise ValueError(
+            f"table {table!r}: feature(s) {missing} are missing from the batch "
+            f"(its keys: {kjt.keys()})"
+        )
+    parts = [kjt[f] for f in features]
+    if len(parts) == 1:
+        p = parts[0]
+        return p.values(), p.lengths(), p.weights_or_none(), [p.values().numel()]
+    weights = None
+    if kjt.weights_or_none() is not None:
+        weights = torch.cat([p.weights() for p in parts])
+    return (
+        torch.cat([p.values() for p in parts]),
+        torch.cat([p.lengths() for p in parts]),
+        weights,
+        [p.values().numel() for p in parts],
+    )
+
+
+class EmbeddingBagCollection(nn.Module):
+    """Pooled embeddings of several tables, unsharded.
+
+    The output is a :class:`KeyedTensor` ``[B, Σ dims]`` with one block per feature,
+    in table order then feature order. Weights are buffers, not parameters: hand
+    them to a sparse optimizer with :func:`recis.nn.filter_out_sparse_param`.
+
+    Example::
+
+        >>> ebc = EmbeddingBagCollection([
+        ...     EmbeddingBagConfig("t_user", 100, 8, ["user"]),
+        ...     EmbeddingBagConfig("t_item", 50, 4, ["item", "item_hist"], pooling="mean"),
+        ... ])
+        >>> kjt = KeyedJaggedTensor(["user", "item", "item_hist"],
+        ...                         torch.tensor([1, 2, 3, 4, 5, 6]),
+        ...                         torch.tensor([1, 1, 1, 1, 0, 2]))
+        >>> ebc(kjt).values().shape
+        torch.Size([2, 16])
+    """
+
+    def __init__(
+        self, tables: Sequence[EmbeddingBagConfig], device: torch.device | str | None = None
+    ) -> None:
+        super().__init__()
+        tables = list(tables)
+        names = [t.name for t in tables]
+        if len(set(names)) != len(names):
+            raise ValueError(f"table names must be unique, got {names}")
+        features = [f for t in tables for f in t.feature_names]
+        if len(set(features)) != len(features):
+            raise ValueError(f"a feature may feed only one table, got {features}")
+        device = torch.device(device or "cpu")
+        self._configs = tables
+        self.tables = nn.ModuleDict()
+        for cfg in tables:
+            weight = torch.empty(cfg.num_embeddings, cfg.embedding_dim, device=device)
+            if device.type != "meta":
+                cfg.initializer()(weight)
+            self.tables[cfg.name] = EmbeddingTable(cfg, weight)
+
+    def embedding_bag_configs(self) -> list[EmbeddingBagConfig]:
+        return list(self._configs)
+
+    def feature_names(self) -> list[str]:
+        return [f for cfg in self._configs for f in cfg.feature_names]
+
+    def forward(self, features: KeyedJaggedTensor) -> KeyedTensor:
+        batch = features.stride()
+        blocks: list[Tensor] = []
+        dims: list[int] = []
+        for cfg in self._configs:
+            table = self.tables[cfg.name]
+            ids, lengths, weights, per_feature = table_inputs(features, cfg.feature_names, cfg.name)
+            check_ids_in_range(ids, per_feature, cfg.feature_names, cfg.name, cfg.num_embeddings)
+            pooled = table_lookup(
+                table, ids, offsets_from_lengths(lengths), weights, cfg.pooling == "mean"
+            )
+            n = len(cfg.feature_names)
+            blocks.extend(pooled.view(n, batch, cfg.embedding_dim).unbind(0))
+            dims.extend([cfg.embedding_dim] * n)
+        values = torch.cat(blocks, dim=1) if blocks else torch.zeros(batch, 0)
+        return KeyedTensor(self.feature_names(), dims, values)

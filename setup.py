@@ -1,0 +1,54 @@
+"""Builds recis._C from csrc/ against the torch that is installed.
+
+CPU kernels are always built. CUDA kernels (csrc/cuda/*.cu and their ATen bindings)
+are added only when the installed torch has CUDA and nvcc is on PATH.
+"""
+
+import glob
+import os
+import shutil
+
+import torch
+from setuptools import setup
+from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def _sources(pattern: str) -> list[str]:
+    return sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, pattern)))
+
+
+def _extension():
+    sources = _sources("csrc/*.cpp") + _sources("csrc/cpu/*.cpp")
+    cxx_flags = ["-O3", "-std=c++20", "-fopenmp"]
+    if os.environ.get("RECIS_NATIVE", "0") == "1":
+        cxx_flags.append("-march=native")
+    with_cuda = torch.version.cuda is not None and shutil.which("nvcc") is not None
+    if os.environ.get("RECIS_NO_CUDA", "0") == "1":
+        with_cuda = False
+    if with_cuda:
+        sources += _sources("csrc/cuda/*.cu") + _sources("csrc/cuda/*.cpp")
+        return CUDAExtension(
+            "recis._C",
+            sources,
+            include_dirs=[os.path.join(ROOT, "csrc")],
+            define_macros=[("RECIS_WITH_CUDA", "1")],
+            extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "-std=c++17", "--use_fast_math"]},
+            extra_link_args=["-fopenmp"],
+        )
+    return CppExtension(
+        "recis._C",
+        sources,
+        include_dirs=[os.path.join(ROOT, "csrc")],
+        extra_compile_args={"cxx": cxx_flags},
+        extra_link_args=["-fopenmp"],
+    )
+
+
+setup(
+    ext_modules=[_extension()],
+    cmdclass={
+        "build_ext": BuildExtension.with_options(use_ninja=shutil.which("ninja") is not None)
+    },
+)

@@ -1,0 +1,93 @@
+import pytest
+import torch
+
+from recis import ops
+from recis.ops import reference
+
+
+def random_bags(num_bags, rows, max_len, empty_fraction=0.2, dtype=torch.long):
+    lengths = torch.randint(0, max_len + 1, (num_bags,))
+    lengths[torch.rand(num_bags) < empty_fraction] = 0
+    offsets = torch.zeros(num_bags + 1, dtype=dtype)
+    offsets[1:] = torch.cumsum(lengths, 0)
+    ids = torch.randint(0, rows, (int(lengths.sum()),), dtype=dtype)
+    return ids, offsets
+
+
+@pytest.mark.parametrize("dim", [1, 3, 8, 127, 129])
+@pytest.mark.parametrize("pooling", [ops.SUM, ops.MEAN])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_matches_reference_on_random_bags(dim, pooling, weighted):
+    weight = torch.randn(50, dim)
+    ids, offsets = random_bags(33, 50, 7)
+    psw = torch.rand(ids.numel()) if weighted else None
+    out = ops.pooled_lookup(weight, ids, offsets, psw, pooling)
+    torch.testing.assert_close(out, reference.pooled_lookup(weight, ids, offsets, psw, pooling))
+
+
+@pytest.mark.parametrize("dtype", [torch.int32, torch.int64])
+def test_duplicates_and_a_single_row_table(dtype):
+    weight = torch.randn(1, 5)
+    ids = torch.zeros(6, dtype=dtype)
+    offsets = torch.tensor([0, 6, 6], dtype=dtype)
+    out = ops.pooled_lookup(weight, ids, offsets, None, ops.MEAN)
+    torch.testing.assert_close(out[0], weight[0])
+    assert torch.equal(out[1], torch.zeros(5))
+
+
+def test_matches_torch_embedding_bag():
+    weight = torch.randn(100, 16)
+    ids, offsets = random_bags(64, 100, 10)
+    psw = torch.rand(ids.numel())
+    ours = ops.pooled_lookup(weight, ids, offsets, psw, ops.SUM)
+    theirs = torch.nn.functional.embedding_bag(
+        ids, weight, offsets[:-1], mode="sum", per_sample_weights=psw
+    )
+    torch.testing.assert_close(ours, theirs)
+
+
+def test_no_bags_and_no_ids():
+    weight = torch.randn(4, 3)
+    assert ops.pooled_lookup(
+        weight, torch.zeros(0, dtype=torch.long), torch.zeros(1, dtype=torch.long)
+    ).shape == (0, 3)
+    out = ops.pooled_lookup(
+        weight, torch.zeros(0, dtype=torch.long), torch.zeros(3, dtype=torch.long)
+    )
+    assert torch.equal(out, torch.zeros(2, 3))
+
+
+def test_bad_inputs_raise_instead_of_crashing():
+    weight = torch.randn(4, 3)
+    with pytest.raises(RuntimeError, match="outside \\[0, 4\\)"):
+        ops.pooled_lookup(weight, torch.tensor([4]), torch.tensor([0, 1]))
+    with pytest.raises(RuntimeError, match="outside"):
+        ops.pooled_lookup(weight, torch.tensor([-1]), torch.tensor([0, 1]))
+    with pytest.raises(RuntimeError, match=r"end at ids\.numel"):
+        ops.pooled_lookup(weight, torch.tensor([1, 2]), torch.tensor([0, 1]))
+    with pytest.raises(RuntimeError, match="decrease"):
+        ops.pooled_lookup(weight, torch.tensor([1, 2]), torch.tensor([0, 2, 1, 2]))
+    with pytest.raises(RuntimeError, match="dtype of ids"):
+        ops.pooled_lookup(weight, torch.tensor([1]), torch.tensor([0, 1], dtype=torch.int32))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_other_weight_dtypes(dtype):
+    weight = torch.randn(20, 9).to(dtype)
+    ids, offsets = random_bags(10, 20, 5)
+    out = ops.pooled_lookup(weight, ids, offsets)
+    assert out.dtype == dtype
+    torch.testing.assert_close(
+        out.double(), reference.pooled_lookup(weight.double(), ids, offsets), rtol=2e-2, atol=2e-2
+    )
+
+
+@pytest.mark.cuda
+def test_cuda_matches_cpu():
+    weight = torch.randn(100, 33)
+    ids, offsets = random_bags(40, 100, 6)
+    psw = torch.rand(ids.numel())
+    for pooling in (ops.SUM, ops.MEAN):
+        cpu = ops.pooled_lookup(weight, ids, offsets, psw, pooling)
+        gpu = ops.pooled_lookup(weight.cuda(), ids.cuda(), offsets.cuda(), psw.cuda(), pooling)
+        torch.testing.assert_close(gpu.cpu(), cpu)
