@@ -1,0 +1,43 @@
+"""Data input: Criteo text/CSV/Parquet readers, synthetic Criteo-shaped data, prefetch.
+
+Every dataset yields batches ``{"dense": [B, 13] float, "sparse": KeyedJaggedTensor
+(C1..C26), "label": [B] float}``, reads only this rank's part of the data, and has
+``state_dict()``/``load_state_dict()`` for exact resume.
+"""
+
+from recis.io.batch import dense_transform, make_batch, one_hot_kjt
+from recis.io.criteo import (
+    COLUMNS,
+    CRITEO_KAGGLE_CARDINALITIES,
+    DENSE_NAMES,
+    NUM_DENSE,
+    NUM_SPARSE,
+    SPARSE_NAMES,
+    RecordParser,
+    default_table_sizes,
+)
+from recis.io.dataset import CriteoDataset
+from recis.io.prefetch import Prefetcher, prefetch
+from recis.io.split import expand_paths, resolve_rank, split_files
+from recis.io.synthetic import SyntheticCriteoDataset
+
+__all__ = [
+    "COLUMNS",
+    "CRITEO_KAGGLE_CARDINALITIES",
+    "DENSE_NAMES",
+    "NUM_DENSE",
+    "NUM_SPARSE",
+    "SPARSE_NAMES",
+    "CriteoDataset",
+    "Prefetcher",
+    "RecordParser",
+    "SyntheticCriteoDataset",
+    "default_table_sizes",
+    "dense_transform",
+    "expand_paths",
+    "make_batch",
+    "one_hot_kjt",
+    "prefetch",
+    "resolve_rank",
+    "split_files",
+]

@@ -1,0 +1,124 @@
+"""Record readers of one file each, resumable from a saved position.
+
+A reader yields ``(location, fields, position)`` per data record: ``location`` names
+the record for error messages (``"file:line"`` or ``"file: row n"``), ``fields`` are
+the raw values in :data:`recis.io.criteo.COLUMNS` order, ``position`` is a small
+dict of ints from which :func:`open_reader` resumes right after that record.
+"""
+
+from __future__ import annotations
+
+import gzip
+from collections.abc import Iterator
+from typing import IO
+
+from recis.io.criteo import COLUMNS
+
+Record = tuple[str, list[object], dict[str, int]]
+
+FORMATS = ("auto", "tsv", "csv", "parquet")
+
+
+def detect_format(path: str) -> str:
+    """``"parquet"`` (by extension or magic bytes), ``"csv"`` or ``"tsv"`` (by the first line)."""
+    lower = path.lower()
+    if lower.endswith((".parquet", ".pq")):
+        return "parquet"
+    with _open_binary(path) as f:
+        head = f.read(4)
+        if head == b"PAR1":
+            return "parquet"
+        first = head + f.readline()
+    return "tsv" if b"\t" in first else "csv"
+
+
+def _open_binary(path: str) -> IO[bytes]:
+    if path.lower().endswith(".gz"):
+        return gzip.open(path, "rb")  # type: ignore[return-value]
+    return open(path, "rb")
+
+
+def _column_order(header: list[str], path: str) -> list[int]:
+    """Index of each of COLUMNS in a file's header (columns may come in any order)."""
+    names = [h.strip() for h in header]
+    missing = [c for c in COLUMNS if c not in names]
+    if missing:
+        raise ValueError(f"{path}:1: header lacks column(s) {missing} (header: {names})")
+    return [names.index(c) for c in COLUMNS]
+
+
+def read_text(
+    path: str, delimiter: str, position: dict[str, int] | None = None
+) -> Iterator[Record]:
+    """Records of a delimited text file, Criteo TSV (no header) or CSV (optional header).
+
+    A first line whose first field is ``label`` is a header: columns are then matched
+    by name. Empty lines are ignored. Position: ``{"offset": byte, "line": n}`` of the
+    next line to read.
+    """
+    with _open_binary(path) as f:
+        order: list[int] | None = None
+        first = f.readline()
+        line_no = 1
+        if first.decode("utf-8", "replace").split(delimiter)[0].strip() == "label":
+            order = _column_order(first.decode("utf-8").rstrip("\r\n").split(delimiter), path)
+            line_no = 2
+        else:
+            f.seek(0)
+        if position:
+            f.seek(position["offset"])
+            line_no = position["line"]
+        offset = f.tell()
+        while True:
+            line = f.readline()
+            if not line:
+                return
+            offset += len(line)
+            text = line.decode("utf-8", "replace").rstrip("\r\n")
+            here = line_no
+            line_no += 1
+            if not text.strip():
+                continue
+            fields: list[object] = text.split(delimiter)  # type: ignore[assignment]
+            if order is not None and len(fields) == len(order):
+                fields = [fields[i] for i in order]
+            yield f"{path}:{here}", fields, {"offset": offset, "line": line_no}
+
+
+def read_parquet(path: str, position: dict[str, int] | None = None) -> Iterator[Record]:
+    """Records of a Parquet file with the Criteo column names (any extra columns ignored).
+
+    Dense columns may be numeric or strings, categorical ones hex strings or
+    integers; nulls are missing values. Position: ``{"row": n}`` rows already read.
+    """
+    import pyarrow.parquet as pq
+
+    pf = pq.ParquetFile(path)
+    names = pf.schema_arrow.names
+    missing = [c for c in COLUMNS if c not in names]
+    if missing:
+        raise ValueError(f"{path}: Parquet file lacks column(s) {missing} (has {names})")
+    start = position["row"] if position else 0
+    first_row = 0
+    for g in range(pf.num_row_groups):
+        n = pf.metadata.row_group(g).num_rows
+        if first_row + n <= start:  # whole row group already read: skip without decoding
+            first_row += n
+            continue
+        table = pf.read_row_group(g, columns=COLUMNS)
+        columns = [table.column(c).to_pylist() for c in COLUMNS]
+        for i in range(max(0, start - first_row), n):
+            row = first_row + i
+            yield f"{path}: row {row + 1}", [col[i] for col in columns], {"row": row + 1}
+        first_row += n
+
+
+def open_reader(path: str, fmt: str, position: dict[str, int] | None = None) -> Iterator[Record]:
+    """The record reader of ``path`` in format ``fmt`` (see :data:`FORMATS`)."""
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r}; expected one of {FORMATS}")
+    if fmt == "auto":
+        fmt = detect_format(path)
+    if fmt == "parquet":
+        return read_parquet(path, position)
+    return read_text(path, "\t" if fmt == "tsv" else ",", position)

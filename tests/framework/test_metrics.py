@@ -1,0 +1,106 @@
+import math
+
+import pytest
+import torch
+import torch.distributed as dist
+
+from recis.framework.metrics import (
+    BinaryClassificationMetric,
+    Predictions,
+    add_metric,
+    binary_auc,
+    binary_logloss,
+    clear_metrics,
+    get_global_metrics,
+)
+from recis.testing import run_distributed
+
+
+def pairwise_auc(preds, labels):
+    """Independent AUC: fraction of (positive, negative) pairs ranked right, ties = 1/2."""
+    p = [float(x) for x in preds]
+    y = [int(x) for x in labels]
+    pos = [a for a, t in zip(p, y, strict=True) if t == 1]
+    neg = [a for a, t in zip(p, y, strict=True) if t == 0]
+    score = sum(1.0 if a > b else 0.5 if a == b else 0.0 for a in pos for b in neg)
+    return score / (len(pos) * len(neg))
+
+
+def direct_logloss(preds, labels):
+    total = 0.0
+    for p, y in zip(preds.tolist(), labels.tolist(), strict=True):
+        p = min(max(p, 1e-12), 1 - 1e-12)
+        total -= y * math.log(p) + (1 - y) * math.log(1 - p)
+    return total / len(preds)
+
+
+def random_data(n, seed, levels=None):
+    g = torch.Generator().manual_seed(seed)
+    preds = torch.rand(n, generator=g)
+    if levels:  # quantise to create many ties
+        preds = torch.round(preds * levels) / levels
+    labels = (torch.rand(n, generator=g) < 0.3 + 0.4 * preds).float()
+    return preds, labels
+
+
+@pytest.mark.parametrize("levels", [None, 5, 1])
+def test_auc_and_logloss_match_direct_computation(levels):
+    preds, labels = random_data(300, 1, levels)
+    assert binary_auc(preds, labels) == pytest.approx(pairwise_auc(preds, labels), abs=1e-12)
+    assert binary_logloss(preds, labels) == pytest.approx(direct_logloss(preds, labels), rel=1e-9)
+    m = BinaryClassificationMetric()
+    for chunk in range(3):
+        m.update(preds[chunk * 100 : (chunk + 1) * 100], labels[chunk * 100 : (chunk + 1) * 100])
+    out = m.compute()
+    assert out["count"] == 300
+    assert out["auc"] == pytest.approx(pairwise_auc(preds, labels), abs=1e-12)
+    m.reset()
+    assert m.compute()["count"] == 0
+
+
+def test_auc_edge_cases():
+    assert binary_auc(torch.tensor([0.1, 0.9]), torch.tensor([0, 1])) == 1.0
+    assert binary_auc(torch.tensor([0.9, 0.1]), torch.tensor([0, 1])) == 0.0
+    assert binary_auc(torch.tensor([0.5, 0.5]), torch.tensor([0, 1])) == 0.5
+    assert math.isnan(binary_auc(torch.tensor([0.1, 0.9]), torch.tensor([1, 1])))
+    with pytest.raises(ValueError, match="probabilities"):
+        BinaryClassificationMetric().update(torch.tensor([1.5]), torch.tensor([1]))
+    with pytest.raises(ValueError, match="labels"):
+        BinaryClassificationMetric().update(torch.tensor([0.5]), torch.tensor([2]))
+
+
+def test_add_metric_replaces_scalars_and_concatenates_predictions():
+    clear_metrics()
+    add_metric("loss", torch.tensor(1.0))
+    add_metric("loss", 2.0)
+    add_metric("auc", Predictions(torch.tensor([0.1, 0.2]), torch.tensor([0.0, 1.0])))
+    add_metric("auc", Predictions(torch.tensor([[0.3]]), torch.tensor([1.0])))
+    got = get_global_metrics()
+    assert got["loss"] == 2.0
+    assert isinstance(got["auc"], Predictions)
+    assert torch.equal(got["auc"].preds, torch.tensor([0.1, 0.2, 0.3]))
+    assert torch.equal(got["auc"].labels, torch.tensor([0.0, 1.0, 1.0]))
+    with pytest.raises(ValueError, match="labels"):
+        add_metric("auc", Predictions(torch.tensor([0.1, 0.2]), torch.tensor([1.0])))
+    clear_metrics()
+    assert get_global_metrics() == {}
+
+
+def _distributed_metric():
+    rank = dist.get_rank()
+    # Uneven sizes per rank, with ties spanning ranks.
+    preds, labels = random_data(150 + 37 * rank, 10 + rank, levels=7)
+    m = BinaryClassificationMetric()
+    m.update(preds, labels)
+    # Plain lists: tensors sent back from a rank that has exited cannot be rebuilt.
+    return m.compute(), preds.tolist(), labels.tolist()
+
+
+def test_metric_across_two_ranks_equals_gathered_computation():
+    results = run_distributed(_distributed_metric, 2)
+    preds = torch.tensor([p for r in results for p in r[1]])
+    labels = torch.tensor([y for r in results for y in r[2]])
+    for out, _, _ in results:
+        assert out["count"] == preds.numel()
+        assert out["auc"] == pytest.approx(pairwise_auc(preds, labels), abs=1e-12)
+        assert out["logloss"] == pytest.approx(direct_logloss(preds, labels), rel=1e-9)

@@ -1,0 +1,274 @@
+import csv
+import gzip
+import math
+import random
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+
+from recis.io import COLUMNS, SPARSE_NAMES, CriteoDataset
+from recis.testing import run_distributed
+
+SAMPLE = Path(__file__).resolve().parents[3] / "shared" / "data" / "criteo_sample.txt"
+if not SAMPLE.exists():  # worktrees live beside /work/shared
+    SAMPLE = Path("/work/shared/data/criteo_sample.txt")
+
+SIZES = [1000 + 37 * i for i in range(26)]
+
+
+# -- an independent, straightforward parse ------------------------------------------
+def expected_rows(rows, sizes=SIZES, missing_id=None):
+    """[(label, [13 dense], [26 id lists])] computed field by field."""
+    out = []
+    for r in rows:
+        label = float(r[0])
+        dense = [math.log(1 + max(float(x), 0)) if x != "" else 0.0 for x in r[1:14]]
+        ids = []
+        for x, size in zip(r[14:], sizes, strict=True):
+            if x == "":
+                ids.append([] if missing_id is None else [missing_id])
+            else:
+                ids.append([int(x, 16) % size])
+        out.append((label, dense, ids))
+    return out
+
+
+def batches_to_rows(batches):
+    """The same [(label, dense, ids)] rebuilt from batches."""
+    out = []
+    for b in batches:
+        kjt = b["sparse"]
+        assert kjt.keys() == SPARSE_NAMES
+        per_feature = []
+        for f in SPARSE_NAMES:
+            jt = kjt[f]
+            off = jt.offsets().tolist()
+            vals = jt.values().tolist()
+            per_feature.append([vals[off[i] : off[i + 1]] for i in range(kjt.stride())])
+        for i in range(kjt.stride()):
+            out.append(
+                (
+                    float(b["label"][i]),
+                    b["dense"][i].tolist(),
+                    [per_feature[f][i] for f in range(26)],
+                )
+            )
+    return out
+
+
+def assert_rows_equal(got, want):
+    assert len(got) == len(want)
+    for (gl, gd, gi), (wl, wd, wi) in zip(got, want, strict=True):
+        assert gl == wl
+        assert gd == pytest.approx(wd, rel=1e-6, abs=1e-6)
+        assert gi == wi
+
+
+def sample_rows():
+    with open(SAMPLE, newline="") as f:
+        reader = csv.reader(f)
+        assert next(reader) == COLUMNS
+        return list(reader)
+
+
+def random_rows(n, seed, first_c1=0):
+    """Criteo-like raw rows; C1 is the row's index in hex so each row is identifiable."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        label = str(rng.randint(0, 1))
+        dense = ["" if rng.random() < 0.2 else str(rng.randint(-3, 5000)) for _ in range(13)]
+        cats = [f"{first_c1 + i:08x}"] + [
+            "" if rng.random() < 0.15 else f"{rng.getrandbits(32):08x}" for _ in range(25)
+        ]
+        rows.append([label, *dense, *cats])
+    return rows
+
+
+def write_tsv(path, rows, compress=False):
+    text = "".join("\t".join(r) + "\n" for r in rows)
+    if compress:
+        with gzip.open(path, "wt") as f:
+            f.write(text)
+    else:
+        Path(path).write_text(text)
+
+
+def write_parquet(path, rows, row_group_size=7):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    cols = {"label": pa.array([int(r[0]) for r in rows], pa.int64())}
+    for j, name in enumerate(COLUMNS[1:14], start=1):
+        cols[name] = pa.array([None if r[j] == "" else float(r[j]) for r in rows], pa.float64())
+    for j, name in enumerate(COLUMNS[14:], start=14):
+        cols[name] = pa.array([None if r[j] == "" else r[j] for r in rows], pa.string())
+    pq.write_table(pa.table(cols), path, row_group_size=row_group_size)
+
+
+# -- tests ----------------------------------------------------------------------------
+def test_sample_matches_independent_parse():
+    rows = sample_rows()
+    assert len(rows) == 200
+    # The sample exercises what the parser must handle.
+    assert any(x == "" for r in rows for x in r[1:14])
+    assert any(x.startswith("-") for r in rows for x in r[1:14])
+    assert any(x == "" for r in rows for x in r[14:])
+    ds = CriteoDataset(SAMPLE, batch_size=64, table_sizes=SIZES)
+    batches = list(ds)
+    assert [b["label"].shape[0] for b in batches] == [64, 64, 64, 8]
+    assert all(b["dense"].shape == (b["label"].shape[0], 13) for b in batches)
+    assert all(b["dense"].dtype == torch.float32 for b in batches)
+    assert_rows_equal(batches_to_rows(batches), expected_rows(rows))
+
+
+def test_sample_missing_id_and_drop_last():
+    rows = sample_rows()
+    ds = CriteoDataset(SAMPLE, 64, SIZES, missing_id=0, drop_last=True, prefetch=0)
+    batches = list(ds)
+    assert len(batches) == 3
+    assert all(bool((b["sparse"].lengths() == 1).all()) for b in batches)
+    assert_rows_equal(batches_to_rows(batches), expected_rows(rows[:192], missing_id=0))
+    with pytest.raises(ValueError, match="missing_id"):
+        CriteoDataset(SAMPLE, 64, 10, missing_id=10)
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_tsv_without_header(tmp_path, compress):
+    rows = random_rows(50, seed=1)
+    path = tmp_path / ("day.tsv.gz" if compress else "day_0")
+    write_tsv(path, rows, compress)
+    batches = list(CriteoDataset(path, 16, SIZES))
+    assert [b["label"].numel() for b in batches] == [16, 16, 16, 2]
+    assert_rows_equal(batches_to_rows(batches), expected_rows(rows))
+
+
+def test_parquet(tmp_path):
+    rows = random_rows(40, seed=2)
+    write_parquet(tmp_path / "part.parquet", rows)
+    batches = list(CriteoDataset(tmp_path / "part.parquet", 9, SIZES))
+    assert_rows_equal(batches_to_rows(batches), expected_rows(rows))
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"label": [1]}), tmp_path / "bad.parquet")
+    with pytest.raises(ValueError, match=r"bad\.parquet.*lacks column"):
+        list(CriteoDataset(tmp_path / "bad.parquet", 9, SIZES))
+
+
+def batch_equal(a, b):
+    return (
+        torch.equal(a["dense"], b["dense"])
+        and torch.equal(a["label"], b["label"])
+        and torch.equal(a["sparse"].values(), b["sparse"].values())
+        and torch.equal(a["sparse"].lengths(), b["sparse"].lengths())
+    )
+
+
+@pytest.mark.parametrize("fmt", ["csv", "tsv+parquet"])
+def test_exact_resume_mid_file(tmp_path, fmt):
+    if fmt == "csv":
+        paths = [SAMPLE]
+    else:  # several files of two formats: resume inside the second one and across files
+        rows = random_rows(60, seed=3)
+        write_tsv(tmp_path / "a.tsv", rows[:25])
+        write_parquet(tmp_path / "b.parquet", rows[25:])
+        paths = [tmp_path / "a.tsv", tmp_path / "b.parquet"]
+    full = list(CriteoDataset(paths, 7, SIZES, prefetch=0))
+    for stop in (1, 4, 5, len(full) - 1):
+        ds = CriteoDataset(paths, 7, SIZES, prefetch=3)
+        it = iter(ds)
+        for _ in range(stop):
+            next(it)  # the prefetch thread has read further ahead than this
+        state = ds.state_dict()
+        ds.close()
+        resumed = CriteoDataset(paths, 7, SIZES, prefetch=3)
+        resumed.load_state_dict(state)
+        rest = list(resumed)
+        assert len(rest) == len(full) - stop
+        assert all(batch_equal(a, b) for a, b in zip(rest, full[stop:], strict=True))
+        # The next epoch starts from the beginning again.
+        assert resumed.epoch == 1
+        assert batch_equal(next(iter(resumed)), full[0])
+        resumed.close()
+
+
+def test_state_rejects_other_layout():
+    state = CriteoDataset(SAMPLE, 8, SIZES, rank=0, world_size=2).state_dict()
+    with pytest.raises(ValueError, match="world_size"):
+        CriteoDataset(SAMPLE, 8, SIZES, rank=0, world_size=3).load_state_dict(state)
+
+
+def test_malformed_lines(tmp_path):
+    rows = random_rows(10, seed=4)
+    lines = ["\t".join(r) for r in rows]
+    lines[3] = "\t".join(rows[3][:20])  # too few fields: line 4
+    lines[6] = lines[6].replace(rows[6][14], "zzzz", 1)  # not hex: line 7
+    lines[8] = "2" + lines[8][1:]  # bad label: line 9
+    path = tmp_path / "bad.tsv"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValueError, match=r"bad\.tsv:4: .*expected 40 fields, got 20"):
+        list(CriteoDataset(path, 4, SIZES))
+    path.write_text("\n".join(lines[:3] + lines[4:]) + "\n")
+    with pytest.raises(ValueError, match=r"bad\.tsv:6: .*'C1'.*hex"):
+        list(CriteoDataset(path, 4, SIZES, prefetch=2))
+    ds = CriteoDataset(tmp_path / "bad.tsv", 4, SIZES, skip_malformed=True)
+    path.write_text("\n".join(lines) + "\n")
+    got = batches_to_rows(list(ds))
+    assert ds.num_malformed == 3
+    good = [r for i, r in enumerate(rows) if i not in (3, 6, 8)]
+    assert_rows_equal(got, expected_rows(good))
+
+
+def test_prefetch_thread_stops_when_iteration_is_abandoned():
+    def threads():
+        return {t for t in threading.enumerate() if t.name == "recis-prefetch"}
+
+    before = threads()
+    ds = CriteoDataset(SAMPLE, 4, SIZES, prefetch=2)
+    it = iter(ds)
+    next(it)
+    (mine,) = threads() - before
+    ds.close()
+    assert not mine.is_alive()
+    before = threads()
+    it = iter(ds)
+    next(it)
+    (mine,) = threads() - before
+    it.close()
+    assert not mine.is_alive()
+
+
+# -- multi-rank -------------------------------------------------------------------------
+def _rank_rows(paths):
+    ds = CriteoDataset(paths, 5, SIZES)
+    assert (ds.rank, ds.world_size) == (dist.get_rank(), dist.get_world_size())
+    # C1 carries the row's global index (its table is larger than the row count).
+    return [int(b["sparse"]["C1"].values()[i]) for b in ds for i in range(b["label"].numel())]
+
+
+def _check_split(results, n):
+    every = sorted(i for r in results for i in r)
+    assert every == list(range(n))  # every row exactly once
+    assert all(len(r) > 0 for r in results)
+
+
+def _rank_rows_both(one_file, files):
+    return _rank_rows(one_file), _rank_rows(files)
+
+
+@pytest.mark.parametrize("world_size", [2, 3])
+def test_ranks_read_every_row_exactly_once(tmp_path, world_size):
+    rows = random_rows(47, seed=5)
+    write_tsv(tmp_path / "one.tsv", rows)  # one file: split by row
+    start, files = 0, []
+    for k, n in enumerate([9, 14, 3, 11]):  # four files: split by file
+        write_tsv(tmp_path / f"part{k}.tsv", random_rows(n, seed=k, first_c1=start))
+        files.append(str(tmp_path / f"part{k}.tsv"))
+        start += n
+    results = run_distributed(_rank_rows_both, world_size, str(tmp_path / "one.tsv"), files)
+    _check_split([r[0] for r in results], 47)
+    _check_split([r[1] for r in results], start)
