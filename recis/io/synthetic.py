@@ -102,9 +102,9 @@ class SyntheticCriteoDataset:
         # The hidden model: the same on every rank (depends on the seed only).
         g = torch.Generator().manual_seed(_seed(seed, 0x5EED))
         self._dense_mu = torch.rand(NUM_DENSE, generator=g, dtype=torch.float64) * 4
-        self._dense_w = torch.randn(NUM_DENSE, generator=g, dtype=torch.float64) * 0.6
+        self._dense_w = torch.randn(NUM_DENSE, generator=g, dtype=torch.float64) * 0.3
         self._effects = torch.randn(NUM_SPARSE, _HIDDEN_IDS, generator=g, dtype=torch.float64)
-        self._feature_w = torch.rand(NUM_SPARSE, generator=g, dtype=torch.float64) * 0.6
+        self._feature_w = torch.rand(NUM_SPARSE, generator=g, dtype=torch.float64) * 0.4
         self.signal_scale = signal_scale
         self._bias = -1.0  # about 25-30% positives, close to Criteo's CTR
         self._state = {"epoch": 0, "batch": 0}
@@ -129,9 +129,10 @@ class SyntheticCriteoDataset:
             else:
                 n = torch.randint(1, self.max_ids_per_feature + 1, (b,), generator=g)
             ranks = zipf_ranks(size, self.zipf_alpha, int(n.sum()), g)
-            effect = self._effects[f, ranks % _HIDDEN_IDS]
-            bag = torch.repeat_interleave(torch.arange(b), n)
-            pooled = torch.zeros(b, dtype=torch.float64).index_add_(0, bag, effect) / n
+            pooled = self._effects[f, ranks % _HIDDEN_IDS]
+            if self.max_ids_per_feature > 1:  # mean effect of each bag's ids
+                bag = torch.repeat_interleave(torch.arange(b), n)
+                pooled = torch.zeros(b, dtype=torch.float64).index_add_(0, bag, pooled) / n
             logit = logit + self._feature_w[f] * pooled
             values.append(ranks * self._multipliers[f] % size)
             lengths.append(n)
