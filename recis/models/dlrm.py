@@ -1,0 +1,66 @@
+"""DLRM (Naumov et al., 2019): bottom MLP, embeddings, pairwise dot interaction, top MLP."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from recis.models.common import DEFAULT_NUM_DENSE, build_ebc, check_dense, ctr_loss, mlp
+from recis.nn import EmbeddingBagConfig
+
+
+class DLRM(nn.Module):
+    """DLRM: ``top_mlp([bottom, dot products of every pair of (bottom, embeddings)])``.
+
+    The bottom MLP maps the dense features to the embedding dimension (its last width
+    must equal it; every table must share that dimension). ``model(batch)`` returns
+    the mean BCE loss and reports ``loss`` and ``auc``. Embeddings live in
+    ``self.sparse_arch`` (an :class:`EmbeddingBagCollection`; built on
+    ``embedding_device="meta"`` they take no memory until sharded).
+
+    Example::
+
+        >>> model = DLRM(table_sizes=1000, embedding_dim=16, bottom_mlp=(64, 16))
+        >>> loss = model(batch)
+    """
+
+    def __init__(
+        self,
+        num_dense: int = DEFAULT_NUM_DENSE,
+        tables: Sequence[EmbeddingBagConfig] | None = None,
+        *,
+        table_sizes: int | Sequence[int] | None = None,
+        embedding_dim: int = 16,
+        bottom_mlp: Sequence[int] = (64, 16),
+        top_mlp: Sequence[int] = (64, 32),
+        embedding_device: torch.device | str | None = None,
+    ) -> None:
+        super().__init__()
+        self.num_dense = num_dense
+        self.sparse_arch = build_ebc(tables, table_sizes, embedding_dim, embedding_device)
+        dims = {c.embedding_dim for c in self.sparse_arch.embedding_bag_configs()}
+        if len(dims) != 1:
+            raise ValueError(f"DLRM needs one embedding dim for all tables, got {sorted(dims)}")
+        dim = dims.pop()
+        if not bottom_mlp or bottom_mlp[-1] != dim:
+            raise ValueError(f"bottom_mlp must end with the embedding dim {dim}, got {bottom_mlp}")
+        self.bottom = mlp(num_dense, bottom_mlp)
+        num_f = len(self.sparse_arch.feature_names()) + 1
+        # Strict upper triangle of the (features x features) dot-product matrix.
+        rows, cols = torch.triu_indices(num_f, num_f, offset=1)
+        self.register_buffer("_rows", rows, persistent=False)
+        self.register_buffer("_cols", cols, persistent=False)
+        self.top = mlp(dim + rows.numel(), [*top_mlp, 1], last_activation=False)
+
+    def logits(self, batch: dict) -> Tensor:
+        dense = self.bottom(check_dense(batch, self.num_dense))
+        pooled = self.sparse_arch(batch["sparse"]).values()
+        b, d = dense.shape
+        x = torch.cat([dense.unsqueeze(1), pooled.view(b, -1, d)], dim=1)  # [B, F+1, D]
+        dots = torch.bmm(x, x.transpose(1, 2))[:, self._rows, self._cols]
+        return self.top(torch.cat([dense, dots], dim=1)).squeeze(1)
+
+    def forward(self, batch: dict) -> Tensor:
+        return ctr_loss(self.logits(batch), batch["label"])
