@@ -5,7 +5,7 @@ Every dataset yields batches ``{"dense": [B, 13] float, "sparse": KeyedJaggedTen
 ``state_dict()``/``load_state_dict()`` for exact resume.
 """
 
-from recis.io.batch import dense_transform, make_batch, one_hot_kjt
+from recis.io.batch import dense_transform, make_batch, rows_to_batch
 from recis.io.criteo import (
     COLUMNS,
     CRITEO_KAGGLE_CARDINALITIES,
@@ -36,8 +36,8 @@ __all__ = [
     "dense_transform",
     "expand_paths",
     "make_batch",
-    "one_hot_kjt",
     "prefetch",
     "resolve_rank",
+    "rows_to_batch",
     "split_files",
 ]

@@ -16,6 +16,8 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import numpy as np
+
 NUM_DENSE = 13
 NUM_SPARSE = 26
 DENSE_NAMES = [f"I{i}" for i in range(1, NUM_DENSE + 1)]
@@ -59,6 +61,16 @@ def resolve_table_sizes(table_sizes: int | Sequence[int] | None) -> list[int]:
     return sizes
 
 
+# Value of each ASCII byte as a hex digit; 255 marks a byte that is not one.
+_HEX_DIGIT = np.full(256, 255, dtype=np.uint8)
+for _i, _c in enumerate(b"0123456789abcdef"):
+    _HEX_DIGIT[_c] = _i
+for _i, _c in enumerate(b"ABCDEF", start=10):
+    _HEX_DIGIT[_c] = _i
+
+ParsedRows = tuple[np.ndarray, np.ndarray, np.ndarray]
+
+
 def _is_missing(v: object) -> bool:
     return v is None or v == "" or (isinstance(v, float) and math.isnan(v))
 
@@ -92,6 +104,51 @@ class RecordParser:
             for name, v, size in zip(SPARSE_NAMES, fields[14:], self.table_sizes, strict=True)
         ]
         return label, dense, ids
+
+    def parse_many(self, rows: Sequence[Sequence[object]]) -> ParsedRows | None:
+        """Vectorised :meth:`parse` of many all-string records (text files).
+
+        Returns ``(labels [n], raw_dense [n, 13], ids [n, 26])`` as numpy arrays, or
+        ``None`` when any record is not plain well-formed Criteo text (wrong field
+        count, bad number, non-hex or over-long categorical, non-string values): the
+        caller then parses record by record with :meth:`parse`, which gives the
+        exact result or error, so both paths always agree.
+        """
+        n = len(rows)
+        if n == 0 or any(len(r) != len(COLUMNS) for r in rows):
+            return None
+        cols = list(zip(*rows, strict=True))
+        try:
+            label_s = np.array(cols[0])
+            dense_s = np.array(cols[1:14])  # [13, n]
+            cat_s = np.array(cols[14:])  # [26, n]
+            if any(a.dtype.kind != "U" for a in (label_s, dense_s, cat_s)):
+                return None
+            labels = label_s.astype(np.float64)
+            dense = np.where(dense_s == "", "0", dense_s).astype(np.float64)
+            cat_b = cat_s.astype(np.bytes_)  # non-ASCII raises
+        except (ValueError, UnicodeError, TypeError):
+            return None
+        if not np.all((labels == 0) | (labels == 1)) or not np.all(np.isfinite(dense)):
+            return None
+        width = cat_b.dtype.itemsize
+        if width > 16:  # more than 64 bits of hex: leave it to Python's integers
+            return None
+        chars = cat_b.view(np.uint8).reshape(len(SPARSE_NAMES), n, width)
+        present = chars != 0  # numpy pads shorter strings with NUL bytes at the end
+        if width > 1 and np.any(present[..., 1:] & ~present[..., :-1]):
+            return None  # a NUL inside a value
+        digits = _HEX_DIGIT[chars]
+        if np.any(present & (digits == 255)):
+            return None
+        values = np.zeros((len(SPARSE_NAMES), n), dtype=np.uint64)
+        for j in range(width):
+            shifted = values * np.uint64(16) + digits[..., j].astype(np.uint64)
+            values = np.where(present[..., j], shifted, values)
+        sizes = np.array(self.table_sizes, dtype=np.uint64)[:, None]
+        ids = (values % sizes).astype(np.int64)
+        ids[~present[..., 0]] = self.missing
+        return labels, dense.T.copy(), ids.T.copy()
 
     @staticmethod
     def _label(v: object) -> float:

@@ -7,10 +7,12 @@ import os
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+import numpy as np
+
 from recis.io.batch import Batch, rows_to_batch
-from recis.io.criteo import RecordParser, resolve_table_sizes
+from recis.io.criteo import NUM_DENSE, NUM_SPARSE, ParsedRows, RecordParser, resolve_table_sizes
 from recis.io.prefetch import prefetch
-from recis.io.readers import FORMATS, open_reader
+from recis.io.readers import FORMATS, Record, open_reader
 from recis.io.split import expand_paths, resolve_rank, split_files
 
 
@@ -125,37 +127,65 @@ class CriteoDataset:
         }
 
     # -- iteration -----------------------------------------------------------------
-    def _produce(self, start: dict[str, Any]) -> Iterator[tuple[Batch, dict[str, Any]]]:
-        """(batch, position after it) from ``start`` to the end of this rank's data."""
+    def _parse(self, records: list[Record], state: dict[str, Any]) -> ParsedRows:
+        """Parses records, vectorised when they are well-formed, else one by one."""
+        fast = self._parser.parse_many([fields for _, fields, _ in records])
+        if fast is not None:
+            return fast
+        labels, dense, ids = [], [], []
+        for location, fields, _ in records:
+            try:
+                label, d, i = self._parser.parse(fields)
+            except ValueError as e:
+                if not self.skip_malformed:
+                    raise ValueError(f"{location}: malformed record: {e}") from None
+                state["malformed"] += 1
+                continue
+            labels.append(label)
+            dense.append(d)
+            ids.append(i)
+        return (
+            np.array(labels, dtype=np.float64),
+            np.array(dense, dtype=np.float64).reshape(-1, NUM_DENSE),
+            np.array(ids, dtype=np.int64).reshape(-1, NUM_SPARSE),
+        )
+
+    def _records(self, start: dict[str, Any]) -> Iterator[tuple[Record, dict[str, Any]]]:
+        """This rank's records from ``start``, each with the state right after it."""
         state = copy.deepcopy(start)
-        labels: list[float] = []
-        dense: list[list[float]] = []
-        ids: list[list[int]] = []
         for file_index in range(start["file"], len(self.files)):
             position = state["position"] if file_index == start["file"] else {}
-            reader = open_reader(self.files[file_index], self.format, position or None)
-            for location, fields, pos in reader:
-                record = state["record"]
-                state["record"] = record + 1
-                state["file"], state["position"] = file_index, pos
-                if self._split_rows and record % self.world_size != self.rank:
+            for record in open_reader(self.files[file_index], self.format, position or None):
+                index = state["record"]
+                state["record"] = index + 1
+                state["file"], state["position"] = file_index, record[2]
+                if self._split_rows and index % self.world_size != self.rank:
                     continue
-                try:
-                    label, d, i = self._parser.parse(fields)
-                except ValueError as e:
-                    if not self.skip_malformed:
-                        raise ValueError(f"{location}: malformed record: {e}") from None
-                    state["malformed"] += 1
-                    continue
-                labels.append(label)
-                dense.append(d)
-                ids.append(i)
-                if len(labels) == self.batch_size:
-                    yield rows_to_batch(labels, dense, ids), copy.deepcopy(state)
-                    labels, dense, ids = [], [], []
+                yield record, state
             state["file"], state["position"] = file_index + 1, {}
-        if labels and not self.drop_last:
-            yield rows_to_batch(labels, dense, ids), copy.deepcopy(state)
+        yield None, state  # type: ignore[misc]  # end of data: the final state
+
+    def _produce(self, start: dict[str, Any]) -> Iterator[tuple[Batch, dict[str, Any]]]:
+        """(batch, position after it) from ``start`` to the end of this rank's data."""
+        parts: list[ParsedRows] = []
+        have = 0
+        pending: list[Record] = []
+        for record, state in self._records(start):
+            if record is not None:
+                pending.append(record)
+                if have + len(pending) < self.batch_size:
+                    continue
+            # Parse a full batch (or the rest at the end); skipped records leave a gap
+            # that the following records fill.
+            if pending:
+                part = self._parse(pending, state)  # counts skipped records in state
+                pending = []
+                parts.append(part)
+                have += len(part[0])
+            if have == self.batch_size or (record is None and have and not self.drop_last):
+                columns = (np.concatenate(c) for c in zip(*parts, strict=True))
+                yield rows_to_batch(*columns), copy.deepcopy(state)
+                parts, have = [], 0
 
     def __iter__(self) -> Iterator[Batch]:
         self.close()

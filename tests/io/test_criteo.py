@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from recis.io import COLUMNS, SPARSE_NAMES, CriteoDataset
+from recis.io import COLUMNS, SPARSE_NAMES, CriteoDataset, RecordParser
 from recis.testing import run_distributed
 
 SAMPLE = Path(__file__).resolve().parents[3] / "shared" / "data" / "criteo_sample.txt"
@@ -125,6 +125,26 @@ def test_sample_matches_independent_parse():
     assert_rows_equal(batches_to_rows(batches), expected_rows(rows))
 
 
+@pytest.mark.parametrize("missing_id", [None, 3])
+def test_vectorised_parse_agrees_with_per_record_parse(missing_id):
+    rows = sample_rows() + random_rows(30, seed=9)
+    rows[5][20] = rows[5][20].upper()
+    rows[7][3] = "-12"
+    parser = RecordParser(SIZES, missing_id)
+    labels, dense, ids = parser.parse_many(rows)
+    one_by_one = [parser.parse(r) for r in rows]
+    assert labels.tolist() == [r[0] for r in one_by_one]
+    assert dense.tolist() == [r[1] for r in one_by_one]
+    assert ids.tolist() == [r[2] for r in one_by_one]
+    # Anything unusual is left to the per-record parse (which then decides).
+    for field, value in [(20, "0x1f"), (20, "1" * 17), (20, "é"), (0, "2"), (3, "nan"), (3, "x")]:
+        odd = [list(r) for r in rows[:3]]
+        odd[1][field] = value
+        assert parser.parse_many(odd) is None
+    assert parser.parse_many([rows[0][:39]]) is None
+    assert parser.parse_many([[1, *rows[0][1:]]]) is None
+
+
 def test_sample_missing_id_and_drop_last():
     rows = sample_rows()
     ds = CriteoDataset(SAMPLE, 64, SIZES, missing_id=0, drop_last=True, prefetch=0)
@@ -217,7 +237,9 @@ def test_malformed_lines(tmp_path):
         list(CriteoDataset(path, 4, SIZES, prefetch=2))
     ds = CriteoDataset(tmp_path / "bad.tsv", 4, SIZES, skip_malformed=True)
     path.write_text("\n".join(lines) + "\n")
-    got = batches_to_rows(list(ds))
+    batches = list(ds)
+    assert [b["label"].numel() for b in batches] == [4, 3]  # skipped rows leave no gaps
+    got = batches_to_rows(batches)
     assert ds.num_malformed == 3
     good = [r for i, r in enumerate(rows) if i not in (3, 6, 8)]
     assert_rows_equal(got, expected_rows(good))
