@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from recis.framework.metrics import Predictions, add_metric
-from recis.io.criteo import NUM_DENSE, SPARSE_NAMES, default_table_sizes
+from recis.io.criteo import SPARSE_NAMES, default_table_sizes
 from recis.nn import EmbeddingBagCollection, EmbeddingBagConfig
 
 
@@ -90,6 +90,3 @@ def ctr_loss(logits: Tensor, labels: Tensor) -> Tensor:
     add_metric("loss", loss.detach())
     add_metric("auc", Predictions(torch.sigmoid(logits.detach()), labels.detach()))
     return loss
-
-
-DEFAULT_NUM_DENSE = NUM_DENSE

@@ -7,7 +7,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from recis.models.common import DEFAULT_NUM_DENSE, build_ebc, check_dense, ctr_loss, mlp
+from recis.io.criteo import NUM_DENSE
+from recis.models.common import build_ebc, check_dense, ctr_loss, mlp
 from recis.nn import EmbeddingBagConfig
 
 
@@ -28,7 +29,7 @@ class DLRM(nn.Module):
 
     def __init__(
         self,
-        num_dense: int = DEFAULT_NUM_DENSE,
+        num_dense: int = NUM_DENSE,
         tables: Sequence[EmbeddingBagConfig] | None = None,
         *,
         table_sizes: int | Sequence[int] | None = None,

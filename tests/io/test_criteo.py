@@ -188,15 +188,15 @@ def batch_equal(a, b):
     )
 
 
-@pytest.mark.parametrize("fmt", ["csv", "tsv+parquet"])
+@pytest.mark.parametrize("fmt", ["csv", "tsv.gz+parquet"])
 def test_exact_resume_mid_file(tmp_path, fmt):
     if fmt == "csv":
         paths = [SAMPLE]
     else:  # several files of two formats: resume inside the second one and across files
         rows = random_rows(60, seed=3)
-        write_tsv(tmp_path / "a.tsv", rows[:25])
+        write_tsv(tmp_path / "a.tsv.gz", rows[:25], compress=True)
         write_parquet(tmp_path / "b.parquet", rows[25:])
-        paths = [tmp_path / "a.tsv", tmp_path / "b.parquet"]
+        paths = [tmp_path / "a.tsv.gz", tmp_path / "b.parquet"]
     full = list(CriteoDataset(paths, 7, SIZES, prefetch=0))
     for stop in (1, 4, 5, len(full) - 1):
         ds = CriteoDataset(paths, 7, SIZES, prefetch=3)
