@@ -112,15 +112,20 @@ def binary_logloss(preds: Tensor, labels: Tensor) -> float:
 def _all_gather_1d(t: Tensor, group: dist.ProcessGroup | None) -> Tensor:
     """Concatenation of every rank's 1-D float64 ``t`` (lengths may differ), in rank order."""
     world = dist.get_world_size(group)
-    n = torch.tensor([t.numel()], dtype=torch.int64)
+    # NCCL moves only CUDA tensors; gloo (and the rest) take CPU ones.
+    if dist.get_backend(group) == "nccl":
+        t = t.to(torch.device("cuda", torch.cuda.current_device()))
+    n = torch.tensor([t.numel()], dtype=torch.int64, device=t.device)
     sizes = [torch.zeros_like(n) for _ in range(world)]
     dist.all_gather(sizes, n, group=group)
     lengths = [int(s) for s in sizes]
-    padded = torch.zeros(max(lengths), dtype=t.dtype)
+    if max(lengths) == 0:
+        return t.new_zeros(0).cpu()
+    padded = torch.zeros(max(lengths), dtype=t.dtype, device=t.device)
     padded[: t.numel()] = t
     parts = [torch.empty_like(padded) for _ in range(world)]
     dist.all_gather(parts, padded, group=group)
-    return torch.cat([p[:k] for p, k in zip(parts, lengths, strict=True)])
+    return torch.cat([p[:k] for p, k in zip(parts, lengths, strict=True)]).cpu()
 
 
 class BinaryClassificationMetric:

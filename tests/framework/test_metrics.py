@@ -92,15 +92,21 @@ def _distributed_metric():
     preds, labels = random_data(150 + 37 * rank, 10 + rank, levels=7)
     m = BinaryClassificationMetric()
     m.update(preds, labels)
+    empty = BinaryClassificationMetric().compute()
+    only_rank0 = BinaryClassificationMetric()
+    if rank == 0:
+        only_rank0.update(torch.tensor([0.2, 0.7]), torch.tensor([0, 1]))
     # Plain lists: tensors sent back from a rank that has exited cannot be rebuilt.
-    return m.compute(), preds.tolist(), labels.tolist()
+    return m.compute(), preds.tolist(), labels.tolist(), empty, only_rank0.compute()
 
 
 def test_metric_across_two_ranks_equals_gathered_computation():
     results = run_distributed(_distributed_metric, 2)
     preds = torch.tensor([p for r in results for p in r[1]])
     labels = torch.tensor([y for r in results for y in r[2]])
-    for out, _, _ in results:
+    for out, _, _, empty, only_rank0 in results:
+        assert empty["count"] == 0 and math.isnan(empty["auc"])
+        assert only_rank0["count"] == 2 and only_rank0["auc"] == 1.0
         assert out["count"] == preds.numel()
         assert out["auc"] == pytest.approx(pairwise_auc(preds, labels), abs=1e-12)
         assert out["logloss"] == pytest.approx(direct_logloss(preds, labels), rel=1e-9)
