@@ -165,8 +165,9 @@ class CriteoDataset:
             state["file"], state["position"] = file_index + 1, {}
         yield None, state  # type: ignore[misc]  # end of data: the final state
 
-    def _produce(self, start: dict[str, Any]) -> Iterator[tuple[Batch, dict[str, Any]]]:
-        """(batch, position after it) from ``start`` to the end of this rank's data."""
+    def _produce(self, start: dict[str, Any]) -> Iterator[tuple[Batch | None, dict[str, Any]]]:
+        """(batch, position after it) from ``start`` to the end of this rank's data,
+        then ``(None, final state)``."""
         parts: list[ParsedRows] = []
         have = 0
         pending: list[Record] = []
@@ -186,6 +187,8 @@ class CriteoDataset:
                 columns = (np.concatenate(c) for c in zip(*parts, strict=True))
                 yield rows_to_batch(*columns), copy.deepcopy(state)
                 parts, have = [], 0
+            if record is None:  # the end: hand over the final count of skipped records
+                yield None, copy.deepcopy(state)
 
     def __iter__(self) -> Iterator[Batch]:
         self.close()
@@ -195,7 +198,8 @@ class CriteoDataset:
     def _iterate(self) -> Iterator[Batch]:
         for batch, state in prefetch(self._produce(self._state), self.prefetch):
             self._state = state
-            yield batch
+            if batch is not None:
+                yield batch
         self._state = self._epoch_start(self._state["epoch"] + 1, self._state["malformed"])
 
     def close(self) -> None:

@@ -228,6 +228,7 @@ def test_malformed_lines(tmp_path):
     lines[3] = "\t".join(rows[3][:20])  # too few fields: line 4
     lines[6] = lines[6].replace(rows[6][14], "zzzz", 1)  # not hex: line 7
     lines[8] = "2" + lines[8][1:]  # bad label: line 9
+    lines.append("tail")  # the last line, malformed too: line 11
     path = tmp_path / "bad.tsv"
     path.write_text("\n".join(lines) + "\n")
     with pytest.raises(ValueError, match=r"bad\.tsv:4: .*expected 40 fields, got 20"):
@@ -240,9 +241,13 @@ def test_malformed_lines(tmp_path):
     batches = list(ds)
     assert [b["label"].numel() for b in batches] == [4, 3]  # skipped rows leave no gaps
     got = batches_to_rows(batches)
-    assert ds.num_malformed == 3
+    assert ds.num_malformed == 4
     good = [r for i, r in enumerate(rows) if i not in (3, 6, 8)]
     assert_rows_equal(got, expected_rows(good))
+    # A malformed line after the last full batch is still counted.
+    path.write_text("\n".join(["\t".join(r) for r in rows[:4]] + ["tail"]) + "\n")
+    ds = CriteoDataset(path, 4, SIZES, skip_malformed=True)
+    assert len(list(ds)) == 1 and ds.num_malformed == 1
 
 
 def test_prefetch_thread_stops_when_iteration_is_abandoned():
