@@ -1,0 +1,120 @@
+"""LoggerHook: progress, loss, throughput, ETA and metrics, printed by rank 0."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any, TextIO
+
+from recis.framework.metrics import Predictions
+from recis.hooks.hook import Hook
+
+
+def _format_duration(seconds: float) -> str:
+    seconds = max(0, round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}"
+
+
+def _format_value(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+class LoggerHook(Hook):
+    """Every ``log_steps`` optimizer steps, rank 0 prints one line of progress.
+
+    The line holds the step (of the total when known), the loss, samples/s over all
+    ranks (this rank's samples times the world size), the ETA and the other scalar
+    metrics of that step (AUC needs every rank's predictions: see
+    ``Trainer.evaluate``). When ``stream`` is a terminal the line is a
+    progress bar redrawn in place; otherwise (files, CI logs) each is a plain line.
+    Evaluation results are printed too.
+
+    Example::
+
+        >>> trainer.add_hook(LoggerHook(log_steps=100))
+        step 100/1000 [10%] loss 0.4712 | 51234 samples/s | ETA 0:01:20
+    """
+
+    BAR_WIDTH = 20
+
+    def __init__(self, log_steps: int = 100, stream: TextIO | None = None) -> None:
+        if not isinstance(log_steps, int) or log_steps < 1:
+            raise ValueError(f"log_steps must be an int >= 1, got {log_steps!r}")
+        self.log_steps = log_steps
+        self.stream = stream
+        self._bar_open = False
+        self._width = 0
+
+    @property
+    def _out(self) -> TextIO:
+        return self.stream if self.stream is not None else sys.stdout
+
+    def _is_tty(self) -> bool:
+        isatty = getattr(self._out, "isatty", None)
+        return bool(isatty and isatty())
+
+    def _emit(self, line: str, progress: bool = False) -> None:
+        out = self._out
+        if progress and self._is_tty():
+            # Redraw in place; pad to the terminal width so a shorter line leaves no tail.
+            out.write("\r" + line.ljust(self._width))
+            self._width = len(line)
+            self._bar_open = True
+        else:
+            if self._bar_open:
+                out.write("\n")
+                self._bar_open = False
+            out.write(line + "\n")
+        out.flush()
+
+    def before_train(self) -> None:
+        state = self.trainer.state if self.trainer is not None else None
+        self._start_time = self._last_time = time.monotonic()
+        self._start_step = state.global_step if state else 0
+        self._last_samples = state.samples if state else 0
+
+    def after_step(self, metrics: dict[str, Any], global_step: int) -> None:
+        if not self.is_main_process or global_step % self.log_steps:
+            return
+        trainer = self.trainer
+        now = time.monotonic()
+        total = trainer.total_steps if trainer is not None else None
+        head = f"step {global_step}"
+        if total:
+            frac = min(1.0, global_step / total)
+            head += f"/{total} [{frac:.0%}]"
+            if self._is_tty():
+                filled = round(frac * self.BAR_WIDTH)
+                head = "[" + "#" * filled + "." * (self.BAR_WIDTH - filled) + "] " + head
+        parts = [head]
+        if "loss" in metrics:
+            parts[0] += f" loss {float(metrics['loss']):.4f}"
+        if trainer is not None:
+            samples = trainer.state.samples
+            elapsed = now - self._last_time
+            if elapsed > 0:
+                rate = (samples - self._last_samples) * trainer.world_size / elapsed
+                parts.append(f"{rate:.0f} samples/s")
+            self._last_samples = samples
+            done = global_step - self._start_step
+            if total and done > 0:
+                eta = (total - global_step) * (now - self._start_time) / done
+                parts.append(f"ETA {_format_duration(eta)}")
+        self._last_time = now
+        for name, value in metrics.items():
+            if name != "loss" and not isinstance(value, Predictions):
+                parts.append(f"{name} {_format_value(value)}")
+        self._emit(" | ".join(parts), progress=True)
+
+    def after_evaluate(self, metrics: dict[str, Any]) -> None:
+        if self.is_main_process:
+            body = ", ".join(f"{k} {_format_value(v)}" for k, v in metrics.items())
+            self._emit(f"eval: {body}")
+
+    def after_train(self) -> None:
+        if self.is_main_process and self._bar_open:
+            self._out.write("\n")
+            self._out.flush()
+            self._bar_open = False
