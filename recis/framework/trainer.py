@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib
 import logging
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -84,7 +85,9 @@ class TrainingArguments:
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"TrainingArguments.{name} must be an int >= 1, got {value!r}")
         if not isinstance(self.output_dir, str) or not self.output_dir:
-            raise ValueError(f"TrainingArguments.output_dir must be a path, got {self.output_dir!r}")
+            raise ValueError(
+                f"TrainingArguments.output_dir must be a path, got {self.output_dir!r}"
+            )
         if not isinstance(self.seed, int):
             raise ValueError(f"TrainingArguments.seed must be an int, got {self.seed!r}")
         if self.model_bank is not None:
@@ -212,7 +215,9 @@ class Trainer:
             )
         self._bf16 = self.args.bf16 and self.device.type == "cuda"
         if self.args.bf16 and not self._bf16:
-            logger.warning("bf16 autocast needs a CUDA device; training in float32 on %s", self.device)
+            logger.warning(
+                "bf16 autocast needs a CUDA device; training in float32 on %s", self.device
+            )
         self.state = TrainerState()
         self.hooks: list[Hook] = []
         if self.args.log_steps:
@@ -266,11 +271,13 @@ class Trainer:
             return self._checkpoints
         self._checkpointing_checked = True
         try:
-            from recis.framework import checkpoint_manager
+            checkpoint_manager = importlib.import_module("recis.framework.checkpoint_manager")
         except ModuleNotFoundError as e:
             if e.name != "recis.framework.checkpoint_manager":
                 raise
-            logger.warning("recis.framework.checkpoint_manager is missing: training without checkpoints")
+            logger.warning(
+                "recis.framework.checkpoint_manager is missing: training without checkpoints"
+            )
             return None
         args = self.args
         saver = checkpoint_manager.Saver(

@@ -49,7 +49,7 @@ class TensorBoardHook(Hook):
     def _write(self, prefix: str, metrics: dict[str, Any], step: int) -> None:
         writer = self._get_writer()
         for name, value in metrics.items():
-            if isinstance(value, Predictions) or isinstance(value, str):
+            if isinstance(value, (Predictions, str)):
                 continue
             writer.add_scalar(f"{prefix}/{name}", float(value), step)
         writer.flush()
