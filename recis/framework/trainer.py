@@ -49,7 +49,8 @@ class TrainingArguments:
       gradients of k micro-batches (the loss is scaled by 1/k; DDP syncs once).
     - ``model_bank``: checkpoints to warm-start from when ``output_dir`` has none
       to resume: a list of ``{"path": ..., "load": [...], "exclude": [...],
-      "strict": bool}``, each passed to ``Saver.load_by_config(path, entry)``.
+      "strict": bool}``; each is loaded with ``Saver.load_by_config(path, conf)``
+      where ``conf`` is the entry without ``path``.
     - ``seed``: seeds Python, NumPy and torch when the Trainer is built.
     - ``bf16``: run the model's forward under bfloat16 autocast (CUDA only; the
       embedding lookups stay float32). Ignored with a warning on CPU.
@@ -295,10 +296,9 @@ class Trainer:
         ds = self.train_dataset
         if hasattr(ds, "state_dict") and hasattr(ds, "load_state_dict"):
             saver.register_for_checkpointing("train_dataset", ds, per_rank=True)
-        # Without save_steps, never save periodically: only train()'s final save.
-        interval = args.save_steps or 2**62
+        # save_interval 0: no periodic saves, only train()'s final one.
         self._saver = saver
-        self._checkpoints = checkpoint_manager.CheckpointManager(saver, interval)
+        self._checkpoints = checkpoint_manager.CheckpointManager(saver, args.save_steps or 0)
         return self._checkpoints
 
     def restore(self) -> int:
@@ -322,7 +322,8 @@ class Trainer:
                 logger.info("resumed from %s at step %d", self.args.output_dir, step)
         elif self.args.model_bank:
             for entry in self.args.model_bank:
-                self._saver.load_by_config(entry["path"], entry)
+                conf = {k: v for k, v in entry.items() if k != "path"}
+                self._saver.load_by_config(entry["path"], conf)
                 if self.is_main_process:
                     logger.info("warm-started from model bank entry %s", entry["path"])
         return self.state.global_step
@@ -337,7 +338,7 @@ class Trainer:
                 manager.save()
                 self._last_saved_step = step
             return
-        manager.step()
+        manager.step()  # saves when step is a multiple of save_steps
         if self.args.save_steps and step % self.args.save_steps == 0:
             self._last_saved_step = step
 

@@ -9,6 +9,8 @@ tables do), so replicated tables stay identical.
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 import torch.distributed as dist
@@ -112,6 +114,13 @@ class ToySparseSGD:
                 dist.all_reduce(grad)
                 grad /= dist.get_world_size()
             t.weight -= self.lr * grad
+
+    # Plain SGD keeps no state; the checkpoint Saver asks for it per table.
+    def table_state(self, name: str) -> dict:
+        return {}
+
+    def set_table_state(self, name: str, state: dict) -> None:
+        pass
 
     def state_dict(self) -> dict:
         return {}
@@ -270,8 +279,11 @@ def run_pair(model_factory, micro: list[dict], k: int, steps: int, tmp: str) -> 
     b = model_factory()
     assert_same(weights(a), weights(b))
     merged = [concat_batches(micro[i : i + k]) for i in range(0, len(micro), k)]
-    ta = build_trainer(a, micro, tmp, train_steps=steps, gradient_accumulation_steps=k)
-    tb = build_trainer(b, merged, tmp, train_steps=steps)
+    # Separate output dirs: the second job must not resume the first one's checkpoint.
+    ta = build_trainer(
+        a, micro, os.path.join(tmp, "micro"), train_steps=steps, gradient_accumulation_steps=k
+    )
+    tb = build_trainer(b, merged, os.path.join(tmp, "merged"), train_steps=steps)
     ta.train()
     tb.train()
     assert ta.dense_optimizer.steps == tb.dense_optimizer.steps == steps
@@ -312,7 +324,11 @@ def _dist_accumulation_and_uneven(tmp: str) -> dict:
     # Uneven data: rank 0 has 5 batches, rank 1 only 3; both stop after 3 steps.
     rec = Recorder()
     trainer = build_trainer(
-        _ddp_model(), make_batches(5 if rank == 0 else 3, 4, rank), tmp, hooks=[rec], train_epoch=1
+        _ddp_model(),
+        make_batches(5 if rank == 0 else 3, 4, rank),
+        os.path.join(tmp, "uneven"),
+        hooks=[rec],
+        train_epoch=1,
     )
     state = trainer.train()
     out["uneven"] = (state.global_step, trainer.dense_optimizer.steps, rec.calls[-3:])

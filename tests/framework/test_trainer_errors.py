@@ -71,7 +71,7 @@ def _dist_failures(tmp: str) -> dict:
     data = make_batches(5, 4, rank)
     if rank == 1:
         data = _failing_data(data, fail_at=2)
-    trainer = build_trainer(_ddp_model(), data, tmp, train_epoch=1)
+    trainer = build_trainer(_ddp_model(), data, os.path.join(tmp, "read"), train_epoch=1)
     out["read"] = _outcome(trainer.train, tmp, "read")
     out["read_group_alive"] = dist.is_initialized()
 
@@ -82,7 +82,7 @@ def _dist_failures(tmp: str) -> dict:
     trainer = build_trainer(
         DistributedDataParallel(model, broadcast_buffers=False),
         make_batches(5, 4, rank),
-        tmp,
+        os.path.join(tmp, "forward"),
         train_epoch=1,
     )
     out["forward"] = _outcome(trainer.train)
