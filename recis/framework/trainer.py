@@ -516,6 +516,23 @@ class Trainer:
             steps += 1
         return steps, False
 
+    def _set_epoch(self, epoch: int) -> None:
+        # Datasets (or a DataLoader's DistributedSampler) that shuffle per epoch.
+        ds = self.train_dataset
+        for owner in (ds, getattr(ds, "sampler", None)):
+            if callable(getattr(owner, "set_epoch", None)):
+                owner.set_epoch(epoch)
+                return
+
+    def _check_model_device(self) -> None:
+        param = next(iter(self.model.parameters()), None)
+        if param is not None and param.device.type not in (self.device.type, "meta"):
+            raise ValueError(
+                f"the model's parameters are on {param.device} but the trainer runs on "
+                f"{self.device}: move the model there first (model.to(trainer.device)); "
+                "DistributedModelParallel places it itself"
+            )
+
     def train(self) -> TrainerState:
         """Trains until ``train_steps`` or ``train_epoch`` (see :class:`TrainingArguments`).
 
@@ -528,6 +545,7 @@ class Trainer:
             raise ValueError("Trainer.train() needs a dense optimizer, a sparse optimizer or both")
         args = self.args
         max_epochs = args.train_epoch if args.train_epoch else (None if args.train_steps else 1)
+        self._check_model_device()
         self.restore()
         resumed = self.state.global_step > 0
         try:
@@ -539,8 +557,7 @@ class Trainer:
                 if args.train_steps is not None and self.state.global_step >= args.train_steps:
                     break
                 self.state.epoch = epoch
-                if hasattr(self.train_dataset, "set_epoch"):
-                    self.train_dataset.set_epoch(epoch)
+                self._set_epoch(epoch)
                 self._call_hooks("before_epoch", epoch)
                 steps, exhausted = self._run_epoch(epoch)
                 self._call_hooks("after_epoch", epoch)
@@ -586,6 +603,7 @@ class Trainer:
             raise ValueError("Trainer.evaluate() needs an eval_dataset")
         steps = eval_steps if eval_steps is not None else self.args.eval_steps
         _positive_or_none("eval_steps", steps)
+        self._check_model_device()
         was_training = self.model.training
         self._call_hooks("before_evaluate")
         predictions: dict[str, BinaryClassificationMetric] = {}

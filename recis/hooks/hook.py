@@ -28,8 +28,9 @@ class Hook:
             before_evaluate()
             after_evaluate(metrics)
 
-    ``metrics`` holds the step's values: scalars as floats (``loss`` is the mean over
-    the step's micro-batches) and :class:`~recis.framework.metrics.Predictions`.
+    ``metrics`` holds the step's values: scalars (0-d tensors or numbers; ``loss`` is
+    the mean over the step's micro-batches) and
+    :class:`~recis.framework.metrics.Predictions`; after evaluation, floats.
     A hook runs on every rank; one that must act once checks ``self.is_main_process``.
     Hooks must not issue collectives that only some ranks reach.
     ``self.trainer`` is the Trainer the hook was added to (set by ``add_hook``).

@@ -7,6 +7,7 @@ import random
 import pytest
 import torch
 import torch.distributed as dist
+from torch import nn
 
 from recis.framework.device import (
     init_distributed,
@@ -15,6 +16,7 @@ from recis.framework.device import (
     set_seed,
     world_size,
 )
+from recis.framework.trainer import Trainer, TrainingArguments
 from recis.testing.distributed import free_port
 
 TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "LOCAL_RANK")
@@ -67,3 +69,57 @@ def test_set_seed_makes_every_generator_repeat():
     set_seed(7)
     second = (random.random(), torch.rand(3))
     assert first[0] == second[0] and torch.equal(first[1], second[1])
+
+
+class _AutocastProbe(nn.Module):
+    """Dense-only model that records whether its forward ran under autocast."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(4, 1)
+        self.dtypes: list[torch.dtype] = []
+
+    def forward(self, batch):
+        out = self.linear(batch["dense"]).squeeze(1)
+        self.dtypes.append(out.dtype)
+        return ((out.float() - batch["label"]) ** 2).mean()
+
+
+def _probe_batches(n: int) -> list[dict]:
+    return [{"dense": torch.randn(8, 4), "label": torch.rand(8)} for _ in range(n)]
+
+
+def test_bf16_is_ignored_with_a_warning_on_cpu(tmp_path, caplog):
+    model = _AutocastProbe()
+    with caplog.at_level("WARNING"):
+        trainer = Trainer(
+            model,
+            TrainingArguments(output_dir=str(tmp_path), bf16=True, device="cpu", log_steps=None),
+            train_dataset=_probe_batches(2),
+            dense_optimizers=(torch.optim.SGD(model.parameters(), lr=0.1), None),
+        )
+    assert "bf16 autocast needs a CUDA device" in caplog.text
+    trainer.train()
+    assert model.dtypes == [torch.float32, torch.float32]
+
+
+@pytest.mark.cuda
+def test_bf16_autocasts_the_forward_on_cuda(tmp_path):
+    model = _AutocastProbe().cuda()
+    trainer = Trainer(
+        model,
+        TrainingArguments(output_dir=str(tmp_path), bf16=True, log_steps=None),
+        train_dataset=_probe_batches(3),
+        dense_optimizers=(torch.optim.SGD(model.parameters(), lr=0.1), None),
+    )
+    assert trainer.device.type == "cuda"
+    trainer.train()
+    assert model.dtypes == [torch.bfloat16] * 3
+    assert model.linear.weight.dtype == torch.float32
+    with pytest.raises(ValueError, match="move the model there first"):
+        Trainer(
+            _AutocastProbe(),
+            TrainingArguments(output_dir=str(tmp_path)),
+            train_dataset=[],
+            dense_optimizers=(torch.optim.SGD(model.parameters()), None),
+        ).train()
