@@ -137,6 +137,15 @@ def _batch_size(data: Any) -> int:
     return 0
 
 
+def _check_loss(loss: Any, source: str) -> Tensor:
+    if not isinstance(loss, Tensor) or loss.numel() != 1:
+        shape = f" of shape {tuple(loss.shape)}" if isinstance(loss, Tensor) else ""
+        raise TypeError(
+            f"{source} must return the scalar loss tensor, got {type(loss).__name__}{shape}"
+        )
+    return loss
+
+
 _PEER_GONE = "Connection closed by peer"
 
 
@@ -157,10 +166,13 @@ class Trainer:
 
     Every step the ranks agree (one small all-reduce) on whether any of them ran
     out of data or failed to read it, so uneven data ends the epoch on every rank
-    at the same step and a rank's error stops the others with an error. A rank
-    failing inside a step (forward, backward, optimizer, hook, checkpoint) destroys
-    the process group so that the others' pending collectives fail at once instead
-    of waiting for the group's timeout; the group is unusable afterwards.
+    at the same step, and a rank that cannot read its data makes every rank raise
+    (the process group stays usable). An error inside a step (forward, backward,
+    optimizer, hook, checkpoint) cannot be announced that way, since the other
+    ranks may be waiting in a collective of the model: the failing rank raises and
+    destroys its process group, and the others' pending collective fails when that
+    process ends (as under torchrun) or lets go of the group, which the trainer
+    reports as "another rank failed"; the group's timeout is the last resort.
 
     ``train()`` first restores the latest checkpoint in ``args.output_dir`` (so
     re-running a job resumes it), then saves every ``save_steps`` steps and at the
@@ -306,7 +318,8 @@ class Trainer:
 
         ``train()`` calls this first; calling it yourself beforehand is fine (it
         restores once). With no checkpoint to resume, each ``model_bank`` entry is
-        loaded in order (a warm start) and training starts at step 0.
+        loaded in order (a warm start, typically ``"load": ["sparse", "dense"]``;
+        loading ``extra`` too would also bring that job's optimizer state and step).
         """
         if self._restored:
             return self.state.global_step
@@ -387,8 +400,8 @@ class Trainer:
             return error
         step = self.state.global_step
         logger.error(
-            "rank %d failed at step %d (%s); destroying the process group so that the other "
-            "ranks fail now instead of at the group's timeout",
+            "rank %d failed at step %d (%s); destroying its process group: the other ranks' "
+            "collectives fail once this process ends",
             self.rank,
             step,
             type(error).__name__,
@@ -461,18 +474,14 @@ class Trainer:
             >>> class MyTrainer(Trainer):
             ...     def _train_step(self, data, epoch, metrics):
             ...         with self.autocast():
-            ...             loss = self.model(data) + 1e-4 * self.model.dense_l2()
-            ...         self.backward(loss)
-            ...         metrics["reg_loss"] = loss.detach()
+            ...             loss = self.model(data)
+            ...             l2 = sum(p.pow(2).sum() for p in self.model.parameters())
+            ...         self.backward(loss + 1e-5 * l2)
+            ...         metrics["l2"] = l2.detach()
             ...         return loss.detach()
         """
         with self.autocast():
-            loss = self.model(data)
-        if not isinstance(loss, Tensor) or loss.numel() != 1:
-            raise TypeError(
-                f"model(batch) must return the scalar loss tensor, got {type(loss).__name__}"
-                + (f" of shape {tuple(loss.shape)}" if isinstance(loss, Tensor) else "")
-            )
+            loss = _check_loss(self.model(data), "model(batch)")
         self.backward(loss)
         return loss.detach()
 
@@ -486,11 +495,7 @@ class Trainer:
             data = self._to_device(data)
             with self._no_sync() if i < last else contextlib.nullcontext():
                 loss = self._train_step(data, epoch, metrics)
-            if not isinstance(loss, Tensor) or loss.numel() != 1:
-                raise TypeError(
-                    f"{type(self).__name__}._train_step must return the scalar loss tensor, "
-                    f"got {type(loss).__name__}"
-                )
+            _check_loss(loss, f"{type(self).__name__}._train_step")
             losses.append(loss.detach().float().reshape(()))
             self.state.samples += _batch_size(data)
         self._optimizer_step()

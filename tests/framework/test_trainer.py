@@ -354,7 +354,15 @@ class ScalarModel(nn.Module):
 
 def test_bad_model_output_and_missing_pieces(tmp_path):
     trainer = build_trainer(ScalarModel(), make_batches(2, 4, 0), str(tmp_path))
-    with pytest.raises(TypeError, match="scalar loss"):
+    with pytest.raises(TypeError, match=r"model\(batch\) must return the scalar loss"):
+        trainer.train()
+
+    class NoLoss(Trainer):
+        def _train_step(self, data, epoch, metrics):
+            return None
+
+    trainer = build_trainer(ToyModel(), make_batches(1, 4, 0), str(tmp_path), trainer_cls=NoLoss)
+    with pytest.raises(TypeError, match=r"NoLoss\._train_step must return the scalar loss"):
         trainer.train()
     with pytest.raises(ValueError, match="train_dataset"):
         Trainer(ToyModel(), TrainingArguments(output_dir=str(tmp_path))).train()
