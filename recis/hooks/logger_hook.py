@@ -6,7 +6,9 @@ import sys
 import time
 from typing import Any, TextIO
 
-from recis.framework.metrics import Predictions
+import torch
+
+from recis.framework.metrics import BinaryClassificationMetric, Predictions
 from recis.hooks.hook import Hook
 
 
@@ -18,6 +20,8 @@ def _format_duration(seconds: float) -> str:
 
 
 def _format_value(value: Any) -> str:
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        value = value.item()
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
@@ -25,16 +29,17 @@ class LoggerHook(Hook):
     """Every ``log_steps`` optimizer steps, rank 0 prints one line of progress.
 
     The line holds the step (of the total when known), the loss, samples/s over all
-    ranks (this rank's samples times the world size), the ETA and the other scalar
-    metrics of that step (AUC needs every rank's predictions: see
-    ``Trainer.evaluate``). When ``stream`` is a terminal the line is a
+    ranks (this rank's samples times the world size), the ETA, the other scalar
+    metrics of that step and, for each :class:`Predictions` metric, the AUC of all
+    ranks' predictions since the previous line (computed by every rank together at
+    the logging step, so every rank must report the same Predictions names). When ``stream`` is a terminal the line is a
     progress bar redrawn in place; otherwise (files, CI logs) each is a plain line.
     Evaluation results are printed too.
 
     Example::
 
         >>> trainer.add_hook(LoggerHook(log_steps=100))
-        step 100/1000 [10%] loss 0.4712 | 51234 samples/s | ETA 0:01:20
+        step 100/1000 [10%] loss 0.4712 | 51234 samples/s | ETA 0:01:20 | auc 0.7431
     """
 
     BAR_WIDTH = 20
@@ -46,6 +51,7 @@ class LoggerHook(Hook):
         self.stream = stream
         self._bar_open = False
         self._width = 0
+        self._window: dict[str, list[Predictions]] = {}
 
     @property
     def _out(self) -> TextIO:
@@ -74,9 +80,30 @@ class LoggerHook(Hook):
         self._start_time = self._last_time = time.monotonic()
         self._start_step = state.global_step if state else 0
         self._last_samples = state.samples if state else 0
+        self._window = {}
+
+    def _window_aucs(self) -> dict[str, float]:
+        """AUC of each Predictions metric over the window, all ranks (a collective)."""
+        aucs = {}
+        for name in sorted(self._window):
+            parts = self._window[name]
+            metric = BinaryClassificationMetric()
+            # Concatenated here, not per step, so a GPU run syncs once per line.
+            metric.update(torch.cat([p.preds for p in parts]), torch.cat([p.labels for p in parts]))
+            aucs[name] = float(metric.compute()["auc"])
+        self._window = {}
+        return aucs
 
     def after_step(self, metrics: dict[str, Any], global_step: int) -> None:
-        if not self.is_main_process or global_step % self.log_steps:
+        for name, value in metrics.items():
+            if isinstance(value, Predictions):
+                self._window.setdefault(name, []).append(
+                    Predictions(value.preds.reshape(-1), value.labels.reshape(-1))
+                )
+        if global_step % self.log_steps:
+            return
+        aucs = self._window_aucs()
+        if not self.is_main_process:
             return
         trainer = self.trainer
         now = time.monotonic()
@@ -106,6 +133,8 @@ class LoggerHook(Hook):
         for name, value in metrics.items():
             if name != "loss" and not isinstance(value, Predictions):
                 parts.append(f"{name} {_format_value(value)}")
+        for name, auc in aucs.items():
+            parts.append(f"{name} {auc:.4f}" if name == "auc" else f"{name}/auc {auc:.4f}")
         self._emit(" | ".join(parts), progress=True)
 
     def after_evaluate(self, metrics: dict[str, Any]) -> None:

@@ -9,6 +9,7 @@ tables do), so replicated tables stay identical.
 
 from __future__ import annotations
 
+import io
 import os
 
 import pytest
@@ -20,7 +21,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from recis.framework.metrics import Predictions, add_metric
 from recis.framework.trainer import Trainer, TrainingArguments
-from recis.hooks import Hook
+from recis.hooks import Hook, LoggerHook
 from recis.nn import EmbeddingBagCollection, EmbeddingBagConfig, filter_out_sparse_param
 from recis.ops import MEAN, SUM
 from recis.ops.reference import bag_row_grads
@@ -322,16 +323,18 @@ def _dist_accumulation_and_uneven(tmp: str) -> dict:
     dist.all_gather_object(gathered, accumulated)
     assert_same(gathered[0], gathered[1])
     # Uneven data: rank 0 has 5 batches, rank 1 only 3; both stop after 3 steps.
-    rec = Recorder()
+    # A LoggerHook computes the window AUC on all ranks together; only rank 0 prints.
+    rec, log = Recorder(), io.StringIO()
     trainer = build_trainer(
         _ddp_model(),
         make_batches(5 if rank == 0 else 3, 4, rank),
         os.path.join(tmp, "uneven"),
-        hooks=[rec],
+        hooks=[rec, LoggerHook(log_steps=1, stream=log)],
         train_epoch=1,
     )
     state = trainer.train()
     out["uneven"] = (state.global_step, trainer.dense_optimizer.steps, rec.calls[-3:])
+    out["log_lines"] = log.getvalue().splitlines()
     return out
 
 
@@ -341,6 +344,10 @@ def test_two_ranks_accumulation_ddp_and_uneven_data(tmp_path):
         # 3 steps x (k-1) micro-batches under no_sync; the big-batch run never uses it.
         assert r["no_sync_calls"] == 3
         assert r["uneven"] == (3, 3, [("after_epoch", 0), ("after_train",), ("end",)])
+    lines = results[0]["log_lines"]
+    # Rank 0 estimates the total from its own 5 batches; training stops at 3.
+    assert [line.split(" [")[0] for line in lines] == ["step 1/5", "step 2/5", "step 3/5"]
+    assert all(" | auc 0." in line for line in lines) and results[1]["log_lines"] == []
 
 
 class ScalarModel(nn.Module):

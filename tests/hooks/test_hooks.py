@@ -9,8 +9,19 @@ import sys
 
 import pytest
 
-from recis.hooks import LoggerHook, ProfilerHook, TensorBoardHook
+from recis.framework.metrics import BinaryClassificationMetric
+from recis.hooks import Hook, LoggerHook, ProfilerHook, TensorBoardHook
 from tests.framework.test_trainer import ToyModel, build_trainer, make_batches
+
+
+class Recorder(Hook):
+    """Keeps each step's metrics."""
+
+    def __init__(self) -> None:
+        self.metrics: dict[int, dict] = {}
+
+    def after_step(self, metrics, global_step):
+        self.metrics[global_step] = metrics
 
 
 class TTY(io.StringIO):
@@ -20,11 +31,12 @@ class TTY(io.StringIO):
 
 def test_logger_hook_plain_lines(tmp_path):
     out = io.StringIO()
+    rec = Recorder()
     trainer = build_trainer(
         ToyModel(),
         make_batches(5, 4, 0),
         str(tmp_path),
-        hooks=[LoggerHook(log_steps=2, stream=out)],
+        hooks=[LoggerHook(log_steps=2, stream=out), rec],
         train_steps=5,
     )
     trainer.train()
@@ -33,7 +45,13 @@ def test_logger_hook_plain_lines(tmp_path):
     assert len(lines) == 3 and "\r" not in out.getvalue()
     for line, step in zip(lines[:2], (2, 4), strict=True):
         assert line.startswith(f"step {step}/5 [")
-        assert " loss " in line and "samples/s" in line and "ETA " in line
+        assert f" loss {float(rec.metrics[step]['loss']):.4f}" in line
+        assert "samples/s" in line and "ETA " in line
+        # AUC over the predictions of the two steps since the previous line.
+        window = BinaryClassificationMetric()
+        for s in (step - 1, step):
+            window.update(*rec.metrics[s]["auc"])
+        assert line.endswith(f" | auc {window.compute()['auc']:.4f}")
     assert lines[2].startswith("eval: auc ") and "logloss" in lines[2] and "loss" in lines[2]
 
 
