@@ -12,6 +12,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 
 from recis.framework.device import init_distributed, rank, resolve_device, set_seed, world_size
 from recis.framework.metrics import (
@@ -436,9 +437,16 @@ class Trainer:
         (loss / k if k > 1 else loss).backward()
 
     def _no_sync(self) -> contextlib.AbstractContextManager:
-        # DDP and DMP skip their gradient all-reduce inside no_sync().
+        """Skips the dense gradient all-reduce: the model's ``no_sync()`` when it has
+        one (DDP), else that of every DDP inside it (e.g. DMP's dense part)."""
         no_sync = getattr(self.model, "no_sync", None)
-        return no_sync() if callable(no_sync) else contextlib.nullcontext()
+        if callable(no_sync):
+            return no_sync()
+        stack = contextlib.ExitStack()
+        for module in self.model.modules():
+            if isinstance(module, DistributedDataParallel):
+                stack.enter_context(module.no_sync())
+        return stack
 
     def _zero_grad(self) -> None:
         if self.dense_optimizer is not None:

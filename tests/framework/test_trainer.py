@@ -311,6 +311,17 @@ def _ddp_model() -> nn.Module:
     return CountingDDP(ToyModel(), broadcast_buffers=False)
 
 
+class DDPInside(nn.Module):
+    """A wrapper holding a DDP without a no_sync() of its own (as DMP holds its dense part)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.module = _ddp_model()
+
+    def forward(self, batch):
+        return self.module(batch)
+
+
 def _dist_accumulation_and_uneven(tmp: str) -> dict:
     rank = dist.get_rank()
     out = {}
@@ -318,6 +329,11 @@ def _dist_accumulation_and_uneven(tmp: str) -> dict:
     accumulated, big = run_pair(_ddp_model, make_batches(6, 3, 10 + rank), k=2, steps=3, tmp=tmp)
     assert_same(accumulated, big)
     out["no_sync_calls"] = CountingDDP.no_sync_calls
+    inner, inner_big = run_pair(
+        DDPInside, make_batches(6, 3, 10 + rank), k=2, steps=3, tmp=os.path.join(tmp, "inside")
+    )
+    assert_same(inner, inner_big)
+    out["no_sync_calls_inside"] = CountingDDP.no_sync_calls - out["no_sync_calls"]
     # Every rank holds the same weights (DDP for dense, averaged sparse grads).
     gathered = [None] * dist.get_world_size()
     dist.all_gather_object(gathered, accumulated)
@@ -343,6 +359,7 @@ def test_two_ranks_accumulation_ddp_and_uneven_data(tmp_path):
     for r in results:
         # 3 steps x (k-1) micro-batches under no_sync; the big-batch run never uses it.
         assert r["no_sync_calls"] == 3
+        assert r["no_sync_calls_inside"] == 3  # found inside the wrapper
         assert r["uneven"] == (3, 3, [("after_epoch", 0), ("after_train",), ("end",)])
     lines = results[0]["log_lines"]
     # Rank 0 estimates the total from its own 5 batches; training stops at 3.
