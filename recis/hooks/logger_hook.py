@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from typing import Any, TextIO
 
 import torch
 
-from recis.framework.metrics import BinaryClassificationMetric, Predictions
+from recis.framework.metrics import Predictions, binary_auc
 from recis.hooks.hook import Hook
 
 
@@ -30,16 +31,17 @@ class LoggerHook(Hook):
 
     The line holds the step (of the total when known), the loss, samples/s over all
     ranks (this rank's samples times the world size), the ETA, the other scalar
-    metrics of that step and, for each :class:`Predictions` metric, the AUC of all
-    ranks' predictions since the previous line (computed by every rank together at
-    the logging step, so every rank must report the same Predictions names). When ``stream`` is a terminal the line is a
+    metrics of that step and, for each :class:`Predictions` metric, the AUC of rank
+    0's predictions since the previous line (``auc(rank 0)``: no collective, so the
+    hook may be added on rank 0 only; ``Trainer.evaluate`` gives the exact AUC over
+    all ranks). When ``stream`` is a terminal the line is a
     progress bar redrawn in place; otherwise (files, CI logs) each is a plain line.
     Evaluation results are printed too.
 
     Example::
 
         >>> trainer.add_hook(LoggerHook(log_steps=100))
-        step 100/1000 [10%] loss 0.4712 | 51234 samples/s | ETA 0:01:20 | auc 0.7431
+        step 100/1000 [10%] loss 0.4712 | 51234 samples/s | ETA 0:01:20 | auc(rank 0) 0.7431
     """
 
     BAR_WIDTH = 20
@@ -83,18 +85,20 @@ class LoggerHook(Hook):
         self._window = {}
 
     def _window_aucs(self) -> dict[str, float]:
-        """AUC of each Predictions metric over the window, all ranks (a collective)."""
-        aucs = {}
-        for name in sorted(self._window):
-            parts = self._window[name]
-            metric = BinaryClassificationMetric()
-            # Concatenated here, not per step, so a GPU run syncs once per line.
-            metric.update(torch.cat([p.preds for p in parts]), torch.cat([p.labels for p in parts]))
-            aucs[name] = float(metric.compute()["auc"])
+        """AUC of each Predictions metric of this rank over the window."""
+        # Concatenated here, not per step, so a GPU run syncs once per line.
+        aucs = {
+            name: binary_auc(
+                torch.cat([p.preds for p in parts]), torch.cat([p.labels for p in parts])
+            )
+            for name, parts in self._window.items()
+        }
         self._window = {}
         return aucs
 
     def after_step(self, metrics: dict[str, Any], global_step: int) -> None:
+        if not self.is_main_process:
+            return
         for name, value in metrics.items():
             if isinstance(value, Predictions):
                 self._window.setdefault(name, []).append(
@@ -103,8 +107,6 @@ class LoggerHook(Hook):
         if global_step % self.log_steps:
             return
         aucs = self._window_aucs()
-        if not self.is_main_process:
-            return
         trainer = self.trainer
         now = time.monotonic()
         total = trainer.total_steps if trainer is not None else None
@@ -134,7 +136,9 @@ class LoggerHook(Hook):
             if name != "loss" and not isinstance(value, Predictions):
                 parts.append(f"{name} {_format_value(value)}")
         for name, auc in aucs.items():
-            parts.append(f"{name} {auc:.4f}" if name == "auc" else f"{name}/auc {auc:.4f}")
+            if not math.isnan(auc):  # one class only in the window
+                label = "auc" if name == "auc" else f"{name}/auc"
+                parts.append(f"{label}(rank 0) {auc:.4f}")
         self._emit(" | ".join(parts), progress=True)
 
     def after_evaluate(self, metrics: dict[str, Any]) -> None:

@@ -51,7 +51,7 @@ def test_logger_hook_plain_lines(tmp_path):
         window = BinaryClassificationMetric()
         for s in (step - 1, step):
             window.update(*rec.metrics[s]["auc"])
-        assert line.endswith(f" | auc {window.compute()['auc']:.4f}")
+        assert line.endswith(f" | auc(rank 0) {window.compute()['auc']:.4f}")
     assert lines[2].startswith("eval: auc ") and "logloss" in lines[2] and "loss" in lines[2]
 
 
