@@ -66,7 +66,7 @@ class LoggerHook(Hook):
     def _emit(self, line: str, progress: bool = False) -> None:
         out = self._out
         if progress and self._is_tty():
-            # Redraw in place; pad to the terminal width so a shorter line leaves no tail.
+            # Redraw in place; pad to the previous line's width so no tail of it remains.
             out.write("\r" + line.ljust(self._width))
             self._width = len(line)
             self._bar_open = True
@@ -146,7 +146,8 @@ class LoggerHook(Hook):
             body = ", ".join(f"{k} {_format_value(v)}" for k, v in metrics.items())
             self._emit(f"eval: {body}")
 
-    def after_train(self) -> None:
+    def end(self) -> None:
+        # Also after an error: the traceback should not start on the progress line.
         if self.is_main_process and self._bar_open:
             self._out.write("\n")
             self._out.flush()
