@@ -1,12 +1,12 @@
-"""Trainer and TrainingArguments: the training and evaluation loop of recis."""
+"""Trainer: the training and evaluation loop of recis."""
 
 from __future__ import annotations
 
 import contextlib
 import importlib
 import logging
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -21,92 +21,14 @@ from recis.framework.metrics import (
     clear_metrics,
     get_global_metrics,
 )
+from recis.framework.rank_sync import RankSync
+from recis.framework.training_args import TrainingArguments, positive_or_none
 from recis.hooks import Hook, LoggerHook
 from recis.nn import filter_out_sparse_param
 
+__all__ = ["Trainer", "TrainerState", "TrainingArguments"]
+
 logger = logging.getLogger(__name__)
-
-
-def _positive_or_none(name: str, value: Any) -> None:
-    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-        raise ValueError(f"TrainingArguments.{name} must be None or an int >= 1, got {value!r}")
-
-
-@dataclass
-class TrainingArguments:
-    """What to train for how long, and where to save it.
-
-    - ``train_steps``: stop after exactly this many optimizer steps (counting the
-      steps of a restored checkpoint), going over the dataset as often as needed.
-    - ``train_epoch``: number of passes over ``train_dataset``. With both set,
-      training stops at whichever comes first; with neither, one epoch.
-    - ``eval_steps``: batches per evaluation (``None``: the whole eval set).
-    - ``log_steps``: a :class:`~recis.hooks.LoggerHook` prints every that many
-      steps (``None``: no default logger).
-    - ``save_steps``: checkpoint every that many optimizer steps (``None``: only at
-      the end). ``max_to_keep`` checkpoints are kept, each rank writing with
-      ``save_concurrency_per_rank`` threads.
-    - ``gradient_accumulation_steps`` (k): each optimizer step averages the
-      gradients of k micro-batches (the loss is scaled by 1/k; DDP syncs once).
-    - ``model_bank``: checkpoints to warm-start from when ``output_dir`` has none
-      to resume: a list of ``{"path": ..., "load": [...], "exclude": [...],
-      "strict": bool}``; each is loaded with ``Saver.load_by_config(path, conf)``
-      where ``conf`` is the entry without ``path``.
-    - ``seed``: seeds Python, NumPy and torch when the Trainer is built.
-    - ``bf16``: run the model's forward under bfloat16 autocast (CUDA only; the
-      embedding lookups stay float32). Ignored with a warning on CPU.
-    - ``device`` / ``backend``: ``"auto"`` picks ``cuda:LOCAL_RANK`` + nccl when
-      CUDA is available, else CPU + gloo.
-
-    Example::
-
-        >>> args = TrainingArguments(output_dir="ckpt", train_steps=1000, save_steps=200,
-        ...                          gradient_accumulation_steps=2)
-    """
-
-    output_dir: str = "output"
-    train_steps: int | None = None
-    train_epoch: int | None = None
-    eval_steps: int | None = None
-    log_steps: int | None = 100
-    save_steps: int | None = 1000
-    max_to_keep: int = 5
-    save_concurrency_per_rank: int = 4
-    gradient_accumulation_steps: int = 1
-    model_bank: list[dict[str, Any]] | None = field(default=None)
-    seed: int = 42
-    bf16: bool = False
-    device: str = "auto"
-    backend: str = "auto"
-
-    def __post_init__(self) -> None:
-        for name in ("train_steps", "train_epoch", "eval_steps", "log_steps", "save_steps"):
-            _positive_or_none(name, getattr(self, name))
-        for name in ("max_to_keep", "save_concurrency_per_rank", "gradient_accumulation_steps"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"TrainingArguments.{name} must be an int >= 1, got {value!r}")
-        if not isinstance(self.output_dir, str) or not self.output_dir:
-            raise ValueError(
-                f"TrainingArguments.output_dir must be a path, got {self.output_dir!r}"
-            )
-        if not isinstance(self.seed, int):
-            raise ValueError(f"TrainingArguments.seed must be an int, got {self.seed!r}")
-        if self.model_bank is not None:
-            if not isinstance(self.model_bank, list):
-                raise ValueError("TrainingArguments.model_bank must be a list of dicts")
-            for i, entry in enumerate(self.model_bank):
-                if not isinstance(entry, dict) or not isinstance(entry.get("path"), str):
-                    raise ValueError(
-                        f"TrainingArguments.model_bank[{i}] must be a dict with a 'path' string, "
-                        f"got {entry!r}"
-                    )
-        resolve_device(self.device)  # raises a clear error for a bad or unavailable device
-        if self.backend not in ("auto", "gloo", "nccl", "mpi", "ucc"):
-            raise ValueError(
-                f"TrainingArguments.backend must be 'auto', 'gloo', 'nccl', 'mpi' or 'ucc', "
-                f"got {self.backend!r}"
-            )
 
 
 @dataclass
@@ -145,9 +67,6 @@ def _check_loss(loss: Any, source: str) -> Tensor:
             f"{source} must return the scalar loss tensor, got {type(loss).__name__}{shape}"
         )
     return loss
-
-
-_PEER_GONE = "Connection closed by peer"
 
 
 def _is_scalar(value: Any) -> bool:
@@ -212,6 +131,7 @@ class Trainer:
         init_distributed(self.args.backend, self.args.device)
         self.device = resolve_device(self.args.device)
         self.rank, self.world_size = rank(), world_size()
+        self._sync = RankSync(self.rank, self.world_size, self.device)
         set_seed(self.args.seed)
         self.model = model
         self.train_dataset = train_dataset
@@ -356,65 +276,6 @@ class Trainer:
         if self.args.save_steps and step % self.args.save_steps == 0:
             self._last_saved_step = step
 
-    # ------------------------------------------------------------ collectives
-    def _agree(self, exhausted: bool, failed: bool) -> tuple[bool, int | None]:
-        """Across ranks: did any run out of data, and which rank (if any) failed?"""
-        if self.world_size == 1:
-            return exhausted, self.rank if failed else None
-        device = self.device if dist.get_backend() == "nccl" else torch.device("cpu")
-        flags = torch.tensor([int(exhausted), self.rank + 1 if failed else 0], device=device)
-        try:
-            dist.all_reduce(flags, op=dist.ReduceOp.MAX)
-        except RuntimeError as e:  # gloo reports a vanished peer as a plain RuntimeError
-            raise self._fail(e, in_collective=True) from e
-        any_exhausted, failed_plus_one = (int(v) for v in flags.tolist())
-        return bool(any_exhausted), (failed_plus_one - 1 if failed_plus_one else None)
-
-    def _next_window(self, it: Iterator[Any], k: int, what: str) -> list[Any] | None:
-        """The next ``k`` batches, or None when any rank ran out; read errors are shared."""
-        batches: list[Any] = []
-        exhausted, error = False, None
-        try:
-            for _ in range(k):
-                batches.append(next(it))
-        except StopIteration:
-            exhausted = True  # a partial window is dropped: steps always see k micro-batches
-        except Exception as e:
-            error = e
-        any_exhausted, failed_rank = self._agree(exhausted, error is not None)
-        if error is not None:
-            raise error
-        if failed_rank is not None:
-            raise RuntimeError(
-                f"rank {failed_rank} failed to read its {what} data at step "
-                f"{self.state.global_step}; rank {self.rank} stops too (see rank {failed_rank}'s error)"
-            )
-        return None if any_exhausted else batches
-
-    def _fail(self, error: BaseException, in_collective: bool = False) -> BaseException:
-        """Stops the other ranks after ``error`` inside a step; returns what to raise.
-
-        A collective that failed because a peer left (gloo: "Connection closed by
-        peer"; NCCL: a DistError) is reported as such, chained to the original.
-        """
-        if self.world_size == 1 or not dist.is_initialized():
-            return error
-        step = self.state.global_step
-        logger.error(
-            "rank %d failed at step %d (%s); destroying its process group: the other ranks' "
-            "collectives fail once this process ends",
-            self.rank,
-            step,
-            type(error).__name__,
-        )
-        dist.destroy_process_group()
-        if in_collective or isinstance(error, dist.DistError) or _PEER_GONE in str(error):
-            return RuntimeError(
-                f"rank {self.rank}: a collective failed at step {step}, most likely because "
-                "another rank failed (see the first error in that rank's log)"
-            )
-        return error
-
     # ------------------------------------------------------------------- helpers
     def _to_device(self, data: Any) -> Any:
         if isinstance(data, dict):
@@ -516,7 +377,7 @@ class Trainer:
         it = iter(self.train_dataset)
         steps = 0
         while self.args.train_steps is None or self.state.global_step < self.args.train_steps:
-            window = self._next_window(it, k, "training")
+            window = self._sync.next_window(it, k, "training", self.state.global_step)
             if window is None:
                 return steps, True
             try:
@@ -525,7 +386,7 @@ class Trainer:
                 self._save_if_due()
                 self._call_hooks("after_step", metrics, self.state.global_step)
             except Exception as e:
-                raise self._fail(e) from e
+                raise self._sync.fail(e, self.state.global_step) from e
             steps += 1
         return steps, False
 
@@ -590,7 +451,7 @@ class Trainer:
             try:
                 self._save_if_due(final=True)
             except Exception as e:
-                raise self._fail(e) from e
+                raise self._sync.fail(e, self.state.global_step) from e
             self._call_hooks("after_train")
         finally:
             self._call_hooks("end")
@@ -615,7 +476,7 @@ class Trainer:
         if dataset is None:
             raise ValueError("Trainer.evaluate() needs an eval_dataset")
         steps = eval_steps if eval_steps is not None else self.args.eval_steps
-        _positive_or_none("eval_steps", steps)
+        positive_or_none("eval_steps", steps)
         self._check_model_device()
         was_training = self.model.training
         self._call_hooks("before_evaluate")
@@ -627,13 +488,13 @@ class Trainer:
             it, done = iter(dataset), 0
             with torch.no_grad():
                 while steps is None or done < steps:
-                    window = self._next_window(it, 1, "evaluation")
+                    window = self._sync.next_window(it, 1, "evaluation", self.state.global_step)
                     if window is None:
                         break
                     try:
                         self._eval_batch(window[0], predictions, sums, counts)
                     except Exception as e:
-                        raise self._fail(e) from e
+                        raise self._sync.fail(e, self.state.global_step) from e
                     done += 1
             results = self._reduce_eval(predictions, sums, counts)
         finally:
@@ -683,8 +544,7 @@ class Trainer:
                 [v for n in names for v in (sums[n], counts[n])], dtype=torch.float64
             )
             if self.world_size > 1:
-                device = self.device if dist.get_backend() == "nccl" else torch.device("cpu")
-                totals = totals.to(device)
+                totals = totals.to(self._sync.comm_device())
                 dist.all_reduce(totals)
                 totals = totals.cpu()
             for i, name in enumerate(names):
