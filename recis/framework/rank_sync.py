@@ -1,0 +1,101 @@
+"""RankSync: how the ranks of a job agree each step on the end of data and on failures."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+logger = logging.getLogger(__name__)
+
+# How gloo reports a collective whose peer went away (a plain RuntimeError).
+_PEER_GONE = "Connection closed by peer"
+
+
+class RankSync:
+    """One small all-reduce per step keeps the ranks of a job in step.
+
+    :meth:`next_window` reads this rank's next batches and tells every rank whether
+    any of them ran out of data (all stop at the same step, so uneven data never
+    hangs) or failed to read it (all raise, the failing rank its own error, the
+    others one naming it). :meth:`fail` handles an error raised inside a step,
+    where the other ranks may wait in a collective of the model.
+
+    Example::
+
+        >>> sync = RankSync(dist.get_rank(), dist.get_world_size(), torch.device("cpu"))
+        >>> window = sync.next_window(iterator, k=2, what="training", step=0)
+        >>> window is None   # some rank has no 2 more batches
+        False
+    """
+
+    def __init__(self, rank: int, world_size: int, device: torch.device) -> None:
+        self.rank, self.world_size, self.device = rank, world_size, device
+
+    def comm_device(self) -> torch.device:
+        """Where collective tensors live: the device under NCCL, CPU otherwise."""
+        return self.device if dist.get_backend() == "nccl" else torch.device("cpu")
+
+    def agree(self, exhausted: bool, failed: bool, step: int) -> tuple[bool, int | None]:
+        """Across ranks: did any run out of data, and which rank (if any) failed?"""
+        if self.world_size == 1:
+            return exhausted, self.rank if failed else None
+        flags = torch.tensor(
+            [int(exhausted), self.rank + 1 if failed else 0], device=self.comm_device()
+        )
+        try:
+            dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+        except RuntimeError as e:
+            raise self.fail(e, step, in_collective=True) from e
+        any_exhausted, failed_plus_one = (int(v) for v in flags.tolist())
+        return bool(any_exhausted), (failed_plus_one - 1 if failed_plus_one else None)
+
+    def next_window(self, it: Iterator[Any], k: int, what: str, step: int) -> list[Any] | None:
+        """The next ``k`` batches of ``it``, or None when any rank ran out."""
+        batches: list[Any] = []
+        exhausted, error = False, None
+        try:
+            for _ in range(k):
+                batches.append(next(it))
+        except StopIteration:
+            exhausted = True  # a partial window is dropped: steps always see k micro-batches
+        except Exception as e:
+            error = e
+        any_exhausted, failed_rank = self.agree(exhausted, error is not None, step)
+        if error is not None:
+            raise error
+        if failed_rank is not None:
+            raise RuntimeError(
+                f"rank {failed_rank} failed to read its {what} data at step {step}; "
+                f"rank {self.rank} stops too (see rank {failed_rank}'s error)"
+            )
+        return None if any_exhausted else batches
+
+    def fail(self, error: BaseException, step: int, in_collective: bool = False) -> BaseException:
+        """After ``error`` inside a step: gives up the process group; returns what to raise.
+
+        The other ranks may be waiting in a collective of the model, which no flag
+        can reach: their collective fails when this process ends (as under
+        torchrun) or lets go of the group. A collective that failed because a peer
+        left (gloo: "Connection closed by peer"; NCCL: a DistError) is reported as
+        such, chained to the original error.
+        """
+        if self.world_size == 1 or not dist.is_initialized():
+            return error
+        logger.error(
+            "rank %d failed at step %d (%s); destroying its process group: the other ranks' "
+            "collectives fail once this process ends",
+            self.rank,
+            step,
+            type(error).__name__,
+        )
+        dist.destroy_process_group()
+        if in_collective or isinstance(error, dist.DistError) or _PEER_GONE in str(error):
+            return RuntimeError(
+                f"rank {self.rank}: a collective failed at step {step}, most likely because "
+                "another rank failed (see the first error in that rank's log)"
+            )
+        return error

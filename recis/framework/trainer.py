@@ -1,0 +1,552 @@
+"""Trainer: the training and evaluation loop of recis."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+
+from recis.framework.device import init_distributed, rank, resolve_device, set_seed, world_size
+from recis.framework.metrics import (
+    BinaryClassificationMetric,
+    Predictions,
+    clear_metrics,
+    get_global_metrics,
+)
+from recis.framework.rank_sync import RankSync
+from recis.framework.training_args import TrainingArguments, positive_or_none
+from recis.hooks import Hook, LoggerHook
+from recis.nn import filter_out_sparse_param
+
+__all__ = ["Trainer", "TrainerState", "TrainingArguments"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainerState:
+    """Progress of training; ``global_step`` and ``epoch`` are checkpointed."""
+
+    global_step: int = 0
+    epoch: int = 0
+    samples: int = 0  # this rank's samples trained by this process (for throughput)
+
+    def state_dict(self) -> dict[str, int]:
+        return {"global_step": self.global_step, "epoch": self.epoch}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.global_step = int(state["global_step"])
+        self.epoch = int(state["epoch"])
+
+
+def _batch_size(data: Any) -> int:
+    """Samples in a batch: its label, dense or sparse part (0 when unknown)."""
+    if isinstance(data, dict):
+        for key in ("label", "dense"):
+            if isinstance(data.get(key), Tensor):
+                return int(data[key].shape[0])
+        sparse = data.get("sparse")
+        return int(sparse.stride()) if hasattr(sparse, "stride") else 0
+    if isinstance(data, Tensor) and data.dim() > 0:
+        return int(data.shape[0])
+    return 0
+
+
+def _check_loss(loss: Any, source: str) -> Tensor:
+    if not isinstance(loss, Tensor) or loss.numel() != 1:
+        shape = f" of shape {tuple(loss.shape)}" if isinstance(loss, Tensor) else ""
+        raise TypeError(
+            f"{source} must return the scalar loss tensor, got {type(loss).__name__}{shape}"
+        )
+    return loss
+
+
+def _is_scalar(value: Any) -> bool:
+    return isinstance(value, (int, float)) or (isinstance(value, Tensor) and value.numel() == 1)
+
+
+class Trainer:
+    """Trains ``model`` on ``train_dataset`` with a dense and a sparse optimizer.
+
+    ``model(batch)`` returns the scalar loss and reports other values with
+    :func:`~recis.framework.metrics.add_metric`. ``train_dataset`` is an iterable of
+    batches (this rank's part of the data); each epoch calls ``iter()`` on it (and
+    ``set_epoch(epoch)`` first when it has one). Batches are moved to
+    :attr:`device`; the model must already be there (``DistributedModelParallel``
+    places it). ``dense_optimizers`` is ``(optimizer, lr_scheduler)``, either may be
+    ``None``; ``sparse_optimizer`` updates the embedding tables.
+
+    Every step the ranks agree (one small all-reduce) on whether any of them ran
+    out of data or failed to read it, so uneven data ends the epoch on every rank
+    at the same step, and a rank that cannot read its data makes every rank raise
+    (the process group stays usable). An error inside a step (forward, backward,
+    optimizer, hook, checkpoint) cannot be announced that way, since the other
+    ranks may be waiting in a collective of the model: the failing rank raises and
+    destroys its process group, and the others' pending collective fails when that
+    process ends (as under torchrun) or lets go of the group, which the trainer
+    reports as "another rank failed"; the group's timeout is the last resort.
+
+    ``train()`` first restores the latest checkpoint in ``args.output_dir`` (so
+    re-running a job resumes it), then saves every ``save_steps`` steps and at the
+    end: the model, the sparse optimizer, the dense optimizer and scheduler, the
+    trainer state and, per rank, the train dataset's read position when it has
+    ``state_dict``/``load_state_dict``.
+
+    Example::
+
+        >>> model = DistributedModelParallel(DLRM(...))
+        >>> trainer = Trainer(
+        ...     model, TrainingArguments(output_dir="ckpt", train_steps=1000),
+        ...     train_dataset=train_data, eval_dataset=eval_data,
+        ...     dense_optimizers=(torch.optim.AdamW(model.parameters(), lr=1e-3), None),
+        ...     sparse_optimizer=SparseAdagrad(filter_out_sparse_param(model), lr=0.05))
+        >>> trainer.train()
+        >>> trainer.evaluate()
+        {'auc': 0.79, 'logloss': 0.45, 'count': 100000, 'loss': 0.45}
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        args: TrainingArguments | None = None,
+        train_dataset: Iterable[Any] | None = None,
+        eval_dataset: Iterable[Any] | None = None,
+        hooks: Sequence[Hook] | None = None,
+        dense_optimizers: tuple[torch.optim.Optimizer | None, Any] = (None, None),
+        sparse_optimizer: Any = None,
+    ) -> None:
+        self.args = args if args is not None else TrainingArguments()
+        if not isinstance(self.args, TrainingArguments):
+            raise TypeError(f"args must be TrainingArguments, got {type(self.args).__name__}")
+        if not isinstance(dense_optimizers, (tuple, list)) or len(dense_optimizers) != 2:
+            raise TypeError("dense_optimizers must be a pair (optimizer, lr_scheduler)")
+        init_distributed(self.args.backend, self.args.device)
+        self.device = resolve_device(self.args.device)
+        self.rank, self.world_size = rank(), world_size()
+        self._sync = RankSync(self.rank, self.world_size, self.device)
+        set_seed(self.args.seed)
+        self.model = model
+        self.train_dataset = train_dataset
+        self.eval_dataset = eval_dataset
+        self.dense_optimizer, self.dense_lr_scheduler = dense_optimizers
+        self.sparse_optimizer = sparse_optimizer
+        # Tables nobody updates still record gradients; clear them every step.
+        self._untrained_tables = (
+            list(filter_out_sparse_param(model).values()) if sparse_optimizer is None else []
+        )
+        if self._untrained_tables:
+            logger.warning(
+                "no sparse_optimizer: embedding tables %s will not be trained",
+                [t.name for t in self._untrained_tables],
+            )
+        self._bf16 = self.args.bf16 and self.device.type == "cuda"
+        if self.args.bf16 and not self._bf16:
+            logger.warning(
+                "bf16 autocast needs a CUDA device; training in float32 on %s", self.device
+            )
+        self.state = TrainerState()
+        self.hooks: list[Hook] = []
+        if self.args.log_steps:
+            self.add_hook(LoggerHook(self.args.log_steps))
+        if hooks:
+            self.add_hooks(hooks)
+        self._saver: Any = None
+        self._checkpoints: Any = None
+        self._checkpointing_checked = False
+        self._restored = False
+        self._last_saved_step = -1
+
+    # ----------------------------------------------------------------- properties
+    @property
+    def is_main_process(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def total_steps(self) -> int | None:
+        """Optimizer steps this run will reach, when knowable (for progress and ETA)."""
+        args = self.args
+        per_epoch = None
+        with contextlib.suppress(TypeError):
+            per_epoch = len(self.train_dataset) // args.gradient_accumulation_steps  # type: ignore[arg-type]
+        by_epochs = None
+        if per_epoch is not None and (args.train_epoch or not args.train_steps):
+            by_epochs = (args.train_epoch or 1) * per_epoch
+        candidates = [s for s in (args.train_steps, by_epochs) if s is not None]
+        return min(candidates) if candidates else None
+
+    # ---------------------------------------------------------------------- hooks
+    def add_hook(self, hook: Hook) -> None:
+        """Adds a hook; hooks are called in the order they were added."""
+        if not isinstance(hook, Hook):
+            raise TypeError(f"hooks must subclass recis.hooks.Hook, got {type(hook).__name__}")
+        hook.attach(self)
+        self.hooks.append(hook)
+
+    def add_hooks(self, hooks: Iterable[Hook]) -> None:
+        for hook in hooks:
+            self.add_hook(hook)
+
+    def _call_hooks(self, method: str, *args: Any) -> None:
+        for hook in self.hooks:
+            getattr(hook, method)(*args)
+
+    # -------------------------------------------------------------- checkpointing
+    def _checkpoint_manager(self) -> Any:
+        """The CheckpointManager over ``output_dir``, built on first use (None if unavailable)."""
+        if self._checkpointing_checked:
+            return self._checkpoints
+        self._checkpointing_checked = True
+        try:
+            checkpoint_manager = importlib.import_module("recis.framework.checkpoint_manager")
+        except ModuleNotFoundError as e:
+            if e.name != "recis.framework.checkpoint_manager":
+                raise
+            logger.warning(
+                "recis.framework.checkpoint_manager is missing: training without checkpoints"
+            )
+            return None
+        args = self.args
+        saver = checkpoint_manager.Saver(
+            self.model,
+            self.sparse_optimizer,
+            args.output_dir,
+            max_keep=args.max_to_keep,
+            concurrency=args.save_concurrency_per_rank,
+        )
+        if self.dense_optimizer is not None:
+            saver.register_for_checkpointing("dense_optimizer", self.dense_optimizer)
+        if self.dense_lr_scheduler is not None:
+            saver.register_for_checkpointing("dense_lr_scheduler", self.dense_lr_scheduler)
+        saver.register_for_checkpointing("trainer_state", self.state)
+        ds = self.train_dataset
+        if hasattr(ds, "state_dict") and hasattr(ds, "load_state_dict"):
+            saver.register_for_checkpointing("train_dataset", ds, per_rank=True)
+        # save_interval 0: no periodic saves, only train()'s final one.
+        self._saver = saver
+        self._checkpoints = checkpoint_manager.CheckpointManager(saver, args.save_steps or 0)
+        return self._checkpoints
+
+    def restore(self) -> int:
+        """Loads the latest checkpoint of ``output_dir`` (or the model bank); returns the step.
+
+        ``train()`` calls this first; calling it yourself beforehand is fine (it
+        restores once). With no checkpoint to resume, each ``model_bank`` entry is
+        loaded in order (a warm start, typically ``"load": ["sparse", "dense"]``;
+        loading ``extra`` too would also bring that job's optimizer state and step).
+        """
+        if self._restored:
+            return self.state.global_step
+        self._restored = True
+        manager = self._checkpoint_manager()
+        if manager is None:
+            return self.state.global_step
+        step = int(manager.restore())
+        if step:
+            self.state.global_step = step
+            self._last_saved_step = step
+            if self.is_main_process:
+                logger.info("resumed from %s at step %d", self.args.output_dir, step)
+        elif self.args.model_bank:
+            for entry in self.args.model_bank:
+                conf = {k: v for k, v in entry.items() if k != "path"}
+                self._saver.load_by_config(entry["path"], conf)
+                if self.is_main_process:
+                    logger.info("warm-started from model bank entry %s", entry["path"])
+        return self.state.global_step
+
+    def _save_if_due(self, final: bool = False) -> None:
+        manager = self._checkpoint_manager()
+        if manager is None:
+            return
+        step = self.state.global_step
+        if final:
+            if step != self._last_saved_step:
+                manager.save()
+                self._last_saved_step = step
+            return
+        manager.step()  # saves when step is a multiple of save_steps
+        if self.args.save_steps and step % self.args.save_steps == 0:
+            self._last_saved_step = step
+
+    # ------------------------------------------------------------------- helpers
+    def _to_device(self, data: Any) -> Any:
+        if isinstance(data, dict):
+            return {k: self._to_device(v) for k, v in data.items()}
+        if isinstance(data, (list, tuple)):
+            return type(data)(self._to_device(v) for v in data)
+        if getattr(data, "device", self.device) != self.device and hasattr(data, "to"):
+            return data.to(self.device)
+        return data
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """bfloat16 autocast when ``args.bf16`` on CUDA; otherwise does nothing."""
+        if self._bf16:
+            return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def backward(self, loss: Tensor) -> None:
+        """Back-propagates ``loss`` scaled by ``1 / gradient_accumulation_steps``."""
+        k = self.args.gradient_accumulation_steps
+        (loss / k if k > 1 else loss).backward()
+
+    def _no_sync(self) -> contextlib.AbstractContextManager:
+        """Skips the dense gradient all-reduce: the model's ``no_sync()`` when it has
+        one (DDP), else that of every DDP inside it (e.g. DMP's dense part)."""
+        no_sync = getattr(self.model, "no_sync", None)
+        if callable(no_sync):
+            return no_sync()
+        stack = contextlib.ExitStack()
+        for module in self.model.modules():
+            if isinstance(module, DistributedDataParallel):
+                stack.enter_context(module.no_sync())
+        return stack
+
+    def _zero_grad(self) -> None:
+        if self.dense_optimizer is not None:
+            self.dense_optimizer.zero_grad()
+        if self.sparse_optimizer is not None:
+            self.sparse_optimizer.zero_grad()
+        for table in self._untrained_tables:
+            table.zero_grad()
+
+    def _optimizer_step(self) -> None:
+        if self.dense_optimizer is not None:
+            self.dense_optimizer.step()
+        if self.sparse_optimizer is not None:
+            self.sparse_optimizer.step()
+        if self.dense_lr_scheduler is not None:
+            self.dense_lr_scheduler.step()
+        self._zero_grad()
+
+    # ---------------------------------------------------------------- training
+    def _train_step(self, data: Any, epoch: int, metrics: dict[str, Any]) -> Tensor:
+        """Forward and backward of ONE micro-batch; override to customise a step.
+
+        Contract: compute the loss of ``data`` (already on :attr:`device`), call
+        :meth:`backward` on it exactly once (it scales by 1/k for gradient
+        accumulation) and return the loss (detached is fine). Do not step or
+        zero the optimizers: the trainer does that once per k micro-batches, and
+        wraps the first k-1 calls in the model's ``no_sync()``. Values put in
+        ``metrics`` reach the hooks' ``after_step`` (they win over ``add_metric``
+        values of the same name); ``epoch`` is the current epoch (from 0).
+
+        Example::
+
+            >>> class MyTrainer(Trainer):
+            ...     def _train_step(self, data, epoch, metrics):
+            ...         with self.autocast():
+            ...             loss = self.model(data)
+            ...             l2 = sum(p.pow(2).sum() for p in self.model.parameters())
+            ...         self.backward(loss + 1e-5 * l2)
+            ...         metrics["l2"] = l2.detach()
+            ...         return loss.detach()
+        """
+        with self.autocast():
+            loss = _check_loss(self.model(data), "model(batch)")
+        self.backward(loss)
+        return loss.detach()
+
+    def _run_step(self, window: list[Any], epoch: int) -> dict[str, Any]:
+        """k micro-batches, then one optimizer step; returns the step's metrics."""
+        clear_metrics()
+        metrics: dict[str, Any] = {}
+        losses: list[Tensor] = []
+        last = len(window) - 1
+        for i, data in enumerate(window):
+            data = self._to_device(data)
+            with self._no_sync() if i < last else contextlib.nullcontext():
+                loss = self._train_step(data, epoch, metrics)
+            _check_loss(loss, f"{type(self).__name__}._train_step")
+            losses.append(loss.detach().float().reshape(()))
+            self.state.samples += _batch_size(data)
+        self._optimizer_step()
+        self.state.global_step += 1
+        return {**get_global_metrics(), "loss": torch.stack(losses).mean(), **metrics}
+
+    def _run_epoch(self, epoch: int) -> tuple[int, bool]:
+        """Steps of one epoch until the data or ``train_steps`` ends; (steps, exhausted)."""
+        k = self.args.gradient_accumulation_steps
+        it = iter(self.train_dataset)
+        steps = 0
+        while self.args.train_steps is None or self.state.global_step < self.args.train_steps:
+            window = self._sync.next_window(it, k, "training", self.state.global_step)
+            if window is None:
+                return steps, True
+            try:
+                self._call_hooks("before_step", self.state.global_step)
+                metrics = self._run_step(window, epoch)
+                self._save_if_due()
+                self._call_hooks("after_step", metrics, self.state.global_step)
+            except Exception as e:
+                raise self._sync.fail(e, self.state.global_step) from e
+            steps += 1
+        return steps, False
+
+    def _set_epoch(self, epoch: int) -> None:
+        # Datasets (or a DataLoader's DistributedSampler) that shuffle per epoch.
+        ds = self.train_dataset
+        for owner in (ds, getattr(ds, "sampler", None)):
+            if callable(getattr(owner, "set_epoch", None)):
+                owner.set_epoch(epoch)
+                return
+
+    def _check_model_device(self) -> None:
+        param = next(iter(self.model.parameters()), None)
+        if param is not None and param.device.type not in (self.device.type, "meta"):
+            raise ValueError(
+                f"the model's parameters are on {param.device} but the trainer runs on "
+                f"{self.device}: move the model there first (model.to(trainer.device)); "
+                "DistributedModelParallel places it itself"
+            )
+
+    def train(self) -> TrainerState:
+        """Trains until ``train_steps`` or ``train_epoch`` (see :class:`TrainingArguments`).
+
+        Restores the latest checkpoint first, saves every ``save_steps`` and at the
+        end, and returns the final :class:`TrainerState`.
+        """
+        if self.train_dataset is None:
+            raise ValueError("Trainer.train() needs a train_dataset")
+        if self.dense_optimizer is None and self.sparse_optimizer is None:
+            raise ValueError("Trainer.train() needs a dense optimizer, a sparse optimizer or both")
+        args = self.args
+        max_epochs = args.train_epoch if args.train_epoch else (None if args.train_steps else 1)
+        self._check_model_device()
+        self.restore()
+        resumed = self.state.global_step > 0
+        try:
+            self._call_hooks("before_train")
+            self.model.train()
+            self._zero_grad()
+            epoch = self.state.epoch
+            while max_epochs is None or epoch < max_epochs:
+                if args.train_steps is not None and self.state.global_step >= args.train_steps:
+                    break
+                self.state.epoch = epoch
+                self._set_epoch(epoch)
+                self._call_hooks("before_epoch", epoch)
+                steps, exhausted = self._run_epoch(epoch)
+                self._call_hooks("after_epoch", epoch)
+                if exhausted:
+                    epoch += 1
+                    self.state.epoch = epoch
+                # A resumed epoch may be at its end already; a fresh empty one means the
+                # dataset cannot be iterated again (e.g. a one-shot generator).
+                if steps == 0 and exhausted and not resumed:
+                    logger.warning(
+                        "train_dataset yielded no full step in epoch %d; stopping at step %d",
+                        epoch - 1,
+                        self.state.global_step,
+                    )
+                    break
+                resumed = False
+            try:
+                self._save_if_due(final=True)
+            except Exception as e:
+                raise self._sync.fail(e, self.state.global_step) from e
+            self._call_hooks("after_train")
+        finally:
+            self._call_hooks("end")
+        return self.state
+
+    # --------------------------------------------------------------- evaluation
+    def evaluate(
+        self, eval_dataset: Iterable[Any] | None = None, eval_steps: int | None = None
+    ) -> dict[str, float]:
+        """Runs the model over the eval set and returns its metrics, exact across ranks.
+
+        Every :class:`Predictions` metric the model reports is fed to a
+        :class:`BinaryClassificationMetric`: the one named ``"auc"`` gives ``auc``,
+        ``logloss`` and ``count``; another named ``name`` gives ``name/auc``,
+        ``name/logloss`` and ``name/count``. Scalar metrics (e.g. ``loss``) are
+        averaged over batches and ranks. Runs ``eval_steps`` batches (default
+        ``args.eval_steps``; ``None``: until the data ends). The ranks stop
+        together at the first rank's end of data. The model's train/eval mode is
+        restored afterwards.
+        """
+        dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
+        if dataset is None:
+            raise ValueError("Trainer.evaluate() needs an eval_dataset")
+        steps = eval_steps if eval_steps is not None else self.args.eval_steps
+        positive_or_none("eval_steps", steps)
+        self._check_model_device()
+        was_training = self.model.training
+        self._call_hooks("before_evaluate")
+        predictions: dict[str, BinaryClassificationMetric] = {}
+        sums: dict[str, float] = {}
+        counts: dict[str, int] = {}
+        self.model.eval()
+        try:
+            it, done = iter(dataset), 0
+            with torch.no_grad():
+                while steps is None or done < steps:
+                    window = self._sync.next_window(it, 1, "evaluation", self.state.global_step)
+                    if window is None:
+                        break
+                    try:
+                        self._eval_batch(window[0], predictions, sums, counts)
+                    except Exception as e:
+                        raise self._sync.fail(e, self.state.global_step) from e
+                    done += 1
+            results = self._reduce_eval(predictions, sums, counts)
+        finally:
+            self.model.train(was_training)
+        if self.is_main_process:
+            logger.info("evaluation at step %d: %s", self.state.global_step, results)
+        self._call_hooks("after_evaluate", results)
+        return results
+
+    def _eval_batch(
+        self,
+        data: Any,
+        predictions: dict[str, BinaryClassificationMetric],
+        sums: dict[str, float],
+        counts: dict[str, int],
+    ) -> None:
+        clear_metrics()
+        with self.autocast():
+            loss = self.model(self._to_device(data))
+        reported = get_global_metrics()
+        if "loss" not in reported and isinstance(loss, Tensor) and loss.numel() == 1:
+            reported["loss"] = loss
+        for name, value in reported.items():
+            if isinstance(value, Predictions):
+                predictions.setdefault(name, BinaryClassificationMetric()).update(*value)
+            elif _is_scalar(value):
+                sums[name] = sums.get(name, 0.0) + float(value)
+                counts[name] = counts.get(name, 0) + 1
+
+    def _reduce_eval(
+        self,
+        predictions: dict[str, BinaryClassificationMetric],
+        sums: dict[str, float],
+        counts: dict[str, int],
+    ) -> dict[str, float]:
+        # Every rank ran the same batches count of the same model, so the metric
+        # names match and the collectives below line up.
+        results: dict[str, float] = {}
+        for name in sorted(predictions):
+            computed = predictions[name].compute()
+            prefix = "" if name == "auc" else f"{name}/"
+            for key in ("auc", "logloss", "count"):
+                results[prefix + key] = computed[key]
+        names = sorted(sums)
+        if names:
+            totals = torch.tensor(
+                [v for n in names for v in (sums[n], counts[n])], dtype=torch.float64
+            )
+            if self.world_size > 1:
+                totals = totals.to(self._sync.comm_device())
+                dist.all_reduce(totals)
+                totals = totals.cpu()
+            for i, name in enumerate(names):
+                results.setdefault(name, float(totals[2 * i] / totals[2 * i + 1]))
+        return results

@@ -1,0 +1,91 @@
+"""TrainingArguments: what the Trainer trains for how long, and where it saves."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from recis.framework.device import resolve_device
+
+
+def positive_or_none(name: str, value: Any) -> None:
+    """Raises ValueError naming ``name`` unless ``value`` is None or an int >= 1."""
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+        raise ValueError(f"TrainingArguments.{name} must be None or an int >= 1, got {value!r}")
+
+
+@dataclass
+class TrainingArguments:
+    """What to train for how long, and where to save it.
+
+    - ``train_steps``: stop after exactly this many optimizer steps (counting the
+      steps of a restored checkpoint), going over the dataset as often as needed.
+    - ``train_epoch``: number of passes over ``train_dataset``. With both set,
+      training stops at whichever comes first; with neither, one epoch.
+    - ``eval_steps``: batches per evaluation (``None``: the whole eval set).
+    - ``log_steps``: a :class:`~recis.hooks.LoggerHook` prints every that many
+      steps (``None``: no default logger).
+    - ``save_steps``: checkpoint every that many optimizer steps (``None``: only at
+      the end). ``max_to_keep`` checkpoints are kept, each rank writing with
+      ``save_concurrency_per_rank`` threads.
+    - ``gradient_accumulation_steps`` (k): each optimizer step averages the
+      gradients of k micro-batches (the loss is scaled by 1/k; DDP syncs once).
+    - ``model_bank``: checkpoints to warm-start from when ``output_dir`` has none
+      to resume: a list of ``{"path": ..., "load": [...], "exclude": [...],
+      "strict": bool}``; each is loaded with ``Saver.load_by_config(path, conf)``
+      where ``conf`` is the entry without ``path``.
+    - ``seed``: seeds Python, NumPy and torch when the Trainer is built.
+    - ``bf16``: run the model's forward under bfloat16 autocast (CUDA only; the
+      embedding lookups stay float32). Ignored with a warning on CPU.
+    - ``device`` / ``backend``: ``"auto"`` picks ``cuda:LOCAL_RANK`` + nccl when
+      CUDA is available, else CPU + gloo.
+
+    Example::
+
+        >>> args = TrainingArguments(output_dir="ckpt", train_steps=1000, save_steps=200,
+        ...                          gradient_accumulation_steps=2)
+    """
+
+    output_dir: str = "output"
+    train_steps: int | None = None
+    train_epoch: int | None = None
+    eval_steps: int | None = None
+    log_steps: int | None = 100
+    save_steps: int | None = 1000
+    max_to_keep: int = 5
+    save_concurrency_per_rank: int = 4
+    gradient_accumulation_steps: int = 1
+    model_bank: list[dict[str, Any]] | None = None
+    seed: int = 42
+    bf16: bool = False
+    device: str = "auto"
+    backend: str = "auto"
+
+    def __post_init__(self) -> None:
+        for name in ("train_steps", "train_epoch", "eval_steps", "log_steps", "save_steps"):
+            positive_or_none(name, getattr(self, name))
+        for name in ("max_to_keep", "save_concurrency_per_rank", "gradient_accumulation_steps"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"TrainingArguments.{name} must be an int >= 1, got {value!r}")
+        if not isinstance(self.output_dir, str) or not self.output_dir:
+            raise ValueError(
+                f"TrainingArguments.output_dir must be a path, got {self.output_dir!r}"
+            )
+        if not isinstance(self.seed, int):
+            raise ValueError(f"TrainingArguments.seed must be an int, got {self.seed!r}")
+        if self.model_bank is not None:
+            if not isinstance(self.model_bank, list):
+                raise ValueError("TrainingArguments.model_bank must be a list of dicts")
+            for i, entry in enumerate(self.model_bank):
+                if not isinstance(entry, dict) or not isinstance(entry.get("path"), str):
+                    raise ValueError(
+                        f"TrainingArguments.model_bank[{i}] must be a dict with a 'path' string, "
+                        f"got {entry!r}"
+                    )
+        resolve_device(self.device)  # raises a clear error for a bad or unavailable device
+        if self.backend not in ("auto", "gloo", "nccl", "mpi", "ucc"):
+            raise ValueError(
+                f"TrainingArguments.backend must be 'auto', 'gloo', 'nccl', 'mpi' or 'ucc', "
+                f"got {self.backend!r}"
+            )

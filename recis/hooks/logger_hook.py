@@ -1,0 +1,154 @@
+"""LoggerHook: progress, loss, throughput, ETA and metrics, printed by rank 0."""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from typing import Any, TextIO
+
+import torch
+
+from recis.framework.metrics import Predictions, binary_auc
+from recis.hooks.hook import Hook
+
+
+def _format_duration(seconds: float) -> str:
+    seconds = max(0, round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}"
+
+
+def _format_value(value: Any) -> str:
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        value = value.item()
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+class LoggerHook(Hook):
+    """Every ``log_steps`` optimizer steps, rank 0 prints one line of progress.
+
+    The line holds the step (of the total when known), the loss, samples/s over all
+    ranks (this rank's samples times the world size), the ETA, the other scalar
+    metrics of that step and, for each :class:`Predictions` metric, the AUC of rank
+    0's predictions since the previous line (``auc(rank 0)``: no collective, so the
+    hook may be added on rank 0 only; ``Trainer.evaluate`` gives the exact AUC over
+    all ranks). When ``stream`` is a terminal the line is a
+    progress bar redrawn in place; otherwise (files, CI logs) each is a plain line.
+    Evaluation results are printed too.
+
+    Example::
+
+        >>> trainer.add_hook(LoggerHook(log_steps=100))
+        step 100/1000 [10%] loss 0.4712 | 51234 samples/s | ETA 0:01:20 | auc(rank 0) 0.7431
+    """
+
+    BAR_WIDTH = 20
+
+    def __init__(self, log_steps: int = 100, stream: TextIO | None = None) -> None:
+        if not isinstance(log_steps, int) or log_steps < 1:
+            raise ValueError(f"log_steps must be an int >= 1, got {log_steps!r}")
+        self.log_steps = log_steps
+        self.stream = stream
+        self._bar_open = False
+        self._width = 0
+        self._window: dict[str, list[Predictions]] = {}
+
+    @property
+    def _out(self) -> TextIO:
+        return self.stream if self.stream is not None else sys.stdout
+
+    def _is_tty(self) -> bool:
+        isatty = getattr(self._out, "isatty", None)
+        return bool(isatty and isatty())
+
+    def _emit(self, line: str, progress: bool = False) -> None:
+        out = self._out
+        if progress and self._is_tty():
+            # Redraw in place; pad to the previous line's width so no tail of it remains.
+            out.write("\r" + line.ljust(self._width))
+            self._width = len(line)
+            self._bar_open = True
+        else:
+            if self._bar_open:
+                out.write("\n")
+                self._bar_open = False
+            out.write(line + "\n")
+        out.flush()
+
+    def before_train(self) -> None:
+        state = self.trainer.state if self.trainer is not None else None
+        self._start_time = self._last_time = time.monotonic()
+        self._start_step = state.global_step if state else 0
+        self._last_samples = state.samples if state else 0
+        self._window = {}
+
+    def _window_aucs(self) -> dict[str, float]:
+        """AUC of each Predictions metric of this rank over the window."""
+        # Concatenated here, not per step, so a GPU run syncs once per line.
+        aucs = {
+            name: binary_auc(
+                torch.cat([p.preds for p in parts]), torch.cat([p.labels for p in parts])
+            )
+            for name, parts in self._window.items()
+        }
+        self._window = {}
+        return aucs
+
+    def after_step(self, metrics: dict[str, Any], global_step: int) -> None:
+        if not self.is_main_process:
+            return
+        for name, value in metrics.items():
+            if isinstance(value, Predictions):
+                self._window.setdefault(name, []).append(
+                    Predictions(value.preds.reshape(-1), value.labels.reshape(-1))
+                )
+        if global_step % self.log_steps:
+            return
+        aucs = self._window_aucs()
+        trainer = self.trainer
+        now = time.monotonic()
+        total = trainer.total_steps if trainer is not None else None
+        head = f"step {global_step}"
+        if total:
+            frac = min(1.0, global_step / total)
+            head += f"/{total} [{frac:.0%}]"
+            if self._is_tty():
+                filled = round(frac * self.BAR_WIDTH)
+                head = "[" + "#" * filled + "." * (self.BAR_WIDTH - filled) + "] " + head
+        parts = [head]
+        if "loss" in metrics:
+            parts[0] += f" loss {float(metrics['loss']):.4f}"
+        if trainer is not None:
+            samples = trainer.state.samples
+            elapsed = now - self._last_time
+            if elapsed > 0:
+                rate = (samples - self._last_samples) * trainer.world_size / elapsed
+                parts.append(f"{rate:.0f} samples/s")
+            self._last_samples = samples
+            done = global_step - self._start_step
+            if total and done > 0:
+                eta = (total - global_step) * (now - self._start_time) / done
+                parts.append(f"ETA {_format_duration(eta)}")
+        self._last_time = now
+        for name, value in metrics.items():
+            if name != "loss" and not isinstance(value, Predictions):
+                parts.append(f"{name} {_format_value(value)}")
+        for name, auc in aucs.items():
+            if not math.isnan(auc):  # one class only in the window
+                label = "auc" if name == "auc" else f"{name}/auc"
+                parts.append(f"{label}(rank 0) {auc:.4f}")
+        self._emit(" | ".join(parts), progress=True)
+
+    def after_evaluate(self, metrics: dict[str, Any]) -> None:
+        if self.is_main_process:
+            body = ", ".join(f"{k} {_format_value(v)}" for k, v in metrics.items())
+            self._emit(f"eval: {body}")
+
+    def end(self) -> None:
+        # Also after an error: the traceback should not start on the progress line.
+        if self.is_main_process and self._bar_open:
+            self._out.write("\n")
+            self._out.flush()
+            self._bar_open = False

@@ -1,0 +1,103 @@
+"""A rank that fails makes the other ranks fail promptly instead of hanging.
+
+Reading errors: the failing rank keeps its process and process group alive until
+the other rank has reported its own error through a file, so only the trainer's
+per-step flag can stop the other rank. Without it rank 0 would wait in a
+collective, rank 1 would give up waiting after 30 s and ``released`` would be False.
+
+Errors inside a step (here: forward, while the other rank waits in DDP's gradient
+all-reduce) cannot be announced by a collective; the other rank's collective fails
+as soon as the failing rank lets go of its process group (its train() returns with
+the error and the process ends, as under torchrun), long before the group's 90 s
+timeout, and the trainer reports it as such.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import torch.distributed as dist
+
+from recis.testing import run_distributed
+from tests.framework.test_trainer import ToyModel, _ddp_model, build_trainer, make_batches
+
+
+def _failing_data(batches, fail_at: int):
+    for i, b in enumerate(batches):
+        if i == fail_at:
+            raise ValueError(f"corrupt record in batch {i}")
+        yield b
+
+
+class FailingModel(ToyModel):
+    calls = 0
+
+    def forward(self, batch):
+        FailingModel.calls += 1
+        if FailingModel.calls == 3:
+            raise ValueError("bad feature value in forward")
+        return super().forward(batch)
+
+
+def _outcome(fn, signal_dir: str | None = None, name: str = "") -> dict:
+    """Runs ``fn``; with ``signal_dir``, rank 0 signals its error and rank 1 waits for it."""
+    rank = dist.get_rank()
+    start = time.monotonic()
+    try:
+        fn()
+        error = None
+    except Exception as e:
+        error = f"{type(e).__name__}: {e}"
+    result = {"error": error, "seconds": time.monotonic() - start}
+    if signal_dir is None:
+        return result
+    flag = os.path.join(signal_dir, f"{name}.rank0_failed")
+    if rank == 0:
+        open(flag, "w").close()
+    else:
+        deadline = time.monotonic() + 30
+        while not os.path.exists(flag) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        result["released"] = os.path.exists(flag)
+    return result
+
+
+def _dist_failures(tmp: str) -> dict:
+    rank = dist.get_rank()
+    out = {}
+
+    # 1. Rank 1 cannot read its third batch: the per-step flag carries the error.
+    data = make_batches(5, 4, rank)
+    if rank == 1:
+        data = _failing_data(data, fail_at=2)
+    trainer = build_trainer(_ddp_model(), data, os.path.join(tmp, "read"), train_epoch=1)
+    out["read"] = _outcome(trainer.train, tmp, "read")
+    out["read_group_alive"] = dist.is_initialized()
+
+    # 2. Rank 1's forward raises at step 3 while rank 0 waits in DDP's all-reduce.
+    model = FailingModel() if rank == 1 else ToyModel()
+    from torch.nn.parallel import DistributedDataParallel
+
+    trainer = build_trainer(
+        DistributedDataParallel(model, broadcast_buffers=False),
+        make_batches(5, 4, rank),
+        os.path.join(tmp, "forward"),
+        train_epoch=1,
+    )
+    out["forward"] = _outcome(trainer.train)
+    return out
+
+
+def test_failing_rank_stops_the_others(tmp_path):
+    r0, r1 = run_distributed(_dist_failures, 2, str(tmp_path), timeout=90)
+    # Data error: rank 1 raises its own error; rank 0 names rank 1; the group survives.
+    assert r1["read"]["error"] == "ValueError: corrupt record in batch 2"
+    assert r0["read"]["error"].startswith("RuntimeError: rank 1 failed to read its training data")
+    assert r1["read"]["released"]
+    assert r0["read_group_alive"] and r1["read_group_alive"]
+    # Compute error: rank 1 raises its error; rank 0's pending all-reduce fails, reported
+    # as such, well before the 90 s process-group timeout.
+    assert r1["forward"]["error"] == "ValueError: bad feature value in forward"
+    assert r0["forward"]["error"].startswith("RuntimeError: rank 0: a collective failed at step 2")
+    assert r0["forward"]["seconds"] < 30

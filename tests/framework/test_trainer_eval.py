@@ -1,0 +1,107 @@
+"""Trainer.evaluate: AUC / logloss / loss equal to a direct computation, across ranks."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.distributed as dist
+
+from recis.framework.metrics import BinaryClassificationMetric, clear_metrics, get_global_metrics
+from recis.testing import run_distributed
+from tests.framework.test_trainer import Recorder, ToyModel, build_trainer, make_batches
+
+
+def pairwise_auc(preds: list[float], labels: list[float]) -> float:
+    """AUC by comparing every positive with every negative (ties count one half)."""
+    pos = [p for p, y in zip(preds, labels, strict=True) if y == 1]
+    neg = [p for p, y in zip(preds, labels, strict=True) if y == 0]
+    wins = sum(1.0 if p > n else 0.5 if p == n else 0.0 for p in pos for n in neg)
+    return wins / (len(pos) * len(neg))
+
+
+def direct_logloss(preds: list[float], labels: list[float]) -> float:
+    return -sum(
+        y * math.log(p) + (1 - y) * math.log(1 - p) for p, y in zip(preds, labels, strict=True)
+    ) / len(preds)
+
+
+def test_binary_metric_matches_pairwise_auc_with_ties():
+    g = torch.Generator().manual_seed(0)
+    preds = torch.randint(1, 10, (200,), generator=g).float() / 10  # many ties
+    labels = (torch.rand(200, generator=g) < 0.3).float()
+    m = BinaryClassificationMetric()
+    m.update(preds[:50], labels[:50])
+    m.update(preds[50:], labels[50:])
+    out = m.compute()
+    assert out["count"] == 200
+    assert math.isclose(out["auc"], pairwise_auc(preds.tolist(), labels.tolist()), rel_tol=1e-9)
+    assert math.isclose(
+        out["logloss"], direct_logloss(preds.tolist(), labels.tolist()), rel_tol=1e-6
+    )
+
+
+def _direct(model, batches) -> tuple[list[float], list[float], list[float]]:
+    """Predictions, labels and per-batch losses, computed without the Trainer."""
+    preds, labels, losses = [], [], []
+    model.eval()
+    with torch.no_grad():
+        for b in batches:
+            clear_metrics()
+            losses.append(float(model(b)))
+            p = get_global_metrics()["auc"]
+            preds += p.preds.tolist()
+            labels += p.labels.tolist()
+    return preds, labels, losses
+
+
+def _dist_evaluate(tmp: str) -> dict:
+    rank = dist.get_rank()
+    torch.manual_seed(0)
+    model = ToyModel()
+    rec = Recorder()
+    # Uneven eval sets: rank 0 has 4 batches, rank 1 has 3; both stop after 3.
+    eval_data = make_batches(4 if rank == 0 else 3, 6, 100 + rank)
+    trainer = build_trainer(model, make_batches(2, 4, rank), tmp, hooks=[rec], eval_data=eval_data)
+    trainer.train()
+    assert model.training
+    out = {"full": trainer.evaluate(), "two": trainer.evaluate(eval_steps=2)}
+    out["training_after"] = model.training
+    out["hook_calls"] = [c for c in rec.calls if "evaluate" in c[0]]
+    model.eval()
+    trainer.evaluate(eval_steps=1)
+    out["eval_mode_kept"] = not model.training
+    for key, n in (("direct_full", 3), ("direct_two", 2)):
+        gathered = [None] * dist.get_world_size()
+        dist.all_gather_object(gathered, _direct(model, eval_data[:n]))
+        out[key] = gathered
+    return out
+
+
+def _expected(gathered) -> dict:
+    preds = [p for g in gathered for p in g[0]]
+    labels = [y for g in gathered for y in g[1]]
+    losses = [v for g in gathered for v in g[2]]
+    return {
+        "auc": pairwise_auc(preds, labels),
+        "logloss": direct_logloss(preds, labels),
+        "count": len(preds),
+        "loss": sum(losses) / len(losses),
+    }
+
+
+def test_evaluate_two_ranks_matches_direct_computation(tmp_path):
+    results = run_distributed(_dist_evaluate, 2, str(tmp_path), timeout=90)
+    for r in results:
+        for got, direct, count in (
+            (r["full"], r["direct_full"], 36),
+            (r["two"], r["direct_two"], 24),
+        ):
+            expected = _expected(direct)
+            assert got.keys() == expected.keys()
+            assert got["count"] == expected["count"] == count
+            for key in ("auc", "logloss", "loss"):
+                assert math.isclose(got[key], expected[key], rel_tol=1e-6), key
+        assert r["training_after"] and r["eval_mode_kept"]
+        assert r["hook_calls"] == [("before_evaluate",), ("after_evaluate",)] * 2
+    assert results[0]["full"] == results[1]["full"]

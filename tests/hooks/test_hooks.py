@@ -1,0 +1,130 @@
+"""LoggerHook, ProfilerHook and TensorBoardHook on real (single-process) training runs."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import sys
+
+import pytest
+
+from recis.framework.metrics import BinaryClassificationMetric
+from recis.hooks import Hook, LoggerHook, ProfilerHook, TensorBoardHook
+from tests.framework.test_trainer import ToyModel, build_trainer, make_batches
+
+
+class Recorder(Hook):
+    """Keeps each step's metrics."""
+
+    def __init__(self) -> None:
+        self.metrics: dict[int, dict] = {}
+
+    def after_step(self, metrics, global_step):
+        self.metrics[global_step] = metrics
+
+
+class TTY(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_logger_hook_plain_lines(tmp_path):
+    out = io.StringIO()
+    rec = Recorder()
+    trainer = build_trainer(
+        ToyModel(),
+        make_batches(5, 4, 0),
+        str(tmp_path),
+        hooks=[LoggerHook(log_steps=2, stream=out), rec],
+        train_steps=5,
+    )
+    trainer.train()
+    trainer.evaluate(make_batches(2, 8, 1))
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 3 and "\r" not in out.getvalue()
+    for line, step in zip(lines[:2], (2, 4), strict=True):
+        assert line.startswith(f"step {step}/5 [")
+        assert f" loss {float(rec.metrics[step]['loss']):.4f}" in line
+        assert "samples/s" in line and "ETA " in line
+        # AUC over the predictions of the two steps since the previous line.
+        window = BinaryClassificationMetric()
+        for s in (step - 1, step):
+            window.update(*rec.metrics[s]["auc"])
+        assert line.endswith(f" | auc(rank 0) {window.compute()['auc']:.4f}")
+    assert lines[2].startswith("eval: auc ") and "logloss" in lines[2] and "loss" in lines[2]
+
+
+def test_logger_hook_progress_bar_on_tty(tmp_path):
+    out = TTY()
+    trainer = build_trainer(
+        ToyModel(),
+        make_batches(4, 4, 0),
+        str(tmp_path),
+        hooks=[LoggerHook(log_steps=1, stream=out)],
+        train_steps=4,
+    )
+    trainer.train()
+    text = out.getvalue()
+    # One line redrawn in place four times, ended by a newline after training.
+    assert text.count("\r") == 4 and text.endswith("\n") and text.count("\n") == 1
+    assert "[" + "#" * LoggerHook.BAR_WIDTH + "] step 4/4 [100%]" in text
+
+
+def test_logger_hook_rejects_bad_interval():
+    with pytest.raises(ValueError, match="log_steps"):
+        LoggerHook(log_steps=0)
+
+
+def test_profiler_hook_writes_a_trace_for_the_window(tmp_path):
+    hook = ProfilerHook(str(tmp_path / "prof"), start_step=1, num_steps=2)
+    trainer = build_trainer(
+        ToyModel(), make_batches(5, 4, 0), str(tmp_path), hooks=[hook], train_steps=5
+    )
+    trainer.train()
+    assert hook.trace_paths == [str(tmp_path / "prof" / "trace_rank0_steps2-3.json")]
+    with open(hook.trace_paths[0]) as f:
+        trace = json.load(f)
+    assert any(
+        "_train_step" in e.get("name", "") or "aten::" in e.get("name", "")
+        for e in trace["traceEvents"]
+    )
+
+
+def test_profiler_hook_flushes_a_window_cut_short(tmp_path):
+    hook = ProfilerHook(str(tmp_path / "prof"), start_step=1, num_steps=5)
+    trainer = build_trainer(
+        ToyModel(), make_batches(3, 4, 0), str(tmp_path), hooks=[hook], train_steps=3
+    )
+    trainer.train()
+    assert hook.trace_paths == [str(tmp_path / "prof" / "trace_rank0_steps2-3.json")]
+    assert os.path.getsize(hook.trace_paths[0]) > 0
+
+
+def test_tensorboard_hook_explains_missing_package(monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorboard", None)  # makes `import tensorboard` fail
+    with pytest.raises(ImportError, match="pip install tensorboard"):
+        TensorBoardHook()
+
+
+def test_tensorboard_hook_writes_scalars(tmp_path):
+    # tensorboard is an optional extra, not a recis dependency: test it where installed.
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    log_dir = tmp_path / "tb"
+    trainer = build_trainer(
+        ToyModel(),
+        make_batches(4, 4, 0),
+        str(tmp_path),
+        hooks=[TensorBoardHook(str(log_dir), log_steps=2)],
+        train_steps=4,
+    )
+    trainer.train()
+    trainer.evaluate(make_batches(2, 8, 1))
+    events = EventAccumulator(str(log_dir))
+    events.Reload()
+    tags = events.Tags()["scalars"]
+    assert {"train/loss", "eval/auc", "eval/logloss", "eval/loss"} <= set(tags)
+    assert [e.step for e in events.Scalars("train/loss")] == [2, 4]
+    assert [e.step for e in events.Scalars("eval/auc")] == [4]
