@@ -83,6 +83,7 @@ class SyntheticCriteoDataset:
         rank: int | None = None,
         world_size: int | None = None,
         prefetch: int = 2,
+        first_batch: int = 0,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -97,6 +98,11 @@ class SyntheticCriteoDataset:
         self.zipf_alpha = zipf_alpha
         self.max_ids_per_feature = max_ids_per_feature
         self.prefetch = prefetch
+        if first_batch < 0:
+            raise ValueError(f"first_batch must be >= 0, got {first_batch}")
+        # Batches are numbered from here: a held-out split of the same distribution
+        # is another range of indices (e.g. eval from 2**40) under the same seed.
+        self.first_batch = first_batch
         self.rank, self.world_size = resolve_rank(rank, world_size)
         self._multipliers = [_scatter_multiplier(s) for s in self.table_sizes]
         # The hidden model: the same on every rank (depends on the seed only).
@@ -168,7 +174,7 @@ class SyntheticCriteoDataset:
     def _produce(self, start: int) -> Iterator[tuple[Batch, int]]:
         index = start
         while self.num_batches is None or index < self.num_batches:
-            yield self.make_batch(index)[0], index + 1
+            yield self.make_batch(self.first_batch + index)[0], index + 1
             index += 1
 
     def __iter__(self) -> Iterator[Batch]:

@@ -95,3 +95,15 @@ def test_endless_stream():
     ds.close()
     with pytest.raises(TypeError):
         len(ds)
+
+
+def test_first_batch_gives_a_held_out_split_of_the_same_distribution():
+    train = SyntheticCriteoDataset(8, table_sizes=100, num_batches=2, seed=3, rank=0, world_size=1)
+    held_out = SyntheticCriteoDataset(
+        8, table_sizes=100, num_batches=2, seed=3, rank=0, world_size=1, first_batch=1000
+    )
+    first_held_out = next(iter(held_out))
+    assert torch.equal(first_held_out["dense"], train.make_batch(1000)[0]["dense"])
+    assert not torch.equal(first_held_out["dense"], next(iter(train))["dense"])
+    train.close()
+    held_out.close()

@@ -1,0 +1,188 @@
+"""Train a CTR model with recis: ``torchrun --nproc_per_node=N launch/train.py [options]``.
+
+Every :class:`~recis.framework.training_args.TrainingArguments` field is an option
+(``--train_steps 1000``), plus the model, data and sharding options of
+:class:`RunConfig`. With no options it trains DLRM on synthetic Criteo-shaped data;
+running the same command again resumes from the newest checkpoint in
+``--output_dir``.
+
+Examples::
+
+    torchrun --nproc_per_node=2 launch/train.py                       # synthetic default
+    torchrun --nproc_per_node=8 launch/train.py --model dcnv2 \\
+        --data /data/criteo/train --eval_data /data/criteo/test --sharding auto
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+import types
+import typing
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from recis.distributed import SHARDING_TYPES, DistributedModelParallel, plan_sharding
+from recis.framework.device import init_distributed, rank, resolve_device, set_seed, world_size
+from recis.framework.trainer import Trainer, TrainingArguments
+from recis.io import CriteoDataset, SyntheticCriteoDataset, default_table_sizes
+from recis.models import DCNv2, DeepFM, DLRM
+from recis.models.common import criteo_tables
+from recis.nn import filter_out_sparse_param
+from recis.optim import SparseAdam, SparseAdamW, SparseRowWiseAdagrad, SparseSGD
+
+MODELS = {"dlrm": DLRM, "deepfm": DeepFM, "dcnv2": DCNv2}
+SPARSE_OPTIMIZERS = {
+    "rowwise_adagrad": SparseRowWiseAdagrad,
+    "adam": SparseAdam,
+    "adamw": SparseAdamW,
+    "sgd": SparseSGD,
+}
+SYNTHETIC_DEFAULT_STEPS = 300
+EVAL_FIRST_BATCH = 1 << 40  # synthetic eval: a range of batch indices training never reaches
+
+
+@dataclass
+class RunConfig:
+    """What to train on what: the options of train.py besides TrainingArguments."""
+
+    model: str = "dlrm"
+    data: str = "synthetic"  # or a Criteo TSV/CSV/Parquet file or folder
+    eval_data: str | None = None  # defaults to a held-out synthetic split
+    eval_batches: int = 20  # per rank, synthetic eval only
+    sharding: str = "auto"  # or one sharding type for every table
+    batch_size: int = 2048  # per rank
+    table_size: int = 100_000  # cap on each table's rows (Criteo Kaggle cardinalities)
+    embedding_dim: int = 16
+    sparse_optimizer: str = "rowwise_adagrad"
+    sparse_lr: float = 0.05
+    dense_lr: float = 1e-3
+
+    def __post_init__(self) -> None:
+        if self.model not in MODELS:
+            raise ValueError(f"--model must be one of {sorted(MODELS)}, got {self.model!r}")
+        if self.sharding != "auto" and self.sharding not in SHARDING_TYPES:
+            raise ValueError(
+                f"--sharding must be auto or one of {list(SHARDING_TYPES)}, got {self.sharding!r}"
+            )
+        if self.sparse_optimizer not in SPARSE_OPTIMIZERS:
+            raise ValueError(
+                f"--sparse_optimizer must be one of {sorted(SPARSE_OPTIMIZERS)}, "
+                f"got {self.sparse_optimizer!r}"
+            )
+        for name in ("batch_size", "table_size", "embedding_dim", "eval_batches"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}")
+
+
+def _option_type(annotation: Any) -> tuple[Any, bool]:
+    """The argparse type of a dataclass field, and whether it may be None."""
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        inner = [a for a in args if a is not type(None)]
+        return _option_type(inner[0])[0], True
+    if annotation is bool:
+        return lambda s: s.lower() in ("1", "true", "yes"), False
+    if annotation in (int, float, str):
+        return annotation, False
+    return json.loads, False  # lists and dicts (e.g. model_bank) as JSON
+
+
+def add_dataclass_options(parser: argparse.ArgumentParser, cls: type) -> None:
+    hints = typing.get_type_hints(cls)
+    group = parser.add_argument_group(cls.__name__)
+    for field in dataclasses.fields(cls):
+        kind, optional = _option_type(hints[field.name])
+
+        def parse(text: str, kind: Any = kind, optional: bool = optional) -> Any:
+            return None if optional and text.lower() == "none" else kind(text)
+
+        default = field.default if field.default is not dataclasses.MISSING else None
+        group.add_argument(
+            f"--{field.name}", type=parse, default=default, help=f"default: {default}"
+        )
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[TrainingArguments, RunConfig]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_dataclass_options(parser, TrainingArguments)
+    add_dataclass_options(parser, RunConfig)
+    ns = vars(parser.parse_args(argv))
+    pick = lambda cls: cls(**{f.name: ns[f.name] for f in dataclasses.fields(cls)})  # noqa: E731
+    return pick(TrainingArguments), pick(RunConfig)
+
+
+def build_datasets(run: RunConfig, seed: int) -> tuple[Any, Any]:
+    sizes = _table_sizes(run)
+    if run.data == "synthetic":
+        train = SyntheticCriteoDataset(run.batch_size, sizes, seed=seed)
+    else:
+        train = CriteoDataset(run.data, run.batch_size, sizes)
+    if run.eval_data is not None:
+        evaluation = CriteoDataset(run.eval_data, run.batch_size, sizes)
+    elif run.data == "synthetic":
+        evaluation = SyntheticCriteoDataset(
+            run.batch_size, sizes, run.eval_batches, seed=seed, first_batch=EVAL_FIRST_BATCH
+        )
+    else:
+        evaluation = None
+    return train, evaluation
+
+
+def _table_sizes(run: RunConfig) -> list[int]:
+    return default_table_sizes(cap=run.table_size)
+
+
+def build_model(run: RunConfig, device: torch.device) -> DistributedModelParallel:
+    tables = criteo_tables(_table_sizes(run), run.embedding_dim)
+    # Tables start on meta and are initialised shard by shard: none exists whole.
+    model = MODELS[run.model](tables=tables, embedding_device="meta").to(device)
+    constraints = None if run.sharding == "auto" else {t.name: run.sharding for t in tables}
+    plan = plan_sharding(model, world_size=world_size(), constraints=constraints)
+    if rank() == 0:
+        print(plan, flush=True)
+    return DistributedModelParallel(model, plan=plan, device=device)
+
+
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    args, run = parse_args(argv)
+    if run.data == "synthetic" and args.train_steps is None and args.train_epoch is None:
+        args.train_steps = SYNTHETIC_DEFAULT_STEPS  # the synthetic stream never ends
+    init_distributed(args.backend, args.device)
+    device = resolve_device(args.device)
+    set_seed(args.seed)
+    model = build_model(run, device)
+    sparse_opt = SPARSE_OPTIMIZERS[run.sparse_optimizer](
+        filter_out_sparse_param(model), lr=run.sparse_lr
+    )
+    dense_opt = torch.optim.AdamW(model.parameters(), lr=run.dense_lr)
+    train_ds, eval_ds = build_datasets(run, args.seed)
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=train_ds,
+        eval_dataset=eval_ds,
+        dense_optimizers=(dense_opt, None),
+        sparse_optimizer=sparse_opt,
+    )
+    trainer.train()
+    metrics = trainer.evaluate() if eval_ds is not None else {}
+    if rank() == 0 and metrics:
+        shown = " ".join(
+            f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()
+        )
+        print(f"eval: {shown}", flush=True)
+    for ds in (train_ds, eval_ds):
+        if ds is not None:
+            ds.close()
+    return metrics
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main() is not None else 1)
