@@ -1,0 +1,141 @@
+"""Sharded forward (and backward gradients) equal the unsharded collection's."""
+
+import copy
+
+import pytest
+import torch
+import torch.distributed as dist
+
+from recis.distributed import (
+    COLUMN_WISE,
+    DATA_PARALLEL,
+    ROW_WISE,
+    TABLE_ROW_WISE,
+    TABLE_WISE,
+    DistributedInputError,
+    ShardedEmbeddingBagCollection,
+    plan_sharding,
+)
+from recis.nn import EmbeddingBagCollection
+from recis.ops import MEAN, SUM
+from recis.ops.reference import bag_row_grads
+from recis.sparse import KeyedJaggedTensor
+from recis.testing import run_distributed
+from tests.distributed.helpers import configs, global_table, make_batch
+
+ALL_TYPES = [TABLE_WISE, ROW_WISE, COLUMN_WISE, TABLE_ROW_WISE, DATA_PARALLEL]
+MIXED = {"t_sum": ROW_WISE, "t_mean": COLUMN_WISE, "t_small": DATA_PARALLEL, "t_wide": TABLE_ROW_WISE}
+
+
+def _dense_grads(ebc) -> dict[str, torch.Tensor]:
+    out = {}
+    for name, table in ebc.tables.items():
+        g = table.sparse_grad()
+        rows = table.weight.shape[0]
+        out[name] = bag_row_grads(
+            g.ids, g.offsets, g.per_sample_weights, MEAN if g.mean else SUM, g.grad_out, rows
+        ) if g is not None else torch.zeros_like(table.weight)
+    return out
+
+
+def _check_plan(constraints, local_world_size, weighted, empty, seed):
+    rank, world = dist.get_rank(), dist.get_world_size()
+    torch.manual_seed(1)
+    ebc = EmbeddingBagCollection(configs())
+    plan = plan_sharding(
+        ebc, world_size=world, constraints=constraints, local_world_size=local_world_size
+    )
+    sebc = ShardedEmbeddingBagCollection(copy.deepcopy(ebc), plan)
+    # Uneven batch sizes: rank r has 2 + r samples; rank 1 may have features with no ids.
+    kjt = make_batch(2 + rank, seed + rank, weighted, empty if rank == 1 else ())
+    want = ebc(kjt)
+    got = sebc(kjt)
+    assert got.keys() == want.keys()
+    torch.testing.assert_close(got.values(), want.values(), rtol=1e-5, atol=1e-6)
+    # Backward: every shard's recorded gradient, scaled back by world size and summed
+    # over ranks, equals the sum of every rank's unsharded gradient.
+    upstream = torch.randn_like(want.values())
+    (got.values() * upstream).sum().backward()
+    (want.values() * upstream).sum().backward()
+    expect = _dense_grads(ebc)
+    for name, table in sebc.tables.items():
+        g = table.sparse_grad()
+        shard_grad = (
+            bag_row_grads(
+                g.ids, g.offsets, g.per_sample_weights, MEAN if g.mean else SUM, g.grad_out,
+                table.weight.shape[0],
+            )
+            if g is not None
+            else torch.zeros_like(table.weight)
+        )
+        total = expect[name].clone()
+        dist.all_reduce(total)
+        r0, c0 = table.row_offset, table.col_offset
+        ref = total[r0 : r0 + shard_grad.shape[0], c0 : c0 + shard_grad.shape[1]] / world
+        torch.testing.assert_close(shard_grad, ref, rtol=1e-5, atol=1e-6)
+    # Shards hold exactly the unsharded values.
+    for name, table in sebc.tables.items():
+        if plan.tables[name].sharding_type != DATA_PARALLEL:
+            torch.testing.assert_close(global_table(table), ebc.tables[name].weight)
+    return sebc.comm_bytes()
+
+
+def forward_all_types():
+    world = dist.get_world_size()
+    cases = [{c.name: kind for c in configs()} for kind in ALL_TYPES] + [MIXED]
+    stats = []
+    for i, cons in enumerate(cases):
+        for weighted in (False, True):
+            stats.append(_check_plan(cons, None, weighted, ("f_a", "f_c"), 10 * i + weighted))
+    if world == 4:
+        # table_row_wise over two nodes of two ranks.
+        _check_plan({c.name: TABLE_ROW_WISE for c in configs()}, 2, True, ("f_e",), 99)
+    return stats
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 3, 4])
+def test_forward_and_grads_match_unsharded(world_size):
+    stats = run_distributed(forward_all_types, world_size, timeout=120)
+    if world_size > 1:
+        # A table-wise plan moves ids out and pooled rows back on some rank.
+        assert any(s.get("output_dist", 0) > 0 for per_rank in stats for s in per_rank[:1])
+
+
+def bad_inputs():
+    rank = dist.get_rank()
+    torch.manual_seed(1)
+    ebc = EmbeddingBagCollection(configs())
+    plan = plan_sharding(ebc, constraints={"t_sum": ROW_WISE, "t_small": DATA_PARALLEL})
+    sebc = ShardedEmbeddingBagCollection(copy.deepcopy(ebc), plan)
+    messages = []
+    # 1. An id out of range on rank 1 only: every rank raises, naming rank 1 and the feature.
+    kjt = make_batch(3, rank)
+    if rank == 1:
+        values = kjt.values().clone()
+        values[0] = 1000  # first id of f_a
+        kjt = KeyedJaggedTensor(kjt.keys(), values, kjt.lengths())
+        assert kjt["f_a"].values().numel() > 0
+    try:
+        sebc(kjt)
+    except DistributedInputError as e:
+        messages.append(str(e))
+    # 2. A feature missing on rank 0 only.
+    kjt = make_batch(3, rank)
+    if rank == 0:
+        kjt = kjt.select(["f_a", "f_b", "f_c", "f_d"])
+    try:
+        sebc(kjt)
+    except DistributedInputError as e:
+        messages.append(str(e))
+    # 3. After the errors, the group still works: a good batch gives the right output.
+    kjt = make_batch(2, 7 + rank)
+    torch.testing.assert_close(sebc(kjt).values(), ebc(kjt).values(), rtol=1e-5, atol=1e-6)
+    return messages
+
+
+def test_bad_input_raises_on_every_rank_without_hanging():
+    results = run_distributed(bad_inputs, 2, timeout=60)
+    for messages in results:
+        assert len(messages) == 2
+        assert "rank 1" in messages[0] and "'f_a'" in messages[0] and "1000" in messages[0]
+        assert "rank 0" in messages[1] and "f_e" in messages[1] and "missing" in messages[1]
