@@ -89,10 +89,14 @@ def sgd_from_sparse_grads(tables: dict[str, EmbeddingTable], lr: float) -> None:
         table.zero_grad()
 
 
-def global_table(table: EmbeddingTable, group=None) -> torch.Tensor:
-    """The whole table assembled from every rank's shard (each rank sends its piece)."""
-    rows, cols = table.global_shape
+def global_table(
+    table: EmbeddingTable | None, rows: int, cols: int, group=None
+) -> torch.Tensor:
+    """The whole table assembled from every rank's shard (``None``: no shard here).
+    Every rank must call it, in the same table order."""
     world = dist.get_world_size(group) if dist.is_initialized() else 1
+    if table is None:
+        table = EmbeddingTable(configs()[0], torch.zeros(0, 0))
     meta = torch.tensor(
         [table.row_offset, table.weight.shape[0], table.col_offset, table.weight.shape[1]]
     )
@@ -100,10 +104,14 @@ def global_table(table: EmbeddingTable, group=None) -> torch.Tensor:
     dist.all_gather(metas, meta, group=group)
     pad = torch.zeros(rows * cols)
     pad[: table.weight.numel()] = table.weight.reshape(-1)
+    if not dist.is_initialized():
+        return pad.view(rows, cols)
     pieces = [torch.empty_like(pad) for _ in range(world)]
     dist.all_gather(pieces, pad, group=group)
     full = torch.full((rows, cols), float("nan"))
     for (r0, nr, c0, nc), piece in zip(metas, pieces, strict=True):
         r0, nr, c0, nc = int(r0), int(nr), int(c0), int(nc)
+        if nr * nc == 0:
+            continue
         full[r0 : r0 + nr, c0 : c0 + nc] = piece[: nr * nc].view(nr, nc)
     return full
