@@ -7,7 +7,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from recis.nn import EmbeddingBagCollection, EmbeddingBagConfig, EmbeddingTable
+from recis.nn import EmbeddingBagCollection, EmbeddingBagConfig, EmbeddingTable, SparseGrad
 from recis.ops import MEAN, SUM
 from recis.ops.reference import bag_row_grads
 from recis.sparse import KeyedJaggedTensor
@@ -87,6 +87,23 @@ def sgd_from_sparse_grads(tables: dict[str, EmbeddingTable], lr: float) -> None:
         )
         table.weight.sub_(lr * grad)
         table.zero_grad()
+
+
+def dense_grad(g: SparseGrad | None, like: torch.Tensor) -> torch.Tensor:
+    """Dense gradient of a SparseGrad record (vectorised; the reference kernel is
+    ``recis.ops.reference.bag_row_grads``, one id at a time)."""
+    out = torch.zeros(like.shape, dtype=torch.float64)
+    if g is None or g.ids.numel() == 0:
+        return out.to(like.dtype)
+    lengths = g.offsets[1:] - g.offsets[:-1]
+    bag = torch.repeat_interleave(torch.arange(lengths.numel()), lengths)
+    scale = torch.ones(g.ids.numel(), dtype=torch.float64)
+    if g.per_sample_weights is not None:
+        scale = scale * g.per_sample_weights.double()
+    if g.mean:
+        scale = scale / lengths.clamp(min=1).double()[bag]
+    out.index_add_(0, g.ids.long(), g.grad_out.double()[bag] * scale[:, None])
+    return out.to(like.dtype)
 
 
 def global_table(
