@@ -157,9 +157,7 @@ def pooled_all_to_all_wait(recv: Tensor, state: PooledAllToAll) -> Tensor:
     return _Wait.apply(recv, state)
 
 
-def all_gather_padded(
-    t: Tensor, sizes: list[int], group: dist.ProcessGroup | None
-) -> list[Tensor]:
+def all_gather_padded(t: Tensor, sizes: list[int], group: dist.ProcessGroup | None) -> list[Tensor]:
     """All-gather of 1-D tensors whose lengths (``sizes[r]``, known on every rank) differ."""
     longest = max(sizes) if sizes else 0
     padded = t.new_zeros(longest)

@@ -26,9 +26,7 @@ def _default_device(group: dist.ProcessGroup | None) -> torch.device:
     return torch.device("cpu")
 
 
-def _replace_collections(
-    model: nn.Module, make: Any
-) -> nn.Module:
+def _replace_collections(model: nn.Module, make: Any) -> nn.Module:
     """Swaps every EmbeddingBagCollection in ``model`` (or ``model`` itself) for ``make(ebc)``."""
     if isinstance(model, EmbeddingBagCollection):
         return make(model)
@@ -83,7 +81,9 @@ class DistributedModelParallel(nn.Module):
         dense = [p for p in model.parameters() if p.requires_grad]
         if dist.is_initialized() and world > 1 and dense:
             tables = [
-                f"{path}.weight" for path, m in model.named_modules() if isinstance(m, EmbeddingTable)
+                f"{path}.weight"
+                for path, m in model.named_modules()
+                if isinstance(m, EmbeddingTable)
             ]
             DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, tables)
             self.module: nn.Module = DistributedDataParallel(

@@ -22,7 +22,9 @@ OPTIMIZER_STATE = {
 }
 
 
-def shard_bytes(rows: int, cols: int, optimizer: str = "row_wise_adagrad", itemsize: int = 4) -> int:
+def shard_bytes(
+    rows: int, cols: int, optimizer: str = "row_wise_adagrad", itemsize: int = 4
+) -> int:
     """Memory of one shard: its weights plus the optimizer's state."""
     per_element, per_row = OPTIMIZER_STATE[optimizer]
     return itemsize * (rows * cols * (1 + per_element) + rows * per_row)

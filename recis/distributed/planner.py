@@ -99,9 +99,7 @@ def plan_sharding(
     # Largest first: the big pieces decide the balance, the small ones fill the gaps.
     for c in sorted(configs, key=lambda c: (-full_bytes(c), c.name)):
         shards = PLACERS[kinds[c.name]](c, ctx)
-        placed[c.name] = TablePlan(
-            c.name, kinds[c.name], c.num_embeddings, c.embedding_dim, shards
-        )
+        placed[c.name] = TablePlan(c.name, kinds[c.name], c.num_embeddings, c.embedding_dim, shards)
     plan = ShardingPlan(
         world_size, local_world_size, {c.name: placed[c.name] for c in configs}, optimizer
     )

@@ -27,7 +27,9 @@ def _local_shard_weight(
     table's init_fn when the table was built on ``meta`` (never materialised whole)."""
     w = source.weight
     if w.device.type == "meta":
-        shard = torch.empty(rows.stop - rows.start, cols.stop - cols.start, dtype=w.dtype, device=device)
+        shard = torch.empty(
+            rows.stop - rows.start, cols.stop - cols.start, dtype=w.dtype, device=device
+        )
         source.config.initializer()(shard)
         return shard
     return w[rows, cols].to(device).clone().contiguous()

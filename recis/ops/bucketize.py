@@ -19,9 +19,7 @@ class Buckets(NamedTuple):
     permutation: Tensor  # ids[permutation[j]] is the global id of bucket ids[j]
 
 
-def bucketize(
-    ids: Tensor, lengths: Tensor, weights: Tensor | None, boundaries: Tensor
-) -> Buckets:
+def bucketize(ids: Tensor, lengths: Tensor, weights: Tensor | None, boundaries: Tensor) -> Buckets:
     """Routes each id of each bag to the row block that owns it.
 
     Bucket ``k`` owns global rows ``[boundaries[k], boundaries[k+1])``; its ids are
@@ -44,7 +42,5 @@ def bucketize(
         if int(low) < lo or int(high) >= hi:
             bad = ids[(ids < lo) | (ids >= hi)][0]
             raise ValueError(f"bucketize: id {int(bad)} is outside [{lo}, {hi})")
-    out_lengths, out_ids, out_w, perm = torch.ops.recis.bucketize(
-        ids, lengths, weights, boundaries
-    )
+    out_lengths, out_ids, out_w, perm = torch.ops.recis.bucketize(ids, lengths, weights, boundaries)
     return Buckets(out_lengths, out_ids, out_w if weights is not None else None, perm)

@@ -47,12 +47,14 @@ def make_batch(
 def slice_batch(kjt: KeyedJaggedTensor, start: int, stop: int) -> KeyedJaggedTensor:
     """Samples ``[start, stop)`` of every feature."""
     parts = []
-    for f in kjt.keys():
+    for f in kjt.keys():  # noqa: SIM118 (a KJT is not iterable)
         jt = kjt[f]
         offs = jt.offsets()
         lo, hi = int(offs[start]), int(offs[stop])
         w = jt.weights_or_none()
-        parts.append((jt.values()[lo:hi], jt.lengths()[start:stop], None if w is None else w[lo:hi]))
+        parts.append(
+            (jt.values()[lo:hi], jt.lengths()[start:stop], None if w is None else w[lo:hi])
+        )
     weighted = kjt.weights_or_none() is not None
     return KeyedJaggedTensor(
         kjt.keys(),
@@ -82,7 +84,11 @@ def sgd_from_sparse_grads(tables: dict[str, EmbeddingTable], lr: float) -> None:
         if g is None:
             continue
         grad = bag_row_grads(
-            g.ids, g.offsets, g.per_sample_weights, MEAN if g.mean else SUM, g.grad_out,
+            g.ids,
+            g.offsets,
+            g.per_sample_weights,
+            MEAN if g.mean else SUM,
+            g.grad_out,
             table.weight.shape[0],
         )
         table.weight.sub_(lr * grad)
@@ -106,9 +112,7 @@ def dense_grad(g: SparseGrad | None, like: torch.Tensor) -> torch.Tensor:
     return out.to(like.dtype)
 
 
-def global_table(
-    table: EmbeddingTable | None, rows: int, cols: int, group=None
-) -> torch.Tensor:
+def global_table(table: EmbeddingTable | None, rows: int, cols: int, group=None) -> torch.Tensor:
     """The whole table assembled from every rank's shard (``None``: no shard here).
     Every rank must call it, in the same table order."""
     world = dist.get_world_size(group) if dist.is_initialized() else 1

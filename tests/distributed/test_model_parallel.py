@@ -29,7 +29,12 @@ from tests.distributed.helpers import (
 )
 
 ALL_TYPES = [TABLE_WISE, ROW_WISE, COLUMN_WISE, TABLE_ROW_WISE, DATA_PARALLEL]
-MIXED = {"t_sum": ROW_WISE, "t_mean": COLUMN_WISE, "t_small": DATA_PARALLEL, "t_wide": TABLE_ROW_WISE}
+MIXED = {
+    "t_sum": ROW_WISE,
+    "t_mean": COLUMN_WISE,
+    "t_small": DATA_PARALLEL,
+    "t_wide": TABLE_ROW_WISE,
+}
 LR = 0.5
 BATCH = 2
 

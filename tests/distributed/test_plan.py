@@ -76,7 +76,10 @@ def test_json_round_trip_and_readable_table():
         ({"constraints": {"nope": ROW_WISE}}, "does not have"),
         ({"constraints": {"t0": "diagonal"}}, "unknown sharding type"),
         ({"memory_per_rank": 1000}, "memory_per_rank"),
-        ({"constraints": {"t0": TABLE_ROW_WISE}, "world_size": 3, "local_world_size": 2}, "multiple"),
+        (
+            {"constraints": {"t0": TABLE_ROW_WISE}, "world_size": 3, "local_world_size": 2},
+            "multiple",
+        ),
     ],
 )
 def test_impossible_plans_raise(kwargs, match):

@@ -22,7 +22,12 @@ from recis.testing import run_distributed
 from tests.distributed.helpers import configs, dense_grad, global_table, make_batch
 
 ALL_TYPES = [TABLE_WISE, ROW_WISE, COLUMN_WISE, TABLE_ROW_WISE, DATA_PARALLEL]
-MIXED = {"t_sum": ROW_WISE, "t_mean": COLUMN_WISE, "t_small": DATA_PARALLEL, "t_wide": TABLE_ROW_WISE}
+MIXED = {
+    "t_sum": ROW_WISE,
+    "t_mean": COLUMN_WISE,
+    "t_small": DATA_PARALLEL,
+    "t_wide": TABLE_ROW_WISE,
+}
 
 
 def _dense_grads(ebc) -> dict[str, torch.Tensor]:
@@ -60,7 +65,10 @@ def _check_plan(constraints, local_world_size, weighted, empty, seed):
     # Shards hold exactly the unsharded values.
     for name, full in ebc.tables.items():
         if plan.tables[name].sharding_type != DATA_PARALLEL:
-            got = global_table(sebc.tables[name] if name in sebc.tables else None, *full.global_shape)
+            got = global_table(
+                sebc.tables[name] if name in sebc.tables else None,  # noqa: SIM401
+                *full.global_shape,
+            )
             torch.testing.assert_close(got, full.weight)
     return sebc.comm_bytes()
 

@@ -39,9 +39,7 @@ def test_bucketize_matches_reference(weighted, num_buckets, dtype):
             assert got.weights is None
         # The permutation undoes the reordering: bucket k's local ids + its start
         # are the global ids at the permuted positions.
-        starts = boundaries[:-1].repeat_interleave(
-            got.lengths.view(num_buckets, -1).sum(1)
-        )
+        starts = boundaries[:-1].repeat_interleave(got.lengths.view(num_buckets, -1).sum(1))
         assert torch.equal(ids[got.permutation].long(), got.ids.long() + starts)
 
 

@@ -43,7 +43,9 @@ class PlacementContext:
         ) / max(self.total_work, 1.0)
 
     def fits(self, rank: int, add_memory: float) -> bool:
-        return self.memory_per_rank is None or self.memory[rank] + add_memory <= self.memory_per_rank
+        return (
+            self.memory_per_rank is None or self.memory[rank] + add_memory <= self.memory_per_rank
+        )
 
     def least_loaded(
         self, candidates: list[int], add_memory: float, add_work: float, table: str

@@ -77,7 +77,9 @@ class InputDist:
             for table in self.layout.sharded:
                 cfg = table.config
                 ids, lengths, w, per_feature = table_inputs(kjt, cfg.feature_names, cfg.name)
-                check_ids_in_range(ids, per_feature, cfg.feature_names, cfg.name, cfg.num_embeddings)
+                check_ids_in_range(
+                    ids, per_feature, cfg.feature_names, cfg.name, cfg.num_embeddings
+                )
                 ids, lengths = ids.long(), lengths.long()
                 if w is not None:
                     w = w.float()
@@ -89,8 +91,12 @@ class InputDist:
                 prep.routed.append(_route(table, ids, lengths, w))
             for cfg in self.layout.replicated:
                 ids, lengths, w, per_feature = table_inputs(kjt, cfg.feature_names, cfg.name)
-                check_ids_in_range(ids, per_feature, cfg.feature_names, cfg.name, cfg.num_embeddings)
-                prep.replicated.append((ids.long(), lengths.long(), None if w is None else w.float()))
+                check_ids_in_range(
+                    ids, per_feature, cfg.feature_names, cfg.name, cfg.num_embeddings
+                )
+                prep.replicated.append(
+                    (ids.long(), lengths.long(), None if w is None else w.float())
+                )
         except ValueError as e:
             prep.error = str(e)
             prep.routed, prep.replicated = [], []
@@ -123,7 +129,9 @@ class InputDist:
             int_splits.append(sum(c.numel() for c in chunk))
             if weighted:
                 ws = [
-                    p.weights if p.weights is not None else torch.ones(p.ids.numel(), device=p.ids.device)
+                    p.weights
+                    if p.weights is not None
+                    else torch.ones(p.ids.numel(), device=p.ids.device)
                     for p in parts
                 ]
                 floats.extend(ws)
@@ -135,9 +143,8 @@ class InputDist:
         dev = header.device
         send_ints = torch.cat(ints) if ints else torch.empty(0, dtype=torch.int64, device=dev)
         ops_ = [AllToAll(send_ints, int_splits, from_src, self.group, self.world_size)]
-        stats["input_dist"] = (
-            (self.world_size - 1) * header.shape[1] * 8
-            + 8 * sum(n for d, n in enumerate(int_splits) if d != self.rank)
+        stats["input_dist"] = (self.world_size - 1) * header.shape[1] * 8 + 8 * sum(
+            n for d, n in enumerate(int_splits) if d != self.rank
         )
         if weighted:
             send_w = torch.cat(floats) if floats else torch.empty(0, device=dev)
@@ -165,8 +172,10 @@ class InputAwaitable:
         ints = self.ops[0].wait().split(self.from_src)
         weights = None
         if len(self.ops) > 1:
-            weights = self.ops[1].wait().split(
-                [n - b for n, b in zip(self.from_src, self.bag_counts, strict=True)]
+            weights = (
+                self.ops[1]
+                .wait()
+                .split([n - b for n, b in zip(self.from_src, self.bag_counts, strict=True)])
             )
         if not slots:
             return Received(self.batches, [], [], [])
@@ -180,9 +189,7 @@ class InputAwaitable:
                 per_slot_lengths[i].append(ln)
         # Id counts of every (source, slot) in one host sync.
         flat = [ln for lens in per_src_lengths for ln in lens]
-        counts = (
-            torch.stack([ln.sum() for ln in flat]).tolist() if flat else []
-        )
+        counts = torch.stack([ln.sum() for ln in flat]).tolist() if flat else []
         per_slot_ids: list[list[Tensor]] = [[] for _ in slots]
         per_slot_w: list[list[Tensor]] = [[] for _ in slots]
         for s, buf in enumerate(ints):
