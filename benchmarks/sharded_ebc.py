@@ -28,7 +28,6 @@ import torch.distributed as dist
 from torch import nn
 
 from recis.distributed import (
-    COLUMN_WISE,
     DATA_PARALLEL,
     ROW_WISE,
     TABLE_WISE,
@@ -89,8 +88,9 @@ class TorchRowWiseAdagrad:
             uniq, inv = torch.unique(g.ids, return_inverse=True)
             summed = torch.zeros(uniq.numel(), rows.shape[1]).index_add_(0, inv, rows)
             s = self.state[name]
-            s[uniq] += summed.pow(2).mean(1)
-            t.weight[uniq] -= self.lr * summed / (s[uniq].sqrt() + self.eps)[:, None]
+            s.index_add_(0, uniq, summed.pow(2).mean(1))
+            summed /= s.index_select(0, uniq).sqrt_().add_(self.eps)[:, None]
+            t.weight.index_add_(0, uniq, summed, alpha=-self.lr)
 
     def zero_grad(self) -> None:
         for t in self.tables.values():
@@ -108,9 +108,7 @@ def recis_optimizer(tables):
 
 # --- models -------------------------------------------------------------------------
 def configs(args) -> list[EmbeddingBagConfig]:
-    return [
-        EmbeddingBagConfig(f"t{i}", args.rows, args.dim, [f"f{i}"]) for i in range(args.tables)
-    ]
+    return [EmbeddingBagConfig(f"t{i}", args.rows, args.dim, [f"f{i}"]) for i in range(args.tables)]
 
 
 def build_torchrec(args, kind: str, pg):
@@ -138,7 +136,8 @@ def build_torchrec(args, kind: str, pg):
     apply_optimizer_in_backward(RowWiseAdagrad, model.ebc.parameters(), {"lr": LR, "eps": EPS})
     kernel = "dense" if kind == DATA_PARALLEL else "fused"
     constraints = {
-        t.name: ParameterConstraints(sharding_types=[kind], compute_kernels=[kernel]) for t in tables
+        t.name: ParameterConstraints(sharding_types=[kind], compute_kernels=[kernel])
+        for t in tables
     }
     planner = EmbeddingShardingPlanner(
         topology=Topology(world_size=world, compute_device="cpu", local_world_size=world),
@@ -191,6 +190,14 @@ def recis_step(dmp, opt, kjt) -> None:
     loss_of(dmp(kjt)).backward()
     opt.step()
     opt.zero_grad()
+
+
+def recis_fwd_bwd(dmp, kjt) -> None:
+    """Forward + backward only (the gradient is recorded, no optimizer step): shows how
+    much of the step the optimizer takes."""
+    loss_of(dmp(kjt)).backward()
+    for t in filter_out_sparse_param(dmp).values():
+        t.zero_grad()
 
 
 def torchrec_step(dmp, kjt) -> None:
@@ -250,15 +257,20 @@ def main() -> None:
         if kind == ROW_WISE:
             # TorchRec has no row_wise on CPU: compare with recis table_wise.
             probe = Wrap(EmbeddingBagCollection(configs(args), device="meta"))
-            rw = build_recis(args, plan_sharding(probe, world, {c.name: ROW_WISE for c in configs(args)}))
-            tw = build_recis(args, plan_sharding(probe, world, {c.name: TABLE_WISE for c in configs(args)}))
+            rw = build_recis(
+                args, plan_sharding(probe, world, {c.name: ROW_WISE for c in configs(args)})
+            )
+            tw = build_recis(
+                args, plan_sharding(probe, world, {c.name: TABLE_WISE for c in configs(args)})
+            )
             runs = {
                 "recis": (lambda kjt, m=rw: recis_step(m[0], m[1], kjt)),
                 "peer": (lambda kjt, m=tw: recis_step(m[0], m[1], kjt)),
+                "recis_fwd_bwd": (lambda kjt, m=rw: recis_fwd_bwd(m[0], kjt)),
             }
             peer_name, which, plan = "recis table_wise", rw[2], rw[0].plan
             comm_model = rw[0]
-            inputs = {"recis": batches, "peer": batches}
+            inputs = {"recis": batches, "peer": batches, "recis_fwd_bwd": batches}
         else:
             tr, tr_plan = build_torchrec(args, kind, pg)
             plan = recis_plan_like(args, kind, tr_plan, world)
@@ -270,14 +282,19 @@ def main() -> None:
             tr_batches = [b.to_torchrec() for b in batches]
             runs = {
                 "recis": (lambda kjt, m=rc: recis_step(m[0], m[1], kjt)),
-                "peer": (lambda kjt, m=tr: torchrec_step(m, tr_batches[kjt])),
+                "peer": (lambda kjt, m=tr, tb=tr_batches: torchrec_step(m, tb[kjt])),
+                "recis_fwd_bwd": (lambda kjt, m=rc: recis_fwd_bwd(m[0], kjt)),
             }
             peer_name = "torchrec" + ("" if same else " (different placement)")
             which, comm_model = rc[2], rc[0]
-            inputs = {"recis": batches, "peer": list(range(len(batches)))}
+            inputs = {
+                "recis": batches,
+                "peer": list(range(len(batches))),
+                "recis_fwd_bwd": batches,
+            }
         for name, fn in runs.items():  # warm-up
             timed(fn, inputs[name], 2)
-        times: dict[str, list[float]] = {"recis": [], "peer": []}
+        times: dict[str, list[float]] = {name: [] for name in runs}
         for _ in range(args.rounds):
             for name, fn in runs.items():
                 times[name].append(timed(fn, inputs[name], args.steps))
@@ -299,6 +316,7 @@ def main() -> None:
             "recis_samples_per_s": round(sps["recis"], 1),
             "peer_samples_per_s": round(sps["peer"], 1),
             "speedup": round(sps["recis"] / sps["peer"], 3),
+            "recis_fwd_bwd_samples_per_s": round(sps["recis_fwd_bwd"], 1),
             "recis_optimizer": which,
             "comm_bytes": comm,
             "comm_min_bytes": minimum,
@@ -310,14 +328,17 @@ def main() -> None:
                 print(json.dumps(r), flush=True)
             results.append(gathered[0])
     if rank == 0:
-        print("\n| sharding | peer | recis samples/s/rank | peer samples/s/rank | recis/peer "
-              "| input_dist B (min) | output_dist B (min) |")
-        print("|---|---|---|---|---|---|---|")
+        print(
+            "\n| sharding | peer | recis samples/s/rank | peer samples/s/rank | recis/peer "
+            "| recis fwd+bwd only | input_dist B (min) | output_dist B (min) |"
+        )
+        print("|---|---|---|---|---|---|---|---|")
         for r in results:
             c, m = r["comm_bytes"], r["comm_min_bytes"]
             print(
                 f"| {r['sharding']} | {r['peer']} | {r['recis_samples_per_s']} | "
                 f"{r['peer_samples_per_s']} | {r['speedup']}x | "
+                f"{r['recis_fwd_bwd_samples_per_s']} | "
                 f"{c.get('input_dist', 0)} ({m['input_dist']}) | "
                 f"{c.get('output_dist', 0)} ({m['output_dist']}) |"
             )

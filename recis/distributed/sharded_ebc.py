@@ -82,7 +82,7 @@ class ShardedEmbeddingBagCollection(nn.Module):
                     cfg, weight, shard.row_offset, shard.col_offset
                 )
         self.input_dist = InputDist(self.layout, self.rank, self.world_size, self.group)
-        self.lookup = ShardLookup(self.layout, self.rank, self.tables)
+        self.lookup = ShardLookup(self.layout, self.rank, self.tables, self.device)
         self.output_dist = OutputDist(
             self.layout, self.rank, self.world_size, self.group, self.grad_scale
         )

@@ -14,8 +14,10 @@ from recis.sparse._validate import offsets_from_lengths
 
 
 class ShardLookup:
-    def __init__(self, layout: Layout, rank: int, tables: nn.ModuleDict) -> None:
-        self.layout, self.rank, self.tables = layout, rank, tables
+    def __init__(
+        self, layout: Layout, rank: int, tables: nn.ModuleDict, device: torch.device
+    ) -> None:
+        self.layout, self.rank, self.tables, self.device = layout, rank, tables, device
 
     def __call__(self, received: Received) -> tuple[Tensor, list[int]]:
         """Returns the flat send buffer and the number of floats for each source rank."""
@@ -38,5 +40,5 @@ class ShardLookup:
         sizes = [sum(p.numel() for p in parts) for parts in per_source]
         flat = [p for parts in per_source for p in parts]
         if not flat:
-            return torch.empty(0, requires_grad=False), sizes
+            return torch.empty(0, device=self.device), sizes
         return torch.cat(flat), sizes
