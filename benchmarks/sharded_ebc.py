@@ -28,6 +28,7 @@ import torch.distributed as dist
 from torch import nn
 
 from recis.distributed import (
+    COLUMN_WISE,
     DATA_PARALLEL,
     ROW_WISE,
     TABLE_WISE,
@@ -135,8 +136,12 @@ def build_torchrec(args, kind: str, pg):
     model = Wrap(torchrec.EmbeddingBagCollection(tables=tables, device=torch.device("meta")))
     apply_optimizer_in_backward(RowWiseAdagrad, model.ebc.parameters(), {"lr": LR, "eps": EPS})
     kernel = "dense" if kind == DATA_PARALLEL else "fused"
+    # Column-wise: ask for one chunk per rank (TorchRec's default keeps 64-wide tables whole).
+    min_partition = max(4, args.dim // world) if kind == COLUMN_WISE else None
     constraints = {
-        t.name: ParameterConstraints(sharding_types=[kind], compute_kernels=[kernel])
+        t.name: ParameterConstraints(
+            sharding_types=[kind], compute_kernels=[kernel], min_partition=min_partition
+        )
         for t in tables
     }
     planner = EmbeddingShardingPlanner(
@@ -246,6 +251,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--kinds", default="table_wise,column_wise,data_parallel,row_wise")
+    p.add_argument("--print-plans", action="store_true", help="print recis's plans (rank 0)")
     args = p.parse_args()
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
@@ -292,6 +298,8 @@ def main() -> None:
                 "peer": list(range(len(batches))),
                 "recis_fwd_bwd": batches,
             }
+        if args.print_plans and rank == 0:
+            print(plan, flush=True)
         for name, fn in runs.items():  # warm-up
             timed(fn, inputs[name], 2)
         times: dict[str, list[float]] = {name: [] for name in runs}

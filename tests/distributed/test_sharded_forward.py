@@ -43,6 +43,8 @@ def _check_plan(constraints, local_world_size, weighted, empty, seed):
     )
     sebc = ShardedEmbeddingBagCollection(copy.deepcopy(ebc), plan)
     # Uneven batch sizes: rank r has 2 + r samples; rank 1 may have features with no ids.
+    if weighted == "rank0":  # per-sample weights on rank 0's batch only
+        weighted = rank == 0
     kjt = make_batch(2 + rank, seed + rank, weighted, empty if rank == 1 else ())
     want = ebc(kjt)
     got = sebc(kjt)
@@ -109,6 +111,7 @@ def forward_all_types():
     for i, cons in enumerate(cases):
         for weighted in (False, True):
             stats.append(_check_plan(cons, None, weighted, ("f_a", "f_c"), 10 * i + weighted))
+    stats.append(_check_plan(MIXED, None, "rank0", (), 77))
     if world == 4:
         # table_row_wise over two nodes of two ranks.
         _check_plan({c.name: TABLE_ROW_WISE for c in configs()}, 2, True, ("f_e",), 99)
