@@ -4,6 +4,7 @@ from recis.distributed.comm import DistributedInputError
 from recis.distributed.model_parallel import DistributedModelParallel
 from recis.distributed.plan import ShardingPlan
 from recis.distributed.planner import plan_sharding
+from recis.distributed.process_group import init_distributed
 from recis.distributed.sharded_ebc import ShardedEmbeddingBagCollection
 from recis.distributed.types import (
     COLUMN_WISE,
@@ -31,5 +32,6 @@ __all__ = [
     "ShardingError",
     "ShardingPlan",
     "TablePlan",
+    "init_distributed",
     "plan_sharding",
 ]
