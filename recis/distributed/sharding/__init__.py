@@ -1,4 +1,5 @@
-"""One module per sharding type (its placement, and anything specific to its stages),
+"""One module per sharding type: its placement (``place``), and for the all-to-all types
+its input routing (``route``) and output combining (``combine``, see ``routing.py``);
 plus the three stages every sharded collection runs: input_dist, lookup, output_dist."""
 
 from recis.distributed.sharding import (

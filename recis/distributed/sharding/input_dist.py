@@ -10,23 +10,14 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from recis import ops
 from recis.distributed.comm import AllToAll, exchange_header
-from recis.distributed.sharding.layout import Layout, ShardedTable
+from recis.distributed.sharding.layout import Layout, Routed
+from recis.distributed.sharding.routing import ROUTERS
 from recis.nn.embedding_bag import check_ids_in_range, table_inputs
 from recis.sparse import KeyedJaggedTensor
 
 # header layout: [batch, has_weights, ints sent to rank 0..W-1, ids of each replicated table]
 _FIXED = 2
-
-
-@dataclass
-class Routed:
-    """One shard's part of the local batch."""
-
-    lengths: Tensor
-    ids: Tensor
-    weights: Tensor | None
 
 
 @dataclass
@@ -47,20 +38,6 @@ class Received:
     lengths: list[Tensor]
     ids: list[Tensor]
     weights: list[Tensor | None]
-
-
-def _route(table: ShardedTable, ids: Tensor, lengths: Tensor, w: Tensor | None) -> list[Routed]:
-    if not table.splits_rows:
-        # table_wise / column_wise: every shard sees every id.
-        return [Routed(lengths, ids, w) for _ in table.shards]
-    bounds = [s.row_offset for s in table.shards] + [table.config.num_embeddings]
-    b = ops.bucketize(ids, lengths, w, torch.tensor(bounds, dtype=torch.int64, device=ids.device))
-    k = len(table.shards)
-    lens = b.lengths.view(k, -1)
-    counts = lens.sum(1).tolist()
-    ids_parts = b.ids.split(counts)
-    w_parts = b.weights.split(counts) if b.weights is not None else [None] * k
-    return [Routed(lens[i], ids_parts[i], w_parts[i]) for i in range(k)]
 
 
 class InputDist:
@@ -88,7 +65,7 @@ class InputDist:
                     # let the shards pool with sum.
                     full = lengths.clamp(min=1).to(torch.float32).repeat_interleave(lengths)
                     w = (w if w is not None else torch.ones_like(full)) / full
-                prep.routed.append(_route(table, ids, lengths, w))
+                prep.routed.append(ROUTERS[table.plan.sharding_type](table, ids, lengths, w))
             for cfg in self.layout.replicated:
                 ids, lengths, w, per_feature = table_inputs(kjt, cfg.feature_names, cfg.name)
                 check_ids_in_range(

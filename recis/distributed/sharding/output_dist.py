@@ -14,6 +14,7 @@ from recis.distributed.comm import (
     pooled_all_to_all_wait,
 )
 from recis.distributed.sharding.layout import Layout
+from recis.distributed.sharding.routing import COMBINERS
 
 
 class OutputDist:
@@ -70,14 +71,7 @@ class OutputAwaitable:
         out: dict[str, Tensor] = {}
         for t, table in enumerate(self.layout.sharded):
             parts = [pieces[t][k] for k in range(len(table.shards))]
-            if table.splits_rows:
-                pooled = parts[0]
-                for p in parts[1:]:
-                    pooled = pooled + p
-            elif len(parts) == 1:
-                pooled = parts[0]
-            else:
-                pooled = torch.cat(parts, dim=2)
+            pooled = COMBINERS[table.plan.sharding_type](parts)
             for i, f in enumerate(table.config.feature_names):
                 out[f] = pooled[i]
         return out
