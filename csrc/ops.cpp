@@ -9,6 +9,14 @@ TORCH_LIBRARY(recis, m) {
   m.def(
       "pooled_lookup(Tensor weight, Tensor ids, Tensor offsets, Tensor? per_sample_weights, "
       "int pooling) -> Tensor");
+  // Row bucketization for row-wise sharding: bucket k owns global rows
+  // [boundaries[k], boundaries[k+1]). Returns (bucket_lengths [K * num_bags], bucket-major;
+  // bucket_ids: ids made local to their bucket, ordered bucket, bag, original position;
+  // bucket_weights: weights in the same order, or an empty tensor when weights is None;
+  // permutation: bucket_ids[j] came from ids[permutation[j]]).
+  m.def(
+      "bucketize(Tensor ids, Tensor lengths, Tensor? weights, Tensor boundaries) -> "
+      "(Tensor, Tensor, Tensor, Tensor)");
 }
 
 // `import recis._C` loads this library, which registers the ops above with torch.

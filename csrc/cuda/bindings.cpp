@@ -34,8 +34,49 @@ at::Tensor pooled_lookup_cuda(const at::Tensor& weight, const at::Tensor& ids,
   return out;
 }
 
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> bucketize_cuda(
+    const at::Tensor& ids, const at::Tensor& lengths, const std::optional<at::Tensor>& weights,
+    const at::Tensor& boundaries) {
+  TORCH_CHECK(ids.dim() == 1 && lengths.dim() == 1 && boundaries.dim() == 1,
+              "recis.bucketize: ids, lengths and boundaries must be 1-D");
+  TORCH_CHECK(boundaries.numel() >= 2, "recis.bucketize: boundaries needs num_buckets + 1 entries");
+  const c10::cuda::CUDAGuard guard(ids.device());
+  auto stream = at::cuda::getCurrentCUDAStream();
+  const auto ids64 = ids.to(at::kLong).contiguous();
+  const auto len64 = lengths.to(at::kLong).contiguous();
+  const auto bnd = boundaries.to(ids.device(), at::kLong).contiguous();
+  at::Tensor w;
+  if (weights.has_value()) {
+    TORCH_CHECK(weights->numel() == ids.numel(), "recis.bucketize: one weight per id");
+    w = weights->to(at::kFloat).contiguous();
+  }
+  const int64_t num_bags = len64.numel(), num_buckets = bnd.numel() - 1, n = ids64.numel();
+  auto bag_start = at::zeros({num_bags + 1}, len64.options());
+  if (num_bags) bag_start.narrow(0, 1, num_bags).copy_(at::cumsum(len64, 0));
+  auto bucket = at::empty({n}, ids64.options().dtype(at::kInt));
+  auto counts = at::zeros({num_buckets * num_bags}, len64.options());
+  cuda::bucketize_count(ids64.data_ptr<int64_t>(), bag_start.data_ptr<int64_t>(), num_bags,
+                        bnd.data_ptr<int64_t>(), num_buckets, bucket.data_ptr<int32_t>(),
+                        counts.data_ptr<int64_t>(), stream);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  auto slot_start = at::cumsum(counts, 0) - counts;
+  auto out_ids = at::empty({n}, ids64.options());
+  auto perm = at::empty({n}, ids64.options());
+  auto out_w = w.defined() ? at::empty({n}, w.options()) : at::empty({0}, ids64.options().dtype(at::kFloat));
+  cuda::bucketize_write(ids64.data_ptr<int64_t>(), w.defined() ? w.data_ptr<float>() : nullptr,
+                        bag_start.data_ptr<int64_t>(), num_bags, bnd.data_ptr<int64_t>(),
+                        bucket.data_ptr<int32_t>(), slot_start.data_ptr<int64_t>(),
+                        out_ids.data_ptr<int64_t>(), w.defined() ? out_w.data_ptr<float>() : nullptr,
+                        perm.data_ptr<int64_t>(), stream);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return {counts.to(lengths.scalar_type()), out_ids.to(ids.scalar_type()), out_w, perm};
+}
+
 }  // namespace
 
-TORCH_LIBRARY_IMPL(recis, CUDA, m) { m.impl("pooled_lookup", &pooled_lookup_cuda); }
+TORCH_LIBRARY_IMPL(recis, CUDA, m) {
+  m.impl("pooled_lookup", &pooled_lookup_cuda);
+  m.impl("bucketize", &bucketize_cuda);
+}
 
 }  // namespace recis

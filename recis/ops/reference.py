@@ -45,3 +45,32 @@ def bag_row_grads(
             w = 1.0 if per_sample_weights is None else float(per_sample_weights[j])
             grad[int(ids[j])] += w * scale * grad_out[b].double()
     return grad.to(grad_out.dtype)
+
+
+def bucketize(
+    ids: Tensor, lengths: Tensor, weights: Tensor | None, boundaries: Tensor
+) -> tuple[Tensor, Tensor, Tensor | None, Tensor]:
+    """Reference of :func:`recis.ops.bucketize`: one id at a time."""
+    num_buckets, num_bags = boundaries.numel() - 1, lengths.numel()
+    slots: list[list[list[int]]] = [[[] for _ in range(num_bags)] for _ in range(num_buckets)]
+    pos = 0
+    for b in range(num_bags):
+        for _ in range(int(lengths[b])):
+            v = int(ids[pos])
+            k = max(i for i in range(num_buckets) if int(boundaries[i]) <= v)
+            if v >= int(boundaries[-1]) or v < int(boundaries[0]):
+                raise ValueError(f"id {v} outside the boundaries")
+            slots[k][b].append(pos)
+            pos += 1
+    order = [j for k in range(num_buckets) for b in range(num_bags) for j in slots[k][b]]
+    bucket_of = {j: k for k in range(num_buckets) for b in range(num_bags) for j in slots[k][b]}
+    perm = torch.tensor(order, dtype=torch.int64)
+    out_lengths = torch.tensor(
+        [len(slots[k][b]) for k in range(num_buckets) for b in range(num_bags)],
+        dtype=lengths.dtype,
+    )
+    out_ids = torch.tensor(
+        [int(ids[j]) - int(boundaries[bucket_of[j]]) for j in order], dtype=ids.dtype
+    )
+    out_w = None if weights is None else weights[perm].float()
+    return out_lengths, out_ids, out_w, perm

@@ -1,0 +1,167 @@
+"""Collectives of a sharded lookup: the per-step header exchange (sizes + error flags)
+and all-to-alls issued asynchronously, with autograd so that backward sends the
+gradients back the way the forward came."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+
+class DistributedInputError(ValueError):
+    """Bad input found on some rank; raised on every rank, naming that rank."""
+
+
+def rank_and_world(group: dist.ProcessGroup | None) -> tuple[int, int]:
+    """This rank and the group's size; (0, 1) when no process group is initialised."""
+    if not dist.is_initialized():
+        return 0, 1
+    return dist.get_rank(group), dist.get_world_size(group)
+
+
+def exchange_header(
+    header: Tensor, error: str | None, group: dist.ProcessGroup | None, world_size: int
+) -> Tensor:
+    """All-gathers each rank's small int64 ``header`` (sizes of what it will send) plus an
+    error flag, before any data moves. If any rank found bad input, every rank raises
+    the same :class:`DistributedInputError` naming it, so no rank is left waiting in a
+    later collective. Returns ``[world_size, len(header)]``."""
+    row = torch.cat([header.new_tensor([1 if error else 0]), header])
+    if world_size == 1:
+        rows = row.unsqueeze(0)
+    else:
+        parts = [torch.empty_like(row) for _ in range(world_size)]
+        dist.all_gather(parts, row, group=group)
+        rows = torch.stack(parts)
+    flags = rows[:, 0].tolist()
+    if any(flags):
+        messages: list[Any] = [None] * world_size
+        if world_size == 1:
+            messages = [error]
+        else:
+            dist.all_gather_object(messages, error, group=group)
+        bad = [f"rank {r}: {m}" for r, m in enumerate(messages) if m]
+        raise DistributedInputError("bad sharded-embedding input on " + "; ".join(bad))
+    return rows[:, 1:]
+
+
+class AllToAll:
+    """One ``all_to_all_single`` in flight: ``wait()`` returns the received tensor.
+
+    Rows of ``send`` (first dim) go to ranks in order, ``send_splits[d]`` to rank d;
+    ``recv_splits[s]`` rows arrive from rank s.
+    """
+
+    def __init__(
+        self,
+        send: Tensor,
+        send_splits: list[int],
+        recv_splits: list[int],
+        group: dist.ProcessGroup | None,
+        world_size: int,
+    ) -> None:
+        self.recv = send.new_empty((sum(recv_splits), *send.shape[1:]))
+        self.work = None
+        if world_size == 1:
+            self.recv = send
+        else:
+            self.work = dist.all_to_all_single(
+                self.recv, send.contiguous(), recv_splits, send_splits, group=group, async_op=True
+            )
+
+    def wait(self) -> Tensor:
+        if self.work is not None:
+            self.work.wait()
+            self.work = None
+        return self.recv
+
+
+class PooledAllToAll:
+    """State shared by the two autograd halves of one pooled all-to-all."""
+
+    def __init__(
+        self,
+        send_splits: list[int],
+        recv_splits: list[int],
+        group: dist.ProcessGroup | None,
+        world_size: int,
+        grad_scale: float,
+        stats: dict[str, int],
+        self_rank: int,
+    ) -> None:
+        self.send_splits, self.recv_splits = send_splits, recv_splits
+        self.group, self.world_size = group, world_size
+        self.grad_scale, self.stats, self.rank = grad_scale, stats, self_rank
+        self.forward_op: AllToAll | None = None
+        self.backward_op: AllToAll | None = None
+
+    def remote(self, splits: list[int], row_bytes: int) -> int:
+        return sum(n for r, n in enumerate(splits) if r != self.rank) * row_bytes
+
+
+class _Start(torch.autograd.Function):
+    """Issues the all-to-all; the output is the receive buffer, valid after _Wait."""
+
+    @staticmethod
+    def forward(ctx: Any, send: Tensor, anchor: Tensor, state: PooledAllToAll) -> Tensor:
+        ctx.state = state
+        state.forward_op = AllToAll(
+            send, state.send_splits, state.recv_splits, state.group, state.world_size
+        )
+        row = send[0].numel() * send.element_size() if send.dim() > 1 else send.element_size()
+        state.stats["output_dist"] = state.remote(state.send_splits, row)
+        return state.forward_op.recv
+
+    @staticmethod
+    def backward(ctx: Any, _placeholder: Tensor) -> tuple[Tensor, None, None]:
+        # The reverse all-to-all was issued by _Wait.backward; only wait for it here.
+        return ctx.state.backward_op.wait(), None, None
+
+
+class _Wait(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, recv: Tensor, state: PooledAllToAll) -> Tensor:
+        ctx.state = state
+        state.forward_op.wait()
+        return recv.view_as(recv)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
+        state = ctx.state
+        grad = grad.contiguous()
+        if state.grad_scale != 1.0:
+            grad = grad * state.grad_scale
+        # Gradients go back the way the rows came: swap the splits.
+        state.backward_op = AllToAll(
+            grad, state.recv_splits, state.send_splits, state.group, state.world_size
+        )
+        row = grad[0].numel() * grad.element_size() if grad.dim() > 1 else grad.element_size()
+        state.stats["output_dist_backward"] = state.remote(state.recv_splits, row)
+        return grad, None
+
+
+def pooled_all_to_all_start(send: Tensor, anchor: Tensor, state: PooledAllToAll) -> Tensor:
+    """Starts sending rows of ``send``; pass the result to :func:`pooled_all_to_all_wait`.
+
+    ``anchor`` is a leaf that requires grad: it puts the exchange in the autograd graph
+    even on a rank that sends nothing, so that every rank joins the backward exchange.
+    """
+    return _Start.apply(send, anchor, state)
+
+
+def pooled_all_to_all_wait(recv: Tensor, state: PooledAllToAll) -> Tensor:
+    """Waits for the rows; in backward, sends their gradients (x grad_scale) back."""
+    return _Wait.apply(recv, state)
+
+
+def all_gather_padded(t: Tensor, sizes: list[int], group: dist.ProcessGroup | None) -> list[Tensor]:
+    """All-gather of 1-D tensors whose lengths (``sizes[r]``, known on every rank) differ."""
+    longest = max(sizes) if sizes else 0
+    padded = t.new_zeros(longest)
+    padded[: t.numel()] = t
+    parts = [torch.empty_like(padded) for _ in sizes]
+    dist.all_gather(parts, padded, group=group)
+    return [p[:n] for p, n in zip(parts, sizes, strict=True)]

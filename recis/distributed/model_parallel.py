@@ -1,0 +1,131 @@
+"""DistributedModelParallel: sharded embeddings + DDP for the dense remainder."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from recis.distributed.comm import rank_and_world
+from recis.distributed.plan import ShardingPlan
+from recis.distributed.planner import plan_sharding
+from recis.distributed.sharded_ebc import ShardedEmbeddingBagCollection
+from recis.nn.embedding_bag import EmbeddingBagCollection
+from recis.nn.table import EmbeddingTable
+
+_PREFIX = "module."
+
+
+def _default_device(group: dist.ProcessGroup | None) -> torch.device:
+    if dist.is_initialized() and dist.get_backend(group) == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def _replace_collections(model: nn.Module, make: Any) -> nn.Module:
+    """Swaps every EmbeddingBagCollection in ``model`` (or ``model`` itself) for ``make(ebc)``."""
+    if isinstance(model, EmbeddingBagCollection):
+        return make(model)
+    for name, child in list(model.named_children()):
+        if isinstance(child, EmbeddingBagCollection):
+            setattr(model, name, make(child))
+        else:
+            _replace_collections(child, make)
+    return model
+
+
+class DistributedModelParallel(nn.Module):
+    """Shards ``model``'s embedding tables by ``plan`` and data-parallelises the rest.
+
+    Every :class:`EmbeddingBagCollection` becomes a
+    :class:`~recis.distributed.sharded_ebc.ShardedEmbeddingBagCollection` with the same
+    output; the dense remainder is wrapped in ``DistributedDataParallel`` (when it has
+    parameters and the group has more than one rank; table weights, which are buffers,
+    are excluded from its buffer broadcast). Tables holding values keep them (each rank
+    takes its slices); tables built on ``meta`` are initialised shard by shard.
+    Embedding gradients are scaled by ``1 / world_size`` to match DDP's mean, so N
+    ranks with batch B train like one rank with batch N·B.
+
+    Example::
+
+        >>> dmp = DistributedModelParallel(model)            # plan_sharding(model)
+        >>> sparse_opt = SparseRowWiseAdagrad(filter_out_sparse_param(dmp), lr=0.05)
+        >>> dense_opt = torch.optim.Adam(dmp.parameters())
+        >>> loss = dmp(batch); loss.backward(); dense_opt.step(); sparse_opt.step()
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        plan: ShardingPlan | None = None,
+        process_group: dist.ProcessGroup | None = None,
+        device: torch.device | str | None = None,
+    ) -> None:
+        super().__init__()
+        _, world = rank_and_world(process_group)
+        device = torch.device(device) if device is not None else _default_device(process_group)
+        if plan is None:
+            plan = plan_sharding(model, world_size=world)
+        self.plan = plan
+
+        def shard(ebc: EmbeddingBagCollection) -> ShardedEmbeddingBagCollection:
+            return ShardedEmbeddingBagCollection(ebc, plan, process_group, device, 1.0 / world)
+
+        model = _replace_collections(model, shard)
+        model.to(device)
+        self._inner = [model]  # the unwrapped model, without registering it twice
+        dense = [p for p in model.parameters() if p.requires_grad]
+        if dist.is_initialized() and world > 1 and dense:
+            tables = [
+                f"{path}.weight"
+                for path, m in model.named_modules()
+                if isinstance(m, EmbeddingTable)
+            ]
+            DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, tables)
+            self.module: nn.Module = DistributedDataParallel(
+                model,
+                device_ids=[device] if device.type == "cuda" else None,
+                process_group=process_group,
+            )
+        else:
+            self.module = model
+
+    @property
+    def unwrapped(self) -> nn.Module:
+        """The sharded model without the DDP wrapper."""
+        return self._inner[0]
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self.module(*args, **kwargs)
+
+    def sharded_collections(self) -> list[ShardedEmbeddingBagCollection]:
+        return [m for m in self.unwrapped.modules() if isinstance(m, ShardedEmbeddingBagCollection)]
+
+    def comm_bytes(self) -> dict[str, int]:
+        """Bytes each stage sent to other ranks in the last step, over every collection."""
+        total: dict[str, int] = {}
+        for m in self.sharded_collections():
+            for k, v in m.comm_bytes().items():
+                total[k] = total.get(k, 0) + v
+        return total
+
+    def state_dict(  # type: ignore[override]
+        self, *args: Any, destination: Any = None, prefix: str = "", keep_vars: bool = False
+    ) -> dict[str, Any]:
+        """The unwrapped model's state with one ``"module."`` prefix (whether or not DDP
+        wraps it); table entries hold this rank's shards."""
+        return self.unwrapped.state_dict(
+            destination=destination, prefix=prefix + _PREFIX, keep_vars=keep_vars
+        )
+
+    def load_state_dict(  # type: ignore[override]
+        self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False
+    ) -> Any:
+        stripped = {
+            (k[len(_PREFIX) :] if k.startswith(_PREFIX) else k): v for k, v in state_dict.items()
+        }
+        return self.unwrapped.load_state_dict(stripped, strict=strict, assign=assign)

@@ -1,0 +1,147 @@
+"""ShardedEmbeddingBagCollection: an EmbeddingBagCollection whose tables are sharded
+over a process group by a ShardingPlan, with the same output."""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from recis.distributed.comm import rank_and_world
+from recis.distributed.plan import ShardingPlan
+from recis.distributed.sharding.data_parallel import ReplicaGradSync, replica_lookup
+from recis.distributed.sharding.input_dist import _FIXED, InputDist
+from recis.distributed.sharding.layout import Layout
+from recis.distributed.sharding.lookup import ShardLookup
+from recis.distributed.sharding.output_dist import OutputDist
+from recis.distributed.types import DATA_PARALLEL
+from recis.nn.embedding_bag import EmbeddingBagCollection
+from recis.nn.table import EmbeddingTable
+from recis.sparse import KeyedJaggedTensor, KeyedTensor
+
+
+def _local_shard_weight(
+    source: EmbeddingTable, rows: slice, cols: slice, device: torch.device
+) -> Tensor:
+    """This rank's slice of a table: copied from its values, or initialised with the
+    table's init_fn when the table was built on ``meta`` (never materialised whole)."""
+    w = source.weight
+    if w.device.type == "meta":
+        shard = torch.empty(
+            rows.stop - rows.start, cols.stop - cols.start, dtype=w.dtype, device=device
+        )
+        source.config.initializer()(shard)
+        return shard
+    return w[rows, cols].to(device).clone().contiguous()
+
+
+class ShardedEmbeddingBagCollection(nn.Module):
+    """The sharded form of an :class:`EmbeddingBagCollection`; ``DistributedModelParallel``
+    builds it. ``tables`` holds this rank's shards (``EmbeddingTable`` with row / column
+    offsets) and data-parallel replicas, by table name.
+
+    ``forward(kjt)`` returns the same :class:`KeyedTensor` as the unsharded collection.
+    Embedding gradients are multiplied by ``grad_scale`` (``1 / world_size`` matches
+    DDP's mean of dense gradients). ``comm_bytes()`` reports what each stage sent to
+    other ranks in the last step.
+
+    Example::
+
+        >>> sebc = ShardedEmbeddingBagCollection(ebc, plan_sharding(ebc, world_size=2))
+        >>> kt = sebc(kjt)   # on every rank, each with its own batch
+    """
+
+    def __init__(
+        self,
+        ebc: EmbeddingBagCollection,
+        plan: ShardingPlan,
+        process_group: dist.ProcessGroup | None = None,
+        device: torch.device | str | None = None,
+        grad_scale: float | None = None,
+    ) -> None:
+        super().__init__()
+        self.group = process_group
+        self.rank, self.world_size = rank_and_world(process_group)
+        self.device = torch.device(device or "cpu")
+        self._configs = ebc.embedding_bag_configs()
+        self.layout = Layout(self._configs, plan, self.world_size)
+        self.grad_scale = 1.0 / self.world_size if grad_scale is None else grad_scale
+        self.tables = nn.ModuleDict()
+        for cfg in self._configs:
+            tp = plan.tables[cfg.name]
+            shard = tp.shard_on(self.rank)
+            if shard is None:
+                continue
+            rows = slice(shard.row_offset, shard.row_offset + shard.rows)
+            cols = slice(shard.col_offset, shard.col_offset + shard.cols)
+            weight = _local_shard_weight(ebc.tables[cfg.name], rows, cols, self.device)
+            if tp.sharding_type == DATA_PARALLEL:
+                self.tables[cfg.name] = EmbeddingTable(cfg, weight)
+            else:
+                self.tables[cfg.name] = EmbeddingTable(
+                    cfg, weight, shard.row_offset, shard.col_offset
+                )
+        self.input_dist = InputDist(self.layout, self.rank, self.world_size, self.group)
+        self.lookup = ShardLookup(self.layout, self.rank, self.tables, self.device)
+        self.output_dist = OutputDist(
+            self.layout, self.rank, self.world_size, self.group, self.grad_scale
+        )
+        self._stats: dict[str, int] = {}
+
+    def embedding_bag_configs(self) -> list:
+        return list(self._configs)
+
+    def feature_names(self) -> list[str]:
+        return list(self.layout.features)
+
+    def comm_bytes(self) -> dict[str, int]:
+        """Bytes this rank sent to other ranks in the last step, per stage:
+        ``input_dist`` (sizes header, lengths, ids, weights), ``output_dist`` (pooled
+        rows), ``output_dist_backward`` (their gradients), ``data_parallel_backward``
+        (replica gradient gather)."""
+        return dict(self._stats)
+
+    def forward(self, features: KeyedJaggedTensor) -> KeyedTensor:
+        self._stats = {}
+        stats = self._stats
+        prep = self.input_dist.prepare(features)
+        header = self.input_dist.exchange(prep, self.device)
+        batch = prep.batch
+        blocks: dict[str, Tensor] = {}
+        pending = None
+        if self.layout.sharded:
+            pending = self.input_dist.start(prep, header, stats)
+        # Replicated tables need no communication forward: look them up while the
+        # ids are in flight.
+        weighted = bool(header[:, 1].any())
+        batches = header[:, 0].tolist()
+        first_dp = _FIXED + self.world_size
+        for i, cfg in enumerate(self.layout.replicated):
+            ids, lengths, w = prep.replicated[i]
+            if weighted and w is None:
+                w = torch.ones(ids.numel(), device=ids.device)
+            nf = len(cfg.feature_names)
+            sync = ReplicaGradSync(
+                self.group,
+                self.world_size,
+                [nf * b for b in batches],
+                header[:, first_dp + i].tolist(),
+                weighted,
+                self.grad_scale,
+                stats,
+            )
+            pooled = replica_lookup(
+                self.tables[cfg.name], ids, lengths, w, cfg.pooling == "mean", sync
+            ).view(nf, batch, cfg.embedding_dim)
+            for j, f in enumerate(cfg.feature_names):
+                blocks[f] = pooled[j]
+        if pending is not None:
+            received = pending.wait()
+            send, sizes = self.lookup(received)
+            blocks.update(self.output_dist.start(send, sizes, batch, stats).wait())
+        values = (
+            torch.cat([blocks[f] for f in self.layout.features], dim=1)
+            if self.layout.features
+            else torch.zeros(batch, 0, device=self.device)
+        )
+        return KeyedTensor(self.layout.features, self.layout.dims, values)

@@ -1,0 +1,59 @@
+import pytest
+import torch
+
+from recis import ops
+from recis.ops import reference
+
+
+def _random_case(num_bags: int, rows: int, num_buckets: int, weighted: bool, dtype=torch.int64):
+    lengths = torch.randint(0, 5, (num_bags,), dtype=dtype)
+    if num_bags:
+        lengths[0] = 0  # an empty bag
+    n = int(lengths.sum())
+    ids = torch.randint(0, rows, (n,), dtype=dtype)
+    if n > 2:
+        ids[1] = ids[0]  # a duplicate id
+    weights = torch.rand(n) if weighted else None
+    # Uneven blocks, including an empty one when there are enough buckets.
+    cuts = sorted(torch.randint(0, rows + 1, (num_buckets - 1,)).tolist())
+    boundaries = torch.tensor([0, *cuts, rows], dtype=torch.int64)
+    return ids, lengths, weights, boundaries
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("num_buckets", [1, 3, 4])
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32])
+def test_bucketize_matches_reference(weighted, num_buckets, dtype):
+    for num_bags in (0, 1, 7, 40):
+        ids, lengths, weights, boundaries = _random_case(num_bags, 23, num_buckets, weighted, dtype)
+        got = ops.bucketize(ids, lengths, weights, boundaries)
+        want = reference.bucketize(ids, lengths, weights, boundaries)
+        assert torch.equal(got.lengths, want[0])
+        assert got.lengths.dtype == lengths.dtype
+        assert torch.equal(got.ids, want[1])
+        assert got.ids.dtype == ids.dtype
+        assert torch.equal(got.permutation, want[3])
+        if weighted:
+            torch.testing.assert_close(got.weights, want[2])
+        else:
+            assert got.weights is None
+        # The permutation undoes the reordering: bucket k's local ids + its start
+        # are the global ids at the permuted positions.
+        starts = boundaries[:-1].repeat_interleave(got.lengths.view(num_buckets, -1).sum(1))
+        assert torch.equal(ids[got.permutation].long(), got.ids.long() + starts)
+
+
+def test_bucketize_rejects_out_of_range_ids():
+    with pytest.raises(ValueError, match="id 9 is outside"):
+        ops.bucketize(torch.tensor([1, 9]), torch.tensor([2]), None, torch.tensor([0, 4, 8]))
+    with pytest.raises(RuntimeError, match="lengths sum"):
+        ops.bucketize(torch.tensor([1, 2]), torch.tensor([3]), None, torch.tensor([0, 4, 8]))
+
+
+@pytest.mark.cuda
+def test_bucketize_cuda_matches_cpu():
+    ids, lengths, weights, boundaries = _random_case(300, 1000, 4, True)
+    cpu = ops.bucketize(ids, lengths, weights, boundaries)
+    gpu = ops.bucketize(ids.cuda(), lengths.cuda(), weights.cuda(), boundaries.cuda())
+    for a, b in zip(cpu, gpu, strict=True):
+        assert torch.equal(a, b.cpu())
