@@ -13,7 +13,7 @@ CSRC := $(shell find csrc -type f) setup.py
 TORCHRUN := $(VENV)/bin/torchrun
 export MAX_JOBS ?= 2
 
-.PHONY: install build test lint format bench clean
+.PHONY: install build test lint format bench train clean
 
 install: $(STAMP) $(BUILT)
 
@@ -44,6 +44,14 @@ lint: install
 format: install
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
+
+# The README's main job: DLRM on synthetic Criteo-shaped data, 2 CPU ranks over gloo.
+# Running it again resumes from the newest checkpoint in $(TRAIN_DIR).
+TRAIN_DIR ?= out/dlrm
+TRAIN_ARGS ?=
+train: install
+	$(TORCHRUN) --standalone --nproc_per_node=2 launch/train.py --output_dir $(TRAIN_DIR) \
+		--train_steps 200 --log_steps 20 --save_steps 100 --batch_size 1024 $(TRAIN_ARGS)
 
 bench: install
 	$(PY) benchmarks/run_all.py

@@ -26,10 +26,16 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from recis.distributed import SHARDING_TYPES, DistributedModelParallel, plan_sharding
 from recis.optim import SparseAdam, SparseAdamW, SparseRowWiseAdagrad, SparseSGD
 
-from recis.framework.device import init_distributed, rank, resolve_device, set_seed, world_size
+from recis.distributed import SHARDING_TYPES, DistributedModelParallel, plan_sharding
+from recis.distributed.process_group import (
+    init_distributed,
+    rank,
+    resolve_device,
+    set_seed,
+    world_size,
+)
 from recis.framework.trainer import Trainer, TrainingArguments
 from recis.io import CriteoDataset, SyntheticCriteoDataset, default_table_sizes
 from recis.models import DLRM, DCNv2, DeepFM

@@ -1,41 +1,132 @@
-"""Process-group set-up for a torchrun-launched job."""
+"""Device and backend selection, process-group set-up from torchrun's variables, seeding."""
 
 from __future__ import annotations
 
+import atexit
+import logging
 import os
+import random
 from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 
+logger = logging.getLogger(__name__)
 
-def init_distributed(
-    backend: str | None = None, timeout_s: float = 1800.0
-) -> tuple[int, int, torch.device]:
-    """Joins the job's default process group from torchrun's environment variables.
+_TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
-    ``backend`` defaults to ``nccl`` when CUDA is available, else ``gloo``; with
-    nccl each process uses GPU ``$LOCAL_RANK``. Without ``$WORLD_SIZE`` (a plain
-    ``python`` run) nothing is initialised and the job is one rank. Returns
-    ``(rank, world_size, device)``; calling it again returns the same.
+
+def local_rank() -> int:
+    """This process's index on its machine (torchrun's ``LOCAL_RANK``; 0 when unset)."""
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"``: this process's GPU (``cuda:LOCAL_RANK``) when CUDA is available, else CPU.
+
+    Any other value is taken as a torch device; asking for CUDA without it raises.
 
     Example::
 
-        >>> rank, world, device = init_distributed()
-        >>> dmp = DistributedModelParallel(model, device=device)
+        >>> resolve_device("cpu")
+        device(type='cpu')
     """
-    cuda = torch.cuda.is_available()
-    if backend is None:
-        backend = "nccl" if cuda else "gloo"
-    if backend == "nccl" and not cuda:
-        raise RuntimeError("backend 'nccl' needs a CUDA GPU; use 'gloo' on CPU")
-    device = torch.device("cpu")
-    if backend == "nccl":
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-        torch.cuda.set_device(device)
-    if dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size(), device
-    if "WORLD_SIZE" not in os.environ:
-        return 0, 1, device
-    dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
-    return dist.get_rank(), dist.get_world_size(), device
+    if isinstance(device, str) and device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", local_rank() % torch.cuda.device_count())
+        return torch.device("cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"device must be 'auto' or a torch device, got {device!r}") from e
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} was asked for but CUDA is not available")
+    return resolved
+
+
+def resolve_backend(backend: str = "auto", device: torch.device | None = None) -> str:
+    """``"auto"``: ``nccl`` for a CUDA device, ``gloo`` otherwise; else checked and returned.
+
+    Example::
+
+        >>> resolve_backend("auto", torch.device("cpu"))
+        'gloo'
+    """
+    if backend == "auto":
+        device = device if device is not None else resolve_device("auto")
+        return "nccl" if device.type == "cuda" else "gloo"
+    if backend not in ("gloo", "nccl", "mpi", "ucc"):
+        raise ValueError(f"backend must be 'auto', 'gloo', 'nccl', 'mpi' or 'ucc', got {backend!r}")
+    if backend == "nccl" and device is not None and device.type != "cuda":
+        raise ValueError(f"backend 'nccl' needs a CUDA device, got device {device}")
+    return backend
+
+
+def _destroy_at_exit() -> None:
+    # gloo aborts the interpreter at exit if a group is still alive.
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def init_distributed(
+    backend: str = "auto",
+    device: str | torch.device = "auto",
+    timeout: timedelta = timedelta(minutes=30),
+) -> bool:
+    """Joins the process group torchrun describes, unless one exists already.
+
+    Reads ``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR`` and ``MASTER_PORT``; without them
+    (a plain ``python train.py``) the job is single-process and nothing happens. On a
+    GPU it also selects ``cuda:LOCAL_RANK``. A group created here is destroyed at
+    interpreter exit. Returns whether this call created the group.
+
+    Example::
+
+        >>> init_distributed()   # under torchrun --nproc-per-node 2 ...
+        True
+    """
+    if not dist.is_available() or dist.is_initialized():
+        return False
+    present = [v for v in _TORCHRUN_VARS if v in os.environ]
+    if not present:
+        return False
+    missing = [v for v in _TORCHRUN_VARS if v not in os.environ]
+    if missing:
+        raise RuntimeError(
+            f"found {present} but not {missing} in the environment: launch with torchrun "
+            "(or set all of RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT)"
+        )
+    dev = resolve_device(device)
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    dist.init_process_group(resolve_backend(backend, dev), timeout=timeout)
+    atexit.register(_destroy_at_exit)
+    logger.info("joined process group: rank %d of %d", dist.get_rank(), dist.get_world_size())
+    return True
+
+
+def world_size() -> int:
+    """Number of ranks (1 without a process group)."""
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def rank() -> int:
+    """This rank (0 without a process group)."""
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def set_seed(seed: int) -> None:
+    """Seeds Python's, NumPy's (when installed) and torch's (CPU and CUDA) generators.
+
+    Example::
+
+        >>> set_seed(42)
+    """
+    random.seed(seed)
+    try:
+        import numpy as np
+    except ImportError:
+        pass
+    else:
+        np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)  # also seeds every CUDA device

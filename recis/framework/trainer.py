@@ -14,7 +14,13 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from recis.framework.device import init_distributed, rank, resolve_device, set_seed, world_size
+from recis.distributed.process_group import (
+    init_distributed,
+    rank,
+    resolve_device,
+    set_seed,
+    world_size,
+)
 from recis.framework.metrics import (
     BinaryClassificationMetric,
     Predictions,

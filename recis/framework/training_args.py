@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from recis.framework.device import resolve_device
+from recis.distributed.process_group import resolve_device
 
 
 def positive_or_none(name: str, value: Any) -> None:

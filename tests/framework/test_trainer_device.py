@@ -9,7 +9,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from recis.framework.device import (
+from recis.distributed.process_group import (
     init_distributed,
     resolve_backend,
     resolve_device,
