@@ -1,0 +1,141 @@
+"""Reads the part of a saved table that one shard now owns (resharding on load).
+
+A shard owns a box (rows ``[r0, r1)`` x columns ``[c0, c1)``) of the global table.
+Every saved piece that overlaps the box contributes exactly the overlapping rows,
+read from its file (only the checksum blocks holding them), then narrowed to the
+overlapping columns. So a checkpoint saved on N ranks with one placement loads on
+M ranks with any other, and each rank reads only what it owns.
+
+State kinds:
+
+- ``element`` (weights, Adagrad/Adam moments): copied element by element.
+- ``row`` (one value per row of a shard, e.g. RowWiseAdagrad's sum of mean squared
+  gradients): a saved value belongs to a row *and* to the column range of the shard
+  that kept it. When the new shard's columns span several saved column ranges, its
+  value is their average weighted by how many of its columns each covers — exact when
+  the new columns are a union of the old ranges (mean of means over equal weights),
+  and the best estimate from the saved values when a saved range is split. Integer
+  per-row state is not averaged: it comes from the saved range covering most columns.
+- ``scalar`` (e.g. Adam's step count): one value per table, the same on every shard.
+"""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from recis.framework.checkpoint.layout import ELEMENT, ROW, SCALAR
+from recis.framework.checkpoint.tensor_file import ReaderCache, dtype_from_name
+
+Box = tuple[int, int, int, int]
+
+
+def _overlap(a: tuple[int, int], b: list[int]) -> tuple[int, int] | None:
+    lo, hi = max(a[0], b[0]), min(a[1], b[1])
+    return (lo, hi) if hi > lo else None
+
+
+class TableReader:
+    """Assembles state tensors of one table for one box from a checkpoint's pieces."""
+
+    def __init__(
+        self, cache: ReaderCache, name: str, entry: dict[str, Any], pool: ThreadPoolExecutor
+    ):
+        self.cache, self.name, self.entry, self.pool = cache, name, entry, pool
+
+    def kind(self, key: str) -> str:
+        return self.entry["state"][key]
+
+    def read(self, key: str, box: Box, dtype: torch.dtype | None = None) -> Tensor:
+        """State ``key`` for ``box`` (shaped ``[rows, cols]``, ``[rows]`` or ``[]``)."""
+        kind = self.kind(key)
+        saved = dtype_from_name(self.entry["dtype"]) if key == "weight" else None
+        if kind == SCALAR:
+            ref = self.entry.get("scalars", {}).get(key)
+            if ref is None:
+                raise ValueError(f"table {self.name!r}: checkpoint has no value of scalar {key!r}")
+            out = self.cache.read(ref).clone()
+        elif kind == ELEMENT:
+            out = self._read_element(key, box, saved)
+        elif kind == ROW:
+            out = self._read_row(key, box)
+        else:
+            raise ValueError(f"table {self.name!r}: unknown state kind {kind!r} of {key!r}")
+        return out if dtype is None else out.to(dtype)
+
+    def _overlapping(self, key: str, rows: tuple[int, int], cols: tuple[int, int]):
+        for piece in self.entry["pieces"]:
+            orow, ocol = _overlap(rows, piece["rows"]), _overlap(cols, piece["cols"])
+            if orow and ocol:
+                if key not in piece["tensors"]:
+                    raise ValueError(f"table {self.name!r}: a saved piece lacks state {key!r}")
+                yield piece, orow, ocol
+
+    def _fetch(self, key: str, piece: dict[str, Any], orow: tuple[int, int]) -> Tensor:
+        p0 = piece["rows"][0]
+        return self.cache.read(piece["tensors"][key], (orow[0] - p0, orow[1] - p0))
+
+    def _read_element(self, key: str, box: Box, dtype: torch.dtype | None) -> Tensor:
+        r0, r1, c0, c1 = box
+        out: Tensor | None = None
+        covered = [0]
+        lock = threading.Lock()
+        jobs = list(self._overlapping(key, (r0, r1), (c0, c1)))
+
+        def run(job) -> None:
+            nonlocal out
+            piece, orow, ocol = job
+            src = self._fetch(key, piece, orow)
+            pc0 = piece["cols"][0]
+            src = src[:, ocol[0] - pc0 : ocol[1] - pc0]
+            with lock:
+                if out is None:
+                    out = torch.empty(r1 - r0, c1 - c0, dtype=src.dtype)
+                covered[0] += src.numel()
+            out[orow[0] - r0 : orow[1] - r0, ocol[0] - c0 : ocol[1] - c0] = src
+
+        list(self.pool.map(run, jobs))
+        if out is None:
+            out = torch.empty(r1 - r0, c1 - c0, dtype=dtype or torch.float32)
+        if covered[0] != (r1 - r0) * (c1 - c0):
+            raise ValueError(
+                f"table {self.name!r}: the checkpoint's pieces cover {covered[0]} of the "
+                f"{(r1 - r0) * (c1 - c0)} elements of rows [{r0}, {r1}) x cols [{c0}, {c1}) "
+                f"of {key!r}"
+            )
+        return out
+
+    def _read_row(self, key: str, box: Box) -> Tensor:
+        r0, r1, c0, c1 = box
+        jobs = list(self._overlapping(key, (r0, r1), (c0, c1)))
+        sources = list(self.pool.map(lambda j: self._fetch(key, j[0], j[1]), jobs))
+        if not jobs:
+            if r1 == r0:
+                return torch.empty(0)
+            raise ValueError(f"table {self.name!r}: no saved piece holds {key!r} for {box}")
+        dtype = sources[0].dtype
+        if dtype.is_floating_point:
+            acc = torch.zeros(r1 - r0, dtype=torch.float64)
+            weight = torch.zeros(r1 - r0, dtype=torch.float64)
+            for (_, orow, ocol), src in zip(jobs, sources, strict=True):
+                width = ocol[1] - ocol[0]
+                acc[orow[0] - r0 : orow[1] - r0] += src.double() * width
+                weight[orow[0] - r0 : orow[1] - r0] += width
+            if bool((weight == 0).any()) and r1 > r0:
+                raise ValueError(f"table {self.name!r}: saved pieces miss rows of {key!r}")
+            return (acc / weight).to(dtype)
+        out = torch.empty(r1 - r0, dtype=dtype)
+        best = torch.zeros(r1 - r0, dtype=torch.int64)
+        for (_, orow, ocol), src in zip(jobs, sources, strict=True):
+            width = ocol[1] - ocol[0]
+            sl = slice(orow[0] - r0, orow[1] - r0)
+            take = best[sl] < width
+            out[sl] = torch.where(take, src, out[sl])
+            best[sl] = torch.where(take, torch.full_like(best[sl], width), best[sl])
+        if bool((best == 0).any()):
+            raise ValueError(f"table {self.name!r}: saved pieces miss rows of {key!r}")
+        return out
