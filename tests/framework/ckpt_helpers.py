@@ -44,9 +44,7 @@ def boxes(placement: str, rows: int, cols: int, world: int, index: int) -> dict[
         groups = [list(range(g, min(g + 2, world))) for g in range(0, world, 2)]
         group = groups[index % len(groups)]
         return {
-            group[i]: (a, b, 0, cols)
-            for i, (a, b) in enumerate(_blocks(rows, len(group)))
-            if b > a
+            group[i]: (a, b, 0, cols) for i, (a, b) in enumerate(_blocks(rows, len(group))) if b > a
         }
     raise ValueError(placement)
 
@@ -156,7 +154,9 @@ def fill(
         r0, r1, c0, c1 = model.boxes[name]
         table.weight.copy_(global_weight(name, rows, cols)[r0:r1, c0:c1])
         if opt is not None:
-            row = global_row_state(name, rows)[r0:r1] + (1000.0 * c0 if name in row_state_by_cols else 0.0)
+            row = global_row_state(name, rows)[r0:r1] + (
+                1000.0 * c0 if name in row_state_by_cols else 0.0
+            )
             opt.set_table_state(
                 name,
                 {
