@@ -100,7 +100,7 @@ def test_missing_checkpoint(tmp_path):
     with pytest.raises(FileNotFoundError, match="no committed checkpoint"):
         saver.load()
     _saved(tmp_path)
-    with pytest.raises(FileNotFoundError, match="manifest.json is missing"):
+    with pytest.raises(FileNotFoundError, match=r"manifest\.json is missing"):
         saver.load(ckpt_id="nope")
 
 
@@ -111,7 +111,7 @@ def test_changed_global_shape_and_missing_table(tmp_path):
     extra = [*SPECS, ("new", 5, 3, "table_wise", 0)]
     with pytest.raises(KeyError, match="table 'new' is not in checkpoint"):
         _fresh(tmp_path, extra)[2].load()
-    model, opt, saver = _fresh(tmp_path, extra)
+    model, _, saver = _fresh(tmp_path, extra)
     with pytest.warns(UserWarning, match="table 'new'"):
         saver.load_by_config(None, {"load": "*", "strict": False})
     expected, _, _ = _saved(tmp_path / "again")
@@ -120,7 +120,7 @@ def test_changed_global_shape_and_missing_table(tmp_path):
 
 
 def test_unpicklable_state_is_refused(tmp_path):
-    model, opt, saver = _fresh(tmp_path)
+    saver = _fresh(tmp_path)[2]
 
     class Odd:
         def state_dict(self):
