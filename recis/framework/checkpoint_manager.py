@@ -496,7 +496,7 @@ class Saver:
             reader = TableReader(cache, name, entry, pool)
             if "sparse" in categories:
                 with torch.no_grad():
-                    table.weight.copy_(reader.read("weight", box, table.weight.dtype))
+                    reader.read("weight", box, out=table.weight)
             if "sparse_opt" in categories and self.sparse_optimizer is not None:
                 self._load_table_opt(name, table, reader, box, strict, path)
 
@@ -512,9 +512,17 @@ class Saver:
         for key in saved:
             if current and key not in current:
                 continue
-            like = current.get(key, table.weight)
-            value = reader.read(key, box, like.dtype if key in current else None)
-            new[key] = value.to(like.device)
+            if key in current:
+                cur = current[key]
+                # Same-shaped per-element state is filled in place (no extra copy).
+                fill = reader.kind(key) == ELEMENT and tuple(cur.shape) == (
+                    box[1] - box[0],
+                    box[3] - box[2],
+                )
+                value = reader.read(key, box, cur.dtype, out=cur if fill else None)
+                new[key] = value.to(cur.device)
+            else:
+                new[key] = reader.read(key, box).to(table.weight.device)
         if new:
             self.sparse_optimizer.set_table_state(name, new)
 

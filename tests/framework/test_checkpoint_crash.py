@@ -21,8 +21,8 @@ import torch
 from recis.framework.checkpoint_manager import Saver
 from recis.nn import filter_out_sparse_param
 from recis.testing.distributed import free_port
-from tests.framework.crash_worker import SPECS
 from tests.framework.ckpt_helpers import FakeSparseOptimizer, ShardedTables
+from tests.framework.crash_worker import SPECS
 
 ROOT = Path(__file__).resolve().parents[2]
 ROUNDS = 4

@@ -56,21 +56,40 @@ class BlockChecksum:
 
 def verify_blocks(
     name: str,
-    data: bytes | bytearray | memoryview,
+    segments: list[bytes | bytearray | memoryview],
     first_block: int,
     block_size: int,
     crcs: list[int],
 ) -> None:
-    """Checks ``data`` (which starts at block ``first_block`` and ends at a block
-    boundary or at the end of the file) against the recorded ``crcs``."""
-    view = memoryview(data).cast("B")
-    block = first_block
-    for start in range(0, len(view), block_size):
+    """Checks bytes against the recorded ``crcs``.
+
+    ``segments`` joined are consecutive file bytes that start at block
+    ``first_block`` and end at a block boundary or at the end of the file. They may
+    live in different buffers (a reader fills the caller's tensor directly and only
+    the partial blocks around it in scratch buffers).
+    """
+    block, filled, crc = first_block, 0, 0
+
+    def close_block() -> None:
+        nonlocal block, filled, crc
         if block >= len(crcs):
             raise ChecksumError(f"{name}: longer than its manifest records ({len(crcs)} blocks)")
-        if zlib.crc32(view[start : start + block_size]) != crcs[block]:
+        if crc != crcs[block]:
+            start = block * block_size
             raise ChecksumError(
-                f"{name}: checksum mismatch in bytes [{block * block_size}, "
-                f"{block * block_size + len(view[start : start + block_size])}): the file is corrupted"
+                f"{name}: checksum mismatch in bytes [{start}, {start + filled}): "
+                "the file is corrupted"
             )
-        block += 1
+        block, filled, crc = block + 1, 0, 0
+
+    for segment in segments:
+        view = memoryview(segment).cast("B")
+        while len(view):
+            take = min(len(view), block_size - filled)
+            crc = zlib.crc32(view[:take], crc)
+            filled += take
+            view = view[take:]
+            if filled == block_size:
+                close_block()
+    if filled:
+        close_block()

@@ -21,7 +21,6 @@ State kinds:
 
 from __future__ import annotations
 
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -29,7 +28,7 @@ import torch
 from torch import Tensor
 
 from recis.framework.checkpoint.layout import ELEMENT, ROW, SCALAR
-from recis.framework.checkpoint.tensor_file import ReaderCache, dtype_from_name
+from recis.framework.checkpoint.tensor_file import ReaderCache
 
 Box = tuple[int, int, int, int]
 
@@ -50,22 +49,30 @@ class TableReader:
     def kind(self, key: str) -> str:
         return self.entry["state"][key]
 
-    def read(self, key: str, box: Box, dtype: torch.dtype | None = None) -> Tensor:
-        """State ``key`` for ``box`` (shaped ``[rows, cols]``, ``[rows]`` or ``[]``)."""
+    def read(
+        self, key: str, box: Box, dtype: torch.dtype | None = None, out: Tensor | None = None
+    ) -> Tensor:
+        """State ``key`` for ``box`` (shaped ``[rows, cols]``, ``[rows]`` or ``[]``).
+
+        ``out``, for per-element state, is the tensor to fill (e.g. the table's own
+        weight); rows stored at full width are then read straight into it.
+        """
         kind = self.kind(key)
-        saved = dtype_from_name(self.entry["dtype"]) if key == "weight" else None
         if kind == SCALAR:
             ref = self.entry.get("scalars", {}).get(key)
             if ref is None:
                 raise ValueError(f"table {self.name!r}: checkpoint has no value of scalar {key!r}")
-            out = self.cache.read(ref).clone()
+            value = self.cache.read(ref).clone()
         elif kind == ELEMENT:
-            out = self._read_element(key, box, saved)
+            value = self._read_element(key, box, dtype, out)
         elif kind == ROW:
-            out = self._read_row(key, box)
+            value = self._read_row(key, box)
         else:
             raise ValueError(f"table {self.name!r}: unknown state kind {kind!r} of {key!r}")
-        return out if dtype is None else out.to(dtype)
+        if out is not None and value is not out:
+            out.copy_(value.reshape(out.shape))
+            return out
+        return value if dtype is None else value.to(dtype)
 
     def _overlapping(self, key: str, rows: tuple[int, int], cols: tuple[int, int]):
         for piece in self.entry["pieces"]:
@@ -75,35 +82,38 @@ class TableReader:
                     raise ValueError(f"table {self.name!r}: a saved piece lacks state {key!r}")
                 yield piece, orow, ocol
 
-    def _fetch(self, key: str, piece: dict[str, Any], orow: tuple[int, int]) -> Tensor:
+    def _fetch(self, key: str, piece: dict[str, Any], orow: tuple[int, int], out=None) -> Tensor:
         p0 = piece["rows"][0]
-        return self.cache.read(piece["tensors"][key], (orow[0] - p0, orow[1] - p0))
+        return self.cache.read(piece["tensors"][key], (orow[0] - p0, orow[1] - p0), out)
 
-    def _read_element(self, key: str, box: Box, dtype: torch.dtype | None) -> Tensor:
+    def _read_element(
+        self, key: str, box: Box, dtype: torch.dtype | None, out: Tensor | None
+    ) -> Tensor:
         r0, r1, c0, c1 = box
-        out: Tensor | None = None
-        covered = [0]
-        lock = threading.Lock()
         jobs = list(self._overlapping(key, (r0, r1), (c0, c1)))
+        if out is None or out.device.type != "cpu" or not out.is_contiguous():
+            saved = self.cache.dtype(jobs[0][0]["tensors"][key]) if jobs else torch.float32
+            out = torch.empty(r1 - r0, c1 - c0, dtype=saved)
+        else:
+            out = out.view(r1 - r0, c1 - c0)
 
-        def run(job) -> None:
-            nonlocal out
+        def run(job) -> int:
             piece, orow, ocol = job
-            src = self._fetch(key, piece, orow)
-            pc0 = piece["cols"][0]
-            src = src[:, ocol[0] - pc0 : ocol[1] - pc0]
-            with lock:
-                if out is None:
-                    out = torch.empty(r1 - r0, c1 - c0, dtype=src.dtype)
-                covered[0] += src.numel()
-            out[orow[0] - r0 : orow[1] - r0, ocol[0] - c0 : ocol[1] - c0] = src
+            dest = out[orow[0] - r0 : orow[1] - r0]
+            ref = piece["tensors"][key]
+            if list(ocol) == list(piece["cols"]) == [c0, c1] and self.cache.dtype(ref) == out.dtype:
+                # Full-width rows of the same dtype: read the bytes into place.
+                self._fetch(key, piece, orow, dest)
+            else:
+                src = self._fetch(key, piece, orow)
+                pc0 = piece["cols"][0]
+                dest[:, ocol[0] - c0 : ocol[1] - c0] = src[:, ocol[0] - pc0 : ocol[1] - pc0]
+            return (orow[1] - orow[0]) * (ocol[1] - ocol[0])
 
-        list(self.pool.map(run, jobs))
-        if out is None:
-            out = torch.empty(r1 - r0, c1 - c0, dtype=dtype or torch.float32)
-        if covered[0] != (r1 - r0) * (c1 - c0):
+        covered = sum(self.pool.map(run, jobs))
+        if covered != (r1 - r0) * (c1 - c0):
             raise ValueError(
-                f"table {self.name!r}: the checkpoint's pieces cover {covered[0]} of the "
+                f"table {self.name!r}: the checkpoint's pieces cover {covered} of the "
                 f"{(r1 - r0) * (c1 - c0)} elements of rows [{r0}, {r1}) x cols [{c0}, {c1}) "
                 f"of {key!r}"
             )

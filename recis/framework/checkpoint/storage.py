@@ -51,6 +51,10 @@ class Storage:
         """Bytes ``[start, stop)`` of a file."""
         raise NotImplementedError
 
+    def read_into(self, path: str, start: int, out: memoryview) -> None:
+        """Fills ``out`` with the bytes of the file from ``start`` on."""
+        out[:] = self.read_range(path, start, start + len(out))
+
     def read_bytes(self, path: str) -> bytes:
         raise NotImplementedError
 
@@ -107,18 +111,20 @@ class LocalStorage(Storage):
 
     def read_range(self, path: str, start: int, stop: int) -> bytearray:
         buf = bytearray(stop - start)
-        view = memoryview(buf)
+        self.read_into(path, start, memoryview(buf))
+        return buf
+
+    def read_into(self, path: str, start: int, out: memoryview) -> None:
         fd = os.open(path, os.O_RDONLY)
         try:
             done = 0
-            while done < len(buf):
-                n = os.preadv(fd, [view[done:]], start + done)
+            while done < len(out):
+                n = os.preadv(fd, [out[done:]], start + done)
                 if n == 0:
                     raise OSError(f"{path}: unexpected end of file at byte {start + done}")
                 done += n
         finally:
             os.close(fd)
-        return buf
 
     def read_bytes(self, path: str) -> bytes:
         with open(path, "rb") as f:

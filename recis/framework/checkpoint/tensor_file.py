@@ -141,11 +141,31 @@ class TensorFileReader:
         first = start // bs
         lo, hi = first * bs, min(math.ceil(stop / bs) * bs, self.size)
         buf = self.storage.read_range(self.path, lo, hi)
-        verify_blocks(self.name, buf, first, bs, self.checksums)
+        verify_blocks(self.name, [buf], first, bs, self.checksums)
         return memoryview(buf)[start - lo : stop - lo]
 
-    def read(self, key: str, rows: tuple[int, int] | None = None) -> Tensor:
-        """Tensor ``key``, or rows ``[rows[0], rows[1])`` of its first dimension."""
+    def _read_verified_into(self, start: int, out: memoryview) -> None:
+        """Like :meth:`_read_verified`, straight into ``out``: only the partial
+        checksum blocks at both ends go through scratch buffers."""
+        stop = start + len(out)
+        if stop <= start:
+            return
+        bs = self.block_size
+        first = start // bs
+        lo, hi = first * bs, min(math.ceil(stop / bs) * bs, self.size)
+        head = self.storage.read_range(self.path, lo, start)
+        self.storage.read_into(self.path, start, out)
+        tail = self.storage.read_range(self.path, stop, hi)
+        verify_blocks(self.name, [head, out, tail], first, bs, self.checksums)
+
+    def read(
+        self, key: str, rows: tuple[int, int] | None = None, out: Tensor | None = None
+    ) -> Tensor:
+        """Tensor ``key``, or rows ``[rows[0], rows[1])`` of its first dimension.
+
+        With ``out`` (a contiguous CPU tensor of the same dtype and size), the bytes
+        are read straight into it, which saves a copy of every byte.
+        """
         if key not in self.header:
             raise ChecksumError(
                 f"{self.name}: has no tensor {key!r} although the manifest lists it"
@@ -160,6 +180,16 @@ class TensorFileReader:
             row_bytes = (end - begin) // shape[0] if shape[0] else 0
             begin, end = begin + rows[0] * row_bytes, begin + rows[1] * row_bytes
             shape[0] = rows[1] - rows[0]
+        if out is not None:
+            if not out.is_contiguous() or out.device.type != "cpu":
+                raise ValueError("reading into a tensor needs a contiguous CPU tensor")
+            if out.dtype != dtype or out.numel() != math.prod(shape):
+                raise ValueError(
+                    f"{self.name}: {key!r} is {info['dtype']} {shape}, not {out.dtype} {list(out.shape)}"
+                )
+            if out.numel():
+                self._read_verified_into(self.data_start + begin, _as_bytes(out))
+            return out
         data = self._read_verified(self.data_start + begin, self.data_start + end)
         if len(data) == 0:
             return torch.empty(shape, dtype=dtype)
@@ -174,6 +204,15 @@ class ReaderCache:
         self._readers: dict[str, TensorFileReader] = {}
         self._lock = threading.Lock()
 
+    def dtype(self, ref: list[str] | tuple[str, str]) -> torch.dtype:
+        """The stored dtype of the tensor at ``ref``."""
+        reader = self.get(ref[0])
+        if ref[1] not in reader.header:
+            raise ChecksumError(
+                f"{reader.name}: has no tensor {ref[1]!r} although the manifest lists it"
+            )
+        return dtype_from_name(reader.header[ref[1]]["dtype"])
+
     def get(self, file: str) -> TensorFileReader:
         with self._lock:
             reader = self._readers.get(file)
@@ -186,6 +225,11 @@ class ReaderCache:
                 self._readers.setdefault(file, reader)
         return reader
 
-    def read(self, ref: list[str] | tuple[str, str], rows: tuple[int, int] | None = None) -> Tensor:
-        """The tensor at ``ref = [file, key]`` (optionally a row range)."""
-        return self.get(ref[0]).read(ref[1], rows)
+    def read(
+        self,
+        ref: list[str] | tuple[str, str],
+        rows: tuple[int, int] | None = None,
+        out: Tensor | None = None,
+    ) -> Tensor:
+        """The tensor at ``ref = [file, key]`` (optionally a row range, into ``out``)."""
+        return self.get(ref[0]).read(ref[1], rows, out)
