@@ -10,11 +10,13 @@ for the pieces and ``DESIGN.md`` §6 for the on-disk layout.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import time
 import uuid
 import warnings
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -94,6 +96,19 @@ def _fetch(cache: ReaderCache) -> Any:
     # A tensor read from a file views the (block-aligned) read buffer: copy it so that
     # restored state does not keep whole read blocks alive.
     return lambda ref: cache.read(ref).clone()
+
+
+def _call(task: Callable[[], None]) -> None:
+    task()
+
+
+def _copy_into(dest: Tensor, src: Tensor) -> None:
+    with torch.no_grad():
+        dest.copy_(src.view(dest.shape))
+
+
+def _store(state: dict[str, Tensor], key: str, value: Tensor, like: Tensor, cast: bool) -> None:
+    state[key] = value.to(like.dtype if cast else value.dtype).to(like.device).view(value.shape)
 
 
 def dense_state_dict(model: nn.Module) -> dict[str, Any]:
@@ -472,7 +487,11 @@ class Saver:
         return path
 
     def _load_sparse(self, manifest, cache, pool, categories, strict, path) -> None:
+        # Plan every per-element read of every table first and run them all on the
+        # pool, so that all reader threads are busy whatever the number of tables.
         saved_tables = manifest["tables"]
+        tasks: list[Callable[[], None]] = []
+        finish: list[Callable[[], None]] = []
         for name, table in filter_out_sparse_param(self.model).items():
             entry = saved_tables.get(name)
             if entry is None:
@@ -493,14 +512,21 @@ class Saver:
                 table.col_offset,
                 table.col_offset + cols,
             )
-            reader = TableReader(cache, name, entry, pool)
+            reader = TableReader(cache, name, entry)
             if "sparse" in categories:
-                with torch.no_grad():
-                    reader.read("weight", box, out=table.weight)
+                weight, reads = reader.plan_element("weight", box, out=table.weight)
+                tasks += reads
+                if weight is not table.weight:
+                    finish.append(functools.partial(_copy_into, table.weight, weight))
             if "sparse_opt" in categories and self.sparse_optimizer is not None:
-                self._load_table_opt(name, table, reader, box, strict, path)
+                tasks += self._plan_table_opt(name, table, reader, box, strict, path, finish)
+        list(pool.map(_call, tasks))
+        for step in finish:
+            step()
 
-    def _load_table_opt(self, name, table, reader, box, strict, path) -> None:
+    def _plan_table_opt(
+        self, name, table, reader, box, strict, path, finish
+    ) -> list[Callable[[], None]]:
         current = self._opt_state(name)
         saved = [k for k in reader.entry["state"] if k != "weight"]
         if strict and current and set(current) != set(saved):
@@ -509,22 +535,27 @@ class Saver:
                 f"{path} has {sorted(saved)} (a different optimizer?)"
             )
         new = dict(current)
+        tasks: list[Callable[[], None]] = []
+        shape = (box[1] - box[0], box[3] - box[2])
         for key in saved:
             if current and key not in current:
                 continue
-            if key in current:
-                cur = current[key]
-                # Same-shaped per-element state is filled in place (no extra copy).
-                fill = reader.kind(key) == ELEMENT and tuple(cur.shape) == (
-                    box[1] - box[0],
-                    box[3] - box[2],
-                )
-                value = reader.read(key, box, cur.dtype, out=cur if fill else None)
-                new[key] = value.to(cur.device)
+            like = current.get(key, table.weight)
+            if reader.kind(key) == ELEMENT:
+                # Same-shaped state is filled in place: no extra copy of its bytes.
+                fill = key in current and tuple(like.shape) == shape
+                value, reads = reader.plan_element(key, box, out=like if fill else None)
+                tasks += reads
+                if value is not like:
+                    finish.append(functools.partial(_store, new, key, value, like, key in current))
+                else:
+                    new[key] = like
             else:
-                new[key] = reader.read(key, box).to(table.weight.device)
+                value = reader.read(key, box)
+                new[key] = value.to(like.dtype if key in current else value.dtype).to(like.device)
         if new:
-            self.sparse_optimizer.set_table_state(name, new)
+            finish.append(functools.partial(self.sparse_optimizer.set_table_state, name, new))
+        return tasks
 
     def _load_dense(self, manifest, cache, strict, path) -> None:
         saved = decode(manifest.get("dense", {}), _fetch(cache))

@@ -21,6 +21,8 @@ State kinds:
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -33,30 +35,37 @@ from recis.framework.checkpoint.tensor_file import ReaderCache
 Box = tuple[int, int, int, int]
 
 
+def _run(task: Callable[[], None]) -> None:
+    task()
+
+
 def _overlap(a: tuple[int, int], b: list[int]) -> tuple[int, int] | None:
     lo, hi = max(a[0], b[0]), min(a[1], b[1])
     return (lo, hi) if hi > lo else None
 
 
 class TableReader:
-    """Assembles state tensors of one table for one box from a checkpoint's pieces."""
+    """Assembles state tensors of one table for one box from a checkpoint's pieces.
 
-    def __init__(
-        self, cache: ReaderCache, name: str, entry: dict[str, Any], pool: ThreadPoolExecutor
-    ):
-        self.cache, self.name, self.entry, self.pool = cache, name, entry, pool
+    Per-element reads are planned first (:meth:`plan_element` returns the tensor
+    and the read tasks) so that a caller can run the tasks of all tables at once on
+    its writer-count thread pool; :meth:`read` does it all for one tensor.
+    """
+
+    def __init__(self, cache: ReaderCache, name: str, entry: dict[str, Any]):
+        self.cache, self.name, self.entry = cache, name, entry
 
     def kind(self, key: str) -> str:
         return self.entry["state"][key]
 
     def read(
-        self, key: str, box: Box, dtype: torch.dtype | None = None, out: Tensor | None = None
+        self,
+        key: str,
+        box: Box,
+        dtype: torch.dtype | None = None,
+        pool: ThreadPoolExecutor | None = None,
     ) -> Tensor:
-        """State ``key`` for ``box`` (shaped ``[rows, cols]``, ``[rows]`` or ``[]``).
-
-        ``out``, for per-element state, is the tensor to fill (e.g. the table's own
-        weight); rows stored at full width are then read straight into it.
-        """
+        """State ``key`` for ``box`` (shaped ``[rows, cols]``, ``[rows]`` or ``[]``)."""
         kind = self.kind(key)
         if kind == SCALAR:
             ref = self.entry.get("scalars", {}).get(key)
@@ -64,14 +73,12 @@ class TableReader:
                 raise ValueError(f"table {self.name!r}: checkpoint has no value of scalar {key!r}")
             value = self.cache.read(ref).clone()
         elif kind == ELEMENT:
-            value = self._read_element(key, box, dtype, out)
+            value, tasks = self.plan_element(key, box)
+            list(pool.map(_run, tasks) if pool is not None else map(_run, tasks))
         elif kind == ROW:
             value = self._read_row(key, box)
         else:
             raise ValueError(f"table {self.name!r}: unknown state kind {kind!r} of {key!r}")
-        if out is not None and value is not out:
-            out.copy_(value.reshape(out.shape))
-            return out
         return value if dtype is None else value.to(dtype)
 
     def _overlapping(self, key: str, rows: tuple[int, int], cols: tuple[int, int]):
@@ -86,43 +93,43 @@ class TableReader:
         p0 = piece["rows"][0]
         return self.cache.read(piece["tensors"][key], (orow[0] - p0, orow[1] - p0), out)
 
-    def _read_element(
-        self, key: str, box: Box, dtype: torch.dtype | None, out: Tensor | None
-    ) -> Tensor:
+    def plan_element(
+        self, key: str, box: Box, out: Tensor | None = None
+    ) -> tuple[Tensor, list[Callable[[], None]]]:
+        """``(tensor, tasks)``: running every task fills ``tensor`` with per-element
+        state ``key`` of ``box``. ``tensor`` is ``out`` when that is a contiguous CPU
+        tensor of the box's shape (e.g. the table's own weight): rows stored at full
+        width and in the same dtype are then read straight into it."""
         r0, r1, c0, c1 = box
         jobs = list(self._overlapping(key, (r0, r1), (c0, c1)))
-        if out is None or out.device.type != "cpu" or not out.is_contiguous():
-            saved = self.cache.dtype(jobs[0][0]["tensors"][key]) if jobs else torch.float32
-            out = torch.empty(r1 - r0, c1 - c0, dtype=saved)
-        else:
-            out = out.view(r1 - r0, c1 - c0)
-
-        def run(job) -> int:
-            piece, orow, ocol = job
-            dest = out[orow[0] - r0 : orow[1] - r0]
-            ref = piece["tensors"][key]
-            if list(ocol) == list(piece["cols"]) == [c0, c1] and self.cache.dtype(ref) == out.dtype:
-                # Full-width rows of the same dtype: read the bytes into place.
-                self._fetch(key, piece, orow, dest)
-            else:
-                src = self._fetch(key, piece, orow)
-                pc0 = piece["cols"][0]
-                dest[:, ocol[0] - c0 : ocol[1] - c0] = src[:, ocol[0] - pc0 : ocol[1] - pc0]
-            return (orow[1] - orow[0]) * (ocol[1] - ocol[0])
-
-        covered = sum(self.pool.map(run, jobs))
+        covered = sum((orow[1] - orow[0]) * (ocol[1] - ocol[0]) for _, orow, ocol in jobs)
         if covered != (r1 - r0) * (c1 - c0):
             raise ValueError(
                 f"table {self.name!r}: the checkpoint's pieces cover {covered} of the "
                 f"{(r1 - r0) * (c1 - c0)} elements of rows [{r0}, {r1}) x cols [{c0}, {c1}) "
                 f"of {key!r}"
             )
-        return out
+        if out is None or out.device.type != "cpu" or not out.is_contiguous():
+            saved = self.cache.dtype(jobs[0][0]["tensors"][key]) if jobs else torch.float32
+            out = torch.empty(r1 - r0, c1 - c0, dtype=saved)
+        target = out.view(r1 - r0, c1 - c0)
+
+        def task(piece: dict[str, Any], orow: tuple[int, int], ocol: tuple[int, int]) -> None:
+            dest = target[orow[0] - r0 : orow[1] - r0]
+            ref = piece["tensors"][key]
+            if list(ocol) == list(piece["cols"]) == [c0, c1] and self.cache.dtype(ref) == out.dtype:
+                self._fetch(key, piece, orow, dest)
+            else:
+                src = self._fetch(key, piece, orow)
+                pc0 = piece["cols"][0]
+                dest[:, ocol[0] - c0 : ocol[1] - c0] = src[:, ocol[0] - pc0 : ocol[1] - pc0]
+
+        return out, [functools.partial(task, *job) for job in jobs]
 
     def _read_row(self, key: str, box: Box) -> Tensor:
         r0, r1, c0, c1 = box
         jobs = list(self._overlapping(key, (r0, r1), (c0, c1)))
-        sources = list(self.pool.map(lambda j: self._fetch(key, j[0], j[1]), jobs))
+        sources = [self._fetch(key, piece, orow) for piece, orow, _ in jobs]
         if not jobs:
             if r1 == r0:
                 return torch.empty(0)
