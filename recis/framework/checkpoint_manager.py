@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import threading
 import time
 import uuid
 import warnings
@@ -190,6 +191,8 @@ class Saver:
         self.block_size = block_size
         self._storage, self._root = storage_for(output_dir)
         self._objects: dict[str, tuple[Any, bool]] = {}
+        self._async_group: Any = None
+        self._pending: tuple[threading.Thread, dict[str, Any]] | None = None
 
     # ------------------------------------------------------------------ registry
     def register_for_checkpointing(self, name: str, obj: Any, per_rank: bool = False) -> None:
@@ -211,14 +214,57 @@ class Saver:
         return read_ids(self._storage, self._root)
 
     # ------------------------------------------------------------------ save
-    def save(self, ckpt_id: str) -> str:
+    def save(self, ckpt_id: str, blocking: bool = True) -> str:
         """Writes checkpoint ``ckpt_id`` (all ranks call it together); returns its path.
 
         Raises :class:`CheckpointError` on every rank if any rank failed; nothing is
         committed then, and the last committed checkpoint stays the latest.
+
+        With ``blocking=False`` the state is first copied to host memory (the
+        training may change it as soon as this returns), then written and committed
+        by a background thread over a process group of its own; :meth:`wait`
+        returns its path or raises its error. A later ``save`` or ``load`` waits for
+        it first. Staging costs one host copy of the rank's shards.
         """
         validate_id(ckpt_id)
-        group, storage, root = self.process_group, self._storage, self._root
+        self.wait()
+        rank, world = _rank_world(self.process_group)
+        if blocking:
+            return self._save(self._snapshot(rank, copy=False), ckpt_id, self.process_group)
+        if world > 1 and self._async_group is None:
+            # Collectives of a background save must not interleave with the
+            # training's on one group: give them their own (created by all ranks).
+            self._async_group = dist.new_group(
+                ranks=dist.get_process_group_ranks(self.process_group or dist.group.WORLD),
+                backend="gloo",
+            )
+        snapshot = self._snapshot(rank, copy=True)
+        result: dict[str, Any] = {}
+
+        def run() -> None:
+            try:
+                result["path"] = self._save(snapshot, ckpt_id, self._async_group)
+            except BaseException as e:
+                result["error"] = e
+
+        thread = threading.Thread(target=run, name=f"recis-ckpt-save-{ckpt_id}", daemon=True)
+        self._pending = (thread, result)
+        thread.start()
+        return self._storage.url(self._storage.join(self._root, ckpt_id))
+
+    def wait(self) -> str | None:
+        """Waits for a background save; returns its path (None if none was running)."""
+        if self._pending is None:
+            return None
+        thread, result = self._pending
+        thread.join()
+        self._pending = None
+        if "error" in result:
+            raise result["error"]
+        return result["path"]
+
+    def _save(self, snapshot: dict[str, Any], ckpt_id: str, group: Any) -> str:
+        storage, root = self._storage, self._root
         rank, world = _rank_world(group)
         nonce, error = None, None
         if rank == 0:
@@ -235,19 +281,26 @@ class Saver:
         tmp = storage.join(root, temp_name(ckpt_id, nonce))
 
         result: dict[str, Any]
+        gathered = _all_gather((snapshot["metas"], snapshot.get("error")), group, world)
         try:
-            metas = _all_gather(self._local_table_metas(), group, world)
-            merged = merge_table_metas(metas)
-            result = self._write_rank(tmp, merged, rank)
+            if snapshot.get("error"):
+                raise CheckpointError(snapshot["error"])
+            if any(err for _, err in gathered):
+                raise CheckpointError("another rank failed")
+            merged = merge_table_metas([metas for metas, _ in gathered])
+            result = self._write_rank(tmp, merged, rank, snapshot)
+        except CheckpointError as e:
+            result = {"error": str(e)}
         except Exception as e:
             result = {"error": f"rank {rank}: {type(e).__name__}: {e}"}
         results = _all_gather(result, group, world)
-        errors = [r["error"] for r in results if "error" in r]
+        errors = [r["error"] for r in results if "error" in r and "another rank" not in r["error"]]
+        errors = errors or [r["error"] for r in results if "error" in r]
         status = "; ".join(errors) if errors else None
         if rank == 0:
             if status is None:
                 try:
-                    self._commit(tmp, ckpt_id, nonce, results, world)
+                    self._commit(tmp, ckpt_id, nonce, results, world, snapshot["plan"])
                 except Exception as e:
                     status = f"rank 0 could not commit: {type(e).__name__}: {e}"
             if status is not None:
@@ -262,66 +315,95 @@ class Saver:
             return {}
         return dict(self.sparse_optimizer.table_state(name))
 
-    def _local_table_metas(self) -> dict[str, dict[str, Any]]:
-        metas = {}
-        for name, table in filter_out_sparse_param(self.model).items():
-            if table.weight.dim() != 2:
-                raise ValueError(
-                    f"table {name!r}: weight must be 2-D, got {list(table.weight.shape)}"
-                )
-            rows, cols = table.weight.shape
-            state = {"weight": ELEMENT}
-            for key, value in self._opt_state(name).items():
-                if key in state:
-                    raise ValueError(f"table {name!r}: optimizer state may not be named {key!r}")
-                state[key] = state_kind(name, key, tuple(value.shape), (rows, cols))
-            metas[name] = {
-                "box": [
-                    table.row_offset,
-                    table.row_offset + rows,
-                    table.col_offset,
-                    table.col_offset + cols,
-                ],
-                "global_shape": list(table.global_shape),
-                "dtype": dtype_name(table.weight.dtype),
-                "state": state,
-            }
-        return metas
+    def _snapshot(self, rank: int, copy: bool) -> dict[str, Any]:
+        """What this rank saves: table shards and their state, dense, extra and io
+        state (tensors referenced, or copied to host memory with ``copy``)."""
 
-    def _write_rank(self, tmp: str, merged: dict[str, dict[str, Any]], rank: int) -> dict[str, Any]:
+        def take(t: Tensor) -> Tensor:
+            return t.detach().to("cpu", copy=True) if copy else t.detach()
+
+        try:
+            metas: dict[str, dict[str, Any]] = {}
+            tables: dict[str, dict[str, Any]] = {}
+            for name, table in filter_out_sparse_param(self.model).items():
+                if table.weight.dim() != 2:
+                    raise ValueError(
+                        f"table {name!r}: weight must be 2-D, got {list(table.weight.shape)}"
+                    )
+                rows, cols = table.weight.shape
+                tensors = {"weight": take(table.weight)}
+                kinds = {"weight": ELEMENT}
+                for key, value in self._opt_state(name).items():
+                    if key in kinds:
+                        raise ValueError(
+                            f"table {name!r}: optimizer state may not be named {key!r}"
+                        )
+                    kinds[key] = state_kind(name, key, tuple(value.shape), (rows, cols))
+                    tensors[key] = take(value)
+                r0, c0 = table.row_offset, table.col_offset
+                metas[name] = {
+                    "box": [r0, r0 + rows, c0, c0 + cols],
+                    "global_shape": list(table.global_shape),
+                    "dtype": dtype_name(table.weight.dtype),
+                    "state": kinds,
+                }
+                tables[name] = {"row_offset": r0, "tensors": tensors}
+            items: dict[str, Tensor] = {}
+            snapshot: dict[str, Any] = {"metas": metas, "tables": tables, "items": items}
+            if rank == 0:
+                snapshot["dense"] = encode(dense_state_dict(self.model), "dense", items)
+                snapshot["extra"] = {
+                    name: encode(obj.state_dict(), f"extra/{name}", items)
+                    for name, (obj, per_rank) in self._objects.items()
+                    if not per_rank
+                }
+            snapshot["io_state"] = {
+                name: encode(obj.state_dict(), f"io/{name}", items)
+                for name, (obj, per_rank) in self._objects.items()
+                if per_rank
+            }
+            for key in list(items):
+                items[key] = take(items[key])
+            plan = getattr(self.model, "plan", None)
+            snapshot["plan"] = json.loads(plan.to_json()) if hasattr(plan, "to_json") else None
+            return snapshot
+        except Exception as e:
+            # Still take part in the save's collectives: every rank then raises.
+            return {"error": f"rank {rank}: {type(e).__name__}: {e}", "metas": {}, "plan": None}
+
+    def _write_rank(
+        self, tmp: str, merged: dict[str, dict[str, Any]], rank: int, snapshot: dict[str, Any]
+    ) -> dict[str, Any]:
         """Writes this rank's files into ``tmp``; returns what the manifest needs from it."""
-        tables = filter_out_sparse_param(self.model)
-        items: dict[str, Tensor] = {}
+        tables = snapshot["tables"]
+        items: dict[str, Tensor] = dict(snapshot["items"])
         pieces: list[dict[str, Any]] = []
         scalars: dict[str, dict[str, str]] = {}
         mine = pieces_for_rank(merged, rank)
-        states = {p.table: self._opt_state(p.table) for p in mine}
 
         def row_bytes(p: Piece) -> int:
-            t = tables[p.table]
-            per_row = t.weight[:1].numel() * t.weight.element_size()
-            for v in states[p.table].values():
-                per_row += v[:1].numel() * v.element_size() if v.dim() else 0
-            return per_row
+            return sum(
+                v[:1].numel() * v.element_size()
+                for v in tables[p.table]["tensors"].values()
+                if v.dim()
+            )
 
         total = sum(p.num_rows * row_bytes(p) for p in mine)
         # Cut big pieces so that every writer thread has a share of the bytes.
         chunk_bytes = max(_MIN_CHUNK_BYTES, math.ceil(total / self.concurrency))
         for piece in mine:
-            table, state = tables[piece.table], states[piece.table]
+            offset, state = tables[piece.table]["row_offset"], tables[piece.table]["tensors"]
             kinds = merged[piece.table]["state"]
             max_rows = max(1, chunk_bytes // max(1, row_bytes(piece)))
             for chunk in split_rows(piece, max_rows):
-                lo, hi = chunk.rows[0] - table.row_offset, chunk.rows[1] - table.row_offset
+                lo, hi = chunk.rows[0] - offset, chunk.rows[1] - offset
                 tag = f"{chunk.rows[0]}-{chunk.rows[1]}.{chunk.cols[0]}-{chunk.cols[1]}"
                 refs = {}
                 for key, kind in kinds.items():
-                    if kind == SCALAR:
-                        continue
-                    src = table.weight if key == "weight" else state[key]
-                    item = f"sparse/{piece.table}/{key}/{tag}"
-                    items[item] = src[lo:hi]
-                    refs[key] = item
+                    if kind != SCALAR:
+                        item = f"sparse/{piece.table}/{key}/{tag}"
+                        items[item] = state[key][lo:hi]
+                        refs[key] = item
                 pieces.append(
                     {
                         "table": piece.table,
@@ -338,23 +420,6 @@ class Saver:
                         item = f"sparse/{piece.table}/{key}/scalar"
                         items[item] = state[key]
                         scalars.setdefault(piece.table, {})[key] = item
-        result: dict[str, Any] = {"pieces": pieces, "scalars": scalars}
-        if rank == 0:
-            tensors: dict[str, Tensor] = {}
-            result["dense"] = encode(dense_state_dict(self.model), "dense", tensors)
-            result["extra"] = {
-                name: encode(obj.state_dict(), f"extra/{name}", tensors)
-                for name, (obj, per_rank) in self._objects.items()
-                if not per_rank
-            }
-            items.update(tensors)
-        io_tensors: dict[str, Tensor] = {}
-        result["io_state"] = {
-            name: encode(obj.state_dict(), f"io/{name}", io_tensors)
-            for name, (obj, per_rank) in self._objects.items()
-            if per_rank
-        }
-        items.update(io_tensors)
         location, files = write_files(
             self._storage, tmp, f"rank{rank:05d}", items, self.concurrency, self.block_size
         )
@@ -362,21 +427,30 @@ class Saver:
         def ref(key: str) -> list[str]:
             return [location[key], key]
 
+        result: dict[str, Any] = {
+            "pieces": pieces,
+            "scalars": {t: {k: ref(v) for k, v in s.items()} for t, s in scalars.items()},
+            "files": files,
+            "tables": {
+                name: {k: merged[name][k] for k in ("global_shape", "dtype", "state")}
+                for name in merged
+            },
+        }
         for p in pieces:
             p["tensors"] = {k: ref(v) for k, v in p["tensors"].items()}
-        result["scalars"] = {t: {k: ref(v) for k, v in s.items()} for t, s in scalars.items()}
         for field in ("dense", "extra", "io_state"):
-            if field in result:
-                result[field] = map_refs(result[field], ref)
-        result["files"] = files
-        result["tables"] = {
-            name: {k: merged[name][k] for k in ("global_shape", "dtype", "state")}
-            for name in merged
-        }
+            if field in snapshot:
+                result[field] = map_refs(snapshot[field], ref)
         return result
 
     def _commit(
-        self, tmp: str, ckpt_id: str, nonce: str, results: list[dict[str, Any]], world: int
+        self,
+        tmp: str,
+        ckpt_id: str,
+        nonce: str,
+        results: list[dict[str, Any]],
+        world: int,
+        plan: Any,
     ) -> None:
         storage = self._storage
         tables: dict[str, dict[str, Any]] = {
@@ -392,12 +466,11 @@ class Saver:
                 tables[name]["scalars"].update(refs)
         for entry in tables.values():
             entry["pieces"].sort(key=lambda p: (p["rows"][0], p["cols"][0]))
-        plan = getattr(self.model, "plan", None)
         body = {
             "ckpt_id": ckpt_id,
             "world_size": world,
             "created_unix": time.time(),
-            "plan": json.loads(plan.to_json()) if hasattr(plan, "to_json") else None,
+            "plan": plan,
             "files": files,
             "tables": tables,
             "dense": results[0]["dense"],
@@ -454,6 +527,7 @@ class Saver:
     def _load(
         self, ckpt_path: str | None, ckpt_id: str | None, categories: set[str], strict: bool
     ) -> str:
+        self.wait()
         group = self.process_group
         rank, world = _rank_world(group)
         error: BaseException | None = None

@@ -9,6 +9,7 @@ loads the previous jobs' checkpoints into tables placed differently. The 25 tabl
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.distributed as dist
 
@@ -82,7 +83,18 @@ def _check_resharded(prev_dir: str, prev_world: int, rank: int, world: int) -> N
     spec = specs(1) + ([COLAVG] if prev_world == 2 else [])
     model, opt, _ = _build(spec, rank, world)
     saver = Saver(model, opt, prev_dir)
-    saver.load_by_config(prev_dir, {"load": ["sparse", "sparse_opt", "dense"]})
+    # IO state of a different world size goes to objects that can map it ...
+    io = ReshardableIO()
+    saver.register_for_checkpointing("reader", io, per_rank=True)
+    saver.load_by_config(prev_dir, {"load": ["sparse", "sparse_opt", "dense", "io_state"]})
+    assert io.got == ([7 * r + 1 for r in range(prev_world)], rank, world)
+    # ... and is skipped, with a warning, for the others.
+    plain = IOState(pos=-1)
+    other = Saver(model, opt, prev_dir)
+    other.register_for_checkpointing("reader", plain, per_rank=True)
+    with pytest.warns(UserWarning, match="io state 'reader' was saved by"):
+        other.load_by_config(prev_dir, {"load": ["io_state"]})
+    assert plain.pos == -1
     for name, table in model.tables.items():
         rows, cols = table.global_shape
         r0, r1, c0, c1 = model.boxes[name]
@@ -102,6 +114,13 @@ def _check_resharded(prev_dir: str, prev_world: int, rank: int, world: int) -> N
             acc += (base + 1000.0 * a).double() * w
             width += w
         torch.testing.assert_close(st["visits"], (acc / width).float(), rtol=1e-6, atol=0)
+
+
+class ReshardableIO(IOState):
+    """IO state that knows how to map the saved ranks' positions to a new world."""
+
+    def load_resharded_state_dict(self, states: list[dict], rank: int, world: int) -> None:
+        self.got = ([s["pos"] for s in states], rank, world)
 
 
 def _job(out_dir: str, prevs: list[tuple[str, int]]) -> None:

@@ -1,5 +1,5 @@
 """Saver behaviour: max_keep, stale temporaries, load_by_config, fsspec, concurrency,
-CheckpointManager."""
+background saves, CheckpointManager."""
 
 from __future__ import annotations
 
@@ -154,6 +154,32 @@ def _concurrency_job(out_dir: str) -> None:
             assert torch.equal(model2.tables["only"].weight, global_weight("only", 13, 5))
             assert_tree_equal(opt.table_state("only"), opt2.table_state("only"))
         dist.barrier()
+    _async_save(out_dir, rank, world)
+
+
+def _async_save(out_dir: str, rank: int, world: int) -> None:
+    # A background save keeps the values of the moment it was called, while the
+    # training goes on changing them (and running collectives of its own).
+    specs = [("a", 13, 5, "row_wise", 0), ("b", 17, 7, "data_parallel", 0)]
+    torch.manual_seed(0)
+    model, opt = _model(specs, rank, world)
+    fill(model, opt)
+    saver = Saver(model, opt, out_dir, max_keep=1)
+    expected = {k: v.clone() for k, v in model.state_dict().items()}
+    path = saver.save("async", blocking=False)
+    for table in model.tables.values():
+        table.weight.add_(1.0)
+    if world > 1:
+        dist.all_reduce(torch.ones(3))
+    assert saver.wait() == path
+    assert saver.wait() is None
+    model2, opt2 = _model(specs, rank, world)
+    Saver(model2, opt2, out_dir).load()
+    assert_tree_equal(expected, model2.state_dict())
+
+
+def test_async_save_in_one_process(tmp_path):
+    _async_save(str(tmp_path), 0, 1)
 
 
 def test_concurrency_1_to_8_with_a_rank_without_tensors(tmp_path):
