@@ -184,3 +184,25 @@ def test_async_save_in_one_process(tmp_path):
 
 def test_concurrency_1_to_8_with_a_rank_without_tensors(tmp_path):
     run_distributed(_concurrency_job, 2, str(tmp_path))
+
+
+def test_load_reads_only_the_owned_rows(tmp_path, monkeypatch):
+    from recis.framework.checkpoint.storage import LocalStorage
+    from recis.nn import EmbeddingBagConfig, EmbeddingTable
+
+    cfg = EmbeddingBagConfig("big", 1000, 16, ["f"])
+    full = torch.nn.ModuleDict({"t": EmbeddingTable(cfg, torch.randn(1000, 16))})
+    Saver(full, None, str(tmp_path), block_size=4096).save("c")
+    part = torch.nn.ModuleDict({"t": EmbeddingTable(cfg, torch.zeros(100, 16), row_offset=300)})
+    read = []
+    original = LocalStorage.read_into
+
+    def counting(self, path, start, out):
+        read.append(len(out))
+        return original(self, path, start, out)
+
+    monkeypatch.setattr(LocalStorage, "read_into", counting)
+    Saver(part, None, str(tmp_path)).load_by_config(None, {"load": ["sparse"]})
+    assert torch.equal(part["t"].weight, full["t"].weight[300:400])
+    # The 100 rows (6400 bytes), the header's block and the partial blocks around them.
+    assert 100 * 16 * 4 <= sum(read) <= 100 * 16 * 4 + 3 * 4096, sum(read)

@@ -123,12 +123,14 @@ class TensorFileReader:
             )
         if self.size < 8:
             raise ChecksumError(f"{name}: too short to be a safetensors file")
-        head = self._read_verified(0, 8)
-        (hlen,) = struct.unpack("<Q", bytes(head))
+        # The first checksum block usually holds the whole header: read it once.
+        head = self._read_verified(0, min(self.block_size, self.size))
+        (hlen,) = struct.unpack("<Q", bytes(head[:8]))
         if 8 + hlen > self.size:
             raise ChecksumError(f"{name}: header length {hlen} exceeds the file")
+        raw = head[8 : 8 + hlen] if 8 + hlen <= len(head) else self._read_verified(8, 8 + hlen)
         try:
-            self.header = json.loads(bytes(self._read_verified(8, 8 + hlen)))
+            self.header = json.loads(bytes(raw))
         except ValueError as e:
             raise ChecksumError(f"{name}: unreadable safetensors header ({e})") from None
         self.data_start = 8 + hlen
