@@ -192,6 +192,7 @@ class Saver:
         self._storage, self._root = storage_for(output_dir)
         self._objects: dict[str, tuple[Any, bool]] = {}
         self._async_group: Any = None
+        self._staging: dict[str, Tensor] = {}
         self._pending: tuple[threading.Thread, dict[str, Any]] | None = None
 
     # ------------------------------------------------------------------ registry
@@ -319,8 +320,19 @@ class Saver:
         """What this rank saves: table shards and their state, dense, extra and io
         state (tensors referenced, or copied to host memory with ``copy``)."""
 
-        def take(t: Tensor) -> Tensor:
-            return t.detach().to("cpu", copy=True) if copy else t.detach()
+        staging: dict[str, Tensor] = {}
+
+        def take(t: Tensor, slot: str) -> Tensor:
+            if not copy:
+                return t.detach()
+            # Host buffers are kept from one background save to the next: copying
+            # into memory already mapped is much cheaper than allocating it afresh.
+            buf = self._staging.get(slot)
+            if buf is None or buf.shape != t.shape or buf.dtype != t.dtype:
+                buf = torch.empty(t.shape, dtype=t.dtype, pin_memory=t.is_cuda)
+            buf.copy_(t.detach())
+            staging[slot] = buf
+            return buf
 
         try:
             metas: dict[str, dict[str, Any]] = {}
@@ -331,7 +343,7 @@ class Saver:
                         f"table {name!r}: weight must be 2-D, got {list(table.weight.shape)}"
                     )
                 rows, cols = table.weight.shape
-                tensors = {"weight": take(table.weight)}
+                tensors = {"weight": take(table.weight, f"sparse/{name}/weight")}
                 kinds = {"weight": ELEMENT}
                 for key, value in self._opt_state(name).items():
                     if key in kinds:
@@ -339,7 +351,7 @@ class Saver:
                             f"table {name!r}: optimizer state may not be named {key!r}"
                         )
                     kinds[key] = state_kind(name, key, tuple(value.shape), (rows, cols))
-                    tensors[key] = take(value)
+                    tensors[key] = take(value, f"sparse/{name}/{key}")
                 r0, c0 = table.row_offset, table.col_offset
                 metas[name] = {
                     "box": [r0, r0 + rows, c0, c0 + cols],
@@ -363,7 +375,9 @@ class Saver:
                 if per_rank
             }
             for key in list(items):
-                items[key] = take(items[key])
+                items[key] = take(items[key], key)
+            if copy:
+                self._staging = staging
             plan = getattr(self.model, "plan", None)
             snapshot["plan"] = json.loads(plan.to_json()) if hasattr(plan, "to_json") else None
             return snapshot
