@@ -1,10 +1,10 @@
 """Round trips on 1, 2 and 3 ranks and N->M resharding for every pair of placements.
 
-One chain of jobs: save on 2 ranks (through a ``file://`` URL), load it on 3 and
-save, load that on 1 (in the test process, no process group) and save, load both on 2. Every job first round-trips its own
-checkpoint (weights, optimizer state of all kinds, dense, extra, io state), then
-loads the previous jobs' checkpoints into tables placed differently. The 25 tables
-``<src>__<dst>`` are saved placed by ``src`` and loaded placed by ``dst``.
+One chain of jobs: save on 1 rank (in the test process, no process group), load it
+on 2 ranks and save (through a ``file://`` URL), load both on 3 ranks and save, load
+that on 1 again: 1->2, 1->3, 2->3 and 3->1. Every saving job first round-trips its
+own checkpoint (weights, optimizer state of all kinds, dense, extra, io state). The
+25 tables ``<src>__<dst>`` are saved placed by ``src`` and loaded placed by ``dst``.
 """
 
 from __future__ import annotations
@@ -123,17 +123,18 @@ class ReshardableIO(IOState):
         self.got = ([s["pos"] for s in states], rank, world)
 
 
-def _job(out_dir: str, prevs: list[tuple[str, int]]) -> None:
+def _job(out_dir: str | None, prevs: list[tuple[str, int]]) -> None:
     # World size 1 runs in the test process itself, without a process group.
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
-    _round_trip(out_dir, rank, world)
+    if out_dir is not None:
+        _round_trip(out_dir, rank, world)
     for prev_dir, prev_world in prevs:
         _check_resharded(prev_dir, prev_world, rank, world)
 
 
 def test_round_trip_and_resharding_every_placement_pair(tmp_path):
     d = {n: str(tmp_path / f"ws{n}") for n in (1, 2, 3)}
-    run_distributed(_job, 2, "file://" + d[2], [])
-    run_distributed(_job, 3, d[3], [(d[2], 2)])
-    _job(d[1], [(d[3], 3)])
-    run_distributed(_job, 2, str(tmp_path / "ws2b"), [(d[1], 1), (d[3], 3)])
+    _job(d[1], [])
+    run_distributed(_job, 2, "file://" + d[2], [(d[1], 1)])
+    run_distributed(_job, 3, d[3], [(d[2], 2), (d[1], 1)])
+    _job(None, [(d[3], 3)])
