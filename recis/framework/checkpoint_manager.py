@@ -314,7 +314,10 @@ class Saver:
     def _opt_state(self, name: str) -> dict[str, Tensor]:
         if self.sparse_optimizer is None:
             return {}
-        return dict(self.sparse_optimizer.table_state(name))
+        try:
+            return dict(self.sparse_optimizer.table_state(name))
+        except KeyError:
+            return {}  # a table this optimizer does not update has no state
 
     def _snapshot(self, rank: int, copy: bool) -> dict[str, Any]:
         """What this rank saves: table shards and their state, dense, extra and io
@@ -378,8 +381,9 @@ class Saver:
                 items[key] = take(items[key], key)
             if copy:
                 self._staging = staging
-            plan = getattr(self.model, "plan", None)
-            snapshot["plan"] = json.loads(plan.to_json()) if hasattr(plan, "to_json") else None
+            plans = [getattr(self.model, a, None) for a in ("plan", "sharding_plan")]
+            plan = next((p for p in plans if hasattr(p, "to_json")), None)
+            snapshot["plan"] = json.loads(plan.to_json()) if plan is not None else None
             return snapshot
         except Exception as e:
             # Still take part in the save's collectives: every rank then raises.

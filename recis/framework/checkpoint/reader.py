@@ -4,7 +4,9 @@ A shard owns a box (rows ``[r0, r1)`` x columns ``[c0, c1)``) of the global tabl
 Every saved piece that overlaps the box contributes exactly the overlapping rows,
 read from its file (only the checksum blocks holding them), then narrowed to the
 overlapping columns. So a checkpoint saved on N ranks with one placement loads on
-M ranks with any other, and each rank reads only what it owns.
+M ranks with any other, and each rank reads only the rows it owns. (Storage is
+row-major: a shard that owns a column range reads the whole width of the saved
+pieces over its rows, then keeps its columns.)
 
 State kinds:
 
