@@ -206,3 +206,33 @@ def test_load_reads_only_the_owned_rows(tmp_path, monkeypatch):
     assert torch.equal(part["t"].weight, full["t"].weight[300:400])
     # The 100 rows (6400 bytes), the header's block and the partial blocks around them.
     assert 100 * 16 * 4 <= sum(read) <= 100 * 16 * 4 + 3 * 4096, sum(read)
+
+
+def test_manifest_records_the_layout_and_plan(tmp_path):
+    import json
+
+    class Plan:
+        def to_json(self) -> str:
+            return json.dumps({"a": "table_wise"})
+
+    model, opt = _model()
+    model.plan = Plan()
+    Saver(model, opt, str(tmp_path), concurrency=2).save("m")
+    manifest = json.loads((tmp_path / "m" / "manifest.json").read_text())
+    assert (manifest["format"], manifest["format_version"]) == ("recis-checkpoint", 1)
+    assert (manifest["world_size"], manifest["ckpt_id"]) == (1, "m")
+    assert manifest["plan"] == {"a": "table_wise"}
+    a = manifest["tables"]["a"]
+    assert a["global_shape"] == [13, 5] and a["dtype"] == "F32"
+    assert a["state"] == {
+        "weight": "element",
+        "momentum": "element",
+        "visits": "row",
+        "step": "scalar",
+    }
+    assert [(p["rows"], p["cols"]) for p in a["pieces"]] == [([0, 13], [0, 5])]
+    assert set(manifest["files"]) == {p.name for p in (tmp_path / "m").glob("*.safetensors")}
+    for record in manifest["files"].values():
+        assert record["algorithm"] == "crc32" and record["checksums"]
+    assert set(manifest["dense"]) == {"dense.weight", "dense.bias", "dense_buf"}
+    assert manifest["io_state"] == {"0": {}}
