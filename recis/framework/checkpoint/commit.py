@@ -98,6 +98,12 @@ def commit(
                 if storage.isdir(path) and _is_checkpoint_dir(storage, path):
                     dropped.append(entry)
     for old in dropped:
-        storage.remove(storage.join(root, old))
+        # Renamed out of the way first (atomic), so that a crash while deleting
+        # leaves a ``.trash-`` folder that the next save removes, never a
+        # half-deleted folder under a checkpoint's name.
+        trash = storage.join(root, f"{TRASH_PREFIX}{old}-{nonce}")
+        if storage.exists(storage.join(root, old)):
+            storage.rename(storage.join(root, old), trash)
+        storage.remove(trash)
     remove_stale(storage, root)
     return keep
