@@ -1,0 +1,8 @@
+"""Sharded checkpoint machinery behind :mod:`recis.framework.checkpoint_manager`.
+
+One job per module: ``storage`` (local paths and fsspec URLs), ``integrity``
+(block checksums), ``tensor_file`` (safetensors files written and read by slices),
+``tree`` (nested state to JSON + tensors), ``layout`` (which rank writes which
+box of which table), ``writer`` (parallel writer threads), ``reader`` (resharding
+reads), ``manifest`` (the commit record) and ``commit`` (atomic publish, pruning).
+"""

@@ -1,0 +1,109 @@
+"""Publishing a checkpoint atomically and pruning old ones (rank 0 only).
+
+A checkpoint is written into ``<output_dir>/.tmp-<id>-<nonce>/``; once its manifest
+is durable the folder is renamed to ``<output_dir>/<id>`` and the id is appended to
+``<output_dir>/checkpoint`` (one id a line, newest last), which is replaced
+atomically (write a temporary file, fsync, rename). A crash at any moment leaves
+either the old list or the new one, and every id listed names a complete folder:
+the list only ever names folders that were renamed into place before it was written,
+and a pruned folder leaves the list before it is deleted.
+"""
+
+from __future__ import annotations
+
+import re
+
+from recis.framework.checkpoint.manifest import FORMAT, MANIFEST
+from recis.framework.checkpoint.storage import Storage
+
+LIST_FILE = "checkpoint"
+TMP_PREFIX = ".tmp-"
+TRASH_PREFIX = ".trash-"
+_ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.=+-]*$")
+
+
+def validate_id(ckpt_id: str) -> None:
+    if not isinstance(ckpt_id, str) or not _ID.match(ckpt_id) or ckpt_id == LIST_FILE:
+        raise ValueError(
+            f"invalid checkpoint id {ckpt_id!r}: use letters, digits and _ . = + - "
+            f"(not starting with '.' or '-', not {LIST_FILE!r})"
+        )
+
+
+def read_ids(storage: Storage, root: str) -> list[str]:
+    """Committed checkpoint ids in ``root``, oldest first ([] when none)."""
+    path = storage.join(root, LIST_FILE)
+    try:
+        text = storage.read_bytes(path).decode()
+    except FileNotFoundError:
+        return []
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def write_ids(storage: Storage, root: str, ids: list[str], nonce: str) -> None:
+    data = "".join(f"{i}\n" for i in ids).encode()
+    storage.write_atomic(storage.join(root, LIST_FILE), data, f".{TMP_PREFIX}{nonce}")
+
+
+def temp_name(ckpt_id: str, nonce: str) -> str:
+    return f"{TMP_PREFIX}{ckpt_id}-{nonce}"
+
+
+def remove_stale(storage: Storage, root: str) -> None:
+    """Deletes what interrupted saves left behind (temporary folders and lists).
+
+    Only safe while no other job saves into ``root``: one output directory belongs
+    to one job at a time.
+    """
+    for entry in storage.listdir(root):
+        if entry.startswith((TMP_PREFIX, TRASH_PREFIX)) or entry.startswith(
+            f"{LIST_FILE}.{TMP_PREFIX}"
+        ):
+            storage.remove(storage.join(root, entry))
+
+
+def _is_checkpoint_dir(storage: Storage, path: str) -> bool:
+    try:
+        head = storage.read_range(storage.join(path, MANIFEST), 0, 64)
+    except (FileNotFoundError, NotADirectoryError, OSError):
+        return False
+    return FORMAT.encode() in bytes(head)
+
+
+def commit(
+    storage: Storage, root: str, tmp_dir: str, ckpt_id: str, nonce: str, max_keep: int | None
+) -> list[str]:
+    """Publishes ``tmp_dir`` as checkpoint ``ckpt_id``; prunes to ``max_keep``.
+
+    Returns the ids listed afterwards, oldest first.
+    """
+    final = storage.join(root, ckpt_id)
+    ids = [i for i in read_ids(storage, root) if i != ckpt_id]
+    if storage.exists(final):
+        # Saving an id again: unlist it first, so that no moment lists a missing folder.
+        write_ids(storage, root, ids, nonce)
+        storage.rename(final, storage.join(root, f"{TRASH_PREFIX}{ckpt_id}-{nonce}"))
+    storage.rename(tmp_dir, final)
+    storage.sync_dir(root)
+    ids.append(ckpt_id)
+    keep = ids[-max_keep:] if max_keep and max_keep > 0 else ids
+    write_ids(storage, root, keep, nonce)
+    # Pruning: listed ids beyond max_keep, plus committed folders that a crash left
+    # unlisted (renamed into place, list not yet written) when max_keep is set.
+    dropped = [i for i in ids if i not in keep]
+    if max_keep and max_keep > 0:
+        for entry in storage.listdir(root):
+            if entry not in keep and entry not in dropped and not entry.startswith("."):
+                path = storage.join(root, entry)
+                if storage.isdir(path) and _is_checkpoint_dir(storage, path):
+                    dropped.append(entry)
+    for old in dropped:
+        # Renamed out of the way first (atomic), so that a crash while deleting
+        # leaves a ``.trash-`` folder that the next save removes, never a
+        # half-deleted folder under a checkpoint's name.
+        trash = storage.join(root, f"{TRASH_PREFIX}{old}-{nonce}")
+        if storage.exists(storage.join(root, old)):
+            storage.rename(storage.join(root, old), trash)
+        storage.remove(trash)
+    remove_stale(storage, root)
+    return keep

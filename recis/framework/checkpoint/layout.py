@@ -1,0 +1,121 @@
+"""Which rank writes which part of which embedding table.
+
+Every rank describes the boxes it holds (a box is a row range x column range of a
+table's global shape). Boxes held by several ranks (data-parallel replicas) are
+written once: their rows are split evenly among the holders, so replicas share the
+work instead of repeating it. Distinct boxes must not overlap and together must
+cover the table, so every element is stored exactly once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+# Kinds of per-table state, by the shape of the tensor relative to the local shard.
+ELEMENT, ROW, SCALAR = "element", "row", "scalar"
+
+
+@dataclass(frozen=True)
+class Piece:
+    """Rows ``[rows[0], rows[1])`` x columns ``[cols[0], cols[1])`` of ``table``."""
+
+    table: str
+    rows: tuple[int, int]
+    cols: tuple[int, int]
+
+    @property
+    def num_rows(self) -> int:
+        return self.rows[1] - self.rows[0]
+
+
+def state_kind(table: str, key: str, shape: tuple[int, ...], local: tuple[int, int]) -> str:
+    """Classifies a state tensor of a local shard of shape ``local``."""
+    if len(shape) == 0:
+        return SCALAR
+    if len(shape) == 1 and shape[0] == local[0]:
+        return ROW
+    if tuple(shape) == tuple(local):
+        return ELEMENT
+    raise ValueError(
+        f"table {table!r}: optimizer state {key!r} has shape {list(shape)}; expected the shard's "
+        f"{list(local)} (per element), [{local[0]}] (per row) or [] (scalar)"
+    )
+
+
+def merge_table_metas(metas: list[dict[str, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    """Joins every rank's ``{table: {"box", "global_shape", "dtype", "state"}}``.
+
+    Returns ``{table: {"global_shape", "dtype", "state", "holders": {box: [ranks]}}}``
+    after checking that ranks agree on each table and that its boxes tile it.
+    """
+    merged: dict[str, dict[str, Any]] = {}
+    for rank, tables in enumerate(metas):
+        for name, meta in tables.items():
+            entry = merged.setdefault(
+                name,
+                {
+                    "global_shape": meta["global_shape"],
+                    "dtype": meta["dtype"],
+                    "state": meta["state"],
+                    "holders": {},
+                    "first_rank": rank,
+                },
+            )
+            for field in ("global_shape", "dtype", "state"):
+                if entry[field] != meta[field]:
+                    raise ValueError(
+                        f"table {name!r}: rank {rank} has {field} {meta[field]} but rank "
+                        f"{entry['first_rank']} has {entry[field]}"
+                    )
+            entry["holders"].setdefault(tuple(meta["box"]), []).append(rank)
+    for name, entry in merged.items():
+        _check_tiling(name, entry["global_shape"], list(entry["holders"]))
+        del entry["first_rank"]
+    return merged
+
+
+def _check_tiling(name: str, shape: list[int], boxes: list[tuple[int, int, int, int]]) -> None:
+    rows, cols = shape
+    area = 0
+    for i, (r0, r1, c0, c1) in enumerate(boxes):
+        if not (0 <= r0 <= r1 <= rows and 0 <= c0 <= c1 <= cols):
+            raise ValueError(f"table {name!r}: shard box {[r0, r1, c0, c1]} lies outside {shape}")
+        area += (r1 - r0) * (c1 - c0)
+        for q0, q1, d0, d1 in boxes[:i]:
+            if max(r0, q0) < min(r1, q1) and max(c0, d0) < min(c1, d1):
+                raise ValueError(
+                    f"table {name!r}: shards {[q0, q1, d0, d1]} and {[r0, r1, c0, c1]} overlap "
+                    "without being the same box"
+                )
+    if area != rows * cols:
+        raise ValueError(
+            f"table {name!r}: the shards of all ranks cover {area} of {rows * cols} elements"
+        )
+
+
+def pieces_for_rank(merged: dict[str, dict[str, Any]], rank: int) -> list[Piece]:
+    """The parts of tables that ``rank`` writes (replicated boxes split among holders)."""
+    out: list[Piece] = []
+    for name, entry in merged.items():
+        for (r0, r1, c0, c1), ranks in entry["holders"].items():
+            if rank not in ranks:
+                continue
+            i, n = ranks.index(rank), len(ranks)
+            lo, hi = r0 + (r1 - r0) * i // n, r0 + (r1 - r0) * (i + 1) // n
+            # A box with no rows still gets one (empty) piece, from its first holder,
+            # so every table with zero rows or columns is still recorded.
+            if hi > lo or (i == 0 and r1 == r0):
+                out.append(Piece(name, (lo, hi), (c0, c1)))
+    return out
+
+
+def split_rows(piece: Piece, max_rows: int) -> list[Piece]:
+    """``piece`` cut into consecutive row chunks of at most ``max_rows`` rows."""
+    if piece.num_rows <= max_rows:
+        return [piece]
+    r0, r1 = piece.rows
+    return [
+        Piece(piece.table, (lo, min(lo + max_rows, r1)), piece.cols)
+        for lo in range(r0, r1, max_rows)
+    ]

@@ -1,0 +1,216 @@
+"""Where checkpoint bytes live: a local directory or any fsspec URL.
+
+Local paths get the durability a checkpoint needs (``fsync`` of every file and of
+the directories whose entries changed, ``os.replace`` for atomic replacement).
+URLs (``file://``, ``memory://``, ``s3://`` ...) go through fsspec; there a commit is
+as atomic as the backend's ``mv``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from collections.abc import Iterator
+from typing import IO
+
+
+class Storage:
+    """File operations rooted anywhere; paths are plain strings joined with ``/``."""
+
+    def join(self, *parts: str) -> str:
+        return "/".join(p.rstrip("/") for p in parts[:-1]) + "/" + parts[-1]
+
+    def url(self, path: str) -> str:
+        """The path as a user would pass it back (URL for fsspec storages)."""
+        return path
+
+    def makedirs(self, path: str) -> None:
+        raise NotImplementedError
+
+    def exists(self, path: str) -> bool:
+        raise NotImplementedError
+
+    def isdir(self, path: str) -> bool:
+        raise NotImplementedError
+
+    def listdir(self, path: str) -> list[str]:
+        """Base names of the entries of ``path`` ([] when it does not exist)."""
+        raise NotImplementedError
+
+    def size(self, path: str) -> int:
+        raise NotImplementedError
+
+    @contextlib.contextmanager
+    def open_write(self, path: str) -> Iterator[IO[bytes]]:
+        """A binary file for writing, durable when the block exits."""
+        raise NotImplementedError
+        yield  # pragma: no cover
+
+    def read_range(self, path: str, start: int, stop: int) -> bytearray:
+        """Bytes ``[start, stop)`` of a file."""
+        raise NotImplementedError
+
+    def read_into(self, path: str, start: int, out: memoryview) -> None:
+        """Fills ``out`` with the bytes of the file from ``start`` on."""
+        out[:] = self.read_range(path, start, start + len(out))
+
+    def read_bytes(self, path: str) -> bytes:
+        raise NotImplementedError
+
+    def rename(self, src: str, dst: str) -> None:
+        """Renames a file or directory; replaces ``dst`` when it is a file."""
+        raise NotImplementedError
+
+    def remove(self, path: str) -> None:
+        """Removes a file or a whole directory tree; no error when absent."""
+        raise NotImplementedError
+
+    def sync_dir(self, path: str) -> None:
+        """Makes the entries of directory ``path`` durable (no-op where meaningless)."""
+
+    def write_atomic(self, path: str, data: bytes, tmp_suffix: str) -> None:
+        """Writes ``data`` to ``path`` so that readers see the old or the new content."""
+        tmp = path + tmp_suffix
+        with self.open_write(tmp) as f:
+            f.write(data)
+        self.rename(tmp, path)
+        self.sync_dir(path.rsplit("/", 1)[0] if "/" in path else ".")
+
+
+class LocalStorage(Storage):
+    """A local file system, with fsync for durability."""
+
+    def join(self, *parts: str) -> str:
+        return os.path.join(*parts)
+
+    def makedirs(self, path: str) -> None:
+        os.makedirs(path, exist_ok=True)
+
+    def exists(self, path: str) -> bool:
+        return os.path.exists(path)
+
+    def isdir(self, path: str) -> bool:
+        return os.path.isdir(path)
+
+    def listdir(self, path: str) -> list[str]:
+        try:
+            return sorted(os.listdir(path))
+        except FileNotFoundError:
+            return []
+
+    def size(self, path: str) -> int:
+        return os.path.getsize(path)
+
+    @contextlib.contextmanager
+    def open_write(self, path: str) -> Iterator[IO[bytes]]:
+        # Unbuffered: the writer hands over large buffers, an extra copy only costs.
+        with open(path, "wb", buffering=0) as f:
+            yield f
+            os.fsync(f.fileno())
+
+    def read_range(self, path: str, start: int, stop: int) -> bytearray:
+        buf = bytearray(stop - start)
+        self.read_into(path, start, memoryview(buf))
+        return buf
+
+    def read_into(self, path: str, start: int, out: memoryview) -> None:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            done = 0
+            while done < len(out):
+                n = os.preadv(fd, [out[done:]], start + done)
+                if n == 0:
+                    raise OSError(f"{path}: unexpected end of file at byte {start + done}")
+                done += n
+        finally:
+            os.close(fd)
+
+    def read_bytes(self, path: str) -> bytes:
+        with open(path, "rb") as f:
+            return f.read()
+
+    def rename(self, src: str, dst: str) -> None:
+        os.replace(src, dst)
+
+    def remove(self, path: str) -> None:
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path)
+
+    def sync_dir(self, path: str) -> None:
+        fd = os.open(path or ".", os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+class FsspecStorage(Storage):
+    """Any fsspec file system (``file://``, ``memory://``, object stores ...)."""
+
+    def __init__(self, fs, protocol: str) -> None:
+        self.fs = fs
+        self.protocol = protocol
+
+    def url(self, path: str) -> str:
+        return f"{self.protocol}://{path.lstrip('/') if self.protocol != 'file' else path}"
+
+    def makedirs(self, path: str) -> None:
+        self.fs.makedirs(path, exist_ok=True)
+
+    def exists(self, path: str) -> bool:
+        return self.fs.exists(path)
+
+    def isdir(self, path: str) -> bool:
+        return self.fs.isdir(path)
+
+    def listdir(self, path: str) -> list[str]:
+        if not self.fs.exists(path):
+            return []
+        return sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in self.fs.ls(path, detail=False))
+
+    def size(self, path: str) -> int:
+        return int(self.fs.size(path))
+
+    @contextlib.contextmanager
+    def open_write(self, path: str) -> Iterator[IO[bytes]]:
+        with self.fs.open(path, "wb") as f:
+            yield f
+
+    def read_range(self, path: str, start: int, stop: int) -> bytearray:
+        data = self.fs.cat_file(path, start=start, end=stop)
+        if len(data) != stop - start:
+            raise OSError(f"{self.url(path)}: unexpected end of file at byte {start + len(data)}")
+        return bytearray(data)
+
+    def read_bytes(self, path: str) -> bytes:
+        return self.fs.cat_file(path)
+
+    def rename(self, src: str, dst: str) -> None:
+        if self.fs.isfile(dst):
+            self.fs.rm(dst)
+        self.fs.mv(src, dst, recursive=True)
+
+    def remove(self, path: str) -> None:
+        if self.fs.exists(path):
+            self.fs.rm(path, recursive=True)
+
+
+def storage_for(path: str) -> tuple[Storage, str]:
+    """The storage that serves ``path`` and the path in that storage's terms.
+
+    Example::
+
+        >>> storage, root = storage_for("memory://jobs/run1")
+        >>> storage.makedirs(root)
+    """
+    if "://" not in path:
+        return LocalStorage(), path
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(path)
+    protocol = path.split("://", 1)[0]
+    return FsspecStorage(fs, protocol), root

@@ -1,0 +1,69 @@
+"""Writes one rank's tensors into files with parallel writer threads.
+
+The tensors are packed into ``min(concurrency, #tensors)`` files of about equal
+size (largest first, each into the emptiest file), and each file is written by its
+own thread. File I/O, ``fsync`` and CRC-32 all release the GIL, so the threads
+overlap for real. A rank with no tensors writes no file.
+"""
+
+from __future__ import annotations
+
+import heapq
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from torch import Tensor
+
+from recis.framework.checkpoint.storage import Storage
+from recis.framework.checkpoint.tensor_file import write_tensor_file
+
+
+def pack(items: dict[str, Tensor], num_files: int) -> list[list[str]]:
+    """Keys of ``items`` split into ``num_files`` groups of about equal byte size."""
+    bins: list[list[str]] = [[] for _ in range(num_files)]
+    heap = [(0, i) for i in range(num_files)]
+    for key in sorted(items, key=lambda k: -items[k].numel() * items[k].element_size()):
+        size, i = heapq.heappop(heap)
+        bins[i].append(key)
+        heapq.heappush(heap, (size + items[key].numel() * items[key].element_size(), i))
+    return [b for b in bins if b]
+
+
+def write_files(
+    storage: Storage,
+    directory: str,
+    prefix: str,
+    items: dict[str, Tensor],
+    concurrency: int,
+    block_size: int,
+) -> tuple[dict[str, str], dict[str, dict[str, Any]]]:
+    """Writes ``items`` (unique key → tensor) under ``directory`` as
+    ``<prefix>-<i>.safetensors``.
+
+    Returns ``(location, files)``: the file name holding each key, and each file's
+    record (size, checksums) for the manifest.
+
+    Example::
+
+        >>> loc, files = write_files(LocalStorage(), "/tmp/ck", "rank00000", {"w": w}, 4, 1 << 20)
+        >>> loc
+        {'w': 'rank00000-0.safetensors'}
+    """
+    if concurrency < 1:
+        raise ValueError(f"concurrency must be >= 1, got {concurrency}")
+    if not items:
+        return {}, {}
+    groups = pack(items, min(concurrency, len(items)))
+    names = [f"{prefix}-{i}.safetensors" for i in range(len(groups))]
+
+    def write(i: int) -> dict[str, Any]:
+        path = storage.join(directory, names[i])
+        return write_tensor_file(storage, path, [(k, items[k]) for k in groups[i]], block_size)
+
+    if len(groups) == 1:
+        records = [write(0)]
+    else:
+        with ThreadPoolExecutor(len(groups), thread_name_prefix="recis-ckpt-write") as pool:
+            records = list(pool.map(write, range(len(groups))))
+    location = {k: names[i] for i, group in enumerate(groups) for k in group}
+    return location, dict(zip(names, records, strict=True))

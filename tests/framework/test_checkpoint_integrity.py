@@ -1,0 +1,136 @@
+"""Integrity: damaged files, missing or newer checkpoints, changed tables (one process)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+
+from recis.framework.checkpoint.integrity import ChecksumError
+from recis.framework.checkpoint.manifest import CheckpointFormatError
+from recis.framework.checkpoint_manager import Saver
+from recis.nn import filter_out_sparse_param
+from tests.framework.ckpt_helpers import FakeSparseOptimizer, ShardedTables, fill
+
+SPECS = [("a", 13, 5, "table_wise", 0), ("b", 17, 7, "table_wise", 0)]
+
+
+def _saved(tmp_path, specs=SPECS, block_size=64):
+    model = ShardedTables(specs, 0, 1)
+    opt = FakeSparseOptimizer(filter_out_sparse_param(model))
+    fill(model, opt)
+    # Small checksum blocks so that damage is found in a block of its own.
+    saver = Saver(model, opt, str(tmp_path), concurrency=2, block_size=block_size)
+    saver.save("c1")
+    return model, opt, saver
+
+
+def _fresh(tmp_path, specs=SPECS):
+    model = ShardedTables(specs, 0, 1)
+    opt = FakeSparseOptimizer(filter_out_sparse_param(model))
+    return model, opt, Saver(model, opt, str(tmp_path))
+
+
+def _shard_files(tmp_path):
+    return sorted(p for p in (tmp_path / "c1").iterdir() if p.suffix == ".safetensors")
+
+
+def test_files_are_standard_safetensors(tmp_path):
+    from safetensors import safe_open
+
+    model, _, _ = _saved(tmp_path)
+    found = {}
+    for path in _shard_files(tmp_path):
+        with safe_open(str(path), "pt") as f:
+            for key in f.keys():  # noqa: SIM118 - safe_open is not a mapping
+                found[key] = f.get_tensor(key)
+    assert torch.equal(found["sparse/a/weight/0-13.0-5"], model.tables["a"].weight)
+
+
+@pytest.mark.parametrize("where", ["header", "data"])
+def test_corrupted_byte_raises_naming_the_file(tmp_path, where):
+    _saved(tmp_path)
+    path = max(_shard_files(tmp_path), key=os.path.getsize)
+    data = bytearray(path.read_bytes())
+    pos = 20 if where == "header" else len(data) - 3
+    data[pos] ^= 0x40
+    path.write_bytes(bytes(data))
+    with pytest.raises(ChecksumError, match=path.name):
+        _fresh(tmp_path)[2].load()
+
+
+def test_truncated_file_raises_naming_the_file(tmp_path):
+    _saved(tmp_path)
+    path = _shard_files(tmp_path)[0]
+    path.write_bytes(path.read_bytes()[:-10])
+    with pytest.raises(ChecksumError, match=rf"{path.name}.*truncated"):
+        _fresh(tmp_path)[2].load()
+
+
+def test_missing_file_raises_naming_the_file(tmp_path):
+    _saved(tmp_path)
+    path = _shard_files(tmp_path)[0]
+    path.unlink()
+    with pytest.raises(FileNotFoundError, match=path.name):
+        _fresh(tmp_path)[2].load()
+
+
+def test_damaged_and_newer_manifests(tmp_path):
+    _saved(tmp_path)
+    manifest = tmp_path / "c1" / "manifest.json"
+    body = json.loads(manifest.read_text())
+    body["world_size"] = 5  # any edit without a matching checksum is damage
+    manifest.write_text(json.dumps(body))
+    with pytest.raises(CheckpointFormatError, match="manifest is damaged"):
+        _fresh(tmp_path)[2].load()
+    body["format_version"] = 99
+    manifest.write_text(json.dumps(body))
+    with pytest.raises(CheckpointFormatError, match="version 99, newer"):
+        _fresh(tmp_path)[2].load()
+    manifest.write_text('{"format": "recis-checkpoint", ')
+    with pytest.raises(CheckpointFormatError, match="not valid JSON"):
+        _fresh(tmp_path)[2].load()
+
+
+def test_missing_checkpoint(tmp_path):
+    saver = _fresh(tmp_path)[2]
+    assert saver.latest_checkpoint() is None
+    with pytest.raises(FileNotFoundError, match="no committed checkpoint"):
+        saver.load()
+    _saved(tmp_path)
+    with pytest.raises(FileNotFoundError, match=r"manifest\.json is missing"):
+        saver.load(ckpt_id="nope")
+
+
+def test_changed_global_shape_and_missing_table(tmp_path):
+    _saved(tmp_path)
+    with pytest.raises(ValueError, match=r"table 'b' has global shape \[18, 7\].*\[17, 7\]"):
+        _fresh(tmp_path, [SPECS[0], ("b", 18, 7, "table_wise", 0)])[2].load()
+    extra = [*SPECS, ("new", 5, 3, "table_wise", 0)]
+    with pytest.raises(KeyError, match="table 'new' is not in checkpoint"):
+        _fresh(tmp_path, extra)[2].load()
+    model, _, saver = _fresh(tmp_path, extra)
+    with pytest.warns(UserWarning, match="table 'new'"):
+        saver.load_by_config(None, {"load": "*", "strict": False})
+    expected, _, _ = _saved(tmp_path / "again")
+    assert torch.equal(model.tables["a"].weight, expected.tables["a"].weight)
+    assert torch.equal(model.tables["new"].weight, torch.zeros(5, 3))
+
+
+def test_unpicklable_state_is_refused(tmp_path):
+    saver = _fresh(tmp_path)[2]
+
+    class Odd:
+        def state_dict(self):
+            return {"x": object()}
+
+        def load_state_dict(self, state):
+            pass
+
+    saver.register_for_checkpointing("odd", Odd())
+    with pytest.raises(RuntimeError, match=r"rank 0: TypeError: .*'extra/odd/x'.*object"):
+        saver.save("bad")
+    assert saver.checkpoints() == []
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp")]

@@ -1,0 +1,238 @@
+"""Saver behaviour: max_keep, stale temporaries, load_by_config, fsspec, concurrency,
+background saves, CheckpointManager."""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import pytest
+import torch
+import torch.distributed as dist
+
+from recis.framework.checkpoint_manager import CheckpointManager, Saver, parse_load_conf
+from recis.nn import filter_out_sparse_param
+from recis.testing import run_distributed
+from tests.framework.ckpt_helpers import (
+    FakeSparseOptimizer,
+    IOState,
+    ShardedTables,
+    assert_tree_equal,
+    fill,
+    global_weight,
+)
+
+SPECS = [("a", 13, 5, "table_wise", 0), ("b", 17, 7, "row_wise", 1)]
+
+
+def _model(specs=SPECS, rank=0, world=1):
+    model = ShardedTables(specs, rank, world)
+    opt = FakeSparseOptimizer(filter_out_sparse_param(model))
+    return model, opt
+
+
+def test_max_keep_prunes_this_and_earlier_runs_and_stale_temporaries(tmp_path):
+    model, opt = _model()
+    first = Saver(model, opt, str(tmp_path), max_keep=None)
+    for i in range(4):
+        first.save(f"old{i}")
+    (tmp_path / ".tmp-crashed-123").mkdir()
+    (tmp_path / ".tmp-crashed-123" / "rank00000-0.safetensors").write_bytes(b"partial")
+    # A folder committed but never listed (a crash between rename and list update).
+    os.rename(tmp_path / "old0", tmp_path / "orphan")
+    (tmp_path / "checkpoint").write_text("old1\nold2\nold3\n")
+    (tmp_path / "notes").mkdir()  # not a checkpoint: left alone
+
+    saver = Saver(model, opt, str(tmp_path), max_keep=2)
+    saver.save("new0")
+    assert saver.checkpoints() == ["old3", "new0"]
+    saver.save("new1")
+    assert saver.checkpoints() == ["new0", "new1"]
+    assert sorted(os.listdir(tmp_path)) == ["checkpoint", "new0", "new1", "notes"]
+    assert saver.latest_checkpoint() == str(tmp_path / "new1")
+    # Saving an id again replaces it and makes it the newest.
+    saver.save("new0")
+    assert saver.checkpoints() == ["new1", "new0"]
+    assert sorted(os.listdir(tmp_path)) == ["checkpoint", "new0", "new1", "notes"]
+
+
+def test_invalid_ids_and_conf():
+    model, opt = _model()
+    saver = Saver(model, opt, "/tmp/unused-recis")
+    for bad in ["", "../x", ".hidden", "a/b", "checkpoint"]:
+        with pytest.raises(ValueError, match="invalid checkpoint id"):
+            saver.save(bad)
+    assert parse_load_conf({"load": "*", "exclude": ["io_state"]}) == (
+        {"sparse", "sparse_opt", "dense", "extra"},
+        True,
+    )
+    with pytest.raises(ValueError, match="unknown categories"):
+        parse_load_conf({"load": ["weights"]})
+    with pytest.raises(ValueError, match="unknown keys"):
+        parse_load_conf({"include": ["sparse"]})
+
+
+def test_load_by_config_warm_start_from_a_model_bank(tmp_path):
+    bank, opt = _model()
+    fill(bank, opt)
+    torch.nn.init.constant_(bank.dense.weight, 3.0)
+    Saver(bank, opt, str(tmp_path / "bank")).save("final")
+
+    model, opt2 = _model()
+    dense_before = model.dense.weight.clone()
+    saver = Saver(model, opt2, str(tmp_path / "job"))
+    saver.load_by_config(str(tmp_path / "bank"), {"load": ["sparse"]})
+    for name in model.tables:
+        assert torch.equal(model.tables[name].weight, bank.tables[name].weight)
+        assert torch.equal(
+            opt2.table_state(name)["momentum"], torch.zeros_like(bank.tables[name].weight)
+        )
+    assert torch.equal(model.dense.weight, dense_before)
+    # Everything but the sparse optimizer state, by path of the checkpoint itself.
+    saver.load_by_config(str(tmp_path / "bank" / "final"), {"load": "*", "exclude": ["sparse_opt"]})
+    assert torch.equal(model.dense.weight, bank.dense.weight)
+    assert float(opt2.table_state("a")["step"]) == 0.0
+    saver.load_by_config(str(tmp_path / "bank"), {"load": ["sparse_opt"]})
+    assert_tree_equal(opt2.table_state("a"), opt.table_state("a"))
+
+
+def test_fsspec_memory_round_trip():
+    url = f"memory://recis-test-{uuid.uuid4().hex}/job"
+    model, opt = _model()
+    fill(model, opt)
+    io = IOState(pos=11, seen=torch.arange(3))
+    saver = Saver(model, opt, url, max_keep=1, concurrency=3)
+    saver.register_for_checkpointing("reader", io, per_rank=True)
+    saver.save("s1")
+    saver.save("s2")
+    assert saver.checkpoints() == ["s2"]
+    assert saver.latest_checkpoint().startswith("memory://")
+
+    model2, opt2 = _model()
+    io2 = IOState()
+    saver2 = Saver(model2, opt2, url)
+    saver2.register_for_checkpointing("reader", io2, per_rank=True)
+    saver2.load()
+    assert_tree_equal(model.state_dict(), model2.state_dict())
+    assert_tree_equal(opt.table_state("b"), opt2.table_state("b"))
+    assert (io2.pos, io2.seen.tolist()) == (11, [0, 1, 2])
+
+
+def test_checkpoint_manager(tmp_path):
+    model, opt = _model()
+    manager = CheckpointManager(Saver(model, opt, str(tmp_path), max_keep=2), save_interval=3)
+    assert manager.restore() == 0
+    saved = [manager.step() for _ in range(7)]
+    assert [s is not None for s in saved] == [False, False, True, False, False, True, False]
+    assert manager.saver.checkpoints() == ["ckpt-3", "ckpt-6"]
+    assert manager.save().endswith("ckpt-7")
+
+    model2, opt2 = _model()
+    fresh = CheckpointManager(Saver(model2, opt2, str(tmp_path)), save_interval=3)
+    assert fresh.restore() == 7
+    assert fresh.global_step == 7
+
+
+def _concurrency_job(out_dir: str) -> None:
+    # One small table, all on rank 0: rank 1 holds no table at all, and rank 0 has
+    # fewer tensors than writer threads for most concurrencies.
+    rank, world = dist.get_rank(), dist.get_world_size()
+    specs = [("only", 13, 5, "table_wise", 0)]
+    for concurrency in range(1, 9):
+        torch.manual_seed(0)  # dense values equal on both ranks, as with DDP
+        model, opt = _model(specs, rank, world)
+        fill(model, opt)
+        saver = Saver(model, opt, out_dir, max_keep=1, concurrency=concurrency)
+        saver.save(f"c{concurrency}")
+        files = sorted(os.listdir(os.path.join(out_dir, f"c{concurrency}")))
+        rank1_files = [f for f in files if f.startswith("rank00001")]
+        assert rank1_files == [], files
+        model2, opt2 = _model(specs, rank, world)
+        Saver(model2, opt2, out_dir, concurrency=concurrency).load()
+        assert_tree_equal(model.state_dict(), model2.state_dict())
+        if rank == 0:
+            assert torch.equal(model2.tables["only"].weight, global_weight("only", 13, 5))
+            assert_tree_equal(opt.table_state("only"), opt2.table_state("only"))
+        dist.barrier()
+    _async_save(out_dir, rank, world)
+
+
+def _async_save(out_dir: str, rank: int, world: int) -> None:
+    # A background save keeps the values of the moment it was called, while the
+    # training goes on changing them (and running collectives of its own).
+    specs = [("a", 13, 5, "row_wise", 0), ("b", 17, 7, "data_parallel", 0)]
+    torch.manual_seed(0)
+    model, opt = _model(specs, rank, world)
+    fill(model, opt)
+    saver = Saver(model, opt, out_dir, max_keep=1)
+    expected = {k: v.clone() for k, v in model.state_dict().items()}
+    path = saver.save("async", blocking=False)
+    for table in model.tables.values():
+        table.weight.add_(1.0)
+    if world > 1:
+        dist.all_reduce(torch.ones(3))
+    assert saver.wait() == path
+    assert saver.wait() is None
+    model2, opt2 = _model(specs, rank, world)
+    Saver(model2, opt2, out_dir).load()
+    assert_tree_equal(expected, model2.state_dict())
+
+
+def test_async_save_in_one_process(tmp_path):
+    _async_save(str(tmp_path), 0, 1)
+
+
+def test_concurrency_1_to_8_with_a_rank_without_tensors(tmp_path):
+    run_distributed(_concurrency_job, 2, str(tmp_path))
+
+
+def test_load_reads_only_the_owned_rows(tmp_path, monkeypatch):
+    from recis.framework.checkpoint.storage import LocalStorage
+    from recis.nn import EmbeddingBagConfig, EmbeddingTable
+
+    cfg = EmbeddingBagConfig("big", 1000, 16, ["f"])
+    full = torch.nn.ModuleDict({"t": EmbeddingTable(cfg, torch.randn(1000, 16))})
+    Saver(full, None, str(tmp_path), block_size=4096).save("c")
+    part = torch.nn.ModuleDict({"t": EmbeddingTable(cfg, torch.zeros(100, 16), row_offset=300)})
+    read = []
+    original = LocalStorage.read_into
+
+    def counting(self, path, start, out):
+        read.append(len(out))
+        return original(self, path, start, out)
+
+    monkeypatch.setattr(LocalStorage, "read_into", counting)
+    Saver(part, None, str(tmp_path)).load_by_config(None, {"load": ["sparse"]})
+    assert torch.equal(part["t"].weight, full["t"].weight[300:400])
+    # The 100 rows (6400 bytes), the header's block and the partial blocks around them.
+    assert 100 * 16 * 4 <= sum(read) <= 100 * 16 * 4 + 3 * 4096, sum(read)
+
+
+def test_manifest_records_the_layout_and_plan(tmp_path):
+    import json
+
+    class Plan:
+        def to_json(self) -> str:
+            return json.dumps({"a": "table_wise"})
+
+    model, opt = _model()
+    model.plan = Plan()
+    Saver(model, opt, str(tmp_path), concurrency=2).save("m")
+    manifest = json.loads((tmp_path / "m" / "manifest.json").read_text())
+    assert (manifest["format"], manifest["format_version"]) == ("recis-checkpoint", 1)
+    assert (manifest["world_size"], manifest["ckpt_id"]) == (1, "m")
+    assert manifest["plan"] == {"a": "table_wise"}
+    a = manifest["tables"]["a"]
+    assert a["global_shape"] == [13, 5] and a["dtype"] == "F32"
+    assert a["state"] == {
+        "weight": "element",
+        "momentum": "element",
+        "visits": "row",
+        "step": "scalar",
+    }
+    assert [(p["rows"], p["cols"]) for p in a["pieces"]] == [([0, 13], [0, 5])]
+    assert set(manifest["files"]) == {p.name for p in (tmp_path / "m").glob("*.safetensors")}
+    for record in manifest["files"].values():
+        assert record["algorithm"] == "crc32" and record["checksums"]
+    assert set(manifest["dense"]) == {"dense.weight", "dense.bias", "dense_buf"}
+    assert manifest["io_state"] == {"0": {}}
