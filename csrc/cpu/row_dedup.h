@@ -32,11 +32,14 @@ RowSegments dedup_rows(const char* op, const index_t* ids, int64_t nnz, const in
   TORCH_CHECK(offsets[0] == 0 && offsets[num_bags] == nnz, op,
               ": offsets must start at 0 and end at ids.numel() (", nnz, "), got ", offsets[0],
               " .. ", offsets[num_bags]);
-  RowSegments r;
-  r.bag_of.resize(nnz);
+  // Non-decreasing from 0 to nnz keeps every offset in [0, nnz]: check all first.
   for (int64_t b = 0; b < num_bags; ++b) {
     TORCH_CHECK(offsets[b] <= offsets[b + 1], op, ": offsets decrease at bag ", b, " (",
                 offsets[b], " > ", offsets[b + 1], ")");
+  }
+  RowSegments r;
+  r.bag_of.resize(nnz);
+  for (int64_t b = 0; b < num_bags; ++b) {
     std::fill(r.bag_of.begin() + offsets[b], r.bag_of.begin() + offsets[b + 1], b);
   }
   if (nnz == 0) {

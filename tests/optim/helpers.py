@@ -8,7 +8,9 @@ from torch import Tensor
 from recis.nn import EmbeddingBagConfig, EmbeddingTable, table_lookup
 
 
-def make_table(name: str, rows: int, dim: int, dtype=torch.float64, pooling="sum") -> EmbeddingTable:
+def make_table(
+    name: str, rows: int, dim: int, dtype=torch.float64, pooling="sum"
+) -> EmbeddingTable:
     cfg = EmbeddingBagConfig(name, rows, dim, [f"f_{name}"], pooling=pooling)
     return EmbeddingTable(cfg, torch.randn(rows, dim, dtype=dtype))
 
@@ -23,7 +25,8 @@ def random_batch(rows: int, num_bags: int, max_len: int, touch_all: bool, weight
         lengths[-1] += rows
     offsets = torch.zeros(num_bags + 1, dtype=torch.long)
     offsets[1:] = torch.cumsum(lengths, 0)
-    psw = torch.rand(ids.numel(), dtype=dtype) + 0.5 if weighted else None
+    # float32-representable: the pooled_lookup kernel reads weights as float32.
+    psw = (torch.rand(ids.numel()) + 0.5).to(dtype) if weighted else None
     return ids, offsets, psw
 
 

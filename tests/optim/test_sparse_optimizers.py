@@ -102,7 +102,9 @@ def test_partial_touches_equal_lazy_reference_and_untouched_rows_stay(name):
         opt.step()
         for n, (batch, grad_out, mean) in grads.items():
             steps[n] += 1
-            _lazy_reference_step(name, ref_w[n], ref_state[n], batch, grad_out, mean, hyper, steps[n])
+            _lazy_reference_step(
+                name, ref_w[n], ref_state[n], batch, grad_out, mean, hyper, steps[n]
+            )
     for n, t in tables.items():
         torch.testing.assert_close(t.weight, ref_w[n], rtol=1e-10, atol=1e-12)
         for k, v in opt.table_state(n).items():
@@ -132,12 +134,12 @@ def test_gradient_accumulation_equals_one_step_on_the_joined_batch(name):
             (sparse_loss(acc_table, batch, target, True) / k).backward()
         acc_opt.step()
         # The same samples as one batch (mean loss over k * bags samples).
-        shift = torch.tensor([0] + [int(b[1][-1]) for b in micro[:-1]]).cumsum(0)
+        lengths = torch.cat([b[1].diff() for b in micro])
         joined = (
             torch.cat([b[0] for b in micro]),
-            torch.cat([torch.zeros(1, dtype=torch.long)] + [b[1][1:] + s for b, s in zip(micro, shift)]),
+            torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)]),
             torch.cat([b[2] for b in micro]),
-        )  # fmt: skip
+        )
         big_opt.zero_grad()
         sparse_loss(big_table, joined, torch.cat(targets), True).backward()
         big_opt.step()
@@ -202,7 +204,9 @@ def test_state_dict_round_trip_resumes_identically(name):
         for batch in batches:
             opt.zero_grad()
             for t in tables.values():
-                sparse_loss(t, batch, torch.ones(4, t.weight.shape[1], dtype=torch.float64), False).backward()
+                sparse_loss(
+                    t, batch, torch.ones(4, t.weight.shape[1], dtype=torch.float64), False
+                ).backward()
             opt.step()
 
     def batches(n):
@@ -241,7 +245,8 @@ def test_table_state_shapes_and_set_table_state_validation():
         adam.set_table_state("t", {"exp_avg": torch.ones(6, 3)})
     with pytest.raises(ValueError, match=r"state 'exp_avg' of table 't' must have shape \[6, 3\]"):
         adam.set_table_state(
-            "t", {"step": torch.tensor(1), "exp_avg": torch.ones(5, 3), "exp_avg_sq": torch.ones(6, 3)}
+            "t",
+            {"step": torch.tensor(1), "exp_avg": torch.ones(5, 3), "exp_avg_sq": torch.ones(6, 3)},
         )
     with pytest.raises(KeyError, match="no table named 'x'"):
         adam.table_state("x")
