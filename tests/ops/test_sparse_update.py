@@ -285,3 +285,48 @@ def test_many_rows_in_parallel_match_reference():
         "sparse_rowwise_adagrad_update", weight, (ids, offsets, psw, grad_out, True)
     )
     _assert_same(ours, ref, weight, ids)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("name", list(UPDATES))
+@pytest.mark.parametrize("dim", [1, 3, 64, 129])
+@pytest.mark.parametrize("mean", [False, True])
+def test_cuda_update_matches_cpu(name, dim, mean):
+    kinds, hyper = UPDATES[name]
+    op = getattr(ops, "sparse_adam_update" if name == "adamw" else name)
+    weight = torch.randn(300, dim)
+    ids, offsets, psw, grad_out = random_grad(200, 300, 9, dim, dtype=torch.float32, weighted=True)
+    states = [_state_like(weight, k) for k in kinds]
+    cpu_w, cpu_s = weight.clone(), [s.clone() for s in states]
+    op(cpu_w, *cpu_s, ids, offsets, psw, grad_out, mean, **hyper)
+    gpu_w, gpu_s = weight.cuda(), [s.cuda() for s in states]
+    args = [t.cuda() for t in (ids, offsets, psw, grad_out)]
+    op(gpu_w, *gpu_s, *args, mean, **hyper)
+    torch.testing.assert_close(gpu_w.cpu(), cpu_w, rtol=1e-5, atol=1e-5)
+    for g, c in zip(gpu_s, cpu_s, strict=True):
+        torch.testing.assert_close(g.cpu(), c, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("mean", [False, True])
+def test_cuda_unique_row_grads_matches_cpu(mean):
+    ids, offsets, psw, grad_out = random_grad(100, 70, 8, 33, dtype=torch.float32, weighted=True)
+    cpu = ops.unique_row_grads(ids, offsets, psw, grad_out, mean, 70)
+    gpu = ops.unique_row_grads(*[t.cuda() for t in (ids, offsets, psw, grad_out)], mean, 70)
+    assert torch.equal(gpu[0].cpu(), cpu[0])
+    torch.testing.assert_close(gpu[1].cpu(), cpu[1], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.cuda
+def test_cuda_bad_ids_raise():
+    weight = torch.randn(5, 3, device="cuda")
+    with pytest.raises(RuntimeError, match=r"id 7 at position 1 is outside \[0, 5\)"):
+        ops.sparse_sgd_update(
+            weight,
+            torch.tensor([1, 7], device="cuda"),
+            torch.tensor([0, 2], device="cuda"),
+            None,
+            torch.ones(1, 3, device="cuda"),
+            False,
+            0.1,
+        )

@@ -279,3 +279,24 @@ def test_no_tables_is_allowed():
     opt = SparseAdam({}, lr=0.1)
     opt.step()
     assert opt.state_dict()["state"] == {}
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("name", list(OPTIMIZERS))
+def test_cuda_tables_match_cpu_tables(name):
+    sparse_cls, _, hyper = OPTIMIZERS[name]
+    cpu = make_table("t", 50, 16, dtype=torch.float32)
+    gpu = make_table("t", 50, 16, dtype=torch.float32)
+    gpu.weight = cpu.weight.cuda()
+    gpu.grad_anchor = gpu.grad_anchor.cuda()
+    opts = [sparse_cls({"t": cpu}, **hyper), sparse_cls({"t": gpu}, **hyper)]
+    for _ in range(3):
+        batch = random_batch(50, 8, 6, touch_all=False, weighted=True, dtype=torch.float32)
+        target = torch.randn(8, 16)
+        for table, opt in zip((cpu, gpu), opts, strict=True):
+            dev = table.weight.device
+            moved = tuple(t.to(dev) for t in batch)
+            opt.zero_grad()
+            sparse_loss(table, moved, target.to(dev), False).backward()
+            opt.step()
+        torch.testing.assert_close(gpu.weight.cpu(), cpu.weight, rtol=1e-5, atol=1e-5)
