@@ -21,7 +21,17 @@
 namespace recis {
 namespace {
 
-constexpr int64_t kPrefetchRows = 2;
+// Updates are bound by the latency of reading random rows: request every cache
+// line of the row (and its state) a few unique rows ahead so that several misses
+// are in flight at once.
+constexpr int64_t kPrefetchRows = 6;
+
+template <typename T>
+inline void prefetch_row(const T* row, int64_t n) {
+  const char* p = reinterpret_cast<const char*>(row);
+  const int64_t bytes = n * static_cast<int64_t>(sizeof(T));
+  for (int64_t off = 0; off < bytes; off += 64) __builtin_prefetch(p + off, 1);
+}
 
 // The bag-form gradient of one table, with raw pointers for the inner loops.
 template <typename scalar_t, typename index_t>
@@ -70,7 +80,7 @@ struct SgdRow {
   scalar_t* weight;
   int64_t dim;
   scalar_t lr, weight_decay;
-  void prefetch(int64_t row) const { __builtin_prefetch(weight + row * dim, 1); }
+  void prefetch(int64_t row) const { prefetch_row(weight + row * dim, dim); }
   void apply(int64_t row, const scalar_t* g) const {
     scalar_t* w = weight + row * dim;
     for (int64_t d = 0; d < dim; ++d) w[d] -= lr * (g[d] + weight_decay * w[d]);
@@ -84,8 +94,8 @@ struct AdagradRow {
   int64_t dim;
   scalar_t lr, eps, weight_decay;
   void prefetch(int64_t row) const {
-    __builtin_prefetch(weight + row * dim, 1);
-    __builtin_prefetch(sum + row * dim, 1);
+    prefetch_row(weight + row * dim, dim);
+    prefetch_row(sum + row * dim, dim);
   }
   void apply(int64_t row, const scalar_t* g) const {
     scalar_t* w = weight + row * dim;
@@ -106,7 +116,7 @@ struct RowWiseAdagradRow {
   int64_t dim;
   scalar_t lr, eps, weight_decay;
   void prefetch(int64_t row) const {
-    __builtin_prefetch(weight + row * dim, 1);
+    prefetch_row(weight + row * dim, dim);
     __builtin_prefetch(sum + row, 1);
   }
   void apply(int64_t row, const scalar_t* g) const {
@@ -133,9 +143,9 @@ struct AdamRow {
   bool decoupled;
   scalar_t step_size, inv_bc2_sqrt;  // lr / (1 - beta1^t), 1 / sqrt(1 - beta2^t)
   void prefetch(int64_t row) const {
-    __builtin_prefetch(weight + row * dim, 1);
-    __builtin_prefetch(exp_avg + row * dim, 1);
-    __builtin_prefetch(exp_avg_sq + row * dim, 1);
+    prefetch_row(weight + row * dim, dim);
+    prefetch_row(exp_avg + row * dim, dim);
+    prefetch_row(exp_avg_sq + row * dim, dim);
   }
   void apply(int64_t row, const scalar_t* g) const {
     scalar_t* w = weight + row * dim;
