@@ -219,7 +219,9 @@ def measure(impls: list, batches: list[dict], warmup: int, iters: int) -> dict[s
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 
-def update_bytes(batches: list[dict], dim: int, optim: str, tables: int, batch: int) -> float:
+def update_bytes(
+    batches: list[dict], dim: int, optim: str, tables: int, batch: int
+) -> tuple[float, float]:
     """Bytes the update must move per step (median batch): rows + state read and
     written once per unique row, grad_out read once."""
     uniques = [sum(torch.unique(ids).numel() for ids, _ in b["tables"]) for b in batches]

@@ -26,11 +26,17 @@ namespace {
 // are in flight at once.
 constexpr int64_t kPrefetchRows = 6;
 
+constexpr int64_t kPrefetchGrads = 4;
+
 template <typename T>
-inline void prefetch_row(const T* row, int64_t n) {
+inline void prefetch_row(const T* row, int64_t n, bool write = true) {
   const char* p = reinterpret_cast<const char*>(row);
   const int64_t bytes = n * static_cast<int64_t>(sizeof(T));
-  for (int64_t off = 0; off < bytes; off += 64) __builtin_prefetch(p + off, 1);
+  if (write) {
+    for (int64_t off = 0; off < bytes; off += 64) __builtin_prefetch(p + off, 1);
+  } else {
+    for (int64_t off = 0; off < bytes; off += 64) __builtin_prefetch(p + off, 0);
+  }
 }
 
 // The bag-form gradient of one table, with raw pointers for the inner loops.
@@ -46,7 +52,12 @@ struct BagGrad {
   //       grad_out[bag(j)] * w_j (/ len(bag) when mean), j = pos[k].
   void reduce(const RowSegments& r, int64_t begin, int64_t end, scalar_t* acc) const {
     std::fill(acc, acc + dim, scalar_t(0));
+    const int64_t nnz = static_cast<int64_t>(r.pos.size());
     for (int64_t k = begin; k < end; ++k) {
+      // grad_out rows are read in id order, i.e. at random: fetch a few ahead.
+      if (k + kPrefetchGrads < nnz) {
+        prefetch_row(grad_out + r.bag_of[r.pos[k + kPrefetchGrads]] * dim, dim, /*write=*/false);
+      }
       const int64_t j = r.pos[k];
       const int64_t b = r.bag_of[j];
       scalar_t s = psw ? psw[j] : scalar_t(1);

@@ -59,7 +59,14 @@ def unique_row_grads(
 
 
 def sparse_sgd_update(
-    weight, ids, offsets, per_sample_weights, grad_out, mean, lr, weight_decay=0.0
+    weight: Tensor,
+    ids: Tensor,
+    offsets: Tensor,
+    per_sample_weights: Tensor | None,
+    grad_out: Tensor,
+    mean: bool,
+    lr: float,
+    weight_decay: float = 0.0,
 ) -> None:
     """Reference of :func:`recis.ops.sparse_sgd_update` (float64 math on touched rows)."""
     rows, g = _touched_grads(ids, offsets, per_sample_weights, grad_out, mean, weight.shape[0])
@@ -68,7 +75,16 @@ def sparse_sgd_update(
 
 
 def sparse_adagrad_update(
-    weight, state_sum, ids, offsets, per_sample_weights, grad_out, mean, lr, eps, weight_decay=0.0
+    weight: Tensor,
+    state_sum: Tensor,
+    ids: Tensor,
+    offsets: Tensor,
+    per_sample_weights: Tensor | None,
+    grad_out: Tensor,
+    mean: bool,
+    lr: float,
+    eps: float,
+    weight_decay: float = 0.0,
 ) -> None:
     """Reference of :func:`recis.ops.sparse_adagrad_update`."""
     rows, g = _touched_grads(ids, offsets, per_sample_weights, grad_out, mean, weight.shape[0])
@@ -80,7 +96,16 @@ def sparse_adagrad_update(
 
 
 def sparse_rowwise_adagrad_update(
-    weight, state_sum, ids, offsets, per_sample_weights, grad_out, mean, lr, eps, weight_decay=0.0
+    weight: Tensor,
+    state_sum: Tensor,
+    ids: Tensor,
+    offsets: Tensor,
+    per_sample_weights: Tensor | None,
+    grad_out: Tensor,
+    mean: bool,
+    lr: float,
+    eps: float,
+    weight_decay: float = 0.0,
 ) -> None:
     """Reference of :func:`recis.ops.sparse_rowwise_adagrad_update`."""
     rows, g = _touched_grads(ids, offsets, per_sample_weights, grad_out, mean, weight.shape[0])
@@ -92,21 +117,21 @@ def sparse_rowwise_adagrad_update(
 
 
 def sparse_adam_update(
-    weight,
-    exp_avg,
-    exp_avg_sq,
-    ids,
-    offsets,
-    per_sample_weights,
-    grad_out,
-    mean,
-    lr,
-    beta1,
-    beta2,
-    eps,
-    weight_decay,
-    step,
-    decoupled_weight_decay,
+    weight: Tensor,
+    exp_avg: Tensor,
+    exp_avg_sq: Tensor,
+    ids: Tensor,
+    offsets: Tensor,
+    per_sample_weights: Tensor | None,
+    grad_out: Tensor,
+    mean: bool,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+    step: int,
+    decoupled_weight_decay: bool,
 ) -> None:
     """Reference of :func:`recis.ops.sparse_adam_update` (torch.optim.Adam(W) math)."""
     rows, g = _touched_grads(ids, offsets, per_sample_weights, grad_out, mean, weight.shape[0])
