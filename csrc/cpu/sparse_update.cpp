@@ -12,6 +12,9 @@
 #include <torch/library.h>
 
 #include <cmath>
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 #include <tuple>
 #include <vector>
 
@@ -25,8 +28,26 @@ namespace {
 // line of the row (and its state) a few unique rows ahead so that several misses
 // are in flight at once.
 constexpr int64_t kPrefetchRows = 6;
-
 constexpr int64_t kPrefetchGrads = 4;
+
+// x[d] = sqrt(x[d]). A plain loop over std::sqrt is not vectorised (the build keeps
+// errno semantics, so each sqrt may branch to a libm call); SSE2 is the x86-64
+// baseline, so its packed sqrt needs no runtime dispatch.
+inline void sqrt_array(float* x, int64_t n) {
+  int64_t d = 0;
+#if defined(__SSE2__)
+  for (; d + 4 <= n; d += 4) _mm_storeu_ps(x + d, _mm_sqrt_ps(_mm_loadu_ps(x + d)));
+#endif
+  for (; d < n; ++d) x[d] = std::sqrt(x[d]);
+}
+
+inline void sqrt_array(double* x, int64_t n) {
+  int64_t d = 0;
+#if defined(__SSE2__)
+  for (; d + 2 <= n; d += 2) _mm_storeu_pd(x + d, _mm_sqrt_pd(_mm_loadu_pd(x + d)));
+#endif
+  for (; d < n; ++d) x[d] = std::sqrt(x[d]);
+}
 
 template <typename T>
 inline void prefetch_row(const T* row, int64_t n, bool write = true) {
@@ -68,18 +89,19 @@ struct BagGrad {
   }
 };
 
-// Runs `opt.apply(row, grad_of_row)` once per unique row, in parallel over rows.
+// Runs `opt.apply(row, grad_of_row, scratch)` once per unique row, in parallel over rows.
 template <typename scalar_t, typename index_t, typename Opt>
 void for_each_unique_row(const RowSegments& r, const BagGrad<scalar_t, index_t>& grad,
                          const Opt& opt) {
   const int64_t dim = grad.dim;
   const int64_t grain = std::max<int64_t>(1, 4096 / std::max<int64_t>(dim, 1));
   at::parallel_for(0, r.size(), grain, [&](int64_t begin, int64_t end) {
-    std::vector<scalar_t> acc(dim);
+    // acc: the row's gradient (the optimizer may overwrite it); tmp: its scratch.
+    std::vector<scalar_t> acc(dim), tmp(dim);
     for (int64_t u = begin; u < end; ++u) {
       if (u + kPrefetchRows < end) opt.prefetch(r.unique_ids[u + kPrefetchRows]);
       grad.reduce(r, r.seg[u], r.seg[u + 1], acc.data());
-      opt.apply(r.unique_ids[u], acc.data());
+      opt.apply(r.unique_ids[u], acc.data(), tmp.data());
     }
   });
 }
@@ -92,7 +114,7 @@ struct SgdRow {
   int64_t dim;
   scalar_t lr, weight_decay;
   void prefetch(int64_t row) const { prefetch_row(weight + row * dim, dim); }
-  void apply(int64_t row, const scalar_t* g) const {
+  void apply(int64_t row, scalar_t* g, scalar_t* /*tmp*/) const {
     scalar_t* w = weight + row * dim;
     for (int64_t d = 0; d < dim; ++d) w[d] -= lr * (g[d] + weight_decay * w[d]);
   }
@@ -108,14 +130,16 @@ struct AdagradRow {
     prefetch_row(weight + row * dim, dim);
     prefetch_row(sum + row * dim, dim);
   }
-  void apply(int64_t row, const scalar_t* g) const {
+  void apply(int64_t row, scalar_t* g, scalar_t* root) const {
     scalar_t* w = weight + row * dim;
     scalar_t* s = sum + row * dim;
     for (int64_t d = 0; d < dim; ++d) {
-      const scalar_t gd = g[d] + weight_decay * w[d];
-      s[d] += gd * gd;
-      w[d] -= lr * gd / (std::sqrt(s[d]) + eps);
+      g[d] += weight_decay * w[d];
+      s[d] += g[d] * g[d];
+      root[d] = s[d];
     }
+    sqrt_array(root, dim);
+    for (int64_t d = 0; d < dim; ++d) w[d] -= lr * g[d] / (root[d] + eps);
   }
 };
 
@@ -130,7 +154,7 @@ struct RowWiseAdagradRow {
     prefetch_row(weight + row * dim, dim);
     __builtin_prefetch(sum + row, 1);
   }
-  void apply(int64_t row, const scalar_t* g) const {
+  void apply(int64_t row, scalar_t* g, scalar_t* /*tmp*/) const {
     scalar_t* w = weight + row * dim;
     scalar_t sq = 0;
     for (int64_t d = 0; d < dim; ++d) {
@@ -158,7 +182,7 @@ struct AdamRow {
     prefetch_row(exp_avg + row * dim, dim);
     prefetch_row(exp_avg_sq + row * dim, dim);
   }
-  void apply(int64_t row, const scalar_t* g) const {
+  void apply(int64_t row, scalar_t* g, scalar_t* root) const {
     scalar_t* w = weight + row * dim;
     scalar_t* m = exp_avg + row * dim;
     scalar_t* v = exp_avg_sq + row * dim;
@@ -168,8 +192,11 @@ struct AdamRow {
       const scalar_t gd = g[d] + l2 * w[d];
       m[d] += (scalar_t(1) - beta1) * (gd - m[d]);
       v[d] = beta2 * v[d] + (scalar_t(1) - beta2) * gd * gd;
-      const scalar_t denom = std::sqrt(v[d]) * inv_bc2_sqrt + eps;
-      w[d] = w[d] * shrink - step_size * m[d] / denom;
+      root[d] = v[d];
+    }
+    sqrt_array(root, dim);
+    for (int64_t d = 0; d < dim; ++d) {
+      w[d] = w[d] * shrink - step_size * m[d] / (root[d] * inv_bc2_sqrt + eps);
     }
   }
 };
