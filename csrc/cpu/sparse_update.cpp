@@ -27,7 +27,7 @@ namespace {
 // Updates are bound by the latency of reading random rows: request every cache
 // line of the row (and its state) a few unique rows ahead so that several misses
 // are in flight at once.
-constexpr int64_t kPrefetchRows = 6;
+constexpr int64_t kPrefetchRows = 8;
 constexpr int64_t kPrefetchGrads = 4;
 
 // x[d] = sqrt(x[d]). A plain loop over std::sqrt is not vectorised (the build keeps
