@@ -60,39 +60,56 @@ inline void prefetch_row(const T* row, int64_t n, bool write = true) {
   }
 }
 
-// The bag-form gradient of one table, with raw pointers for the inner loops.
-template <typename scalar_t, typename index_t>
-struct BagGrad {
-  const index_t* offsets;
-  const scalar_t* psw;  // nullptr: all weights 1
+// The bag-form gradient of one table in the order of the deduplicated ids: for
+// each sorted position k its bag and its multiplier (per-sample weight, ÷ bag
+// length when mean), gathered once so that the per-row reduction streams them
+// instead of chasing position -> bag through memory.
+template <typename scalar_t>
+struct SortedGrad {
+  std::vector<int64_t> bag;     // [nnz]
+  std::vector<scalar_t> scale;  // [nnz]; empty when every multiplier is 1
   const scalar_t* grad_out;
-  bool mean;
   int64_t dim;
 
-  // acc = sum over positions k in [begin, end) of the row's group of
-  //       grad_out[bag(j)] * w_j (/ len(bag) when mean), j = pos[k].
-  void reduce(const RowSegments& r, int64_t begin, int64_t end, scalar_t* acc) const {
-    std::fill(acc, acc + dim, scalar_t(0));
+  template <typename index_t>
+  SortedGrad(const RowSegments& r, const index_t* offsets, const scalar_t* psw, bool mean,
+             const scalar_t* grad_out_, int64_t dim_)
+      : grad_out(grad_out_), dim(dim_) {
     const int64_t nnz = static_cast<int64_t>(r.pos.size());
+    bag.resize(nnz);
+    for (int64_t k = 0; k < nnz; ++k) bag[k] = r.bag_of[r.pos[k]];
+    if (psw == nullptr && !mean) return;
+    scale.resize(nnz);
+    for (int64_t k = 0; k < nnz; ++k) {
+      scalar_t sc = psw ? psw[r.pos[k]] : scalar_t(1);
+      if (mean) sc /= static_cast<scalar_t>(offsets[bag[k] + 1] - offsets[bag[k]]);
+      scale[k] = sc;
+    }
+  }
+
+  // acc = sum over sorted positions k in [begin, end) of grad_out[bag[k]] * scale[k].
+  void reduce(int64_t begin, int64_t end, scalar_t* acc) const {
+    std::fill(acc, acc + dim, scalar_t(0));
+    const int64_t nnz = static_cast<int64_t>(bag.size());
     for (int64_t k = begin; k < end; ++k) {
       // grad_out rows are read in id order, i.e. at random: fetch a few ahead.
       if (k + kPrefetchGrads < nnz) {
-        prefetch_row(grad_out + r.bag_of[r.pos[k + kPrefetchGrads]] * dim, dim, /*write=*/false);
+        prefetch_row(grad_out + bag[k + kPrefetchGrads] * dim, dim, /*write=*/false);
       }
-      const int64_t j = r.pos[k];
-      const int64_t b = r.bag_of[j];
-      scalar_t s = psw ? psw[j] : scalar_t(1);
-      if (mean) s /= static_cast<scalar_t>(offsets[b + 1] - offsets[b]);
-      const scalar_t* g = grad_out + b * dim;
-      for (int64_t d = 0; d < dim; ++d) acc[d] += s * g[d];
+      const scalar_t* g = grad_out + bag[k] * dim;
+      if (scale.empty()) {
+        for (int64_t d = 0; d < dim; ++d) acc[d] += g[d];
+      } else {
+        const scalar_t sc = scale[k];
+        for (int64_t d = 0; d < dim; ++d) acc[d] += sc * g[d];
+      }
     }
   }
 };
 
 // Runs `opt.apply(row, grad_of_row, scratch)` once per unique row, in parallel over rows.
-template <typename scalar_t, typename index_t, typename Opt>
-void for_each_unique_row(const RowSegments& r, const BagGrad<scalar_t, index_t>& grad,
-                         const Opt& opt) {
+template <typename scalar_t, typename Opt>
+void for_each_unique_row(const RowSegments& r, const SortedGrad<scalar_t>& grad, const Opt& opt) {
   const int64_t dim = grad.dim;
   const int64_t grain = std::max<int64_t>(1, 4096 / std::max<int64_t>(dim, 1));
   at::parallel_for(0, r.size(), grain, [&](int64_t begin, int64_t end) {
@@ -100,7 +117,7 @@ void for_each_unique_row(const RowSegments& r, const BagGrad<scalar_t, index_t>&
     std::vector<scalar_t> acc(dim), tmp(dim);
     for (int64_t u = begin; u < end; ++u) {
       if (u + kPrefetchRows < end) opt.prefetch(r.unique_ids[u + kPrefetchRows]);
-      grad.reduce(r, r.seg[u], r.seg[u + 1], acc.data());
+      grad.reduce(r.seg[u], r.seg[u + 1], acc.data());
       opt.apply(r.unique_ids[u], acc.data(), tmp.data());
     }
   });
@@ -156,15 +173,28 @@ struct RowWiseAdagradRow {
   }
   void apply(int64_t row, scalar_t* g, scalar_t* /*tmp*/) const {
     scalar_t* w = weight + row * dim;
-    scalar_t sq = 0;
-    for (int64_t d = 0; d < dim; ++d) {
-      const scalar_t gd = g[d] + weight_decay * w[d];
-      sq += gd * gd;
+    // Sum of squares in kLanes independent partial sums: one running sum would be a
+    // serial dependency chain the compiler may not reorder (no fast-math).
+    constexpr int64_t kLanes = 8;
+    scalar_t part[kLanes] = {};
+    int64_t d = 0;
+    for (; d + kLanes <= dim; d += kLanes) {
+      for (int64_t l = 0; l < kLanes; ++l) {
+        g[d + l] += weight_decay * w[d + l];
+        part[l] += g[d + l] * g[d + l];
+      }
     }
+    scalar_t sq = 0;
+    for (; d < dim; ++d) {
+      g[d] += weight_decay * w[d];
+      sq += g[d] * g[d];
+    }
+    for (int64_t l = 0; l < kLanes; ++l) sq += part[l];
     sum[row] += sq / static_cast<scalar_t>(dim);
     const scalar_t step = lr / (std::sqrt(sum[row]) + eps);
-    for (int64_t d = 0; d < dim; ++d) w[d] -= step * (g[d] + weight_decay * w[d]);
+    for (d = 0; d < dim; ++d) w[d] -= step * g[d];
   }
+
 };
 
 // torch.optim.Adam (L2 weight decay) / AdamW (decoupled decay), one step `step`.
@@ -233,10 +263,9 @@ void run_update(const char* op, const at::Tensor& weight, const at::Tensor& ids,
                                                 p.offsets.data_ptr<index_t>(), num_bags,
                                                 weight.size(0));
       if (r.size() == 0 || weight.size(1) == 0) return;
-      const BagGrad<scalar_t, index_t> grad{p.offsets.data_ptr<index_t>(),
-                                            p.psw.defined() ? p.psw.data_ptr<scalar_t>() : nullptr,
-                                            p.grad_out.data_ptr<scalar_t>(), mean,
-                                            weight.size(1)};
+      const SortedGrad<scalar_t> grad(r, p.offsets.data_ptr<index_t>(),
+                                      p.psw.defined() ? p.psw.data_ptr<scalar_t>() : nullptr,
+                                      mean, p.grad_out.data_ptr<scalar_t>(), weight.size(1));
       for_each_unique_row(r, grad, make_opt.template operator()<scalar_t>());
     });
   });
@@ -262,13 +291,13 @@ std::tuple<at::Tensor, at::Tensor> unique_row_grads_cpu(
       std::copy(r.unique_ids.begin(), r.unique_ids.end(), unique_ids.data_ptr<int64_t>());
       grads = at::empty({r.size(), dim}, p.grad_out.options());
       if (r.size() == 0 || dim == 0) return;
-      const BagGrad<scalar_t, index_t> grad{p.offsets.data_ptr<index_t>(),
-                                            p.psw.defined() ? p.psw.data_ptr<scalar_t>() : nullptr,
-                                            p.grad_out.data_ptr<scalar_t>(), mean, dim};
+      const SortedGrad<scalar_t> grad(r, p.offsets.data_ptr<index_t>(),
+                                      p.psw.defined() ? p.psw.data_ptr<scalar_t>() : nullptr,
+                                      mean, p.grad_out.data_ptr<scalar_t>(), dim);
       scalar_t* out = grads.data_ptr<scalar_t>();
       const int64_t grain = std::max<int64_t>(1, 4096 / dim);
       at::parallel_for(0, r.size(), grain, [&](int64_t begin, int64_t end) {
-        for (int64_t u = begin; u < end; ++u) grad.reduce(r, r.seg[u], r.seg[u + 1], out + u * dim);
+        for (int64_t u = begin; u < end; ++u) grad.reduce(r.seg[u], r.seg[u + 1], out + u * dim);
       });
     });
   });
