@@ -17,6 +17,39 @@ TORCH_LIBRARY(recis, m) {
   m.def(
       "bucketize(Tensor ids, Tensor lengths, Tensor? weights, Tensor boundaries) -> "
       "(Tensor, Tensor, Tensor, Tensor)");
+
+  // --- sparse gradients and fused sparse-optimizer updates (csrc/cpu/sparse_update.cpp) ---
+  // A table's gradient in bag form (a SparseGrad): row ids[j] of bag b gets
+  // grad_out[b] * per_sample_weights[j] (÷ bag length when mean); duplicates add.
+  // Per unique row, ascending: (unique_ids int64 [U], grads [U, dim]). Ids must be in
+  // [0, num_rows).
+  m.def(
+      "unique_row_grads(Tensor ids, Tensor offsets, Tensor? per_sample_weights, "
+      "Tensor grad_out, bool mean, int num_rows) -> (Tensor, Tensor)");
+  // Fused updates: each touched row of weight (and its state) is read and written
+  // once, with the gradient reduced over its duplicates. Untouched rows do not change.
+  // w -= lr * (g + weight_decay * w)
+  m.def(
+      "sparse_sgd_update(Tensor(a!) weight, Tensor ids, Tensor offsets, "
+      "Tensor? per_sample_weights, Tensor grad_out, bool mean, float lr, "
+      "float weight_decay) -> ()");
+  // g += weight_decay * w; s += g^2; w -= lr * g / (sqrt(s) + eps)   (state_sum [rows, dim])
+  m.def(
+      "sparse_adagrad_update(Tensor(a!) weight, Tensor(b!) state_sum, Tensor ids, "
+      "Tensor offsets, Tensor? per_sample_weights, Tensor grad_out, bool mean, float lr, "
+      "float eps, float weight_decay) -> ()");
+  // g += weight_decay * w; s += mean(g^2); w -= lr * g / (sqrt(s) + eps)   (state_sum [rows])
+  m.def(
+      "sparse_rowwise_adagrad_update(Tensor(a!) weight, Tensor(b!) state_sum, Tensor ids, "
+      "Tensor offsets, Tensor? per_sample_weights, Tensor grad_out, bool mean, float lr, "
+      "float eps, float weight_decay) -> ()");
+  // torch.optim.Adam (L2 weight decay) or AdamW (decoupled_weight_decay) with step
+  // count `step` (after this update, >= 1) for bias correction.
+  m.def(
+      "sparse_adam_update(Tensor(a!) weight, Tensor(b!) exp_avg, Tensor(c!) exp_avg_sq, "
+      "Tensor ids, Tensor offsets, Tensor? per_sample_weights, Tensor grad_out, bool mean, "
+      "float lr, float beta1, float beta2, float eps, float weight_decay, int step, "
+      "bool decoupled_weight_decay) -> ()");
 }
 
 // `import recis._C` loads this library, which registers the ops above with torch.

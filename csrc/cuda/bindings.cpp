@@ -5,7 +5,11 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include <cmath>
+#include <tuple>
+
 #include "cpu/common.h"
+#include "cpu/sparse_update_checks.h"
 #include "cuda/kernels.h"
 
 namespace recis {
@@ -70,6 +74,168 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> bucketize_cuda(
                         perm.data_ptr<int64_t>(), stream);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return {counts.to(lengths.scalar_type()), out_ids.to(ids.scalar_type()), out_w, perm};
+// --- sparse gradients and fused sparse-optimizer updates ---
+
+// The bag-form gradient as int64 ids/offsets and float32 weights, validated on the
+// device (one sync; the update must not start on bad ids or offsets).
+struct CudaGrad {
+  at::Tensor ids, offsets, psw, grad_out;
+  cuda::SparseGradView view() const {
+    return {ids.data_ptr<int64_t>(), offsets.data_ptr<int64_t>(),
+            psw.defined() ? psw.data_ptr<float>() : nullptr, grad_out.data_ptr<float>(),
+            ids.numel(), offsets.numel() - 1, grad_out.size(1), false};
+  }
+};
+
+CudaGrad prepare_grad(const char* op, const at::Tensor& ids, const at::Tensor& offsets,
+                      const std::optional<at::Tensor>& per_sample_weights,
+                      const at::Tensor& grad_out, int64_t rows) {
+  TORCH_CHECK(grad_out.scalar_type() == at::kFloat, op, " (CUDA): float32 only, got ",
+              grad_out.scalar_type());
+  CudaGrad g{ids.to(at::kLong).contiguous(), offsets.to(at::kLong).contiguous(), at::Tensor(),
+             grad_out.contiguous()};
+  if (per_sample_weights.has_value()) g.psw = per_sample_weights->to(at::kFloat).contiguous();
+  const int64_t nnz = g.ids.numel();
+  TORCH_CHECK(nnz < (int64_t{1} << 31), op, " (CUDA): at most 2^31 - 1 ids per call, got ", nnz);
+  const auto first = g.offsets[0].item<int64_t>(), last = g.offsets[-1].item<int64_t>();
+  TORCH_CHECK(first == 0 && last == nnz, op, ": offsets must start at 0 and end at ids.numel() (",
+              nnz, "), got ", first, " .. ", last);
+  if (g.offsets.numel() > 1) {
+    TORCH_CHECK((g.offsets.diff() >= 0).all().item<bool>(), op, ": offsets decrease");
+  }
+  if (nnz > 0) {
+    const auto bad = ((g.ids < 0) | (g.ids >= rows)).nonzero();
+    if (bad.numel() > 0) {
+      const int64_t j = bad[0][0].item<int64_t>();
+      TORCH_CHECK(false, op, ": id ", g.ids[j].item<int64_t>(), " at position ", j,
+                  " is outside [0, ", rows, ")");
+    }
+  }
+  return g;
+}
+
+at::Tensor workspace_for(const at::Tensor& like, int64_t nnz) {
+  return at::empty({static_cast<int64_t>(cuda::sparse_update_workspace_bytes(nnz))},
+                   like.options().dtype(at::kByte));
+}
+
+void run_update_cuda(const char* op, cuda::SparseOptim kind, const cuda::SparseOptimParams& params,
+                     at::Tensor& weight, at::Tensor* state0, at::Tensor* state1,
+                     const at::Tensor& ids, const at::Tensor& offsets,
+                     const std::optional<at::Tensor>& per_sample_weights,
+                     const at::Tensor& grad_out, bool mean) {
+  check_table(op, weight, grad_out);
+  check_sparse_grad(op, ids, offsets, per_sample_weights, grad_out, weight.size(1));
+  TORCH_CHECK(weight.scalar_type() == at::kFloat, op, " (CUDA): float32 weights only");
+  TORCH_CHECK(weight.size(1) <= cuda::max_sparse_update_dim(), op, " (CUDA): dim ",
+              weight.size(1), " is above the supported ", cuda::max_sparse_update_dim());
+  const c10::cuda::CUDAGuard guard(weight.device());
+  const CudaGrad g = prepare_grad(op, ids, offsets, per_sample_weights, grad_out, weight.size(0));
+  auto view = g.view();
+  view.mean = mean;
+  const auto ws = workspace_for(weight, view.nnz);
+  cuda::sparse_update_f32(kind, params, weight.data_ptr<float>(), weight.size(0),
+                          state0 ? state0->data_ptr<float>() : nullptr,
+                          state1 ? state1->data_ptr<float>() : nullptr, view, ws.data_ptr(),
+                          at::cuda::getCurrentCUDAStream());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+std::tuple<at::Tensor, at::Tensor> unique_row_grads_cuda(
+    const at::Tensor& ids, const at::Tensor& offsets,
+    const std::optional<at::Tensor>& per_sample_weights, const at::Tensor& grad_out, bool mean,
+    int64_t num_rows) {
+  constexpr const char* op = "recis.unique_row_grads";
+  check_sparse_grad(op, ids, offsets, per_sample_weights, grad_out, grad_out.size(-1));
+  const c10::cuda::CUDAGuard guard(grad_out.device());
+  const CudaGrad g = prepare_grad(op, ids, offsets, per_sample_weights, grad_out, num_rows);
+  auto view = g.view();
+  view.mean = mean;
+  const auto ws = workspace_for(grad_out, view.nnz);
+  const auto stream = at::cuda::getCurrentCUDAStream();
+  const int64_t num_unique = cuda::unique_rows(view, num_rows, ws.data_ptr(), stream);
+  auto unique_ids = at::empty({num_unique}, g.ids.options());
+  auto grads = at::empty({num_unique, view.dim}, g.grad_out.options());
+  cuda::unique_row_grads_f32(view, ws.data_ptr(), num_unique, unique_ids.data_ptr<int64_t>(),
+                             grads.data_ptr<float>(), stream);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return {unique_ids, grads};
+}
+
+void sparse_sgd_update_cuda(at::Tensor& weight, const at::Tensor& ids, const at::Tensor& offsets,
+                            const std::optional<at::Tensor>& per_sample_weights,
+                            const at::Tensor& grad_out, bool mean, double lr, double weight_decay) {
+  constexpr const char* op = "recis.sparse_sgd_update";
+  check_hyper(op, {{"lr", lr}, {"weight_decay", weight_decay}});
+  cuda::SparseOptimParams p;
+  p.lr = static_cast<float>(lr);
+  p.weight_decay = static_cast<float>(weight_decay);
+  run_update_cuda(op, cuda::SparseOptim::kSgd, p, weight, nullptr, nullptr, ids, offsets,
+                  per_sample_weights, grad_out, mean);
+}
+
+void adagrad_like_cuda(const char* op, cuda::SparseOptim kind, bool per_row, at::Tensor& weight,
+                       at::Tensor& state_sum, const at::Tensor& ids, const at::Tensor& offsets,
+                       const std::optional<at::Tensor>& per_sample_weights,
+                       const at::Tensor& grad_out, bool mean, double lr, double eps,
+                       double weight_decay) {
+  check_hyper(op, {{"lr", lr}, {"eps", eps}, {"weight_decay", weight_decay}});
+  check_table(op, weight, grad_out);
+  check_state(op, "state_sum", state_sum, weight, per_row);
+  cuda::SparseOptimParams p;
+  p.lr = static_cast<float>(lr);
+  p.eps = static_cast<float>(eps);
+  p.weight_decay = static_cast<float>(weight_decay);
+  run_update_cuda(op, kind, p, weight, &state_sum, nullptr, ids, offsets, per_sample_weights,
+                  grad_out, mean);
+}
+
+void sparse_adagrad_update_cuda(at::Tensor& weight, at::Tensor& state_sum, const at::Tensor& ids,
+                                const at::Tensor& offsets,
+                                const std::optional<at::Tensor>& per_sample_weights,
+                                const at::Tensor& grad_out, bool mean, double lr, double eps,
+                                double weight_decay) {
+  adagrad_like_cuda("recis.sparse_adagrad_update", cuda::SparseOptim::kAdagrad, false, weight,
+                    state_sum, ids, offsets, per_sample_weights, grad_out, mean, lr, eps,
+                    weight_decay);
+}
+
+void sparse_rowwise_adagrad_update_cuda(at::Tensor& weight, at::Tensor& state_sum,
+                                        const at::Tensor& ids, const at::Tensor& offsets,
+                                        const std::optional<at::Tensor>& per_sample_weights,
+                                        const at::Tensor& grad_out, bool mean, double lr,
+                                        double eps, double weight_decay) {
+  adagrad_like_cuda("recis.sparse_rowwise_adagrad_update", cuda::SparseOptim::kRowWiseAdagrad,
+                    true, weight, state_sum, ids, offsets, per_sample_weights, grad_out, mean, lr,
+                    eps, weight_decay);
+}
+
+void sparse_adam_update_cuda(at::Tensor& weight, at::Tensor& exp_avg, at::Tensor& exp_avg_sq,
+                             const at::Tensor& ids, const at::Tensor& offsets,
+                             const std::optional<at::Tensor>& per_sample_weights,
+                             const at::Tensor& grad_out, bool mean, double lr, double beta1,
+                             double beta2, double eps, double weight_decay, int64_t step,
+                             bool decoupled_weight_decay) {
+  constexpr const char* op = "recis.sparse_adam_update";
+  check_hyper(op, {{"lr", lr}, {"eps", eps}, {"weight_decay", weight_decay}});
+  TORCH_CHECK(beta1 >= 0.0 && beta1 < 1.0 && beta2 >= 0.0 && beta2 < 1.0, op,
+              ": betas must be in [0, 1), got (", beta1, ", ", beta2, ")");
+  TORCH_CHECK(step >= 1, op, ": step must be >= 1 (the count after this update), got ", step);
+  check_table(op, weight, grad_out);
+  check_state(op, "exp_avg", exp_avg, weight, false);
+  check_state(op, "exp_avg_sq", exp_avg_sq, weight, false);
+  cuda::SparseOptimParams p;
+  p.lr = static_cast<float>(lr);
+  p.beta1 = static_cast<float>(beta1);
+  p.beta2 = static_cast<float>(beta2);
+  p.eps = static_cast<float>(eps);
+  p.weight_decay = static_cast<float>(weight_decay);
+  p.decoupled = decoupled_weight_decay;
+  p.step_size = static_cast<float>(lr / (1.0 - std::pow(beta1, static_cast<double>(step))));
+  p.inv_bc2_sqrt =
+      static_cast<float>(1.0 / std::sqrt(1.0 - std::pow(beta2, static_cast<double>(step))));
+  run_update_cuda(op, cuda::SparseOptim::kAdam, p, weight, &exp_avg, &exp_avg_sq, ids, offsets,
+                  per_sample_weights, grad_out, mean);
 }
 
 }  // namespace
@@ -77,6 +243,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> bucketize_cuda(
 TORCH_LIBRARY_IMPL(recis, CUDA, m) {
   m.impl("pooled_lookup", &pooled_lookup_cuda);
   m.impl("bucketize", &bucketize_cuda);
+  m.impl("unique_row_grads", &unique_row_grads_cuda);
+  m.impl("sparse_sgd_update", &sparse_sgd_update_cuda);
+  m.impl("sparse_adagrad_update", &sparse_adagrad_update_cuda);
+  m.impl("sparse_rowwise_adagrad_update", &sparse_rowwise_adagrad_update_cuda);
+  m.impl("sparse_adam_update", &sparse_adam_update_cuda);
 }
 
 }  // namespace recis

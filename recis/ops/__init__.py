@@ -6,5 +6,23 @@ the tests compare the two on random inputs.
 
 from recis.ops.bucketize import Buckets, bucketize
 from recis.ops.pooled_lookup import MEAN, SUM, pooled_lookup
+from recis.ops.sparse_update import (
+    sparse_adagrad_update,
+    sparse_adam_update,
+    sparse_rowwise_adagrad_update,
+    sparse_sgd_update,
+    unique_row_grads,
+)
 
-__all__ = ["MEAN", "SUM", "Buckets", "bucketize", "pooled_lookup"]
+__all__ = [
+    "MEAN",
+    "SUM",
+    "Buckets",
+    "bucketize",
+    "pooled_lookup",
+    "sparse_adagrad_update",
+    "sparse_adam_update",
+    "sparse_rowwise_adagrad_update",
+    "sparse_sgd_update",
+    "unique_row_grads",
+]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -26,6 +28,124 @@ def pooled_lookup(
         if pooling == MEAN and stop > start:
             out[b] /= stop - start
     return out.to(weight.dtype)
+
+
+def _touched_grads(
+    ids: Tensor,
+    offsets: Tensor,
+    per_sample_weights: Tensor | None,
+    grad_out: Tensor,
+    mean: bool,
+    num_rows: int,
+) -> tuple[Tensor, Tensor]:
+    """Sorted unique ids and their float64 gradients, via the dense reference gradient."""
+    pooling = MEAN if mean else 0
+    dense = bag_row_grads(ids, offsets, per_sample_weights, pooling, grad_out.double(), num_rows)
+    touched = torch.unique(ids.long()) if ids.numel() else ids.new_zeros(0, dtype=torch.long)
+    return touched, dense[touched]
+
+
+def unique_row_grads(
+    ids: Tensor,
+    offsets: Tensor,
+    per_sample_weights: Tensor | None,
+    grad_out: Tensor,
+    mean: bool,
+    num_rows: int,
+) -> tuple[Tensor, Tensor]:
+    """Reference of :func:`recis.ops.unique_row_grads`."""
+    touched, grads = _touched_grads(ids, offsets, per_sample_weights, grad_out, mean, num_rows)
+    return touched, grads.to(grad_out.dtype)
+
+
+def sparse_sgd_update(
+    weight: Tensor,
+    ids: Tensor,
+    offsets: Tensor,
+    per_sample_weights: Tensor | None,
+    grad_out: Tensor,
+    mean: bool,
+    lr: float,
+    weight_decay: float = 0.0,
+) -> None:
+    """Reference of :func:`recis.ops.sparse_sgd_update` (float64 math on touched rows)."""
+    rows, g = _touched_grads(ids, offsets, per_sample_weights, grad_out, mean, weight.shape[0])
+    w = weight[rows].double()
+    weight[rows] = (w - lr * (g + weight_decay * w)).to(weight.dtype)
+
+
+def sparse_adagrad_update(
+    weight: Tensor,
+    state_sum: Tensor,
+    ids: Tensor,
+    offsets: Tensor,
+    per_sample_weights: Tensor | None,
+    grad_out: Tensor,
+    mean: bool,
+    lr: float,
+    eps: float,
+    weight_decay: float = 0.0,
+) -> None:
+    """Reference of :func:`recis.ops.sparse_adagrad_update`."""
+    rows, g = _touched_grads(ids, offsets, per_sample_weights, grad_out, mean, weight.shape[0])
+    w = weight[rows].double()
+    g = g + weight_decay * w
+    s = state_sum[rows].double() + g * g
+    state_sum[rows] = s.to(state_sum.dtype)
+    weight[rows] = (w - lr * g / (s.sqrt() + eps)).to(weight.dtype)
+
+
+def sparse_rowwise_adagrad_update(
+    weight: Tensor,
+    state_sum: Tensor,
+    ids: Tensor,
+    offsets: Tensor,
+    per_sample_weights: Tensor | None,
+    grad_out: Tensor,
+    mean: bool,
+    lr: float,
+    eps: float,
+    weight_decay: float = 0.0,
+) -> None:
+    """Reference of :func:`recis.ops.sparse_rowwise_adagrad_update`."""
+    rows, g = _touched_grads(ids, offsets, per_sample_weights, grad_out, mean, weight.shape[0])
+    w = weight[rows].double()
+    g = g + weight_decay * w
+    s = state_sum[rows].double() + (g * g).mean(dim=1)
+    state_sum[rows] = s.to(state_sum.dtype)
+    weight[rows] = (w - lr * g / (s.sqrt() + eps)[:, None]).to(weight.dtype)
+
+
+def sparse_adam_update(
+    weight: Tensor,
+    exp_avg: Tensor,
+    exp_avg_sq: Tensor,
+    ids: Tensor,
+    offsets: Tensor,
+    per_sample_weights: Tensor | None,
+    grad_out: Tensor,
+    mean: bool,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+    step: int,
+    decoupled_weight_decay: bool,
+) -> None:
+    """Reference of :func:`recis.ops.sparse_adam_update` (torch.optim.Adam(W) math)."""
+    rows, g = _touched_grads(ids, offsets, per_sample_weights, grad_out, mean, weight.shape[0])
+    w = weight[rows].double()
+    if decoupled_weight_decay:
+        w = w * (1 - lr * weight_decay)
+    else:
+        g = g + weight_decay * w
+    m = beta1 * exp_avg[rows].double() + (1 - beta1) * g
+    v = beta2 * exp_avg_sq[rows].double() + (1 - beta2) * g * g
+    denom = v.sqrt() / math.sqrt(1 - beta2**step) + eps
+    exp_avg[rows] = m.to(exp_avg.dtype)
+    exp_avg_sq[rows] = v.to(exp_avg_sq.dtype)
+    weight[rows] = (w - lr / (1 - beta1**step) * m / denom).to(weight.dtype)
 
 
 def bag_row_grads(

@@ -1,0 +1,311 @@
+"""Kernel benchmark: pooled lookup forward + backward + fused sparse optimizer step.
+
+Compares, in the same process and alternating iteration by iteration:
+  * recis       - EmbeddingTable + table_lookup (recis::pooled_lookup) + a recis.optim
+                  sparse optimizer (fused dedup + reduce + update kernel);
+  * fbgemm      - FBGEMM SplitTableBatchedEmbeddingBagsCodegen on CPU with the same
+                  fused optimizer (EXACT_ROWWISE_ADAGRAD / EXACT_SGD; FBGEMM's CPU path
+                  has no ADAM, so Adam has no FBGEMM column);
+  * torch       - plain PyTorch: F.embedding_bag forward, the gradient per unique row
+                  with torch.unique + index_add_, the optimizer math on the gathered rows,
+                  scattered back with index_copy_.
+It also measures the machine's memory copy bandwidth (a large tensor copy) and reports
+the effective bandwidth of recis' update step (bytes of rows and state read and
+written, plus grad_out read once) as a fraction of it.
+
+Prints one JSON line per result, then a markdown table.
+
+    python benchmarks/kernels.py            # 8 tables x 1M rows, dims 64 and 128
+    python benchmarks/kernels.py --small    # a quick run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+from recis.nn import EmbeddingBagConfig, EmbeddingTable, table_lookup
+from recis.optim import SparseAdam, SparseRowWiseAdagrad, SparseSGD
+
+LR, EPS, BETAS = 0.01, 1e-8, (0.9, 0.999)
+
+
+def zipf_ids(rows: int, n: int, alpha: float, perm: torch.Tensor) -> torch.Tensor:
+    """n ids with Zipf(alpha) popularity, hot ids scattered over the table by `perm`."""
+    u = torch.rand(n, dtype=torch.float64)
+    if alpha == 1.0:
+        rank = torch.exp(u * torch.log(torch.tensor(float(rows))))
+    else:
+        # Inverse CDF of the continuous power law on [1, rows + 1).
+        a = 1.0 - alpha
+        rank = (1.0 + u * ((rows + 1.0) ** a - 1.0)) ** (1.0 / a)
+    return perm[(rank.long() - 1).clamp_(0, rows - 1)]
+
+
+def make_batches(args, dim: int) -> list[dict]:
+    batches = []
+    perms = [torch.randperm(args.rows) for _ in range(args.tables)]
+    for _ in range(args.batches):
+        per_table = []
+        for t in range(args.tables):
+            lengths = torch.randint(
+                max(0, args.pooling - 5), args.pooling + 6, (args.batch,), dtype=torch.long
+            )
+            offsets = torch.zeros(args.batch + 1, dtype=torch.long)
+            offsets[1:] = lengths.cumsum(0)
+            ids = zipf_ids(args.rows, int(offsets[-1]), args.zipf, perms[t])
+            per_table.append((ids, offsets))
+        # FBGEMM's layout: table-major ids, T * B + 1 offsets.
+        all_ids = torch.cat([ids for ids, _ in per_table])
+        all_lengths = torch.cat([o.diff() for _, o in per_table])
+        all_offsets = torch.zeros(all_lengths.numel() + 1, dtype=torch.long)
+        all_offsets[1:] = all_lengths.cumsum(0)
+        grad = torch.randn(args.batch, args.tables * dim) * 1e-3
+        batches.append({"tables": per_table, "ids": all_ids, "offsets": all_offsets, "grad": grad})
+    return batches
+
+
+def copy_bandwidth(mib: int = 1024, repeats: int = 5) -> float:
+    """Bytes/s of a large tensor copy (read + write counted), best of `repeats`."""
+    src = torch.ones(mib * 2**20 // 4)
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        dst.copy_(src)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * src.numel() * 4 / best
+
+
+# --- recis ---
+
+
+class Recis:
+    name = "recis"
+
+    def __init__(self, args, dim: int, optim: str, init: list[torch.Tensor]) -> None:
+        self.tables = {
+            f"t{i}": EmbeddingTable(
+                EmbeddingBagConfig(f"t{i}", args.rows, dim, [f"f{i}"]), w.clone()
+            )
+            for i, w in enumerate(init)
+        }
+        cls = {"rowwise_adagrad": SparseRowWiseAdagrad, "adam": SparseAdam, "sgd": SparseSGD}[optim]
+        kw = {"eps": EPS} if optim != "sgd" else {}
+        if optim == "adam":
+            kw["betas"] = BETAS
+        self.opt = cls(self.tables, lr=LR, **kw)
+        self.step_times: list[float] = []
+
+    def run(self, batch: dict) -> None:
+        outs = [
+            table_lookup(table, ids, offsets)
+            for table, (ids, offsets) in zip(self.tables.values(), batch["tables"], strict=True)
+        ]
+        torch.cat(outs, dim=1).backward(batch["grad"])
+        t0 = time.perf_counter()
+        self.opt.step()
+        self.step_times.append(time.perf_counter() - t0)
+        self.opt.zero_grad()
+
+
+# --- FBGEMM TBE ---
+
+
+class Fbgemm:
+    name = "fbgemm"
+
+    def __init__(self, args, dim: int, optim: str, init: list[torch.Tensor]) -> None:
+        from fbgemm_gpu.split_embedding_configs import EmbOptimType
+        from fbgemm_gpu.split_table_batched_embeddings_ops_common import (
+            EmbeddingLocation,
+            PoolingMode,
+        )
+        from fbgemm_gpu.split_table_batched_embeddings_ops_training import (
+            ComputeDevice,
+            SplitTableBatchedEmbeddingBagsCodegen,
+        )
+
+        kind = {
+            "rowwise_adagrad": EmbOptimType.EXACT_ROWWISE_ADAGRAD,
+            "sgd": EmbOptimType.EXACT_SGD,
+        }[optim]
+        self.emb = SplitTableBatchedEmbeddingBagsCodegen(
+            embedding_specs=[
+                (args.rows, dim, EmbeddingLocation.HOST, ComputeDevice.CPU) for _ in init
+            ],
+            optimizer=kind,
+            learning_rate=LR,
+            eps=EPS,
+            pooling_mode=PoolingMode.SUM,
+        )
+        with torch.no_grad():
+            for w, src in zip(self.emb.split_embedding_weights(), init, strict=True):
+                w.copy_(src)
+
+    def run(self, batch: dict) -> None:
+        out = self.emb(batch["ids"], batch["offsets"])
+        out.backward(batch["grad"])  # the fused optimizer runs in backward
+
+
+# --- plain torch ---
+
+
+class PlainTorch:
+    name = "torch"
+
+    def __init__(self, args, dim: int, optim: str, init: list[torch.Tensor]) -> None:
+        self.weights = [w.clone() for w in init]
+        self.optim = optim
+        if optim == "rowwise_adagrad":
+            self.states = [[torch.zeros(args.rows)] for _ in init]
+        elif optim == "adam":
+            self.states = [[torch.zeros_like(w), torch.zeros_like(w)] for w in init]
+            self.step = 0
+        else:
+            self.states = [[] for _ in init]
+
+    def _update(self, weight: torch.Tensor, state: list[torch.Tensor], rows, g) -> None:
+        w = weight.index_select(0, rows)
+        if self.optim == "sgd":
+            w.sub_(g, alpha=LR)
+        elif self.optim == "rowwise_adagrad":
+            s = state[0].index_select(0, rows).add_(g.pow(2).mean(dim=1))
+            state[0].index_copy_(0, rows, s)
+            w.sub_(g * (LR / (s.sqrt() + EPS))[:, None])
+        else:
+            m = state[0].index_select(0, rows).lerp_(g, 1 - BETAS[0])
+            v = state[1].index_select(0, rows).mul_(BETAS[1]).addcmul_(g, g, value=1 - BETAS[1])
+            state[0].index_copy_(0, rows, m)
+            state[1].index_copy_(0, rows, v)
+            bc1, bc2 = 1 - BETAS[0] ** self.step, 1 - BETAS[1] ** self.step
+            w.addcdiv_(m, (v.sqrt() / bc2**0.5).add_(EPS), value=-LR / bc1)
+        weight.index_copy_(0, rows, w)
+
+    def run(self, batch: dict) -> None:
+        weights = [w.detach().requires_grad_(False) for w in self.weights]
+        dim = weights[0].shape[1]
+        outs = [
+            F.embedding_bag(ids, w, offsets[:-1], mode="sum")
+            for w, (ids, offsets) in zip(weights, batch["tables"], strict=True)
+        ]
+        torch.cat(outs, dim=1)  # forward output (the loss's input)
+        grads = batch["grad"].split(dim, dim=1)
+        if self.optim == "adam":
+            self.step += 1
+        for t, (ids, offsets) in enumerate(batch["tables"]):
+            rows, inverse = torch.unique(ids, return_inverse=True)
+            bag = torch.repeat_interleave(torch.arange(offsets.numel() - 1), offsets.diff())
+            g = torch.zeros(rows.numel(), dim).index_add_(0, inverse, grads[t].index_select(0, bag))
+            self._update(self.weights[t], self.states[t], rows, g)
+
+
+def measure(impls: list, batches: list[dict], warmup: int, iters: int) -> dict[str, float]:
+    """Median seconds per iteration of each implementation, run alternately."""
+    times: dict[str, list[float]] = {impl.name: [] for impl in impls}
+    for i in range(warmup + iters):
+        batch = batches[i % len(batches)]
+        for impl in impls:
+            t0 = time.perf_counter()
+            impl.run(batch)
+            if i >= warmup:
+                times[impl.name].append(time.perf_counter() - t0)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def update_bytes(
+    batches: list[dict], dim: int, optim: str, tables: int, batch: int
+) -> tuple[float, float]:
+    """Bytes the update must move per step (median batch): rows + state read and
+    written once per unique row, grad_out read once."""
+    uniques = [sum(torch.unique(ids).numel() for ids, _ in b["tables"]) for b in batches]
+    u = statistics.median(uniques)
+    row = dim * 4
+    per_row = {"sgd": 2 * row, "rowwise_adagrad": 2 * row + 8, "adam": 6 * row}[optim]
+    return u * per_row + tables * batch * row, u
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--tables", type=int, default=8)
+    p.add_argument("--rows", type=int, default=1_000_000)
+    p.add_argument("--dims", default="64,128")
+    p.add_argument("--batch", type=int, default=8192)
+    p.add_argument("--pooling", type=int, default=20, help="mean ids per bag")
+    p.add_argument("--zipf", type=float, default=1.05)
+    p.add_argument("--optimizers", default="rowwise_adagrad,adam,sgd")
+    p.add_argument("--batches", type=int, default=4, help="distinct batches cycled through")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--iters", type=int, default=8)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--no-fbgemm", action="store_true")
+    p.add_argument("--small", action="store_true", help="4 tables x 100k rows, batch 2048")
+    args = p.parse_args(argv)
+    if args.small:
+        args.tables, args.rows, args.batch, args.iters = 4, 100_000, 2048, 5
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    bw = copy_bandwidth()
+    print(json.dumps({"metric": "memory_copy_bandwidth_GBps", "value": round(bw / 1e9, 2),
+                      "threads": torch.get_num_threads()}))  # fmt: skip
+    rows_out = []
+    for dim in [int(d) for d in args.dims.split(",")]:
+        batches = make_batches(args, dim)
+        nnz = statistics.median(sum(ids.numel() for ids, _ in b["tables"]) for b in batches)
+        for optim in args.optimizers.split(","):
+            init = [torch.empty(args.rows, dim).uniform_(-0.01, 0.01) for _ in range(args.tables)]
+            impls: list = [Recis(args, dim, optim, init)]
+            if not args.no_fbgemm and optim != "adam":
+                impls.append(Fbgemm(args, dim, optim, init))
+            impls.append(PlainTorch(args, dim, optim, init))
+            del init
+            secs = measure(impls, batches, args.warmup, args.iters)
+            step = statistics.median(impls[0].step_times[args.warmup :])
+            nbytes, uniq = update_bytes(batches, dim, optim, args.tables, args.batch)
+            result = {
+                "benchmark": "sparse_fwd_bwd_step",
+                "optimizer": optim,
+                "dim": dim,
+                "tables": args.tables,
+                "rows": args.rows,
+                "batch": args.batch,
+                "ids_per_step": nnz,
+                "unique_rows_per_step": uniq,
+                "threads": torch.get_num_threads(),
+                **{f"{n}_ms": round(s * 1e3, 2) for n, s in secs.items()},
+                **{f"{n}_ids_per_s": round(nnz / s) for n, s in secs.items()},
+                "recis_step_ms": round(step * 1e3, 2),
+                "recis_update_GBps": round(nbytes / step / 1e9, 2),
+                "recis_update_bw_fraction": round(nbytes / step / bw, 3),
+            }
+            for n, s in secs.items():
+                if n != "recis":
+                    result[f"speedup_vs_{n}"] = round(s / secs["recis"], 2)
+            print(json.dumps(result), flush=True)
+            rows_out.append(result)
+            del impls
+    print()
+    print(
+        "| optimizer | dim | recis ms | fbgemm ms | torch ms | recis ids/s | x fbgemm | x torch "
+        "| recis step ms | update GB/s | of copy BW |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows_out:
+        print(
+            f"| {r['optimizer']} | {r['dim']} | {r['recis_ms']} | {r.get('fbgemm_ms', 'n/a')} "
+            f"| {r['torch_ms']} | {r['recis_ids_per_s']:.3g} | {r.get('speedup_vs_fbgemm', 'n/a')} "
+            f"| {r['speedup_vs_torch']} | {r['recis_step_ms']} | {r['recis_update_GBps']} "
+            f"| {r['recis_update_bw_fraction']:.0%} |"
+        )
+    print(f"\nmemory copy bandwidth: {bw / 1e9:.2f} GB/s ({torch.get_num_threads()} threads)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,95 @@
+#pragma once
+// Deduplication of a SparseGrad's ids on CPU: groups the positions of each unique
+// id so that one thread can reduce a row's gradient and update it alone.
+//
+// Every position j packs into one 64-bit key (id << pos_bits | j); an LSD radix
+// sort over the id bits only (stable, 11-bit digits, as many passes as the largest
+// id needs) orders the keys by (id, j). Memory is O(nnz), never O(table rows).
+#include <ATen/Parallel.h>
+#include <c10/util/Exception.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+namespace recis {
+
+struct RowSegments {
+  std::vector<int64_t> unique_ids;  // ascending
+  std::vector<int64_t> seg;         // unique_ids.size() + 1 starts into `pos`
+  std::vector<int64_t> pos;         // positions in ids, grouped by id, ascending within a group
+  std::vector<int64_t> bag_of;      // position -> its bag
+  int64_t size() const { return static_cast<int64_t>(unique_ids.size()); }
+};
+
+inline int bit_width_u64(uint64_t x) { return x == 0 ? 0 : 64 - __builtin_clzll(x); }
+
+// Checks offsets (CSR, start 0, end nnz, non-decreasing) and ids (in [0, rows));
+// `op` names the caller in errors. Nothing is written before every check passed.
+template <typename index_t>
+RowSegments dedup_rows(const char* op, const index_t* ids, int64_t nnz, const index_t* offsets,
+                       int64_t num_bags, int64_t rows) {
+  TORCH_CHECK(offsets[0] == 0 && offsets[num_bags] == nnz, op,
+              ": offsets must start at 0 and end at ids.numel() (", nnz, "), got ", offsets[0],
+              " .. ", offsets[num_bags]);
+  // Non-decreasing from 0 to nnz keeps every offset in [0, nnz]: check all first.
+  for (int64_t b = 0; b < num_bags; ++b) {
+    TORCH_CHECK(offsets[b] <= offsets[b + 1], op, ": offsets decrease at bag ", b, " (",
+                offsets[b], " > ", offsets[b + 1], ")");
+  }
+  RowSegments r;
+  r.bag_of.resize(nnz);
+  for (int64_t b = 0; b < num_bags; ++b) {
+    std::fill(r.bag_of.begin() + offsets[b], r.bag_of.begin() + offsets[b + 1], b);
+  }
+  if (nnz == 0) {
+    r.seg.push_back(0);
+    return r;
+  }
+  int64_t max_id = 0;
+  for (int64_t j = 0; j < nnz; ++j) {
+    const int64_t id = ids[j];
+    TORCH_CHECK(id >= 0 && id < rows, op, ": id ", id, " at position ", j, " is outside [0, ",
+                rows, ")");
+    max_id = std::max(max_id, id);
+  }
+  const int pos_bits = std::max(1, bit_width_u64(static_cast<uint64_t>(nnz - 1)));
+  const int id_bits = bit_width_u64(static_cast<uint64_t>(max_id));
+  TORCH_CHECK(pos_bits + id_bits <= 64, op, ": ", nnz, " ids with ids up to ", max_id,
+              " do not fit the 64-bit sort key");
+  std::vector<uint64_t> keys(nnz), tmp(nnz);
+  for (int64_t j = 0; j < nnz; ++j) {
+    keys[j] = (static_cast<uint64_t>(ids[j]) << pos_bits) | static_cast<uint64_t>(j);
+  }
+  constexpr int kDigit = 11;
+  constexpr int64_t kBuckets = int64_t{1} << kDigit;
+  std::vector<int64_t> count(kBuckets);
+  for (int shift = pos_bits; shift < pos_bits + id_bits; shift += kDigit) {
+    std::fill(count.begin(), count.end(), 0);
+    for (int64_t j = 0; j < nnz; ++j) ++count[(keys[j] >> shift) & (kBuckets - 1)];
+    int64_t sum = 0;
+    for (auto& c : count) {
+      const int64_t n = c;
+      c = sum;
+      sum += n;
+    }
+    for (int64_t j = 0; j < nnz; ++j) tmp[count[(keys[j] >> shift) & (kBuckets - 1)]++] = keys[j];
+    keys.swap(tmp);
+  }
+  const uint64_t pos_mask = (pos_bits == 64) ? ~uint64_t{0} : ((uint64_t{1} << pos_bits) - 1);
+  r.pos.resize(nnz);
+  int64_t prev = -1;
+  for (int64_t k = 0; k < nnz; ++k) {
+    const auto id = static_cast<int64_t>(keys[k] >> pos_bits);
+    r.pos[k] = static_cast<int64_t>(keys[k] & pos_mask);
+    if (id != prev) {
+      r.unique_ids.push_back(id);
+      r.seg.push_back(k);
+      prev = id;
+    }
+  }
+  r.seg.push_back(nnz);
+  return r;
+}
+
+}  // namespace recis

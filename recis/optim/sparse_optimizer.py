@@ -1,0 +1,217 @@
+"""SparseOptimizer: the base of the fused sparse optimizers over embedding tables."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from recis.nn.table import EmbeddingTable, SparseGrad
+
+# Kinds of per-table state tensors: shaped like the table's local weight, one value
+# per row, or a 0-d scalar (identical on every shard of a table).
+ELEMENT, ROW, SCALAR = "element", "row", "scalar"
+
+
+def check_non_negative(cls_name: str, **values: float) -> None:
+    """Raises ``ValueError`` naming the first negative hyper-parameter."""
+    for name, value in values.items():
+        if not value >= 0.0:  # also rejects NaN
+            raise ValueError(f"{cls_name}: {name} must be >= 0, got {value}")
+
+
+class SparseOptimizer(torch.optim.Optimizer):
+    """Base of the sparse optimizers: lazily updates the rows each table's gradient touches.
+
+    ``tables`` maps names to :class:`~recis.nn.EmbeddingTable` (what
+    :func:`~recis.nn.filter_out_sparse_param` returns). The tables' weights and the
+    hyper-parameters form one param group, so ``torch.optim.lr_scheduler`` works;
+    the group's ``"table_names"`` lists the tables in order. ``step()`` applies each
+    table's :meth:`~recis.nn.EmbeddingTable.sparse_grad` with a fused kernel
+    (tables without gradient are skipped); ``zero_grad()`` clears the records.
+
+    State is kept per table, created on first use: :meth:`table_state` /
+    :meth:`set_table_state` read and replace it (checkpointing, resharding), and
+    ``state_dict()`` / ``load_state_dict()`` round-trip it with the hyper-parameters.
+
+    Subclasses define :meth:`_state_spec` and :meth:`_update`.
+    """
+
+    def __init__(self, tables: Mapping[str, EmbeddingTable], defaults: dict[str, Any]) -> None:
+        if not isinstance(tables, Mapping):
+            raise TypeError(
+                f"{type(self).__name__}: tables must be a dict name -> EmbeddingTable "
+                f"(see recis.nn.filter_out_sparse_param), got {type(tables).__name__}"
+            )
+        for name, table in tables.items():
+            if not isinstance(table, EmbeddingTable):
+                raise TypeError(
+                    f"{type(self).__name__}: table {name!r} is a {type(table).__name__}, "
+                    "not an EmbeddingTable"
+                )
+        self._tables: dict[str, EmbeddingTable] = dict(tables)
+        self._table_states: dict[str, dict[str, Tensor]] = {}
+        group = {"params": [t.weight for t in self._tables.values()], "table_names": list(tables)}
+        super().__init__([group], defaults)
+
+    # --- what subclasses provide ---
+
+    def _state_spec(self, group: dict[str, Any]) -> dict[str, tuple[str, float]]:
+        """State name -> (kind, initial value) for one table."""
+        raise NotImplementedError
+
+    def _update(
+        self, table: EmbeddingTable, grad: SparseGrad, state: dict[str, Tensor], group: dict
+    ) -> None:
+        """Applies ``grad`` to ``table.weight`` and ``state`` in place."""
+        raise NotImplementedError
+
+    # --- torch.optim.Optimizer interface ---
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        names = param_group.get("table_names")
+        params = param_group.get("params")
+        if names is None or params is None or len(names) != len(list(params)):
+            raise ValueError(
+                f"{type(self).__name__}: a param group needs 'table_names' matching its "
+                "'params' (build the optimizer from a dict of EmbeddingTables instead)"
+            )
+        super().add_param_group(param_group)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Clears the gradient recorded in every table."""
+        for table in self._tables.values():
+            table.zero_grad()
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        """Updates every table that has a gradient; returns ``closure()`` if given."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for name in group["table_names"]:
+                table = self._tables[name]
+                grad = table.sparse_grad()
+                if grad is None:
+                    continue
+                weight = table.weight
+                if grad.grad_out.dtype != weight.dtype:
+                    grad = SparseGrad(
+                        grad.ids,
+                        grad.offsets,
+                        grad.per_sample_weights,
+                        grad.grad_out.to(weight.dtype),
+                        grad.mean,
+                    )
+                self._update(table, grad, self._ensure_state(name, group), group)
+        return loss
+
+    # --- per-table state ---
+
+    @property
+    def tables(self) -> dict[str, EmbeddingTable]:
+        """The tables this optimizer updates, by name."""
+        return dict(self._tables)
+
+    def _group_of(self, name: str) -> dict[str, Any]:
+        for group in self.param_groups:
+            if name in group["table_names"]:
+                return group
+        raise KeyError(
+            f"{type(self).__name__}: no table named {name!r} (tables: {sorted(self._tables)})"
+        )
+
+    def _ensure_state(self, name: str, group: dict[str, Any]) -> dict[str, Tensor]:
+        state = self._table_states.get(name)
+        if state is None:
+            weight = self._tables[name].weight
+            state = {}
+            for key, (kind, init) in self._state_spec(group).items():
+                if kind == SCALAR:
+                    state[key] = torch.zeros((), dtype=torch.int64, device=weight.device) + int(
+                        init
+                    )
+                else:
+                    shape = weight.shape if kind == ELEMENT else weight.shape[:1]
+                    state[key] = torch.full(
+                        shape, init, dtype=weight.dtype, device=weight.device
+                    ).contiguous()
+            self._table_states[name] = state
+        return state
+
+    def table_state(self, name: str) -> dict[str, Tensor]:
+        """The optimizer state of table ``name`` (created if it was never stepped).
+
+        Each tensor is shaped like the table's local weight ``[rows, cols]``, or
+        ``[rows]`` (one value per row), or 0-d (a scalar such as Adam's ``step``).
+        The tensors are the live state: copy them before changing them.
+
+        Example::
+
+            >>> opt = SparseRowWiseAdagrad(filter_out_sparse_param(model), lr=0.1)
+            >>> opt.table_state("t0")["state_sum"].shape
+            torch.Size([1000])
+        """
+        return dict(self._ensure_state(name, self._group_of(name)))
+
+    def set_table_state(self, name: str, state: Mapping[str, Tensor]) -> None:
+        """Replaces the optimizer state of table ``name`` (checkpoint load, resharding).
+
+        ``state`` must hold exactly the keys of :meth:`table_state`, each with the
+        shape it has there; values are copied to the weight's device and dtype.
+        """
+        group = self._group_of(name)
+        spec = self._state_spec(group)
+        if set(state) != set(spec):
+            raise ValueError(
+                f"{type(self).__name__}: state of table {name!r} must have keys "
+                f"{sorted(spec)}, got {sorted(state)}"
+            )
+        weight = self._tables[name].weight
+        new: dict[str, Tensor] = {}
+        for key, (kind, _) in spec.items():
+            value = torch.as_tensor(state[key])
+            want = {ELEMENT: tuple(weight.shape), ROW: tuple(weight.shape[:1]), SCALAR: ()}[kind]
+            if tuple(value.shape) != want:
+                raise ValueError(
+                    f"{type(self).__name__}: state {key!r} of table {name!r} must have shape "
+                    f"{list(want)}, got {list(value.shape)}"
+                )
+            dtype = torch.int64 if kind == SCALAR else weight.dtype
+            new[key] = value.detach().to(device=weight.device, dtype=dtype).clone().contiguous()
+        self._table_states[name] = new
+
+    def state_dict(self) -> dict[str, Any]:
+        """``{"state": {table: {name: tensor}}, "param_groups": [...]}`` like torch's."""
+        groups, index = [], 0
+        for group in self.param_groups:
+            packed = {k: v for k, v in group.items() if k != "params"}
+            packed["table_names"] = list(group["table_names"])
+            packed["params"] = list(range(index, index + len(group["params"])))
+            index += len(group["params"])
+            groups.append(packed)
+        state = {name: self.table_state(name) for name in self._tables}
+        return {"state": state, "param_groups": groups}
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        """Restores hyper-parameters and per-table state saved by :meth:`state_dict`."""
+        groups = state_dict["param_groups"]
+        saved_names = [n for g in groups for n in g["table_names"]]
+        ours = [n for g in self.param_groups for n in g["table_names"]]
+        if len(groups) != len(self.param_groups) or saved_names != ours:
+            raise ValueError(
+                f"{type(self).__name__}: the state dict is for tables {saved_names}, "
+                f"this optimizer has {ours}"
+            )
+        for name, table_state in state_dict["state"].items():
+            if name not in self._tables:
+                raise ValueError(f"{type(self).__name__}: state for unknown table {name!r}")
+            self.set_table_state(name, table_state)
+        for group, saved in zip(self.param_groups, groups, strict=True):
+            for key, value in saved.items():
+                if key not in ("params", "table_names"):
+                    group[key] = value

@@ -1,0 +1,332 @@
+"""The fused sparse-update kernels and unique_row_grads against their references."""
+
+import pytest
+import torch
+
+from recis import ops
+from recis.ops import reference
+
+
+def random_grad(
+    num_bags, rows, max_len, dim, dtype=torch.float64, index=torch.long, weighted=False
+):
+    lengths = torch.randint(0, max_len + 1, (num_bags,))
+    lengths[torch.rand(num_bags) < 0.2] = 0  # empty bags
+    offsets = torch.zeros(num_bags + 1, dtype=index)
+    offsets[1:] = torch.cumsum(lengths, 0)
+    ids = torch.randint(0, rows, (int(lengths.sum()),), dtype=index)
+    psw = torch.rand(ids.numel(), dtype=dtype) if weighted else None
+    grad_out = torch.randn(num_bags, dim, dtype=dtype)
+    return ids, offsets, psw, grad_out
+
+
+def _state_like(weight, kind):
+    if kind == "row":
+        return torch.rand(weight.shape[0], dtype=weight.dtype)
+    return torch.rand_like(weight)
+
+
+# name -> (extra state kinds, hyper-parameters after `mean`)
+UPDATES = {
+    "sparse_sgd_update": ([], dict(lr=0.1, weight_decay=0.01)),
+    "sparse_adagrad_update": (["elem"], dict(lr=0.1, eps=1e-6, weight_decay=0.01)),
+    "sparse_rowwise_adagrad_update": (["row"], dict(lr=0.1, eps=1e-6, weight_decay=0.01)),
+    "sparse_adam_update": (
+        ["elem", "elem"],
+        dict(
+            lr=0.01,
+            beta1=0.9,
+            beta2=0.99,
+            eps=1e-6,
+            weight_decay=0.01,
+            step=3,
+            decoupled_weight_decay=False,
+        ),
+    ),
+    "adamw": (
+        ["elem", "elem"],
+        dict(
+            lr=0.01,
+            beta1=0.8,
+            beta2=0.95,
+            eps=1e-6,
+            weight_decay=0.1,
+            step=1,
+            decoupled_weight_decay=True,
+        ),
+    ),
+}
+
+
+def _run_both(name, weight, grad, states=None):
+    kinds, hyper = UPDATES[name]
+    op_name = "sparse_adam_update" if name == "adamw" else name
+    ids, offsets, psw, grad_out, mean = grad
+    if states is None:
+        states = [_state_like(weight, k) for k in kinds]
+    ours_w, ours_s = weight.clone(), [s.clone() for s in states]
+    ref_w, ref_s = weight.clone(), [s.clone() for s in states]
+    getattr(ops, op_name)(ours_w, *ours_s, ids, offsets, psw, grad_out, mean, **hyper)
+    getattr(reference, op_name)(ref_w, *ref_s, ids, offsets, psw, grad_out, mean, **hyper)
+    return (ours_w, ours_s), (ref_w, ref_s)
+
+
+def _assert_same(ours, ref, weight, ids, **tol):
+    (ours_w, ours_s), (ref_w, ref_s) = ours, ref
+    torch.testing.assert_close(ours_w, ref_w, **tol)
+    for a, b in zip(ours_s, ref_s, strict=True):
+        torch.testing.assert_close(a, b, **tol)
+    untouched = torch.ones(weight.shape[0], dtype=torch.bool)
+    untouched[ids.long()] = False
+    assert torch.equal(ours_w[untouched], weight[untouched])
+
+
+@pytest.mark.parametrize("name", list(UPDATES))
+@pytest.mark.parametrize("dim", [1, 3, 127, 129])
+@pytest.mark.parametrize("mean", [False, True])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_update_matches_reference(name, dim, mean, weighted):
+    weight = torch.randn(40, dim, dtype=torch.float64)
+    ids, offsets, psw, grad_out = random_grad(25, 40, 6, dim, weighted=weighted)
+    ours, ref = _run_both(name, weight, (ids, offsets, psw, grad_out, mean))
+    _assert_same(ours, ref, weight, ids)
+
+
+@pytest.mark.parametrize("name", list(UPDATES))
+def test_update_float32_and_int32_ids(name):
+    weight = torch.randn(60, 16)
+    ids, offsets, psw, grad_out = random_grad(
+        30, 60, 8, 16, dtype=torch.float32, index=torch.int32, weighted=True
+    )
+    ours, ref = _run_both(name, weight, (ids, offsets, psw, grad_out, True))
+    _assert_same(ours, ref, weight, ids, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", list(UPDATES))
+def test_all_duplicate_ids_and_a_single_row_table(name):
+    weight = torch.randn(1, 5, dtype=torch.float64)
+    ids = torch.zeros(9, dtype=torch.long)
+    offsets = torch.tensor([0, 4, 4, 9])
+    grad_out = torch.randn(3, 5, dtype=torch.float64)
+    ours, ref = _run_both(name, weight, (ids, offsets, None, grad_out, False))
+    _assert_same(ours, ref, weight, ids)
+
+
+@pytest.mark.parametrize("name", list(UPDATES))
+def test_no_ids_changes_nothing(name):
+    weight = torch.randn(7, 4, dtype=torch.float64)
+    ids = torch.zeros(0, dtype=torch.long)
+    offsets = torch.zeros(4, dtype=torch.long)  # three empty bags
+    ours, _ = _run_both(name, weight, (ids, offsets, None, torch.randn(3, 4).double(), True))
+    assert torch.equal(ours[0], weight)
+
+
+def test_large_ids_sort_across_several_radix_digits():
+    # ids above 2^22 need two 11-bit digits beyond the position bits.
+    rows = (1 << 23) + 5
+    weight = torch.zeros(1, 2).expand(rows, 2)  # only read through unique_row_grads
+    del weight
+    ids = torch.tensor([rows - 1, 3, 1 << 22, 3, rows - 1, 0])
+    offsets = torch.tensor([0, 2, 6])
+    grad_out = torch.randn(2, 2, dtype=torch.float64)
+    got = ops.unique_row_grads(ids, offsets, None, grad_out, False, rows)
+    want = reference.unique_row_grads(ids, offsets, None, grad_out, False, rows)
+    assert torch.equal(got[0], want[0])
+    torch.testing.assert_close(got[1], want[1])
+
+
+@pytest.mark.parametrize("dim", [1, 3, 127, 129])
+@pytest.mark.parametrize("mean", [False, True])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_unique_row_grads_matches_reference(dim, mean, weighted):
+    ids, offsets, psw, grad_out = random_grad(30, 50, 7, dim, weighted=weighted)
+    got_ids, got = ops.unique_row_grads(ids, offsets, psw, grad_out, mean, 50)
+    want_ids, want = reference.unique_row_grads(ids, offsets, psw, grad_out, mean, 50)
+    assert got_ids.dtype == torch.long
+    assert torch.equal(got_ids, want_ids)
+    torch.testing.assert_close(got, want)
+
+
+def test_unique_row_grads_of_nothing():
+    got_ids, got = ops.unique_row_grads(
+        torch.zeros(0, dtype=torch.int32),
+        torch.zeros(3, dtype=torch.int32),
+        None,
+        torch.randn(2, 6),
+        False,
+        10,
+    )
+    assert got_ids.shape == (0,) and got.shape == (0, 6)
+
+
+def test_unique_row_grads_matches_autograd_of_embedding_bag():
+    weight = torch.randn(30, 8, requires_grad=True)
+    ids, offsets, psw, grad_out = random_grad(16, 30, 5, 8, dtype=torch.float32, weighted=True)
+    out = torch.nn.functional.embedding_bag(
+        ids, weight, offsets[:-1], mode="sum", per_sample_weights=psw, include_last_offset=False
+    )
+    out.backward(grad_out)
+    got_ids, got = ops.unique_row_grads(ids, offsets, psw, grad_out, False, 30)
+    torch.testing.assert_close(got, weight.grad[got_ids])
+    rest = torch.ones(30, dtype=torch.bool)
+    rest[got_ids] = False
+    assert torch.equal(weight.grad[rest], torch.zeros_like(weight.grad[rest]))
+
+
+def _sgd(weight, ids, offsets, psw=None, grad_out=None, lr=0.1, wd=0.0):
+    grad_out = torch.ones(offsets.numel() - 1, weight.shape[1]) if grad_out is None else grad_out
+    ops.sparse_sgd_update(weight, ids, offsets, psw, grad_out, False, lr, wd)
+
+
+def test_bad_inputs_raise_clear_errors_and_change_nothing():
+    weight = torch.randn(5, 3)
+    before = weight.clone()
+    offsets = torch.tensor([0, 2])
+    with pytest.raises(RuntimeError, match=r"id 5 at position 1 is outside \[0, 5\)"):
+        _sgd(weight, torch.tensor([1, 5]), offsets)
+    with pytest.raises(RuntimeError, match="outside"):
+        _sgd(weight, torch.tensor([-1, 0]), offsets)
+    assert torch.equal(weight, before)  # checked before anything is written
+    with pytest.raises(RuntimeError, match="grad_out has 2 rows but offsets describe 1 bags"):
+        _sgd(weight, torch.tensor([1, 2]), offsets, grad_out=torch.ones(2, 3))
+    with pytest.raises(RuntimeError, match="grad_out has dim 4 but the table has dim 3"):
+        _sgd(weight, torch.tensor([1, 2]), offsets, grad_out=torch.ones(1, 4))
+    with pytest.raises(RuntimeError, match="grad_out dtype"):
+        _sgd(weight, torch.tensor([1, 2]), offsets, grad_out=torch.ones(1, 3).double())
+    with pytest.raises(RuntimeError, match=r"offsets must start at 0 and end at ids\.numel"):
+        _sgd(weight, torch.tensor([1, 2]), torch.tensor([0, 3]))
+    with pytest.raises(RuntimeError, match=r"offsets decrease at bag 1 \(5 > 2\)"):
+        _sgd(weight, torch.tensor([1, 2]), torch.tensor([0, 5, 2]), grad_out=torch.ones(2, 3))
+    with pytest.raises(RuntimeError, match="offsets must have the dtype of ids"):
+        _sgd(weight, torch.tensor([1, 2]), offsets.int())
+    with pytest.raises(RuntimeError, match="per_sample_weights must be 1-D with one weight per id"):
+        _sgd(weight, torch.tensor([1, 2]), offsets, psw=torch.ones(3))
+    with pytest.raises(RuntimeError, match="lr must be >= 0"):
+        _sgd(weight, torch.tensor([1, 2]), offsets, lr=-1.0)
+    with pytest.raises(RuntimeError, match="weight must be contiguous"):
+        _sgd(torch.randn(3, 5).t(), torch.tensor([1, 2]), offsets, grad_out=torch.ones(1, 3))
+    with pytest.raises(RuntimeError, match="weight must be float32 or float64"):
+        _sgd(weight.half(), torch.tensor([1, 2]), offsets, grad_out=torch.ones(1, 3).half())
+    g = torch.ones(1, 3)
+    with pytest.raises(RuntimeError, match=r"state_sum must have shape \[5\]"):
+        ops.sparse_rowwise_adagrad_update(
+            weight,
+            torch.zeros(5, 3),
+            torch.tensor([1]),
+            torch.tensor([0, 1]),
+            None,
+            g,
+            False,
+            0.1,
+            1e-8,
+        )
+    with pytest.raises(RuntimeError, match="exp_avg_sq must have the shape of weight"):
+        ops.sparse_adam_update(
+            weight,
+            torch.zeros(5, 3),
+            torch.zeros(5),
+            torch.tensor([1]),
+            torch.tensor([0, 1]),
+            None,
+            g,
+            False,
+            0.1,
+            0.9,
+            0.99,
+            1e-8,
+            0.0,
+            1,
+            False,
+        )
+    with pytest.raises(RuntimeError, match=r"betas must be in \[0, 1\)"):
+        ops.sparse_adam_update(
+            weight,
+            torch.zeros(5, 3),
+            torch.zeros(5, 3),
+            torch.tensor([1]),
+            torch.tensor([0, 1]),
+            None,
+            g,
+            False,
+            0.1,
+            1.0,
+            0.99,
+            1e-8,
+            0.0,
+            1,
+            False,
+        )
+    with pytest.raises(RuntimeError, match="step must be >= 1"):
+        ops.sparse_adam_update(
+            weight,
+            torch.zeros(5, 3),
+            torch.zeros(5, 3),
+            torch.tensor([1]),
+            torch.tensor([0, 1]),
+            None,
+            g,
+            False,
+            0.1,
+            0.9,
+            0.99,
+            1e-8,
+            0.0,
+            0,
+            False,
+        )
+    assert torch.equal(weight, before)
+
+
+def test_many_rows_in_parallel_match_reference():
+    # Enough unique rows that at::parallel_for splits them over threads.
+    weight = torch.randn(5000, 32, dtype=torch.float64)
+    ids, offsets, psw, grad_out = random_grad(800, 5000, 30, 32, weighted=True)
+    ours, ref = _run_both(
+        "sparse_rowwise_adagrad_update", weight, (ids, offsets, psw, grad_out, True)
+    )
+    _assert_same(ours, ref, weight, ids)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("name", list(UPDATES))
+@pytest.mark.parametrize("dim", [1, 3, 64, 129])
+@pytest.mark.parametrize("mean", [False, True])
+def test_cuda_update_matches_cpu(name, dim, mean):
+    kinds, hyper = UPDATES[name]
+    op = getattr(ops, "sparse_adam_update" if name == "adamw" else name)
+    weight = torch.randn(300, dim)
+    ids, offsets, psw, grad_out = random_grad(200, 300, 9, dim, dtype=torch.float32, weighted=True)
+    states = [_state_like(weight, k) for k in kinds]
+    cpu_w, cpu_s = weight.clone(), [s.clone() for s in states]
+    op(cpu_w, *cpu_s, ids, offsets, psw, grad_out, mean, **hyper)
+    gpu_w, gpu_s = weight.cuda(), [s.cuda() for s in states]
+    args = [t.cuda() for t in (ids, offsets, psw, grad_out)]
+    op(gpu_w, *gpu_s, *args, mean, **hyper)
+    torch.testing.assert_close(gpu_w.cpu(), cpu_w, rtol=1e-5, atol=1e-5)
+    for g, c in zip(gpu_s, cpu_s, strict=True):
+        torch.testing.assert_close(g.cpu(), c, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("mean", [False, True])
+def test_cuda_unique_row_grads_matches_cpu(mean):
+    ids, offsets, psw, grad_out = random_grad(100, 70, 8, 33, dtype=torch.float32, weighted=True)
+    cpu = ops.unique_row_grads(ids, offsets, psw, grad_out, mean, 70)
+    gpu = ops.unique_row_grads(*[t.cuda() for t in (ids, offsets, psw, grad_out)], mean, 70)
+    assert torch.equal(gpu[0].cpu(), cpu[0])
+    torch.testing.assert_close(gpu[1].cpu(), cpu[1], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.cuda
+def test_cuda_bad_ids_raise():
+    weight = torch.randn(5, 3, device="cuda")
+    with pytest.raises(RuntimeError, match=r"id 7 at position 1 is outside \[0, 5\)"):
+        ops.sparse_sgd_update(
+            weight,
+            torch.tensor([1, 7], device="cuda"),
+            torch.tensor([0, 2], device="cuda"),
+            None,
+            torch.ones(1, 3, device="cuda"),
+            False,
+            0.1,
+        )
