@@ -51,7 +51,7 @@ TRAIN_DIR ?= out/dlrm
 TRAIN_ARGS ?=
 train: install
 	$(TORCHRUN) --standalone --nproc_per_node=2 launch/train.py --output_dir $(TRAIN_DIR) \
-		--train_steps 200 --log_steps 20 --save_steps 100 --batch_size 1024 $(TRAIN_ARGS)
+		--train_steps 1500 --log_steps 100 --save_steps 500 --batch_size 1024 $(TRAIN_ARGS)
 
 bench: install
 	$(PY) benchmarks/run_all.py

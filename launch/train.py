@@ -19,14 +19,12 @@ import argparse
 import dataclasses
 import json
 import logging
-import sys
 import types
 import typing
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-from recis.optim import SparseAdam, SparseAdamW, SparseRowWiseAdagrad, SparseSGD
 
 from recis.distributed import SHARDING_TYPES, DistributedModelParallel, plan_sharding
 from recis.distributed.process_group import (
@@ -41,6 +39,7 @@ from recis.io import CriteoDataset, SyntheticCriteoDataset, default_table_sizes
 from recis.models import DLRM, DCNv2, DeepFM
 from recis.models.common import criteo_tables
 from recis.nn import filter_out_sparse_param
+from recis.optim import SparseAdam, SparseAdamW, SparseRowWiseAdagrad, SparseSGD
 
 MODELS = {"dlrm": DLRM, "deepfm": DeepFM, "dcnv2": DCNv2}
 SPARSE_OPTIMIZERS = {
@@ -147,7 +146,7 @@ def _table_sizes(run: RunConfig) -> list[int]:
 def build_model(run: RunConfig, device: torch.device) -> DistributedModelParallel:
     tables = criteo_tables(_table_sizes(run), run.embedding_dim)
     # Tables start on meta and are initialised shard by shard: none exists whole.
-    model = MODELS[run.model](tables=tables, embedding_device="meta").to(device)
+    model = MODELS[run.model](tables=tables, embedding_device="meta")
     constraints = None if run.sharding == "auto" else {t.name: run.sharding for t in tables}
     plan = plan_sharding(model, world_size=world_size(), constraints=constraints)
     if rank() == 0:
@@ -178,12 +177,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         sparse_optimizer=sparse_opt,
     )
     trainer.train()
-    metrics = trainer.evaluate() if eval_ds is not None else {}
-    if rank() == 0 and metrics:
-        shown = " ".join(
-            f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()
-        )
-        print(f"eval: {shown}", flush=True)
+    metrics = trainer.evaluate() if eval_ds is not None else {}  # the Trainer logs them
     for ds in (train_ds, eval_ds):
         if ds is not None:
             ds.close()
@@ -191,4 +185,4 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
 
 if __name__ == "__main__":
-    sys.exit(0 if main() is not None else 1)
+    main()

@@ -115,8 +115,17 @@ def _store(state: dict[str, Tensor], key: str, value: Tensor, like: Tensor, cast
 def dense_state_dict(model: nn.Module) -> dict[str, Any]:
     """``model.state_dict()`` without embedding-table buffers, ``module.`` prefixes
     stripped (what a checkpoint saves as "dense")."""
-    skip = _table_state_keys(model)
-    return {_strip_wrappers(k): v for k, v in model.state_dict().items() if k not in skip}
+    state = model.state_dict()
+    return {name: state[key] for name, key in _dense_names(model).items()}
+
+
+def _dense_names(model: nn.Module) -> dict[str, str]:
+    """Checkpoint name (wrappers stripped) -> ``model.state_dict()`` key, tables left out."""
+    # Compared without wrapper prefixes: DMP + DDP nest two ``module`` levels while
+    # DMP's state_dict() names one.
+    skip = {_strip_wrappers(k) for k in _table_state_keys(model)}
+    names = {_strip_wrappers(k): k for k in model.state_dict()}
+    return {name: key for name, key in names.items() if name not in skip}
 
 
 def parse_load_conf(load_conf: dict[str, Any]) -> tuple[set[str], bool]:
@@ -651,8 +660,7 @@ class Saver:
 
     def _load_dense(self, manifest, cache, strict, path) -> None:
         saved = decode(manifest.get("dense", {}), _fetch(cache))
-        skip = _table_state_keys(self.model)
-        own = {_strip_wrappers(k): k for k in self.model.state_dict() if k not in skip}
+        own = _dense_names(self.model)
         missing, unexpected = sorted(set(own) - set(saved)), sorted(set(saved) - set(own))
         if (missing or unexpected) and strict:
             raise KeyError(

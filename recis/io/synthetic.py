@@ -22,7 +22,10 @@ _HIDDEN_IDS = 4096
 
 
 def _seed(*parts: int) -> int:
-    return int(np.random.SeedSequence([int(p) & 0xFFFFFFFF for p in parts]).generate_state(1)[0])
+    # Every part as two 32-bit words: masking to 32 bits would make batch 2**32 + i
+    # (e.g. a held-out split far from the training range) repeat batch i.
+    words = [w for p in parts for w in (int(p) & 0xFFFFFFFF, (int(p) >> 32) & 0xFFFFFFFF)]
+    return int(np.random.SeedSequence(words).generate_state(1)[0])
 
 
 def zipf_ranks(size: int, alpha: float, n: int, generator: torch.Generator) -> Tensor:

@@ -105,5 +105,8 @@ def test_first_batch_gives_a_held_out_split_of_the_same_distribution():
     first_held_out = next(iter(held_out))
     assert torch.equal(first_held_out["dense"], train.make_batch(1000)[0]["dense"])
     assert not torch.equal(first_held_out["dense"], next(iter(train))["dense"])
+    # Far-away indices are distinct batches too (no 32-bit wrap-around).
+    assert not torch.equal(train.make_batch(2**40)[0]["dense"], train.make_batch(0)[0]["dense"])
+    assert not torch.equal(train.make_batch(2**32)[0]["dense"], train.make_batch(0)[0]["dense"])
     train.close()
     held_out.close()
