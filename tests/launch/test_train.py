@@ -1,0 +1,130 @@
+"""launch/train.py end to end under real torchrun agents (gloo, CPU)."""
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from recis.testing import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+TRAIN = ROOT / "launch" / "train.py"
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
+CRITEO_SAMPLE = ROOT.parent / "shared" / "data" / "criteo_sample.txt"
+SMALL = ["--batch_size", "64", "--table_size", "1000", "--eval_batches", "2", "--log_steps", "2"]
+
+
+def torchrun(agent_args, train_args, timeout=240):
+    result = subprocess.run(
+        [*TORCHRUN, *agent_args, str(TRAIN), *SMALL, *train_args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-4000:]
+    return output
+
+
+def committed(output_dir):
+    return (Path(output_dir) / "checkpoint").read_text().split()
+
+
+def test_two_ranks_train_evaluate_checkpoint_and_resume_on_another_world_size(tmp_path):
+    out = str(tmp_path / "run")
+    two_ranks = ["--standalone", "--nproc_per_node=2"]
+    log = torchrun(two_ranks, ["--output_dir", out, "--train_steps", "6", "--save_steps", "3"])
+    assert "step 6/6" in log
+    assert "evaluation at step 6" in log and "'auc'" in log
+    assert committed(out) == ["ckpt-3", "ckpt-6"]
+
+    log = torchrun(two_ranks, ["--output_dir", out, "--train_steps", "8", "--save_steps", "3"])
+    assert "resumed from" in log and "at step 6" in log
+    assert committed(out)[-1] == "ckpt-8"
+
+    # The 2-rank checkpoint reshards onto 1 rank (row-wise now) and goes on.
+    one_rank = ["--standalone", "--nproc_per_node=1"]
+    log = torchrun(one_rank, ["--output_dir", out, "--train_steps", "9", "--sharding", "row_wise"])
+    assert "at step 8" in log and "evaluation at step 9" in log
+
+
+@pytest.mark.skipif(not CRITEO_SAMPLE.exists(), reason="needs ../shared/data/criteo_sample.txt")
+def test_trains_on_real_criteo_rows(tmp_path):
+    log = torchrun(
+        ["--standalone", "--nproc_per_node=2"],
+        [
+            "--output_dir",
+            str(tmp_path),
+            "--model",
+            "dcnv2",
+            "--data",
+            str(CRITEO_SAMPLE),
+            "--eval_data",
+            str(CRITEO_SAMPLE),
+            "--train_epoch",
+            "2",
+            "--batch_size",
+            "16",
+        ],
+    )
+    assert "evaluation at step" in log and "'count': 200" in log
+
+
+def test_two_torchrun_agents_form_one_two_node_job(tmp_path):
+    port = free_port()
+    agent = [
+        "--nnodes=2",
+        "--nproc_per_node=1",
+        "--rdzv_backend=c10d",
+        f"--rdzv_endpoint=127.0.0.1:{port}",
+        "--rdzv_id=recis-two-nodes",
+    ]
+    train = [
+        *TORCHRUN,
+        *agent,
+        str(TRAIN),
+        *SMALL,
+        "--output_dir",
+        str(tmp_path),
+        "--train_steps",
+        "4",
+        "--model",
+        "deepfm",
+        "--sharding",
+        "table_row_wise",
+    ]
+    nodes = [
+        subprocess.Popen(
+            train, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        for _ in range(2)
+    ]
+    logs = [node.communicate(timeout=240)[0] for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], logs[0][-3000:] + logs[1][-3000:]
+    assert any("step 4/4" in log for log in logs)
+    assert committed(tmp_path) == ["ckpt-4"]
+
+
+def load_train_module():
+    spec = importlib.util.spec_from_file_location("recis_launch_train", TRAIN)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while it executes
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_command_line_covers_training_arguments_and_rejects_bad_values():
+    train = load_train_module()
+    args, run = train.parse_args(
+        ["--train_steps", "7", "--save_steps", "none", "--model", "deepfm", "--bf16", "true"]
+    )
+    assert (args.train_steps, args.save_steps, args.bf16, run.model) == (7, None, True, "deepfm")
+    with pytest.raises(ValueError, match="--model must be one of"):
+        train.parse_args(["--model", "nope"])
+    with pytest.raises(ValueError, match="--sharding must be auto or one of"):
+        train.parse_args(["--sharding", "diagonal"])
+    with pytest.raises(ValueError, match="gradient_accumulation_steps"):
+        train.parse_args(["--gradient_accumulation_steps", "0"])
