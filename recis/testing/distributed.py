@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 import queue
 import socket
 import time
@@ -51,7 +52,9 @@ def _worker(
             backend, rank=rank, world_size=world_size, timeout=timedelta(seconds=timeout)
         )
         value = fn(*args, **kwargs)
-        results.put((rank, True, value))
+        # Plain pickle bytes: torch's queue reducers would pass tensors as shared memory
+        # that vanishes when this process exits, before the parent reads it.
+        results.put((rank, True, pickle.dumps(value)))
     except BaseException:
         results.put((rank, False, traceback.format_exc()))
     finally:
@@ -121,7 +124,7 @@ def run_distributed(
                 continue
             if not ok:
                 raise DistributedTestError(f"rank {rank} failed:\n{payload}")
-            values[rank] = payload
+            values[rank] = pickle.loads(payload)
         for p in procs:
             p.join(timeout=max(1.0, deadline - time.monotonic()))
     finally:

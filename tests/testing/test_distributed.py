@@ -53,3 +53,12 @@ def returns_args(a, b=0):
 
 def test_arguments_and_results_travel():
     assert run_distributed(returns_args, 2, 1, b=2) == [(0, 3), (1, 3)]
+
+
+def returns_a_tensor():
+    return torch.full((3,), float(dist.get_rank()))
+
+
+def test_tensors_returned_by_ranks_survive_their_exit():
+    first, second = run_distributed(returns_a_tensor, 2)
+    assert torch.equal(first, torch.zeros(3)) and torch.equal(second, torch.ones(3))
