@@ -7,8 +7,7 @@ from recis.framework.metrics import Predictions, clear_metrics, get_global_metri
 from recis.io import SyntheticCriteoDataset
 from recis.models import DLRM, DCNv2, DeepFM, criteo_tables
 from recis.nn import EmbeddingBagCollection, filter_out_sparse_param
-from recis.ops import MEAN, SUM
-from recis.ops.reference import bag_row_grads
+from recis.optim import SparseSGD
 
 SIZE, DIM = 40, 8
 
@@ -60,26 +59,18 @@ def test_forward_backward_and_metrics(name):
         assert g is not None and g.grad_out.shape == (32, DIM)
 
 
-def sgd_step(model, dense_opt, tables, lr):
-    """Dense: torch optimizer. Sparse: SGD on the rows named by each table's SparseGrad."""
-    dense_opt.step()
-    dense_opt.zero_grad()
-    for t in tables.values():
-        g = t.sparse_grad()
-        rows = bag_row_grads(
-            g.ids, g.offsets, g.per_sample_weights, MEAN if g.mean else SUM, g.grad_out,
-            t.weight.shape[0],
-        )  # fmt: skip
-        t.weight -= lr * rows
-        t.zero_grad()
+def sgd_step(model, dense_opt, sparse_opt):
+    for opt in (dense_opt, sparse_opt):
+        opt.step()
+        opt.zero_grad()
 
 
 @pytest.mark.parametrize("name", MODELS)
 def test_a_few_steps_reduce_the_loss(name):
     torch.manual_seed(0)
     model = build(name)
-    tables = filter_out_sparse_param(model)
     opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    sparse_opt = SparseSGD(filter_out_sparse_param(model), lr=0.05)
     train = list(data(batch_size=32, num_batches=10, seed=1))
     # Held out: the same distribution (seed), batches training never sees.
     held_out = next(iter(data(batch_size=512, num_batches=1, seed=1, first_batch=10_000)))
@@ -87,7 +78,7 @@ def test_a_few_steps_reduce_the_loss(name):
         before = float(model(held_out))
     for batch in train:
         model(batch).backward()
-        sgd_step(model, opt, tables, lr=0.05)
+        sgd_step(model, opt, sparse_opt)
     with torch.no_grad():
         after = float(model(held_out))
     assert after < before - 0.03, (before, after)
