@@ -53,8 +53,13 @@ train: install
 	$(TORCHRUN) --standalone --nproc_per_node=2 launch/train.py --output_dir $(TRAIN_DIR) \
 		--train_steps 1500 --log_steps 100 --save_steps 500 --batch_size 1024 $(TRAIN_ARGS)
 
+# Every benchmark at a size that fits a small machine; see benchmarks/README.md for the
+# full-size commands whose results are in benchmarks/RESULTS.md.
 bench: install
-	$(PY) benchmarks/run_all.py
+	$(PY) benchmarks/kernels.py --small
+	OMP_NUM_THREADS=1 $(TORCHRUN) --standalone --nproc_per_node=2 benchmarks/sharded_ebc.py
+	$(PY) benchmarks/checkpoint.py --size-gb 0.5
+	OMP_NUM_THREADS=1 $(TORCHRUN) --standalone --nproc_per_node=2 benchmarks/e2e.py --small
 
 clean:
 	rm -rf build recis/_C*.so *.egg-info $(VENV)
