@@ -194,6 +194,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=20, help="steps per block")
     p.add_argument("--blocks", type=int, default=5, help="blocks of each implementation")
     p.add_argument("--batches", type=int, default=4, help="pre-generated batches per rank")
+    p.add_argument("--profile", action="store_true", help="print top ops per impl (rank 0)")
     p.add_argument("--small", action="store_true", help="quick run (~30 s)")
     args = p.parse_args()
     if args.small:
@@ -233,6 +234,14 @@ def main() -> None:
     for _ in range(args.blocks):
         for name, (fn, m, b) in runs.items():
             times[name].append(timed(fn, m, b, args.steps, phases[name]))
+
+    if args.profile:
+        for name, (fn, m, b) in runs.items():
+            with torch.profiler.profile() as prof:
+                timed(fn, m, b, args.steps, Phases())
+            if rank == 0:
+                print(f"\n# profile: {name}, {args.steps} steps (rank 0)")
+                print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
 
     total_steps = args.steps * args.blocks
     results = []
