@@ -25,6 +25,7 @@ dense step, sparse step; each includes waiting for the other rank).
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import statistics
@@ -192,7 +193,7 @@ def main() -> None:
     p.add_argument("--table_size", type=int, default=100_000, help="rows cap per table")
     p.add_argument("--dim", type=int, default=16)
     p.add_argument("--steps", type=int, default=20, help="steps per block")
-    p.add_argument("--blocks", type=int, default=5, help="blocks of each implementation")
+    p.add_argument("--blocks", type=int, default=10, help="blocks of each implementation")
     p.add_argument("--batches", type=int, default=4, help="pre-generated batches per rank")
     p.add_argument("--profile", action="store_true", help="print top ops per impl (rank 0)")
     p.add_argument("--small", action="store_true", help="quick run (~30 s)")
@@ -291,6 +292,11 @@ def main() -> None:
                 f"| {name} | {r['samples_per_s']} | {r['samples_per_s'] / peer:.2f}x | "
                 f"{r['step_ms']} | {parts} |"
             )
+    # Drop both models (and their communication state) while the group is still alive,
+    # then tear the group down on every rank together.
+    del runs, rc, tr, rc_dense, rc_sparse, tr_dense
+    gc.collect()
+    dist.barrier()
     dist.destroy_process_group()
 
 
