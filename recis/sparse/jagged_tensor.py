@@ -123,6 +123,7 @@ class KeyedJaggedTensor:
         self._stride = stride or 0
         self._offsets: Tensor | None = None
         self._length_per_key: list[int] | None = None
+        self._offset_per_key: list[int] | None = None
 
     # -- accessors ---------------------------------------------------------------
     def keys(self) -> list[str]:
@@ -162,10 +163,12 @@ class KeyedJaggedTensor:
         return self._length_per_key
 
     def offset_per_key(self) -> list[int]:
-        out = [0]
-        for n in self.length_per_key():
-            out.append(out[-1] + n)
-        return out
+        if self._offset_per_key is None:
+            out = [0]
+            for n in self.length_per_key():
+                out.append(out[-1] + n)
+            self._offset_per_key = out
+        return self._offset_per_key
 
     def index_of(self, key: str) -> int:
         try:
