@@ -23,8 +23,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) install ninja setuptools wheel
 	# torchrec's own requirements would pull a CUDA torch: install it alone.
 	$(PIP) install --no-deps torchrec==1.8.0
-	$(PIP) install --no-build-isolation --no-deps -e .
-	$(PIP) install -e ".[test,peers]" --no-build-isolation
+	$(PIP) install --no-build-isolation -e ".[test,peers]"
 	touch $(STAMP)
 
 # Incremental rebuild of the extension whenever a csrc file changes.
