@@ -10,14 +10,11 @@ for the pieces and ``DESIGN.md`` §6 for the on-disk layout.
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 import threading
 import time
 import uuid
-import warnings
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -26,6 +23,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from recis.framework.checkpoint.commit import commit, read_ids, remove_stale, temp_name, validate_id
+from recis.framework.checkpoint.dense import dense_state_dict
 from recis.framework.checkpoint.integrity import DEFAULT_BLOCK_SIZE
 from recis.framework.checkpoint.layout import (
     ELEMENT,
@@ -36,16 +34,19 @@ from recis.framework.checkpoint.layout import (
     split_rows,
     state_kind,
 )
+from recis.framework.checkpoint.load import (
+    CATEGORIES,
+    CheckpointLoader,
+    optimizer_table_state,
+    parse_load_conf,
+)
 from recis.framework.checkpoint.manifest import MANIFEST, dumps, read_manifest
-from recis.framework.checkpoint.reader import TableReader
 from recis.framework.checkpoint.storage import Storage, storage_for
 from recis.framework.checkpoint.tensor_file import ReaderCache, dtype_name
-from recis.framework.checkpoint.tree import decode, encode, map_refs
+from recis.framework.checkpoint.tree import encode, map_refs
 from recis.framework.checkpoint.writer import write_files
 from recis.nn.sparse_params import filter_out_sparse_param
-from recis.nn.table import EmbeddingTable
 
-CATEGORIES = ("sparse", "sparse_opt", "dense", "extra", "io_state")
 # Below this size a table piece is not cut further to feed more writer threads.
 _MIN_CHUNK_BYTES = 16 << 20
 
@@ -75,80 +76,6 @@ def _broadcast(obj: Any, group: Any, world: int) -> Any:
     src = dist.get_global_rank(group, 0) if group is not None else 0
     dist.broadcast_object_list(box, src=src, group=group)
     return box[0]
-
-
-def _strip_wrappers(name: str) -> str:
-    # DDP / DMP wrap the model as ``module``: a sharded and an unsharded model must
-    # name their dense parameters alike.
-    while name.startswith("module."):
-        name = name[len("module.") :]
-    return name
-
-
-def _table_state_keys(model: nn.Module) -> set[str]:
-    keys: set[str] = set()
-    for path, module in model.named_modules(remove_duplicate=False):
-        if isinstance(module, EmbeddingTable):
-            keys.update(f"{path}.{k}" if path else k for k in module.state_dict())
-    return keys
-
-
-def _fetch(cache: ReaderCache) -> Any:
-    # A tensor read from a file views the (block-aligned) read buffer: copy it so that
-    # restored state does not keep whole read blocks alive.
-    return lambda ref: cache.read(ref).clone()
-
-
-def _call(task: Callable[[], None]) -> None:
-    task()
-
-
-def _copy_into(dest: Tensor, src: Tensor) -> None:
-    with torch.no_grad():
-        dest.copy_(src.view(dest.shape))
-
-
-def _store(state: dict[str, Tensor], key: str, value: Tensor, like: Tensor, cast: bool) -> None:
-    state[key] = value.to(like.dtype if cast else value.dtype).to(like.device).view(value.shape)
-
-
-def dense_state_dict(model: nn.Module) -> dict[str, Any]:
-    """``model.state_dict()`` without embedding-table buffers, ``module.`` prefixes
-    stripped (what a checkpoint saves as "dense")."""
-    state = model.state_dict()
-    return {name: state[key] for name, key in _dense_names(model).items()}
-
-
-def _dense_names(model: nn.Module) -> dict[str, str]:
-    """Checkpoint name (wrappers stripped) -> ``model.state_dict()`` key, tables left out."""
-    # Compared without wrapper prefixes: DMP + DDP nest two ``module`` levels while
-    # DMP's state_dict() names one.
-    skip = {_strip_wrappers(k) for k in _table_state_keys(model)}
-    names = {_strip_wrappers(k): k for k in model.state_dict()}
-    return {name: key for name, key in names.items() if name not in skip}
-
-
-def parse_load_conf(load_conf: dict[str, Any]) -> tuple[set[str], bool]:
-    """``({categories to load}, strict)`` from ``{"load": [...], "exclude": [...], "strict": bool}``."""
-    unknown = set(load_conf) - {"load", "exclude", "strict"}
-    if unknown:
-        raise ValueError(f"load_conf has unknown keys {sorted(unknown)}; use load, exclude, strict")
-
-    def names(value: Any, field: str) -> set[str]:
-        items = [value] if isinstance(value, str) else list(value or [])
-        if "*" in items:
-            return set(CATEGORIES)
-        bad = [i for i in items if i not in CATEGORIES]
-        if bad:
-            raise ValueError(
-                f"load_conf[{field!r}] has unknown categories {bad}; use {CATEGORIES} or '*'"
-            )
-        return set(items)
-
-    chosen = names(load_conf.get("load", "*"), "load") - names(
-        load_conf.get("exclude", []), "exclude"
-    )
-    return chosen, bool(load_conf.get("strict", True))
 
 
 class Saver:
@@ -321,12 +248,7 @@ class Saver:
         return storage.url(storage.join(root, ckpt_id))
 
     def _opt_state(self, name: str) -> dict[str, Tensor]:
-        if self.sparse_optimizer is None:
-            return {}
-        try:
-            return dict(self.sparse_optimizer.table_state(name))
-        except KeyError:
-            return {}  # a table this optimizer does not update has no state
+        return optimizer_table_state(self.sparse_optimizer, name)
 
     def _snapshot(self, rank: int, copy: bool) -> dict[str, Any]:
         """What this rank saves: table shards and their state, dense, extra and io
@@ -564,15 +486,16 @@ class Saver:
             path = storage.url(ckpt_dir)
             manifest = read_manifest(storage, ckpt_dir)
             cache = ReaderCache(storage, ckpt_dir, manifest["files"])
+            loader = CheckpointLoader(self.model, self.sparse_optimizer, self._objects)
             with ThreadPoolExecutor(self.concurrency, thread_name_prefix="recis-ckpt-read") as pool:
                 if categories & {"sparse", "sparse_opt"}:
-                    self._load_sparse(manifest, cache, pool, categories, strict, path)
+                    loader.load_sparse(manifest, cache, pool, categories, strict, path)
             if "dense" in categories:
-                self._load_dense(manifest, cache, strict, path)
+                loader.load_dense(manifest, cache, strict, path)
             if "extra" in categories:
-                self._load_objects(manifest.get("extra", {}), cache, strict, path, per_rank=False)
+                loader.load_objects(manifest.get("extra", {}), cache, strict, path, per_rank=False)
             if "io_state" in categories:
-                self._load_io_state(manifest, cache, strict, path, rank, world)
+                loader.load_io_state(manifest, cache, strict, path, rank, world)
         except Exception as e:
             error = e
         # Ranks agree on the outcome, so that one rank's failure never leaves the
@@ -586,127 +509,6 @@ class Saver:
         if failed:
             raise CheckpointError(f"loading {path} failed on rank {failed[0][0]}: {failed[0][1]}")
         return path
-
-    def _load_sparse(self, manifest, cache, pool, categories, strict, path) -> None:
-        # Plan every per-element read of every table first and run them all on the
-        # pool, so that all reader threads are busy whatever the number of tables.
-        saved_tables = manifest["tables"]
-        tasks: list[Callable[[], None]] = []
-        finish: list[Callable[[], None]] = []
-        for name, table in filter_out_sparse_param(self.model).items():
-            entry = saved_tables.get(name)
-            if entry is None:
-                msg = f"table {name!r} is not in checkpoint {path} (it has {sorted(saved_tables)})"
-                if strict:
-                    raise KeyError(msg)
-                warnings.warn(msg + "; left as it is", stacklevel=3)
-                continue
-            if list(entry["global_shape"]) != list(table.global_shape):
-                raise ValueError(
-                    f"table {name!r} has global shape {list(table.global_shape)} in the model but "
-                    f"{entry['global_shape']} in checkpoint {path}"
-                )
-            rows, cols = table.weight.shape
-            box = (
-                table.row_offset,
-                table.row_offset + rows,
-                table.col_offset,
-                table.col_offset + cols,
-            )
-            reader = TableReader(cache, name, entry)
-            if "sparse" in categories:
-                weight, reads = reader.plan_element("weight", box, out=table.weight)
-                tasks += reads
-                if weight is not table.weight:
-                    finish.append(functools.partial(_copy_into, table.weight, weight))
-            if "sparse_opt" in categories and self.sparse_optimizer is not None:
-                tasks += self._plan_table_opt(name, table, reader, box, strict, path, finish)
-        list(pool.map(_call, tasks))
-        for step in finish:
-            step()
-
-    def _plan_table_opt(
-        self, name, table, reader, box, strict, path, finish
-    ) -> list[Callable[[], None]]:
-        current = self._opt_state(name)
-        saved = [k for k in reader.entry["state"] if k != "weight"]
-        if strict and current and set(current) != set(saved):
-            raise KeyError(
-                f"table {name!r}: the sparse optimizer has state {sorted(current)} but checkpoint "
-                f"{path} has {sorted(saved)} (a different optimizer?)"
-            )
-        new = dict(current)
-        tasks: list[Callable[[], None]] = []
-        shape = (box[1] - box[0], box[3] - box[2])
-        for key in saved:
-            if current and key not in current:
-                continue
-            like = current.get(key, table.weight)
-            if reader.kind(key) == ELEMENT:
-                # Same-shaped state is filled in place: no extra copy of its bytes.
-                fill = key in current and tuple(like.shape) == shape
-                value, reads = reader.plan_element(key, box, out=like if fill else None)
-                tasks += reads
-                if value is not like:
-                    finish.append(functools.partial(_store, new, key, value, like, key in current))
-                else:
-                    new[key] = like
-            else:
-                value = reader.read(key, box)
-                new[key] = value.to(like.dtype if key in current else value.dtype).to(like.device)
-        if new:
-            finish.append(functools.partial(self.sparse_optimizer.set_table_state, name, new))
-        return tasks
-
-    def _load_dense(self, manifest, cache, strict, path) -> None:
-        saved = decode(manifest.get("dense", {}), _fetch(cache))
-        own = _dense_names(self.model)
-        missing, unexpected = sorted(set(own) - set(saved)), sorted(set(saved) - set(own))
-        if (missing or unexpected) and strict:
-            raise KeyError(
-                f"dense state of checkpoint {path} does not match the model: missing "
-                f"{missing}, unexpected {unexpected}"
-            )
-        if missing or unexpected:
-            warnings.warn(
-                f"dense state: not in checkpoint {missing}, not in model {unexpected}", stacklevel=3
-            )
-        self.model.load_state_dict({own[k]: v for k, v in saved.items() if k in own}, strict=False)
-
-    def _load_objects(self, saved: dict[str, Any], cache, strict, path, per_rank: bool) -> None:
-        for name, (obj, obj_per_rank) in self._objects.items():
-            if obj_per_rank != per_rank:
-                continue
-            if name not in saved:
-                msg = f"{'io state' if per_rank else 'extra state'} {name!r} is not in checkpoint {path}"
-                if strict:
-                    raise KeyError(msg)
-                warnings.warn(msg, stacklevel=3)
-                continue
-            obj.load_state_dict(decode(saved[name], _fetch(cache)))
-
-    def _load_io_state(self, manifest, cache, strict, path, rank: int, world: int) -> None:
-        saved_world = int(manifest["world_size"])
-        io = manifest.get("io_state", {})
-        if saved_world == world:
-            self._load_objects(io.get(str(rank), {}), cache, strict, path, per_rank=True)
-            return
-        for name, (obj, per_rank) in self._objects.items():
-            if not per_rank:
-                continue
-            if hasattr(obj, "load_resharded_state_dict"):
-                states = [
-                    decode(io[str(r)][name], _fetch(cache))
-                    for r in range(saved_world)
-                    if name in io.get(str(r), {})
-                ]
-                obj.load_resharded_state_dict(states, rank, world)
-            else:
-                warnings.warn(
-                    f"io state {name!r} was saved by {saved_world} ranks and this job has {world}: "
-                    "not restored (define load_resharded_state_dict(states, rank, world_size) to map it)",
-                    stacklevel=3,
-                )
 
 
 class CheckpointManager:

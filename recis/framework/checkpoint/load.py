@@ -1,0 +1,205 @@
+"""Loading a checkpoint into a model: the categories, and reading each rank's slices."""
+
+from __future__ import annotations
+
+import functools
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from recis.framework.checkpoint.dense import dense_names
+from recis.framework.checkpoint.layout import ELEMENT
+from recis.framework.checkpoint.reader import TableReader
+from recis.framework.checkpoint.tensor_file import ReaderCache
+from recis.framework.checkpoint.tree import decode
+from recis.nn.sparse_params import filter_out_sparse_param
+
+CATEGORIES = ("sparse", "sparse_opt", "dense", "extra", "io_state")
+
+
+def parse_load_conf(load_conf: dict[str, Any]) -> tuple[set[str], bool]:
+    """``({categories to load}, strict)`` from ``{"load": [...], "exclude": [...], "strict": bool}``."""
+    unknown = set(load_conf) - {"load", "exclude", "strict"}
+    if unknown:
+        raise ValueError(f"load_conf has unknown keys {sorted(unknown)}; use load, exclude, strict")
+
+    def names(value: Any, field: str) -> set[str]:
+        items = [value] if isinstance(value, str) else list(value or [])
+        if "*" in items:
+            return set(CATEGORIES)
+        bad = [i for i in items if i not in CATEGORIES]
+        if bad:
+            raise ValueError(
+                f"load_conf[{field!r}] has unknown categories {bad}; use {CATEGORIES} or '*'"
+            )
+        return set(items)
+
+    chosen = names(load_conf.get("load", "*"), "load") - names(
+        load_conf.get("exclude", []), "exclude"
+    )
+    return chosen, bool(load_conf.get("strict", True))
+
+
+def _fetch(cache: ReaderCache) -> Any:
+    # A tensor read from a file views the (block-aligned) read buffer: copy it so that
+    # restored state does not keep whole read blocks alive.
+    return lambda ref: cache.read(ref).clone()
+
+
+def _call(task: Callable[[], None]) -> None:
+    task()
+
+
+def _copy_into(dest: Tensor, src: Tensor) -> None:
+    with torch.no_grad():
+        dest.copy_(src.view(dest.shape))
+
+
+def _store(state: dict[str, Tensor], key: str, value: Tensor, like: Tensor, cast: bool) -> None:
+    state[key] = value.to(like.dtype if cast else value.dtype).to(like.device).view(value.shape)
+
+
+def optimizer_table_state(sparse_optimizer: Any, name: str) -> dict[str, Tensor]:
+    """The sparse optimizer's state of table ``name``; {} without optimizer or state."""
+    if sparse_optimizer is None:
+        return {}
+    try:
+        return dict(sparse_optimizer.table_state(name))
+    except KeyError:
+        return {}  # a table this optimizer does not update has no state
+
+
+class CheckpointLoader:
+    """Restores a checkpoint's categories into a model, its sparse optimizer and the
+    objects registered for checkpointing (``name -> (obj, per_rank)``)."""
+
+    def __init__(
+        self, model: nn.Module, sparse_optimizer: Any, objects: dict[str, tuple[Any, bool]]
+    ) -> None:
+        self.model = model
+        self.sparse_optimizer = sparse_optimizer
+        self._objects = objects
+
+    def load_sparse(self, manifest, cache, pool, categories, strict, path) -> None:
+        # Plan every per-element read of every table first and run them all on the
+        # pool, so that all reader threads are busy whatever the number of tables.
+        saved_tables = manifest["tables"]
+        tasks: list[Callable[[], None]] = []
+        finish: list[Callable[[], None]] = []
+        for name, table in filter_out_sparse_param(self.model).items():
+            entry = saved_tables.get(name)
+            if entry is None:
+                msg = f"table {name!r} is not in checkpoint {path} (it has {sorted(saved_tables)})"
+                if strict:
+                    raise KeyError(msg)
+                warnings.warn(msg + "; left as it is", stacklevel=3)
+                continue
+            if list(entry["global_shape"]) != list(table.global_shape):
+                raise ValueError(
+                    f"table {name!r} has global shape {list(table.global_shape)} in the model but "
+                    f"{entry['global_shape']} in checkpoint {path}"
+                )
+            rows, cols = table.weight.shape
+            box = (
+                table.row_offset,
+                table.row_offset + rows,
+                table.col_offset,
+                table.col_offset + cols,
+            )
+            reader = TableReader(cache, name, entry)
+            if "sparse" in categories:
+                weight, reads = reader.plan_element("weight", box, out=table.weight)
+                tasks += reads
+                if weight is not table.weight:
+                    finish.append(functools.partial(_copy_into, table.weight, weight))
+            if "sparse_opt" in categories and self.sparse_optimizer is not None:
+                tasks += self._plan_table_opt(name, table, reader, box, strict, path, finish)
+        list(pool.map(_call, tasks))
+        for step in finish:
+            step()
+
+    def _plan_table_opt(
+        self, name, table, reader, box, strict, path, finish
+    ) -> list[Callable[[], None]]:
+        current = optimizer_table_state(self.sparse_optimizer, name)
+        saved = [k for k in reader.entry["state"] if k != "weight"]
+        if strict and current and set(current) != set(saved):
+            raise KeyError(
+                f"table {name!r}: the sparse optimizer has state {sorted(current)} but checkpoint "
+                f"{path} has {sorted(saved)} (a different optimizer?)"
+            )
+        new = dict(current)
+        tasks: list[Callable[[], None]] = []
+        shape = (box[1] - box[0], box[3] - box[2])
+        for key in saved:
+            if current and key not in current:
+                continue
+            like = current.get(key, table.weight)
+            if reader.kind(key) == ELEMENT:
+                # Same-shaped state is filled in place: no extra copy of its bytes.
+                fill = key in current and tuple(like.shape) == shape
+                value, reads = reader.plan_element(key, box, out=like if fill else None)
+                tasks += reads
+                if value is not like:
+                    finish.append(functools.partial(_store, new, key, value, like, key in current))
+                else:
+                    new[key] = like
+            else:
+                value = reader.read(key, box)
+                new[key] = value.to(like.dtype if key in current else value.dtype).to(like.device)
+        if new:
+            finish.append(functools.partial(self.sparse_optimizer.set_table_state, name, new))
+        return tasks
+
+    def load_dense(self, manifest, cache, strict, path) -> None:
+        saved = decode(manifest.get("dense", {}), _fetch(cache))
+        own = dense_names(self.model)
+        missing, unexpected = sorted(set(own) - set(saved)), sorted(set(saved) - set(own))
+        if (missing or unexpected) and strict:
+            raise KeyError(
+                f"dense state of checkpoint {path} does not match the model: missing "
+                f"{missing}, unexpected {unexpected}"
+            )
+        if missing or unexpected:
+            warnings.warn(
+                f"dense state: not in checkpoint {missing}, not in model {unexpected}", stacklevel=3
+            )
+        self.model.load_state_dict({own[k]: v for k, v in saved.items() if k in own}, strict=False)
+
+    def load_objects(self, saved: dict[str, Any], cache, strict, path, per_rank: bool) -> None:
+        for name, (obj, obj_per_rank) in self._objects.items():
+            if obj_per_rank != per_rank:
+                continue
+            if name not in saved:
+                msg = f"{'io state' if per_rank else 'extra state'} {name!r} is not in checkpoint {path}"
+                if strict:
+                    raise KeyError(msg)
+                warnings.warn(msg, stacklevel=3)
+                continue
+            obj.load_state_dict(decode(saved[name], _fetch(cache)))
+
+    def load_io_state(self, manifest, cache, strict, path, rank: int, world: int) -> None:
+        saved_world = int(manifest["world_size"])
+        io = manifest.get("io_state", {})
+        if saved_world == world:
+            self.load_objects(io.get(str(rank), {}), cache, strict, path, per_rank=True)
+            return
+        for name, (obj, per_rank) in self._objects.items():
+            if not per_rank:
+                continue
+            if hasattr(obj, "load_resharded_state_dict"):
+                states = [
+                    decode(io[str(r)][name], _fetch(cache))
+                    for r in range(saved_world)
+                    if name in io.get(str(r), {})
+                ]
+                obj.load_resharded_state_dict(states, rank, world)
+            else:
+                warnings.warn(
+                    f"io state {name!r} was saved by {saved_world} ranks and this job has {world}: "
+                    "not restored (define load_resharded_state_dict(states, rank, world_size) to map it)",
+                    stacklevel=3,
+                )
