@@ -42,7 +42,10 @@ def read_ids(storage: Storage, root: str) -> list[str]:
 
 def write_ids(storage: Storage, root: str, ids: list[str], nonce: str) -> None:
     data = "".join(f"{i}\n" for i in ids).encode()
-    storage.write_atomic(storage.join(root, LIST_FILE), data, f".{TMP_PREFIX}{nonce}")
+    # A hidden temporary like every other one: a crash leaves it where remove_stale
+    # looks, and never where a checkpoint folder could be.
+    tmp = storage.join(root, f"{TMP_PREFIX}{LIST_FILE}-{nonce}")
+    storage.write_atomic(storage.join(root, LIST_FILE), data, tmp)
 
 
 def temp_name(ckpt_id: str, nonce: str) -> str:
@@ -56,9 +59,7 @@ def remove_stale(storage: Storage, root: str) -> None:
     to one job at a time.
     """
     for entry in storage.listdir(root):
-        if entry.startswith((TMP_PREFIX, TRASH_PREFIX)) or entry.startswith(
-            f"{LIST_FILE}.{TMP_PREFIX}"
-        ):
+        if entry.startswith((TMP_PREFIX, TRASH_PREFIX)):
             storage.remove(storage.join(root, entry))
 
 

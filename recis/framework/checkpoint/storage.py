@@ -69,9 +69,9 @@ class Storage:
     def sync_dir(self, path: str) -> None:
         """Makes the entries of directory ``path`` durable (no-op where meaningless)."""
 
-    def write_atomic(self, path: str, data: bytes, tmp_suffix: str) -> None:
-        """Writes ``data`` to ``path`` so that readers see the old or the new content."""
-        tmp = path + tmp_suffix
+    def write_atomic(self, path: str, data: bytes, tmp: str) -> None:
+        """Writes ``data`` to ``path`` (through ``tmp``, in the same folder) so that
+        readers see the old or the new content."""
         with self.open_write(tmp) as f:
             f.write(data)
         self.rename(tmp, path)
