@@ -3,7 +3,12 @@
 #include <Python.h>
 #include <torch/library.h>
 
+#include "cpu/isa.h"
+
 TORCH_LIBRARY(recis, m) {
+  // The instruction set of the CPU kernels (csrc/cpu/isa.h): "" reads it, "auto",
+  // "base" or "avx2" sets it; returns the one in use.
+  m.def("cpu_isa(str set=\"\") -> str", &recis::set_cpu_isa);
   // Pooled embedding lookup of one table: out[b] = pool_{j in bag b} w_j * weight[ids[j]].
   // offsets has num_bags + 1 entries (CSR). pooling: 0 = sum, 1 = mean (empty bag -> 0).
   m.def(

@@ -1,6 +1,8 @@
 import pytest
 import torch
 
+import recis  # noqa: F401  (registers torch.ops.recis)
+
 
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
@@ -14,3 +16,25 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+def _available_isas() -> list[str]:
+    active = torch.ops.recis.cpu_isa()
+    isas = ["base"]
+    try:
+        torch.ops.recis.cpu_isa("avx2")
+        isas.append("avx2")
+    except RuntimeError:
+        pass  # no AVX2+FMA on this CPU or build
+    finally:
+        torch.ops.recis.cpu_isa(active)
+    return isas
+
+
+@pytest.fixture(params=_available_isas())
+def cpu_isa(request: pytest.FixtureRequest):
+    """Runs the test once per instruction set the CPU kernels are built for."""
+    previous = torch.ops.recis.cpu_isa()
+    torch.ops.recis.cpu_isa(request.param)
+    yield request.param
+    torch.ops.recis.cpu_isa(previous)

@@ -30,4 +30,22 @@ inline void check_bags(const at::Tensor& weight, const at::Tensor& ids, const at
   }
 }
 
+// Raises naming the first id outside [0, rows). The min/max pass vectorises; the
+// search for the culprit runs only when there is one.
+template <typename index_t>
+void check_ids_in_range(const char* op, const index_t* ids, int64_t n, int64_t rows) {
+  if (n == 0) return;
+  index_t lo = ids[0], hi = ids[0];
+  for (int64_t j = 1; j < n; ++j) {
+    lo = ids[j] < lo ? ids[j] : lo;
+    hi = ids[j] > hi ? ids[j] : hi;
+  }
+  if (lo >= 0 && static_cast<int64_t>(hi) < rows) return;
+  for (int64_t j = 0; j < n; ++j) {
+    const int64_t id = ids[j];
+    TORCH_CHECK(id >= 0 && id < rows, op, ": id ", id, " at position ", j, " is outside [0, ",
+                rows, ")");
+  }
+}
+
 }  // namespace recis

@@ -1,47 +1,42 @@
-// CPU pooled lookup: parallel over bags; each bag accumulates its rows in float
-// registers over the embedding dimension (the inner loop is contiguous, so the
-// compiler vectorises it) and prefetches the row a few ids ahead to hide latency.
+// CPU pooled lookup: parallel over bags; the inner loops (cpu/pooled_lookup_kernel.h)
+// are compiled for baseline x86-64 and for AVX2+FMA, chosen at run time (cpu/isa.h).
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
-#include <vector>
+#include <algorithm>
 
 #include "cpu/common.h"
+#include "cpu/isa.h"
 
+#pragma GCC target("avx2,fma")
 namespace recis {
 namespace {
+namespace isa_base {
+constexpr int64_t kVecFloats = 4;  // SSE2
+#include "cpu/pooled_lookup_kernel.h"
+}  // namespace isa_base
 
-constexpr int64_t kPrefetchDistance = 4;
+#if RECIS_HAVE_AVX2_KERNELS
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+namespace isa_avx2 {
+constexpr int64_t kVecFloats = 8;
+#include "cpu/pooled_lookup_kernel.h"
+}  // namespace isa_avx2
+#pragma GCC pop_options
+#endif
 
 template <typename scalar_t, typename index_t>
-void lookup_bags(const scalar_t* weight, int64_t rows, int64_t dim, const index_t* ids,
-                 const index_t* offsets, const float* psw, Pooling pooling, scalar_t* out,
-                 int64_t begin, int64_t end) {
-  using acc_t = at::opmath_type<scalar_t>;
-  std::vector<acc_t> acc(dim);
-  for (int64_t b = begin; b < end; ++b) {
-    const int64_t start = offsets[b], stop = offsets[b + 1];
-    std::fill(acc.begin(), acc.end(), acc_t(0));
-    for (int64_t j = start; j < stop; ++j) {
-      if (j + kPrefetchDistance < stop) {
-        const int64_t ahead = ids[j + kPrefetchDistance];
-        if (ahead >= 0 && ahead < rows) __builtin_prefetch(weight + ahead * dim);
-      }
-      const int64_t id = ids[j];
-      TORCH_CHECK(id >= 0 && id < rows, "recis.pooled_lookup: id ", id, " at position ", j,
-                  " is outside [0, ", rows, ")");
-      const scalar_t* row = weight + id * dim;
-      const acc_t w = psw ? static_cast<acc_t>(psw[j]) : acc_t(1);
-      acc_t* a = acc.data();
-      for (int64_t d = 0; d < dim; ++d) a[d] += w * static_cast<acc_t>(row[d]);
-    }
-    const acc_t scale =
-        (pooling == Pooling::kMean && stop > start) ? acc_t(1) / acc_t(stop - start) : acc_t(1);
-    scalar_t* o = out + b * dim;
-    for (int64_t d = 0; d < dim; ++d) o[d] = static_cast<scalar_t>(acc[d] * scale);
+void lookup_bags(const scalar_t* weight, int64_t dim, const index_t* ids, const index_t* offsets,
+                 const float* psw, bool mean, scalar_t* out, int64_t begin, int64_t end) {
+#if RECIS_HAVE_AVX2_KERNELS
+  if (cpu_isa() == Isa::kAvx2) {
+    return isa_avx2::lookup_bags(weight, dim, ids, offsets, psw, mean, out, begin, end);
   }
+#endif
+  isa_base::lookup_bags(weight, dim, ids, offsets, psw, mean, out, begin, end);
 }
 
 at::Tensor pooled_lookup_cpu(const at::Tensor& weight, const at::Tensor& ids,
@@ -68,12 +63,13 @@ at::Tensor pooled_lookup_cpu(const at::Tensor& weight, const at::Tensor& ids,
                   ids_c.numel(), "), got ", o[0], " .. ", o[num_bags]);
       for (int64_t b = 0; b < num_bags; ++b)
         TORCH_CHECK(o[b] <= o[b + 1], "recis.pooled_lookup: offsets decrease at bag ", b);
+      check_ids_in_range("recis.pooled_lookup", ids_c.data_ptr<index_t>(), ids_c.numel(), w.size(0));
       const int64_t grain = std::max<int64_t>(1, 2048 / std::max<int64_t>(dim, 1));
       at::parallel_for(0, num_bags, grain, [&](int64_t begin, int64_t end) {
-        lookup_bags<scalar_t, index_t>(w.data_ptr<scalar_t>(), w.size(0), dim,
-                                       ids_c.data_ptr<index_t>(), o,
-                                       psw.defined() ? psw.data_ptr<float>() : nullptr, mode,
-                                       out.data_ptr<scalar_t>(), begin, end);
+        lookup_bags<scalar_t, index_t>(w.data_ptr<scalar_t>(), dim, ids_c.data_ptr<index_t>(), o,
+                                       psw.defined() ? psw.data_ptr<float>() : nullptr,
+                                       mode == Pooling::kMean, out.data_ptr<scalar_t>(), begin,
+                                       end);
       });
     });
   });

@@ -12,22 +12,27 @@
 #include <cstdint>
 #include <vector>
 
+#include "cpu/scratch.h"
+
 namespace recis {
 
 struct RowSegments {
-  std::vector<int64_t> unique_ids;  // ascending
-  std::vector<int64_t> seg;         // unique_ids.size() + 1 starts into `pos`
-  std::vector<int64_t> pos;         // positions in ids, grouped by id, ascending within a group
-  std::vector<int64_t> bag_of;      // position -> its bag
-  int64_t size() const { return static_cast<int64_t>(unique_ids.size()); }
+  int64_t num_unique = 0, nnz = 0;
+  Scratch<int64_t> unique_ids;  // [num_unique], ascending
+  Scratch<int64_t> seg;         // [num_unique + 1] starts into `pos`
+  Scratch<int64_t> pos;         // [nnz] positions in ids, grouped by id, ascending within a group
+  Scratch<int64_t> bag_of;      // [nnz] position -> its bag
+  Scratch<uint64_t> keys, tmp;  // sort buffers
+  int64_t size() const { return num_unique; }
 };
 
 inline int bit_width_u64(uint64_t x) { return x == 0 ? 0 : 64 - __builtin_clzll(x); }
 
 // Checks offsets (CSR, start 0, end nnz, non-decreasing) and ids (in [0, rows));
 // `op` names the caller in errors. Nothing is written before every check passed.
+// Returns this thread's workspace, valid until its next call.
 template <typename index_t>
-RowSegments dedup_rows(const char* op, const index_t* ids, int64_t nnz, const index_t* offsets,
+const RowSegments& dedup_rows(const char* op, const index_t* ids, int64_t nnz, const index_t* offsets,
                        int64_t num_bags, int64_t rows) {
   TORCH_CHECK(offsets[0] == 0 && offsets[num_bags] == nnz, op,
               ": offsets must start at 0 and end at ids.numel() (", nnz, "), got ", offsets[0],
@@ -37,15 +42,6 @@ RowSegments dedup_rows(const char* op, const index_t* ids, int64_t nnz, const in
     TORCH_CHECK(offsets[b] <= offsets[b + 1], op, ": offsets decrease at bag ", b, " (",
                 offsets[b], " > ", offsets[b + 1], ")");
   }
-  RowSegments r;
-  r.bag_of.resize(nnz);
-  for (int64_t b = 0; b < num_bags; ++b) {
-    std::fill(r.bag_of.begin() + offsets[b], r.bag_of.begin() + offsets[b + 1], b);
-  }
-  if (nnz == 0) {
-    r.seg.push_back(0);
-    return r;
-  }
   int64_t max_id = 0;
   for (int64_t j = 0; j < nnz; ++j) {
     const int64_t id = ids[j];
@@ -53,19 +49,29 @@ RowSegments dedup_rows(const char* op, const index_t* ids, int64_t nnz, const in
                 rows, ")");
     max_id = std::max(max_id, id);
   }
+  static thread_local RowSegments r;
+  r.nnz = nnz;
+  r.num_unique = 0;
+  int64_t* bag_of = r.bag_of.resize(nnz);
+  for (int64_t b = 0; b < num_bags; ++b) {
+    std::fill(bag_of + offsets[b], bag_of + offsets[b + 1], b);
+  }
+  r.seg.resize(nnz + 1)[0] = 0;
+  if (nnz == 0) return r;
   const int pos_bits = std::max(1, bit_width_u64(static_cast<uint64_t>(nnz - 1)));
   const int id_bits = bit_width_u64(static_cast<uint64_t>(max_id));
   TORCH_CHECK(pos_bits + id_bits <= 64, op, ": ", nnz, " ids with ids up to ", max_id,
               " do not fit the 64-bit sort key");
-  std::vector<uint64_t> keys(nnz), tmp(nnz);
+  uint64_t* keys = r.keys.resize(nnz);
+  uint64_t* tmp = r.tmp.resize(nnz);
   for (int64_t j = 0; j < nnz; ++j) {
     keys[j] = (static_cast<uint64_t>(ids[j]) << pos_bits) | static_cast<uint64_t>(j);
   }
   constexpr int kDigit = 11;
   constexpr int64_t kBuckets = int64_t{1} << kDigit;
-  std::vector<int64_t> count(kBuckets);
+  int64_t count[kBuckets];
   for (int shift = pos_bits; shift < pos_bits + id_bits; shift += kDigit) {
-    std::fill(count.begin(), count.end(), 0);
+    std::fill(count, count + kBuckets, 0);
     for (int64_t j = 0; j < nnz; ++j) ++count[(keys[j] >> shift) & (kBuckets - 1)];
     int64_t sum = 0;
     for (auto& c : count) {
@@ -74,21 +80,24 @@ RowSegments dedup_rows(const char* op, const index_t* ids, int64_t nnz, const in
       sum += n;
     }
     for (int64_t j = 0; j < nnz; ++j) tmp[count[(keys[j] >> shift) & (kBuckets - 1)]++] = keys[j];
-    keys.swap(tmp);
+    std::swap(keys, tmp);
   }
   const uint64_t pos_mask = (pos_bits == 64) ? ~uint64_t{0} : ((uint64_t{1} << pos_bits) - 1);
-  r.pos.resize(nnz);
-  int64_t prev = -1;
+  int64_t* pos = r.pos.resize(nnz);
+  int64_t* unique_ids = r.unique_ids.resize(nnz);
+  int64_t* seg = r.seg.data();
+  int64_t prev = -1, u = 0;
   for (int64_t k = 0; k < nnz; ++k) {
     const auto id = static_cast<int64_t>(keys[k] >> pos_bits);
-    r.pos[k] = static_cast<int64_t>(keys[k] & pos_mask);
+    pos[k] = static_cast<int64_t>(keys[k] & pos_mask);
     if (id != prev) {
-      r.unique_ids.push_back(id);
-      r.seg.push_back(k);
+      unique_ids[u] = id;
+      seg[u++] = k;
       prev = id;
     }
   }
-  r.seg.push_back(nnz);
+  seg[u] = nnz;
+  r.num_unique = u;
   return r;
 }
 

@@ -14,7 +14,7 @@ def random_bags(num_bags, rows, max_len, empty_fraction=0.2, dtype=torch.long):
     return ids, offsets
 
 
-@pytest.mark.parametrize("dim", [1, 3, 8, 127, 129])
+@pytest.mark.parametrize("dim", [1, 3, 8, 64, 127, 129, 200])
 @pytest.mark.parametrize("pooling", [ops.SUM, ops.MEAN])
 @pytest.mark.parametrize("weighted", [False, True])
 def test_matches_reference_on_random_bags(dim, pooling, weighted):

@@ -1,0 +1,31 @@
+#pragma once
+// The instruction set the CPU kernels run with, chosen once at run time.
+//
+// The build targets baseline x86-64 (SSE2) so that one build runs everywhere; the hot
+// loops are also compiled for AVX2+FMA and used when the CPU has them. A kernel
+// header (no includes of its own, no #pragma once) is included twice:
+//
+//   namespace recis::isa_base { constexpr int64_t kVecFloats = 4;
+//   #include "cpu/x_kernel.h" }
+//   #if RECIS_HAVE_AVX2_KERNELS  ... #pragma GCC target("avx2,fma") ... isa_avx2 ...
+//
+// RECIS_CPU_ISA=base|avx2 (or the recis::cpu_isa op) overrides the choice, so tests
+// check both paths against the references.
+#include <string>
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define RECIS_HAVE_AVX2_KERNELS 1
+#else
+#define RECIS_HAVE_AVX2_KERNELS 0
+#endif
+
+namespace recis {
+
+enum class Isa { kBase, kAvx2 };
+
+// The ISA in use. set_cpu_isa("auto" | "base" | "avx2") changes it, "" only reads;
+// both return the name of the ISA in use.
+Isa cpu_isa();
+std::string set_cpu_isa(std::string name);
+
+}  // namespace recis

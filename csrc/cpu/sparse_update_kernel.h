@@ -1,0 +1,214 @@
+// Inner loops of the fused sparse-optimizer updates; included once per instruction
+// set (see cpu/isa.h), so no #pragma once and no includes here.
+//
+// One pass per unique row, in parallel over rows (no two threads write one row): the
+// row's gradient is reduced from grad_out[bag] * multiplier into a dim-sized buffer,
+// and the optimizer math is applied to the row and its state while they are in cache.
+// The inner loops run over the contiguous embedding dimension and vectorise.
+
+// Updates are bound by the latency of reading random rows: request every cache
+// line of the row (and its state) a few unique rows ahead so that several misses
+// are in flight at once.
+constexpr int64_t kPrefetchRows = 8;
+constexpr int64_t kPrefetchGrads = 4;
+
+// x[d] = sqrt(x[d]). A plain loop over std::sqrt is not vectorised (the build keeps
+// errno semantics, so each sqrt may branch to a libm call); SSE2 is the x86-64
+// baseline, so its packed sqrt needs no runtime dispatch.
+inline void sqrt_array(float* x, int64_t n) {
+  int64_t d = 0;
+#if defined(__SSE2__)
+  for (; d + 4 <= n; d += 4) _mm_storeu_ps(x + d, _mm_sqrt_ps(_mm_loadu_ps(x + d)));
+#endif
+  for (; d < n; ++d) x[d] = std::sqrt(x[d]);
+}
+
+inline void sqrt_array(double* x, int64_t n) {
+  int64_t d = 0;
+#if defined(__SSE2__)
+  for (; d + 2 <= n; d += 2) _mm_storeu_pd(x + d, _mm_sqrt_pd(_mm_loadu_pd(x + d)));
+#endif
+  for (; d < n; ++d) x[d] = std::sqrt(x[d]);
+}
+
+template <typename T>
+inline void prefetch_row(const T* row, int64_t n, bool write = true) {
+  const char* p = reinterpret_cast<const char*>(row);
+  const int64_t bytes = n * static_cast<int64_t>(sizeof(T));
+  if (write) {
+    for (int64_t off = 0; off < bytes; off += 64) __builtin_prefetch(p + off, 1);
+  } else {
+    for (int64_t off = 0; off < bytes; off += 64) __builtin_prefetch(p + off, 0);
+  }
+}
+
+// acc = sum over sorted positions k in [begin, end) of grad_out[bag[k]] * scale[k].
+template <typename scalar_t>
+inline void reduce_row(const SortedGrad<scalar_t>& grad, int64_t begin, int64_t end,
+                       scalar_t* acc) {
+  const int64_t dim = grad.dim;
+  const scalar_t* grad_out = grad.grad_out;
+  const int64_t* bag = grad.bag;
+  std::fill(acc, acc + dim, scalar_t(0));
+  const int64_t nnz = grad.nnz;
+  for (int64_t k = begin; k < end; ++k) {
+    // grad_out rows are read in id order, i.e. at random: fetch a few ahead.
+    if (k + kPrefetchGrads < nnz) {
+      prefetch_row(grad_out + bag[k + kPrefetchGrads] * dim, dim, /*write=*/false);
+    }
+    const scalar_t* g = grad_out + bag[k] * dim;
+    if (grad.scale == nullptr) {
+      for (int64_t d = 0; d < dim; ++d) acc[d] += g[d];
+    } else {
+      const scalar_t sc = grad.scale[k];
+      for (int64_t d = 0; d < dim; ++d) acc[d] += sc * g[d];
+    }
+  }
+}
+
+// Runs `opt.apply(row, grad_of_row, scratch)` once per unique row, in parallel over rows.
+template <typename scalar_t, typename Opt>
+void for_each_unique_row(const RowSegments& r, const SortedGrad<scalar_t>& grad, const Opt& opt) {
+  const int64_t dim = grad.dim;
+  const int64_t grain = std::max<int64_t>(1, 4096 / std::max<int64_t>(dim, 1));
+  at::parallel_for(0, r.size(), grain, [&](int64_t begin, int64_t end) {
+    // acc: the row's gradient (the optimizer may overwrite it); tmp: its scratch.
+    std::vector<scalar_t> acc(dim), tmp(dim);
+    for (int64_t u = begin; u < end; ++u) {
+      if (u + kPrefetchRows < end) opt.prefetch(r.unique_ids[u + kPrefetchRows]);
+      reduce_row(grad, r.seg[u], r.seg[u + 1], acc.data());
+      opt.apply(r.unique_ids[u], acc.data(), tmp.data());
+    }
+  });
+}
+
+// --- optimizer math on one row (g: the row's reduced gradient, dim values) ---
+
+template <typename scalar_t>
+struct SgdRow {
+  scalar_t* weight;
+  int64_t dim;
+  scalar_t lr, weight_decay;
+  void prefetch(int64_t row) const { prefetch_row(weight + row * dim, dim); }
+  void apply(int64_t row, scalar_t* g, scalar_t* /*tmp*/) const {
+    scalar_t* w = weight + row * dim;
+    for (int64_t d = 0; d < dim; ++d) w[d] -= lr * (g[d] + weight_decay * w[d]);
+  }
+};
+
+template <typename scalar_t>
+struct AdagradRow {
+  scalar_t* weight;
+  scalar_t* sum;  // [rows, dim]
+  int64_t dim;
+  scalar_t lr, eps, weight_decay;
+  void prefetch(int64_t row) const {
+    prefetch_row(weight + row * dim, dim);
+    prefetch_row(sum + row * dim, dim);
+  }
+  void apply(int64_t row, scalar_t* g, scalar_t* root) const {
+    scalar_t* w = weight + row * dim;
+    scalar_t* s = sum + row * dim;
+    for (int64_t d = 0; d < dim; ++d) {
+      g[d] += weight_decay * w[d];
+      s[d] += g[d] * g[d];
+      root[d] = s[d];
+    }
+    sqrt_array(root, dim);
+    for (int64_t d = 0; d < dim; ++d) w[d] -= lr * g[d] / (root[d] + eps);
+  }
+};
+
+// FBGEMM's EXACT_ROWWISE_ADAGRAD: one accumulator per row, s += mean(g^2).
+template <typename scalar_t>
+struct RowWiseAdagradRow {
+  scalar_t* weight;
+  scalar_t* sum;  // [rows]
+  int64_t dim;
+  scalar_t lr, eps, weight_decay;
+  void prefetch(int64_t row) const {
+    prefetch_row(weight + row * dim, dim);
+    __builtin_prefetch(sum + row, 1);
+  }
+  void apply(int64_t row, scalar_t* g, scalar_t* /*tmp*/) const {
+    scalar_t* w = weight + row * dim;
+    // Sum of squares in kLanes independent partial sums: one running sum would be a
+    // serial dependency chain the compiler may not reorder (no fast-math).
+    constexpr int64_t kLanes = 8;
+    scalar_t part[kLanes] = {};
+    int64_t d = 0;
+    for (; d + kLanes <= dim; d += kLanes) {
+      for (int64_t l = 0; l < kLanes; ++l) {
+        g[d + l] += weight_decay * w[d + l];
+        part[l] += g[d + l] * g[d + l];
+      }
+    }
+    scalar_t sq = 0;
+    for (; d < dim; ++d) {
+      g[d] += weight_decay * w[d];
+      sq += g[d] * g[d];
+    }
+    for (int64_t l = 0; l < kLanes; ++l) sq += part[l];
+    sum[row] += sq / static_cast<scalar_t>(dim);
+    const scalar_t step = lr / (std::sqrt(sum[row]) + eps);
+    for (d = 0; d < dim; ++d) w[d] -= step * g[d];
+  }
+
+};
+
+// torch.optim.Adam (L2 weight decay) / AdamW (decoupled decay), one step `step`.
+template <typename scalar_t>
+struct AdamRow {
+  scalar_t* weight;
+  scalar_t* exp_avg;
+  scalar_t* exp_avg_sq;
+  int64_t dim;
+  scalar_t lr, beta1, beta2, eps, weight_decay;
+  bool decoupled;
+  scalar_t step_size, inv_bc2_sqrt;  // lr / (1 - beta1^t), 1 / sqrt(1 - beta2^t)
+  void prefetch(int64_t row) const {
+    prefetch_row(weight + row * dim, dim);
+    prefetch_row(exp_avg + row * dim, dim);
+    prefetch_row(exp_avg_sq + row * dim, dim);
+  }
+  void apply(int64_t row, scalar_t* g, scalar_t* root) const {
+    scalar_t* w = weight + row * dim;
+    scalar_t* m = exp_avg + row * dim;
+    scalar_t* v = exp_avg_sq + row * dim;
+    const scalar_t l2 = decoupled ? scalar_t(0) : weight_decay;
+    const scalar_t shrink = decoupled ? scalar_t(1) - lr * weight_decay : scalar_t(1);
+    for (int64_t d = 0; d < dim; ++d) {
+      const scalar_t gd = g[d] + l2 * w[d];
+      m[d] += (scalar_t(1) - beta1) * (gd - m[d]);
+      v[d] = beta2 * v[d] + (scalar_t(1) - beta2) * gd * gd;
+      root[d] = v[d];
+    }
+    sqrt_array(root, dim);
+    for (int64_t d = 0; d < dim; ++d) {
+      w[d] = w[d] * shrink - step_size * m[d] / (root[d] * inv_bc2_sqrt + eps);
+    }
+  }
+};
+
+// The entry points of this instruction set, for the dispatch in sparse_update.cpp.
+struct Kernels {
+  template <typename T> using Sgd = SgdRow<T>;
+  template <typename T> using Adagrad = AdagradRow<T>;
+  template <typename T> using RowWiseAdagrad = RowWiseAdagradRow<T>;
+  template <typename T> using Adam = AdamRow<T>;
+
+  template <typename scalar_t, typename Opt>
+  static void update(const RowSegments& r, const SortedGrad<scalar_t>& grad, const Opt& opt) {
+    for_each_unique_row(r, grad, opt);
+  }
+
+  // out[u] = the reduced gradient of unique row u.
+  template <typename scalar_t>
+  static void reduce_all(const RowSegments& r, const SortedGrad<scalar_t>& grad, scalar_t* out) {
+    const int64_t dim = grad.dim;
+    const int64_t grain = std::max<int64_t>(1, 4096 / dim);
+    at::parallel_for(0, r.size(), grain, [&](int64_t begin, int64_t end) {
+      for (int64_t u = begin; u < end; ++u) reduce_row(grad, r.seg[u], r.seg[u + 1], out + u * dim);
+    });
+  }
+};
