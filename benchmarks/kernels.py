@@ -11,7 +11,9 @@ Compares, in the same process and alternating iteration by iteration:
                   scattered back with index_copy_.
 It also measures the machine's memory copy bandwidth (a large tensor copy) and reports
 the effective bandwidth of recis' update step (bytes of rows and state read and
-written, plus grad_out read once) as a fraction of it.
+written, plus grad_out read once) as a fraction of it, and the row-touch floor: the
+time to read and write back, with no math, the same rows and state (random rows are
+bound by memory latency, not by the copy bandwidth).
 
 Prints one JSON line per result, then a markdown table.
 
@@ -219,6 +221,24 @@ def measure(impls: list, batches: list[dict], warmup: int, iters: int) -> dict[s
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 
+def row_touch_floor(impl: Recis, batches: list[dict], repeats: int = 3) -> float:
+    """Median seconds to read and write back, without any math, exactly the rows (and
+    per-row state) one step updates: ``index_select`` then ``index_copy_`` of each
+    table's unique ids on recis's own tables. Random rows are latency-bound, far below
+    the copy bandwidth; this is the floor any fused update of those rows meets."""
+    times = []
+    for i in range(repeats):
+        batch = batches[i % len(batches)]
+        rows = [torch.unique(ids) for ids, _ in batch["tables"]]
+        states = [impl.opt.table_state(name) for name in impl.tables]
+        t0 = time.perf_counter()
+        for table, state, r in zip(impl.tables.values(), states, rows, strict=True):
+            for t in [table.weight, *(v for v in state.values() if v.dim() > 0)]:
+                t.index_copy_(0, r, t.index_select(0, r))
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
 def update_bytes(
     batches: list[dict], dim: int, optim: str, tables: int, batch: int
 ) -> tuple[float, float]:
@@ -269,6 +289,7 @@ def main(argv: list[str] | None = None) -> None:
             secs = measure(impls, batches, args.warmup, args.iters)
             step = statistics.median(impls[0].step_times[args.warmup :])
             nbytes, uniq = update_bytes(batches, dim, optim, args.tables, args.batch)
+            floor = row_touch_floor(impls[0], batches)
             result = {
                 "benchmark": "sparse_fwd_bwd_step",
                 "optimizer": optim,
@@ -284,6 +305,8 @@ def main(argv: list[str] | None = None) -> None:
                 "recis_step_ms": round(step * 1e3, 2),
                 "recis_update_GBps": round(nbytes / step / 1e9, 2),
                 "recis_update_bw_fraction": round(nbytes / step / bw, 3),
+                "row_touch_floor_ms": round(floor * 1e3, 2),
+                "recis_step_over_floor": round(step / floor, 2),
             }
             for n, s in secs.items():
                 if n != "recis":
@@ -294,15 +317,16 @@ def main(argv: list[str] | None = None) -> None:
     print()
     print(
         "| optimizer | dim | recis ms | fbgemm ms | torch ms | recis ids/s | x fbgemm | x torch "
-        "| recis step ms | update GB/s | of copy BW |"
+        "| recis step ms | update GB/s | of copy BW | row-touch floor ms | step / floor |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows_out:
         print(
             f"| {r['optimizer']} | {r['dim']} | {r['recis_ms']} | {r.get('fbgemm_ms', 'n/a')} "
             f"| {r['torch_ms']} | {r['recis_ids_per_s']:.3g} | {r.get('speedup_vs_fbgemm', 'n/a')} "
             f"| {r['speedup_vs_torch']} | {r['recis_step_ms']} | {r['recis_update_GBps']} "
-            f"| {r['recis_update_bw_fraction']:.0%} |"
+            f"| {r['recis_update_bw_fraction']:.0%} | {r['row_touch_floor_ms']} "
+            f"| {r['recis_step_over_floor']} |"
         )
     print(f"\nmemory copy bandwidth: {bw / 1e9:.2f} GB/s ({torch.get_num_threads()} threads)")
 
