@@ -19,7 +19,7 @@ from recis.sparse import KeyedJaggedTensor
 
 # Header of one rank: [batch, has_weights, then the ids it sends to each (rank, slot),
 # slots of rank 0 first, then the ids of each data-parallel table].
-FIXED = 2
+_FIXED = 2
 
 
 @dataclass
@@ -56,8 +56,8 @@ class InputDist:
         self._read = BatchReader([t.config for t in layout.sharded] + layout.replicated)
         self.slot_column: list[int] = []  # header column of each (rank, slot), rank-major
         for d in range(world_size):
-            self.slot_column.append(FIXED + sum(len(s) for s in layout.slots_on[:d]))
-        self.replicated_column = FIXED + sum(len(s) for s in layout.slots_on)
+            self.slot_column.append(_FIXED + sum(len(s) for s in layout.slots_on[:d]))
+        self.replicated_column = _FIXED + sum(len(s) for s in layout.slots_on)
         self.local_features = [layout.sharded[s.table].num_features for s in layout.slots_on[rank]]
 
     def prepare(self, kjt: KeyedJaggedTensor) -> Prepared:
@@ -66,7 +66,10 @@ class InputDist:
         prep = Prepared(kjt.stride(), None, kjt.weights_or_none() is not None)
         try:
             inputs = self._read(kjt)
-            for table, (ids, lengths, w) in zip(self.layout.sharded, inputs, strict=False):
+            num_sharded = len(self.layout.sharded)
+            for table, (ids, lengths, w) in zip(
+                self.layout.sharded, inputs[:num_sharded], strict=True
+            ):
                 ids, lengths = ids.long(), lengths.long()
                 if w is not None:
                     w = w.float()
@@ -78,7 +81,7 @@ class InputDist:
                 prep.routed.append(ROUTERS[table.plan.sharding_type](table, ids, lengths, w))
             prep.replicated = [
                 TableInput(ids.long(), lengths.long(), None if w is None else w.float())
-                for ids, lengths, w in inputs[len(self.layout.sharded) :]
+                for ids, lengths, w in inputs[num_sharded:]
             ]
         except ValueError as e:
             prep.error = str(e)
@@ -91,7 +94,7 @@ class InputDist:
     def header(self, prep: Prepared) -> Tensor:
         values = [prep.batch, int(prep.has_weights)]
         if prep.error:  # sizes are never used: every rank raises after the exchange
-            values.extend([0] * (self.replicated_column - FIXED + len(self.layout.replicated)))
+            values.extend([0] * (self.replicated_column - _FIXED + len(self.layout.replicated)))
         else:
             for d in range(self.world_size):
                 values.extend(p.ids.numel() for p in self._parts(prep, d))
