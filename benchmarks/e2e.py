@@ -11,8 +11,9 @@ interaction, top MLP ending in one logit) on the same synthetic Criteo batches
 same table placement (recis's plan copies TorchRec's), row-wise Adagrad on the
 embeddings and torch Adagrad on the dense part. One step:
 
-- recis: ``loss = dmp(batch)``, ``loss.backward()``, dense step, sparse step
-  (``recis.optim.SparseRowWiseAdagrad``), zero grads;
+- recis: ``clear_metrics()`` (as the Trainer does every step), ``loss = dmp(batch)``,
+  ``loss.backward()``, dense step, sparse step (``recis.optim.SparseRowWiseAdagrad``),
+  zero grads;
 - TorchRec: ``logits = dmp(dense, kjt)``, BCE-with-logits, ``backward()`` (row-wise
   Adagrad fused into backward by ``apply_optimizer_in_backward``), dense step, zero grads.
 
@@ -37,6 +38,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from recis.distributed import TABLE_WISE, DistributedModelParallel, Shard, ShardingPlan, TablePlan
+from recis.framework.metrics import clear_metrics
 from recis.io import SyntheticCriteoDataset, default_table_sizes
 from recis.models import DLRM, criteo_tables
 from recis.nn import filter_out_sparse_param
@@ -151,6 +153,9 @@ class Phases:
 def recis_step(m, batch, ph: Phases) -> None:
     dmp, dense, sparse = m
     ph.start()
+    # The model reports loss and AUC predictions with add_metric; uncleared, the
+    # predictions of every step so far would be concatenated again at each step.
+    clear_metrics()
     loss = dmp(batch)
     ph.lap("forward")
     loss.backward()

@@ -24,20 +24,19 @@ def rank_and_world(group: dist.ProcessGroup | None) -> tuple[int, int]:
 
 def exchange_header(
     header: Tensor, error: str | None, group: dist.ProcessGroup | None, world_size: int
-) -> Tensor:
+) -> list[list[int]]:
     """All-gathers each rank's small int64 ``header`` (sizes of what it will send) plus an
     error flag, before any data moves. If any rank found bad input, every rank raises
     the same :class:`DistributedInputError` naming it, so no rank is left waiting in a
-    later collective. Returns ``[world_size, len(header)]``."""
+    later collective. Returns every rank's header, read to the host in one go."""
     row = torch.cat([header.new_tensor([1 if error else 0]), header])
     if world_size == 1:
-        rows = row.unsqueeze(0)
+        rows = [row.tolist()]
     else:
         parts = [torch.empty_like(row) for _ in range(world_size)]
         dist.all_gather(parts, row, group=group)
-        rows = torch.stack(parts)
-    flags = rows[:, 0].tolist()
-    if any(flags):
+        rows = torch.stack(parts).tolist()
+    if any(r[0] for r in rows):
         messages: list[Any] = [None] * world_size
         if world_size == 1:
             messages = [error]
@@ -45,7 +44,7 @@ def exchange_header(
             dist.all_gather_object(messages, error, group=group)
         bad = [f"rank {r}: {m}" for r, m in enumerate(messages) if m]
         raise DistributedInputError("bad sharded-embedding input on " + "; ".join(bad))
-    return rows[:, 1:]
+    return [r[1:] for r in rows]
 
 
 class AllToAll:

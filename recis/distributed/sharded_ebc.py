@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from recis.distributed.comm import rank_and_world
 from recis.distributed.plan import ShardingPlan
 from recis.distributed.sharding.data_parallel import ReplicaGradSync, replica_lookup
-from recis.distributed.sharding.input_dist import _FIXED, InputDist
+from recis.distributed.sharding.input_dist import InputDist, Prepared
 from recis.distributed.sharding.layout import Layout
 from recis.distributed.sharding.lookup import ShardLookup
 from recis.distributed.sharding.output_dist import OutputDist
@@ -81,7 +81,9 @@ class ShardedEmbeddingBagCollection(nn.Module):
                 self.tables[cfg.name] = EmbeddingTable(
                     cfg, weight, shard.row_offset, shard.col_offset
                 )
-        self.input_dist = InputDist(self.layout, self.rank, self.world_size, self.group)
+        self.input_dist = InputDist(
+            self.layout, self.rank, self.world_size, self.group, self.device
+        )
         self.lookup = ShardLookup(self.layout, self.rank, self.tables, self.device)
         self.output_dist = OutputDist(
             self.layout, self.rank, self.world_size, self.group, self.grad_scale
@@ -103,19 +105,27 @@ class ShardedEmbeddingBagCollection(nn.Module):
 
     def forward(self, features: KeyedJaggedTensor) -> KeyedTensor:
         self._stats = {}
-        stats = self._stats
         prep = self.input_dist.prepare(features)
-        header = self.input_dist.exchange(prep, self.device)
-        batch = prep.batch
-        blocks: dict[str, Tensor] = {}
+        header = self.input_dist.exchange(prep)
         pending = None
         if self.layout.sharded:
-            pending = self.input_dist.start(prep, header, stats)
+            pending = self.input_dist.start(prep, header, self._stats)
         # Replicated tables need no communication forward: look them up while the
         # ids are in flight.
-        weighted = bool(header[:, 1].any())
-        batches = header[:, 0].tolist()
-        first_dp = _FIXED + self.world_size
+        replicated = self._replicated_blocks(prep, header)
+        sharded = None
+        if pending is not None:
+            send, sizes = self.lookup(pending.wait())
+            sharded = self.output_dist.start(send, sizes, prep.batch, self._stats).wait()
+        return KeyedTensor(
+            self.layout.features, self.layout.dims, self._join(sharded, replicated, prep.batch)
+        )
+
+    def _replicated_blocks(self, prep: Prepared, header: list[list[int]]) -> list[Tensor]:
+        """Each data-parallel table's features side by side, ``[B, features * dim]``."""
+        weighted = any(row[1] for row in header)
+        batches = [row[0] for row in header]
+        blocks = []
         for i, cfg in enumerate(self.layout.replicated):
             ids, lengths, w = prep.replicated[i]
             if weighted and w is None:
@@ -125,23 +135,28 @@ class ShardedEmbeddingBagCollection(nn.Module):
                 self.group,
                 self.world_size,
                 [nf * b for b in batches],
-                header[:, first_dp + i].tolist(),
+                [row[self.input_dist.replicated_column + i] for row in header],
                 weighted,
                 self.grad_scale,
-                stats,
+                self._stats,
             )
             pooled = replica_lookup(
                 self.tables[cfg.name], ids, lengths, w, cfg.pooling == "mean", sync
-            ).view(nf, batch, cfg.embedding_dim)
-            for j, f in enumerate(cfg.feature_names):
-                blocks[f] = pooled[j]
-        if pending is not None:
-            received = pending.wait()
-            send, sizes = self.lookup(received)
-            blocks.update(self.output_dist.start(send, sizes, batch, stats).wait())
-        values = (
-            torch.cat([blocks[f] for f in self.layout.features], dim=1)
-            if self.layout.features
-            else torch.zeros(batch, 0, device=self.device)
-        )
-        return KeyedTensor(self.layout.features, self.layout.dims, values)
+            ).view(nf, prep.batch, cfg.embedding_dim)
+            blocks.append(pooled.permute(1, 0, 2).reshape(prep.batch, nf * cfg.embedding_dim))
+        return blocks
+
+    def _join(self, sharded: Tensor | None, replicated: list[Tensor], batch: int) -> Tensor:
+        """The output ``[B, sum of dims]`` in feature order, from the sharded output and
+        the data-parallel blocks."""
+        runs = self.layout.output_runs
+        if not runs:
+            return torch.zeros(batch, 0, device=self.device)
+        if len(runs) == 1 and isinstance(runs[0], slice):
+            assert sharded is not None
+            return sharded  # every table sharded: no copy
+        blocks = [
+            replicated[r] if isinstance(r, int) else sharded[:, r]  # type: ignore[index]
+            for r in runs
+        ]
+        return blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=1)

@@ -49,10 +49,11 @@ class DLRM(nn.Module):
             raise ValueError(f"bottom_mlp must end with the embedding dim {dim}, got {bottom_mlp}")
         self.bottom = mlp(num_dense, bottom_mlp)
         num_f = len(self.sparse_arch.feature_names()) + 1
-        # Strict upper triangle of the (features x features) dot-product matrix.
+        # Strict upper triangle of the (features x features) dot-product matrix, as
+        # positions in the flattened matrix: one index_select (whose backward is one
+        # index_add) instead of advanced indexing (index_put with accumulate).
         rows, cols = torch.triu_indices(num_f, num_f, offset=1)
-        self.register_buffer("_rows", rows, persistent=False)
-        self.register_buffer("_cols", cols, persistent=False)
+        self.register_buffer("_pairs", rows * num_f + cols, persistent=False)
         self.top = mlp(dim + rows.numel(), [*top_mlp, 1], last_activation=False)
 
     def logits(self, batch: dict) -> Tensor:
@@ -60,7 +61,7 @@ class DLRM(nn.Module):
         pooled = self.sparse_arch(batch["sparse"]).values()
         b, d = dense.shape
         x = torch.cat([dense.unsqueeze(1), pooled.view(b, -1, d)], dim=1)  # [B, F+1, D]
-        dots = torch.bmm(x, x.transpose(1, 2))[:, self._rows, self._cols]
+        dots = torch.bmm(x, x.transpose(1, 2)).flatten(1).index_select(1, self._pairs)
         return self.top(torch.cat([dense, dots], dim=1)).squeeze(1)
 
     def forward(self, batch: dict) -> Tensor:

@@ -7,58 +7,12 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from recis.nn.batch_inputs import BatchReader
 from recis.nn.config import EmbeddingBagConfig
 from recis.nn.lookup import table_lookup
 from recis.nn.table import EmbeddingTable
 from recis.sparse import KeyedJaggedTensor, KeyedTensor
 from recis.sparse._validate import offsets_from_lengths
-
-
-def check_ids_in_range(
-    ids: Tensor, lengths_per_feature: Sequence[int], features: Sequence[str], table: str, rows: int
-) -> None:
-    """Raises ValueError naming the feature when an id is outside ``[0, rows)``."""
-    if ids.numel() == 0:
-        return
-    low, high = torch.aminmax(ids)
-    if int(low) >= 0 and int(high) < rows:
-        return
-    start = 0
-    for feature, n in zip(features, lengths_per_feature, strict=True):
-        part = ids[start : start + n]
-        bad = (part < 0) | (part >= rows)
-        if bool(bad.any()):
-            value = int(part[bad][0])
-            raise ValueError(
-                f"feature {feature!r} (table {table!r}) has id {value} outside [0, {rows})"
-            )
-        start += n
-
-
-def table_inputs(
-    kjt: KeyedJaggedTensor, features: Sequence[str], table: str
-) -> tuple[Tensor, Tensor, Tensor | None, list[int]]:
-    """Ids, lengths, weights of ``features`` (concatenated in that order) from ``kjt``."""
-    present = set(kjt.keys())
-    missing = [f for f in features if f not in present]
-    if missing:
-        raise ValueError(
-            f"table {table!r}: feature(s) {missing} are missing from the batch "
-            f"(its keys: {kjt.keys()})"
-        )
-    parts = [kjt[f] for f in features]
-    if len(parts) == 1:
-        p = parts[0]
-        return p.values(), p.lengths(), p.weights_or_none(), [p.values().numel()]
-    weights = None
-    if kjt.weights_or_none() is not None:
-        weights = torch.cat([p.weights() for p in parts])
-    return (
-        torch.cat([p.values() for p in parts]),
-        torch.cat([p.lengths() for p in parts]),
-        weights,
-        [p.values().numel() for p in parts],
-    )
 
 
 class EmbeddingBagCollection(nn.Module):
@@ -94,6 +48,7 @@ class EmbeddingBagCollection(nn.Module):
             raise ValueError(f"a feature may feed only one table, got {features}")
         device = torch.device(device or "cpu")
         self._configs = tables
+        self._read = BatchReader(tables)
         self.tables = nn.ModuleDict()
         for cfg in tables:
             weight = torch.empty(cfg.num_embeddings, cfg.embedding_dim, device=device)
@@ -111,10 +66,8 @@ class EmbeddingBagCollection(nn.Module):
         batch = features.stride()
         blocks: list[Tensor] = []
         dims: list[int] = []
-        for cfg in self._configs:
+        for cfg, (ids, lengths, weights) in zip(self._configs, self._read(features), strict=True):
             table = self.tables[cfg.name]
-            ids, lengths, weights, per_feature = table_inputs(features, cfg.feature_names, cfg.name)
-            check_ids_in_range(ids, per_feature, cfg.feature_names, cfg.name, cfg.num_embeddings)
             pooled = table_lookup(
                 table, ids, offsets_from_lengths(lengths), weights, cfg.pooling == "mean"
             )

@@ -17,7 +17,7 @@ from recis.distributed import (
     plan_sharding,
 )
 from recis.nn import EmbeddingBagCollection
-from recis.sparse import KeyedJaggedTensor
+from recis.sparse import JaggedTensor, KeyedJaggedTensor
 from recis.testing import run_distributed
 from tests.distributed.helpers import configs, dense_grad, global_table, make_batch
 
@@ -126,6 +126,34 @@ def test_forward_and_grads_match_unsharded(world_size):
         assert any(s.get("output_dist", 0) > 0 for per_rank in stats for s in per_rank[:1])
 
 
+def shuffled_keys():
+    rank, world = dist.get_rank(), dist.get_world_size()
+    torch.manual_seed(1)
+    ebc = EmbeddingBagCollection(configs())
+    kjt = make_batch(3 + rank, 40 + rank, weighted=True)
+    # Keys in another order (t_sum's two features apart) plus a key no table reads,
+    # holding ids no table has.
+    order = ["f_e", "f_b", "f_d", "f_a", "f_c"]
+    junk_lengths = torch.zeros(kjt.stride(), dtype=torch.long)
+    junk_lengths[0] = 2
+    junk = JaggedTensor(torch.tensor([-1, 10**9]), junk_lengths, torch.ones(2))
+    shuffled = KeyedJaggedTensor.from_jagged(
+        [*order, "junk"], [*(kjt[f] for f in order), junk], stride=kjt.stride()
+    )
+    want = ebc(kjt).values()
+    for kind in [*ALL_TYPES, None]:
+        cons = MIXED if kind is None else {c.name: kind for c in configs()}
+        plan = plan_sharding(ebc, world_size=world, constraints=cons)
+        sebc = ShardedEmbeddingBagCollection(copy.deepcopy(ebc), plan)
+        got = sebc(shuffled)
+        assert got.keys() == ebc.feature_names()
+        torch.testing.assert_close(got.values(), want, rtol=1e-5, atol=1e-6)
+
+
+def test_batch_keys_in_any_order_with_unread_keys():
+    run_distributed(shuffled_keys, 2, timeout=60)
+
+
 def bad_inputs():
     rank = dist.get_rank()
     torch.manual_seed(1)
@@ -163,4 +191,5 @@ def test_bad_input_raises_on_every_rank_without_hanging():
     for messages in results:
         assert len(messages) == 2
         assert "rank 1" in messages[0] and "'f_a'" in messages[0] and "1000" in messages[0]
+        assert "(table 't_sum')" in messages[0]
         assert "rank 0" in messages[1] and "f_e" in messages[1] and "missing" in messages[1]

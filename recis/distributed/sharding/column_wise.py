@@ -3,7 +3,6 @@ distinct ranks; every chunk sees all ids and the pooled chunks are concatenated.
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 from recis.distributed.plan import shard_bytes
@@ -54,8 +53,3 @@ def place(cfg: EmbeddingBagConfig, ctx: PlacementContext) -> list[Shard]:
 def route(table: ShardedTable, ids: Tensor, lengths: Tensor, w: Tensor | None) -> list[Routed]:
     """Input dist: every chunk needs every id."""
     return [Routed(lengths, ids, w) for _ in table.shards]
-
-
-def combine(parts: list[Tensor]) -> Tensor:
-    """Output dist: chunks (``[features, B, cols]``, by column offset) side by side."""
-    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)

@@ -1,6 +1,7 @@
-"""Input dist: validate a batch, route each table's ids to its shards (bucketized by
-row block for row-split tables), exchange sizes and error flags, then send lengths +
-ids and weights with asynchronous all-to-alls."""
+"""Input dist: read and validate a batch, route each table's ids to its shards
+(bucketized by row block for row-split tables), exchange sizes and error flags, then
+send lengths + ids and weights with asynchronous all-to-alls. The receiving side
+regroups what arrived by local slot, with every slot's bag offsets."""
 
 from __future__ import annotations
 
@@ -13,10 +14,11 @@ from torch import Tensor
 from recis.distributed.comm import AllToAll, exchange_header
 from recis.distributed.sharding.layout import Layout, Routed
 from recis.distributed.sharding.routing import ROUTERS
-from recis.nn.embedding_bag import check_ids_in_range, table_inputs
+from recis.nn.batch_inputs import BatchReader, TableInput
 from recis.sparse import KeyedJaggedTensor
 
-# header layout: [batch, has_weights, ints sent to rank 0..W-1, ids of each replicated table]
+# Header of one rank: [batch, has_weights, then the ids it sends to each (rank, slot),
+# slots of rank 0 first, then the ids of each data-parallel table].
 _FIXED = 2
 
 
@@ -26,37 +28,48 @@ class Prepared:
     error: str | None
     has_weights: bool
     routed: list[list[Routed]] = field(default_factory=list)  # [sharded table][shard]
-    replicated: list[tuple[Tensor, Tensor, Tensor | None]] = field(default_factory=list)
+    replicated: list[TableInput] = field(default_factory=list)
 
 
 @dataclass
 class Received:
-    """What this rank's shards got: per local slot, ids / lengths / weights of every
-    source rank concatenated (source-major), and the batch size of each source."""
+    """What this rank's slots got: per local slot, the ids, bag offsets and weights of
+    every source rank concatenated in rank order; and the batch size of each source."""
 
     batches: list[int]
-    lengths: list[Tensor]
     ids: list[Tensor]
+    offsets: list[Tensor]
     weights: list[Tensor | None]
 
 
 class InputDist:
     def __init__(
-        self, layout: Layout, rank: int, world_size: int, group: dist.ProcessGroup | None
+        self,
+        layout: Layout,
+        rank: int,
+        world_size: int,
+        group: dist.ProcessGroup | None,
+        device: torch.device,
     ) -> None:
         self.layout, self.rank, self.world_size, self.group = layout, rank, world_size, group
+        self.device = device
+        self._read = BatchReader([t.config for t in layout.sharded] + layout.replicated)
+        self.slot_column: list[int] = []  # header column of each (rank, slot), rank-major
+        for d in range(world_size):
+            self.slot_column.append(_FIXED + sum(len(s) for s in layout.slots_on[:d]))
+        self.replicated_column = _FIXED + sum(len(s) for s in layout.slots_on)
+        self.local_features = [layout.sharded[s.table].num_features for s in layout.slots_on[rank]]
 
     def prepare(self, kjt: KeyedJaggedTensor) -> Prepared:
         """Validates and routes locally; bad input is recorded, not raised, so that the
         header exchange can tell every rank (no rank is left waiting)."""
         prep = Prepared(kjt.stride(), None, kjt.weights_or_none() is not None)
         try:
-            for table in self.layout.sharded:
-                cfg = table.config
-                ids, lengths, w, per_feature = table_inputs(kjt, cfg.feature_names, cfg.name)
-                check_ids_in_range(
-                    ids, per_feature, cfg.feature_names, cfg.name, cfg.num_embeddings
-                )
+            inputs = self._read(kjt)
+            num_sharded = len(self.layout.sharded)
+            for table, (ids, lengths, w) in zip(
+                self.layout.sharded, inputs[:num_sharded], strict=True
+            ):
                 ids, lengths = ids.long(), lengths.long()
                 if w is not None:
                     w = w.float()
@@ -66,14 +79,10 @@ class InputDist:
                     full = lengths.clamp(min=1).to(torch.float32).repeat_interleave(lengths)
                     w = (w if w is not None else torch.ones_like(full)) / full
                 prep.routed.append(ROUTERS[table.plan.sharding_type](table, ids, lengths, w))
-            for cfg in self.layout.replicated:
-                ids, lengths, w, per_feature = table_inputs(kjt, cfg.feature_names, cfg.name)
-                check_ids_in_range(
-                    ids, per_feature, cfg.feature_names, cfg.name, cfg.num_embeddings
-                )
-                prep.replicated.append(
-                    (ids.long(), lengths.long(), None if w is None else w.float())
-                )
+            prep.replicated = [
+                TableInput(ids.long(), lengths.long(), None if w is None else w.float())
+                for ids, lengths, w in inputs[num_sharded:]
+            ]
         except ValueError as e:
             prep.error = str(e)
             prep.routed, prep.replicated = [], []
@@ -82,22 +91,25 @@ class InputDist:
     def _parts(self, prep: Prepared, dest: int) -> list[Routed]:
         return [prep.routed[s.table][s.index] for s in self.layout.slots_on[dest]]
 
-    def header(self, prep: Prepared, device: torch.device) -> Tensor:
+    def header(self, prep: Prepared) -> Tensor:
         values = [prep.batch, int(prep.has_weights)]
-        for d in range(self.world_size):
-            parts = [] if prep.error else self._parts(prep, d)
-            values.append(sum(p.lengths.numel() + p.ids.numel() for p in parts))
-        for i in range(len(self.layout.replicated)):
-            values.append(0 if prep.error else prep.replicated[i][0].numel())
-        return torch.tensor(values, dtype=torch.int64, device=device)
+        if prep.error:  # sizes are never used: every rank raises after the exchange
+            values.extend([0] * (self.replicated_column - _FIXED + len(self.layout.replicated)))
+        else:
+            for d in range(self.world_size):
+                values.extend(p.ids.numel() for p in self._parts(prep, d))
+            values.extend(r.ids.numel() for r in prep.replicated)
+        return torch.tensor(values, dtype=torch.int64, device=self.device)
 
-    def exchange(self, prep: Prepared, device: torch.device) -> Tensor:
-        """Every rank's header ``[W, n]``; raises on every rank if any had bad input."""
-        return exchange_header(self.header(prep, device), prep.error, self.group, self.world_size)
+    def exchange(self, prep: Prepared) -> list[list[int]]:
+        """Every rank's header; raises on every rank if any had bad input."""
+        return exchange_header(self.header(prep), prep.error, self.group, self.world_size)
 
-    def start(self, prep: Prepared, header: Tensor, stats: dict[str, int]) -> InputAwaitable:
+    def start(
+        self, prep: Prepared, header: list[list[int]], stats: dict[str, int]
+    ) -> InputAwaitable:
         """Issues the all-to-alls of lengths + ids and of weights (when any rank needs them)."""
-        weighted = self.layout.needs_weights or bool(header[:, 1].any())
+        weighted = self.layout.needs_weights or any(row[1] for row in header)
         ints, floats, int_splits, float_splits = [], [], [], []
         for d in range(self.world_size):
             parts = self._parts(prep, d)
@@ -113,72 +125,58 @@ class InputDist:
                 ]
                 floats.extend(ws)
                 float_splits.append(sum(w.numel() for w in ws))
-        batches = header[:, 0].tolist()
-        from_src = header[:, _FIXED + self.rank].tolist()
-        my_slots = self.layout.slots_on[self.rank]
-        bag_counts = [self.layout.bags(my_slots, b) for b in batches]
-        dev = header.device
-        send_ints = torch.cat(ints) if ints else torch.empty(0, dtype=torch.int64, device=dev)
+        batches = [row[0] for row in header]
+        # bags[s][j], counts[s][j]: bags and ids that source s sends to local slot j.
+        bags = [[n * b for n in self.local_features] for b in batches]
+        first = self.slot_column[self.rank]
+        counts = [row[first : first + len(self.local_features)] for row in header]
+        from_src = [sum(b) + sum(c) for b, c in zip(bags, counts, strict=True)]
+        send_ints = (
+            torch.cat(ints) if ints else torch.empty(0, dtype=torch.int64, device=self.device)
+        )
         ops_ = [AllToAll(send_ints, int_splits, from_src, self.group, self.world_size)]
-        stats["input_dist"] = (self.world_size - 1) * header.shape[1] * 8 + 8 * sum(
+        stats["input_dist"] = (self.world_size - 1) * len(header[0]) * 8 + 8 * sum(
             n for d, n in enumerate(int_splits) if d != self.rank
         )
         if weighted:
-            send_w = torch.cat(floats) if floats else torch.empty(0, device=dev)
-            w_from = [n - b for n, b in zip(from_src, bag_counts, strict=True)]
+            send_w = torch.cat(floats) if floats else torch.empty(0, device=self.device)
+            w_from = [sum(c) for c in counts]
             ops_.append(AllToAll(send_w, float_splits, w_from, self.group, self.world_size))
             stats["input_dist"] += 4 * sum(n for d, n in enumerate(float_splits) if d != self.rank)
-        return InputAwaitable(self.layout, self.rank, batches, from_src, bag_counts, ops_)
+        return InputAwaitable(batches, bags, counts, ops_)
 
 
 class InputAwaitable:
     def __init__(
         self,
-        layout: Layout,
-        rank: int,
         batches: list[int],
-        from_src: list[int],
-        bag_counts: list[int],
+        bags: list[list[int]],
+        counts: list[list[int]],
         ops_: list[AllToAll],
     ) -> None:
-        self.layout, self.rank, self.batches = layout, rank, batches
-        self.from_src, self.bag_counts, self.ops = from_src, bag_counts, ops_
+        self.batches, self.bags, self.counts, self.ops = batches, bags, counts, ops_
 
     def wait(self) -> Received:
-        slots = self.layout.slots_on[self.rank]
-        ints = self.ops[0].wait().split(self.from_src)
-        weights = None
-        if len(self.ops) > 1:
-            weights = (
-                self.ops[1]
-                .wait()
-                .split([n - b for n, b in zip(self.from_src, self.bag_counts, strict=True)])
-            )
-        if not slots:
+        ints = self.ops[0].wait()
+        weights = self.ops[1].wait() if len(self.ops) > 1 else None
+        k = len(self.bags[0]) if self.bags else 0
+        if not k:
             return Received(self.batches, [], [], [])
-        per_slot_lengths: list[list[Tensor]] = [[] for _ in slots]
-        per_src_lengths = []
-        for s, buf in enumerate(ints):
-            sizes = [self.layout.sharded[x.table].num_features * self.batches[s] for x in slots]
-            lens = buf[: self.bag_counts[s]].split(sizes)
-            per_src_lengths.append(lens)
-            for i, ln in enumerate(lens):
-                per_slot_lengths[i].append(ln)
-        # Id counts of every (source, slot) in one host sync.
-        flat = [ln for lens in per_src_lengths for ln in lens]
-        counts = torch.stack([ln.sum() for ln in flat]).tolist() if flat else []
-        per_slot_ids: list[list[Tensor]] = [[] for _ in slots]
-        per_slot_w: list[list[Tensor]] = [[] for _ in slots]
-        for s, buf in enumerate(ints):
-            c = counts[s * len(slots) : (s + 1) * len(slots)]
-            for i, part in enumerate(buf[self.bag_counts[s] :].split(c)):
-                per_slot_ids[i].append(part)
-            if weights is not None:
-                for i, part in enumerate(weights[s].split(c)):
-                    per_slot_w[i].append(part)
-        return Received(
-            self.batches,
-            [torch.cat(x) for x in per_slot_lengths],
-            [torch.cat(x) for x in per_slot_ids],
-            [torch.cat(x) if weights is not None else None for x in per_slot_w],
-        )
+        sources = range(len(self.batches))
+        slot_ids = [sum(c[j] for c in self.counts) for j in range(k)]
+        # Source s sent [lengths of slot 0..k-1, ids of slot 0..k-1].
+        pieces = ints.split([n for s in sources for n in self.bags[s] + self.counts[s]])
+        ids = torch.cat([pieces[2 * k * s + k + j] for j in range(k) for s in sources])
+        # Every slot's offsets from one cumsum: its lengths, preceded by minus the previous
+        # slot's id count (0 for the first) so that the running sum restarts at 0.
+        restarts = ints.new_tensor([0] + [-n for n in slot_ids[:-1]]).split(1)
+        running = torch.cat(
+            [t for j in range(k) for t in (restarts[j], *(pieces[2 * k * s + j] for s in sources))]
+        ).cumsum(0)
+        offsets = running.split([sum(b[j] for b in self.bags) + 1 for j in range(k)])
+        slot_weights: list[Tensor | None] = [None] * k
+        if weights is not None:
+            w_pieces = weights.split([n for c in self.counts for n in c])
+            w = torch.cat([w_pieces[k * s + j] for j in range(k) for s in sources])
+            slot_weights = list(w.split(slot_ids))
+        return Received(self.batches, list(ids.split(slot_ids)), list(offsets), slot_weights)

@@ -1,9 +1,10 @@
 """Static layout of a sharded collection: which (table, shard) slots each rank serves,
 in the order every rank packs and unpacks them, and where each feature sits in the
-output."""
+output. Everything here is independent of the batch, so it is worked out once."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from torch import Tensor
@@ -52,6 +53,14 @@ class ShardedTable:
 
 
 class Layout:
+    """The slots of every rank and the output's columns, for one plan.
+
+    The output holds every feature in the unsharded collection's order. The sharded
+    tables' features, in that order, form the *sharded output* (``sharded_width``
+    columns, feature ``f`` at ``sharded_column[f]``); ``output_runs`` rebuilds the
+    whole output from it and the data-parallel tables' blocks.
+    """
+
     def __init__(
         self, configs: list[EmbeddingBagConfig], plan: ShardingPlan, world_size: int
     ) -> None:
@@ -85,6 +94,28 @@ class Layout:
         self.features: list[str] = [f for c in configs for f in c.feature_names]
         self.dims: list[int] = [c.embedding_dim for c in configs for _ in c.feature_names]
         self.needs_weights = any(t.splits_rows and t.mean for t in self.sharded)
+        self.sharded_column: dict[str, int] = {}
+        # Each entry is a column range of the sharded output, or the index of a
+        # data-parallel table whose block comes next.
+        self.output_runs: list[slice | int] = []
+        width, replicated = 0, 0
+        for cfg in configs:
+            if plan.tables[cfg.name].sharding_type == DATA_PARALLEL:
+                self.output_runs.append(replicated)
+                replicated += 1
+                continue
+            start = width
+            for f in cfg.feature_names:
+                self.sharded_column[f] = width
+                width += cfg.embedding_dim
+            last = self.output_runs[-1] if self.output_runs else None
+            if isinstance(last, slice):
+                self.output_runs[-1] = slice(last.start, width)
+            else:
+                self.output_runs.append(slice(start, width))
+        self.sharded_width = width
+        # Every shard's width (hence every column offset) is a multiple of this.
+        self.column_unit = math.gcd(*(s.cols for t in self.sharded for s in t.shards)) or 1
 
     def bags(self, slots: list[Slot], batch: int) -> int:
         """Bags (lengths entries) of ``slots`` for a batch of ``batch`` samples."""

@@ -1,8 +1,10 @@
 """Output dist: send pooled rows back to the rank of their samples (asynchronously,
-autograd-aware), then assemble each feature's block: column chunks concatenated,
-row-block partial sums added."""
+autograd-aware), then place every received block in the sharded output with one
+gather: column chunks side by side, row-block partial sums added."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -14,7 +16,9 @@ from recis.distributed.comm import (
     pooled_all_to_all_wait,
 )
 from recis.distributed.sharding.layout import Layout
-from recis.distributed.sharding.routing import COMBINERS
+
+# Assemblies remembered per OutputDist (one per batch size and device).
+_MAX_ASSEMBLIES = 16
 
 
 class OutputDist:
@@ -29,49 +33,86 @@ class OutputDist:
         self.layout, self.rank, self.world_size = layout, rank, world_size
         self.group, self.grad_scale = group, grad_scale
         self.anchor = torch.zeros((), requires_grad=True)
+        self._assemblies: dict[tuple[int, torch.device], Assembly] = {}
 
     def start(
         self, send: Tensor, send_sizes: list[int], batch: int, stats: dict[str, int]
     ) -> OutputAwaitable:
-        recv_sizes = [
-            sum(
-                self.layout.sharded[s.table].num_features * batch * s.shard.cols
-                for s in self.layout.slots_on[d]
-            )
-            for d in range(self.world_size)
-        ]
+        key = (batch, send.device)
+        assembly = self._assemblies.get(key)
+        if assembly is None:
+            if len(self._assemblies) >= _MAX_ASSEMBLIES:
+                self._assemblies.clear()
+            assembly = self._assemblies[key] = Assembly(self.layout, batch, send.device)
         state = PooledAllToAll(
-            send_sizes, recv_sizes, self.group, self.world_size, self.grad_scale, stats, self.rank
+            send_sizes,
+            assembly.recv_sizes,
+            self.group,
+            self.world_size,
+            self.grad_scale,
+            stats,
+            self.rank,
         )
-        return OutputAwaitable(
-            self.layout, batch, recv_sizes, state, pooled_all_to_all_start(send, self.anchor, state)
-        )
+        return OutputAwaitable(assembly, state, pooled_all_to_all_start(send, self.anchor, state))
+
+
+class Assembly:
+    """Where each received row goes in the sharded output, for one batch size.
+
+    What arrives from rank d is, for each slot on d, a ``[features, B, cols]`` block.
+    Seen as rows of ``layout.column_unit`` floats, received row i belongs at row
+    ``scatter[i]`` of the output ``[B, sharded_width]``. Without row-split tables every
+    output row receives exactly one row and ``gather`` is the inverse permutation.
+    """
+
+    def __init__(self, layout: Layout, batch: int, device: torch.device) -> None:
+        unit = layout.column_unit
+        self.batch, self.width, self.unit = batch, layout.sharded_width, unit
+        self.recv_sizes: list[int] = []
+        samples = torch.arange(batch, dtype=torch.int64)[:, None] * (self.width // unit)
+        targets = []
+        for slots in layout.slots_on:
+            size = 0
+            for slot in slots:
+                table = layout.sharded[slot.table]
+                cols = torch.arange(slot.shard.cols // unit, dtype=torch.int64)
+                for f in table.config.feature_names:
+                    first = (layout.sharded_column[f] + slot.shard.col_offset) // unit
+                    targets.append((samples + first + cols).reshape(-1))
+                size += table.num_features * batch * slot.shard.cols
+            self.recv_sizes.append(size)
+        scatter = torch.cat(targets) if targets else torch.empty(0, dtype=torch.int64)
+        self.scatter = scatter.to(device)
+        self.gather: Tensor | None = None
+        if not any(t.splits_rows for t in layout.sharded):
+            gather = torch.empty_like(scatter)
+            gather[scatter] = torch.arange(scatter.numel(), dtype=torch.int64)
+            self.gather = gather.to(device)
 
 
 class OutputAwaitable:
-    def __init__(
-        self, layout: Layout, batch: int, recv_sizes: list[int], state: PooledAllToAll, recv: Tensor
-    ) -> None:
-        self.layout, self.batch, self.recv_sizes = layout, batch, recv_sizes
-        self.state, self.recv = state, recv
+    def __init__(self, assembly: Assembly, state: PooledAllToAll, recv: Tensor) -> None:
+        self.assembly, self.state, self.recv = assembly, state, recv
 
-    def wait(self) -> dict[str, Tensor]:
-        """Each sharded feature's pooled block ``[B, dim]``."""
+    def wait(self) -> Tensor:
+        """The sharded output ``[B, layout.sharded_width]``."""
         recv = pooled_all_to_all_wait(self.recv, self.state)
-        # pieces[table][shard] -> [num_features, B, cols]
-        pieces: list[dict[int, Tensor]] = [{} for _ in self.layout.sharded]
-        for d, buf in enumerate(recv.split(self.recv_sizes)):
-            offset = 0
-            for slot in self.layout.slots_on[d]:
-                nf = self.layout.sharded[slot.table].num_features
-                n = nf * self.batch * slot.shard.cols
-                block = buf[offset : offset + n].view(nf, self.batch, slot.shard.cols)
-                pieces[slot.table][slot.index] = block
-                offset += n
-        out: dict[str, Tensor] = {}
-        for t, table in enumerate(self.layout.sharded):
-            parts = [pieces[t][k] for k in range(len(table.shards))]
-            pooled = COMBINERS[table.plan.sharding_type](parts)
-            for i, f in enumerate(table.config.feature_names):
-                out[f] = pooled[i]
-        return out
+        return _Assemble.apply(recv, self.assembly)
+
+
+class _Assemble(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, recv: Tensor, assembly: Assembly) -> Tensor:
+        ctx.assembly = assembly
+        rows = recv.view(-1, assembly.unit)
+        if assembly.gather is not None:
+            out = rows.index_select(0, assembly.gather)
+        else:
+            out = rows.new_zeros(assembly.batch * assembly.width // assembly.unit, assembly.unit)
+            out.index_add_(0, assembly.scatter, rows)
+        return out.view(assembly.batch, assembly.width)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
+        a = ctx.assembly
+        return grad.contiguous().view(-1, a.unit).index_select(0, a.scatter).view(-1), None

@@ -42,11 +42,3 @@ def route(table: ShardedTable, ids: Tensor, lengths: Tensor, w: Tensor | None) -
     ids_parts = b.ids.split(counts)
     w_parts = b.weights.split(counts) if b.weights is not None else [None] * k
     return [Routed(lens[i], ids_parts[i], w_parts[i]) for i in range(k)]
-
-
-def combine(parts: list[Tensor]) -> Tensor:
-    """Output dist: partial sums of every row block added."""
-    pooled = parts[0]
-    for p in parts[1:]:
-        pooled = pooled + p
-    return pooled

@@ -27,8 +27,3 @@ def place(cfg: EmbeddingBagConfig, ctx: PlacementContext) -> list[Shard]:
 def route(table: ShardedTable, ids: Tensor, lengths: Tensor, w: Tensor | None) -> list[Routed]:
     """Input dist: every id goes to the one shard."""
     return [Routed(lengths, ids, w)]
-
-
-def combine(parts: list[Tensor]) -> Tensor:
-    """Output dist: the shard's pooled block is the table's."""
-    return parts[0]
