@@ -37,7 +37,14 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from recis.distributed import TABLE_WISE, DistributedModelParallel, Shard, ShardingPlan, TablePlan
+from recis.distributed import (
+    TABLE_WISE,
+    DistributedModelParallel,
+    Shard,
+    ShardingPlan,
+    TablePlan,
+    shutdown_distributed,
+)
 from recis.framework.metrics import clear_metrics
 from recis.io import SyntheticCriteoDataset, default_table_sizes
 from recis.models import DLRM, criteo_tables
@@ -302,9 +309,9 @@ def main() -> None:
     del runs, rc, tr, rc_dense, rc_sparse, tr_dense
     gc.collect()
     dist.barrier()
-    dist.destroy_process_group()
 
 
 if __name__ == "__main__":
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     main()
+    shutdown_distributed()  # after main(): its models no longer hold the group

@@ -37,6 +37,7 @@ from recis.distributed import (
     ShardingPlan,
     TablePlan,
     plan_sharding,
+    shutdown_distributed,
 )
 from recis.nn import EmbeddingBagCollection, EmbeddingBagConfig, filter_out_sparse_param
 from recis.sparse import KeyedJaggedTensor
@@ -350,9 +351,9 @@ def main() -> None:
                 f"{c.get('input_dist', 0)} ({m['input_dist']}) | "
                 f"{c.get('output_dist', 0)} ({m['output_dist']}) |"
             )
-    dist.destroy_process_group()
 
 
 if __name__ == "__main__":
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     main()
+    shutdown_distributed()  # after main(): its models no longer hold the group

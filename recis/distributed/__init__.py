@@ -4,7 +4,7 @@ from recis.distributed.comm import DistributedInputError
 from recis.distributed.model_parallel import DistributedModelParallel
 from recis.distributed.plan import ShardingPlan
 from recis.distributed.planner import plan_sharding
-from recis.distributed.process_group import init_distributed
+from recis.distributed.process_group import init_distributed, shutdown_distributed
 from recis.distributed.sharded_ebc import ShardedEmbeddingBagCollection
 from recis.distributed.types import (
     COLUMN_WISE,
@@ -34,4 +34,5 @@ __all__ = [
     "TablePlan",
     "init_distributed",
     "plan_sharding",
+    "shutdown_distributed",
 ]

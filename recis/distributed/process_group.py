@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import gc
 import logging
 import os
 import random
@@ -62,10 +63,27 @@ def resolve_backend(backend: str = "auto", device: torch.device | None = None) -
     return backend
 
 
-def _destroy_at_exit() -> None:
-    # gloo aborts the interpreter at exit if a group is still alive.
+def shutdown_distributed() -> None:
+    """Destroys the default process group, after letting go of what still holds it.
+
+    A group lives on after ``destroy_process_group`` while anything references it
+    (``DistributedDataParallel`` does). gloo's worker threads then run into interpreter
+    exit, and one that releases a finished collective's tensors while Python shuts
+    down aborts the process ("terminate called without an active exception"), so a
+    job that succeeded exits with SIGABRT. Collecting garbage first frees the models
+    of a finished ``main()``, the group really ends, and its threads are joined while
+    the interpreter still runs. Groups made by :func:`init_distributed` get this at
+    exit; call it yourself after dropping your models when you made the group.
+
+    Example::
+
+        >>> main()                 # trains; its models are gone when it returns
+        >>> shutdown_distributed()
+    """
     if dist.is_available() and dist.is_initialized():
+        gc.collect()
         dist.destroy_process_group()
+        gc.collect()
 
 
 def init_distributed(
@@ -100,7 +118,7 @@ def init_distributed(
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     dist.init_process_group(resolve_backend(backend, dev), timeout=timeout)
-    atexit.register(_destroy_at_exit)
+    atexit.register(shutdown_distributed)
     logger.info("joined process group: rank %d of %d", dist.get_rank(), dist.get_world_size())
     return True
 

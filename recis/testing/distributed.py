@@ -16,6 +16,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from recis.distributed.process_group import shutdown_distributed
+
 
 class DistributedTestError(RuntimeError):
     """A rank raised, died or did not finish in time."""
@@ -58,8 +60,7 @@ def _worker(
     except BaseException:
         results.put((rank, False, traceback.format_exc()))
     finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        shutdown_distributed()
 
 
 def run_distributed(
