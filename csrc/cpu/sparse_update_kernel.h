@@ -132,28 +132,26 @@ struct RowWiseAdagradRow {
   }
   void apply(int64_t row, scalar_t* g, scalar_t* /*tmp*/) const {
     scalar_t* w = weight + row * dim;
+    // Without decay the row's new scale needs only g, so the sqrt chain below runs
+    // while the weight row is still arriving from memory.
+    if (weight_decay != scalar_t(0)) {
+      for (int64_t d = 0; d < dim; ++d) g[d] += weight_decay * w[d];
+    }
     // Sum of squares in kLanes independent partial sums: one running sum would be a
     // serial dependency chain the compiler may not reorder (no fast-math).
     constexpr int64_t kLanes = 8;
     scalar_t part[kLanes] = {};
     int64_t d = 0;
     for (; d + kLanes <= dim; d += kLanes) {
-      for (int64_t l = 0; l < kLanes; ++l) {
-        g[d + l] += weight_decay * w[d + l];
-        part[l] += g[d + l] * g[d + l];
-      }
+      for (int64_t l = 0; l < kLanes; ++l) part[l] += g[d + l] * g[d + l];
     }
     scalar_t sq = 0;
-    for (; d < dim; ++d) {
-      g[d] += weight_decay * w[d];
-      sq += g[d] * g[d];
-    }
+    for (; d < dim; ++d) sq += g[d] * g[d];
     for (int64_t l = 0; l < kLanes; ++l) sq += part[l];
     sum[row] += sq / static_cast<scalar_t>(dim);
     const scalar_t step = lr / (std::sqrt(sum[row]) + eps);
     for (d = 0; d < dim; ++d) w[d] -= step * g[d];
   }
-
 };
 
 // torch.optim.Adam (L2 weight decay) / AdamW (decoupled decay), one step `step`.
