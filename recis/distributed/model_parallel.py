@@ -26,6 +26,19 @@ def _default_device(group: dist.ProcessGroup | None) -> torch.device:
     return torch.device("cpu")
 
 
+def _not_synced_by_ddp(model: nn.Module) -> list[str]:
+    """Names DDP must leave alone: table weights (the sparse optimizer owns them) and
+    non-persistent buffers (constants derived at construction, such as an index table,
+    identical on every rank: broadcasting them would cost a collective every step)."""
+    names = []
+    for path, m in model.named_modules():
+        prefix = f"{path}." if path else ""
+        if isinstance(m, EmbeddingTable):
+            names.append(f"{prefix}weight")
+        names.extend(f"{prefix}{b}" for b in m._non_persistent_buffers_set)
+    return names
+
+
 def _replace_collections(model: nn.Module, make: Any) -> nn.Module:
     """Swaps every EmbeddingBagCollection in ``model`` (or ``model`` itself) for ``make(ebc)``."""
     if isinstance(model, EmbeddingBagCollection):
@@ -80,12 +93,9 @@ class DistributedModelParallel(nn.Module):
         self._inner = [model]  # the unwrapped model, without registering it twice
         dense = [p for p in model.parameters() if p.requires_grad]
         if dist.is_initialized() and world > 1 and dense:
-            tables = [
-                f"{path}.weight"
-                for path, m in model.named_modules()
-                if isinstance(m, EmbeddingTable)
-            ]
-            DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, tables)
+            DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
+                model, _not_synced_by_ddp(model)
+            )
             self.module: nn.Module = DistributedDataParallel(
                 model,
                 device_ids=[device] if device.type == "cuda" else None,

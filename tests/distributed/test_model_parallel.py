@@ -206,3 +206,35 @@ def train_with_optimizers(names):
 def test_training_matches_single_rank_with_recis_optim():
     pytest.importorskip("recis.optim")
     run_distributed(train_with_optimizers, 2, list(OPTIMIZERS), timeout=180)
+
+
+# --- dense buffers under DDP ---------------------------------------------------------
+
+
+class _ModelWithBuffers(TinyModel):
+    """TinyModel plus a persistent buffer (like BatchNorm's running statistics) and a
+    non-persistent one (a derived constant, like DLRM's pair index)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("running", torch.zeros(2))
+        self.register_buffer("derived", torch.zeros(2), persistent=False)
+
+
+def buffers_after_one_step():
+    rank = dist.get_rank()
+    torch.manual_seed(0)
+    model = _ModelWithBuffers()
+    model.running.fill_(rank + 1.0)
+    model.derived.fill_(rank + 1.0)
+    dmp = DistributedModelParallel(model, plan_sharding(model, world_size=2))
+    dmp(slice_batch(make_batch(4, 0), 2 * rank, 2 * rank + 2), torch.zeros(2)).backward()
+    return dmp.unwrapped.running.tolist(), dmp.unwrapped.derived.tolist()
+
+
+def test_ddp_broadcasts_persistent_buffers_and_leaves_non_persistent_ones_alone():
+    results = run_distributed(buffers_after_one_step, 2, timeout=60)
+    # rank 0's running statistics reach every rank; derived constants are never sent
+    # (they are equal on every rank by construction, here deliberately not).
+    assert [r[0] for r in results] == [[1.0, 1.0], [1.0, 1.0]]
+    assert [r[1] for r in results] == [[1.0, 1.0], [2.0, 2.0]]
