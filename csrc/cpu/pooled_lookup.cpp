@@ -9,6 +9,7 @@
 
 #include "cpu/common.h"
 #include "cpu/isa.h"
+#include "cpu/prefetch.h"
 
 #pragma GCC target("avx2,fma")
 namespace recis {

@@ -8,14 +8,6 @@
 constexpr int64_t kPrefetchDistance = 8;
 constexpr int64_t kBlock = 8 * kVecFloats;
 
-template <typename T>
-inline void prefetch_lines(const T* p, int64_t n) {
-  const char* c = reinterpret_cast<const char*>(p);
-  for (int64_t off = 0; off < n * static_cast<int64_t>(sizeof(T)); off += 64) {
-    __builtin_prefetch(c + off);
-  }
-}
-
 // Pools columns [c0, c0 + width) of one bag of n ids; width < kBlock only for the tail.
 template <bool kFull, typename scalar_t, typename index_t, typename acc_t>
 inline void pool_columns(const scalar_t* weight, int64_t dim, int64_t c0, int64_t width,
@@ -31,7 +23,7 @@ inline void pool_columns(const scalar_t* weight, int64_t dim, int64_t c0, int64_
           __builtin_prefetch(c + off);
         }
       } else {
-        prefetch_lines(weight + ids[j + kPrefetchDistance] * dim, dim);
+        prefetch_row(weight + ids[j + kPrefetchDistance] * dim, dim);
       }
     }
     const scalar_t* row = weight + ids[j] * dim + c0;
@@ -55,7 +47,7 @@ void lookup_bags(const scalar_t* weight, int64_t dim, const index_t* ids, const 
     if (b + 1 < end) {
       const int64_t next = offsets[b + 1], ahead = std::min<int64_t>(
                                                offsets[b + 2] - next, kPrefetchDistance);
-      for (int64_t j = 0; j < ahead; ++j) prefetch_lines(weight + ids[next + j] * dim, dim);
+      for (int64_t j = 0; j < ahead; ++j) prefetch_row(weight + ids[next + j] * dim, dim);
     }
     const acc_t scale = (mean && n > 0) ? acc_t(1) / acc_t(n) : acc_t(1);
     const index_t* bag_ids = ids + start;

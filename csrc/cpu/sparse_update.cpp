@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "cpu/isa.h"
+#include "cpu/prefetch.h"
 #include "cpu/row_dedup.h"
 #include "cpu/sparse_update_checks.h"
 

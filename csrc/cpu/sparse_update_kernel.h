@@ -31,17 +31,6 @@ inline void sqrt_array(double* x, int64_t n) {
   for (; d < n; ++d) x[d] = std::sqrt(x[d]);
 }
 
-template <typename T>
-inline void prefetch_row(const T* row, int64_t n, bool write = true) {
-  const char* p = reinterpret_cast<const char*>(row);
-  const int64_t bytes = n * static_cast<int64_t>(sizeof(T));
-  if (write) {
-    for (int64_t off = 0; off < bytes; off += 64) __builtin_prefetch(p + off, 1);
-  } else {
-    for (int64_t off = 0; off < bytes; off += 64) __builtin_prefetch(p + off, 0);
-  }
-}
-
 // acc = sum over sorted positions k in [begin, end) of grad_out[bag[k]] * scale[k].
 template <typename scalar_t>
 inline void reduce_row(const SortedGrad<scalar_t>& grad, int64_t begin, int64_t end,
@@ -54,7 +43,7 @@ inline void reduce_row(const SortedGrad<scalar_t>& grad, int64_t begin, int64_t 
   for (int64_t k = begin; k < end; ++k) {
     // grad_out rows are read in id order, i.e. at random: fetch a few ahead.
     if (k + kPrefetchGrads < nnz) {
-      prefetch_row(grad_out + bag[k + kPrefetchGrads] * dim, dim, /*write=*/false);
+      prefetch_row(grad_out + bag[k + kPrefetchGrads] * dim, dim);
     }
     const scalar_t* g = grad_out + bag[k] * dim;
     if (grad.scale == nullptr) {
@@ -89,7 +78,7 @@ struct SgdRow {
   scalar_t* weight;
   int64_t dim;
   scalar_t lr, weight_decay;
-  void prefetch(int64_t row) const { prefetch_row(weight + row * dim, dim); }
+  void prefetch(int64_t row) const { prefetch_row(weight + row * dim, dim, /*write=*/true); }
   void apply(int64_t row, scalar_t* g, scalar_t* /*tmp*/) const {
     scalar_t* w = weight + row * dim;
     for (int64_t d = 0; d < dim; ++d) w[d] -= lr * (g[d] + weight_decay * w[d]);
@@ -103,8 +92,8 @@ struct AdagradRow {
   int64_t dim;
   scalar_t lr, eps, weight_decay;
   void prefetch(int64_t row) const {
-    prefetch_row(weight + row * dim, dim);
-    prefetch_row(sum + row * dim, dim);
+    prefetch_row(weight + row * dim, dim, /*write=*/true);
+    prefetch_row(sum + row * dim, dim, /*write=*/true);
   }
   void apply(int64_t row, scalar_t* g, scalar_t* root) const {
     scalar_t* w = weight + row * dim;
@@ -127,7 +116,7 @@ struct RowWiseAdagradRow {
   int64_t dim;
   scalar_t lr, eps, weight_decay;
   void prefetch(int64_t row) const {
-    prefetch_row(weight + row * dim, dim);
+    prefetch_row(weight + row * dim, dim, /*write=*/true);
     __builtin_prefetch(sum + row, 1);
   }
   void apply(int64_t row, scalar_t* g, scalar_t* /*tmp*/) const {
@@ -165,9 +154,9 @@ struct AdamRow {
   bool decoupled;
   scalar_t step_size, inv_bc2_sqrt;  // lr / (1 - beta1^t), 1 / sqrt(1 - beta2^t)
   void prefetch(int64_t row) const {
-    prefetch_row(weight + row * dim, dim);
-    prefetch_row(exp_avg + row * dim, dim);
-    prefetch_row(exp_avg_sq + row * dim, dim);
+    prefetch_row(weight + row * dim, dim, /*write=*/true);
+    prefetch_row(exp_avg + row * dim, dim, /*write=*/true);
+    prefetch_row(exp_avg_sq + row * dim, dim, /*write=*/true);
   }
   void apply(int64_t row, scalar_t* g, scalar_t* root) const {
     scalar_t* w = weight + row * dim;
