@@ -11,7 +11,6 @@
 #include "cpu/isa.h"
 #include "cpu/prefetch.h"
 
-#pragma GCC target("avx2,fma")
 namespace recis {
 namespace {
 namespace isa_base {
