@@ -4,14 +4,15 @@
 //
 // Every position j packs into one 64-bit key (id << pos_bits | j); an LSD radix
 // sort over the id bits only (stable, 11-bit digits, as many passes as the largest
-// id needs) orders the keys by (id, j). Memory is O(nnz), never O(table rows).
+// id needs) orders the keys by (id, j). Memory is O(nnz), never O(table rows), and is
+// one workspace per thread reused across calls (cpu/scratch.h).
 #include <ATen/Parallel.h>
 #include <c10/util/Exception.h>
 
 #include <algorithm>
 #include <cstdint>
-#include <vector>
 
+#include "cpu/common.h"
 #include "cpu/scratch.h"
 
 namespace recis {
@@ -42,13 +43,9 @@ const RowSegments& dedup_rows(const char* op, const index_t* ids, int64_t nnz, c
     TORCH_CHECK(offsets[b] <= offsets[b + 1], op, ": offsets decrease at bag ", b, " (",
                 offsets[b], " > ", offsets[b + 1], ")");
   }
+  check_ids_in_range(op, ids, nnz, rows);
   int64_t max_id = 0;
-  for (int64_t j = 0; j < nnz; ++j) {
-    const int64_t id = ids[j];
-    TORCH_CHECK(id >= 0 && id < rows, op, ": id ", id, " at position ", j, " is outside [0, ",
-                rows, ")");
-    max_id = std::max(max_id, id);
-  }
+  for (int64_t j = 0; j < nnz; ++j) max_id = std::max<int64_t>(max_id, ids[j]);
   static thread_local RowSegments r;
   r.nnz = nnz;
   r.num_unique = 0;

@@ -13,22 +13,20 @@ namespace recis {
 template <typename T>
 class Scratch {
  public:
-  // n elements, uninitialised (the previous contents when capacity suffices).
+  // Room for n elements, uninitialised (the previous contents when capacity suffices).
   T* resize(int64_t n) {
     if (n > capacity_) {
       data_.reset(new T[static_cast<size_t>(n)]);
       capacity_ = n;
     }
-    size_ = n;
     return data_.get();
   }
   T* data() const { return data_.get(); }
-  int64_t size() const { return size_; }
   T& operator[](int64_t i) const { return data_[i]; }
 
  private:
   std::unique_ptr<T[]> data_;
-  int64_t size_ = 0, capacity_ = 0;
+  int64_t capacity_ = 0;
 };
 
 }  // namespace recis
