@@ -225,7 +225,8 @@ def row_touch_floor(impl: Recis, batches: list[dict], repeats: int = 3) -> float
     """Median seconds to read and write back, without any math, exactly the rows (and
     per-row state) one step updates: ``index_select`` then ``index_copy_`` of each
     table's unique ids on recis's own tables. Random rows are latency-bound, far below
-    the copy bandwidth; this is the floor any fused update of those rows meets."""
+    the copy bandwidth, so this, not the copy bandwidth, is the reference for an update
+    of those rows (a fused kernel can beat it: torch makes two passes)."""
     times = []
     for i in range(repeats):
         batch = batches[i % len(batches)]

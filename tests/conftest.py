@@ -18,7 +18,7 @@ def _seed():
     torch.manual_seed(0)
 
 
-def _available_isas() -> list[str]:
+def available_isas() -> list[str]:
     active = torch.ops.recis.cpu_isa()
     isas = ["base"]
     try:
@@ -31,7 +31,7 @@ def _available_isas() -> list[str]:
     return isas
 
 
-@pytest.fixture(params=_available_isas())
+@pytest.fixture(params=available_isas())
 def cpu_isa(request: pytest.FixtureRequest):
     """Runs the test once per instruction set the CPU kernels are built for."""
     if request.node.get_closest_marker("cuda") and request.param != "base":

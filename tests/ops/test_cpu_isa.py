@@ -10,6 +10,8 @@ import pytest
 import recis._C
 import torch
 
+from tests.conftest import available_isas
+
 
 def test_reads_the_isa_set_by_the_fixture(cpu_isa: str) -> None:
     assert torch.ops.recis.cpu_isa() == cpu_isa
@@ -21,8 +23,9 @@ def test_unknown_isa_is_rejected_and_leaves_the_choice_alone(cpu_isa: str) -> No
     assert torch.ops.recis.cpu_isa() == cpu_isa
 
 
-def test_auto_picks_a_known_isa() -> None:
-    assert torch.ops.recis.cpu_isa("auto") in ("base", "avx2")
+def test_auto_picks_the_best_isa_the_cpu_and_build_have() -> None:
+    best = available_isas()[-1]
+    assert torch.ops.recis.cpu_isa("auto") == best
 
 
 def _vex_instructions_outside_avx2_kernels() -> dict[str, int]:

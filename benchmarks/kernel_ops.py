@@ -1,0 +1,120 @@
+"""Single-op timings of the CPU kernels, under each instruction set they are built for.
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/kernel_ops.py
+
+- ``pooled_lookup`` against ``torch.nn.functional.embedding_bag`` (FBGEMM's kernel
+  inside torch) on one 1M x 64 table, 8192 bags of 20 ids: ns per id for uniform ids
+  (rows come from memory) and for ids among 1,000 rows (rows in cache).
+- the fused updates (row-wise Adagrad, SGD) on eight 100k x 64 tables, 2048 bags of
+  0-20 uniform ids, fresh ids every step: ms per table.
+
+Medians; the ISAs alternate within one run. Prints one JSON line per result.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+import recis  # noqa: F401  (registers torch.ops.recis)
+from recis import ops
+
+
+def available_isas() -> list[str]:
+    isas, active = ["base"], torch.ops.recis.cpu_isa()
+    try:
+        torch.ops.recis.cpu_isa("avx2")
+        isas.append("avx2")
+    except RuntimeError:
+        pass
+    torch.ops.recis.cpu_isa(active)
+    return isas
+
+
+def median_seconds(fn: Callable[[int], None], repeats: int, warmup: int = 2) -> float:
+    times = []
+    for i in range(warmup + repeats):
+        t0 = time.perf_counter()
+        fn(i)
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def lookup_results(isas: list[str]) -> list[dict]:
+    rows, dim, bags, per_bag = 1_000_000, 64, 8192, 20
+    weight = torch.empty(rows, dim).uniform_(-0.01, 0.01)
+    offsets = torch.arange(0, bags * per_bag + 1, per_bag)
+    out = []
+    for ids_name, high in [("uniform", rows), ("cached_1000_rows", 1000)]:
+        ids = torch.randint(0, high, (bags * per_bag,))
+        timings = {}
+        for isa in isas:
+            torch.ops.recis.cpu_isa(isa)
+            timings[f"recis_{isa}"] = median_seconds(
+                lambda _, ids=ids: ops.pooled_lookup(weight, ids, offsets), 10
+            )
+        timings["embedding_bag"] = median_seconds(
+            lambda _, ids=ids: F.embedding_bag(ids, weight, offsets[:-1], mode="sum"), 10
+        )
+        out.append(
+            {"op": "pooled_lookup", "ids": ids_name}
+            | {f"{k}_ns_per_id": round(v * 1e9 / ids.numel(), 1) for k, v in timings.items()}
+        )
+    return out
+
+
+def update_results(isas: list[str]) -> list[dict]:
+    rows, dim, bags, tables, steps = 100_000, 64, 2048, 8, 16
+    weights = [torch.empty(rows, dim).uniform_(-0.01, 0.01) for _ in range(tables)]
+    sums = [torch.zeros(rows) for _ in range(tables)]
+    grad = torch.randn(bags, dim) * 1e-3
+    batches = []
+    for _ in range(steps):
+        offsets = torch.zeros(bags + 1, dtype=torch.long)
+        offsets[1:] = torch.randint(0, 21, (bags,)).cumsum(0)
+        batches.append((torch.randint(0, rows, (int(offsets[-1]),)), offsets))
+
+    def rowwise(i: int) -> None:
+        ids, offsets = batches[i % steps]
+        for w, s in zip(weights, sums, strict=True):
+            torch.ops.recis.sparse_rowwise_adagrad_update(
+                w, s, ids, offsets, None, grad, False, 0.01, 1e-8, 0.0
+            )
+
+    def sgd(i: int) -> None:
+        ids, offsets = batches[i % steps]
+        for w in weights:
+            torch.ops.recis.sparse_sgd_update(w, ids, offsets, None, grad, False, 0.01, 0.0)
+
+    out = []
+    for name, fn in [("rowwise_adagrad", rowwise), ("sgd", sgd)]:
+        result = {"op": f"sparse_{name}_update", "ids_per_table": int(batches[0][0].numel())}
+        for isa in isas:
+            torch.ops.recis.cpu_isa(isa)
+            result[f"recis_{isa}_ms_per_table"] = round(
+                median_seconds(fn, 3 * steps) * 1e3 / tables, 3
+            )
+        out.append(result)
+    return out
+
+
+def main() -> None:
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    isas = available_isas()
+    active = torch.ops.recis.cpu_isa()
+    try:
+        for result in lookup_results(isas) + update_results(isas):
+            print(json.dumps(result), flush=True)
+    finally:
+        torch.ops.recis.cpu_isa(active)
+
+
+if __name__ == "__main__":
+    main()
