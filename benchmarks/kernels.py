@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from recis.nn import EmbeddingBagConfig, EmbeddingTable, table_lookup
+from recis.ops import empty_table
 from recis.optim import SparseAdam, SparseRowWiseAdagrad, SparseSGD
 
 LR, EPS, BETAS = 0.01, 1e-8, (0.9, 0.999)
@@ -92,9 +93,12 @@ class Recis:
     name = "recis"
 
     def __init__(self, args, dim: int, optim: str, init: list[torch.Tensor]) -> None:
+        # Table memory as EmbeddingBagCollection allocates it (huge pages, see
+        # recis.ops.empty_table), holding the same initial values as the peers.
         self.tables = {
             f"t{i}": EmbeddingTable(
-                EmbeddingBagConfig(f"t{i}", args.rows, dim, [f"f{i}"]), w.clone()
+                EmbeddingBagConfig(f"t{i}", args.rows, dim, [f"f{i}"]),
+                empty_table(w.shape).copy_(w),
             )
             for i, w in enumerate(init)
         }

@@ -4,11 +4,15 @@
 #include <torch/library.h>
 
 #include "cpu/isa.h"
+#include "cpu/table_memory.h"
 
 TORCH_LIBRARY(recis, m) {
   // The instruction set of the CPU kernels (csrc/cpu/isa.h): "" reads it, "auto",
   // "base" or "avx2" sets it; returns the one in use.
   m.def("cpu_isa(str set=\"\") -> str", &recis::set_cpu_isa);
+  // Uninitialised CPU memory for a table or its optimizer state, on huge pages when
+  // it is 2 MiB or more (csrc/cpu/table_memory.h).
+  m.def("empty_table(int[] size, ScalarType dtype) -> Tensor", &recis::empty_table);
   // Pooled embedding lookup of one table: out[b] = pool_{j in bag b} w_j * weight[ids[j]].
   // offsets has num_bags + 1 entries (CSR). pooling: 0 = sum, 1 = mean (empty bag -> 0).
   m.def(
@@ -33,7 +37,8 @@ TORCH_LIBRARY(recis, m) {
       "Tensor grad_out, bool mean, int num_rows) -> (Tensor, Tensor)");
   // Fused updates: each touched row of weight (and its state) is read and written
   // once, with the gradient reduced over its duplicates. Untouched rows do not change.
-  // w -= lr * (g + weight_decay * w)
+  // w -= lr * (g + weight_decay * w); without weight decay the CPU kernel applies each
+  // occurrence in batch order instead (the same sum, rounded per occurrence).
   m.def(
       "sparse_sgd_update(Tensor(a!) weight, Tensor ids, Tensor offsets, "
       "Tensor? per_sample_weights, Tensor grad_out, bool mean, float lr, "

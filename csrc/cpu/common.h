@@ -48,4 +48,19 @@ void check_ids_in_range(const char* op, const index_t* ids, int64_t n, int64_t r
   }
 }
 
+// Checks a bag-form batch before anything is written: offsets are CSR (start 0, end
+// nnz, non-decreasing, so every offset lies in [0, nnz]) and every id is in [0, rows).
+template <typename index_t>
+void check_bags_and_ids(const char* op, const index_t* ids, int64_t nnz, const index_t* offsets,
+                        int64_t num_bags, int64_t rows) {
+  TORCH_CHECK(offsets[0] == 0 && offsets[num_bags] == nnz, op,
+              ": offsets must start at 0 and end at ids.numel() (", nnz, "), got ", offsets[0],
+              " .. ", offsets[num_bags]);
+  for (int64_t b = 0; b < num_bags; ++b) {
+    TORCH_CHECK(offsets[b] <= offsets[b + 1], op, ": offsets decrease at bag ", b, " (",
+                offsets[b], " > ", offsets[b + 1], ")");
+  }
+  check_ids_in_range(op, ids, nnz, rows);
+}
+
 }  // namespace recis

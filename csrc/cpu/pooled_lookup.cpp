@@ -58,12 +58,8 @@ at::Tensor pooled_lookup_cpu(const at::Tensor& weight, const at::Tensor& ids,
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, w.scalar_type(), "pooled_lookup", [&] {
     AT_DISPATCH_INDEX_TYPES(ids_c.scalar_type(), "pooled_lookup_index", [&] {
       const index_t* o = offs.data_ptr<index_t>();
-      TORCH_CHECK(o[0] == 0 && o[num_bags] == ids_c.numel(),
-                  "recis.pooled_lookup: offsets must start at 0 and end at ids.numel() (",
-                  ids_c.numel(), "), got ", o[0], " .. ", o[num_bags]);
-      for (int64_t b = 0; b < num_bags; ++b)
-        TORCH_CHECK(o[b] <= o[b + 1], "recis.pooled_lookup: offsets decrease at bag ", b);
-      check_ids_in_range("recis.pooled_lookup", ids_c.data_ptr<index_t>(), ids_c.numel(), w.size(0));
+      check_bags_and_ids("recis.pooled_lookup", ids_c.data_ptr<index_t>(), ids_c.numel(), o,
+                         num_bags, w.size(0));
       const int64_t grain = std::max<int64_t>(1, 2048 / std::max<int64_t>(dim, 1));
       at::parallel_for(0, num_bags, grain, [&](int64_t begin, int64_t end) {
         lookup_bags<scalar_t, index_t>(w.data_ptr<scalar_t>(), dim, ids_c.data_ptr<index_t>(), o,

@@ -29,21 +29,13 @@ struct RowSegments {
 
 inline int bit_width_u64(uint64_t x) { return x == 0 ? 0 : 64 - __builtin_clzll(x); }
 
-// Checks offsets (CSR, start 0, end nnz, non-decreasing) and ids (in [0, rows));
+// Checks offsets and ids (check_bags_and_ids), then groups the positions by id;
 // `op` names the caller in errors. Nothing is written before every check passed.
 // Returns this thread's workspace, valid until its next call.
 template <typename index_t>
 const RowSegments& dedup_rows(const char* op, const index_t* ids, int64_t nnz, const index_t* offsets,
                        int64_t num_bags, int64_t rows) {
-  TORCH_CHECK(offsets[0] == 0 && offsets[num_bags] == nnz, op,
-              ": offsets must start at 0 and end at ids.numel() (", nnz, "), got ", offsets[0],
-              " .. ", offsets[num_bags]);
-  // Non-decreasing from 0 to nnz keeps every offset in [0, nnz]: check all first.
-  for (int64_t b = 0; b < num_bags; ++b) {
-    TORCH_CHECK(offsets[b] <= offsets[b + 1], op, ": offsets decrease at bag ", b, " (",
-                offsets[b], " > ", offsets[b + 1], ")");
-  }
-  check_ids_in_range(op, ids, nnz, rows);
+  check_bags_and_ids(op, ids, nnz, offsets, num_bags, rows);
   int64_t max_id = 0;
   for (int64_t j = 0; j < nnz; ++j) max_id = std::max<int64_t>(max_id, ids[j]);
   static thread_local RowSegments r;

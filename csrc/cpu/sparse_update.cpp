@@ -3,7 +3,8 @@
 // The ids are deduplicated first (row_dedup.h); then one pass per unique row reduces
 // its gradient straight from grad_out (nothing nnz x dim is ever materialised) and
 // applies the optimizer (cpu/sparse_update_kernel.h, compiled for baseline x86-64 and
-// for AVX2+FMA, chosen at run time: cpu/isa.h).
+// for AVX2+FMA, chosen at run time: cpu/isa.h). SGD without weight decay skips the
+// dedup: it applies each occurrence on its own (sgd_by_occurrence).
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -92,29 +93,42 @@ Prepared prepare(const at::Tensor& ids, const at::Tensor& offsets,
   return p;
 }
 
-// Dedups and calls make_opt.template operator()<scalar_t, Kernels>() inside the dtype
-// and ISA dispatch, then applies it to every unique row.
-template <typename MakeOpt>
-void run_update(const char* op, const at::Tensor& weight, const at::Tensor& ids,
-                const at::Tensor& offsets, const std::optional<at::Tensor>& per_sample_weights,
-                const at::Tensor& grad_out, bool mean, const MakeOpt& make_opt) {
+// Checks the inputs, then calls body.template operator()<scalar_t, index_t>(p) inside
+// the weight-dtype and index-type dispatch.
+template <typename Body>
+void dispatch_update(const char* op, const at::Tensor& weight, const at::Tensor& ids,
+                     const at::Tensor& offsets,
+                     const std::optional<at::Tensor>& per_sample_weights,
+                     const at::Tensor& grad_out, const Body& body) {
   check_table(op, weight, grad_out);
   check_sparse_grad(op, ids, offsets, per_sample_weights, grad_out, weight.size(1));
   TORCH_CHECK(weight.device().is_cpu(), op, ": CPU kernel got a ", weight.device(), " weight");
   const Prepared p = prepare(ids, offsets, per_sample_weights, grad_out, weight.scalar_type());
-  const int64_t num_bags = p.offsets.numel() - 1;
   AT_DISPATCH_FLOATING_TYPES(weight.scalar_type(), "recis_sparse_update", [&] {
     AT_DISPATCH_INDEX_TYPES(p.ids.scalar_type(), "recis_sparse_update_index", [&] {
-      const RowSegments& r = dedup_rows<index_t>(op, p.ids.data_ptr<index_t>(), p.ids.numel(),
-                                                p.offsets.data_ptr<index_t>(), num_bags,
-                                                weight.size(0));
-      if (r.size() == 0 || weight.size(1) == 0) return;
-      const SortedGrad<scalar_t> grad(r, p.offsets.data_ptr<index_t>(),
-                                      p.psw.defined() ? p.psw.data_ptr<scalar_t>() : nullptr,
-                                      mean, p.grad_out.data_ptr<scalar_t>(), weight.size(1));
-      with_kernels([&]<typename K>() {
-        K::update(r, grad, make_opt.template operator()<scalar_t, K>());
-      });
+      body.template operator()<scalar_t, index_t>(p);
+    });
+  });
+}
+
+// Dedups and applies make_opt.template operator()<scalar_t, Kernels>() (built inside the
+// dtype and ISA dispatch) to every unique row.
+template <typename MakeOpt>
+void run_update(const char* op, const at::Tensor& weight, const at::Tensor& ids,
+                const at::Tensor& offsets, const std::optional<at::Tensor>& per_sample_weights,
+                const at::Tensor& grad_out, bool mean, const MakeOpt& make_opt) {
+  dispatch_update(op, weight, ids, offsets, per_sample_weights, grad_out,
+                  [&]<typename scalar_t, typename index_t>(const Prepared& p) {
+    const int64_t num_bags = p.offsets.numel() - 1;
+    const RowSegments& r = dedup_rows<index_t>(op, p.ids.data_ptr<index_t>(), p.ids.numel(),
+                                              p.offsets.data_ptr<index_t>(), num_bags,
+                                              weight.size(0));
+    if (r.size() == 0 || weight.size(1) == 0) return;
+    const SortedGrad<scalar_t> grad(r, p.offsets.data_ptr<index_t>(),
+                                    p.psw.defined() ? p.psw.data_ptr<scalar_t>() : nullptr, mean,
+                                    p.grad_out.data_ptr<scalar_t>(), weight.size(1));
+    with_kernels([&]<typename K>() {
+      K::update(r, grad, make_opt.template operator()<scalar_t, K>());
     });
   });
 }
@@ -154,6 +168,22 @@ void sparse_sgd_update_cpu(at::Tensor& weight, const at::Tensor& ids, const at::
                            const at::Tensor& grad_out, bool mean, double lr, double weight_decay) {
   constexpr const char* op = "recis.sparse_sgd_update";
   check_hyper(op, {{"lr", lr}, {"weight_decay", weight_decay}});
+  if (weight_decay == 0.0) {
+    dispatch_update(op, weight, ids, offsets, per_sample_weights, grad_out,
+                    [&]<typename scalar_t, typename index_t>(const Prepared& p) {
+      const int64_t num_bags = p.offsets.numel() - 1;
+      const index_t* i = p.ids.data_ptr<index_t>();
+      const index_t* o = p.offsets.data_ptr<index_t>();
+      check_bags_and_ids(op, i, p.ids.numel(), o, num_bags, weight.size(0));
+      if (p.ids.numel() == 0 || weight.size(1) == 0) return;
+      with_kernels([&]<typename K>() {
+        K::sgd_without_decay(weight.data_ptr<scalar_t>(), weight.size(1), i, o, num_bags,
+                             p.psw.defined() ? p.psw.data_ptr<scalar_t>() : nullptr, mean,
+                             p.grad_out.data_ptr<scalar_t>(), static_cast<scalar_t>(lr));
+      });
+    });
+    return;
+  }
   run_update(op, weight, ids, offsets, per_sample_weights, grad_out, mean,
              [&]<typename scalar_t, typename K>() {
                return typename K::template Sgd<scalar_t>{weight.data_ptr<scalar_t>(), weight.size(1),

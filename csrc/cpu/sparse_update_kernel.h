@@ -71,6 +71,44 @@ void for_each_unique_row(const RowSegments& r, const SortedGrad<scalar_t>& grad,
   });
 }
 
+// SGD without weight decay is linear in the gradient, so each occurrence of a row can
+// be applied on its own, in batch order: no dedup, no per-row reduction, one pass over
+// the ids like the forward lookup (repeated rows stay in cache). Threads split the rows
+// by row % owners and each scans every id, so a row sees its updates in the same order
+// whatever the thread count: the result is bitwise the same on 1 or N threads.
+template <typename scalar_t, typename index_t>
+void sgd_by_occurrence(scalar_t* weight, int64_t dim, const index_t* ids, const index_t* offsets,
+                       int64_t num_bags, const scalar_t* psw, bool mean,
+                       const scalar_t* grad_out, scalar_t lr) {
+  const int64_t nnz = offsets[num_bags];
+  constexpr int64_t kPrefetchIds = 16;
+  constexpr int64_t kIdsPerOwner = 16384;  // below this a thread's scan costs more than it saves
+  const int64_t owners =
+      std::clamp<int64_t>(nnz / kIdsPerOwner, 1, std::max(at::get_num_threads(), 1));
+  at::parallel_for(0, owners, 1, [&](int64_t first, int64_t last) {
+    const auto mine = [&](int64_t row) {
+      if (owners == 1) return true;
+      const int64_t o = row % owners;
+      return o >= first && o < last;
+    };
+    int64_t b = 0;
+    for (int64_t j = 0; j < nnz; ++j) {
+      if (j + kPrefetchIds < nnz) {
+        const int64_t ahead = ids[j + kPrefetchIds];
+        if (mine(ahead)) prefetch_row(weight + ahead * dim, dim, /*write=*/true);
+      }
+      while (offsets[b + 1] <= j) ++b;  // skips empty bags
+      const int64_t row = ids[j];
+      if (!mine(row)) continue;
+      scalar_t step = psw ? lr * psw[j] : lr;
+      if (mean) step /= static_cast<scalar_t>(offsets[b + 1] - offsets[b]);
+      scalar_t* w = weight + row * dim;
+      const scalar_t* g = grad_out + b * dim;
+      for (int64_t d = 0; d < dim; ++d) w[d] -= step * g[d];
+    }
+  });
+}
+
 // --- optimizer math on one row (g: the row's reduced gradient, dim values) ---
 
 template <typename scalar_t>
@@ -187,6 +225,13 @@ struct Kernels {
   template <typename scalar_t, typename Opt>
   static void update(const RowSegments& r, const SortedGrad<scalar_t>& grad, const Opt& opt) {
     for_each_unique_row(r, grad, opt);
+  }
+
+  template <typename scalar_t, typename index_t>
+  static void sgd_without_decay(scalar_t* weight, int64_t dim, const index_t* ids,
+                                const index_t* offsets, int64_t num_bags, const scalar_t* psw,
+                                bool mean, const scalar_t* grad_out, scalar_t lr) {
+    sgd_by_occurrence(weight, dim, ids, offsets, num_bags, psw, mean, grad_out, lr);
   }
 
   // out[u] = the reduced gradient of unique row u.

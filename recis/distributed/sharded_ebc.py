@@ -17,6 +17,7 @@ from recis.distributed.sharding.output_dist import OutputDist
 from recis.distributed.types import DATA_PARALLEL
 from recis.nn.embedding_bag import EmbeddingBagCollection
 from recis.nn.table import EmbeddingTable
+from recis.ops.table_memory import empty_table
 from recis.sparse import KeyedJaggedTensor, KeyedTensor
 
 
@@ -26,13 +27,12 @@ def _local_shard_weight(
     """This rank's slice of a table: copied from its values, or initialised with the
     table's init_fn when the table was built on ``meta`` (never materialised whole)."""
     w = source.weight
+    shard = empty_table((rows.stop - rows.start, cols.stop - cols.start), w.dtype, device)
     if w.device.type == "meta":
-        shard = torch.empty(
-            rows.stop - rows.start, cols.stop - cols.start, dtype=w.dtype, device=device
-        )
         source.config.initializer()(shard)
-        return shard
-    return w[rows, cols].to(device).clone().contiguous()
+    else:
+        shard.copy_(w[rows, cols])
+    return shard
 
 
 class ShardedEmbeddingBagCollection(nn.Module):

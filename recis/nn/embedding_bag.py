@@ -11,6 +11,7 @@ from recis.nn.batch_inputs import BatchReader
 from recis.nn.config import EmbeddingBagConfig
 from recis.nn.lookup import table_lookup
 from recis.nn.table import EmbeddingTable
+from recis.ops.table_memory import empty_table
 from recis.sparse import KeyedJaggedTensor, KeyedTensor
 from recis.sparse._validate import offsets_from_lengths
 
@@ -51,7 +52,7 @@ class EmbeddingBagCollection(nn.Module):
         self._read = BatchReader(tables)
         self.tables = nn.ModuleDict()
         for cfg in tables:
-            weight = torch.empty(cfg.num_embeddings, cfg.embedding_dim, device=device)
+            weight = empty_table((cfg.num_embeddings, cfg.embedding_dim), device=device)
             if device.type != "meta":
                 cfg.initializer()(weight)
             self.tables[cfg.name] = EmbeddingTable(cfg, weight)

@@ -13,12 +13,14 @@ from recis.ops.sparse_update import (
     sparse_sgd_update,
     unique_row_grads,
 )
+from recis.ops.table_memory import empty_table
 
 __all__ = [
     "MEAN",
     "SUM",
     "Buckets",
     "bucketize",
+    "empty_table",
     "pooled_lookup",
     "sparse_adagrad_update",
     "sparse_adam_update",

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from recis.nn.table import EmbeddingTable, SparseGrad
+from recis.ops.table_memory import empty_table
 
 # Kinds of per-table state tensors: shaped like the table's local weight, one value
 # per row, or a 0-d scalar (identical on every shard of a table).
@@ -137,9 +138,7 @@ class SparseOptimizer(torch.optim.Optimizer):
                     )
                 else:
                     shape = weight.shape if kind == ELEMENT else weight.shape[:1]
-                    state[key] = torch.full(
-                        shape, init, dtype=weight.dtype, device=weight.device
-                    ).contiguous()
+                    state[key] = empty_table(shape, weight.dtype, weight.device).fill_(init)
             self._table_states[name] = state
         return state
 

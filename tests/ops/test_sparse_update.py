@@ -29,6 +29,8 @@ def _state_like(weight, kind):
 # name -> (extra state kinds, hyper-parameters after `mean`)
 UPDATES = {
     "sparse_sgd_update": ([], dict(lr=0.1, weight_decay=0.01)),
+    # Without decay the CPU kernel applies each occurrence on its own (no dedup).
+    "sgd_without_decay": ([], dict(lr=0.1, weight_decay=0.0)),
     "sparse_adagrad_update": (["elem"], dict(lr=0.1, eps=1e-6, weight_decay=0.01)),
     "sparse_rowwise_adagrad_update": (["row"], dict(lr=0.1, eps=1e-6, weight_decay=0.01)),
     "sparse_adam_update": (
@@ -60,7 +62,9 @@ UPDATES = {
 
 def _run_both(name, weight, grad, states=None):
     kinds, hyper = UPDATES[name]
-    op_name = "sparse_adam_update" if name == "adamw" else name
+    op_name = {"adamw": "sparse_adam_update", "sgd_without_decay": "sparse_sgd_update"}.get(
+        name, name
+    )
     ids, offsets, psw, grad_out, mean = grad
     if states is None:
         states = [_state_like(weight, k) for k in kinds]
@@ -119,6 +123,25 @@ def test_no_ids_changes_nothing(name):
     offsets = torch.zeros(4, dtype=torch.long)  # three empty bags
     ours, _ = _run_both(name, weight, (ids, offsets, None, torch.randn(3, 4).double(), True))
     assert torch.equal(ours[0], weight)
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 0.01])
+def test_updates_do_not_depend_on_the_thread_count(weight_decay):
+    # Hot rows repeated across many bags, and enough ids for several threads to share.
+    weight = torch.randn(1000, 8)
+    ids, offsets, psw, grad_out = random_grad(8000, 1000, 12, 8, torch.float32, weighted=True)
+    ids = torch.where(torch.rand(ids.numel()) < 0.5, ids % 7, ids)
+    results = []
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            w = weight.clone()
+            ops.sparse_sgd_update(w, ids, offsets, psw, grad_out, True, 0.1, weight_decay)
+            results.append(w)
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(results[0], r) for r in results[1:])
 
 
 def test_large_ids_sort_across_several_radix_digits():

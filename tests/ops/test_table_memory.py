@@ -1,0 +1,66 @@
+"""empty_table: table memory on huge pages when it is large enough."""
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from recis import ops
+
+HUGE_PAGE = 2 << 20
+THP = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+
+
+def _smaps_entry(address: int) -> dict[str, str]:
+    """The /proc/self/smaps fields of the mapping that holds `address`."""
+    fields: dict[str, str] | None = None
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        head = re.match(r"([0-9a-f]+)-([0-9a-f]+) ", line)
+        if head:
+            if fields is not None:
+                return fields
+            lo, hi = int(head[1], 16), int(head[2], 16)
+            fields = {} if lo <= address < hi else None
+        elif fields is not None:
+            name, _, value = line.partition(":")
+            fields[name] = value.strip()
+    if fields is None:
+        raise AssertionError(f"no mapping holds {address:#x}")
+    return fields
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
+def test_shape_dtype_and_contents_round_trip(dtype):
+    t = ops.empty_table((300_000, 7), dtype)
+    assert t.shape == (300_000, 7) and t.dtype == dtype and t.is_contiguous()
+    src = torch.randn(300_000, 7).to(dtype)
+    t.copy_(src)
+    assert torch.equal(t, src)
+    assert torch.equal(t.clone(), src)
+
+
+def test_large_tables_are_aligned_to_a_huge_page():
+    assert ops.empty_table((HUGE_PAGE // 4,)).data_ptr() % HUGE_PAGE == 0
+    assert ops.empty_table((100_000, 64)).data_ptr() % HUGE_PAGE == 0
+
+
+def test_small_and_empty_tables():
+    assert ops.empty_table((3, 4)).shape == (3, 4)
+    assert ops.empty_table((0, 16)).numel() == 0
+    with pytest.raises(RuntimeError, match="negative size"):
+        ops.empty_table((-1, 4))
+
+
+@pytest.mark.skipif(
+    not THP.exists() or "[never]" in THP.read_text(), reason="no transparent huge pages"
+)
+def test_large_tables_are_advised_as_huge_pages():
+    t = ops.empty_table((100_000, 64))
+    t.zero_()
+    assert _smaps_entry(t.data_ptr()).get("THPeligible") == "1"
+
+
+def test_other_devices_get_plain_empty():
+    t = ops.empty_table((4, 2), torch.float32, device="meta")
+    assert t.device.type == "meta" and t.shape == (4, 2)
