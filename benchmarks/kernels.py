@@ -1,8 +1,10 @@
 """Kernel benchmark: pooled lookup forward + backward + fused sparse optimizer step.
 
 Compares, in the same process and alternating iteration by iteration:
-  * recis       - EmbeddingTable + table_lookup (recis::pooled_lookup) + a recis.optim
-                  sparse optimizer (fused dedup + reduce + update kernel);
+  * recis       - EmbeddingBagCollection (its tables on huge pages, one output written
+                  by recis::pooled_lookup per table, the gradient read in place) + a
+                  recis.optim sparse optimizer (fused dedup + reduce + update kernel;
+                  SGD without weight decay applies each id's gradient directly);
   * fbgemm      - FBGEMM SplitTableBatchedEmbeddingBagsCodegen on CPU with the same
                   fused optimizer (EXACT_ROWWISE_ADAGRAD / EXACT_SGD; FBGEMM's CPU path
                   has no ADAM, so Adam has no FBGEMM column);
@@ -31,9 +33,9 @@ import time
 import torch
 import torch.nn.functional as F
 
-from recis.nn import EmbeddingBagConfig, EmbeddingTable, table_lookup
-from recis.ops import empty_table
+from recis.nn import EmbeddingBagCollection, EmbeddingBagConfig, filter_out_sparse_param
 from recis.optim import SparseAdam, SparseRowWiseAdagrad, SparseSGD
+from recis.sparse import KeyedJaggedTensor
 
 LR, EPS, BETAS = 0.01, 1e-8, (0.9, 0.999)
 
@@ -69,7 +71,10 @@ def make_batches(args, dim: int) -> list[dict]:
         all_offsets = torch.zeros(all_lengths.numel() + 1, dtype=torch.long)
         all_offsets[1:] = all_lengths.cumsum(0)
         grad = torch.randn(args.batch, args.tables * dim) * 1e-3
-        batches.append({"tables": per_table, "ids": all_ids, "offsets": all_offsets, "grad": grad})
+        kjt = KeyedJaggedTensor([f"f{t}" for t in range(args.tables)], all_ids, all_lengths)
+        batches.append(
+            {"tables": per_table, "ids": all_ids, "offsets": all_offsets, "kjt": kjt, "grad": grad}
+        )
     return batches
 
 
@@ -93,15 +98,13 @@ class Recis:
     name = "recis"
 
     def __init__(self, args, dim: int, optim: str, init: list[torch.Tensor]) -> None:
-        # Table memory as EmbeddingBagCollection allocates it (huge pages, see
-        # recis.ops.empty_table), holding the same initial values as the peers.
-        self.tables = {
-            f"t{i}": EmbeddingTable(
-                EmbeddingBagConfig(f"t{i}", args.rows, dim, [f"f{i}"]),
-                empty_table(w.shape).copy_(w),
-            )
-            for i, w in enumerate(init)
-        }
+        self.ebc = EmbeddingBagCollection(
+            [EmbeddingBagConfig(f"t{i}", args.rows, dim, [f"f{i}"]) for i in range(len(init))]
+        )
+        with torch.no_grad():
+            for table, w in zip(self.ebc.tables.values(), init, strict=True):
+                table.weight.copy_(w)
+        self.tables = filter_out_sparse_param(self.ebc)
         cls = {"rowwise_adagrad": SparseRowWiseAdagrad, "adam": SparseAdam, "sgd": SparseSGD}[optim]
         kw = {"eps": EPS} if optim != "sgd" else {}
         if optim == "adam":
@@ -110,11 +113,7 @@ class Recis:
         self.step_times: list[float] = []
 
     def run(self, batch: dict) -> None:
-        outs = [
-            table_lookup(table, ids, offsets)
-            for table, (ids, offsets) in zip(self.tables.values(), batch["tables"], strict=True)
-        ]
-        torch.cat(outs, dim=1).backward(batch["grad"])
+        self.ebc(batch["kjt"]).values().backward(batch["grad"])
         t0 = time.perf_counter()
         self.opt.step()
         self.step_times.append(time.perf_counter() - t0)

@@ -18,6 +18,11 @@ TORCH_LIBRARY(recis, m) {
   m.def(
       "pooled_lookup(Tensor weight, Tensor ids, Tensor offsets, Tensor? per_sample_weights, "
       "int pooling) -> Tensor");
+  // The same into out [num_bags, dim]: any row stride, contiguous columns (a column block
+  // of a wider output).
+  m.def(
+      "pooled_lookup_into(Tensor weight, Tensor ids, Tensor offsets, Tensor? per_sample_weights, "
+      "int pooling, Tensor(a!) out) -> ()");
   // Row bucketization for row-wise sharding: bucket k owns global rows
   // [boundaries[k], boundaries[k+1]). Returns (bucket_lengths [K * num_bags], bucket-major;
   // bucket_ids: ids made local to their bucket, ordered bucket, bag, original position;

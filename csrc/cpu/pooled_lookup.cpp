@@ -30,13 +30,55 @@ constexpr int64_t kVecFloats = 8;
 
 template <typename scalar_t, typename index_t>
 void lookup_bags(const scalar_t* weight, int64_t dim, const index_t* ids, const index_t* offsets,
-                 const float* psw, bool mean, scalar_t* out, int64_t begin, int64_t end) {
+                 const float* psw, bool mean, scalar_t* out, int64_t out_stride, int64_t begin,
+                 int64_t end) {
 #if RECIS_HAVE_AVX2_KERNELS
   if (cpu_isa() == Isa::kAvx2) {
-    return isa_avx2::lookup_bags(weight, dim, ids, offsets, psw, mean, out, begin, end);
+    return isa_avx2::lookup_bags(weight, dim, ids, offsets, psw, mean, out, out_stride, begin,
+                                 end);
   }
 #endif
-  isa_base::lookup_bags(weight, dim, ids, offsets, psw, mean, out, begin, end);
+  isa_base::lookup_bags(weight, dim, ids, offsets, psw, mean, out, out_stride, begin, end);
+}
+
+// Writes the pooled bags into `out` [num_bags, dim], which may be a column block of a
+// wider tensor (any row stride, unit column stride): a collection of tables fills one
+// output without a concatenation.
+void pooled_lookup_into_cpu(const at::Tensor& weight, const at::Tensor& ids,
+                            const at::Tensor& offsets,
+                            const std::optional<at::Tensor>& per_sample_weights, int64_t pooling,
+                            at::Tensor& out) {
+  constexpr const char* op = "recis.pooled_lookup";
+  check_bags(weight, ids, offsets, per_sample_weights);
+  const Pooling mode = to_pooling(pooling);
+  const int64_t num_bags = offsets.numel() - 1;
+  const int64_t dim = weight.size(1);
+  TORCH_CHECK(out.dim() == 2 && out.size(0) == num_bags && out.size(1) == dim, op,
+              ": out must be [num_bags, dim] = [", num_bags, ", ", dim, "], got ", out.sizes());
+  TORCH_CHECK(out.scalar_type() == weight.scalar_type() && out.device() == weight.device(), op,
+              ": out must have the weight's dtype and device");
+  TORCH_CHECK(dim <= 1 || out.stride(1) == 1, op, ": out needs contiguous columns, got strides ",
+              out.strides());
+  const auto w = weight.contiguous();
+  const auto ids_c = ids.contiguous();
+  const auto offs = offsets.contiguous();
+  at::Tensor psw;
+  if (per_sample_weights.has_value()) psw = per_sample_weights->to(at::kFloat).contiguous();
+  if (num_bags == 0 || dim == 0) return;
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, w.scalar_type(), "pooled_lookup", [&] {
+    AT_DISPATCH_INDEX_TYPES(ids_c.scalar_type(), "pooled_lookup_index", [&] {
+      const index_t* o = offs.data_ptr<index_t>();
+      check_bags_and_ids(op, ids_c.data_ptr<index_t>(), ids_c.numel(), o, num_bags, w.size(0));
+      const int64_t grain = std::max<int64_t>(1, 2048 / std::max<int64_t>(dim, 1));
+      at::parallel_for(0, num_bags, grain, [&](int64_t begin, int64_t end) {
+        lookup_bags<scalar_t, index_t>(w.data_ptr<scalar_t>(), dim, ids_c.data_ptr<index_t>(), o,
+                                       psw.defined() ? psw.data_ptr<float>() : nullptr,
+                                       mode == Pooling::kMean, out.data_ptr<scalar_t>(),
+                                       out.stride(0), begin, end);
+      });
+    });
+  });
 }
 
 at::Tensor pooled_lookup_cpu(const at::Tensor& weight, const at::Tensor& ids,
@@ -44,36 +86,16 @@ at::Tensor pooled_lookup_cpu(const at::Tensor& weight, const at::Tensor& ids,
                              const std::optional<at::Tensor>& per_sample_weights,
                              int64_t pooling) {
   check_bags(weight, ids, offsets, per_sample_weights);
-  const Pooling mode = to_pooling(pooling);
-  const auto w = weight.contiguous();
-  const auto ids_c = ids.contiguous();
-  const auto offs = offsets.contiguous();
-  at::Tensor psw;
-  if (per_sample_weights.has_value()) psw = per_sample_weights->to(at::kFloat).contiguous();
-  const int64_t num_bags = offs.numel() - 1;
-  const int64_t dim = w.size(1);
-  auto out = at::empty({num_bags, dim}, w.options());
-  if (num_bags == 0 || dim == 0) return out;
-
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, w.scalar_type(), "pooled_lookup", [&] {
-    AT_DISPATCH_INDEX_TYPES(ids_c.scalar_type(), "pooled_lookup_index", [&] {
-      const index_t* o = offs.data_ptr<index_t>();
-      check_bags_and_ids("recis.pooled_lookup", ids_c.data_ptr<index_t>(), ids_c.numel(), o,
-                         num_bags, w.size(0));
-      const int64_t grain = std::max<int64_t>(1, 2048 / std::max<int64_t>(dim, 1));
-      at::parallel_for(0, num_bags, grain, [&](int64_t begin, int64_t end) {
-        lookup_bags<scalar_t, index_t>(w.data_ptr<scalar_t>(), dim, ids_c.data_ptr<index_t>(), o,
-                                       psw.defined() ? psw.data_ptr<float>() : nullptr,
-                                       mode == Pooling::kMean, out.data_ptr<scalar_t>(), begin,
-                                       end);
-      });
-    });
-  });
+  auto out = at::empty({offsets.numel() - 1, weight.size(1)}, weight.options());
+  pooled_lookup_into_cpu(weight, ids, offsets, per_sample_weights, pooling, out);
   return out;
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(recis, CPU, m) { m.impl("pooled_lookup", &pooled_lookup_cpu); }
+TORCH_LIBRARY_IMPL(recis, CPU, m) {
+  m.impl("pooled_lookup", &pooled_lookup_cpu);
+  m.impl("pooled_lookup_into", &pooled_lookup_into_cpu);
+}
 
 }  // namespace recis

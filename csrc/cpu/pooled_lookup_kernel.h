@@ -36,10 +36,12 @@ inline void pool_columns(const scalar_t* weight, int64_t dim, int64_t c0, int64_
   for (int64_t d = 0; d < width; ++d) out[c0 + d] = static_cast<scalar_t>(acc[d] * scale);
 }
 
-// Bags [begin, end) of a CSR batch; ids are already checked to be in range.
+// Bags [begin, end) of a CSR batch into rows out + b * out_stride; ids are already
+// checked to be in range.
 template <typename scalar_t, typename index_t>
 void lookup_bags(const scalar_t* weight, int64_t dim, const index_t* ids, const index_t* offsets,
-                 const float* psw, bool mean, scalar_t* out, int64_t begin, int64_t end) {
+                 const float* psw, bool mean, scalar_t* out, int64_t out_stride, int64_t begin,
+                 int64_t end) {
   using acc_t = at::opmath_type<scalar_t>;
   for (int64_t b = begin; b < end; ++b) {
     const int64_t start = offsets[b], n = offsets[b + 1] - start;
@@ -51,7 +53,7 @@ void lookup_bags(const scalar_t* weight, int64_t dim, const index_t* ids, const 
     const acc_t scale = (mean && n > 0) ? acc_t(1) / acc_t(n) : acc_t(1);
     const index_t* bag_ids = ids + start;
     const float* bag_w = psw ? psw + start : nullptr;
-    scalar_t* o = out + b * dim;
+    scalar_t* o = out + b * out_stride;
     int64_t c0 = 0;
     for (; c0 + kBlock <= dim; c0 += kBlock) {
       pool_columns<true>(weight, dim, c0, kBlock, n, bag_ids, bag_w, c0 == 0, scale, o);

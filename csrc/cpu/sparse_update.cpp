@@ -33,13 +33,17 @@ template <typename scalar_t>
 struct SortedGrad {
   const int64_t* bag;      // [nnz]
   const scalar_t* scale;   // [nnz]; nullptr when every multiplier is 1
-  const scalar_t* grad_out;
-  int64_t dim, nnz;
+  const scalar_t* grad_out;  // row b at grad_out + b * row_stride
+  int64_t dim, row_stride, nnz;
 
   template <typename index_t>
   SortedGrad(const RowSegments& r, const index_t* offsets, const scalar_t* psw, bool mean,
-             const scalar_t* grad_out_, int64_t dim_)
-      : scale(nullptr), grad_out(grad_out_), dim(dim_), nnz(r.nnz) {
+             const at::Tensor& grad_out_)
+      : scale(nullptr),
+        grad_out(grad_out_.data_ptr<scalar_t>()),
+        dim(grad_out_.size(1)),
+        row_stride(grad_out_.stride(0)),
+        nnz(r.nnz) {
     static thread_local Scratch<int64_t> bag_buf;
     static thread_local Scratch<scalar_t> scale_buf;
     int64_t* b = bag_buf.resize(nnz);
@@ -88,7 +92,11 @@ struct Prepared {
 Prepared prepare(const at::Tensor& ids, const at::Tensor& offsets,
                  const std::optional<at::Tensor>& per_sample_weights, const at::Tensor& grad_out,
                  at::ScalarType dtype) {
-  Prepared p{ids.contiguous(), offsets.contiguous(), at::Tensor(), grad_out.contiguous()};
+  // grad_out may be a column block of the whole batch's gradient: rows with any stride
+  // are read in place.
+  const bool rows_ok = grad_out.size(1) <= 1 || grad_out.stride(1) == 1;
+  Prepared p{ids.contiguous(), offsets.contiguous(), at::Tensor(),
+             rows_ok ? grad_out : grad_out.contiguous()};
   if (per_sample_weights.has_value()) p.psw = per_sample_weights->to(dtype).contiguous();
   return p;
 }
@@ -126,7 +134,7 @@ void run_update(const char* op, const at::Tensor& weight, const at::Tensor& ids,
     if (r.size() == 0 || weight.size(1) == 0) return;
     const SortedGrad<scalar_t> grad(r, p.offsets.data_ptr<index_t>(),
                                     p.psw.defined() ? p.psw.data_ptr<scalar_t>() : nullptr, mean,
-                                    p.grad_out.data_ptr<scalar_t>(), weight.size(1));
+                                    p.grad_out);
     with_kernels([&]<typename K>() {
       K::update(r, grad, make_opt.template operator()<scalar_t, K>());
     });
@@ -156,7 +164,7 @@ std::tuple<at::Tensor, at::Tensor> unique_row_grads_cpu(
       if (r.size() == 0 || dim == 0) return;
       const SortedGrad<scalar_t> grad(r, p.offsets.data_ptr<index_t>(),
                                       p.psw.defined() ? p.psw.data_ptr<scalar_t>() : nullptr,
-                                      mean, p.grad_out.data_ptr<scalar_t>(), dim);
+                                      mean, p.grad_out);
       with_kernels([&]<typename K>() { K::reduce_all(r, grad, grads.data_ptr<scalar_t>()); });
     });
   });
@@ -179,7 +187,8 @@ void sparse_sgd_update_cpu(at::Tensor& weight, const at::Tensor& ids, const at::
       with_kernels([&]<typename K>() {
         K::sgd_without_decay(weight.data_ptr<scalar_t>(), weight.size(1), i, o, num_bags,
                              p.psw.defined() ? p.psw.data_ptr<scalar_t>() : nullptr, mean,
-                             p.grad_out.data_ptr<scalar_t>(), static_cast<scalar_t>(lr));
+                             p.grad_out.data_ptr<scalar_t>(), p.grad_out.stride(0),
+                             static_cast<scalar_t>(lr));
       });
     });
     return;

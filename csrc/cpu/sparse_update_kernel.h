@@ -35,7 +35,7 @@ inline void sqrt_array(double* x, int64_t n) {
 template <typename scalar_t>
 inline void reduce_row(const SortedGrad<scalar_t>& grad, int64_t begin, int64_t end,
                        scalar_t* acc) {
-  const int64_t dim = grad.dim;
+  const int64_t dim = grad.dim, stride = grad.row_stride;
   const scalar_t* grad_out = grad.grad_out;
   const int64_t* bag = grad.bag;
   std::fill(acc, acc + dim, scalar_t(0));
@@ -43,9 +43,9 @@ inline void reduce_row(const SortedGrad<scalar_t>& grad, int64_t begin, int64_t 
   for (int64_t k = begin; k < end; ++k) {
     // grad_out rows are read in id order, i.e. at random: fetch a few ahead.
     if (k + kPrefetchGrads < nnz) {
-      prefetch_row(grad_out + bag[k + kPrefetchGrads] * dim, dim);
+      prefetch_row(grad_out + bag[k + kPrefetchGrads] * stride, dim);
     }
-    const scalar_t* g = grad_out + bag[k] * dim;
+    const scalar_t* g = grad_out + bag[k] * stride;
     if (grad.scale == nullptr) {
       for (int64_t d = 0; d < dim; ++d) acc[d] += g[d];
     } else {
@@ -79,7 +79,7 @@ void for_each_unique_row(const RowSegments& r, const SortedGrad<scalar_t>& grad,
 template <typename scalar_t, typename index_t>
 void sgd_by_occurrence(scalar_t* weight, int64_t dim, const index_t* ids, const index_t* offsets,
                        int64_t num_bags, const scalar_t* psw, bool mean,
-                       const scalar_t* grad_out, scalar_t lr) {
+                       const scalar_t* grad_out, int64_t grad_stride, scalar_t lr) {
   const int64_t nnz = offsets[num_bags];
   constexpr int64_t kPrefetchIds = 16;
   constexpr int64_t kIdsPerOwner = 16384;  // below this a thread's scan costs more than it saves
@@ -103,7 +103,7 @@ void sgd_by_occurrence(scalar_t* weight, int64_t dim, const index_t* ids, const 
       scalar_t step = psw ? lr * psw[j] : lr;
       if (mean) step /= static_cast<scalar_t>(offsets[b + 1] - offsets[b]);
       scalar_t* w = weight + row * dim;
-      const scalar_t* g = grad_out + b * dim;
+      const scalar_t* g = grad_out + b * grad_stride;
       for (int64_t d = 0; d < dim; ++d) w[d] -= step * g[d];
     }
   });
@@ -230,8 +230,9 @@ struct Kernels {
   template <typename scalar_t, typename index_t>
   static void sgd_without_decay(scalar_t* weight, int64_t dim, const index_t* ids,
                                 const index_t* offsets, int64_t num_bags, const scalar_t* psw,
-                                bool mean, const scalar_t* grad_out, scalar_t lr) {
-    sgd_by_occurrence(weight, dim, ids, offsets, num_bags, psw, mean, grad_out, lr);
+                                bool mean, const scalar_t* grad_out, int64_t grad_stride,
+                                scalar_t lr) {
+    sgd_by_occurrence(weight, dim, ids, offsets, num_bags, psw, mean, grad_out, grad_stride, lr);
   }
 
   // out[u] = the reduced gradient of unique row u.

@@ -38,6 +38,17 @@ at::Tensor pooled_lookup_cuda(const at::Tensor& weight, const at::Tensor& ids,
   return out;
 }
 
+// The CUDA kernel writes contiguous rows: pool, then copy into the (strided) block.
+void pooled_lookup_into_cuda(const at::Tensor& weight, const at::Tensor& ids,
+                             const at::Tensor& offsets,
+                             const std::optional<at::Tensor>& per_sample_weights,
+                             int64_t pooling, at::Tensor& out) {
+  const at::Tensor pooled = pooled_lookup_cuda(weight, ids, offsets, per_sample_weights, pooling);
+  TORCH_CHECK(out.sizes() == pooled.sizes(), "recis.pooled_lookup: out must be ", pooled.sizes(),
+              ", got ", out.sizes());
+  out.copy_(pooled);
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> bucketize_cuda(
     const at::Tensor& ids, const at::Tensor& lengths, const std::optional<at::Tensor>& weights,
     const at::Tensor& boundaries) {
@@ -242,6 +253,7 @@ void sparse_adam_update_cuda(at::Tensor& weight, at::Tensor& exp_avg, at::Tensor
 
 TORCH_LIBRARY_IMPL(recis, CUDA, m) {
   m.impl("pooled_lookup", &pooled_lookup_cuda);
+  m.impl("pooled_lookup_into", &pooled_lookup_into_cuda);
   m.impl("bucketize", &bucketize_cuda);
   m.impl("unique_row_grads", &unique_row_grads_cuda);
   m.impl("sparse_sgd_update", &sparse_sgd_update_cuda);

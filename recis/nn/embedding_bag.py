@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from recis.nn.batch_inputs import BatchReader
 from recis.nn.config import EmbeddingBagConfig
-from recis.nn.lookup import table_lookup
+from recis.nn.lookup import Bags, pool_tables
 from recis.nn.table import EmbeddingTable
 from recis.ops.table_memory import empty_table
 from recis.sparse import KeyedJaggedTensor, KeyedTensor
@@ -64,16 +64,18 @@ class EmbeddingBagCollection(nn.Module):
         return [f for cfg in self._configs for f in cfg.feature_names]
 
     def forward(self, features: KeyedJaggedTensor) -> KeyedTensor:
-        batch = features.stride()
-        blocks: list[Tensor] = []
-        dims: list[int] = []
+        tables, bags = [], []
         for cfg, (ids, lengths, weights) in zip(self._configs, self._read(features), strict=True):
-            table = self.tables[cfg.name]
-            pooled = table_lookup(
-                table, ids, offsets_from_lengths(lengths), weights, cfg.pooling == "mean"
+            tables.append(self.tables[cfg.name])
+            bags.append(
+                Bags(
+                    ids,
+                    offsets_from_lengths(lengths),
+                    weights,
+                    cfg.pooling == "mean",
+                    len(cfg.feature_names),
+                )
             )
-            n = len(cfg.feature_names)
-            blocks.extend(pooled.view(n, batch, cfg.embedding_dim).unbind(0))
-            dims.extend([cfg.embedding_dim] * n)
-        values = torch.cat(blocks, dim=1) if blocks else torch.zeros(batch, 0)
+        dims = [cfg.embedding_dim for cfg in self._configs for _ in cfg.feature_names]
+        values = pool_tables(tables, bags, features.stride())
         return KeyedTensor(self.feature_names(), dims, values)

@@ -1,7 +1,9 @@
-"""Pooled lookup of an EmbeddingTable whose backward records a SparseGrad."""
+"""Pooled lookups of EmbeddingTables whose backward records each table's SparseGrad."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -11,30 +13,75 @@ from recis import ops
 from recis.nn.table import EmbeddingTable, SparseGrad
 
 
-class _PooledLookup(torch.autograd.Function):
+@dataclass(frozen=True)
+class Bags:
+    """One table's bags for :func:`pool_tables`: ``num_features`` features of ``batch``
+    bags each, feature-major (bag ``f * batch + b`` is feature ``f`` of sample ``b``)."""
+
+    ids: Tensor
+    offsets: Tensor
+    per_sample_weights: Tensor | None = None
+    mean: bool = False
+    num_features: int = 1
+
+
+class _PoolTables(torch.autograd.Function):
     @staticmethod
     def forward(
         ctx: Any,
         anchor: Tensor,
-        table: EmbeddingTable,
-        ids: Tensor,
-        offsets: Tensor,
-        per_sample_weights: Tensor | None,
-        mean: bool,
+        tables: Sequence[EmbeddingTable],
+        bags: Sequence[Bags],
+        batch: int,
     ) -> Tensor:
-        ctx.table, ctx.mean = table, mean
-        ctx.save_for_backward(ids, offsets, per_sample_weights)
-        return ops.pooled_lookup(
-            table.weight, ids, offsets, per_sample_weights, ops.MEAN if mean else ops.SUM
-        )
+        dims = [t.weight.shape[1] for t in tables]
+        widths = [b.num_features * d for b, d in zip(bags, dims, strict=True)]
+        dtype = tables[0].weight.dtype
+        for t in tables[1:]:
+            dtype = torch.promote_types(dtype, t.weight.dtype)
+        out = ops.empty_table((batch, sum(widths)), dtype, tables[0].weight.device)
+        col = 0
+        for table, b, dim, width in zip(tables, bags, dims, widths, strict=True):
+            block = out[:, col : col + width]
+            pooling = ops.MEAN if b.mean else ops.SUM
+            args = (table.weight, b.ids, b.offsets, b.per_sample_weights, pooling)
+            if b.num_features == 1 and table.weight.dtype == dtype:
+                ops.pooled_lookup(*args, out=block)
+            else:
+                pooled = ops.pooled_lookup(*args).view(b.num_features, batch, dim)
+                block.view(batch, b.num_features, dim).copy_(pooled.transpose(0, 1))
+            col += width
+        ctx.tables, ctx.bags, ctx.dims, ctx.batch = tables, bags, dims, batch
+        return out
 
     @staticmethod
-    def backward(ctx: Any, grad_out: Tensor) -> tuple[None, ...]:
-        ids, offsets, per_sample_weights = ctx.saved_tensors
-        ctx.table.record_grad(
-            SparseGrad(ids, offsets, per_sample_weights, grad_out.contiguous(), ctx.mean)
-        )
-        return (None,) * 6
+    def backward(ctx: Any, grad: Tensor) -> tuple[None, ...]:
+        col = 0
+        for table, b, dim in zip(ctx.tables, ctx.bags, ctx.dims, strict=True):
+            n = b.num_features
+            block = grad[:, col : col + n * dim]
+            # A one-feature table's gradient is read in place (the kernels take a row
+            # stride); several features are regrouped feature-major, as the bags are.
+            if n > 1:
+                block = block.reshape(ctx.batch, n, dim).transpose(0, 1).reshape(n * ctx.batch, dim)
+            table.record_grad(SparseGrad(b.ids, b.offsets, b.per_sample_weights, block, b.mean))
+            col += n * dim
+        return (None,) * 4
+
+
+def pool_tables(tables: Sequence[EmbeddingTable], bags: Sequence[Bags], batch: int) -> Tensor:
+    """Pools every table's bags into one ``[batch, sum(num_features * dim)]`` tensor:
+    table blocks side by side in the given order, each table's features side by side.
+    Backward records each table's :class:`SparseGrad`. Ids are local row indices of
+    each ``table.weight`` (the caller validates them).
+
+    Example::
+
+        >>> out = pool_tables([t0, t1], [Bags(ids0, offsets0), Bags(ids1, offsets1)], batch=2)
+    """
+    if not tables:
+        return torch.zeros(batch, 0)
+    return _PoolTables.apply(tables[0].grad_anchor, list(tables), list(bags), batch)
 
 
 def table_lookup(
@@ -44,8 +91,9 @@ def table_lookup(
     per_sample_weights: Tensor | None = None,
     mean: bool = False,
 ) -> Tensor:
-    """Pools ``table.weight`` rows per bag; backward records the gradient in ``table``.
+    """Pools ``table.weight`` rows per bag (``[num_bags, dim]``); backward records the
+    gradient in ``table``.
 
     Ids are local row indices of ``table.weight`` (the caller validates them).
     """
-    return _PooledLookup.apply(table.grad_anchor, table, ids, offsets, per_sample_weights, mean)
+    return pool_tables([table], [Bags(ids, offsets, per_sample_weights, mean)], offsets.numel() - 1)

@@ -17,13 +17,15 @@ def pooled_lookup(
     offsets: Tensor,
     per_sample_weights: Tensor | None = None,
     pooling: int = SUM,
+    out: Tensor | None = None,
 ) -> Tensor:
     """Pools the rows of ``weight`` named by each bag of ``ids``.
 
     ``offsets`` (``num_bags + 1`` entries, CSR) delimits the bags; ``pooling`` is
     :data:`SUM` or :data:`MEAN` (an empty bag pools to zeros). Returns
-    ``[num_bags, dim]``. No autograd: the embedding modules record gradients
-    themselves (see :class:`recis.nn.EmbeddingTable`).
+    ``[num_bags, dim]``, written into ``out`` when given (any row stride, contiguous
+    columns: e.g. a column block of a collection's output). No autograd: the embedding
+    modules record gradients themselves (see :class:`recis.nn.EmbeddingTable`).
 
     Example::
 
@@ -32,4 +34,7 @@ def pooled_lookup(
         tensor([[ 0.,  1.],
                 [ 8., 10.]])
     """
-    return torch.ops.recis.pooled_lookup(weight, ids, offsets, per_sample_weights, pooling)
+    if out is None:
+        return torch.ops.recis.pooled_lookup(weight, ids, offsets, per_sample_weights, pooling)
+    torch.ops.recis.pooled_lookup_into(weight, ids, offsets, per_sample_weights, pooling, out)
+    return out

@@ -57,6 +57,32 @@ def test_no_bags_and_no_ids():
     assert torch.equal(out, torch.zeros(2, 3))
 
 
+@pytest.mark.parametrize("dim", [1, 8, 129])
+@pytest.mark.parametrize("pooling", [ops.SUM, ops.MEAN])
+def test_writes_into_a_column_block_of_a_wider_output(dim, pooling):
+    weight = torch.randn(50, dim)
+    ids, offsets = random_bags(33, 50, 7)
+    psw = torch.rand(ids.numel())
+    wide = torch.full((33, dim + 9), 7.0)
+    got = ops.pooled_lookup(weight, ids, offsets, psw, pooling, out=wide[:, 4 : 4 + dim])
+    want = reference.pooled_lookup(weight, ids, offsets, psw, pooling)
+    torch.testing.assert_close(wide[:, 4 : 4 + dim], want)
+    assert got.data_ptr() == wide[:, 4:].data_ptr()
+    assert torch.equal(wide[:, :4], torch.full((33, 4), 7.0))
+    assert torch.equal(wide[:, 4 + dim :], torch.full((33, 5), 7.0))
+
+
+def test_bad_out_raises():
+    weight = torch.randn(4, 3)
+    ids, offsets = torch.tensor([1, 2]), torch.tensor([0, 1, 2])
+    with pytest.raises(RuntimeError, match=r"out must be \[num_bags, dim\] = \[2, 3\]"):
+        ops.pooled_lookup(weight, ids, offsets, out=torch.empty(3, 3))
+    with pytest.raises(RuntimeError, match="dtype"):
+        ops.pooled_lookup(weight, ids, offsets, out=torch.empty(2, 3, dtype=torch.float64))
+    with pytest.raises(RuntimeError, match="contiguous columns"):
+        ops.pooled_lookup(weight, ids, offsets, out=torch.empty(3, 2).t())
+
+
 def test_bad_inputs_raise_instead_of_crashing():
     weight = torch.randn(4, 3)
     with pytest.raises(RuntimeError, match="outside \\[0, 4\\)"):

@@ -125,6 +125,21 @@ def test_no_ids_changes_nothing(name):
     assert torch.equal(ours[0], weight)
 
 
+@pytest.mark.parametrize("name", list(UPDATES))
+@pytest.mark.parametrize("layout", ["column_block", "expanded", "transposed"])
+def test_grad_out_is_read_with_its_strides(name, layout):
+    weight = torch.randn(40, 6, dtype=torch.float64)
+    ids, offsets, psw, _ = random_grad(25, 40, 6, 6, weighted=True)
+    if layout == "column_block":  # a table's block of a collection's output gradient
+        grad_out = torch.randn(25, 15, dtype=torch.float64)[:, 5:11]
+    elif layout == "expanded":  # the gradient of out.sum(): one row, stride 0
+        grad_out = torch.randn(1, 6, dtype=torch.float64).expand(25, 6)
+    else:
+        grad_out = torch.randn(6, 25, dtype=torch.float64).t()
+    ours, ref = _run_both(name, weight, (ids, offsets, psw, grad_out, True))
+    _assert_same(ours, ref, weight, ids)
+
+
 @pytest.mark.parametrize("weight_decay", [0.0, 0.01])
 def test_updates_do_not_depend_on_the_thread_count(weight_decay):
     # Hot rows repeated across many bags, and enough ids for several threads to share.
@@ -166,6 +181,15 @@ def test_unique_row_grads_matches_reference(dim, mean, weighted):
     got_ids, got = ops.unique_row_grads(ids, offsets, psw, grad_out, mean, 50)
     want_ids, want = reference.unique_row_grads(ids, offsets, psw, grad_out, mean, 50)
     assert got_ids.dtype == torch.long
+    assert torch.equal(got_ids, want_ids)
+    torch.testing.assert_close(got, want)
+
+
+def test_unique_row_grads_reads_a_column_block():
+    ids, offsets, psw, _ = random_grad(30, 50, 7, 4, weighted=True)
+    grad_out = torch.randn(30, 10, dtype=torch.float64)[:, 3:7]
+    got_ids, got = ops.unique_row_grads(ids, offsets, psw, grad_out, False, 50)
+    want_ids, want = reference.unique_row_grads(ids, offsets, psw, grad_out, False, 50)
     assert torch.equal(got_ids, want_ids)
     torch.testing.assert_close(got, want)
 
