@@ -4,7 +4,11 @@
 
 - ``pooled_lookup`` against ``torch.nn.functional.embedding_bag`` (FBGEMM's kernel
   inside torch) on one 1M x 64 table, 8192 bags of 20 ids: ns per id for uniform ids
-  (rows come from memory) and for ids among 1,000 rows (rows in cache).
+  (rows come from memory) and for ids among 1,000 rows (rows in cache); and on
+  DLRM's shape, 13 tables of 100k x 16 with one id per bag, 1024 bags.
+- ``dot_interaction`` (DLRM, 1024 samples, 26 embeddings + the dense vector of dim 16)
+  against its torch reference (bmm + triangle + concatenation), forward and
+  forward + backward, ms per call.
 - the fused updates (row-wise Adagrad, SGD) on eight 100k x 64 tables, 2048 bags of
   0-20 uniform ids, fresh ids every step: ms per table.
 
@@ -23,6 +27,7 @@ import torch.nn.functional as F
 
 import recis  # noqa: F401  (registers torch.ops.recis)
 from recis import ops
+from recis.ops import reference
 
 
 def available_isas() -> list[str]:
@@ -69,6 +74,55 @@ def lookup_results(isas: list[str]) -> list[dict]:
     return out
 
 
+def dlrm_lookup_results(isas: list[str]) -> list[dict]:
+    rows, dim, bags, tables = 100_000, 16, 1024, 13
+    weights = [torch.empty(rows, dim).uniform_(-0.01, 0.01) for _ in range(tables)]
+    offsets = torch.arange(bags + 1)
+    ids = [[torch.randint(0, rows, (bags,)) for _ in weights] for _ in range(8)]
+
+    def recis_step(i: int) -> None:
+        for w, t_ids in zip(weights, ids[i % 8], strict=True):
+            ops.pooled_lookup(w, t_ids, offsets)
+
+    def embedding_bag_step(i: int) -> None:
+        for w, t_ids in zip(weights, ids[i % 8], strict=True):
+            F.embedding_bag(t_ids, w, offsets[:-1], mode="sum")
+
+    timings = {}
+    for isa in isas:
+        torch.ops.recis.cpu_isa(isa)
+        timings[f"recis_{isa}"] = median_seconds(recis_step, 40)
+    timings["embedding_bag"] = median_seconds(embedding_bag_step, 40)
+    result = {"op": "pooled_lookup", "ids": "dlrm_13_tables_1_id_per_bag"}
+    return [
+        result | {f"{k}_ns_per_id": round(v * 1e9 / (bags * tables), 1) for k, v in timings.items()}
+    ]
+
+
+def interaction_results(isas: list[str]) -> list[dict]:
+    batch, features, dim = 1024, 26, 16
+    dense = torch.randn(batch, dim, requires_grad=True)
+    emb = torch.randn(batch, features * dim, requires_grad=True)
+    grad = torch.randn(batch, dim + (features + 1) * features // 2)
+    impls = {f"recis_{isa}": ops.dot_interaction for isa in isas}
+    impls["torch_reference"] = reference.dot_interaction
+    out = []
+    for phase in ["forward", "forward_backward"]:
+        result = {"op": "dot_interaction", "phase": phase}
+        for name, fn in impls.items():
+            if name.startswith("recis_"):
+                torch.ops.recis.cpu_isa(name.removeprefix("recis_"))
+
+            def call(_: int, fn=fn, backward=phase == "forward_backward") -> None:
+                y = fn(dense, emb)
+                if backward:
+                    y.backward(grad)
+
+            result[f"{name}_ms"] = round(median_seconds(call, 40) * 1e3, 3)
+        out.append(result)
+    return out
+
+
 def update_results(isas: list[str]) -> list[dict]:
     rows, dim, bags, tables, steps = 100_000, 64, 2048, 8, 16
     weights = [torch.empty(rows, dim).uniform_(-0.01, 0.01) for _ in range(tables)]
@@ -110,7 +164,13 @@ def main() -> None:
     isas = available_isas()
     active = torch.ops.recis.cpu_isa()
     try:
-        for result in lookup_results(isas) + update_results(isas):
+        results = (
+            lookup_results(isas)
+            + dlrm_lookup_results(isas)
+            + interaction_results(isas)
+            + update_results(isas)
+        )
+        for result in results:
             print(json.dumps(result), flush=True)
     finally:
         torch.ops.recis.cpu_isa(active)

@@ -2,38 +2,63 @@
 // no #pragma once and no includes here. Needs kVecFloats from the including namespace.
 //
 // Each bag is pooled in blocks of kBlock columns whose accumulators stay in vector
-// registers; rows are prefetched kPrefetchDistance ids ahead (and the first rows of
-// the next bag while this one is pooled), every cache line of the row.
+// registers; rows are prefetched kPrefetchDistance ids ahead in the flat id array,
+// across bag boundaries (with one id per bag, a per-bag look-ahead would keep only
+// one miss in flight), every cache line of the row.
 
 constexpr int64_t kPrefetchDistance = 8;
 constexpr int64_t kBlock = 8 * kVecFloats;
 
-// Pools columns [c0, c0 + width) of one bag of n ids; width < kBlock only for the tail.
-template <bool kFull, typename scalar_t, typename index_t, typename acc_t>
+// Pools columns [c0, c0 + kWidth) of one bag of n ids (kWidth == 0: the runtime
+// `width` < kBlock, accumulated in memory). A compile-time width keeps the sums in
+// vector registers. ids[j + kPrefetchDistance] is prefetched while it is below
+// `prefetch_limit` (the ids left in this thread's range from the bag's first; 0: none).
+template <int64_t kWidth, typename scalar_t, typename index_t, typename acc_t>
 inline void pool_columns(const scalar_t* weight, int64_t dim, int64_t c0, int64_t width,
-                         int64_t n, const index_t* ids, const float* psw, bool prefetch,
-                         acc_t scale, scalar_t* out) {
-  acc_t acc[kBlock] = {};
+                         int64_t n, const index_t* ids, const float* psw,
+                         int64_t prefetch_limit, acc_t scale, scalar_t* out) {
+  constexpr int64_t kSums = kWidth > 0 ? kWidth : kBlock;
+  const int64_t w_cols = kWidth > 0 ? kWidth : width;
+  acc_t acc[kSums] = {};
   for (int64_t j = 0; j < n; ++j) {
-    if (prefetch && j + kPrefetchDistance < n) {
+    if (j + kPrefetchDistance < prefetch_limit) {
       const scalar_t* ahead = weight + ids[j + kPrefetchDistance] * dim;
       // When the block is the whole row the line count is a constant and the prefetch
       // loop unrolls (~6% on Zipf ids).
-      if (kFull && dim == kBlock) {
-        prefetch_row(ahead, kBlock);
+      if (kWidth > 0 && dim == kWidth) {
+        prefetch_row(ahead, kWidth);
       } else {
         prefetch_row(ahead, dim);
       }
     }
     const scalar_t* row = weight + ids[j] * dim + c0;
     const acc_t w = psw ? static_cast<acc_t>(psw[j]) : acc_t(1);
-    if constexpr (kFull) {
-      for (int64_t d = 0; d < kBlock; ++d) acc[d] += w * static_cast<acc_t>(row[d]);
+    if constexpr (kWidth > 0) {
+      for (int64_t d = 0; d < kWidth; ++d) acc[d] += w * static_cast<acc_t>(row[d]);
     } else {
       for (int64_t d = 0; d < width; ++d) acc[d] += w * static_cast<acc_t>(row[d]);
     }
   }
-  for (int64_t d = 0; d < width; ++d) out[c0 + d] = static_cast<scalar_t>(acc[d] * scale);
+  for (int64_t d = 0; d < w_cols; ++d) out[c0 + d] = static_cast<scalar_t>(acc[d] * scale);
+}
+
+// pool_columns for the last `width` (< kBlock) columns: a compile-time width when it
+// is a whole number of vectors (dims 8, 16, 32, 48 ...), else the runtime one.
+template <typename scalar_t, typename index_t, typename acc_t>
+inline void pool_tail(const scalar_t* weight, int64_t dim, int64_t c0, int64_t width, int64_t n,
+                      const index_t* ids, const float* psw, int64_t prefetch_limit, acc_t scale,
+                      scalar_t* out) {
+  const auto pool = [&]<int64_t kWidth>() {
+    pool_columns<kWidth>(weight, dim, c0, width, n, ids, psw, prefetch_limit, scale, out);
+  };
+  switch (width % kVecFloats == 0 ? width / kVecFloats : 0) {
+    case 1: return pool.template operator()<kVecFloats>();
+    case 2: return pool.template operator()<2 * kVecFloats>();
+    case 3: return pool.template operator()<3 * kVecFloats>();
+    case 4: return pool.template operator()<4 * kVecFloats>();
+    case 6: return pool.template operator()<6 * kVecFloats>();
+    default: return pool.template operator()<0>();
+  }
 }
 
 // Bags [begin, end) of a CSR batch into rows out + b * out_stride; ids are already
@@ -43,23 +68,24 @@ void lookup_bags(const scalar_t* weight, int64_t dim, const index_t* ids, const 
                  const float* psw, bool mean, scalar_t* out, int64_t out_stride, int64_t begin,
                  int64_t end) {
   using acc_t = at::opmath_type<scalar_t>;
+  const int64_t last = offsets[end];
+  for (int64_t j = offsets[begin]; j < std::min(offsets[begin] + kPrefetchDistance, last); ++j) {
+    prefetch_row(weight + ids[j] * dim, dim);
+  }
   for (int64_t b = begin; b < end; ++b) {
     const int64_t start = offsets[b], n = offsets[b + 1] - start;
-    if (b + 1 < end) {
-      const int64_t next = offsets[b + 1], ahead = std::min<int64_t>(
-                                               offsets[b + 2] - next, kPrefetchDistance);
-      for (int64_t j = 0; j < ahead; ++j) prefetch_row(weight + ids[next + j] * dim, dim);
-    }
     const acc_t scale = (mean && n > 0) ? acc_t(1) / acc_t(n) : acc_t(1);
     const index_t* bag_ids = ids + start;
     const float* bag_w = psw ? psw + start : nullptr;
     scalar_t* o = out + b * out_stride;
     int64_t c0 = 0;
     for (; c0 + kBlock <= dim; c0 += kBlock) {
-      pool_columns<true>(weight, dim, c0, kBlock, n, bag_ids, bag_w, c0 == 0, scale, o);
+      pool_columns<kBlock>(weight, dim, c0, kBlock, n, bag_ids, bag_w,
+                           c0 == 0 ? last - start : 0, scale, o);
     }
     if (c0 < dim) {
-      pool_columns<false>(weight, dim, c0, dim - c0, n, bag_ids, bag_w, c0 == 0, scale, o);
+      pool_tail(weight, dim, c0, dim - c0, n, bag_ids, bag_w, c0 == 0 ? last - start : 0, scale,
+                o);
     }
   }
 }

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from recis.io.criteo import NUM_DENSE
 from recis.models.common import build_ebc, check_dense, ctr_loss, mlp
 from recis.nn import EmbeddingBagConfig
+from recis.ops import dot_interaction
 
 
 class DLRM(nn.Module):
@@ -49,20 +50,12 @@ class DLRM(nn.Module):
             raise ValueError(f"bottom_mlp must end with the embedding dim {dim}, got {bottom_mlp}")
         self.bottom = mlp(num_dense, bottom_mlp)
         num_f = len(self.sparse_arch.feature_names()) + 1
-        # Strict upper triangle of the (features x features) dot-product matrix, as
-        # positions in the flattened matrix: one index_select (whose backward is one
-        # index_add) instead of advanced indexing (index_put with accumulate).
-        rows, cols = torch.triu_indices(num_f, num_f, offset=1)
-        self.register_buffer("_pairs", rows * num_f + cols, persistent=False)
-        self.top = mlp(dim + rows.numel(), [*top_mlp, 1], last_activation=False)
+        self.top = mlp(dim + num_f * (num_f - 1) // 2, [*top_mlp, 1], last_activation=False)
 
     def logits(self, batch: dict) -> Tensor:
         dense = self.bottom(check_dense(batch, self.num_dense))
         pooled = self.sparse_arch(batch["sparse"]).values()
-        b, d = dense.shape
-        x = torch.cat([dense.unsqueeze(1), pooled.view(b, -1, d)], dim=1)  # [B, F+1, D]
-        dots = torch.bmm(x, x.transpose(1, 2)).flatten(1).index_select(1, self._pairs)
-        return self.top(torch.cat([dense, dots], dim=1)).squeeze(1)
+        return self.top(dot_interaction(dense, pooled)).squeeze(1)
 
     def forward(self, batch: dict) -> Tensor:
         return ctr_loss(self.logits(batch), batch["label"])

@@ -5,6 +5,7 @@ the tests compare the two on random inputs.
 """
 
 from recis.ops.bucketize import Buckets, bucketize
+from recis.ops.dot_interaction import dot_interaction
 from recis.ops.pooled_lookup import MEAN, SUM, pooled_lookup
 from recis.ops.sparse_update import (
     sparse_adagrad_update,
@@ -20,6 +21,7 @@ __all__ = [
     "SUM",
     "Buckets",
     "bucketize",
+    "dot_interaction",
     "empty_table",
     "pooled_lookup",
     "sparse_adagrad_update",

@@ -194,3 +194,13 @@ def bucketize(
     )
     out_w = None if weights is None else weights[perm].float()
     return out_lengths, out_ids, out_w, perm
+
+
+def dot_interaction(dense: Tensor, embeddings: Tensor) -> Tensor:
+    """Reference of :func:`recis.ops.dot_interaction`: bmm, then the strict upper triangle."""
+    b, d = dense.shape
+    x = torch.cat([dense.unsqueeze(1), embeddings.reshape(b, -1, d)], dim=1)
+    n = x.shape[1]
+    rows, cols = torch.triu_indices(n, n, offset=1, device=x.device)
+    dots = torch.bmm(x, x.transpose(1, 2))[:, rows, cols]
+    return torch.cat([dense, dots], dim=1)

@@ -14,7 +14,7 @@ def random_bags(num_bags, rows, max_len, empty_fraction=0.2, dtype=torch.long):
     return ids, offsets
 
 
-@pytest.mark.parametrize("dim", [1, 3, 8, 64, 127, 129, 200])
+@pytest.mark.parametrize("dim", [1, 3, 4, 8, 12, 16, 24, 32, 48, 64, 127, 129, 200])
 @pytest.mark.parametrize("pooling", [ops.SUM, ops.MEAN])
 @pytest.mark.parametrize("weighted", [False, True])
 def test_matches_reference_on_random_bags(dim, pooling, weighted):
@@ -117,3 +117,19 @@ def test_cuda_matches_cpu():
         cpu = ops.pooled_lookup(weight, ids, offsets, psw, pooling)
         gpu = ops.pooled_lookup(weight.cuda(), ids.cuda(), offsets.cuda(), psw.cuda(), pooling)
         torch.testing.assert_close(gpu.cpu(), cpu)
+
+
+@pytest.mark.parametrize("dim", [16, 64])
+def test_one_id_per_bag_over_several_threads(dim):
+    # Rows are prefetched ahead across bag boundaries, up to the end of each thread's
+    # range of bags: every range start and end must still pool exactly its own ids.
+    weight = torch.randn(1000, dim)
+    offsets = torch.arange(4097)
+    ids = torch.randint(0, 1000, (4096,))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        out = ops.pooled_lookup(weight, ids, offsets)
+    finally:
+        torch.set_num_threads(threads)
+    torch.testing.assert_close(out, weight[ids])
