@@ -255,6 +255,26 @@ def update_bytes(
     return u * per_row + tables * batch * row, u
 
 
+def available_memory() -> int | None:
+    """Bytes the kernel reports as available (Linux), or None when unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def needed_memory(args, dim: int, optim: str, with_fbgemm: bool) -> int:
+    """Bytes of tables and optimizer state of every implementation, plus the initial
+    copy they are made from."""
+    table = args.tables * args.rows * dim * 4
+    state = {"sgd": 0, "rowwise_adagrad": args.tables * args.rows * 4, "adam": 2 * table}[optim]
+    return table + (2 + with_fbgemm) * (table + state)
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--tables", type=int, default=8)
@@ -284,9 +304,16 @@ def main(argv: list[str] | None = None) -> None:
         batches = make_batches(args, dim)
         nnz = statistics.median(sum(ids.numel() for ids, _ in b["tables"]) for b in batches)
         for optim in args.optimizers.split(","):
+            with_fbgemm = not args.no_fbgemm and optim != "adam"
+            need, have = needed_memory(args, dim, optim, with_fbgemm), available_memory()
+            if have is not None and need > 0.9 * have:
+                skip = {"benchmark": "sparse_fwd_bwd_step", "optimizer": optim, "dim": dim,
+                        "skipped": f"needs ~{need / 2**30:.1f} GiB, {have / 2**30:.1f} GiB available"}  # fmt: skip
+                print(json.dumps(skip), flush=True)
+                continue
             init = [torch.empty(args.rows, dim).uniform_(-0.01, 0.01) for _ in range(args.tables)]
             impls: list = [Recis(args, dim, optim, init)]
-            if not args.no_fbgemm and optim != "adam":
+            if with_fbgemm:
                 impls.append(Fbgemm(args, dim, optim, init))
             impls.append(PlainTorch(args, dim, optim, init))
             del init

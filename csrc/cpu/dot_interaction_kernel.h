@@ -42,7 +42,7 @@ inline void micro_kernel(int64_t K, const T* a, int64_t a_r, int64_t a_k, const 
   }
 }
 
-// micro_kernel for `rows` (1 or 2) rows and `blocks` (1 to 4) vectors.
+// micro_kernel for `rows` (1 to 4) rows and `blocks` (1 to 4) vectors.
 template <typename T>
 inline void block_product(int64_t rows, int64_t blocks, int64_t K, const T* a, int64_t a_r,
                           int64_t a_k, const T* b, int64_t b_k,
@@ -52,6 +52,8 @@ inline void block_product(int64_t rows, int64_t blocks, int64_t K, const T* a, i
   switch ((rows - 1) * 4 + blocks - 1) {
     RECIS_MICRO(1, 1); RECIS_MICRO(1, 2); RECIS_MICRO(1, 3); RECIS_MICRO(1, 4);
     RECIS_MICRO(2, 1); RECIS_MICRO(2, 2); RECIS_MICRO(2, 3); RECIS_MICRO(2, 4);
+    RECIS_MICRO(3, 1); RECIS_MICRO(3, 2); RECIS_MICRO(3, 3); RECIS_MICRO(3, 4);
+    RECIS_MICRO(4, 1); RECIS_MICRO(4, 2); RECIS_MICRO(4, 3); RECIS_MICRO(4, 4);
     default: break;
   }
 #undef RECIS_MICRO
@@ -71,7 +73,7 @@ void interact_forward(const T* dense, const T* emb, int64_t n, int64_t dim, T* o
                       int64_t begin, int64_t end, T* xt, T* gram) {
   constexpr int64_t L = Lanes<T>::kCount;
   const int64_t n_pad = padded<T>(n), width = dim + n * (n - 1) / 2;
-  typename Lanes<T>::type acc[2][4];
+  typename Lanes<T>::type acc[4][4];
   for (int64_t b = begin; b < end; ++b) {
     const T* x0 = dense + b * dim;
     const T* xe = emb + b * (n - 1) * dim;
@@ -79,16 +81,19 @@ void interact_forward(const T* dense, const T* emb, int64_t n, int64_t dim, T* o
     for (int64_t i = 1; i < n; ++i) {
       for (int64_t d = 0; d < dim; ++d) xt[d * n_pad + i] = xe[(i - 1) * dim + d];
     }
-    // Rows i, i + 1 of X X^T from the block holding column i + 1 on.
-    for (int64_t i = 0; i + 1 < n; i += 2) {
-      const int64_t rows = std::min<int64_t>(2, n - 1 - i);
-      for (int64_t j0 = (i + 1) / L * L; j0 < n; j0 += 4 * L) {
+    // Rows i .. i + rows - 1 of X X^T from the block holding column i + 1 on: two rows
+    // of up to four vectors, or four rows of up to two (8 accumulators either way).
+    for (int64_t i = 0; i + 1 < n; ) {
+      const int64_t first = (i + 1) / L * L;
+      const int64_t rows = std::min<int64_t>(n - first <= 2 * L ? 4 : 2, n - 1 - i);
+      for (int64_t j0 = first; j0 < n; j0 += 4 * L) {
         const int64_t blocks = std::min<int64_t>(4, (n - j0 + L - 1) / L);
         block_product<T>(rows, blocks, dim, xt + i, 1, n_pad, xt + j0, n_pad, acc);
         for (int64_t r = 0; r < rows; ++r) {
           std::memcpy(gram + (i + r) * n_pad + j0, acc[r], blocks * sizeof(acc[r][0]));
         }
       }
+      i += rows;
     }
     T* o = out + b * width;
     std::copy(x0, x0 + dim, o);
@@ -107,7 +112,7 @@ void interact_backward(const T* grad, const T* dense, const T* emb, int64_t n, i
                        T* gx) {
   constexpr int64_t L = Lanes<T>::kCount;
   const int64_t d_pad = padded<T>(dim), width = dim + n * (n - 1) / 2;
-  typename Lanes<T>::type acc[2][4];
+  typename Lanes<T>::type acc[4][4];
   for (int64_t b = begin; b < end; ++b) {
     const T* g = grad + b * width;
     const T* gp = g + dim;
@@ -118,8 +123,10 @@ void interact_backward(const T* grad, const T* dense, const T* emb, int64_t n, i
     std::copy(dense + b * dim, dense + (b + 1) * dim, x);
     const T* xe = emb + b * (n - 1) * dim;
     for (int64_t i = 1; i < n; ++i) std::copy(xe + (i - 1) * dim, xe + i * dim, x + i * d_pad);
-    for (int64_t i = 0; i < n; i += 2) {
-      const int64_t rows = std::min<int64_t>(2, n - i);
+    // Four rows at a time share each load of x_j while they fit 8 accumulators.
+    const int64_t row_step = dim <= 2 * L ? 4 : 2;
+    for (int64_t i = 0; i < n; i += row_step) {
+      const int64_t rows = std::min(row_step, n - i);
       for (int64_t d0 = 0; d0 < dim; d0 += 4 * L) {
         const int64_t blocks = std::min<int64_t>(4, (dim - d0 + L - 1) / L);
         block_product<T>(rows, blocks, n, sym + i * n, n, 1, x + d0, d_pad, acc);
