@@ -21,7 +21,8 @@ class RankSync:
     :meth:`next_window` reads this rank's next batches and tells every rank whether
     any of them ran out of data (all stop at the same step, so uneven data never
     hangs) or failed to read it (all raise, the failing rank its own error, the
-    others one naming it). :meth:`fail` handles an error raised inside a step,
+    others one naming it). :meth:`next_batch` goes on instead until every rank's data
+    ended (evaluation covers every batch). :meth:`fail` handles an error raised inside a step,
     where the other ranks may wait in a collective of the model.
 
     Example::
@@ -39,19 +40,18 @@ class RankSync:
         """Where collective tensors live: the device under NCCL, CPU otherwise."""
         return self.device if dist.get_backend() == "nccl" else torch.device("cpu")
 
-    def agree(self, exhausted: bool, failed: bool, step: int) -> tuple[bool, int | None]:
-        """Across ranks: did any run out of data, and which rank (if any) failed?"""
+    def agree(self, flag: bool, failed: bool, step: int) -> tuple[bool, int | None]:
+        """Across ranks: is ``flag`` set on any rank (e.g. "ran out of data"), and which
+        rank (if any) failed?"""
         if self.world_size == 1:
-            return exhausted, self.rank if failed else None
-        flags = torch.tensor(
-            [int(exhausted), self.rank + 1 if failed else 0], device=self.comm_device()
-        )
+            return flag, self.rank if failed else None
+        flags = torch.tensor([int(flag), self.rank + 1 if failed else 0], device=self.comm_device())
         try:
             dist.all_reduce(flags, op=dist.ReduceOp.MAX)
         except RuntimeError as e:
             raise self.fail(e, step, in_collective=True) from e
-        any_exhausted, failed_plus_one = (int(v) for v in flags.tolist())
-        return bool(any_exhausted), (failed_plus_one - 1 if failed_plus_one else None)
+        any_set, failed_plus_one = (int(v) for v in flags.tolist())
+        return bool(any_set), (failed_plus_one - 1 if failed_plus_one else None)
 
     def next_window(self, it: Iterator[Any], k: int, what: str, step: int) -> list[Any] | None:
         """The next ``k`` batches of ``it``, or None when any rank ran out."""
@@ -65,6 +65,26 @@ class RankSync:
         except Exception as e:
             error = e
         any_exhausted, failed_rank = self.agree(exhausted, error is not None, step)
+        self._raise_on_failure(error, failed_rank, what, step)
+        return None if any_exhausted else batches
+
+    def next_batch(self, it: Iterator[Any], what: str, step: int) -> tuple[Any | None, bool]:
+        """This rank's next batch of ``it`` (None once it ended), and whether any rank
+        still has one: the ranks go on until every rank's data ended."""
+        batch, error = None, None
+        try:
+            batch = next(it)
+        except StopIteration:
+            pass
+        except Exception as e:
+            error = e
+        any_left, failed_rank = self.agree(batch is not None, error is not None, step)
+        self._raise_on_failure(error, failed_rank, what, step)
+        return batch, any_left
+
+    def _raise_on_failure(
+        self, error: BaseException | None, failed_rank: int | None, what: str, step: int
+    ) -> None:
         if error is not None:
             raise error
         if failed_rank is not None:
@@ -72,7 +92,6 @@ class RankSync:
                 f"rank {failed_rank} failed to read its {what} data at step {step}; "
                 f"rank {self.rank} stops too (see rank {failed_rank}'s error)"
             )
-        return None if any_exhausted else batches
 
     def fail(self, error: BaseException, step: int, in_collective: bool = False) -> BaseException:
         """After ``error`` inside a step: gives up the process group; returns what to raise.

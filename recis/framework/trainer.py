@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +31,7 @@ from recis.framework.rank_sync import RankSync
 from recis.framework.training_args import TrainingArguments, positive_or_none
 from recis.hooks import Hook, LoggerHook
 from recis.nn import filter_out_sparse_param
+from recis.sparse import KeyedJaggedTensor
 
 __all__ = ["Trainer", "TrainerState", "TrainingArguments"]
 
@@ -64,6 +65,22 @@ def _batch_size(data: Any) -> int:
     if isinstance(data, Tensor) and data.dim() > 0:
         return int(data.shape[0])
     return 0
+
+
+def _without_samples(data: Any) -> Any:
+    """``data`` cut to zero samples (tensors and KeyedJaggedTensors along the batch)."""
+    if isinstance(data, dict):
+        return {k: _without_samples(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return type(data)(_without_samples(v) for v in data)
+    if isinstance(data, KeyedJaggedTensor):
+        w = data.weights_or_none()
+        return KeyedJaggedTensor(
+            data.keys(), data.values()[:0], data.lengths()[:0], None if w is None else w[:0]
+        )
+    if isinstance(data, Tensor) and data.dim() > 0:
+        return data[:0]
+    return data
 
 
 def _check_loss(loss: Any, source: str) -> Tensor:
@@ -473,10 +490,12 @@ class Trainer:
         :class:`BinaryClassificationMetric`: the one named ``"auc"`` gives ``auc``,
         ``logloss`` and ``count``; another named ``name`` gives ``name/auc``,
         ``name/logloss`` and ``name/count``. Scalar metrics (e.g. ``loss``) are
-        averaged over batches and ranks. Runs ``eval_steps`` batches (default
-        ``args.eval_steps``; ``None``: until the data ends). The ranks stop
-        together at the first rank's end of data. The model's train/eval mode is
-        restored afterwards.
+        averaged over batches and ranks. Runs ``eval_steps`` steps (default
+        ``args.eval_steps``; ``None``: until every rank's data ends). A rank whose
+        data ended before the others' runs its last batch cut to zero samples, so
+        that the model's collectives still meet on every rank, and reports nothing
+        from it. With several ranks, each needs at least one eval batch. The model's
+        train/eval mode is restored afterwards.
         """
         dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
         if dataset is None:
@@ -491,14 +510,18 @@ class Trainer:
         counts: dict[str, int] = {}
         self.model.eval()
         try:
-            it, done = iter(dataset), 0
+            it, done, last = iter(self._eval_batches(dataset)), 0, None
             with torch.no_grad():
                 while steps is None or done < steps:
-                    window = self._sync.next_window(it, 1, "evaluation", self.state.global_step)
-                    if window is None:
+                    batch, any_left = self._sync.next_batch(
+                        it, "evaluation", self.state.global_step
+                    )
+                    if not any_left:
                         break
+                    ended = batch is None
+                    last = _without_samples(last) if ended else batch
                     try:
-                        self._eval_batch(window[0], predictions, sums, counts)
+                        self._eval_batch(last, predictions, sums, counts, report=not ended)
                     except Exception as e:
                         raise self._sync.fail(e, self.state.global_step) from e
                     done += 1
@@ -510,13 +533,30 @@ class Trainer:
         self._call_hooks("after_evaluate", results)
         return results
 
+    def _eval_batches(self, dataset: Iterable[Any]) -> Iterator[Any]:
+        """The eval batches; with several ranks, raises when this rank has none (it
+        could not take part in the other ranks' steps)."""
+        seen = False
+        for batch in dataset:
+            seen = True
+            yield batch
+        if not seen and self.world_size > 1:
+            raise ValueError(
+                f"rank {self.rank} has no evaluation data; with {self.world_size} ranks each "
+                "needs at least one eval batch"
+            )
+
     def _eval_batch(
         self,
         data: Any,
         predictions: dict[str, BinaryClassificationMetric],
         sums: dict[str, float],
         counts: dict[str, int],
+        report: bool = True,
     ) -> None:
+        """Runs one eval batch and adds what the model reports; with ``report=False``
+        (a zero-sample batch) only the metric names are registered, so that every rank
+        reduces the same metrics."""
         clear_metrics()
         with self.autocast():
             loss = self.model(self._to_device(data))
@@ -525,10 +565,12 @@ class Trainer:
             reported["loss"] = loss
         for name, value in reported.items():
             if isinstance(value, Predictions):
-                predictions.setdefault(name, BinaryClassificationMetric()).update(*value)
+                metric = predictions.setdefault(name, BinaryClassificationMetric())
+                if report:
+                    metric.update(*value)
             elif _is_scalar(value):
-                sums[name] = sums.get(name, 0.0) + float(value)
-                counts[name] = counts.get(name, 0) + 1
+                sums[name] = sums.get(name, 0.0) + (float(value) if report else 0.0)
+                counts[name] = counts.get(name, 0) + int(report)
 
     def _reduce_eval(
         self,
@@ -536,8 +578,9 @@ class Trainer:
         sums: dict[str, float],
         counts: dict[str, int],
     ) -> dict[str, float]:
-        # Every rank ran the same batches count of the same model, so the metric
-        # names match and the collectives below line up.
+        # Every rank ran the same number of batches of the same model (zero-sample
+        # ones once its data ended), so the metric names match and the collectives
+        # below line up.
         results: dict[str, float] = {}
         for name in sorted(predictions):
             computed = predictions[name].compute()

@@ -54,7 +54,7 @@ class DeepFM(nn.Module):
         dense = self.dense_proj(check_dense(batch, self.num_dense))
         pooled = self.sparse_arch(batch["sparse"]).values()
         flat = torch.cat([dense, pooled], dim=1)
-        fields = flat.view(flat.shape[0], -1, self.dim)  # [B, F+1, D]
+        fields = flat.view(flat.shape[0], flat.shape[1] // self.dim, self.dim)  # [B, F+1, D]
         # Σ_{i<j} <v_i, v_j> = ((Σ v)² - Σ v²) / 2, summed over the dimension.
         fm = 0.5 * (fields.sum(1).pow(2) - fields.pow(2).sum(1)).sum(1)
         return (self.first_order(flat) + self.deep(flat)).squeeze(1) + fm

@@ -199,7 +199,7 @@ def bucketize(
 def dot_interaction(dense: Tensor, embeddings: Tensor) -> Tensor:
     """Reference of :func:`recis.ops.dot_interaction`: bmm, then the strict upper triangle."""
     b, d = dense.shape
-    x = torch.cat([dense.unsqueeze(1), embeddings.reshape(b, -1, d)], dim=1)
+    x = torch.cat([dense.unsqueeze(1), embeddings.reshape(b, embeddings.shape[1] // d, d)], dim=1)
     n = x.shape[1]
     rows, cols = torch.triu_indices(n, n, offset=1, device=x.device)
     dots = torch.bmm(x, x.transpose(1, 2))[:, rows, cols]

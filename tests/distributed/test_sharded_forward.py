@@ -34,18 +34,20 @@ def _dense_grads(ebc) -> dict[str, torch.Tensor]:
     return {name: dense_grad(t.sparse_grad(), t.weight) for name, t in ebc.tables.items()}
 
 
-def _check_plan(constraints, local_world_size, weighted, empty, seed):
+def _check_plan(constraints, local_world_size, weighted, empty, seed, sizes=None):
     rank, world = dist.get_rank(), dist.get_world_size()
+    # Uneven batch sizes: rank r has sizes[r] samples (default 2 + r); rank 1 may have
+    # features with no ids.
+    sizes = sizes or [2 + r for r in range(world)]
     torch.manual_seed(1)
     ebc = EmbeddingBagCollection(configs())
     plan = plan_sharding(
         ebc, world_size=world, constraints=constraints, local_world_size=local_world_size
     )
     sebc = ShardedEmbeddingBagCollection(copy.deepcopy(ebc), plan)
-    # Uneven batch sizes: rank r has 2 + r samples; rank 1 may have features with no ids.
     if weighted == "rank0":  # per-sample weights on rank 0's batch only
         weighted = rank == 0
-    kjt = make_batch(2 + rank, seed + rank, weighted, empty if rank == 1 else ())
+    kjt = make_batch(sizes[rank], seed + rank, weighted, empty if rank == 1 else ())
     want = ebc(kjt)
     got = sebc(kjt)
     assert got.keys() == want.keys()
@@ -64,7 +66,7 @@ def _check_plan(constraints, local_world_size, weighted, empty, seed):
         r0, c0 = table.row_offset, table.col_offset
         ref = total[r0 : r0 + shard_grad.shape[0], c0 : c0 + shard_grad.shape[1]] / world
         torch.testing.assert_close(shard_grad, ref, rtol=1e-5, atol=1e-6)
-    _check_comm_bytes(plan, sebc.comm_bytes(), kjt)
+    _check_comm_bytes(plan, sebc.comm_bytes(), kjt, sizes)
     # Shards hold exactly the unsharded values.
     for name, full in ebc.tables.items():
         if plan.tables[name].sharding_type != DATA_PARALLEL:
@@ -76,11 +78,10 @@ def _check_plan(constraints, local_world_size, weighted, empty, seed):
     return sebc.comm_bytes()
 
 
-def _check_comm_bytes(plan, stats, kjt):
+def _check_comm_bytes(plan, stats, kjt, batches):
     """The accounting matches what the plan must move: pooled blocks exactly, ids at
     least once per remote shard that needs them."""
     rank, world = dist.get_rank(), dist.get_world_size()
-    batches = [2 + r for r in range(world)]
     out_fwd = out_bwd = ids_min = 0
     for cfg in configs():
         t = plan.tables[cfg.name]
@@ -99,7 +100,8 @@ def _check_comm_bytes(plan, stats, kjt):
     assert stats.get("output_dist_backward", 0) == out_bwd, (stats, out_bwd)
     assert stats.get("input_dist", 0) >= ids_min
     has_dp = any(t.sharding_type == DATA_PARALLEL for t in plan.tables.values())
-    assert (stats.get("data_parallel_backward", 0) > 0) == (has_dp and world > 1)
+    sends_replica_grads = has_dp and world > 1 and batches[rank] > 0
+    assert (stats.get("data_parallel_backward", 0) > 0) == sends_replica_grads
 
 
 def forward_all_types():
@@ -124,6 +126,18 @@ def test_forward_and_grads_match_unsharded(world_size):
     if world_size > 1:
         # A table-wise plan moves ids out and pooled rows back on some rank.
         assert any(s.get("output_dist", 0) > 0 for per_rank in stats for s in per_rank[:1])
+
+
+def forward_with_a_rank_without_samples():
+    # What a rank runs once its eval data ended while others still evaluate.
+    for i, kind in enumerate([*ALL_TYPES, None]):
+        cons = MIXED if kind is None else {c.name: kind for c in configs()}
+        for weighted in (False, True):
+            _check_plan(cons, None, weighted, (), 50 + 2 * i + weighted, sizes=[3, 0])
+
+
+def test_a_rank_with_zero_samples_takes_part():
+    run_distributed(forward_with_a_rank_without_samples, 2, timeout=120)
 
 
 def shuffled_keys():

@@ -60,7 +60,8 @@ def _dist_evaluate(tmp: str) -> dict:
     torch.manual_seed(0)
     model = ToyModel()
     rec = Recorder()
-    # Uneven eval sets: rank 0 has 4 batches, rank 1 has 3; both stop after 3.
+    # Uneven eval sets: rank 0 has 4 batches, rank 1 has 3; evaluation covers all 7
+    # (rank 1 runs a zero-sample batch while rank 0 evaluates its last one).
     eval_data = make_batches(4 if rank == 0 else 3, 6, 100 + rank)
     trainer = build_trainer(model, make_batches(2, 4, rank), tmp, hooks=[rec], eval_data=eval_data)
     trainer.train()
@@ -71,7 +72,7 @@ def _dist_evaluate(tmp: str) -> dict:
     model.eval()
     trainer.evaluate(eval_steps=1)
     out["eval_mode_kept"] = not model.training
-    for key, n in (("direct_full", 3), ("direct_two", 2)):
+    for key, n in (("direct_full", len(eval_data)), ("direct_two", 2)):
         gathered = [None] * dist.get_world_size()
         dist.all_gather_object(gathered, _direct(model, eval_data[:n]))
         out[key] = gathered
@@ -94,7 +95,7 @@ def test_evaluate_two_ranks_matches_direct_computation(tmp_path):
     results = run_distributed(_dist_evaluate, 2, str(tmp_path), timeout=90)
     for r in results:
         for got, direct, count in (
-            (r["full"], r["direct_full"], 36),
+            (r["full"], r["direct_full"], 42),
             (r["two"], r["direct_two"], 24),
         ):
             expected = _expected(direct)
@@ -105,3 +106,21 @@ def test_evaluate_two_ranks_matches_direct_computation(tmp_path):
         assert r["training_after"] and r["eval_mode_kept"]
         assert r["hook_calls"] == [("before_evaluate",), ("after_evaluate",)] * 2
     assert results[0]["full"] == results[1]["full"]
+
+
+def _dist_evaluate_without_data_on_one_rank(tmp: str) -> str:
+    rank = dist.get_rank()
+    model = ToyModel()
+    eval_data = make_batches(2, 6, 100) if rank == 0 else []
+    trainer = build_trainer(model, make_batches(1, 4, rank), tmp, eval_data=eval_data)
+    try:
+        trainer.evaluate()
+    except Exception as e:
+        return str(e)
+    return "no error"
+
+
+def test_a_rank_without_eval_data_fails_every_rank_clearly(tmp_path):
+    errors = run_distributed(_dist_evaluate_without_data_on_one_rank, 2, str(tmp_path), timeout=90)
+    assert "rank 1 failed to read its evaluation data" in errors[0]
+    assert "rank 1 has no evaluation data; with 2 ranks each needs at least one" in errors[1]

@@ -8,6 +8,7 @@ from recis.io import SyntheticCriteoDataset
 from recis.models import DLRM, DCNv2, DeepFM, criteo_tables
 from recis.nn import EmbeddingBagCollection, filter_out_sparse_param
 from recis.optim import SparseSGD
+from recis.sparse import KeyedJaggedTensor
 
 SIZE, DIM = 40, 8
 
@@ -111,3 +112,20 @@ def test_input_checks():
     # DCNv2 accepts tables of different dims.
     model = DCNv2(tables=mixed, num_cross_layers=1, low_rank=4, deep_mlp=(8,))
     assert math.isfinite(model(batch).item())
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_a_batch_without_samples_runs(name):
+    # A rank whose eval data ended runs such a batch while the others evaluate.
+    model = build(name)
+    batch = next(iter(data()))
+    kjt = batch["sparse"]
+    empty = {
+        "dense": batch["dense"][:0],
+        "label": batch["label"][:0],
+        "sparse": KeyedJaggedTensor(kjt.keys(), kjt.values()[:0], kjt.lengths()[:0]),
+    }
+    clear_metrics()
+    with torch.no_grad():
+        model(empty)
+    assert get_global_metrics()["auc"].preds.shape == (0,)

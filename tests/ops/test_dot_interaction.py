@@ -48,6 +48,7 @@ def test_an_empty_batch():
     dense, emb = inputs(0, 3, 4)
     out = ops.dot_interaction(dense, emb)
     assert out.shape == (0, 4 + 6)
+    assert reference.dot_interaction(dense, emb).shape == (0, 4 + 6)
     out.sum().backward()
     assert dense.grad.shape == (0, 4) and emb.grad.shape == (0, 12)
 
@@ -74,3 +75,11 @@ def test_bad_shapes_and_dtypes_raise():
         ops.dot_interaction(torch.randn(2, 4), torch.randn(2, 8, dtype=torch.float64))
     with pytest.raises(RuntimeError, match="needs float32 or float64"):
         ops.dot_interaction(torch.randn(2, 4).half(), torch.randn(2, 8).half())
+
+
+@pytest.mark.cuda
+def test_cuda_matches_cpu():
+    dense, emb = inputs(64, 26, 16)
+    cpu = ops.dot_interaction(dense, emb)
+    gpu = ops.dot_interaction(dense.detach().cuda(), emb.detach().cuda())
+    torch.testing.assert_close(gpu.cpu(), cpu.detach(), rtol=1e-4, atol=1e-4)
