@@ -23,7 +23,8 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) install ninja setuptools wheel
 	# torchrec's own requirements would pull a CUDA torch: install it alone.
 	$(PIP) install --no-deps torchrec==1.8.0
-	$(PIP) install --no-build-isolation -e ".[test,peers]"
+	# The package and its dependencies only: $(BUILT) compiles the extension (once).
+	RECIS_NO_EXTENSION=1 $(PIP) install --no-build-isolation -e ".[test,peers]"
 	touch $(STAMP)
 
 # Incremental rebuild of the extension whenever a csrc file changes.

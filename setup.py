@@ -1,6 +1,6 @@
 """Builds recis._C from csrc/ against the torch that is installed.
 
-CPU kernels are always built. CUDA kernels (csrc/cuda/*.cu and their ATen bindings)
+CPU kernels are always built (unless RECIS_NO_EXTENSION=1). CUDA kernels (csrc/cuda/*.cu and their ATen bindings)
 are added only when the installed torch has CUDA and nvcc is on PATH.
 """
 
@@ -47,7 +47,9 @@ def _extension():
 
 
 setup(
-    ext_modules=[_extension()],
+    # `make install` builds the extension once, in build/ (where `make build` then
+    # rebuilds it incrementally): the editable pip install skips it.
+    ext_modules=[] if os.environ.get("RECIS_NO_EXTENSION") == "1" else [_extension()],
     cmdclass={
         "build_ext": BuildExtension.with_options(use_ninja=shutil.which("ninja") is not None)
     },
