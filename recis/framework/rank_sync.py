@@ -37,7 +37,10 @@ class RankSync:
         self.rank, self.world_size, self.device = rank, world_size, device
 
     def comm_device(self) -> torch.device:
-        """Where collective tensors live: the device under NCCL, CPU otherwise."""
+        """Where collective tensors live: the device under NCCL, CPU otherwise (and
+        when there is no process group: one rank needs no collective)."""
+        if self.world_size == 1 or not dist.is_initialized():
+            return torch.device("cpu")
         return self.device if dist.get_backend() == "nccl" else torch.device("cpu")
 
     def agree(self, flag: bool, failed: bool, step: int) -> tuple[bool, int | None]:

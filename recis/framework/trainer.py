@@ -5,12 +5,11 @@ from __future__ import annotations
 import contextlib
 import importlib
 import logging
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
@@ -21,17 +20,12 @@ from recis.distributed.process_group import (
     set_seed,
     world_size,
 )
-from recis.framework.metrics import (
-    BinaryClassificationMetric,
-    Predictions,
-    clear_metrics,
-    get_global_metrics,
-)
+from recis.framework.evaluation import EvalMetrics, eval_batches, without_samples
+from recis.framework.metrics import clear_metrics, get_global_metrics
 from recis.framework.rank_sync import RankSync
 from recis.framework.training_args import TrainingArguments, positive_or_none
 from recis.hooks import Hook, LoggerHook
 from recis.nn import filter_out_sparse_param
-from recis.sparse import KeyedJaggedTensor
 
 __all__ = ["Trainer", "TrainerState", "TrainingArguments"]
 
@@ -67,22 +61,6 @@ def _batch_size(data: Any) -> int:
     return 0
 
 
-def _without_samples(data: Any) -> Any:
-    """``data`` cut to zero samples (tensors and KeyedJaggedTensors along the batch)."""
-    if isinstance(data, dict):
-        return {k: _without_samples(v) for k, v in data.items()}
-    if isinstance(data, (list, tuple)):
-        return type(data)(_without_samples(v) for v in data)
-    if isinstance(data, KeyedJaggedTensor):
-        w = data.weights_or_none()
-        return KeyedJaggedTensor(
-            data.keys(), data.values()[:0], data.lengths()[:0], None if w is None else w[:0]
-        )
-    if isinstance(data, Tensor) and data.dim() > 0:
-        return data[:0]
-    return data
-
-
 def _check_loss(loss: Any, source: str) -> Tensor:
     if not isinstance(loss, Tensor) or loss.numel() != 1:
         shape = f" of shape {tuple(loss.shape)}" if isinstance(loss, Tensor) else ""
@@ -90,10 +68,6 @@ def _check_loss(loss: Any, source: str) -> Tensor:
             f"{source} must return the scalar loss tensor, got {type(loss).__name__}{shape}"
         )
     return loss
-
-
-def _is_scalar(value: Any) -> bool:
-    return isinstance(value, (int, float)) or (isinstance(value, Tensor) and value.numel() == 1)
 
 
 class Trainer:
@@ -505,12 +479,11 @@ class Trainer:
         self._check_model_device()
         was_training = self.model.training
         self._call_hooks("before_evaluate")
-        predictions: dict[str, BinaryClassificationMetric] = {}
-        sums: dict[str, float] = {}
-        counts: dict[str, int] = {}
+        metrics = EvalMetrics()
         self.model.eval()
         try:
-            it, done, last = iter(self._eval_batches(dataset)), 0, None
+            it = iter(eval_batches(dataset, self.rank, self.world_size))
+            done, data, ended = 0, None, False
             with torch.no_grad():
                 while steps is None or done < steps:
                     batch, any_left = self._sync.next_batch(
@@ -518,14 +491,18 @@ class Trainer:
                     )
                     if not any_left:
                         break
-                    ended = batch is None
-                    last = _without_samples(last) if ended else batch
+                    if batch is not None:
+                        data = batch
+                    elif not ended:  # this rank's data ended: zero samples from now on
+                        data, ended = without_samples(data), True
                     try:
-                        self._eval_batch(last, predictions, sums, counts, report=not ended)
+                        metrics.add(self._eval_batch(data), count=not ended)
                     except Exception as e:
                         raise self._sync.fail(e, self.state.global_step) from e
                     done += 1
-            results = self._reduce_eval(predictions, sums, counts)
+            # Every rank ran the same number of batches of the same model, so the
+            # metric names match and the reduction's collectives line up.
+            results = metrics.reduce(self.world_size, self._sync.comm_device())
         finally:
             self.model.train(was_training)
         if self.is_main_process:
@@ -533,69 +510,13 @@ class Trainer:
         self._call_hooks("after_evaluate", results)
         return results
 
-    def _eval_batches(self, dataset: Iterable[Any]) -> Iterator[Any]:
-        """The eval batches; with several ranks, raises when this rank has none (it
-        could not take part in the other ranks' steps)."""
-        seen = False
-        for batch in dataset:
-            seen = True
-            yield batch
-        if not seen and self.world_size > 1:
-            raise ValueError(
-                f"rank {self.rank} has no evaluation data; with {self.world_size} ranks each "
-                "needs at least one eval batch"
-            )
-
-    def _eval_batch(
-        self,
-        data: Any,
-        predictions: dict[str, BinaryClassificationMetric],
-        sums: dict[str, float],
-        counts: dict[str, int],
-        report: bool = True,
-    ) -> None:
-        """Runs one eval batch and adds what the model reports; with ``report=False``
-        (a zero-sample batch) only the metric names are registered, so that every rank
-        reduces the same metrics."""
+    def _eval_batch(self, data: Any) -> dict[str, Any]:
+        """Runs the model on one eval batch; returns what it reported (its loss as
+        ``loss`` when it reported none)."""
         clear_metrics()
         with self.autocast():
             loss = self.model(self._to_device(data))
         reported = get_global_metrics()
         if "loss" not in reported and isinstance(loss, Tensor) and loss.numel() == 1:
             reported["loss"] = loss
-        for name, value in reported.items():
-            if isinstance(value, Predictions):
-                metric = predictions.setdefault(name, BinaryClassificationMetric())
-                if report:
-                    metric.update(*value)
-            elif _is_scalar(value):
-                sums[name] = sums.get(name, 0.0) + (float(value) if report else 0.0)
-                counts[name] = counts.get(name, 0) + int(report)
-
-    def _reduce_eval(
-        self,
-        predictions: dict[str, BinaryClassificationMetric],
-        sums: dict[str, float],
-        counts: dict[str, int],
-    ) -> dict[str, float]:
-        # Every rank ran the same number of batches of the same model (zero-sample
-        # ones once its data ended), so the metric names match and the collectives
-        # below line up.
-        results: dict[str, float] = {}
-        for name in sorted(predictions):
-            computed = predictions[name].compute()
-            prefix = "" if name == "auc" else f"{name}/"
-            for key in ("auc", "logloss", "count"):
-                results[prefix + key] = computed[key]
-        names = sorted(sums)
-        if names:
-            totals = torch.tensor(
-                [v for n in names for v in (sums[n], counts[n])], dtype=torch.float64
-            )
-            if self.world_size > 1:
-                totals = totals.to(self._sync.comm_device())
-                dist.all_reduce(totals)
-                totals = totals.cpu()
-            for i, name in enumerate(names):
-                results.setdefault(name, float(totals[2 * i] / totals[2 * i + 1]))
-        return results
+        return reported

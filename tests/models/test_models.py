@@ -3,12 +3,12 @@ import math
 import pytest
 import torch
 
+from recis.framework.evaluation import without_samples
 from recis.framework.metrics import Predictions, clear_metrics, get_global_metrics
 from recis.io import SyntheticCriteoDataset
 from recis.models import DLRM, DCNv2, DeepFM, criteo_tables
 from recis.nn import EmbeddingBagCollection, filter_out_sparse_param
 from recis.optim import SparseSGD
-from recis.sparse import KeyedJaggedTensor
 
 SIZE, DIM = 40, 8
 
@@ -118,13 +118,7 @@ def test_input_checks():
 def test_a_batch_without_samples_runs(name):
     # A rank whose eval data ended runs such a batch while the others evaluate.
     model = build(name)
-    batch = next(iter(data()))
-    kjt = batch["sparse"]
-    empty = {
-        "dense": batch["dense"][:0],
-        "label": batch["label"][:0],
-        "sparse": KeyedJaggedTensor(kjt.keys(), kjt.values()[:0], kjt.lengths()[:0]),
-    }
+    empty = without_samples(next(iter(data())))
     clear_metrics()
     with torch.no_grad():
         model(empty)

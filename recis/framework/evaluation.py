@@ -1,0 +1,109 @@
+"""What Trainer.evaluate accumulates over the eval batches and reduces across ranks,
+and the zero-sample batch a rank runs once its eval data ended."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from recis.framework.metrics import BinaryClassificationMetric, Predictions
+from recis.sparse import KeyedJaggedTensor
+
+
+def without_samples(data: Any) -> Any:
+    """``data`` cut to zero samples (tensors and KeyedJaggedTensors along the batch).
+
+    Example::
+
+        >>> without_samples({"label": torch.ones(4)})["label"].shape
+        torch.Size([0])
+    """
+    if isinstance(data, dict):
+        return {k: without_samples(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return type(data)(without_samples(v) for v in data)
+    if isinstance(data, KeyedJaggedTensor):
+        w = data.weights_or_none()
+        return KeyedJaggedTensor(
+            data.keys(), data.values()[:0], data.lengths()[:0], None if w is None else w[:0]
+        )
+    if isinstance(data, Tensor) and data.dim() > 0:
+        return data[:0]
+    return data
+
+
+def eval_batches(dataset: Iterable[Any], rank: int, world_size: int) -> Iterator[Any]:
+    """The batches of ``dataset``; with several ranks, raises when this rank has none
+    (it could not take part in the other ranks' steps)."""
+    seen = False
+    for batch in dataset:
+        seen = True
+        yield batch
+    if not seen and world_size > 1:
+        raise ValueError(
+            f"rank {rank} has no evaluation data; with {world_size} ranks each needs at "
+            "least one eval batch"
+        )
+
+
+def is_scalar(value: Any) -> bool:
+    return isinstance(value, (int, float)) or (isinstance(value, Tensor) and value.numel() == 1)
+
+
+class EvalMetrics:
+    """Every :class:`Predictions` metric a model reports, fed to a
+    :class:`BinaryClassificationMetric`, and every scalar metric's sum and count.
+
+    Example::
+
+        >>> m = EvalMetrics()
+        >>> m.add({"loss": 0.5, "auc": Predictions(torch.tensor([0.9]), torch.tensor([1.0]))})
+        >>> m.add({"loss": 0.3})
+        >>> m.reduce(world_size=1, device=torch.device("cpu"))["loss"]
+        0.4
+    """
+
+    def __init__(self) -> None:
+        self.predictions: dict[str, BinaryClassificationMetric] = {}
+        self.sums: dict[str, float] = {}
+        self.counts: dict[str, int] = {}
+
+    def add(self, reported: dict[str, Any], count: bool = True) -> None:
+        """Adds one batch's metrics; with ``count=False`` (a zero-sample batch) only
+        registers their names, so that every rank reduces the same metrics."""
+        for name, value in reported.items():
+            if isinstance(value, Predictions):
+                metric = self.predictions.setdefault(name, BinaryClassificationMetric())
+                if count:
+                    metric.update(*value)
+            elif is_scalar(value):
+                self.sums[name] = self.sums.get(name, 0.0) + (float(value) if count else 0.0)
+                self.counts[name] = self.counts.get(name, 0) + int(count)
+
+    def reduce(self, world_size: int, device: torch.device) -> dict[str, float]:
+        """Across ranks (collective: every rank calls it with the same metric names):
+        ``auc``, ``logloss`` and ``count`` of the ``"auc"`` predictions,
+        ``name/auc`` ... of any other, and each scalar's mean over batches and ranks.
+        Collective tensors go to ``device``."""
+        results: dict[str, float] = {}
+        for name in sorted(self.predictions):
+            computed = self.predictions[name].compute()
+            prefix = "" if name == "auc" else f"{name}/"
+            for key in ("auc", "logloss", "count"):
+                results[prefix + key] = computed[key]
+        names = sorted(self.sums)
+        if names:
+            totals = torch.tensor(
+                [v for n in names for v in (self.sums[n], self.counts[n])], dtype=torch.float64
+            )
+            if world_size > 1:
+                totals = totals.to(device)
+                dist.all_reduce(totals)
+                totals = totals.cpu()
+            for i, name in enumerate(names):
+                results.setdefault(name, float(totals[2 * i] / totals[2 * i + 1]))
+        return results
