@@ -28,15 +28,15 @@ TORCH_LIBRARY(recis, m) {
   // bucket_ids: ids made local to their bucket, ordered bucket, bag, original position;
   // bucket_weights: weights in the same order, or an empty tensor when weights is None;
   // permutation: bucket_ids[j] came from ids[permutation[j]]).
+  m.def(
+      "bucketize(Tensor ids, Tensor lengths, Tensor? weights, Tensor boundaries) -> "
+      "(Tensor, Tensor, Tensor, Tensor)");
   // DLRM's interaction of dense [B, D] and embeddings [B, F * D]: [dense, x_i . x_j for
   // i < j] over x = (dense, embedding_1 .. embedding_F), pairs row-major; and its gradient.
   m.def("dot_interaction(Tensor dense, Tensor embeddings) -> Tensor");
   m.def(
       "dot_interaction_backward(Tensor grad, Tensor dense, Tensor embeddings) -> "
       "(Tensor, Tensor)");
-  m.def(
-      "bucketize(Tensor ids, Tensor lengths, Tensor? weights, Tensor boundaries) -> "
-      "(Tensor, Tensor, Tensor, Tensor)");
 
   // --- sparse gradients and fused sparse-optimizer updates (csrc/cpu/sparse_update.cpp) ---
   // A table's gradient in bag form (a SparseGrad): row ids[j] of bag b gets

@@ -30,6 +30,20 @@ inline void check_bags(const at::Tensor& weight, const at::Tensor& ids, const at
   }
 }
 
+// The `out` of pooled_lookup_into: [num_bags, dim] of the weight's dtype and device,
+// any row stride, contiguous columns (e.g. a column block of a collection's output).
+inline void check_pooled_out(const at::Tensor& weight, const at::Tensor& offsets,
+                             const at::Tensor& out) {
+  constexpr const char* op = "recis.pooled_lookup";
+  const int64_t num_bags = offsets.numel() - 1, dim = weight.size(1);
+  TORCH_CHECK(out.dim() == 2 && out.size(0) == num_bags && out.size(1) == dim, op,
+              ": out must be [num_bags, dim] = [", num_bags, ", ", dim, "], got ", out.sizes());
+  TORCH_CHECK(out.scalar_type() == weight.scalar_type() && out.device() == weight.device(), op,
+              ": out must have the weight's dtype and device");
+  TORCH_CHECK(dim <= 1 || out.stride(1) == 1, op, ": out needs contiguous columns, got strides ",
+              out.strides());
+}
+
 // Raises naming the first id outside [0, rows). The min/max pass vectorises; the
 // search for the culprit runs only when there is one.
 template <typename index_t>

@@ -48,17 +48,11 @@ void pooled_lookup_into_cpu(const at::Tensor& weight, const at::Tensor& ids,
                             const at::Tensor& offsets,
                             const std::optional<at::Tensor>& per_sample_weights, int64_t pooling,
                             at::Tensor& out) {
-  constexpr const char* op = "recis.pooled_lookup";
   check_bags(weight, ids, offsets, per_sample_weights);
+  check_pooled_out(weight, offsets, out);
   const Pooling mode = to_pooling(pooling);
   const int64_t num_bags = offsets.numel() - 1;
   const int64_t dim = weight.size(1);
-  TORCH_CHECK(out.dim() == 2 && out.size(0) == num_bags && out.size(1) == dim, op,
-              ": out must be [num_bags, dim] = [", num_bags, ", ", dim, "], got ", out.sizes());
-  TORCH_CHECK(out.scalar_type() == weight.scalar_type() && out.device() == weight.device(), op,
-              ": out must have the weight's dtype and device");
-  TORCH_CHECK(dim <= 1 || out.stride(1) == 1, op, ": out needs contiguous columns, got strides ",
-              out.strides());
   const auto w = weight.contiguous();
   const auto ids_c = ids.contiguous();
   const auto offs = offsets.contiguous();
@@ -69,7 +63,8 @@ void pooled_lookup_into_cpu(const at::Tensor& weight, const at::Tensor& ids,
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, w.scalar_type(), "pooled_lookup", [&] {
     AT_DISPATCH_INDEX_TYPES(ids_c.scalar_type(), "pooled_lookup_index", [&] {
       const index_t* o = offs.data_ptr<index_t>();
-      check_bags_and_ids(op, ids_c.data_ptr<index_t>(), ids_c.numel(), o, num_bags, w.size(0));
+      check_bags_and_ids("recis.pooled_lookup", ids_c.data_ptr<index_t>(), ids_c.numel(), o,
+                         num_bags, w.size(0));
       const int64_t grain = std::max<int64_t>(1, 2048 / std::max<int64_t>(dim, 1));
       at::parallel_for(0, num_bags, grain, [&](int64_t begin, int64_t end) {
         lookup_bags<scalar_t, index_t>(w.data_ptr<scalar_t>(), dim, ids_c.data_ptr<index_t>(), o,

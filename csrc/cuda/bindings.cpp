@@ -44,8 +44,7 @@ void pooled_lookup_into_cuda(const at::Tensor& weight, const at::Tensor& ids,
                              const std::optional<at::Tensor>& per_sample_weights,
                              int64_t pooling, at::Tensor& out) {
   const at::Tensor pooled = pooled_lookup_cuda(weight, ids, offsets, per_sample_weights, pooling);
-  TORCH_CHECK(out.sizes() == pooled.sizes(), "recis.pooled_lookup: out must be ", pooled.sizes(),
-              ", got ", out.sizes());
+  check_pooled_out(weight, offsets, out);
   out.copy_(pooled);
 }
 
