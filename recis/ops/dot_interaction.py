@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 import recis  # noqa: F401  (loads the kernels)
+from recis.ops import reference
 
 
 class _DotInteraction(torch.autograd.Function):
@@ -39,7 +40,5 @@ def dot_interaction(dense: Tensor, embeddings: Tensor) -> Tensor:
         tensor([1., 1., 1., 1., 4., 4., 4.])
     """
     if dense.device.type != "cpu":
-        from recis.ops import reference
-
         return reference.dot_interaction(dense, embeddings)
     return _DotInteraction.apply(dense, embeddings)
