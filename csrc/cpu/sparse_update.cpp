@@ -60,6 +60,24 @@ struct SortedGrad {
   }
 };
 
+// A row width known at compile time (Dim<64>) or only at run time (AnyDim). The
+// kernels' loops take either; over the former they unroll, and a row's gradient
+// stays in registers instead of a buffer.
+template <int64_t kDim>
+struct Dim {
+  static constexpr int64_t value = kDim;
+  constexpr operator int64_t() const { return kDim; }
+};
+struct AnyDim {
+  int64_t value;
+  operator int64_t() const { return value; }
+};
+
+// At a fixed width the remainder loops after the blocked ones are dead code, which
+// GCC's loop analysis reports as out-of-bounds iterations of the row buffers.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Waggressive-loop-optimizations"
+
 namespace isa_base {
 #include "cpu/sparse_update_kernel.h"
 }  // namespace isa_base
@@ -72,6 +90,7 @@ namespace isa_avx2 {
 }  // namespace isa_avx2
 #pragma GCC pop_options
 #endif
+#pragma GCC diagnostic pop
 
 // Calls fn.template operator()<Kernels>() with the kernels of the ISA in use.
 template <typename Fn>

@@ -32,13 +32,13 @@ inline void sqrt_array(double* x, int64_t n) {
 }
 
 // acc = sum over sorted positions k in [begin, end) of grad_out[bag[k]] * scale[k].
-template <typename scalar_t>
+template <typename scalar_t, typename D>
 inline void reduce_row(const SortedGrad<scalar_t>& grad, int64_t begin, int64_t end,
-                       scalar_t* acc) {
-  const int64_t dim = grad.dim, stride = grad.row_stride;
+                       scalar_t* acc, D dim) {
+  const int64_t stride = grad.row_stride;
   const scalar_t* grad_out = grad.grad_out;
   const int64_t* bag = grad.bag;
-  std::fill(acc, acc + dim, scalar_t(0));
+  for (int64_t d = 0; d < dim; ++d) acc[d] = scalar_t(0);
   const int64_t nnz = grad.nnz;
   for (int64_t k = begin; k < end; ++k) {
     // grad_out rows are read in id order, i.e. at random: fetch a few ahead.
@@ -55,20 +55,47 @@ inline void reduce_row(const SortedGrad<scalar_t>& grad, int64_t begin, int64_t 
   }
 }
 
-// Runs `opt.apply(row, grad_of_row, scratch)` once per unique row, in parallel over rows.
-template <typename scalar_t, typename Opt>
-void for_each_unique_row(const RowSegments& r, const SortedGrad<scalar_t>& grad, const Opt& opt) {
-  const int64_t dim = grad.dim;
+// The row's gradient and the optimizer's scratch: local arrays when the width is a
+// compile-time constant (with the loops unrolled they live in registers), else
+// buffers of the runtime width.
+template <typename scalar_t, typename D>
+struct RowBuffers {
+  explicit RowBuffers(D) {}
+  scalar_t acc[D::value], tmp[D::value];
+};
+
+template <typename scalar_t>
+struct RowBuffers<scalar_t, AnyDim> {
+  explicit RowBuffers(AnyDim dim) : storage(2 * dim.value), acc(storage.data()),
+                                    tmp(storage.data() + dim.value) {}
+  std::vector<scalar_t> storage;
+  scalar_t *acc, *tmp;
+};
+
+template <typename scalar_t, typename Opt, typename D>
+void update_rows(const RowSegments& r, const SortedGrad<scalar_t>& grad, const Opt& opt, D dim) {
   const int64_t grain = std::max<int64_t>(1, 4096 / std::max<int64_t>(dim, 1));
   at::parallel_for(0, r.size(), grain, [&](int64_t begin, int64_t end) {
-    // acc: the row's gradient (the optimizer may overwrite it); tmp: its scratch.
-    std::vector<scalar_t> acc(dim), tmp(dim);
+    RowBuffers<scalar_t, D> buf(dim);
     for (int64_t u = begin; u < end; ++u) {
       if (u + kPrefetchRows < end) opt.prefetch(r.unique_ids[u + kPrefetchRows]);
-      reduce_row(grad, r.seg[u], r.seg[u + 1], acc.data());
-      opt.apply(r.unique_ids[u], acc.data(), tmp.data());
+      reduce_row(grad, r.seg[u], r.seg[u + 1], buf.acc, dim);
+      opt.apply(r.unique_ids[u], buf.acc, buf.tmp, dim);
     }
   });
+}
+
+// Runs `opt.apply(row, grad_of_row, scratch, dim)` once per unique row, in parallel
+// over rows; the common widths are compiled with their width as a constant.
+template <typename scalar_t, typename Opt>
+void for_each_unique_row(const RowSegments& r, const SortedGrad<scalar_t>& grad, const Opt& opt) {
+  switch (grad.dim) {
+    case 16: return update_rows(r, grad, opt, Dim<16>{});
+    case 32: return update_rows(r, grad, opt, Dim<32>{});
+    case 64: return update_rows(r, grad, opt, Dim<64>{});
+    case 128: return update_rows(r, grad, opt, Dim<128>{});
+    default: return update_rows(r, grad, opt, AnyDim{grad.dim});
+  }
 }
 
 // SGD without weight decay is linear in the gradient, so each occurrence of a row can
@@ -117,9 +144,10 @@ struct SgdRow {
   int64_t dim;
   scalar_t lr, weight_decay;
   void prefetch(int64_t row) const { prefetch_row(weight + row * dim, dim, /*write=*/true); }
-  void apply(int64_t row, scalar_t* g, scalar_t* /*tmp*/) const {
+  template <typename D>
+  void apply(int64_t row, scalar_t* g, scalar_t* /*tmp*/, D n) const {
     scalar_t* w = weight + row * dim;
-    for (int64_t d = 0; d < dim; ++d) w[d] -= lr * (g[d] + weight_decay * w[d]);
+    for (int64_t d = 0; d < n; ++d) w[d] -= lr * (g[d] + weight_decay * w[d]);
   }
 };
 
@@ -133,16 +161,17 @@ struct AdagradRow {
     prefetch_row(weight + row * dim, dim, /*write=*/true);
     prefetch_row(sum + row * dim, dim, /*write=*/true);
   }
-  void apply(int64_t row, scalar_t* g, scalar_t* root) const {
+  template <typename D>
+  void apply(int64_t row, scalar_t* g, scalar_t* root, D n) const {
     scalar_t* w = weight + row * dim;
     scalar_t* s = sum + row * dim;
-    for (int64_t d = 0; d < dim; ++d) {
+    for (int64_t d = 0; d < n; ++d) {
       g[d] += weight_decay * w[d];
       s[d] += g[d] * g[d];
       root[d] = s[d];
     }
-    sqrt_array(root, dim);
-    for (int64_t d = 0; d < dim; ++d) w[d] -= lr * g[d] / (root[d] + eps);
+    sqrt_array(root, n);
+    for (int64_t d = 0; d < n; ++d) w[d] -= lr * g[d] / (root[d] + eps);
   }
 };
 
@@ -157,27 +186,28 @@ struct RowWiseAdagradRow {
     prefetch_row(weight + row * dim, dim, /*write=*/true);
     __builtin_prefetch(sum + row, 1);
   }
-  void apply(int64_t row, scalar_t* g, scalar_t* /*tmp*/) const {
+  template <typename D>
+  void apply(int64_t row, scalar_t* g, scalar_t* /*tmp*/, D n) const {
     scalar_t* w = weight + row * dim;
     // Without decay the row's new scale needs only g, so the sqrt chain below runs
     // while the weight row is still arriving from memory.
     if (weight_decay != scalar_t(0)) {
-      for (int64_t d = 0; d < dim; ++d) g[d] += weight_decay * w[d];
+      for (int64_t d = 0; d < n; ++d) g[d] += weight_decay * w[d];
     }
     // Sum of squares in kLanes independent partial sums: one running sum would be a
     // serial dependency chain the compiler may not reorder (no fast-math).
     constexpr int64_t kLanes = 8;
     scalar_t part[kLanes] = {};
     int64_t d = 0;
-    for (; d + kLanes <= dim; d += kLanes) {
+    for (; d + kLanes <= n; d += kLanes) {
       for (int64_t l = 0; l < kLanes; ++l) part[l] += g[d + l] * g[d + l];
     }
     scalar_t sq = 0;
-    for (; d < dim; ++d) sq += g[d] * g[d];
+    for (; d < n; ++d) sq += g[d] * g[d];
     for (int64_t l = 0; l < kLanes; ++l) sq += part[l];
-    sum[row] += sq / static_cast<scalar_t>(dim);
+    sum[row] += sq / static_cast<scalar_t>(n);
     const scalar_t step = lr / (std::sqrt(sum[row]) + eps);
-    for (d = 0; d < dim; ++d) w[d] -= step * g[d];
+    for (d = 0; d < n; ++d) w[d] -= step * g[d];
   }
 };
 
@@ -196,20 +226,21 @@ struct AdamRow {
     prefetch_row(exp_avg + row * dim, dim, /*write=*/true);
     prefetch_row(exp_avg_sq + row * dim, dim, /*write=*/true);
   }
-  void apply(int64_t row, scalar_t* g, scalar_t* root) const {
+  template <typename D>
+  void apply(int64_t row, scalar_t* g, scalar_t* root, D n) const {
     scalar_t* w = weight + row * dim;
     scalar_t* m = exp_avg + row * dim;
     scalar_t* v = exp_avg_sq + row * dim;
     const scalar_t l2 = decoupled ? scalar_t(0) : weight_decay;
     const scalar_t shrink = decoupled ? scalar_t(1) - lr * weight_decay : scalar_t(1);
-    for (int64_t d = 0; d < dim; ++d) {
+    for (int64_t d = 0; d < n; ++d) {
       const scalar_t gd = g[d] + l2 * w[d];
       m[d] += (scalar_t(1) - beta1) * (gd - m[d]);
       v[d] = beta2 * v[d] + (scalar_t(1) - beta2) * gd * gd;
       root[d] = v[d];
     }
-    sqrt_array(root, dim);
-    for (int64_t d = 0; d < dim; ++d) {
+    sqrt_array(root, n);
+    for (int64_t d = 0; d < n; ++d) {
       w[d] = w[d] * shrink - step_size * m[d] / (root[d] * inv_bc2_sqrt + eps);
     }
   }
@@ -241,7 +272,9 @@ struct Kernels {
     const int64_t dim = grad.dim;
     const int64_t grain = std::max<int64_t>(1, 4096 / dim);
     at::parallel_for(0, r.size(), grain, [&](int64_t begin, int64_t end) {
-      for (int64_t u = begin; u < end; ++u) reduce_row(grad, r.seg[u], r.seg[u + 1], out + u * dim);
+      for (int64_t u = begin; u < end; ++u) {
+        reduce_row(grad, r.seg[u], r.seg[u + 1], out + u * dim, AnyDim{dim});
+      }
     });
   }
 };
