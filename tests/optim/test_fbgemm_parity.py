@@ -21,7 +21,7 @@ from fbgemm_gpu.split_table_batched_embeddings_ops_common import (  # noqa: E402
 
 pytestmark = pytest.mark.peers
 
-SHAPES = [(20, 4), (15, 8), (9, 12)]  # (rows, dim) per table
+SHAPES = [(20, 4), (15, 8), (9, 12), (11, 16)]  # (rows, dim) per table; 16: a fixed-width kernel
 BATCH = 6
 
 CASES = {

@@ -38,15 +38,16 @@ OPTIMIZERS = {
 
 @pytest.mark.parametrize("name", [n for n, v in OPTIMIZERS.items() if v[1] is not None])
 @pytest.mark.parametrize("mean", [False, True])
-def test_all_rows_touched_equals_torch_optim(name, mean):
+@pytest.mark.parametrize("dim", [5, 16])  # 16: the kernels compiled for a fixed width
+def test_all_rows_touched_equals_torch_optim(name, mean, dim):
     sparse_cls, torch_cls, hyper = OPTIMIZERS[name]
-    table = make_table("t", 12, 5)
+    table = make_table("t", 12, dim)
     dense = torch.nn.Parameter(table.weight.clone())
     opt = sparse_cls({"t": table}, **hyper)
     ref = torch_cls([dense], **hyper)
     for _ in range(6):
         batch = random_batch(12, 6, 4, touch_all=True, weighted=True, dtype=torch.float64)
-        target = torch.randn(6, 5, dtype=torch.float64)
+        target = torch.randn(6, dim, dtype=torch.float64)
         opt.zero_grad()
         sparse_loss(table, batch, target, mean).backward()
         opt.step()
