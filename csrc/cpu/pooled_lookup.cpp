@@ -58,13 +58,14 @@ void pooled_lookup_into_cpu(const at::Tensor& weight, const at::Tensor& ids,
   const auto offs = offsets.contiguous();
   at::Tensor psw;
   if (per_sample_weights.has_value()) psw = per_sample_weights->to(at::kFloat).contiguous();
-  if (num_bags == 0 || dim == 0) return;
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, w.scalar_type(), "pooled_lookup", [&] {
     AT_DISPATCH_INDEX_TYPES(ids_c.scalar_type(), "pooled_lookup_index", [&] {
       const index_t* o = offs.data_ptr<index_t>();
+      // Checked even when there is nothing to pool: ids without bags are bad input too.
       check_bags_and_ids("recis.pooled_lookup", ids_c.data_ptr<index_t>(), ids_c.numel(), o,
                          num_bags, w.size(0));
+      if (num_bags == 0 || dim == 0) return;
       const int64_t grain = std::max<int64_t>(1, 2048 / std::max<int64_t>(dim, 1));
       at::parallel_for(0, num_bags, grain, [&](int64_t begin, int64_t end) {
         lookup_bags<scalar_t, index_t>(w.data_ptr<scalar_t>(), dim, ids_c.data_ptr<index_t>(), o,

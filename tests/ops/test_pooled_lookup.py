@@ -95,6 +95,11 @@ def test_bad_inputs_raise_instead_of_crashing():
         ops.pooled_lookup(weight, torch.tensor([1, 2]), torch.tensor([0, 2, 1, 2]))
     with pytest.raises(RuntimeError, match="dtype of ids"):
         ops.pooled_lookup(weight, torch.tensor([1]), torch.tensor([0, 1], dtype=torch.int32))
+    # Nothing to pool does not skip the checks.
+    with pytest.raises(RuntimeError, match=r"end at ids\.numel"):
+        ops.pooled_lookup(weight, torch.tensor([5]), torch.tensor([0]))
+    with pytest.raises(RuntimeError, match="outside \\[0, 4\\)"):
+        ops.pooled_lookup(torch.randn(4, 0), torch.tensor([9]), torch.tensor([0, 1]))
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
