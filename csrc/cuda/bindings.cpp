@@ -15,6 +15,29 @@
 namespace recis {
 namespace {
 
+// Checks int64 ids and offsets on their device as check_bags_and_ids does on the host:
+// offsets CSR (start 0, end ids.numel(), non-decreasing), every id in [0, rows). One
+// sync when they are valid; the culprit is looked for only when they are not.
+void check_bags_on_device(const char* op, const at::Tensor& ids, const at::Tensor& offsets,
+                          int64_t rows) {
+  const int64_t nnz = ids.numel();
+  at::Tensor bad = (offsets[0] != 0) | (offsets[-1] != nnz);
+  if (offsets.numel() > 1) bad = bad | (offsets.diff() < 0).any();
+  if (nnz > 0) {
+    const auto [lo, hi] = at::aminmax(ids);
+    bad = bad | (lo < 0) | (hi >= rows);
+  }
+  if (!bad.item<bool>()) return;
+  const auto first = offsets[0].item<int64_t>(), last = offsets[-1].item<int64_t>();
+  TORCH_CHECK(first == 0 && last == nnz, op, ": offsets must start at 0 and end at ids.numel() (",
+              nnz, "), got ", first, " .. ", last);
+  TORCH_CHECK(offsets.numel() <= 1 || (offsets.diff() >= 0).all().item<bool>(), op,
+              ": offsets decrease");
+  const int64_t j = ((ids < 0) | (ids >= rows)).nonzero()[0][0].item<int64_t>();
+  TORCH_CHECK(false, op, ": id ", ids[j].item<int64_t>(), " at position ", j, " is outside [0, ",
+              rows, ")");
+}
+
 at::Tensor pooled_lookup_cuda(const at::Tensor& weight, const at::Tensor& ids,
                               const at::Tensor& offsets,
                               const std::optional<at::Tensor>& per_sample_weights,
@@ -26,6 +49,7 @@ at::Tensor pooled_lookup_cuda(const at::Tensor& weight, const at::Tensor& ids,
   const auto w = weight.contiguous();
   const auto ids64 = ids.to(at::kLong).contiguous();
   const auto offs64 = offsets.to(at::kLong).contiguous();
+  check_bags_on_device("recis.pooled_lookup", ids64, offs64, w.size(0));
   at::Tensor psw;
   if (per_sample_weights.has_value()) psw = per_sample_weights->to(at::kFloat).contiguous();
   const int64_t num_bags = offs64.numel() - 1;
@@ -84,6 +108,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> bucketize_cuda(
                         perm.data_ptr<int64_t>(), stream);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return {counts.to(lengths.scalar_type()), out_ids.to(ids.scalar_type()), out_w, perm};
+}
+
 // --- sparse gradients and fused sparse-optimizer updates ---
 
 // The bag-form gradient as int64 ids/offsets and float32 weights, validated on the
@@ -107,20 +133,7 @@ CudaGrad prepare_grad(const char* op, const at::Tensor& ids, const at::Tensor& o
   if (per_sample_weights.has_value()) g.psw = per_sample_weights->to(at::kFloat).contiguous();
   const int64_t nnz = g.ids.numel();
   TORCH_CHECK(nnz < (int64_t{1} << 31), op, " (CUDA): at most 2^31 - 1 ids per call, got ", nnz);
-  const auto first = g.offsets[0].item<int64_t>(), last = g.offsets[-1].item<int64_t>();
-  TORCH_CHECK(first == 0 && last == nnz, op, ": offsets must start at 0 and end at ids.numel() (",
-              nnz, "), got ", first, " .. ", last);
-  if (g.offsets.numel() > 1) {
-    TORCH_CHECK((g.offsets.diff() >= 0).all().item<bool>(), op, ": offsets decrease");
-  }
-  if (nnz > 0) {
-    const auto bad = ((g.ids < 0) | (g.ids >= rows)).nonzero();
-    if (bad.numel() > 0) {
-      const int64_t j = bad[0][0].item<int64_t>();
-      TORCH_CHECK(false, op, ": id ", g.ids[j].item<int64_t>(), " at position ", j,
-                  " is outside [0, ", rows, ")");
-    }
-  }
+  check_bags_on_device(op, g.ids, g.offsets, rows);
   return g;
 }
 

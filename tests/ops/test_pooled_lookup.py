@@ -124,6 +124,18 @@ def test_cuda_matches_cpu():
         torch.testing.assert_close(gpu.cpu(), cpu)
 
 
+@pytest.mark.cuda
+def test_cuda_bad_inputs_raise():
+    weight = torch.randn(4, 3, device="cuda")
+    cuda = dict(device="cuda")
+    with pytest.raises(RuntimeError, match=r"id 4 at position 1 is outside \[0, 4\)"):
+        ops.pooled_lookup(weight, torch.tensor([0, 4], **cuda), torch.tensor([0, 2], **cuda))
+    with pytest.raises(RuntimeError, match=r"end at ids\.numel"):
+        ops.pooled_lookup(weight, torch.tensor([1, 2], **cuda), torch.tensor([0, 1], **cuda))
+    with pytest.raises(RuntimeError, match="decrease"):
+        ops.pooled_lookup(weight, torch.tensor([1, 2], **cuda), torch.tensor([0, 2, 1, 2], **cuda))
+
+
 @pytest.mark.parametrize("dim", [16, 64])
 def test_one_id_per_bag_over_several_threads(dim):
     # Rows are prefetched ahead across bag boundaries, up to the end of each thread's
