@@ -1,5 +1,6 @@
 // Inner loops of the fused sparse-optimizer updates; included once per instruction
-// set (see cpu/isa.h), so no #pragma once and no includes here.
+// set (see cpu/isa.h), so no #pragma once and no includes here. Needs SortedGrad,
+// Dim and AnyDim from the including file (cpu/sparse_update.cpp).
 //
 // One pass per unique row, in parallel over rows (no two threads write one row): the
 // row's gradient is reduced from grad_out[bag] * multiplier into a dim-sized buffer,
