@@ -29,6 +29,7 @@ import time
 
 import torch
 import torch.distributed as dist
+from machine import available_memory
 
 from recis.framework.checkpoint_manager import Saver
 from recis.nn import EmbeddingBagConfig, filter_out_sparse_param
@@ -44,11 +45,7 @@ GB = 1e9
 def default_size_gb(directory: str) -> float:
     """A size that fits: a sixth of available memory (shards + a loaded copy on both
     ranks), a tenth of free disk (several checkpoints), at most 4 GB."""
-    avail = 0.0
-    with open("/proc/meminfo") as f:
-        for line in f:
-            if line.startswith("MemAvailable:"):
-                avail = int(line.split()[1]) * 1024 / GB
+    avail = (available_memory() or 0) / GB
     disk = shutil.disk_usage(directory).free / GB
     return round(max(0.25, min(4.0, avail / 6, disk / 10)), 2)
 

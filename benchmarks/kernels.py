@@ -32,6 +32,7 @@ import time
 
 import torch
 import torch.nn.functional as F
+from machine import available_memory
 
 from recis.nn import EmbeddingBagCollection, EmbeddingBagConfig, filter_out_sparse_param
 from recis.optim import SparseAdam, SparseRowWiseAdagrad, SparseSGD
@@ -253,18 +254,6 @@ def update_bytes(
     row = dim * 4
     per_row = {"sgd": 2 * row, "rowwise_adagrad": 2 * row + 8, "adam": 6 * row}[optim]
     return u * per_row + tables * batch * row, u
-
-
-def available_memory() -> int | None:
-    """Bytes the kernel reports as available (Linux), or None when unknown."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
 
 
 def needed_memory(args, dim: int, optim: str, with_fbgemm: bool) -> int:
