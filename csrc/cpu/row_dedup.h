@@ -3,9 +3,13 @@
 // id so that one thread can reduce a row's gradient and update it alone.
 //
 // Every position j packs into one 64-bit key (id << pos_bits | j); an LSD radix
-// sort over the id bits only (stable, 11-bit digits, as many passes as the largest
-// id needs) orders the keys by (id, j). Memory is O(nnz), never O(table rows), and is
-// one workspace per thread reused across calls (cpu/scratch.h).
+// sort over the id bits only (stable, digits of at most 11 bits, as many passes as
+// the largest id needs) orders the keys by (id, j). Memory is O(nnz), never O(table
+// rows), and is one workspace per calling thread reused across calls (cpu/scratch.h).
+//
+// Large batches are split into one part per thread: each pass histograms and
+// scatters its parts in parallel, and the parts' cursors are laid out in part order,
+// so the result is the same as the serial sort's for any number of threads.
 #include <ATen/Parallel.h>
 #include <c10/util/Exception.h>
 
@@ -24,10 +28,24 @@ struct RowSegments {
   Scratch<int64_t> pos;         // [nnz] positions in ids, grouped by id, ascending within a group
   Scratch<int64_t> bag_of;      // [nnz] position -> its bag
   Scratch<uint64_t> keys, tmp;  // sort buffers
+  Scratch<int64_t> counts;      // [parts * buckets] per-part histograms, then cursors
   int64_t size() const { return num_unique; }
 };
 
 inline int bit_width_u64(uint64_t x) { return x == 0 ? 0 : 64 - __builtin_clzll(x); }
+
+// Below this many ids per part, splitting costs more (histograms, a fork) than it saves.
+constexpr int64_t kDedupIdsPerPart = 32768;
+
+// Calls fn(part, begin, end) for `parts` contiguous slices of [0, n), in parallel
+// when parts > 1.
+template <typename F>
+void for_each_part(int64_t parts, int64_t n, const F& fn) {
+  if (parts == 1) return fn(0, 0, n);
+  at::parallel_for(0, parts, 1, [&](int64_t first, int64_t last) {
+    for (int64_t c = first; c < last; ++c) fn(c, n * c / parts, n * (c + 1) / parts);
+  });
+}
 
 // Checks offsets and ids (check_bags_and_ids), then groups the positions by id;
 // `op` names the caller in errors. Nothing is written before every check passed.
@@ -41,10 +59,16 @@ const RowSegments& dedup_rows(const char* op, const index_t* ids, int64_t nnz, c
   static thread_local RowSegments r;
   r.nnz = nnz;
   r.num_unique = 0;
+  const int64_t parts =
+      at::in_parallel_region()
+          ? 1
+          : std::clamp<int64_t>(nnz / kDedupIdsPerPart, 1, at::get_num_threads());
   int64_t* bag_of = r.bag_of.resize(nnz);
-  for (int64_t b = 0; b < num_bags; ++b) {
-    std::fill(bag_of + offsets[b], bag_of + offsets[b + 1], b);
-  }
+  for_each_part(parts, num_bags, [=](int64_t, int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b) {
+      std::fill(bag_of + offsets[b], bag_of + offsets[b + 1], b);
+    }
+  });
   r.seg.resize(nnz + 1)[0] = 0;
   if (nnz == 0) return r;
   const int pos_bits = std::max(1, bit_width_u64(static_cast<uint64_t>(nnz - 1)));
@@ -53,40 +77,70 @@ const RowSegments& dedup_rows(const char* op, const index_t* ids, int64_t nnz, c
               " do not fit the 64-bit sort key");
   uint64_t* keys = r.keys.resize(nnz);
   uint64_t* tmp = r.tmp.resize(nnz);
-  for (int64_t j = 0; j < nnz; ++j) {
-    keys[j] = (static_cast<uint64_t>(ids[j]) << pos_bits) | static_cast<uint64_t>(j);
-  }
+  for_each_part(parts, nnz, [&, keys](int64_t, int64_t begin, int64_t end) {
+    for (int64_t j = begin; j < end; ++j) {
+      keys[j] = (static_cast<uint64_t>(ids[j]) << pos_bits) | static_cast<uint64_t>(j);
+    }
+  });
   constexpr int kDigit = 11;
   constexpr int64_t kBuckets = int64_t{1} << kDigit;
-  int64_t count[kBuckets];
+  int64_t* counts = r.counts.resize(parts * kBuckets + parts + 1);
   for (int shift = pos_bits; shift < pos_bits + id_bits; shift += kDigit) {
-    std::fill(count, count + kBuckets, 0);
-    for (int64_t j = 0; j < nnz; ++j) ++count[(keys[j] >> shift) & (kBuckets - 1)];
+    for_each_part(parts, nnz, [=](int64_t c, int64_t begin, int64_t end) {
+      int64_t* count = counts + c * kBuckets;
+      std::fill(count, count + kBuckets, 0);
+      for (int64_t j = begin; j < end; ++j) ++count[(keys[j] >> shift) & (kBuckets - 1)];
+    });
+    // Cursors: bucket-major, then part order, which keeps the sort stable.
     int64_t sum = 0;
-    for (auto& c : count) {
-      const int64_t n = c;
-      c = sum;
-      sum += n;
+    for (int64_t b = 0; b < kBuckets; ++b) {
+      for (int64_t c = 0; c < parts; ++c) {
+        const int64_t n = counts[c * kBuckets + b];
+        counts[c * kBuckets + b] = sum;
+        sum += n;
+      }
     }
-    for (int64_t j = 0; j < nnz; ++j) tmp[count[(keys[j] >> shift) & (kBuckets - 1)]++] = keys[j];
+    for_each_part(parts, nnz, [=](int64_t c, int64_t begin, int64_t end) {
+      int64_t* cursor = counts + c * kBuckets;
+      for (int64_t j = begin; j < end; ++j) {
+        tmp[cursor[(keys[j] >> shift) & (kBuckets - 1)]++] = keys[j];
+      }
+    });
     std::swap(keys, tmp);
   }
+  // Unique ids: the first key of each run. Every part but the last counts the runs
+  // that start in it, so that each part knows where its first unique id goes.
   const uint64_t pos_mask = (pos_bits == 64) ? ~uint64_t{0} : ((uint64_t{1} << pos_bits) - 1);
+  int64_t* first_unique = counts + parts * kBuckets;
+  first_unique[0] = 0;
+  for_each_part(parts, nnz, [=](int64_t c, int64_t begin, int64_t end) {
+    if (c == parts - 1) return;
+    int64_t n = 0;
+    for (int64_t k = begin; k < end; ++k) {
+      n += k == 0 || (keys[k] >> pos_bits) != (keys[k - 1] >> pos_bits);
+    }
+    first_unique[c + 1] = n;
+  });
+  for (int64_t c = 1; c < parts; ++c) first_unique[c] += first_unique[c - 1];
   int64_t* pos = r.pos.resize(nnz);
   int64_t* unique_ids = r.unique_ids.resize(nnz);
   int64_t* seg = r.seg.data();
-  int64_t prev = -1, u = 0;
-  for (int64_t k = 0; k < nnz; ++k) {
-    const auto id = static_cast<int64_t>(keys[k] >> pos_bits);
-    pos[k] = static_cast<int64_t>(keys[k] & pos_mask);
-    if (id != prev) {
-      unique_ids[u] = id;
-      seg[u++] = k;
-      prev = id;
+  for_each_part(parts, nnz, [=](int64_t c, int64_t begin, int64_t end) {
+    int64_t u = first_unique[c];
+    int64_t prev = begin == 0 ? -1 : static_cast<int64_t>(keys[begin - 1] >> pos_bits);
+    for (int64_t k = begin; k < end; ++k) {
+      const auto id = static_cast<int64_t>(keys[k] >> pos_bits);
+      pos[k] = static_cast<int64_t>(keys[k] & pos_mask);
+      if (id != prev) {
+        unique_ids[u] = id;
+        seg[u++] = k;
+        prev = id;
+      }
     }
-  }
-  seg[u] = nnz;
-  r.num_unique = u;
+    if (c == parts - 1) first_unique[parts] = u;
+  });
+  r.num_unique = first_unique[parts];
+  seg[r.num_unique] = nnz;
   return r;
 }
 

@@ -47,15 +47,18 @@ struct SortedGrad {
     static thread_local Scratch<int64_t> bag_buf;
     static thread_local Scratch<scalar_t> scale_buf;
     int64_t* b = bag_buf.resize(nnz);
-    for (int64_t k = 0; k < nnz; ++k) b[k] = r.bag_of[r.pos[k]];
+    scalar_t* sc = (psw == nullptr && !mean) ? nullptr : scale_buf.resize(nnz);
+    const int64_t *bag_of = r.bag_of.data(), *pos = r.pos.data();
+    at::parallel_for(0, nnz, kDedupIdsPerPart, [=](int64_t begin, int64_t end) {
+      for (int64_t k = begin; k < end; ++k) b[k] = bag_of[pos[k]];
+      if (sc == nullptr) return;
+      for (int64_t k = begin; k < end; ++k) {
+        scalar_t m = psw ? psw[pos[k]] : scalar_t(1);
+        if (mean) m /= static_cast<scalar_t>(offsets[b[k] + 1] - offsets[b[k]]);
+        sc[k] = m;
+      }
+    });
     bag = b;
-    if (psw == nullptr && !mean) return;
-    scalar_t* sc = scale_buf.resize(nnz);
-    for (int64_t k = 0; k < nnz; ++k) {
-      scalar_t m = psw ? psw[r.pos[k]] : scalar_t(1);
-      if (mean) m /= static_cast<scalar_t>(offsets[b[k] + 1] - offsets[b[k]]);
-      sc[k] = m;
-    }
     scale = sc;
   }
 };

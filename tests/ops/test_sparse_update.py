@@ -143,9 +143,11 @@ def test_grad_out_is_read_with_its_strides(name, layout):
 
 @pytest.mark.parametrize("weight_decay", [0.0, 0.01])
 def test_updates_do_not_depend_on_the_thread_count(weight_decay):
-    # Hot rows repeated across many bags, and enough ids for several threads to share.
+    # Hot rows repeated across many bags, and enough ids (> 3 x 32768) that the dedup
+    # sorts them in one part per thread.
     weight = torch.randn(1000, 8)
-    ids, offsets, psw, grad_out = random_grad(8000, 1000, 12, 8, torch.float32, weighted=True)
+    ids, offsets, psw, grad_out = random_grad(30000, 1000, 12, 8, torch.float32, weighted=True)
+    assert ids.numel() > 3 * 32768
     ids = torch.where(torch.rand(ids.numel()) < 0.5, ids % 7, ids)
     results = []
     threads = torch.get_num_threads()
@@ -158,6 +160,23 @@ def test_updates_do_not_depend_on_the_thread_count(weight_decay):
     finally:
         torch.set_num_threads(threads)
     assert all(torch.equal(results[0], r) for r in results[1:])
+
+
+def test_dedup_split_over_threads_matches_reference():
+    # Runs of one hot id cross the boundaries of the parts sorted by different threads.
+    ids, offsets, psw, grad_out = random_grad(30000, 3000, 12, 4, weighted=True)
+    ids = torch.where(torch.rand(ids.numel()) < 0.5, ids % 5, ids)
+    assert ids.numel() > 3 * 32768
+    want_ids, want = reference.unique_row_grads(ids, offsets, psw, grad_out, True, 3000)
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            got_ids, got = ops.unique_row_grads(ids, offsets, psw, grad_out, True, 3000)
+            assert torch.equal(got_ids, want_ids)
+            torch.testing.assert_close(got, want)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_large_ids_sort_across_several_radix_digits():
