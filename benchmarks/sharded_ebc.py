@@ -253,6 +253,9 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--kinds", default="table_wise,column_wise,data_parallel,row_wise")
     p.add_argument("--print-plans", action="store_true", help="print recis's plans (rank 0)")
+    p.add_argument(
+        "--profile", action="store_true", help="print the top ops of recis and its peer (rank 0)"
+    )
     args = p.parse_args()
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
@@ -307,6 +310,13 @@ def main() -> None:
         for _ in range(args.rounds):
             for name, fn in runs.items():
                 times[name].append(timed(fn, inputs[name], args.steps))
+        if args.profile:
+            for name in ("recis", "peer"):
+                with torch.profiler.profile() as prof:
+                    timed(runs[name], inputs[name], args.steps)
+                if rank == 0:
+                    print(f"\n# profile: {kind}, {name}, {args.steps} steps (rank 0)")
+                    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
         recis_step(comm_model, recis_optimizer(filter_out_sparse_param(comm_model))[0], batches[0])
         comm = comm_model.comm_bytes()
         minimum = analytic_min(args, plan, batches[0], rank)
