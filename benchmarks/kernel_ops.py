@@ -4,7 +4,8 @@
 
 - ``pooled_lookup`` against ``torch.nn.functional.embedding_bag`` (FBGEMM's kernel
   inside torch) on one 1M x 64 table, 8192 bags of 20 ids: ns per id for uniform ids
-  (rows come from memory) and for ids among 1,000 rows (rows in cache); and on
+  (rows come from memory), for ids among 1,000 rows (rows in cache) and for Zipf(1.05)
+  ids as in kernels.py (hot rows cached, the rest from memory); and on
   DLRM's shape, 13 tables of 100k x 16 with one id per bag, 1024 bags.
 - ``dot_interaction`` (DLRM, 1024 samples, 26 embeddings + the dense vector of dim 16)
   against its torch reference (bmm + triangle + concatenation), forward and
@@ -24,6 +25,7 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from kernels import zipf_ids
 
 import recis  # noqa: F401  (registers torch.ops.recis)
 from recis import ops
@@ -33,10 +35,11 @@ from recis.ops import reference
 def available_isas() -> list[str]:
     isas, active = ["base"], torch.ops.recis.cpu_isa()
     try:
-        torch.ops.recis.cpu_isa("avx2")
-        isas.append("avx2")
+        for isa in ("avx2", "avx512"):
+            torch.ops.recis.cpu_isa(isa)
+            isas.append(isa)
     except RuntimeError:
-        pass
+        pass  # not built for this CPU (nor the ones after it)
     torch.ops.recis.cpu_isa(active)
     return isas
 
@@ -56,8 +59,12 @@ def lookup_results(isas: list[str]) -> list[dict]:
     weight = torch.empty(rows, dim).uniform_(-0.01, 0.01)
     offsets = torch.arange(0, bags * per_bag + 1, per_bag)
     out = []
-    for ids_name, high in [("uniform", rows), ("cached_1000_rows", 1000)]:
-        ids = torch.randint(0, high, (bags * per_bag,))
+    zipf = zipf_ids(rows, bags * per_bag, 1.05, torch.randperm(rows))
+    for ids_name, ids in [
+        ("uniform", torch.randint(0, rows, (bags * per_bag,))),
+        ("cached_1000_rows", torch.randint(0, 1000, (bags * per_bag,))),
+        ("zipf_1.05", zipf),
+    ]:
         timings = {}
         for isa in isas:
             torch.ops.recis.cpu_isa(isa)

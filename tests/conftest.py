@@ -22,10 +22,11 @@ def available_isas() -> list[str]:
     active = torch.ops.recis.cpu_isa()
     isas = ["base"]
     try:
-        torch.ops.recis.cpu_isa("avx2")
-        isas.append("avx2")
+        for isa in ("avx2", "avx512"):
+            torch.ops.recis.cpu_isa(isa)
+            isas.append(isa)
     except RuntimeError:
-        pass  # no AVX2+FMA on this CPU or build
+        pass  # this CPU or build has no kernels for it (nor for the ones after it)
     finally:
         torch.ops.recis.cpu_isa(active)
     return isas

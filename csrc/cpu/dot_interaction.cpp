@@ -67,7 +67,7 @@ at::Tensor dot_interaction_cpu(const at::Tensor& dense_in, const at::Tensor& emb
           std::make_tuple(dense.data_ptr<scalar_t>(), emb.data_ptr<scalar_t>(), n, dim,
                           out.data_ptr<scalar_t>(), begin, end, xt.data(), gram.data());
 #if RECIS_HAVE_AVX2_KERNELS
-      if (cpu_isa() == Isa::kAvx2) return std::apply(isa_avx2::interact_forward<scalar_t>, args);
+      if (cpu_isa() >= Isa::kAvx2) return std::apply(isa_avx2::interact_forward<scalar_t>, args);
 #endif
       std::apply(isa_base::interact_forward<scalar_t>, args);
     });
@@ -100,7 +100,7 @@ std::tuple<at::Tensor, at::Tensor> dot_interaction_backward_cpu(const at::Tensor
                                         grad_emb.data_ptr<scalar_t>(), begin, end, sym.data(),
                                         x.data(), gx.data());
 #if RECIS_HAVE_AVX2_KERNELS
-      if (cpu_isa() == Isa::kAvx2) {
+      if (cpu_isa() >= Isa::kAvx2) {
         return std::apply(isa_avx2::interact_backward<scalar_t>, args);
       }
 #endif

@@ -3,14 +3,18 @@
 //
 // The build targets baseline x86-64 (SSE2) so that one build runs everywhere; the hot
 // loops are also compiled for AVX2+FMA and used when the CPU has them. A kernel
-// header (no includes of its own, no #pragma once) is included twice:
+// header (no includes of its own, no #pragma once) is included once per ISA:
 //
 //   namespace recis::isa_base { constexpr int64_t kVecFloats = 4;
 //   #include "cpu/x_kernel.h" }
 //   #if RECIS_HAVE_AVX2_KERNELS  ... #pragma GCC target("avx2,fma") ... isa_avx2 ...
 //
-// RECIS_CPU_ISA=base|avx2 (or the recis::cpu_isa op) overrides the choice, so tests
-// check both paths against the references.
+// The pooled lookup also has an AVX-512 version (isa_avx512, kVecFloats = 16); with
+// Isa::kAvx512 the other kernels run their AVX2 versions. The ISAs are ordered, so a
+// kernel picks its best version with cpu_isa() >= Isa::kAvx2 and so on.
+//
+// RECIS_CPU_ISA=base|avx2|avx512 (or the recis::cpu_isa op) overrides the choice, so
+// tests check every path against the references.
 #include <string>
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
@@ -21,9 +25,9 @@
 
 namespace recis {
 
-enum class Isa { kBase, kAvx2 };
+enum class Isa { kBase, kAvx2, kAvx512 };
 
-// The ISA in use. set_cpu_isa("auto" | "base" | "avx2") changes it, "" only reads;
+// The ISA in use. set_cpu_isa("auto" | "base" | "avx2" | "avx512") changes it, "" only reads;
 // both return the name of the ISA in use.
 Isa cpu_isa();
 std::string set_cpu_isa(std::string name);

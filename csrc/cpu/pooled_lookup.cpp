@@ -1,5 +1,6 @@
 // CPU pooled lookup: parallel over bags; the inner loops (cpu/pooled_lookup_kernel.h)
-// are compiled for baseline x86-64 and for AVX2+FMA, chosen at run time (cpu/isa.h).
+// are compiled for baseline x86-64, AVX2+FMA and AVX-512, chosen at run time
+// (cpu/isa.h).
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -26,6 +27,14 @@ constexpr int64_t kVecFloats = 8;
 #include "cpu/pooled_lookup_kernel.h"
 }  // namespace isa_avx2
 #pragma GCC pop_options
+
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")
+namespace isa_avx512 {
+constexpr int64_t kVecFloats = 16;
+#include "cpu/pooled_lookup_kernel.h"
+}  // namespace isa_avx512
+#pragma GCC pop_options
 #endif
 
 template <typename scalar_t, typename index_t>
@@ -33,6 +42,10 @@ void lookup_bags(const scalar_t* weight, int64_t dim, const index_t* ids, const 
                  const float* psw, bool mean, scalar_t* out, int64_t out_stride, int64_t begin,
                  int64_t end) {
 #if RECIS_HAVE_AVX2_KERNELS
+  if (cpu_isa() == Isa::kAvx512) {
+    return isa_avx512::lookup_bags(weight, dim, ids, offsets, psw, mean, out, out_stride, begin,
+                                   end);
+  }
   if (cpu_isa() == Isa::kAvx2) {
     return isa_avx2::lookup_bags(weight, dim, ids, offsets, psw, mean, out, out_stride, begin,
                                  end);

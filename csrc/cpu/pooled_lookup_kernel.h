@@ -6,7 +6,7 @@
 // across bag boundaries (with one id per bag, a per-bag look-ahead would keep only
 // one miss in flight), every cache line of the row.
 
-constexpr int64_t kPrefetchDistance = 8;
+constexpr int64_t kPrefetchDistance = 16;
 constexpr int64_t kBlock = 8 * kVecFloats;
 
 // Pools columns [c0, c0 + kWidth) of one bag of n ids (kWidth == 0: the runtime
@@ -32,18 +32,22 @@ inline void pool_columns(const scalar_t* weight, int64_t dim, int64_t c0, int64_
       }
     }
     const scalar_t* row = weight + ids[j] * dim + c0;
-    const acc_t w = psw ? static_cast<acc_t>(psw[j]) : acc_t(1);
-    if constexpr (kWidth > 0) {
-      for (int64_t d = 0; d < kWidth; ++d) acc[d] += w * static_cast<acc_t>(row[d]);
+    // Unweighted sums add without a multiply: an add has half an FMA's latency on
+    // recent x86 cores, and each accumulator is one dependency chain across the bag.
+    const int64_t cols = kWidth > 0 ? kWidth : width;
+    if (psw) {
+      const auto w = static_cast<acc_t>(psw[j]);
+      for (int64_t d = 0; d < cols; ++d) acc[d] += w * static_cast<acc_t>(row[d]);
     } else {
-      for (int64_t d = 0; d < width; ++d) acc[d] += w * static_cast<acc_t>(row[d]);
+      for (int64_t d = 0; d < cols; ++d) acc[d] += static_cast<acc_t>(row[d]);
     }
   }
   for (int64_t d = 0; d < w_cols; ++d) out[c0 + d] = static_cast<scalar_t>(acc[d] * scale);
 }
 
 // pool_columns for the last `width` (< kBlock) columns: a compile-time width when it
-// is a whole number of vectors (dims 8, 16, 32, 48 ...), else the runtime one.
+// is half a vector or a whole number of vectors (AVX2: dims 4, 8, 16, 32, 48 ...),
+// else the runtime one.
 template <typename scalar_t, typename index_t, typename acc_t>
 inline void pool_tail(const scalar_t* weight, int64_t dim, int64_t c0, int64_t width, int64_t n,
                       const index_t* ids, const float* psw, int64_t prefetch_limit, acc_t scale,
@@ -51,6 +55,7 @@ inline void pool_tail(const scalar_t* weight, int64_t dim, int64_t c0, int64_t w
   const auto pool = [&]<int64_t kWidth>() {
     pool_columns<kWidth>(weight, dim, c0, width, n, ids, psw, prefetch_limit, scale, out);
   };
+  if (width == kVecFloats / 2) return pool.template operator()<kVecFloats / 2>();
   switch (width % kVecFloats == 0 ? width / kVecFloats : 0) {
     case 1: return pool.template operator()<kVecFloats>();
     case 2: return pool.template operator()<2 * kVecFloats>();

@@ -99,7 +99,7 @@ namespace isa_avx2 {
 template <typename Fn>
 void with_kernels(const Fn& fn) {
 #if RECIS_HAVE_AVX2_KERNELS
-  if (cpu_isa() == Isa::kAvx2) return fn.template operator()<isa_avx2::Kernels>();
+  if (cpu_isa() >= Isa::kAvx2) return fn.template operator()<isa_avx2::Kernels>();
 #endif
   fn.template operator()<isa_base::Kernels>();
 }
