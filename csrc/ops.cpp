@@ -8,11 +8,13 @@
 
 TORCH_LIBRARY(recis, m) {
   // The instruction set of the CPU kernels (csrc/cpu/isa.h): "" reads it, "auto",
-  // "base" or "avx2" sets it; returns the one in use.
+  // "base", "avx2" or "avx512" sets it; returns the one in use.
   m.def("cpu_isa(str set=\"\") -> str", &recis::set_cpu_isa);
   // Uninitialised CPU memory for a table or its optimizer state, on huge pages when
   // it is 2 MiB or more (csrc/cpu/table_memory.h).
   m.def("empty_table(int[] size, ScalarType dtype) -> Tensor", &recis::empty_table);
+  // Bytes of freed empty_table buffers held for reuse (bounded).
+  m.def("table_memory_cached_bytes() -> int", &recis::table_memory_cached_bytes);
   // Pooled embedding lookup of one table: out[b] = pool_{j in bag b} w_j * weight[ids[j]].
   // offsets has num_bags + 1 entries (CSR). pooling: 0 = sum, 1 = mean (empty bag -> 0).
   m.def(

@@ -1,5 +1,5 @@
 #pragma once
-// Host memory for embedding tables and their optimizer state.
+// Host memory for embedding tables, their optimizer state and per-step buffers.
 #include <ATen/ATen.h>
 
 namespace recis {
@@ -7,7 +7,11 @@ namespace recis {
 // An uninitialised CPU tensor. One of at least 2 MiB is aligned to 2 MiB and advised
 // to the kernel as transparent huge pages (Linux MADV_HUGEPAGE): lookups and updates
 // touch random rows, and with 4 KiB pages nearly every row costs a TLB miss and a page
-// walk (two-level under virtualisation). Without THP the advice is a no-op.
+// walk (two-level under virtualisation). Without THP the advice is a no-op. When such a
+// tensor is freed its memory is kept (bounded) for the next one of the same size.
 at::Tensor empty_table(at::IntArrayRef size, at::ScalarType dtype);
+
+// Bytes of freed buffers held for reuse.
+int64_t table_memory_cached_bytes();
 
 }  // namespace recis
