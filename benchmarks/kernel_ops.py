@@ -29,19 +29,7 @@ from kernels import zipf_ids
 
 import recis  # noqa: F401  (registers torch.ops.recis)
 from recis import ops
-from recis.ops import reference
-
-
-def available_isas() -> list[str]:
-    isas, active = ["base"], torch.ops.recis.cpu_isa()
-    try:
-        for isa in ("avx2", "avx512"):
-            torch.ops.recis.cpu_isa(isa)
-            isas.append(isa)
-    except RuntimeError:
-        pass  # not built for this CPU (nor the ones after it)
-    torch.ops.recis.cpu_isa(active)
-    return isas
+from recis.ops import available_cpu_isas, reference
 
 
 def median_seconds(fn: Callable[[int], None], repeats: int, warmup: int = 2) -> float:
@@ -168,7 +156,7 @@ def update_results(isas: list[str]) -> list[dict]:
 def main() -> None:
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    isas = available_isas()
+    isas = available_cpu_isas()
     active = torch.ops.recis.cpu_isa()
     try:
         results = (

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-import recis  # noqa: F401  (registers torch.ops.recis)
+from recis.ops import available_cpu_isas
 
 
 def pytest_collection_modifyitems(config, items):
@@ -18,21 +18,7 @@ def _seed():
     torch.manual_seed(0)
 
 
-def available_isas() -> list[str]:
-    active = torch.ops.recis.cpu_isa()
-    isas = ["base"]
-    try:
-        for isa in ("avx2", "avx512"):
-            torch.ops.recis.cpu_isa(isa)
-            isas.append(isa)
-    except RuntimeError:
-        pass  # this CPU or build has no kernels for it (nor for the ones after it)
-    finally:
-        torch.ops.recis.cpu_isa(active)
-    return isas
-
-
-@pytest.fixture(params=available_isas())
+@pytest.fixture(params=available_cpu_isas())
 def cpu_isa(request: pytest.FixtureRequest):
     """Runs the test once per instruction set the CPU kernels are built for."""
     if request.node.get_closest_marker("cuda") and request.param != "base":

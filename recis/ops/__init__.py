@@ -5,6 +5,7 @@ the tests compare the two on random inputs.
 """
 
 from recis.ops.bucketize import Buckets, bucketize
+from recis.ops.cpu_isa import available_cpu_isas
 from recis.ops.dot_interaction import dot_interaction
 from recis.ops.pooled_lookup import MEAN, SUM, pooled_lookup
 from recis.ops.sparse_update import (
@@ -20,6 +21,7 @@ __all__ = [
     "MEAN",
     "SUM",
     "Buckets",
+    "available_cpu_isas",
     "bucketize",
     "dot_interaction",
     "empty_table",

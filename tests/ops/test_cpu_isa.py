@@ -10,7 +10,7 @@ import pytest
 import recis._C
 import torch
 
-from tests.conftest import available_isas
+from recis.ops import available_cpu_isas
 
 
 def test_reads_the_isa_set_by_the_fixture(cpu_isa: str) -> None:
@@ -24,7 +24,7 @@ def test_unknown_isa_is_rejected_and_leaves_the_choice_alone(cpu_isa: str) -> No
 
 
 def test_auto_picks_the_best_isa_the_cpu_and_build_have() -> None:
-    best = available_isas()[-1]
+    best = available_cpu_isas()[-1]
     assert torch.ops.recis.cpu_isa("auto") == best
 
 
