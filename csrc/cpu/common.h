@@ -62,11 +62,9 @@ void check_ids_in_range(const char* op, const index_t* ids, int64_t n, int64_t r
   }
 }
 
-// Checks a bag-form batch before anything is written: offsets are CSR (start 0, end
-// nnz, non-decreasing, so every offset lies in [0, nnz]) and every id is in [0, rows).
+// Offsets are CSR: start 0, end nnz, non-decreasing, so every offset lies in [0, nnz].
 template <typename index_t>
-void check_bags_and_ids(const char* op, const index_t* ids, int64_t nnz, const index_t* offsets,
-                        int64_t num_bags, int64_t rows) {
+void check_offsets(const char* op, int64_t nnz, const index_t* offsets, int64_t num_bags) {
   TORCH_CHECK(offsets[0] == 0 && offsets[num_bags] == nnz, op,
               ": offsets must start at 0 and end at ids.numel() (", nnz, "), got ", offsets[0],
               " .. ", offsets[num_bags]);
@@ -74,7 +72,22 @@ void check_bags_and_ids(const char* op, const index_t* ids, int64_t nnz, const i
     TORCH_CHECK(offsets[b] <= offsets[b + 1], op, ": offsets decrease at bag ", b, " (",
                 offsets[b], " > ", offsets[b + 1], ")");
   }
+}
+
+// Checks a bag-form batch before anything is written: its offsets, and every id in
+// [0, rows). The hot kernels check ids inside their own pass over them instead (one
+// compare per id) and call check_ids_in_range only to name a bad one.
+template <typename index_t>
+void check_bags_and_ids(const char* op, const index_t* ids, int64_t nnz, const index_t* offsets,
+                        int64_t num_bags, int64_t rows) {
+  check_offsets(op, nnz, offsets, num_bags);
   check_ids_in_range(op, ids, nnz, rows);
+}
+
+// id in [0, rows), with one unsigned compare.
+template <typename index_t>
+inline bool id_out_of_range(index_t id, int64_t rows) {
+  return static_cast<uint64_t>(static_cast<int64_t>(id)) >= static_cast<uint64_t>(rows);
 }
 
 }  // namespace recis

@@ -13,10 +13,11 @@ constexpr int64_t kBlock = 8 * kVecFloats;
 // `width` < kBlock, accumulated in memory). A compile-time width keeps the sums in
 // vector registers. ids[j + kPrefetchDistance] is prefetched while it is below
 // `prefetch_limit` (the ids left in this thread's range from the bag's first; 0: none).
+// An id outside [0, rows) is skipped and sets `bad` (a prefetch of it cannot fault).
 template <int64_t kWidth, typename scalar_t, typename index_t, typename acc_t>
-inline void pool_columns(const scalar_t* weight, int64_t dim, int64_t c0, int64_t width,
-                         int64_t n, const index_t* ids, const float* psw,
-                         int64_t prefetch_limit, acc_t scale, scalar_t* out) {
+inline void pool_columns(const scalar_t* weight, int64_t rows, int64_t dim, int64_t c0,
+                         int64_t width, int64_t n, const index_t* ids, const float* psw,
+                         int64_t prefetch_limit, acc_t scale, scalar_t* out, bool& bad) {
   constexpr int64_t kSums = kWidth > 0 ? kWidth : kBlock;
   const int64_t w_cols = kWidth > 0 ? kWidth : width;
   acc_t acc[kSums] = {};
@@ -30,6 +31,10 @@ inline void pool_columns(const scalar_t* weight, int64_t dim, int64_t c0, int64_
       } else {
         prefetch_row(ahead, dim);
       }
+    }
+    if (id_out_of_range(ids[j], rows)) {
+      bad = true;
+      continue;
     }
     const scalar_t* row = weight + ids[j] * dim + c0;
     // Unweighted sums add without a multiply: an add has half an FMA's latency on
@@ -49,11 +54,12 @@ inline void pool_columns(const scalar_t* weight, int64_t dim, int64_t c0, int64_
 // is half a vector or a whole number of vectors (AVX2: dims 4, 8, 16, 32, 48 ...),
 // else the runtime one.
 template <typename scalar_t, typename index_t, typename acc_t>
-inline void pool_tail(const scalar_t* weight, int64_t dim, int64_t c0, int64_t width, int64_t n,
-                      const index_t* ids, const float* psw, int64_t prefetch_limit, acc_t scale,
-                      scalar_t* out) {
+inline void pool_tail(const scalar_t* weight, int64_t rows, int64_t dim, int64_t c0,
+                      int64_t width, int64_t n, const index_t* ids, const float* psw,
+                      int64_t prefetch_limit, acc_t scale, scalar_t* out, bool& bad) {
   const auto pool = [&]<int64_t kWidth>() {
-    pool_columns<kWidth>(weight, dim, c0, width, n, ids, psw, prefetch_limit, scale, out);
+    pool_columns<kWidth>(weight, rows, dim, c0, width, n, ids, psw, prefetch_limit, scale, out,
+                         bad);
   };
   if (width == kVecFloats / 2) return pool.template operator()<kVecFloats / 2>();
   switch (width % kVecFloats == 0 ? width / kVecFloats : 0) {
@@ -66,17 +72,19 @@ inline void pool_tail(const scalar_t* weight, int64_t dim, int64_t c0, int64_t w
   }
 }
 
-// Bags [begin, end) of a CSR batch into rows out + b * out_stride; ids are already
-// checked to be in range.
+// Bags [begin, end) of a CSR batch (offsets already checked) into rows out + b *
+// out_stride. Returns false if some id lies outside [0, rows): it was skipped, and the
+// caller raises.
 template <typename scalar_t, typename index_t>
-void lookup_bags(const scalar_t* weight, int64_t dim, const index_t* ids, const index_t* offsets,
-                 const float* psw, bool mean, scalar_t* out, int64_t out_stride, int64_t begin,
-                 int64_t end) {
+bool lookup_bags(const scalar_t* weight, int64_t rows, int64_t dim, const index_t* ids,
+                 const index_t* offsets, const float* psw, bool mean, scalar_t* out,
+                 int64_t out_stride, int64_t begin, int64_t end) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t last = offsets[end];
   for (int64_t j = offsets[begin]; j < std::min(offsets[begin] + kPrefetchDistance, last); ++j) {
     prefetch_row(weight + ids[j] * dim, dim);
   }
+  bool bad = false;
   for (int64_t b = begin; b < end; ++b) {
     const int64_t start = offsets[b], n = offsets[b + 1] - start;
     const acc_t scale = (mean && n > 0) ? acc_t(1) / acc_t(n) : acc_t(1);
@@ -85,12 +93,13 @@ void lookup_bags(const scalar_t* weight, int64_t dim, const index_t* ids, const 
     scalar_t* o = out + b * out_stride;
     int64_t c0 = 0;
     for (; c0 + kBlock <= dim; c0 += kBlock) {
-      pool_columns<kBlock>(weight, dim, c0, kBlock, n, bag_ids, bag_w,
-                           c0 == 0 ? last - start : 0, scale, o);
+      pool_columns<kBlock>(weight, rows, dim, c0, kBlock, n, bag_ids, bag_w,
+                           c0 == 0 ? last - start : 0, scale, o, bad);
     }
     if (c0 < dim) {
-      pool_tail(weight, dim, c0, dim - c0, n, bag_ids, bag_w, c0 == 0 ? last - start : 0, scale,
-                o);
+      pool_tail(weight, rows, dim, c0, dim - c0, n, bag_ids, bag_w, c0 == 0 ? last - start : 0,
+                scale, o, bad);
     }
   }
+  return !bad;
 }

@@ -102,6 +102,19 @@ def test_bad_inputs_raise_instead_of_crashing():
         ops.pooled_lookup(torch.randn(4, 0), torch.tensor([9]), torch.tensor([0, 1]))
 
 
+@pytest.mark.parametrize("dim", [3, 64, 129])
+@pytest.mark.parametrize("bad", [-1, 1000, 10**12])
+def test_a_bad_id_deep_in_a_large_batch_is_named(dim, bad):
+    # Ids are checked inside the pooling pass, which runs over several threads and, for
+    # wide rows, several column blocks: a bad id anywhere must raise, never be read.
+    weight = torch.randn(1000, dim)
+    ids, offsets = random_bags(20_000, 1000, 10)
+    where = int(ids.numel() * 0.7)
+    ids[where] = bad
+    with pytest.raises(RuntimeError, match=rf"id {bad} at position {where} is outside"):
+        ops.pooled_lookup(weight, ids, offsets)
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
 def test_other_weight_dtypes(dtype):
     weight = torch.randn(20, 9).to(dtype)

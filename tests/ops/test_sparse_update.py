@@ -179,6 +179,21 @@ def test_dedup_split_over_threads_matches_reference():
         torch.set_num_threads(threads)
 
 
+@pytest.mark.parametrize("bad", [-3, 5000, 10**12])
+def test_a_bad_id_deep_in_a_large_batch_changes_nothing(bad):
+    # The dedup checks ids in its key pass, split over threads for a batch this size.
+    weight = torch.randn(3000, 8)
+    ids, offsets, psw, grad_out = random_grad(30000, 3000, 12, 8, torch.float32)
+    where = int(ids.numel() * 0.9)
+    ids[where] = bad
+    before = weight.clone()
+    with pytest.raises(RuntimeError, match=rf"id {bad} at position {where} is outside"):
+        ops.sparse_rowwise_adagrad_update(
+            weight, torch.zeros(3000), ids, offsets, psw, grad_out, False, 0.1, 1e-8
+        )
+    assert torch.equal(weight, before)
+
+
 def test_large_ids_sort_across_several_radix_digits():
     # ids above 2^22 need two 11-bit digits beyond the position bits.
     rows = (1 << 23) + 5
