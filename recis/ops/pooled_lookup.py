@@ -24,8 +24,10 @@ def pooled_lookup(
     ``offsets`` (``num_bags + 1`` entries, CSR) delimits the bags; ``pooling`` is
     :data:`SUM` or :data:`MEAN` (an empty bag pools to zeros). Returns
     ``[num_bags, dim]``, written into ``out`` when given (any row stride, contiguous
-    columns: e.g. a column block of a collection's output). No autograd: the embedding
-    modules record gradients themselves (see :class:`recis.nn.EmbeddingTable`).
+    columns: e.g. a column block of a collection's output). An id outside the table
+    raises ``RuntimeError`` naming it (``out`` may then be partly written). No autograd:
+    the embedding modules record gradients themselves (see
+    :class:`recis.nn.EmbeddingTable`).
 
     Example::
 
