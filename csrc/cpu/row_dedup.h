@@ -29,7 +29,7 @@ struct RowSegments {
   Scratch<int64_t> pos;         // [nnz] positions in ids, grouped by id, ascending within a group
   Scratch<int64_t> bag_of;      // [nnz] position -> its bag
   Scratch<uint64_t> keys, tmp;  // sort buffers
-  Scratch<int64_t> counts;      // [parts * buckets] per-part histograms, then cursors
+  Scratch<int64_t> counts;      // per-part histograms, then cursors; then each part's first unique
   int64_t size() const { return num_unique; }
 };
 
