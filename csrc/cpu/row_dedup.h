@@ -1,11 +1,13 @@
 #pragma once
-// Deduplication of a SparseGrad's ids on CPU: groups the positions of each unique
+// Deduplication of a SparseGrad's ids on CPU: groups the occurrences of each unique
 // id so that one thread can reduce a row's gradient and update it alone.
 //
-// Every position j packs into one 64-bit key (id << pos_bits | j); an LSD radix
-// sort over the id bits only (stable, digits of at most 11 bits, as many passes as
-// the largest id needs) orders the keys by (id, j). Memory is O(nnz), never O(table
-// rows), and is one workspace per calling thread reused across calls (cpu/scratch.h).
+// Every position j packs into one 64-bit key (id << item_bits | item), where the item
+// is j's bag or j itself (Occurrence); an LSD radix sort over the id bits only
+// (stable, digits of at most 11 bits, as many passes as the largest id needs) orders
+// the keys by (id, j); an id twice in one bag gives two equal keys by bag, which
+// contribute the same gradient either way. Memory is O(nnz), never O(table rows), and
+// is one workspace per calling thread reused across calls (cpu/scratch.h).
 //
 // Large batches are split into one part per thread: each pass histograms and
 // scatters its parts in parallel, and the parts' cursors are laid out in part order,
@@ -22,12 +24,18 @@
 
 namespace recis {
 
+// What the dedup records of each occurrence of an id. Its bag is all that an
+// unweighted gradient needs, and is read straight from the sorted keys; the position
+// (to read a per-sample weight) costs a gather from position to bag afterwards.
+enum class Occurrence { kBag, kPosition };
+
 struct RowSegments {
   int64_t num_unique = 0, nnz = 0;
+  Occurrence item_is = Occurrence::kBag;
   Scratch<int64_t> unique_ids;  // [num_unique], ascending
-  Scratch<int64_t> seg;         // [num_unique + 1] starts into `pos`
-  Scratch<int64_t> pos;         // [nnz] positions in ids, grouped by id, ascending within a group
-  Scratch<int64_t> bag_of;      // [nnz] position -> its bag
+  Scratch<int64_t> seg;         // [num_unique + 1] starts into `item`
+  Scratch<int64_t> item;        // [nnz] each occurrence's bag or position, grouped by id,
+                                // in position order within a group
   Scratch<uint64_t> keys, tmp;  // sort buffers
   Scratch<int64_t> counts;      // per-part histograms, then cursors; then each part's first unique
   int64_t size() const { return num_unique; }
@@ -48,29 +56,27 @@ void for_each_part(int64_t parts, int64_t n, const F& fn) {
   });
 }
 
-// Checks offsets and ids, then groups the positions by id; `op` names the caller in
-// errors. Only this workspace is written before every check passed. Returns this
-// thread's workspace, valid until its next call.
+// Checks offsets and ids, then groups the occurrences by id, recording `item_is` of
+// each; `op` names the caller in errors. Only this workspace is written before every
+// check passed. Returns this thread's workspace, valid until its next call.
 template <typename index_t>
-const RowSegments& dedup_rows(const char* op, const index_t* ids, int64_t nnz, const index_t* offsets,
-                       int64_t num_bags, int64_t rows) {
+const RowSegments& dedup_rows(const char* op, const index_t* ids, int64_t nnz,
+                              const index_t* offsets, int64_t num_bags, int64_t rows,
+                              Occurrence item_is) {
   check_offsets(op, nnz, offsets, num_bags);
   static thread_local RowSegments r;
   r.nnz = nnz;
   r.num_unique = 0;
+  r.item_is = item_is;
+  r.seg.resize(nnz + 1)[0] = 0;
+  if (nnz == 0) return r;
   const int64_t parts =
       at::in_parallel_region()
           ? 1
           : std::clamp<int64_t>(nnz / kDedupIdsPerPart, 1, at::get_num_threads());
-  int64_t* bag_of = r.bag_of.resize(nnz);
-  for_each_part(parts, num_bags, [=](int64_t, int64_t begin, int64_t end) {
-    for (int64_t b = begin; b < end; ++b) {
-      std::fill(bag_of + offsets[b], bag_of + offsets[b + 1], b);
-    }
-  });
-  r.seg.resize(nnz + 1)[0] = 0;
-  if (nnz == 0) return r;
-  const int pos_bits = std::max(1, bit_width_u64(static_cast<uint64_t>(nnz - 1)));
+  const bool by_bag = item_is == Occurrence::kBag;
+  const int item_bits =
+      std::max(1, bit_width_u64(static_cast<uint64_t>((by_bag ? num_bags : nnz) - 1)));
   uint64_t* keys = r.keys.resize(nnz);
   uint64_t* tmp = r.tmp.resize(nnz);
   // The keys' pass also range-checks the ids and finds the largest (a pass of its own
@@ -80,11 +86,15 @@ const RowSegments& dedup_rows(const char* op, const index_t* ids, int64_t nnz, c
   for_each_part(parts, nnz, [&, keys](int64_t c, int64_t begin, int64_t end) {
     int64_t max_id = 0;
     bool bad = false;
+    // The bag of position `begin` (empty bags end where they start: skip them).
+    int64_t b = std::upper_bound(offsets, offsets + num_bags + 1, static_cast<index_t>(begin)) -
+                offsets - 1;
     for (int64_t j = begin; j < end; ++j) {
+      while (offsets[b + 1] <= j) ++b;
       const index_t id = ids[j];
       bad |= id_out_of_range(id, rows);
       max_id = std::max<int64_t>(max_id, id);
-      keys[j] = (static_cast<uint64_t>(id) << pos_bits) | static_cast<uint64_t>(j);
+      keys[j] = (static_cast<uint64_t>(id) << item_bits) | static_cast<uint64_t>(by_bag ? b : j);
     }
     part_max[c] = max_id;
     part_bad[c] = bad;
@@ -94,12 +104,12 @@ const RowSegments& dedup_rows(const char* op, const index_t* ids, int64_t nnz, c
   }
   const int64_t max_id = *std::max_element(part_max.begin(), part_max.end());
   const int id_bits = bit_width_u64(static_cast<uint64_t>(max_id));
-  TORCH_CHECK(pos_bits + id_bits <= 64, op, ": ", nnz, " ids with ids up to ", max_id,
+  TORCH_CHECK(item_bits + id_bits <= 64, op, ": ", nnz, " ids with ids up to ", max_id,
               " do not fit the 64-bit sort key");
   constexpr int kDigit = 11;
   constexpr int64_t kBuckets = int64_t{1} << kDigit;
   int64_t* counts = r.counts.resize(parts * kBuckets + parts + 1);
-  for (int shift = pos_bits; shift < pos_bits + id_bits; shift += kDigit) {
+  for (int shift = item_bits; shift < item_bits + id_bits; shift += kDigit) {
     for_each_part(parts, nnz, [=](int64_t c, int64_t begin, int64_t end) {
       int64_t* count = counts + c * kBuckets;
       std::fill(count, count + kBuckets, 0);
@@ -124,27 +134,27 @@ const RowSegments& dedup_rows(const char* op, const index_t* ids, int64_t nnz, c
   }
   // Unique ids: the first key of each run. Every part but the last counts the runs
   // that start in it, so that each part knows where its first unique id goes.
-  const uint64_t pos_mask = (pos_bits == 64) ? ~uint64_t{0} : ((uint64_t{1} << pos_bits) - 1);
+  const uint64_t item_mask = (uint64_t{1} << item_bits) - 1;
   int64_t* first_unique = counts + parts * kBuckets;
   first_unique[0] = 0;
   for_each_part(parts, nnz, [=](int64_t c, int64_t begin, int64_t end) {
     if (c == parts - 1) return;
     int64_t n = 0;
     for (int64_t k = begin; k < end; ++k) {
-      n += k == 0 || (keys[k] >> pos_bits) != (keys[k - 1] >> pos_bits);
+      n += k == 0 || (keys[k] >> item_bits) != (keys[k - 1] >> item_bits);
     }
     first_unique[c + 1] = n;
   });
   for (int64_t c = 1; c < parts; ++c) first_unique[c] += first_unique[c - 1];
-  int64_t* pos = r.pos.resize(nnz);
+  int64_t* item = r.item.resize(nnz);
   int64_t* unique_ids = r.unique_ids.resize(nnz);
   int64_t* seg = r.seg.data();
   for_each_part(parts, nnz, [=](int64_t c, int64_t begin, int64_t end) {
     int64_t u = first_unique[c];
-    int64_t prev = begin == 0 ? -1 : static_cast<int64_t>(keys[begin - 1] >> pos_bits);
+    int64_t prev = begin == 0 ? -1 : static_cast<int64_t>(keys[begin - 1] >> item_bits);
     for (int64_t k = begin; k < end; ++k) {
-      const auto id = static_cast<int64_t>(keys[k] >> pos_bits);
-      pos[k] = static_cast<int64_t>(keys[k] & pos_mask);
+      const auto id = static_cast<int64_t>(keys[k] >> item_bits);
+      item[k] = static_cast<int64_t>(keys[k] & item_mask);
       if (id != prev) {
         unique_ids[u] = id;
         seg[u++] = k;

@@ -26,9 +26,9 @@ namespace recis {
 namespace {
 
 // The bag-form gradient of one table in the order of the deduplicated ids: for
-// each sorted position k its bag and its multiplier (per-sample weight, ÷ bag
-// length when mean), gathered once so that the per-row reduction streams them
-// instead of chasing position -> bag through memory.
+// each sorted occurrence k its bag and its multiplier (per-sample weight, ÷ bag
+// length when mean), so that the per-row reduction streams them instead of chasing
+// position -> bag through memory. Unweighted, the dedup's items are the bags.
 template <typename scalar_t>
 struct SortedGrad {
   const int64_t* bag;      // [nnz]
@@ -37,28 +37,44 @@ struct SortedGrad {
   int64_t dim, row_stride, nnz;
 
   template <typename index_t>
-  SortedGrad(const RowSegments& r, const index_t* offsets, const scalar_t* psw, bool mean,
-             const at::Tensor& grad_out_)
-      : scale(nullptr),
+  SortedGrad(const RowSegments& r, const index_t* offsets, int64_t num_bags, const scalar_t* psw,
+             bool mean, const at::Tensor& grad_out_)
+      : bag(r.item.data()),
+        scale(nullptr),
         grad_out(grad_out_.data_ptr<scalar_t>()),
         dim(grad_out_.size(1)),
         row_stride(grad_out_.stride(0)),
         nnz(r.nnz) {
-    static thread_local Scratch<int64_t> bag_buf;
+    TORCH_INTERNAL_ASSERT((psw != nullptr) == (r.item_is == Occurrence::kPosition));
+    if (psw == nullptr && !mean) return;
+    static thread_local Scratch<int64_t> bag_of_buf, bag_buf;
     static thread_local Scratch<scalar_t> scale_buf;
-    int64_t* b = bag_buf.resize(nnz);
-    scalar_t* sc = (psw == nullptr && !mean) ? nullptr : scale_buf.resize(nnz);
-    const int64_t *bag_of = r.bag_of.data(), *pos = r.pos.data();
+    scalar_t* sc = scale_buf.resize(nnz);
+    const int64_t* item = r.item.data();
+    int64_t* bag_of = nullptr;  // position -> bag, when the items are positions
+    int64_t* sorted_bag = nullptr;
+    if (psw != nullptr) {
+      bag_of = bag_of_buf.resize(nnz);
+      at::parallel_for(0, num_bags, kDedupIdsPerPart / 16, [=](int64_t begin, int64_t end) {
+        for (int64_t b = begin; b < end; ++b) {
+          std::fill(bag_of + offsets[b], bag_of + offsets[b + 1], b);
+        }
+      });
+      sorted_bag = bag_buf.resize(nnz);
+      bag = sorted_bag;
+    }
     at::parallel_for(0, nnz, kDedupIdsPerPart, [=](int64_t begin, int64_t end) {
-      for (int64_t k = begin; k < end; ++k) b[k] = bag_of[pos[k]];
-      if (sc == nullptr) return;
       for (int64_t k = begin; k < end; ++k) {
-        scalar_t m = psw ? psw[pos[k]] : scalar_t(1);
-        if (mean) m /= static_cast<scalar_t>(offsets[b[k] + 1] - offsets[b[k]]);
+        int64_t b = item[k];
+        scalar_t m = scalar_t(1);
+        if (psw != nullptr) {
+          b = sorted_bag[k] = bag_of[item[k]];
+          m = psw[item[k]];
+        }
+        if (mean) m /= static_cast<scalar_t>(offsets[b + 1] - offsets[b]);
         sc[k] = m;
       }
     });
-    bag = b;
     scale = sc;
   }
 };
@@ -109,6 +125,8 @@ void with_kernels(const Fn& fn) {
 // Common front of every op: contiguous inputs, psw in the weight dtype, dedup.
 struct Prepared {
   at::Tensor ids, offsets, psw, grad_out;
+  // A per-sample weight is read by position; without one the bag is enough.
+  Occurrence occurrence() const { return psw.defined() ? Occurrence::kPosition : Occurrence::kBag; }
 };
 
 Prepared prepare(const at::Tensor& ids, const at::Tensor& offsets,
@@ -152,9 +170,9 @@ void run_update(const char* op, const at::Tensor& weight, const at::Tensor& ids,
     const int64_t num_bags = p.offsets.numel() - 1;
     const RowSegments& r = dedup_rows<index_t>(op, p.ids.data_ptr<index_t>(), p.ids.numel(),
                                               p.offsets.data_ptr<index_t>(), num_bags,
-                                              weight.size(0));
+                                              weight.size(0), p.occurrence());
     if (r.size() == 0 || weight.size(1) == 0) return;
-    const SortedGrad<scalar_t> grad(r, p.offsets.data_ptr<index_t>(),
+    const SortedGrad<scalar_t> grad(r, p.offsets.data_ptr<index_t>(), num_bags,
                                     p.psw.defined() ? p.psw.data_ptr<scalar_t>() : nullptr, mean,
                                     p.grad_out);
     with_kernels([&]<typename K>() {
@@ -177,14 +195,15 @@ std::tuple<at::Tensor, at::Tensor> unique_row_grads_cpu(
   at::Tensor unique_ids, grads;
   AT_DISPATCH_FLOATING_TYPES(p.grad_out.scalar_type(), "recis_unique_row_grads", [&] {
     AT_DISPATCH_INDEX_TYPES(p.ids.scalar_type(), "recis_sparse_update_index", [&] {
-      const RowSegments& r = dedup_rows<index_t>(op, p.ids.data_ptr<index_t>(), p.ids.numel(),
-                                                p.offsets.data_ptr<index_t>(), num_bags, num_rows);
+      const RowSegments& r =
+          dedup_rows<index_t>(op, p.ids.data_ptr<index_t>(), p.ids.numel(),
+                              p.offsets.data_ptr<index_t>(), num_bags, num_rows, p.occurrence());
       unique_ids = at::empty({r.size()}, p.ids.options().dtype(at::kLong));
       std::copy(r.unique_ids.data(), r.unique_ids.data() + r.size(),
                 unique_ids.data_ptr<int64_t>());
       grads = at::empty({r.size(), dim}, p.grad_out.options());
       if (r.size() == 0 || dim == 0) return;
-      const SortedGrad<scalar_t> grad(r, p.offsets.data_ptr<index_t>(),
+      const SortedGrad<scalar_t> grad(r, p.offsets.data_ptr<index_t>(), num_bags,
                                       p.psw.defined() ? p.psw.data_ptr<scalar_t>() : nullptr,
                                       mean, p.grad_out);
       with_kernels([&]<typename K>() { K::reduce_all(r, grad, grads.data_ptr<scalar_t>()); });

@@ -11,7 +11,7 @@
 // line of the row (and its state) a few unique rows ahead so that several misses
 // are in flight at once.
 constexpr int64_t kPrefetchRows = 8;
-constexpr int64_t kPrefetchGrads = 4;
+constexpr int64_t kPrefetchGrads = 16;
 
 // x[d] = sqrt(x[d]). A plain loop over std::sqrt is not vectorised (the build keeps
 // errno semantics, so each sqrt may branch to a libm call); SSE2 is the x86-64

@@ -162,9 +162,11 @@ def test_updates_do_not_depend_on_the_thread_count(weight_decay):
     assert all(torch.equal(results[0], r) for r in results[1:])
 
 
-def test_dedup_split_over_threads_matches_reference():
-    # Runs of one hot id cross the boundaries of the parts sorted by different threads.
-    ids, offsets, psw, grad_out = random_grad(30000, 3000, 12, 4, weighted=True)
+@pytest.mark.parametrize("weighted", [True, False], ids=["by_position", "by_bag"])
+def test_dedup_split_over_threads_matches_reference(weighted):
+    # Runs of one hot id cross the boundaries of the parts sorted by different threads,
+    # and so do empty bags. Unweighted, the dedup records bags instead of positions.
+    ids, offsets, psw, grad_out = random_grad(30000, 3000, 12, 4, weighted=weighted)
     ids = torch.where(torch.rand(ids.numel()) < 0.5, ids % 5, ids)
     assert ids.numel() > 3 * 32768
     want_ids, want = reference.unique_row_grads(ids, offsets, psw, grad_out, True, 3000)
