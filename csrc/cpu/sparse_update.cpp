@@ -29,6 +29,12 @@ namespace {
 // each sorted occurrence k its bag and its multiplier (per-sample weight, ÷ bag
 // length when mean), so that the per-row reduction streams them instead of chasing
 // position -> bag through memory. Unweighted, the dedup's items are the bags.
+//
+// A strided grad_out (a table's column block of a collection's output) is read in
+// place, unless its rows are read many times each (hot ids in many bags): then it is
+// packed first. Rows a power-of-two stride apart fall into a few cache sets and evict
+// each other; packed, they fill the cache. A/B at the kernels benchmark's shape (8192
+// bags of ~20 Zipf ids): the update took 0.90-0.93x the time, the copy included.
 template <typename scalar_t>
 struct SortedGrad {
   const int64_t* bag;      // [nnz]
@@ -46,6 +52,19 @@ struct SortedGrad {
         row_stride(grad_out_.stride(0)),
         nnz(r.nnz) {
     TORCH_INTERNAL_ASSERT((psw != nullptr) == (r.item_is == Occurrence::kPosition));
+    constexpr int64_t kReadsPerRowToPack = 8;
+    if (row_stride != dim && nnz >= kReadsPerRowToPack * num_bags) {
+      static thread_local Scratch<scalar_t> packed_buf;
+      scalar_t* packed = packed_buf.resize(num_bags * dim);
+      const scalar_t* src = grad_out;
+      const int64_t stride = row_stride, n = dim;
+      const int64_t grain = std::max<int64_t>(1, kDedupIdsPerPart / n);
+      at::parallel_for(0, num_bags, grain, [=](int64_t begin, int64_t end) {
+        for (int64_t b = begin; b < end; ++b) std::copy_n(src + b * stride, n, packed + b * n);
+      });
+      grad_out = packed;
+      row_stride = dim;
+    }
     if (psw == nullptr && !mean) return;
     static thread_local Scratch<int64_t> bag_of_buf, bag_buf;
     static thread_local Scratch<scalar_t> scale_buf;

@@ -128,9 +128,13 @@ def test_no_ids_changes_nothing(name):
 
 @pytest.mark.parametrize("name", list(UPDATES))
 @pytest.mark.parametrize("layout", ["column_block", "expanded", "transposed"])
-def test_grad_out_is_read_with_its_strides(name, layout):
+@pytest.mark.parametrize("weighted", [True, False], ids=["weighted", "unweighted"])
+# With many ids per bag each gradient row is read many times, and a strided one is
+# packed before the update reads it.
+@pytest.mark.parametrize("max_len", [6, 40], ids=["few_ids_per_bag", "many_ids_per_bag"])
+def test_grad_out_is_read_with_its_strides(name, layout, weighted, max_len):
     weight = torch.randn(40, 6, dtype=torch.float64)
-    ids, offsets, psw, _ = random_grad(25, 40, 6, 6, weighted=True)
+    ids, offsets, psw, _ = random_grad(25, 40, max_len, 6, weighted=weighted)
     if layout == "column_block":  # a table's block of a collection's output gradient
         grad_out = torch.randn(25, 15, dtype=torch.float64)[:, 5:11]
     elif layout == "expanded":  # the gradient of out.sum(): one row, stride 0
@@ -222,8 +226,9 @@ def test_unique_row_grads_matches_reference(dim, mean, weighted):
     torch.testing.assert_close(got, want)
 
 
-def test_unique_row_grads_reads_a_column_block():
-    ids, offsets, psw, _ = random_grad(30, 50, 7, 4, weighted=True)
+@pytest.mark.parametrize("max_len", [7, 40], ids=["few_ids_per_bag", "many_ids_per_bag"])
+def test_unique_row_grads_reads_a_column_block(max_len):
+    ids, offsets, psw, _ = random_grad(30, 50, max_len, 4, weighted=True)
     grad_out = torch.randn(30, 10, dtype=torch.float64)[:, 3:7]
     got_ids, got = ops.unique_row_grads(ids, offsets, psw, grad_out, False, 50)
     want_ids, want = reference.unique_row_grads(ids, offsets, psw, grad_out, False, 50)
