@@ -2,34 +2,44 @@
 // no #pragma once and no includes here. Needs kVecFloats from the including namespace.
 //
 // Each bag is pooled in blocks of kBlock columns whose accumulators stay in vector
-// registers; rows are prefetched kPrefetchDistance ids ahead in the flat id array,
-// across bag boundaries (with one id per bag, a per-bag look-ahead would keep only
-// one miss in flight), every cache line of the row.
+// registers; rows are prefetched `ahead` ids ahead in the flat id array, across bag
+// boundaries (with one id per bag, a per-bag look-ahead would keep only one miss in
+// flight), every cache line of the row.
 
-constexpr int64_t kPrefetchDistance = 16;
 constexpr int64_t kBlock = 8 * kVecFloats;
+
+// The look-ahead is a window of bytes rather than of ids: wide enough to cover the
+// memory latency of random rows, small enough to stay in L1 until the rows are read.
+// A/B on an AMD EPYC host (1 thread, 1M-row table): 16 KiB ahead (64 ids of dim 64)
+// instead of 16 ids took 0.52-0.61x the time on Zipf ids and 0.77-0.85x on uniform
+// ids; rows that are all in cache lose up to ~10%.
+constexpr int64_t kPrefetchBytes = 16384;
+inline int64_t prefetch_ids_ahead(int64_t row_bytes) {
+  return std::clamp<int64_t>(kPrefetchBytes / std::max<int64_t>(row_bytes, 1), 16, 128);
+}
 
 // Pools columns [c0, c0 + kWidth) of one bag of n ids (kWidth == 0: the runtime
 // `width` < kBlock, accumulated in memory). A compile-time width keeps the sums in
-// vector registers. ids[j + kPrefetchDistance] is prefetched while it is below
-// `prefetch_limit` (the ids left in this thread's range from the bag's first; 0: none).
+// vector registers. ids[j + ahead] is prefetched while it is below `prefetch_limit`
+// (the ids left in this thread's range from the bag's first; 0: none).
 // An id outside [0, rows) is skipped and sets `bad` (a prefetch of it cannot fault).
 template <int64_t kWidth, typename scalar_t, typename index_t, typename acc_t>
 inline void pool_columns(const scalar_t* weight, int64_t rows, int64_t dim, int64_t c0,
                          int64_t width, int64_t n, const index_t* ids, const float* psw,
-                         int64_t prefetch_limit, acc_t scale, scalar_t* out, bool& bad) {
+                         int64_t ahead, int64_t prefetch_limit, acc_t scale, scalar_t* out,
+                         bool& bad) {
   constexpr int64_t kSums = kWidth > 0 ? kWidth : kBlock;
   const int64_t w_cols = kWidth > 0 ? kWidth : width;
   acc_t acc[kSums] = {};
   for (int64_t j = 0; j < n; ++j) {
-    if (j + kPrefetchDistance < prefetch_limit) {
-      const scalar_t* ahead = weight + ids[j + kPrefetchDistance] * dim;
+    if (j + ahead < prefetch_limit) {
+      const scalar_t* next = weight + ids[j + ahead] * dim;
       // When the block is the whole row the line count is a constant and the prefetch
       // loop unrolls (~6% on Zipf ids).
       if (kWidth > 0 && dim == kWidth) {
-        prefetch_row(ahead, kWidth);
+        prefetch_row(next, kWidth);
       } else {
-        prefetch_row(ahead, dim);
+        prefetch_row(next, dim);
       }
     }
     if (id_out_of_range(ids[j], rows)) {
@@ -56,10 +66,11 @@ inline void pool_columns(const scalar_t* weight, int64_t rows, int64_t dim, int6
 template <typename scalar_t, typename index_t, typename acc_t>
 inline void pool_tail(const scalar_t* weight, int64_t rows, int64_t dim, int64_t c0,
                       int64_t width, int64_t n, const index_t* ids, const float* psw,
-                      int64_t prefetch_limit, acc_t scale, scalar_t* out, bool& bad) {
+                      int64_t ahead, int64_t prefetch_limit, acc_t scale, scalar_t* out,
+                      bool& bad) {
   const auto pool = [&]<int64_t kWidth>() {
-    pool_columns<kWidth>(weight, rows, dim, c0, width, n, ids, psw, prefetch_limit, scale, out,
-                         bad);
+    pool_columns<kWidth>(weight, rows, dim, c0, width, n, ids, psw, ahead, prefetch_limit, scale,
+                         out, bad);
   };
   if (width == kVecFloats / 2) return pool.template operator()<kVecFloats / 2>();
   switch (width % kVecFloats == 0 ? width / kVecFloats : 0) {
@@ -81,7 +92,8 @@ bool lookup_bags(const scalar_t* weight, int64_t rows, int64_t dim, const index_
                  int64_t out_stride, int64_t begin, int64_t end) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t last = offsets[end];
-  for (int64_t j = offsets[begin]; j < std::min(offsets[begin] + kPrefetchDistance, last); ++j) {
+  const int64_t ahead = prefetch_ids_ahead(dim * static_cast<int64_t>(sizeof(scalar_t)));
+  for (int64_t j = offsets[begin]; j < std::min(offsets[begin] + ahead, last); ++j) {
     prefetch_row(weight + ids[j] * dim, dim);
   }
   bool bad = false;
@@ -93,12 +105,12 @@ bool lookup_bags(const scalar_t* weight, int64_t rows, int64_t dim, const index_
     scalar_t* o = out + b * out_stride;
     int64_t c0 = 0;
     for (; c0 + kBlock <= dim; c0 += kBlock) {
-      pool_columns<kBlock>(weight, rows, dim, c0, kBlock, n, bag_ids, bag_w,
+      pool_columns<kBlock>(weight, rows, dim, c0, kBlock, n, bag_ids, bag_w, ahead,
                            c0 == 0 ? last - start : 0, scale, o, bad);
     }
     if (c0 < dim) {
-      pool_tail(weight, rows, dim, c0, dim - c0, n, bag_ids, bag_w, c0 == 0 ? last - start : 0,
-                scale, o, bad);
+      pool_tail(weight, rows, dim, c0, dim - c0, n, bag_ids, bag_w, ahead,
+                c0 == 0 ? last - start : 0, scale, o, bad);
     }
   }
   return !bad;
