@@ -4,12 +4,14 @@
 // its gradient straight from grad_out (nothing nnz x dim is ever materialised) and
 // applies the optimizer (cpu/sparse_update_kernel.h, compiled for baseline x86-64 and
 // for AVX2+FMA, chosen at run time: cpu/isa.h). SGD without weight decay skips the
-// dedup: it applies each occurrence on its own (sgd_by_occurrence).
+// dedup when ids rarely repeat: it applies each occurrence on its own
+// (sgd_by_occurrence, chosen by ids_mostly_distinct).
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #if defined(__SSE2__)
 #include <immintrin.h>
@@ -231,12 +233,40 @@ std::tuple<at::Tensor, at::Tensor> unique_row_grads_cpu(
   return {unique_ids, grads};
 }
 
+// Whether SGD without decay should apply each occurrence on its own. That skips the
+// sort and reads the gradient in bag order, and wins when ids rarely repeat; when
+// many do (Zipf), the chains of updates to each hot row make it the slower path.
+// Decided from a sorted sample of up to 1024 evenly spaced ids: by occurrence when
+// fewer than 1 in 8 repeat another. A/B at 1 thread on an AMD EPYC host: uniform
+// ids (2048 bags of ~10 over 100k rows, ~1% repeats sampled) 0.63x the time of the
+// dedup path; Zipf ids (8192 bags of ~20 over 1M rows) 1.2x (dim 64) and 1.4x (dim 128).
+template <typename index_t>
+bool ids_mostly_distinct(const index_t* ids, int64_t nnz) {
+  constexpr int64_t kSample = 1024;
+  const int64_t n = std::min(nnz, kSample);
+  std::array<int64_t, kSample> sample;
+  for (int64_t i = 0; i < n; ++i) sample[i] = ids[i * nnz / n];
+  std::sort(sample.begin(), sample.begin() + n);
+  int64_t repeats = 0;
+  for (int64_t i = 1; i < n; ++i) repeats += sample[i] == sample[i - 1];
+  return repeats * 8 < n;
+}
+
 void sparse_sgd_update_cpu(at::Tensor& weight, const at::Tensor& ids, const at::Tensor& offsets,
                            const std::optional<at::Tensor>& per_sample_weights,
                            const at::Tensor& grad_out, bool mean, double lr, double weight_decay) {
   constexpr const char* op = "recis.sparse_sgd_update";
   check_hyper(op, {{"lr", lr}, {"weight_decay", weight_decay}});
-  if (weight_decay == 0.0) {
+  bool by_occurrence = weight_decay == 0.0;
+  if (by_occurrence) {
+    check_table(op, weight, grad_out);
+    check_sparse_grad(op, ids, offsets, per_sample_weights, grad_out, weight.size(1));
+    const at::Tensor i = ids.contiguous();
+    AT_DISPATCH_INDEX_TYPES(i.scalar_type(), "recis_sgd_sample", [&] {
+      by_occurrence = ids_mostly_distinct(i.data_ptr<index_t>(), i.numel());
+    });
+  }
+  if (by_occurrence) {
     dispatch_update(op, weight, ids, offsets, per_sample_weights, grad_out,
                     [&]<typename scalar_t, typename index_t>(const Prepared& p) {
       const int64_t num_bags = p.offsets.numel() - 1;

@@ -145,14 +145,21 @@ def test_grad_out_is_read_with_its_strides(name, layout, weighted, max_len):
     _assert_same(ours, ref, weight, ids)
 
 
-@pytest.mark.parametrize("weight_decay", [0.0, 0.01])
-def test_updates_do_not_depend_on_the_thread_count(weight_decay):
-    # Hot rows repeated across many bags, and enough ids (> 3 x 32768) that the dedup
-    # sorts them in one part per thread.
-    weight = torch.randn(1000, 8)
-    ids, offsets, psw, grad_out = random_grad(30000, 1000, 12, 8, torch.float32, weighted=True)
+@pytest.mark.parametrize(
+    "weight_decay, rows",
+    # SGD without decay applies each occurrence on its own when ids rarely repeat (a
+    # big table), and dedups like the others when many do.
+    [(0.0, 1000), (0.0, 10**6), (0.01, 1000)],
+    ids=["sgd_hot_rows", "sgd_by_occurrence", "sgd_with_decay"],
+)
+def test_updates_do_not_depend_on_the_thread_count(weight_decay, rows):
+    # Enough ids (> 3 x 32768) that the dedup sorts them in one part per thread, and
+    # on a small table hot rows repeated across many bags.
+    weight = torch.randn(rows, 8)
+    ids, offsets, psw, grad_out = random_grad(30000, rows, 12, 8, torch.float32, weighted=True)
     assert ids.numel() > 3 * 32768
-    ids = torch.where(torch.rand(ids.numel()) < 0.5, ids % 7, ids)
+    if rows == 1000:
+        ids = torch.where(torch.rand(ids.numel()) < 0.5, ids % 7, ids)
     results = []
     threads = torch.get_num_threads()
     try:
@@ -164,6 +171,24 @@ def test_updates_do_not_depend_on_the_thread_count(weight_decay):
     finally:
         torch.set_num_threads(threads)
     assert all(torch.equal(results[0], r) for r in results[1:])
+
+
+@pytest.mark.parametrize("repeats", ["distinct_ids", "repeated_ids"])
+@pytest.mark.parametrize("dim", [1, 3, 16, 129])
+@pytest.mark.parametrize("index", [torch.long, torch.int32], ids=["int64", "int32"])
+@pytest.mark.parametrize("weighted", [True, False], ids=["weighted", "unweighted"])
+def test_sgd_without_decay_matches_the_reference_whether_ids_repeat_or_not(
+    repeats, dim, index, weighted
+):
+    # Rarely repeated ids are applied one occurrence at a time; often repeated ones
+    # are deduplicated first. Both are SGD.
+    weight = torch.randn(5000, dim, dtype=torch.float64)
+    ids, offsets, psw, grad_out = random_grad(400, 5000, 10, dim, index=index, weighted=weighted)
+    distinct = torch.randperm(5000)[: ids.numel()].to(index)
+    ids = distinct if repeats == "distinct_ids" else ids % 7
+    for mean in (False, True):
+        ours, ref = _run_both("sgd_without_decay", weight, (ids, offsets, psw, grad_out, mean))
+        _assert_same(ours, ref, weight, ids)
 
 
 @pytest.mark.parametrize("weighted", [True, False], ids=["by_position", "by_bag"])
