@@ -12,7 +12,7 @@ constexpr int64_t kBlock = 8 * kVecFloats;
 // memory latency of random rows, small enough to stay in L1 until the rows are read.
 // A/B on an AMD EPYC host (1 thread, 1M-row table): 16 KiB ahead (64 ids of dim 64)
 // instead of 16 ids took 0.52-0.61x the time on Zipf ids and 0.77-0.85x on uniform
-// ids; rows that are all in cache lose up to ~10%.
+// ids; rows that are all in cache lose 5-16%.
 constexpr int64_t kPrefetchBytes = 16384;
 inline int64_t prefetch_ids_ahead(int64_t row_bytes) {
   return std::clamp<int64_t>(kPrefetchBytes / std::max<int64_t>(row_bytes, 1), 16, 128);
