@@ -180,25 +180,32 @@ void dispatch_update(const char* op, const at::Tensor& weight, const at::Tensor&
   });
 }
 
-// Dedups and applies make_opt.template operator()<scalar_t, Kernels>() (built inside the
-// dtype and ISA dispatch) to every unique row.
+// Dedups p's ids and applies make_opt.template operator()<scalar_t, Kernels>() (built
+// inside the ISA dispatch) to every unique row.
+template <typename scalar_t, typename index_t, typename MakeOpt>
+void update_unique_rows(const char* op, const at::Tensor& weight, const Prepared& p, bool mean,
+                        const MakeOpt& make_opt) {
+  const int64_t num_bags = p.offsets.numel() - 1;
+  const RowSegments& r = dedup_rows<index_t>(op, p.ids.data_ptr<index_t>(), p.ids.numel(),
+                                            p.offsets.data_ptr<index_t>(), num_bags,
+                                            weight.size(0), p.occurrence());
+  if (r.size() == 0 || weight.size(1) == 0) return;
+  const SortedGrad<scalar_t> grad(r, p.offsets.data_ptr<index_t>(), num_bags,
+                                  p.psw.defined() ? p.psw.data_ptr<scalar_t>() : nullptr, mean,
+                                  p.grad_out);
+  with_kernels([&]<typename K>() {
+    K::update(r, grad, make_opt.template operator()<scalar_t, K>());
+  });
+}
+
+// Checks the inputs and runs update_unique_rows inside the dtype and index dispatch.
 template <typename MakeOpt>
 void run_update(const char* op, const at::Tensor& weight, const at::Tensor& ids,
                 const at::Tensor& offsets, const std::optional<at::Tensor>& per_sample_weights,
                 const at::Tensor& grad_out, bool mean, const MakeOpt& make_opt) {
   dispatch_update(op, weight, ids, offsets, per_sample_weights, grad_out,
                   [&]<typename scalar_t, typename index_t>(const Prepared& p) {
-    const int64_t num_bags = p.offsets.numel() - 1;
-    const RowSegments& r = dedup_rows<index_t>(op, p.ids.data_ptr<index_t>(), p.ids.numel(),
-                                              p.offsets.data_ptr<index_t>(), num_bags,
-                                              weight.size(0), p.occurrence());
-    if (r.size() == 0 || weight.size(1) == 0) return;
-    const SortedGrad<scalar_t> grad(r, p.offsets.data_ptr<index_t>(), num_bags,
-                                    p.psw.defined() ? p.psw.data_ptr<scalar_t>() : nullptr, mean,
-                                    p.grad_out);
-    with_kernels([&]<typename K>() {
-      K::update(r, grad, make_opt.template operator()<scalar_t, K>());
-    });
+    update_unique_rows<scalar_t, index_t>(op, weight, p, mean, make_opt);
   });
 }
 
@@ -257,38 +264,27 @@ void sparse_sgd_update_cpu(at::Tensor& weight, const at::Tensor& ids, const at::
                            const at::Tensor& grad_out, bool mean, double lr, double weight_decay) {
   constexpr const char* op = "recis.sparse_sgd_update";
   check_hyper(op, {{"lr", lr}, {"weight_decay", weight_decay}});
-  bool by_occurrence = weight_decay == 0.0;
-  if (by_occurrence) {
-    check_table(op, weight, grad_out);
-    check_sparse_grad(op, ids, offsets, per_sample_weights, grad_out, weight.size(1));
-    const at::Tensor i = ids.contiguous();
-    AT_DISPATCH_INDEX_TYPES(i.scalar_type(), "recis_sgd_sample", [&] {
-      by_occurrence = ids_mostly_distinct(i.data_ptr<index_t>(), i.numel());
-    });
-  }
-  if (by_occurrence) {
-    dispatch_update(op, weight, ids, offsets, per_sample_weights, grad_out,
-                    [&]<typename scalar_t, typename index_t>(const Prepared& p) {
-      const int64_t num_bags = p.offsets.numel() - 1;
-      const index_t* i = p.ids.data_ptr<index_t>();
-      const index_t* o = p.offsets.data_ptr<index_t>();
-      check_bags_and_ids(op, i, p.ids.numel(), o, num_bags, weight.size(0));
-      if (p.ids.numel() == 0 || weight.size(1) == 0) return;
+  dispatch_update(op, weight, ids, offsets, per_sample_weights, grad_out,
+                  [&]<typename scalar_t, typename index_t>(const Prepared& p) {
+    const int64_t nnz = p.ids.numel(), num_bags = p.offsets.numel() - 1;
+    const index_t* i = p.ids.data_ptr<index_t>();
+    const index_t* o = p.offsets.data_ptr<index_t>();
+    if (weight_decay == 0.0 && ids_mostly_distinct(i, nnz)) {
+      check_bags_and_ids(op, i, nnz, o, num_bags, weight.size(0));
+      if (nnz == 0 || weight.size(1) == 0) return;
       with_kernels([&]<typename K>() {
         K::sgd_without_decay(weight.data_ptr<scalar_t>(), weight.size(1), i, o, num_bags,
                              p.psw.defined() ? p.psw.data_ptr<scalar_t>() : nullptr, mean,
                              p.grad_out.data_ptr<scalar_t>(), p.grad_out.stride(0),
                              static_cast<scalar_t>(lr));
       });
+      return;
+    }
+    update_unique_rows<scalar_t, index_t>(op, weight, p, mean, [&]<typename T, typename K>() {
+      return typename K::template Sgd<T>{weight.data_ptr<T>(), weight.size(1),
+                                         static_cast<T>(lr), static_cast<T>(weight_decay)};
     });
-    return;
-  }
-  run_update(op, weight, ids, offsets, per_sample_weights, grad_out, mean,
-             [&]<typename scalar_t, typename K>() {
-               return typename K::template Sgd<scalar_t>{weight.data_ptr<scalar_t>(), weight.size(1),
-                                       static_cast<scalar_t>(lr),
-                                       static_cast<scalar_t>(weight_decay)};
-             });
+  });
 }
 
 void sparse_adagrad_update_cpu(at::Tensor& weight, at::Tensor& state_sum, const at::Tensor& ids,
