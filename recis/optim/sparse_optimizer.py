@@ -88,13 +88,16 @@ class SparseOptimizer(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        """Updates every table that has a gradient; returns ``closure()`` if given."""
+        """Updates every table that has a gradient, the group's last table first;
+        returns ``closure()`` if given."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            for name in group["table_names"]:
+            # Lookups read the tables in this order, so the last tables read are the
+            # likeliest to have their rows still in cache: update them first.
+            for name in reversed(group["table_names"]):
                 table = self._tables[name]
                 grad = table.sparse_grad()
                 if grad is None:
