@@ -9,10 +9,10 @@ rank's own batch. For each sharding type TorchRec supports on CPU (table_wise,
 column_wise, data_parallel) both run with the same tables, batch and placement
 (recis's plan is copied from TorchRec's), alternating blocks of steps in one job;
 recis row_wise is reported against recis table_wise. TorchRec fuses row-wise Adagrad
-into its backward (apply_optimizer_in_backward + FBGEMM's CPU TBE). recis uses
-``recis.optim.SparseRowWiseAdagrad`` when it is installed, else the plain-torch
-row-wise Adagrad below (marked ``"recis_optimizer": "torch-fallback"`` in the output).
-Prints one JSON line per result, then a markdown table (rank 0).
+into its backward (apply_optimizer_in_backward + FBGEMM's CPU TBE); recis runs
+``recis.optim.SparseRowWiseAdagrad`` after it. Prints one JSON line per result, then a
+markdown table (rank 0). ``--phases`` adds, per rank, the median milliseconds of each
+phase of a recis step (forward, loss, backward, optimizer step), timed on their own.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ from recis.distributed import (
     shutdown_distributed,
 )
 from recis.nn import EmbeddingBagCollection, EmbeddingBagConfig, filter_out_sparse_param
+from recis.optim import SparseRowWiseAdagrad
 from recis.sparse import KeyedJaggedTensor
 
 LR, EPS = 0.01, 1e-8
@@ -64,48 +65,6 @@ def make_batch(args, rank: int, step: int) -> KeyedJaggedTensor:
     lengths = torch.randint(0, 2 * args.pooling + 1, (args.tables * args.batch,), generator=g)
     values = torch.randint(0, args.rows, (int(lengths.sum()),), generator=g)
     return KeyedJaggedTensor(keys, values, lengths)
-
-
-# --- the sparse step for recis ------------------------------------------------------
-class TorchRowWiseAdagrad:
-    """Row-wise Adagrad from SparseGrad records in plain torch (used when recis.optim is
-    not installed): dedup ids, sum their rows, s += mean(g^2), w -= lr g / (sqrt(s)+eps)."""
-
-    def __init__(self, tables, lr: float, eps: float) -> None:
-        self.tables, self.lr, self.eps = tables, lr, eps
-        self.state = {n: torch.zeros(t.weight.shape[0]) for n, t in tables.items()}
-
-    def step(self) -> None:
-        for name, t in self.tables.items():
-            g = t.sparse_grad()
-            if g is None or g.ids.numel() == 0:
-                continue
-            lengths = g.offsets[1:] - g.offsets[:-1]
-            bag = torch.repeat_interleave(torch.arange(lengths.numel()), lengths)
-            rows = g.grad_out[bag]
-            if g.per_sample_weights is not None:
-                rows = rows * g.per_sample_weights[:, None]
-            if g.mean:
-                rows = rows / lengths.clamp(min=1)[bag, None]
-            uniq, inv = torch.unique(g.ids, return_inverse=True)
-            summed = torch.zeros(uniq.numel(), rows.shape[1]).index_add_(0, inv, rows)
-            s = self.state[name]
-            s.index_add_(0, uniq, summed.pow(2).mean(1))
-            summed /= s.index_select(0, uniq).sqrt_().add_(self.eps)[:, None]
-            t.weight.index_add_(0, uniq, summed, alpha=-self.lr)
-
-    def zero_grad(self) -> None:
-        for t in self.tables.values():
-            t.zero_grad()
-
-
-def recis_optimizer(tables):
-    try:
-        from recis.optim import SparseRowWiseAdagrad
-
-        return SparseRowWiseAdagrad(tables, lr=LR, eps=EPS), "recis.optim"
-    except ImportError:
-        return TorchRowWiseAdagrad(tables, LR, EPS), "torch-fallback"
 
 
 # --- models -------------------------------------------------------------------------
@@ -187,8 +146,7 @@ def recis_plan_like(args, kind: str, tr_plan, world: int) -> ShardingPlan | None
 def build_recis(args, plan: ShardingPlan):
     model = Wrap(EmbeddingBagCollection(configs(args), device="meta"))
     dmp = DistributedModelParallel(model, plan=plan)
-    opt, which = recis_optimizer(filter_out_sparse_param(dmp))
-    return dmp, opt, which
+    return dmp, SparseRowWiseAdagrad(filter_out_sparse_param(dmp), lr=LR, eps=EPS)
 
 
 # --- timing -------------------------------------------------------------------------
@@ -208,6 +166,29 @@ def recis_fwd_bwd(dmp, kjt) -> None:
 
 def torchrec_step(dmp, kjt) -> None:
     loss_of(dmp(kjt)).backward()  # the optimizer is fused into backward
+
+
+def recis_phases(dmp, opt, batches, steps: int) -> dict[str, float]:
+    """Median milliseconds of each phase of a recis step on this rank. Each phase ends
+    when its own work is done here (the forward includes its collectives); no barrier
+    is added between phases."""
+    phases: dict[str, list[float]] = {"forward": [], "loss": [], "backward": [], "step": []}
+    dist.barrier()
+    for i in range(steps):
+        t0 = time.perf_counter()
+        out = dmp(batches[i % len(batches)])
+        t1 = time.perf_counter()
+        loss = loss_of(out)
+        t2 = time.perf_counter()
+        loss.backward()
+        t3 = time.perf_counter()
+        opt.step()
+        t4 = time.perf_counter()
+        opt.zero_grad()
+        for name, secs in zip(phases, (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True):
+            phases[name].append(secs)
+    dist.barrier()
+    return {name: round(statistics.median(v) * 1e3, 2) for name, v in phases.items()}
 
 
 def timed(fn, batches, steps: int) -> float:
@@ -256,6 +237,9 @@ def main() -> None:
     p.add_argument(
         "--profile", action="store_true", help="print the top ops of recis and its peer (rank 0)"
     )
+    p.add_argument(
+        "--phases", action="store_true", help="time each phase of a recis step, per rank"
+    )
     args = p.parse_args()
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
@@ -278,8 +262,7 @@ def main() -> None:
                 "peer": (lambda kjt, m=tw: recis_step(m[0], m[1], kjt)),
                 "recis_fwd_bwd": (lambda kjt, m=rw: recis_fwd_bwd(m[0], kjt)),
             }
-            peer_name, which, plan = "recis table_wise", rw[2], rw[0].plan
-            comm_model = rw[0]
+            peer_name, plan, recis_model = "recis table_wise", rw[0].plan, rw
             inputs = {"recis": batches, "peer": batches, "recis_fwd_bwd": batches}
         else:
             tr, tr_plan = build_torchrec(args, kind, pg)
@@ -296,7 +279,7 @@ def main() -> None:
                 "recis_fwd_bwd": (lambda kjt, m=rc: recis_fwd_bwd(m[0], kjt)),
             }
             peer_name = "torchrec" + ("" if same else " (different placement)")
-            which, comm_model = rc[2], rc[0]
+            recis_model = rc
             inputs = {
                 "recis": batches,
                 "peer": list(range(len(batches))),
@@ -317,8 +300,9 @@ def main() -> None:
                 if rank == 0:
                     print(f"\n# profile: {kind}, {name}, {args.steps} steps (rank 0)")
                     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
-        recis_step(comm_model, recis_optimizer(filter_out_sparse_param(comm_model))[0], batches[0])
-        comm = comm_model.comm_bytes()
+        phases = recis_phases(*recis_model, batches, 3 * args.steps) if args.phases else None
+        recis_step(*recis_model, batches[0])
+        comm = recis_model[0].comm_bytes()
         minimum = analytic_min(args, plan, batches[0], rank)
         sps = {k: args.batch * args.steps / statistics.median(v) for k, v in times.items()}
         result = {
@@ -336,10 +320,11 @@ def main() -> None:
             "peer_samples_per_s": round(sps["peer"], 1),
             "speedup": round(sps["recis"] / sps["peer"], 3),
             "recis_fwd_bwd_samples_per_s": round(sps["recis_fwd_bwd"], 1),
-            "recis_optimizer": which,
             "comm_bytes": comm,
             "comm_min_bytes": minimum,
         }
+        if phases is not None:
+            result["recis_phase_ms"] = phases
         gathered = [None] * world
         dist.all_gather_object(gathered, result)
         if rank == 0:
