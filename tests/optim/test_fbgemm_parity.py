@@ -1,16 +1,16 @@
-"""SparseRowWiseAdagrad, SparseAdagrad and SparseSGD against FBGEMM's table-batched
-embeddings with fused optimizer (CPU): same initial weights, same batches; the
-pooled outputs and the updated weights agree step by step.
+"""SparseRowWiseAdagrad, SparseAdagrad, SparseSGD and SparseAdam against FBGEMM's
+table-batched embeddings with fused optimizer: same initial weights, same batches;
+the pooled outputs and the updated weights agree step by step.
 
 FBGEMM's CPU path has no ADAM (it asserts "Optimizer adam is not supported in CPU
-mode"), so SparseAdam is checked against torch.optim.Adam in test_sparse_optimizers
-and this file only pins that FBGEMM limitation."""
+mode"), so SparseAdam is compared with it on CUDA only (and with torch.optim.Adam
+everywhere in test_sparse_optimizers); the CUDA cases run where a GPU is."""
 
 import pytest
 import torch
 
 from recis.nn import EmbeddingBagConfig, EmbeddingTable, table_lookup
-from recis.optim import SparseAdagrad, SparseRowWiseAdagrad, SparseSGD
+from recis.optim import SparseAdagrad, SparseAdam, SparseRowWiseAdagrad, SparseSGD
 
 tbe = pytest.importorskip("fbgemm_gpu.split_table_batched_embeddings_ops_training")
 from fbgemm_gpu.split_embedding_configs import EmbOptimType  # noqa: E402
@@ -40,12 +40,27 @@ CASES = {
         dict(learning_rate=0.1),
         lambda tables: SparseSGD(tables, lr=0.1),
     ),
+    "adam": (
+        EmbOptimType.ADAM,
+        dict(learning_rate=0.1, eps=1e-6, beta1=0.9, beta2=0.999),
+        lambda tables: SparseAdam(tables, lr=0.1, betas=(0.9, 0.999), eps=1e-6),
+    ),
 }
+# (optimizer, device) pairs; FBGEMM's CPU path has no ADAM (test_fbgemm_cpu_has_no_adam).
+RUNS = [
+    pytest.param(name, device, id=f"{name}-{device}", marks=[pytest.mark.cuda] * (device == "cuda"))
+    for device in ("cpu", "cuda")
+    for name in CASES
+    if (name, device) != ("adam", "cpu")
+]
 
 
 def _batch(weighted):
-    """Feature-major ids and offsets (T * BATCH + 1) over all tables, TBE's layout."""
+    """Feature-major ids and offsets (T * BATCH + 1) over all tables, TBE's layout.
+    Each table's first bag is not empty: FBGEMM's Adam counts its steps for all tables
+    at once, recis's per table that had a gradient."""
     lengths = torch.randint(0, 5, (len(SHAPES), BATCH))
+    lengths[:, 0].clamp_(min=1)
     ids = torch.cat(
         [torch.randint(0, rows, (int(lengths[t].sum()),)) for t, (rows, _) in enumerate(SHAPES)]
     )
@@ -55,22 +70,29 @@ def _batch(weighted):
     return ids, offsets, psw
 
 
-@pytest.mark.parametrize("name", list(CASES))
+def _tables(pooling: str, device: str) -> dict[str, EmbeddingTable]:
+    tables = {}
+    for i, (rows, dim) in enumerate(SHAPES):
+        cfg = EmbeddingBagConfig(f"t{i}", rows, dim, [f"f{i}"], pooling=pooling)
+        table = EmbeddingTable(cfg, torch.randn(rows, dim).to(device))
+        table.grad_anchor = table.grad_anchor.to(device)
+        tables[cfg.name] = table
+    return tables
+
+
+@pytest.mark.parametrize(("name", "device"), RUNS)
 @pytest.mark.parametrize("mode", ["sum", "mean", "weighted"])
-def test_matches_fbgemm_tbe_over_several_steps(name, mode):
+def test_matches_fbgemm_tbe_over_several_steps(name, device, mode):
     optim_type, fbgemm_hyper, make_opt = CASES[name]
     pooling = "mean" if mode == "mean" else "sum"
-    tables = {
-        f"t{i}": EmbeddingTable(
-            EmbeddingBagConfig(f"t{i}", rows, dim, [f"f{i}"], pooling=pooling),
-            torch.randn(rows, dim),
-        )
-        for i, (rows, dim) in enumerate(SHAPES)
-    }
+    tables = _tables(pooling, device)
+    location, compute = (
+        (EmbeddingLocation.HOST, tbe.ComputeDevice.CPU)
+        if device == "cpu"
+        else (EmbeddingLocation.DEVICE, tbe.ComputeDevice.CUDA)
+    )
     emb = tbe.SplitTableBatchedEmbeddingBagsCodegen(
-        embedding_specs=[
-            (rows, dim, EmbeddingLocation.HOST, tbe.ComputeDevice.CPU) for rows, dim in SHAPES
-        ],
+        embedding_specs=[(rows, dim, location, compute) for rows, dim in SHAPES],
         optimizer=optim_type,
         pooling_mode=PoolingMode.MEAN if pooling == "mean" else PoolingMode.SUM,
         **fbgemm_hyper,
@@ -80,8 +102,10 @@ def test_matches_fbgemm_tbe_over_several_steps(name, mode):
             w.copy_(table.weight)
     opt = make_opt(tables)
     for _ in range(4):
-        ids, offsets, psw = _batch(mode == "weighted")
-        target = torch.randn(BATCH, sum(d for _, d in SHAPES))
+        ids, offsets, psw = (
+            None if t is None else t.to(device) for t in _batch(mode == "weighted")
+        )
+        target = torch.randn(BATCH, sum(d for _, d in SHAPES)).to(device)
         theirs = emb(ids, offsets, psw)
         ((theirs - target) ** 2).sum().backward()  # TBE applies its optimizer in backward
         opt.zero_grad()
