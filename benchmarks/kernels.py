@@ -19,13 +19,18 @@ bound by memory latency, not by the copy bandwidth).
 
 Prints one JSON line per result, then a markdown table.
 
-    python benchmarks/kernels.py            # 8 tables x 1M rows, dims 64 and 128
-    python benchmarks/kernels.py --small    # a quick run
+    python benchmarks/kernels.py                  # 8 tables x 1M rows, dims 64 and 128
+    python benchmarks/kernels.py --small          # a quick run
+    python benchmarks/kernels.py --device cuda    # the CUDA kernels against FBGEMM's CUDA TBE
+
+On CUDA every timing is taken after `torch.cuda.synchronize()`, the copy bandwidth is
+that of device memory, and Adam gets an FBGEMM column (FBGEMM's CUDA TBE has ADAM).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import statistics
 import time
@@ -54,6 +59,9 @@ def zipf_ids(rows: int, n: int, alpha: float, perm: torch.Tensor) -> torch.Tenso
 
 
 def make_batches(args, dim: int) -> list[dict]:
+    """`args.batches` batches on `args.device` (default CPU): per table ids and offsets,
+    FBGEMM's table-major layout, the KeyedJaggedTensor and the output gradient."""
+    device = torch.device(getattr(args, "device", "cpu"))
     batches = []
     perms = [torch.randperm(args.rows) for _ in range(args.tables)]
     for _ in range(args.batches):
@@ -73,21 +81,34 @@ def make_batches(args, dim: int) -> list[dict]:
         all_offsets[1:] = all_lengths.cumsum(0)
         grad = torch.randn(args.batch, args.tables * dim) * 1e-3
         kjt = KeyedJaggedTensor([f"f{t}" for t in range(args.tables)], all_ids, all_lengths)
-        batches.append(
-            {"tables": per_table, "ids": all_ids, "offsets": all_offsets, "kjt": kjt, "grad": grad}
-        )
+        batch = {
+            "tables": [(ids.to(device), o.to(device)) for ids, o in per_table],
+            "ids": all_ids.to(device),
+            "offsets": all_offsets.to(device),
+            "kjt": kjt.to(device),
+            "grad": grad.to(device),
+        }
+        batches.append(batch)
     return batches
 
 
-def copy_bandwidth(mib: int = 1024, repeats: int = 5) -> float:
-    """Bytes/s of a large tensor copy (read + write counted), best of `repeats`."""
-    src = torch.ones(mib * 2**20 // 4)
+def sync(device: torch.device) -> None:
+    """Waits for the device's queued work, so that a timer read after it is honest."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def copy_bandwidth(device: torch.device, mib: int = 1024, repeats: int = 5) -> float:
+    """Bytes/s of a large tensor copy on `device` (read + write counted), best of `repeats`."""
+    src = torch.ones(mib * 2**20 // 4, device=device)
     dst = torch.empty_like(src)
     dst.copy_(src)
     best = float("inf")
     for _ in range(repeats):
+        sync(device)
         t0 = time.perf_counter()
         dst.copy_(src)
+        sync(device)
         best = min(best, time.perf_counter() - t0)
     return 2 * src.numel() * 4 / best
 
@@ -99,8 +120,10 @@ class Recis:
     name = "recis"
 
     def __init__(self, args, dim: int, optim: str, init: list[torch.Tensor]) -> None:
+        self.device = torch.device(getattr(args, "device", "cpu"))
         self.ebc = EmbeddingBagCollection(
-            [EmbeddingBagConfig(f"t{i}", args.rows, dim, [f"f{i}"]) for i in range(len(init))]
+            [EmbeddingBagConfig(f"t{i}", args.rows, dim, [f"f{i}"]) for i in range(len(init))],
+            device=self.device,
         )
         with torch.no_grad():
             for table, w in zip(self.ebc.tables.values(), init, strict=True):
@@ -115,8 +138,10 @@ class Recis:
 
     def run(self, batch: dict) -> None:
         self.ebc(batch["kjt"]).values().backward(batch["grad"])
+        sync(self.device)
         t0 = time.perf_counter()
         self.opt.step()
+        sync(self.device)
         self.step_times.append(time.perf_counter() - t0)
         self.opt.zero_grad()
 
@@ -141,14 +166,24 @@ class Fbgemm:
         kind = {
             "rowwise_adagrad": EmbOptimType.EXACT_ROWWISE_ADAGRAD,
             "sgd": EmbOptimType.EXACT_SGD,
+            "adam": EmbOptimType.ADAM,  # CUDA only
         }[optim]
+        on_cuda = getattr(args, "device", "cpu") == "cuda"
+        where = (
+            (EmbeddingLocation.DEVICE, ComputeDevice.CUDA)
+            if on_cuda
+            else (
+                EmbeddingLocation.HOST,
+                ComputeDevice.CPU,
+            )
+        )
         self.emb = SplitTableBatchedEmbeddingBagsCodegen(
-            embedding_specs=[
-                (args.rows, dim, EmbeddingLocation.HOST, ComputeDevice.CPU) for _ in init
-            ],
+            embedding_specs=[(args.rows, dim, *where) for _ in init],
             optimizer=kind,
             learning_rate=LR,
             eps=EPS,
+            beta1=BETAS[0],
+            beta2=BETAS[1],
             pooling_mode=PoolingMode.SUM,
         )
         with torch.no_grad():
@@ -167,10 +202,11 @@ class PlainTorch:
     name = "torch"
 
     def __init__(self, args, dim: int, optim: str, init: list[torch.Tensor]) -> None:
-        self.weights = [w.clone() for w in init]
+        self.device = torch.device(getattr(args, "device", "cpu"))
+        self.weights = [w.to(self.device, copy=True) for w in init]
         self.optim = optim
         if optim == "rowwise_adagrad":
-            self.states = [[torch.zeros(args.rows)] for _ in init]
+            self.states = [[torch.zeros(args.rows, device=self.device)] for _ in init]
         elif optim == "adam":
             self.states = [[torch.zeros_like(w), torch.zeros_like(w)] for w in init]
             self.step = 0
@@ -207,19 +243,25 @@ class PlainTorch:
             self.step += 1
         for t, (ids, offsets) in enumerate(batch["tables"]):
             rows, inverse = torch.unique(ids, return_inverse=True)
-            bag = torch.repeat_interleave(torch.arange(offsets.numel() - 1), offsets.diff())
-            g = torch.zeros(rows.numel(), dim).index_add_(0, inverse, grads[t].index_select(0, bag))
+            bags = torch.arange(offsets.numel() - 1, device=self.device)
+            bag = torch.repeat_interleave(bags, offsets.diff())
+            g = torch.zeros(rows.numel(), dim, device=self.device)
+            g.index_add_(0, inverse, grads[t].index_select(0, bag))
             self._update(self.weights[t], self.states[t], rows, g)
 
 
-def measure(impls: list, batches: list[dict], warmup: int, iters: int) -> dict[str, float]:
+def measure(
+    impls: list, batches: list[dict], warmup: int, iters: int, device: torch.device
+) -> dict[str, float]:
     """Median seconds per iteration of each implementation, run alternately."""
     times: dict[str, list[float]] = {impl.name: [] for impl in impls}
     for i in range(warmup + iters):
         batch = batches[i % len(batches)]
         for impl in impls:
+            sync(device)
             t0 = time.perf_counter()
             impl.run(batch)
+            sync(device)
             if i >= warmup:
                 times[impl.name].append(time.perf_counter() - t0)
     return {name: statistics.median(ts) for name, ts in times.items()}
@@ -236,10 +278,12 @@ def row_touch_floor(impl: Recis, batches: list[dict], repeats: int = 3) -> float
         batch = batches[i % len(batches)]
         rows = [torch.unique(ids) for ids, _ in batch["tables"]]
         states = [impl.opt.table_state(name) for name in impl.tables]
+        sync(impl.device)
         t0 = time.perf_counter()
         for table, state, r in zip(impl.tables.values(), states, rows, strict=True):
             for t in [table.weight, *(v for v in state.values() if v.dim() > 0)]:
                 t.index_copy_(0, r, t.index_select(0, r))
+        sync(impl.device)
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
 
@@ -256,12 +300,28 @@ def update_bytes(
     return u * per_row + tables * batch * row, u
 
 
-def needed_memory(args, dim: int, optim: str, with_fbgemm: bool) -> int:
-    """Bytes of tables and optimizer state of every implementation, plus the initial
-    copy they are made from."""
+def needed_memory(args, dim: int, optim: str, with_fbgemm: bool) -> tuple[int, int]:
+    """Bytes of host and device memory: the initial copy the tables are made from (host)
+    plus every implementation's tables and optimizer state (where they run)."""
     table = args.tables * args.rows * dim * 4
     state = {"sgd": 0, "rowwise_adagrad": args.tables * args.rows * 4, "adam": 2 * table}[optim]
-    return table + (2 + with_fbgemm) * (table + state)
+    tables = (2 + with_fbgemm) * (table + state)
+    if args.device == "cuda":
+        return table, tables
+    return table + tables, 0
+
+
+def check_memory(args, dim: int, optim: str, with_fbgemm: bool) -> str | None:
+    """Why this case does not fit the machine, or None when it does."""
+    host, device = needed_memory(args, dim, optim, with_fbgemm)
+    have = available_memory()
+    if have is not None and host > 0.9 * have:
+        return f"needs ~{host / 2**30:.1f} GiB, {have / 2**30:.1f} GiB available"
+    if device:
+        free = torch.cuda.mem_get_info()[0]
+        if device > 0.9 * free:
+            return f"needs ~{device / 2**30:.1f} GiB of GPU memory, {free / 2**30:.1f} GiB free"
+    return None
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -278,26 +338,34 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--iters", type=int, default=8)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--no-fbgemm", action="store_true")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--small", action="store_true", help="4 tables x 100k rows, batch 2048")
     args = p.parse_args(argv)
     if args.small:
         args.tables, args.rows, args.batch, args.iters = 4, 100_000, 2048, 5
+    if args.device == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: torch sees no CUDA GPU here")
     if args.threads:
         torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
     torch.manual_seed(0)
-    bw = copy_bandwidth()
+    bw = copy_bandwidth(device)
     print(json.dumps({"metric": "memory_copy_bandwidth_GBps", "value": round(bw / 1e9, 2),
-                      "threads": torch.get_num_threads()}))  # fmt: skip
+                      "device": args.device, "threads": torch.get_num_threads()}))  # fmt: skip
+    fbgemm = not args.no_fbgemm and importlib.util.find_spec("fbgemm_gpu") is not None
+    if not args.no_fbgemm and not fbgemm:
+        print(json.dumps({"note": "fbgemm_gpu is not installed: no FBGEMM column"}))
     rows_out = []
     for dim in [int(d) for d in args.dims.split(",")]:
         batches = make_batches(args, dim)
         nnz = statistics.median(sum(ids.numel() for ids, _ in b["tables"]) for b in batches)
         for optim in args.optimizers.split(","):
-            with_fbgemm = not args.no_fbgemm and optim != "adam"
-            need, have = needed_memory(args, dim, optim, with_fbgemm), available_memory()
-            if have is not None and need > 0.9 * have:
+            # FBGEMM's CPU TBE has no ADAM; its CUDA one has.
+            with_fbgemm = fbgemm and (optim != "adam" or args.device == "cuda")
+            too_big = check_memory(args, dim, optim, with_fbgemm)
+            if too_big:
                 skip = {"benchmark": "sparse_fwd_bwd_step", "optimizer": optim, "dim": dim,
-                        "skipped": f"needs ~{need / 2**30:.1f} GiB, {have / 2**30:.1f} GiB available"}  # fmt: skip
+                        "skipped": too_big}  # fmt: skip
                 print(json.dumps(skip), flush=True)
                 continue
             init = [torch.empty(args.rows, dim).uniform_(-0.01, 0.01) for _ in range(args.tables)]
@@ -306,7 +374,7 @@ def main(argv: list[str] | None = None) -> None:
                 impls.append(Fbgemm(args, dim, optim, init))
             impls.append(PlainTorch(args, dim, optim, init))
             del init
-            secs = measure(impls, batches, args.warmup, args.iters)
+            secs = measure(impls, batches, args.warmup, args.iters, device)
             step = statistics.median(impls[0].step_times[args.warmup :])
             nbytes, uniq = update_bytes(batches, dim, optim, args.tables, args.batch)
             floor = row_touch_floor(impls[0], batches)
@@ -319,6 +387,7 @@ def main(argv: list[str] | None = None) -> None:
                 "batch": args.batch,
                 "ids_per_step": nnz,
                 "unique_rows_per_step": uniq,
+                "device": args.device,
                 "threads": torch.get_num_threads(),
                 **{f"{n}_ms": round(s * 1e3, 2) for n, s in secs.items()},
                 **{f"{n}_ids_per_s": round(nnz / s) for n, s in secs.items()},
@@ -348,7 +417,8 @@ def main(argv: list[str] | None = None) -> None:
             f"| {r['recis_update_bw_fraction']:.0%} | {r['row_touch_floor_ms']} "
             f"| {r['recis_step_over_floor']} |"
         )
-    print(f"\nmemory copy bandwidth: {bw / 1e9:.2f} GB/s ({torch.get_num_threads()} threads)")
+    where = "cuda" if args.device == "cuda" else f"{torch.get_num_threads()} threads"
+    print(f"\nmemory copy bandwidth: {bw / 1e9:.2f} GB/s ({where})")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The GPU checks in one run, on a machine with a CUDA torch and nvcc (no registry
+# needed): builds recis._C with the CUDA kernels in place against that torch, runs the
+# `cuda`-marked tests, then benchmarks/kernels.py on the GPU. Logs go to $OUT when it
+# is set (the device tool's result folder), else to build/gpu-check.
+#
+#   PYTHON=python3 bash benchmarks/gpu_check.sh            # the issue's shapes
+#   PYTHON=python3 bash benchmarks/gpu_check.sh --small    # extra arguments go to kernels.py
+set -euo pipefail
+cd "$(dirname "$0")/.."
+py=${PYTHON:-python3}
+logs=${OUT:-build/gpu-check}
+mkdir -p "$logs"
+export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+
+"$py" - <<'EOF'
+import shutil, torch
+assert torch.version.cuda is not None, f"torch {torch.__version__} has no CUDA"
+assert torch.cuda.is_available(), "torch sees no GPU"
+assert shutil.which("nvcc"), "nvcc is not on PATH: the CUDA kernels would not be built"
+print("torch", torch.__version__, "on", torch.cuda.get_device_name(), flush=True)
+EOF
+
+echo "== build (CUDA kernels for this GPU)"
+start=$(date +%s)
+arch=$("$py" -c "import torch; print('%d.%d' % torch.cuda.get_device_capability())")
+TORCH_CUDA_ARCH_LIST=$arch MAX_JOBS=$(nproc) "$py" setup.py -q build_ext --inplace \
+  >"$logs/build.log" 2>&1 || { tail -40 "$logs/build.log"; exit 1; }
+"$py" -c "import recis, torch; assert hasattr(torch.ops.recis, 'pooled_lookup')"
+echo "built in $(( $(date +%s) - start ))s"
+
+echo "== cuda tests"
+tests=0
+"$py" -m pytest -q -m cuda -p no:cacheprovider tests 2>&1 | tee "$logs/cuda_tests.log" || tests=$?
+
+echo "== kernels benchmark on the GPU (after the tests, whatever they said)"
+"$py" benchmarks/kernels.py --device cuda "$@" 2>&1 | tee "$logs/kernels_cuda.log"
+exit "$tests"
