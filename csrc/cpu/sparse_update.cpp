@@ -4,8 +4,8 @@
 // its gradient straight from grad_out (nothing nnz x dim is ever materialised) and
 // applies the optimizer (cpu/sparse_update_kernel.h, compiled for baseline x86-64 and
 // for AVX2+FMA, chosen at run time: cpu/isa.h). SGD without weight decay skips the
-// dedup when ids rarely repeat: it applies each occurrence on its own
-// (sgd_by_occurrence, chosen by ids_mostly_distinct).
+// dedup when ids rarely repeat or all its rows fit in cache: it applies each
+// occurrence on its own (sgd_by_occurrence, chosen by sgd_path).
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -240,13 +240,26 @@ std::tuple<at::Tensor, at::Tensor> unique_row_grads_cpu(
   return {unique_ids, grads};
 }
 
-// Whether SGD without decay should apply each occurrence on its own. That skips the
-// sort and reads the gradient in bag order, and wins when ids rarely repeat; when
-// many do (Zipf), the chains of updates to each hot row make it the slower path.
-// Decided from a sorted sample of up to 1024 evenly spaced ids: by occurrence when
-// fewer than 1 in 8 repeat another. A/B at 1 thread on an AMD EPYC host: uniform
-// ids (2048 bags of ~10 over 100k rows, ~1% repeats sampled) 0.63x the time of the
-// dedup path; Zipf ids (8192 bags of ~20 over 1M rows) 1.2x (dim 64) and 1.4x (dim 128).
+// How SGD without decay applies the gradient. By occurrence skips the sort and reads
+// the gradient in bag order. It wins when ids rarely repeat, and when every row the
+// batch touches fits in cache together (nnz x row bytes <= kCachedOccurrenceBytes):
+// repeats are then cache hits, and one thread does it all, since each thread's scan of
+// every id would cost as much as the whole update. Otherwise many repeats (Zipf) make
+// chains of updates to hot rows among missed ones, and the dedup path wins.
+// A/B, SGD step alone, 1 thread unless said:
+// - uniform ids, 2048 bags of ~10 over 100k rows (~1% repeats sampled), AMD EPYC host
+//   (session 7): by occurrence 0.63x the time of the dedup path;
+// - Zipf ids, 8192 bags of ~20 over 1M rows (42 MB touched at dim 64): by occurrence
+//   1.2x (dim 64) and 1.4x (dim 128) on the AMD host, 0.83x and 0.95x on session 8's
+//   Intel host: the dedup path stays;
+// - Zipf ids, 2048 bags of ~20 over 100k rows (Intel host, session 8): by occurrence
+//   0.39x (dim 16) and 0.68x (dim 64), 0.49x with 8192 bags of dim 16; with 2 threads
+//   and one owner 0.48x, 0.94x and 0.75x (split over both threads: 1.0x, 1.22x, 1.22x).
+enum class SgdPath { kDedup, kByOccurrence, kByOccurrenceSplit };
+constexpr int64_t kCachedOccurrenceBytes = int64_t{16} << 20;
+
+// Whether fewer than 1 in 8 of a sorted sample of up to 1024 evenly spaced ids repeat
+// another.
 template <typename index_t>
 bool ids_mostly_distinct(const index_t* ids, int64_t nnz) {
   constexpr int64_t kSample = 1024;
@@ -259,6 +272,13 @@ bool ids_mostly_distinct(const index_t* ids, int64_t nnz) {
   return repeats * 8 < n;
 }
 
+template <typename index_t>
+SgdPath sgd_path(const index_t* ids, int64_t nnz, int64_t row_bytes, double weight_decay) {
+  if (weight_decay != 0.0) return SgdPath::kDedup;
+  if (nnz * row_bytes <= kCachedOccurrenceBytes) return SgdPath::kByOccurrence;
+  return ids_mostly_distinct(ids, nnz) ? SgdPath::kByOccurrenceSplit : SgdPath::kDedup;
+}
+
 void sparse_sgd_update_cpu(at::Tensor& weight, const at::Tensor& ids, const at::Tensor& offsets,
                            const std::optional<at::Tensor>& per_sample_weights,
                            const at::Tensor& grad_out, bool mean, double lr, double weight_decay) {
@@ -269,14 +289,16 @@ void sparse_sgd_update_cpu(at::Tensor& weight, const at::Tensor& ids, const at::
     const int64_t nnz = p.ids.numel(), num_bags = p.offsets.numel() - 1;
     const index_t* i = p.ids.data_ptr<index_t>();
     const index_t* o = p.offsets.data_ptr<index_t>();
-    if (weight_decay == 0.0 && ids_mostly_distinct(i, nnz)) {
+    const int64_t row_bytes = weight.size(1) * static_cast<int64_t>(sizeof(scalar_t));
+    const SgdPath path = sgd_path(i, nnz, row_bytes, weight_decay);
+    if (path != SgdPath::kDedup) {
       check_bags_and_ids(op, i, nnz, o, num_bags, weight.size(0));
       if (nnz == 0 || weight.size(1) == 0) return;
       with_kernels([&]<typename K>() {
-        K::sgd_without_decay(weight.data_ptr<scalar_t>(), weight.size(1), i, o, num_bags,
-                             p.psw.defined() ? p.psw.data_ptr<scalar_t>() : nullptr, mean,
-                             p.grad_out.data_ptr<scalar_t>(), p.grad_out.stride(0),
-                             static_cast<scalar_t>(lr));
+        K::sgd_without_decay(weight.data_ptr<scalar_t>(), weight.size(0), weight.size(1), i, o,
+                             num_bags, p.psw.defined() ? p.psw.data_ptr<scalar_t>() : nullptr,
+                             mean, p.grad_out.data_ptr<scalar_t>(), p.grad_out.stride(0),
+                             static_cast<scalar_t>(lr), path == SgdPath::kByOccurrenceSplit);
       });
       return;
     }

@@ -146,17 +146,18 @@ def test_grad_out_is_read_with_its_strides(name, layout, weighted, max_len):
 
 
 @pytest.mark.parametrize(
-    "weight_decay, rows",
-    # SGD without decay applies each occurrence on its own when ids rarely repeat (a
-    # big table), and dedups like the others when many do.
-    [(0.0, 1000), (0.0, 10**6), (0.01, 1000)],
-    ids=["sgd_hot_rows", "sgd_by_occurrence", "sgd_with_decay"],
+    "weight_decay, rows, dim",
+    # SGD without decay applies each occurrence on its own when the rows a batch touches
+    # fit in cache (one thread) or ids rarely repeat (rows split over threads), and
+    # dedups like the others when many ids repeat over more rows than that.
+    [(0.0, 1000, 8), (0.0, 200_000, 64), (0.0, 1000, 64), (0.01, 1000, 64)],
+    ids=["sgd_in_cache", "sgd_by_occurrence_split", "sgd_hot_rows", "sgd_with_decay"],
 )
-def test_updates_do_not_depend_on_the_thread_count(weight_decay, rows):
+def test_updates_do_not_depend_on_the_thread_count(weight_decay, rows, dim):
     # Enough ids (> 3 x 32768) that the dedup sorts them in one part per thread, and
     # on a small table hot rows repeated across many bags.
-    weight = torch.randn(rows, 8)
-    ids, offsets, psw, grad_out = random_grad(30000, rows, 12, 8, torch.float32, weighted=True)
+    weight = torch.randn(rows, dim)
+    ids, offsets, psw, grad_out = random_grad(30000, rows, 12, dim, torch.float32, weighted=True)
     assert ids.numel() > 3 * 32768
     if rows == 1000:
         ids = torch.where(torch.rand(ids.numel()) < 0.5, ids % 7, ids)
@@ -173,6 +174,17 @@ def test_updates_do_not_depend_on_the_thread_count(weight_decay, rows):
     assert all(torch.equal(results[0], r) for r in results[1:])
 
 
+def _check_sgd_without_decay(repeats, bags, dim, index, weighted):
+    ids, offsets, psw, grad_out = random_grad(bags, 5000, 10, dim, index=index, weighted=weighted)
+    rows = max(5000, ids.numel())
+    weight = torch.randn(rows, dim, dtype=torch.float64)
+    distinct = torch.randperm(rows)[: ids.numel()].to(index)
+    ids = distinct if repeats == "distinct_ids" else ids % 7
+    for mean in (False, True):
+        ours, ref = _run_both("sgd_without_decay", weight, (ids, offsets, psw, grad_out, mean))
+        _assert_same(ours, ref, weight, ids)
+
+
 @pytest.mark.parametrize("repeats", ["distinct_ids", "repeated_ids"])
 @pytest.mark.parametrize("dim", [1, 3, 16, 129])
 @pytest.mark.parametrize("index", [torch.long, torch.int32], ids=["int64", "int32"])
@@ -180,15 +192,15 @@ def test_updates_do_not_depend_on_the_thread_count(weight_decay, rows):
 def test_sgd_without_decay_matches_the_reference_whether_ids_repeat_or_not(
     repeats, dim, index, weighted
 ):
-    # Rarely repeated ids are applied one occurrence at a time; often repeated ones
-    # are deduplicated first. Both are SGD.
-    weight = torch.randn(5000, dim, dtype=torch.float64)
-    ids, offsets, psw, grad_out = random_grad(400, 5000, 10, dim, index=index, weighted=weighted)
-    distinct = torch.randperm(5000)[: ids.numel()].to(index)
-    ids = distinct if repeats == "distinct_ids" else ids % 7
-    for mean in (False, True):
-        ours, ref = _run_both("sgd_without_decay", weight, (ids, offsets, psw, grad_out, mean))
-        _assert_same(ours, ref, weight, ids)
+    # A batch whose rows fit in cache is applied one occurrence at a time, repeats or not.
+    _check_sgd_without_decay(repeats, 400, dim, index, weighted)
+
+
+@pytest.mark.parametrize("repeats", ["distinct_ids", "repeated_ids"])
+def test_sgd_without_decay_beyond_the_cache_matches_the_reference(repeats):
+    # ~24k ids of dim 129 touch more than 16 MiB of float64 rows: repeated ids are
+    # deduplicated first, distinct ones applied by occurrence with rows split over threads.
+    _check_sgd_without_decay(repeats, 6_000, 129, torch.long, weighted=True)
 
 
 @pytest.mark.parametrize("weighted", [True, False], ids=["by_position", "by_bag"])
