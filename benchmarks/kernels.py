@@ -59,9 +59,9 @@ def zipf_ids(rows: int, n: int, alpha: float, perm: torch.Tensor) -> torch.Tenso
 
 
 def make_batches(args, dim: int) -> list[dict]:
-    """`args.batches` batches on `args.device` (default CPU): per table ids and offsets,
-    FBGEMM's table-major layout, the KeyedJaggedTensor and the output gradient."""
-    device = torch.device(getattr(args, "device", "cpu"))
+    """`args.batches` batches on `args.device`: per table ids and offsets, FBGEMM's
+    table-major layout, the KeyedJaggedTensor and the output gradient."""
+    device = torch.device(args.device)
     batches = []
     perms = [torch.randperm(args.rows) for _ in range(args.tables)]
     for _ in range(args.batches):
@@ -120,7 +120,7 @@ class Recis:
     name = "recis"
 
     def __init__(self, args, dim: int, optim: str, init: list[torch.Tensor]) -> None:
-        self.device = torch.device(getattr(args, "device", "cpu"))
+        self.device = torch.device(args.device)
         self.ebc = EmbeddingBagCollection(
             [EmbeddingBagConfig(f"t{i}", args.rows, dim, [f"f{i}"]) for i in range(len(init))],
             device=self.device,
@@ -168,17 +168,12 @@ class Fbgemm:
             "sgd": EmbOptimType.EXACT_SGD,
             "adam": EmbOptimType.ADAM,  # CUDA only
         }[optim]
-        on_cuda = getattr(args, "device", "cpu") == "cuda"
-        where = (
-            (EmbeddingLocation.DEVICE, ComputeDevice.CUDA)
-            if on_cuda
-            else (
-                EmbeddingLocation.HOST,
-                ComputeDevice.CPU,
-            )
-        )
+        if args.device == "cuda":
+            location, compute = EmbeddingLocation.DEVICE, ComputeDevice.CUDA
+        else:
+            location, compute = EmbeddingLocation.HOST, ComputeDevice.CPU
         self.emb = SplitTableBatchedEmbeddingBagsCodegen(
-            embedding_specs=[(args.rows, dim, *where) for _ in init],
+            embedding_specs=[(args.rows, dim, location, compute) for _ in init],
             optimizer=kind,
             learning_rate=LR,
             eps=EPS,
@@ -202,7 +197,7 @@ class PlainTorch:
     name = "torch"
 
     def __init__(self, args, dim: int, optim: str, init: list[torch.Tensor]) -> None:
-        self.device = torch.device(getattr(args, "device", "cpu"))
+        self.device = torch.device(args.device)
         self.weights = [w.to(self.device, copy=True) for w in init]
         self.optim = optim
         if optim == "rowwise_adagrad":

@@ -39,6 +39,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--iters", type=int, default=20)
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
+    args.device = "cpu"  # make_batches' device
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     batches = make_batches(args, args.dim)

@@ -120,9 +120,12 @@ void sgd_by_occurrence(scalar_t* weight, int64_t rows, int64_t dim, const index_
                                   std::max(at::get_num_threads(), 1))
             : 1;
   using u128 = unsigned __int128;
-  // ceil(owners * 2^64 / rows) fits 64 bits: owners < rows.
-  const auto scale = static_cast<uint64_t>(((static_cast<u128>(owners) << 64) + rows - 1) /
-                                           static_cast<uint64_t>(std::max<int64_t>(rows, 1)));
+  // ceil(owners * 2^64 / rows), which fits 64 bits when there are owners to tell
+  // apart: then rows >= owners * kRowsPerOwner.
+  const uint64_t scale =
+      owners == 1 ? 0
+                  : static_cast<uint64_t>(((static_cast<u128>(owners) << 64) + rows - 1) /
+                                          static_cast<uint64_t>(rows));
   at::parallel_for(0, owners, 1, [&](int64_t first, int64_t last) {
     const auto mine = [&](int64_t row) {
       if (owners == 1) return true;
