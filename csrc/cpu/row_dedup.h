@@ -43,6 +43,9 @@ struct RowSegments {
 
 inline int bit_width_u64(uint64_t x) { return x == 0 ? 0 : 64 - __builtin_clzll(x); }
 
+// Bits of the id sorted per radix pass: 2^11 buckets of counts stay in L1.
+constexpr int kDedupDigitBits = 11;
+
 // Below this many ids per part, splitting costs more (histograms, a fork) than it saves.
 constexpr int64_t kDedupIdsPerPart = 32768;
 
@@ -106,10 +109,9 @@ const RowSegments& dedup_rows(const char* op, const index_t* ids, int64_t nnz,
   const int id_bits = bit_width_u64(static_cast<uint64_t>(max_id));
   TORCH_CHECK(item_bits + id_bits <= 64, op, ": ", nnz, " ids with ids up to ", max_id,
               " do not fit the 64-bit sort key");
-  constexpr int kDigit = 11;
-  constexpr int64_t kBuckets = int64_t{1} << kDigit;
+  constexpr int64_t kBuckets = int64_t{1} << kDedupDigitBits;
   int64_t* counts = r.counts.resize(parts * kBuckets + parts + 1);
-  for (int shift = item_bits; shift < item_bits + id_bits; shift += kDigit) {
+  for (int shift = item_bits; shift < item_bits + id_bits; shift += kDedupDigitBits) {
     for_each_part(parts, nnz, [=](int64_t c, int64_t begin, int64_t end) {
       int64_t* count = counts + c * kBuckets;
       std::fill(count, count + kBuckets, 0);

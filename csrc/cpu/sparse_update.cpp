@@ -242,10 +242,12 @@ std::tuple<at::Tensor, at::Tensor> unique_row_grads_cpu(
 
 // How SGD without decay applies the gradient. By occurrence skips the sort and reads
 // the gradient in bag order. It wins when ids rarely repeat, and when every row the
-// batch touches fits in cache together (nnz x row bytes <= kCachedOccurrenceBytes):
-// repeats are then cache hits, and one thread does it all, since each thread's scan of
-// every id would cost as much as the whole update. Otherwise many repeats (Zipf) make
-// chains of updates to hot rows among missed ones, and the dedup path wins.
+// batch touches fits in cache together (min(nnz, rows) x row bytes <=
+// kCachedOccurrenceBytes): repeats are then cache hits, and one thread does it all,
+// since each thread's scan of every id would cost as much as the whole update.
+// Otherwise many repeats (Zipf) make chains of updates to hot rows among missed ones,
+// and the dedup path wins. It also wins on a table of at most kOneDigitRows rows hit
+// by more occurrences than fit in cache (measured below; its sort is one radix pass).
 // A/B, SGD step alone, 1 thread unless said:
 // - uniform ids, 2048 bags of ~10 over 100k rows (~1% repeats sampled), AMD EPYC host
 //   (session 7): by occurrence 0.63x the time of the dedup path;
@@ -254,9 +256,14 @@ std::tuple<at::Tensor, at::Tensor> unique_row_grads_cpu(
 //   Intel host: the dedup path stays;
 // - Zipf ids, 2048 bags of ~20 over 100k rows (Intel host, session 8): by occurrence
 //   0.39x (dim 16) and 0.68x (dim 64), 0.49x with 8192 bags of dim 16; with 2 threads
-//   and one owner 0.48x, 0.94x and 0.75x (split over both threads: 1.0x, 1.22x, 1.22x).
+//   and one owner 0.48x, 0.94x and 0.75x (split over both threads: 1.0x, 1.22x, 1.22x);
+// - Zipf ids, 8192 bags of ~20 (more than 16 MiB of occurrences) on tables of 3k-50k
+//   rows that fit in 16 MiB, dims 64 and 128 (Intel host, session 9): by occurrence
+//   0.61-0.79x (1 thread), 0.77-1.01x (2 threads); on 1k-2k rows, 1.06-1.38x at dims
+//   32 and 64 (0.54-0.80x at 16 and 128).
 enum class SgdPath { kDedup, kByOccurrence, kByOccurrenceSplit };
 constexpr int64_t kCachedOccurrenceBytes = int64_t{16} << 20;
+constexpr int64_t kOneDigitRows = int64_t{1} << kDedupDigitBits;
 
 // Whether fewer than 1 in 8 of a sorted sample of up to 1024 evenly spaced ids repeat
 // another.
@@ -273,9 +280,13 @@ bool ids_mostly_distinct(const index_t* ids, int64_t nnz) {
 }
 
 template <typename index_t>
-SgdPath sgd_path(const index_t* ids, int64_t nnz, int64_t row_bytes, double weight_decay) {
+SgdPath sgd_path(const index_t* ids, int64_t nnz, int64_t rows, int64_t row_bytes,
+                 double weight_decay) {
   if (weight_decay != 0.0) return SgdPath::kDedup;
   if (nnz * row_bytes <= kCachedOccurrenceBytes) return SgdPath::kByOccurrence;
+  if (rows > kOneDigitRows && rows * row_bytes <= kCachedOccurrenceBytes) {
+    return SgdPath::kByOccurrence;
+  }
   return ids_mostly_distinct(ids, nnz) ? SgdPath::kByOccurrenceSplit : SgdPath::kDedup;
 }
 
@@ -290,7 +301,7 @@ void sparse_sgd_update_cpu(at::Tensor& weight, const at::Tensor& ids, const at::
     const index_t* i = p.ids.data_ptr<index_t>();
     const index_t* o = p.offsets.data_ptr<index_t>();
     const int64_t row_bytes = weight.size(1) * static_cast<int64_t>(sizeof(scalar_t));
-    const SgdPath path = sgd_path(i, nnz, row_bytes, weight_decay);
+    const SgdPath path = sgd_path(i, nnz, weight.size(0), row_bytes, weight_decay);
     if (path != SgdPath::kDedup) {
       check_bags_and_ids(op, i, nnz, o, num_bags, weight.size(0));
       if (nnz == 0 || weight.size(1) == 0) return;

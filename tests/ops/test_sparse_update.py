@@ -149,9 +149,16 @@ def test_grad_out_is_read_with_its_strides(name, layout, weighted, max_len):
     "weight_decay, rows, dim",
     # SGD without decay applies each occurrence on its own when the rows a batch touches
     # fit in cache (one thread) or ids rarely repeat (rows split over threads), and
-    # dedups like the others when many ids repeat over more rows than that.
-    [(0.0, 1000, 8), (0.0, 200_000, 64), (0.0, 1000, 64), (0.01, 1000, 64)],
-    ids=["sgd_in_cache", "sgd_by_occurrence_split", "sgd_hot_rows", "sgd_with_decay"],
+    # dedups like the others when many ids repeat over more rows than that, or over a
+    # table of at most 2048 rows.
+    [(0.0, 1000, 8), (0.0, 10_000, 64), (0.0, 200_000, 64), (0.0, 1000, 64), (0.01, 1000, 64)],
+    ids=[
+        "sgd_in_cache",
+        "sgd_small_table",
+        "sgd_by_occurrence_split",
+        "sgd_hot_rows",
+        "sgd_with_decay",
+    ],
 )
 def test_updates_do_not_depend_on_the_thread_count(weight_decay, rows, dim):
     # Enough ids (> 3 x 32768) that the dedup sorts them in one part per thread, and
@@ -201,6 +208,18 @@ def test_sgd_without_decay_beyond_the_cache_matches_the_reference(repeats):
     # ~24k ids of dim 129 touch more than 16 MiB of float64 rows: repeated ids are
     # deduplicated first, distinct ones applied by occurrence with rows split over threads.
     _check_sgd_without_decay(repeats, 6_000, 129, torch.long, weighted=True)
+
+
+@pytest.mark.parametrize("rows", [2048, 2049, 5000])
+@pytest.mark.parametrize("mean", [False, True])
+def test_sgd_without_decay_on_a_small_table_hit_by_many_ids_matches_the_reference(rows, mean):
+    # ~150k ids of dim 16 in float64 are more than 16 MiB of occurrences, but the table
+    # is less: above 2048 rows they are applied by occurrence, up to it deduplicated.
+    ids, offsets, psw, grad_out = random_grad(15_000, rows, 24, 16, weighted=True)
+    assert ids.numel() * 16 * 8 > 16 * 2**20
+    weight = torch.randn(rows, 16, dtype=torch.float64)
+    ours, ref = _run_both("sgd_without_decay", weight, (ids, offsets, psw, grad_out, mean))
+    _assert_same(ours, ref, weight, ids)
 
 
 @pytest.mark.parametrize("weighted", [True, False], ids=["by_position", "by_bag"])
