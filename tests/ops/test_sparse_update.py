@@ -223,18 +223,26 @@ def test_sgd_without_decay_on_a_small_table_hit_by_many_ids_matches_the_referenc
 
 
 @pytest.mark.parametrize("weighted", [True, False], ids=["by_position", "by_bag"])
-def test_dedup_split_over_threads_matches_reference(weighted):
+@pytest.mark.parametrize(
+    "rows",
+    # Up to 2^22 rows the ids sort in one or two 11-bit digits of 32-bit values, beyond
+    # in 64-bit keys.
+    [1000, 3000, 1 << 22, (1 << 23) + 5],
+    ids=["one_digit", "two_digits", "two_full_digits", "64_bit_keys"],
+)
+def test_dedup_split_over_threads_matches_reference(weighted, rows):
     # Runs of one hot id cross the boundaries of the parts sorted by different threads,
     # and so do empty bags. Unweighted, the dedup records bags instead of positions.
-    ids, offsets, psw, grad_out = random_grad(30000, 3000, 12, 4, weighted=weighted)
+    ids, offsets, psw, grad_out = random_grad(30000, rows, 12, 4, weighted=weighted)
     ids = torch.where(torch.rand(ids.numel()) < 0.5, ids % 5, ids)
+    ids[:100] = rows - 1
     assert ids.numel() > 3 * 32768
-    want_ids, want = reference.unique_row_grads(ids, offsets, psw, grad_out, True, 3000)
+    want_ids, want = reference.unique_row_grads(ids, offsets, psw, grad_out, True, rows)
     threads = torch.get_num_threads()
     try:
         for n in (1, 2, 3):
             torch.set_num_threads(n)
-            got_ids, got = ops.unique_row_grads(ids, offsets, psw, grad_out, True, 3000)
+            got_ids, got = ops.unique_row_grads(ids, offsets, psw, grad_out, True, rows)
             assert torch.equal(got_ids, want_ids)
             torch.testing.assert_close(got, want)
     finally:
