@@ -12,6 +12,11 @@
   forward + backward, ms per call.
 - the fused updates (row-wise Adagrad, SGD) on eight 100k x 64 tables, 2048 bags of
   0-20 uniform ids, fresh ids every step: ms per table.
+- the dedup, through ``unique_row_grads`` with a gradient of dim 1 (so that little
+  but the sort is timed), on kernels.py's ids (8192 bags of ~20 Zipf ids over 1M
+  rows): ns per id for the two-digit sort of 32-bit values that a table of up to
+  2^22 rows gets, against the 64-bit keys that a larger one gets (the same ids,
+  declared to come from a table of 2^22 + 1 rows), alternating.
 
 Medians; the ISAs alternate within one run. Prints one JSON line per result.
 """
@@ -153,6 +158,32 @@ def update_results(isas: list[str]) -> list[dict]:
     return out
 
 
+def dedup_results() -> list[dict]:
+    rows, bags, tables = 1_000_000, 8192, 8
+    batches = []
+    for _ in range(tables):
+        offsets = torch.zeros(bags + 1, dtype=torch.long)
+        offsets[1:] = torch.randint(15, 26, (bags,)).cumsum(0)
+        batches.append((zipf_ids(rows, int(offsets[-1]), 1.05, torch.randperm(rows)), offsets))
+    grad = torch.randn(bags, 1)
+    nnz = sum(ids.numel() for ids, _ in batches)
+    sorts = {"two_digits_32_bit": rows, "keys_64_bit": (1 << 22) + 1}
+    times: dict[str, list[float]] = {name: [] for name in sorts}
+    for i in range(12):
+        for name, declared_rows in sorts.items():
+            t0 = time.perf_counter()
+            for ids, offsets in batches:
+                ops.unique_row_grads(ids, offsets, None, grad, False, declared_rows)
+            if i >= 2:
+                times[name].append(time.perf_counter() - t0)
+    result = {"op": "dedup (unique_row_grads, dim 1)", "ids": nnz}
+    for name, ts in times.items():
+        result[f"{name}_ns_per_id"] = round(statistics.median(ts) / nnz * 1e9, 2)
+    result["ratio"] = round(statistics.median(times["two_digits_32_bit"]) /
+                            statistics.median(times["keys_64_bit"]), 3)  # fmt: skip
+    return [result]
+
+
 def main() -> None:
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -164,6 +195,7 @@ def main() -> None:
             + dlrm_lookup_results(isas)
             + interaction_results(isas)
             + update_results(isas)
+            + dedup_results()
         )
         for result in results:
             print(json.dumps(result), flush=True)
