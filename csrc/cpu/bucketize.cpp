@@ -10,27 +10,11 @@
 #include <algorithm>
 #include <vector>
 
+#include "cpu/bucketize_checks.h"
 #include "cpu/common.h"
 
 namespace recis {
 namespace {
-
-void check_bucketize(const at::Tensor& ids, const at::Tensor& lengths,
-                     const std::optional<at::Tensor>& weights, const at::Tensor& boundaries) {
-  TORCH_CHECK(ids.dim() == 1 && lengths.dim() == 1 && boundaries.dim() == 1,
-              "recis.bucketize: ids, lengths and boundaries must be 1-D");
-  TORCH_CHECK(ids.scalar_type() == at::kLong || ids.scalar_type() == at::kInt,
-              "recis.bucketize: ids must be int32 or int64, got ", ids.scalar_type());
-  TORCH_CHECK(lengths.scalar_type() == at::kLong || lengths.scalar_type() == at::kInt,
-              "recis.bucketize: lengths must be int32 or int64");
-  TORCH_CHECK(boundaries.scalar_type() == at::kLong, "recis.bucketize: boundaries must be int64");
-  TORCH_CHECK(boundaries.numel() >= 2, "recis.bucketize: boundaries needs num_buckets + 1 entries");
-  if (weights.has_value()) {
-    TORCH_CHECK(weights->dim() == 1 && weights->numel() == ids.numel(),
-                "recis.bucketize: weights must be 1-D with one weight per id");
-    TORCH_CHECK(weights->is_floating_point(), "recis.bucketize: weights must be floating point");
-  }
-}
 
 template <typename index_t>
 std::vector<at::Tensor> bucketize_impl(const at::Tensor& ids, const at::Tensor& lengths64,
@@ -41,16 +25,9 @@ std::vector<at::Tensor> bucketize_impl(const at::Tensor& ids, const at::Tensor& 
   const int64_t* len = lengths64.data_ptr<int64_t>();
   const int64_t* bnd = bounds.data_ptr<int64_t>();
   const index_t* id = ids.data_ptr<index_t>();
-  for (int64_t k = 0; k < num_buckets; ++k)
-    TORCH_CHECK(bnd[k] <= bnd[k + 1], "recis.bucketize: boundaries must be non-decreasing");
-
+  check_bucketize_layout(len, num_bags, bnd, num_buckets, n);
   std::vector<int64_t> bag_start(num_bags + 1, 0);
-  for (int64_t b = 0; b < num_bags; ++b) {
-    TORCH_CHECK(len[b] >= 0, "recis.bucketize: lengths[", b, "] is negative");
-    bag_start[b + 1] = bag_start[b] + len[b];
-  }
-  TORCH_CHECK(bag_start[num_bags] == n, "recis.bucketize: lengths sum to ", bag_start[num_bags],
-              " but there are ", n, " ids");
+  for (int64_t b = 0; b < num_bags; ++b) bag_start[b + 1] = bag_start[b] + len[b];
 
   std::vector<int32_t> bucket(n);
   // counts[k * num_bags + b]: ids of bag b that fall in bucket k.
@@ -60,8 +37,9 @@ std::vector<at::Tensor> bucketize_impl(const at::Tensor& ids, const at::Tensor& 
     for (int64_t b = begin; b < end; ++b) {
       for (int64_t j = bag_start[b]; j < bag_start[b + 1]; ++j) {
         const int64_t v = id[j];
-        TORCH_CHECK(v >= bnd[0] && v < bnd[num_buckets], "recis.bucketize: id ", v,
-                    " at position ", j, " is outside [", bnd[0], ", ", bnd[num_buckets], ")");
+        if (v < bnd[0] || v >= bnd[num_buckets]) {
+          raise_id_outside_boundaries(v, j, bnd[0], bnd[num_buckets]);
+        }
         // The owner is the last bucket whose start is <= v (empty buckets are skipped).
         const int64_t k = std::upper_bound(bnd, bnd + num_buckets + 1, v) - bnd - 1;
         bucket[j] = static_cast<int32_t>(k);

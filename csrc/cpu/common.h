@@ -22,11 +22,19 @@ inline void check_bags(const at::Tensor& weight, const at::Tensor& ids, const at
   TORCH_CHECK(offsets.scalar_type() == ids.scalar_type(),
               "recis: offsets must have the dtype of ids");
   TORCH_CHECK(offsets.numel() >= 1, "recis: offsets needs num_bags + 1 entries");
+  // A kernel reads every pointer on its own device: a tensor elsewhere would be read
+  // as garbage or crash it.
+  TORCH_CHECK(ids.device() == weight.device() && offsets.device() == weight.device(),
+              "recis: ids and offsets must be on the weight's device (", weight.device(),
+              "), got ", ids.device(), " and ", offsets.device());
   if (per_sample_weights.has_value()) {
     TORCH_CHECK(per_sample_weights->dim() == 1 && per_sample_weights->numel() == ids.numel(),
                 "recis: per_sample_weights must be 1-D with one weight per id");
     TORCH_CHECK(per_sample_weights->is_floating_point(),
                 "recis: per_sample_weights must be floating point");
+    TORCH_CHECK(per_sample_weights->device() == weight.device(),
+                "recis: per_sample_weights must be on the weight's device (", weight.device(),
+                "), got ", per_sample_weights->device());
   }
 }
 

@@ -74,7 +74,8 @@ at::Tensor empty_table(at::IntArrayRef size, at::ScalarType dtype) {
   for (const int64_t s : size) {
     TORCH_CHECK(s >= 0, "recis.empty_table: negative size in ", size);
   }
-  const int64_t bytes = c10::multiply_integers(size) * static_cast<int64_t>(c10::elementSize(dtype));
+  const int64_t bytes =
+      c10::multiply_integers(size) * static_cast<int64_t>(c10::elementSize(dtype));
   if (bytes < kHugePage) return at::empty(size, options);
   const int64_t len = (bytes + kHugePage - 1) / kHugePage * kHugePage;
   void* p = free_buffers().take(len);

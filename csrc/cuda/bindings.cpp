@@ -8,6 +8,7 @@
 #include <cmath>
 #include <tuple>
 
+#include "cpu/bucketize_checks.h"
 #include "cpu/common.h"
 #include "cpu/sparse_update_checks.h"
 #include "cuda/kernels.h"
@@ -44,7 +45,8 @@ at::Tensor pooled_lookup_cuda(const at::Tensor& weight, const at::Tensor& ids,
                               int64_t pooling) {
   check_bags(weight, ids, offsets, per_sample_weights);
   const Pooling mode = to_pooling(pooling);
-  TORCH_CHECK(weight.scalar_type() == at::kFloat, "recis.pooled_lookup (CUDA): float32 weights only");
+  TORCH_CHECK(weight.scalar_type() == at::kFloat,
+              "recis.pooled_lookup (CUDA): float32 weights only");
   const c10::cuda::CUDAGuard guard(weight.device());
   const auto w = weight.contiguous();
   const auto ids64 = ids.to(at::kLong).contiguous();
@@ -55,7 +57,8 @@ at::Tensor pooled_lookup_cuda(const at::Tensor& weight, const at::Tensor& ids,
   const int64_t num_bags = offs64.numel() - 1;
   auto out = at::empty({num_bags, w.size(1)}, w.options());
   cuda::pooled_lookup_f32(w.data_ptr<float>(), w.size(0), w.size(1), ids64.data_ptr<int64_t>(),
-                          offs64.data_ptr<int64_t>(), psw.defined() ? psw.data_ptr<float>() : nullptr,
+                          offs64.data_ptr<int64_t>(),
+                          psw.defined() ? psw.data_ptr<float>() : nullptr,
                           num_bags, mode == Pooling::kMean, out.data_ptr<float>(),
                           at::cuda::getCurrentCUDAStream());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -72,22 +75,40 @@ void pooled_lookup_into_cuda(const at::Tensor& weight, const at::Tensor& ids,
   out.copy_(pooled);
 }
 
+// Checks bucketize's values on their device: one sync when they are valid; the host
+// checks (which name the culprit) run on a copy only when they are not.
+void check_bucketize_on_device(const at::Tensor& ids, const at::Tensor& lengths,
+                               const at::Tensor& boundaries) {
+  const int64_t n = ids.numel(), num_bags = lengths.numel(), num_buckets = boundaries.numel() - 1;
+  at::Tensor bad = (boundaries.diff() < 0).any() | (lengths.sum() != n);
+  if (num_bags > 0) bad = bad | (lengths < 0).any();
+  if (n > 0) {
+    const auto [lo, hi] = at::aminmax(ids);
+    bad = bad | (lo < boundaries[0]) | (hi >= boundaries[-1]);
+  }
+  if (!bad.item<bool>()) return;
+  const auto len_h = lengths.cpu(), bnd_h = boundaries.cpu();
+  const int64_t* bnd = bnd_h.data_ptr<int64_t>();
+  check_bucketize_layout(len_h.data_ptr<int64_t>(), num_bags, bnd, num_buckets, n);
+  const at::Tensor outside = (ids < boundaries[0]) | (ids >= boundaries[-1]);
+  const int64_t j = outside.nonzero()[0][0].item<int64_t>();
+  raise_id_outside_boundaries(ids[j].item<int64_t>(), j, bnd[0], bnd[num_buckets]);
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> bucketize_cuda(
     const at::Tensor& ids, const at::Tensor& lengths, const std::optional<at::Tensor>& weights,
     const at::Tensor& boundaries) {
-  TORCH_CHECK(ids.dim() == 1 && lengths.dim() == 1 && boundaries.dim() == 1,
-              "recis.bucketize: ids, lengths and boundaries must be 1-D");
-  TORCH_CHECK(boundaries.numel() >= 2, "recis.bucketize: boundaries needs num_buckets + 1 entries");
+  check_bucketize(ids, lengths, weights, boundaries);
+  TORCH_CHECK(ids.is_cuda(), "recis.bucketize: ids, lengths and weights must be on one device ",
+              "(boundaries may be on the host), got ids on ", ids.device());
   const c10::cuda::CUDAGuard guard(ids.device());
   auto stream = at::cuda::getCurrentCUDAStream();
   const auto ids64 = ids.to(at::kLong).contiguous();
   const auto len64 = lengths.to(at::kLong).contiguous();
-  const auto bnd = boundaries.to(ids.device(), at::kLong).contiguous();
+  const auto bnd = boundaries.to(ids.device()).contiguous();
   at::Tensor w;
-  if (weights.has_value()) {
-    TORCH_CHECK(weights->numel() == ids.numel(), "recis.bucketize: one weight per id");
-    w = weights->to(at::kFloat).contiguous();
-  }
+  if (weights.has_value()) w = weights->to(at::kFloat).contiguous();
+  check_bucketize_on_device(ids64, len64, bnd);
   const int64_t num_bags = len64.numel(), num_buckets = bnd.numel() - 1, n = ids64.numel();
   auto bag_start = at::zeros({num_bags + 1}, len64.options());
   if (num_bags) bag_start.narrow(0, 1, num_bags).copy_(at::cumsum(len64, 0));
@@ -100,11 +121,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> bucketize_cuda(
   auto slot_start = at::cumsum(counts, 0) - counts;
   auto out_ids = at::empty({n}, ids64.options());
   auto perm = at::empty({n}, ids64.options());
-  auto out_w = w.defined() ? at::empty({n}, w.options()) : at::empty({0}, ids64.options().dtype(at::kFloat));
+  auto out_w = w.defined() ? at::empty({n}, w.options())
+                           : at::empty({0}, ids64.options().dtype(at::kFloat));
   cuda::bucketize_write(ids64.data_ptr<int64_t>(), w.defined() ? w.data_ptr<float>() : nullptr,
                         bag_start.data_ptr<int64_t>(), num_bags, bnd.data_ptr<int64_t>(),
                         bucket.data_ptr<int32_t>(), slot_start.data_ptr<int64_t>(),
-                        out_ids.data_ptr<int64_t>(), w.defined() ? out_w.data_ptr<float>() : nullptr,
+                        out_ids.data_ptr<int64_t>(),
+                        w.defined() ? out_w.data_ptr<float>() : nullptr,
                         perm.data_ptr<int64_t>(), stream);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return {counts.to(lengths.scalar_type()), out_ids.to(ids.scalar_type()), out_w, perm};

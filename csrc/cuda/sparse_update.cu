@@ -150,7 +150,9 @@ __global__ void fused_update_kernel(SparseOptimParams p, float* __restrict__ wei
     const int64_t row = w.unique_ids[u];
     float* wr = weight + row * dim;
     if constexpr (kOpt == SparseOptim::kSgd) {
-      for (int64_t d = lane; d < dim; d += kWarp) wr[d] -= p.lr * (gbuf[d] + p.weight_decay * wr[d]);
+      for (int64_t d = lane; d < dim; d += kWarp) {
+        wr[d] -= p.lr * (gbuf[d] + p.weight_decay * wr[d]);
+      }
     } else if constexpr (kOpt == SparseOptim::kAdagrad) {
       float* sr = s0 + row * dim;
       for (int64_t d = lane; d < dim; d += kWarp) {
@@ -167,7 +169,9 @@ __global__ void fused_update_kernel(SparseOptimParams p, float* __restrict__ wei
       }
       const float s = s0[row] + warp_sum(sq) / static_cast<float>(dim);
       const float step = p.lr / (sqrtf(s) + p.eps);
-      for (int64_t d = lane; d < dim; d += kWarp) wr[d] -= step * (gbuf[d] + p.weight_decay * wr[d]);
+      for (int64_t d = lane; d < dim; d += kWarp) {
+        wr[d] -= step * (gbuf[d] + p.weight_decay * wr[d]);
+      }
       __syncwarp();
       if (lane == 0) s0[row] = s;
     } else {  // Adam / AdamW

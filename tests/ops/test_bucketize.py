@@ -50,6 +50,42 @@ def test_bucketize_rejects_out_of_range_ids():
         ops.bucketize(torch.tensor([1, 2]), torch.tensor([3]), None, torch.tensor([0, 4, 8]))
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+@pytest.mark.parametrize(
+    "ids, lengths, boundaries, error",
+    [
+        ([1, 9], [2], [0, 4, 8], r"id 9 at position 1 is outside \[0, 8\)"),
+        ([1, -1], [2], [0, 4, 8], r"id -1 at position 1 is outside \[0, 8\)"),
+        ([1, 2], [3], [0, 4, 8], "lengths sum to 3 but there are 2 ids"),
+        ([1, 2], [3, -1], [0, 4, 8], r"lengths\[1\] is negative"),
+        ([1, 2], [2], [0, 5, 4, 8], "boundaries must be non-decreasing"),
+    ],
+    ids=["id_above", "id_below", "lengths_sum", "negative_length", "decreasing_boundaries"],
+)
+def test_the_op_names_bad_values_on_every_device(device, ids, lengths, boundaries, error):
+    # The op itself, without the Python wrapper's range check: the CUDA kernels would
+    # write outside their buffers on any of these.
+    with pytest.raises(RuntimeError, match=error):
+        torch.ops.recis.bucketize(
+            torch.tensor(ids, device=device),
+            torch.tensor(lengths, device=device),
+            None,
+            torch.tensor(boundaries, device=device),
+        )
+
+
+@pytest.mark.cuda
+def test_cuda_bucketize_with_ids_or_lengths_on_the_host_raises():
+    ids, lengths, boundaries = torch.tensor([1, 5]), torch.tensor([2]), torch.tensor([0, 4, 8])
+    with pytest.raises(RuntimeError, match="device"):
+        torch.ops.recis.bucketize(ids, lengths.cuda(), None, boundaries)
+    with pytest.raises(RuntimeError, match="device"):
+        torch.ops.recis.bucketize(ids.cuda(), lengths, None, boundaries)
+    # Boundaries may stay on the host.
+    got = torch.ops.recis.bucketize(ids.cuda(), lengths.cuda(), None, boundaries)
+    assert got[1].tolist() == [1, 1]
+
+
 @pytest.mark.cuda
 def test_bucketize_cuda_matches_cpu():
     ids, lengths, weights, boundaries = _random_case(300, 1000, 4, True)

@@ -149,6 +149,21 @@ def test_cuda_bad_inputs_raise():
         ops.pooled_lookup(weight, torch.tensor([1, 2], **cuda), torch.tensor([0, 2, 1, 2], **cuda))
 
 
+@pytest.mark.cuda
+@pytest.mark.parametrize("on_host", ["weight", "ids", "offsets", "per_sample_weights"])
+def test_cuda_lookup_with_a_tensor_on_another_device_raises(on_host):
+    # The kernel would read a host pointer on the GPU: it must be refused first.
+    args = {
+        "weight": torch.randn(4, 3),
+        "ids": torch.tensor([0, 3]),
+        "offsets": torch.tensor([0, 2]),
+        "per_sample_weights": torch.ones(2),
+    }
+    args = {k: v if k == on_host else v.cuda() for k, v in args.items()}
+    with pytest.raises(RuntimeError, match="device"):
+        ops.pooled_lookup(*args.values())
+
+
 @pytest.mark.parametrize("dim", [16, 64])
 def test_one_id_per_bag_over_several_threads(dim):
     # Rows are prefetched ahead across bag boundaries, up to the end of each thread's
