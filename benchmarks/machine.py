@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
 
 def available_memory() -> int | None:
     """Bytes Linux reports as available (``MemAvailable``), or None when unknown."""
@@ -13,3 +19,27 @@ def available_memory() -> int | None:
     except OSError:
         pass
     return None
+
+
+def memcpy_bandwidth(threads: int, mib: int = 1024, repeats: int = 5) -> float:
+    """Bytes/s (read + write counted) of the C library's memcpy over a large host
+    buffer, split over ``threads`` threads (numpy's ``copyto`` is a memcpy here and
+    releases the GIL), best of ``repeats``. A large memcpy writes with non-temporal
+    stores, which do not first read the destination into cache as a tensor
+    ``copy_`` does: this is the closer of the two to the memory's own limit."""
+    src = np.ones(mib * 2**20 // 4, dtype=np.float32)
+    dst = np.empty_like(src)
+    np.copyto(dst, src)
+    cuts = np.linspace(0, src.size, threads + 1).astype(np.int64)
+    spans = list(itertools.pairwise(cuts.tolist()))
+    best = float("inf")
+    with ThreadPoolExecutor(threads) as pool:
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            list(
+                pool.map(
+                    lambda span: np.copyto(dst[span[0] : span[1]], src[span[0] : span[1]]), spans
+                )
+            )
+            best = min(best, time.perf_counter() - t0)
+    return 2 * src.nbytes / best
