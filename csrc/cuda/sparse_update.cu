@@ -114,18 +114,32 @@ void dedup(const SparseGradView& g, int64_t rows, const Workspace& w, cudaStream
   cub::DeviceScan::ExclusiveSum(w.cub_temp, bytes, w.counts, w.starts, n, stream);
 }
 
-// gbuf[d] = the reduced gradient of unique row u (lanes of one warp share it).
+// gbuf[d] = the reduced gradient of unique row u (lanes of one warp share it). The
+// lanes first fetch 32 occurrences' bags and multipliers at once, then add their
+// gradient rows in order, each lane over its own columns: fetched one occurrence at a
+// time, each add would wait on a chain of dependent loads (position, bag, row), and a
+// hot id's thousands of occurrences would keep one warp busy long after the rest.
+// The sums are taken in the same order either way.
 __device__ void reduce_row(const SparseGradView& g, const Workspace& w, int64_t u, float* gbuf,
                            int lane) {
   for (int64_t d = lane; d < g.dim; d += kWarp) gbuf[d] = 0.0f;
   const int64_t begin = w.starts[u], end = begin + w.counts[u];
-  for (int64_t k = begin; k < end; ++k) {
-    const int64_t j = w.pos_out[k];
-    const int64_t b = w.bag_of[j];
-    float s = g.psw ? g.psw[j] : 1.0f;
-    if (g.mean) s /= static_cast<float>(g.offsets[b + 1] - g.offsets[b]);
-    const float* go = g.grad_out + b * g.dim;
-    for (int64_t d = lane; d < g.dim; d += kWarp) gbuf[d] += s * go[d];
+  for (int64_t first = begin; first < end; first += kWarp) {
+    long long bag = 0;
+    float scale = 0.0f;
+    if (first + lane < end) {
+      const int64_t j = w.pos_out[first + lane];
+      bag = w.bag_of[j];
+      scale = g.psw ? g.psw[j] : 1.0f;
+      if (g.mean) scale /= static_cast<float>(g.offsets[bag + 1] - g.offsets[bag]);
+    }
+    const int n = end - first < kWarp ? static_cast<int>(end - first) : kWarp;
+    for (int i = 0; i < n; ++i) {
+      const long long b = __shfl_sync(0xffffffffu, bag, i);
+      const float s = __shfl_sync(0xffffffffu, scale, i);
+      const float* go = g.grad_out + b * g.dim;
+      for (int64_t d = lane; d < g.dim; d += kWarp) gbuf[d] += s * go[d];
+    }
   }
   __syncwarp();
 }
