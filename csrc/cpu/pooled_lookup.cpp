@@ -17,6 +17,7 @@ namespace recis {
 namespace {
 namespace isa_base {
 constexpr int64_t kVecFloats = 4;  // SSE2
+#include "cpu/row_sums.h"
 #include "cpu/pooled_lookup_kernel.h"
 }  // namespace isa_base
 
@@ -25,6 +26,7 @@ constexpr int64_t kVecFloats = 4;  // SSE2
 #pragma GCC target("avx2,fma")
 namespace isa_avx2 {
 constexpr int64_t kVecFloats = 8;
+#include "cpu/row_sums.h"
 #include "cpu/pooled_lookup_kernel.h"
 }  // namespace isa_avx2
 #pragma GCC pop_options
@@ -33,6 +35,7 @@ constexpr int64_t kVecFloats = 8;
 #pragma GCC target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")
 namespace isa_avx512 {
 constexpr int64_t kVecFloats = 16;
+#include "cpu/row_sums.h"
 #include "cpu/pooled_lookup_kernel.h"
 }  // namespace isa_avx512
 #pragma GCC pop_options

@@ -1,5 +1,6 @@
 // Pooled lookup inner loops; included once per instruction set (see cpu/isa.h), so
-// no #pragma once and no includes here. Needs kVecFloats from the including namespace.
+// no #pragma once and no includes here. Needs kVecFloats and cpu/row_sums.h from the
+// including namespace.
 //
 // Each bag is pooled in blocks of kBlock columns whose accumulators stay in vector
 // registers; rows are prefetched `ahead` ids ahead in the flat id array, across bag
@@ -18,54 +19,6 @@ inline int64_t prefetch_ids_ahead(int64_t row_bytes) {
   return std::clamp<int64_t>(kPrefetchBytes / std::max<int64_t>(row_bytes, 1), 16, 128);
 }
 
-// The running sums of one bag over kWidth columns (kWidth == 0: a runtime width below
-// kBlock, kept in memory).
-template <int64_t kWidth, typename scalar_t, typename acc_t>
-struct ColumnSums {
-  static constexpr int64_t kSums = kWidth > 0 ? kWidth : kBlock;
-  acc_t acc[kSums] = {};
-  // Unweighted sums add without a multiply: an add has half an FMA's latency on recent
-  // x86 cores, and each accumulator is one dependency chain across the bag.
-  void add(const scalar_t* row, int64_t cols) {
-    for (int64_t d = 0; d < cols; ++d) acc[d] += static_cast<acc_t>(row[d]);
-  }
-  void add(const scalar_t* row, int64_t cols, acc_t w) {
-    for (int64_t d = 0; d < cols; ++d) acc[d] += w * static_cast<acc_t>(row[d]);
-  }
-  void store(scalar_t* out, int64_t cols, acc_t scale) const {
-    for (int64_t d = 0; d < cols; ++d) out[d] = static_cast<scalar_t>(acc[d] * scale);
-  }
-};
-
-// Float rows a whole number of vectors wide: the sums in vector registers, written with
-// GCC's vector types. The plain loops above became scalar adds and shuffles for 16
-// columns under AVX2 and AVX-512 (one id per bag of dim 16: 15.4 and 17.2 ns per id
-// against 12.6 with SSE2; kernel_ops.py's DLRM shape).
-template <int64_t kWidth>
-  requires(kWidth > 0 && kWidth % kVecFloats == 0)
-struct ColumnSums<kWidth, float, float> {
-  using Vec = float __attribute__((vector_size(kVecFloats * sizeof(float))));
-  static constexpr int64_t kVecs = kWidth / kVecFloats;
-  Vec acc[kVecs] = {};
-  static Vec load(const float* p) {
-    Vec v;
-    __builtin_memcpy(&v, p, sizeof v);
-    return v;
-  }
-  void add(const float* row, int64_t /*cols*/) {
-    for (int64_t v = 0; v < kVecs; ++v) acc[v] += load(row + v * kVecFloats);
-  }
-  void add(const float* row, int64_t /*cols*/, float w) {
-    for (int64_t v = 0; v < kVecs; ++v) acc[v] += w * load(row + v * kVecFloats);
-  }
-  void store(float* out, int64_t /*cols*/, float scale) const {
-    for (int64_t v = 0; v < kVecs; ++v) {
-      const Vec o = acc[v] * scale;
-      __builtin_memcpy(out + v * kVecFloats, &o, sizeof o);
-    }
-  }
-};
-
 // Pools columns [c0, c0 + kWidth) of one bag of n ids (kWidth == 0: the runtime
 // `width` < kBlock). ids[j + ahead] is prefetched while it is below `prefetch_limit`
 // (the ids left in this thread's range from the bag's first; 0: none).
@@ -76,7 +29,7 @@ inline void pool_columns(const scalar_t* weight, int64_t rows, int64_t dim, int6
                          int64_t ahead, int64_t prefetch_limit, acc_t scale, scalar_t* out,
                          bool& bad) {
   const int64_t cols = kWidth > 0 ? kWidth : width;
-  ColumnSums<kWidth, scalar_t, acc_t> sums;
+  RowSums<(kWidth > 0 ? kWidth : kBlock), scalar_t, acc_t, (kWidth > 0)> sums;
   for (int64_t j = 0; j < n; ++j) {
     if (j + ahead < prefetch_limit) {
       const scalar_t* next = weight + ids[j + ahead] * dim;

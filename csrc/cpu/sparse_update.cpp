@@ -17,6 +17,7 @@
 #include <immintrin.h>
 #endif
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 #include "cpu/isa.h"
@@ -119,6 +120,8 @@ struct AnyDim {
 #pragma GCC diagnostic ignored "-Waggressive-loop-optimizations"
 
 namespace isa_base {
+constexpr int64_t kVecFloats = 4;  // SSE2
+#include "cpu/row_sums.h"
 #include "cpu/sparse_update_kernel.h"
 }  // namespace isa_base
 
@@ -126,6 +129,8 @@ namespace isa_base {
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
 namespace isa_avx2 {
+constexpr int64_t kVecFloats = 8;
+#include "cpu/row_sums.h"
 #include "cpu/sparse_update_kernel.h"
 }  // namespace isa_avx2
 #pragma GCC pop_options

@@ -1,6 +1,7 @@
 // Inner loops of the fused sparse-optimizer updates; included once per instruction
 // set (see cpu/isa.h), so no #pragma once and no includes here. Needs SortedGrad,
-// Dim and AnyDim from the including file (cpu/sparse_update.cpp).
+// Dim and AnyDim from the including file (cpu/sparse_update.cpp), and kVecFloats and
+// cpu/row_sums.h from the including namespace.
 //
 // One pass per unique row, in parallel over rows (no two threads write one row): the
 // row's gradient is reduced from grad_out[bag] * multiplier into a dim-sized buffer,
@@ -32,27 +33,40 @@ inline void sqrt_array(double* x, int64_t n) {
   for (; d < n; ++d) x[d] = std::sqrt(x[d]);
 }
 
-// acc = sum over sorted positions k in [begin, end) of grad_out[bag[k]] * scale[k].
+// acc = sum over sorted positions k in [begin, end) of grad_out[bag[k]] * scale[k]; at a
+// compile-time width in RowSums (vector registers for float).
 template <typename scalar_t, typename D>
 inline void reduce_row(const SortedGrad<scalar_t>& grad, int64_t begin, int64_t end,
                        scalar_t* acc, D dim) {
-  const int64_t stride = grad.row_stride;
-  const scalar_t* grad_out = grad.grad_out;
-  const int64_t* bag = grad.bag;
-  for (int64_t d = 0; d < dim; ++d) acc[d] = scalar_t(0);
-  const int64_t nnz = grad.nnz;
-  for (int64_t k = begin; k < end; ++k) {
-    // grad_out rows are read in id order, i.e. at random: fetch a few ahead.
-    if (k + kPrefetchGrads < nnz) {
-      prefetch_row(grad_out + bag[k + kPrefetchGrads] * stride, dim);
+  const auto for_each_grad_row = [&](const auto& add) {
+    for (int64_t k = begin; k < end; ++k) {
+      // grad_out rows are read in id order, i.e. at random: fetch a few ahead.
+      if (k + kPrefetchGrads < grad.nnz) {
+        prefetch_row(grad.grad_out + grad.bag[k + kPrefetchGrads] * grad.row_stride, dim);
+      }
+      add(grad.grad_out + grad.bag[k] * grad.row_stride, k);
     }
-    const scalar_t* g = grad_out + bag[k] * stride;
-    if (grad.scale == nullptr) {
-      for (int64_t d = 0; d < dim; ++d) acc[d] += g[d];
-    } else {
-      const scalar_t sc = grad.scale[k];
-      for (int64_t d = 0; d < dim; ++d) acc[d] += sc * g[d];
-    }
+  };
+  if constexpr (std::is_same_v<D, AnyDim>) {
+    for (int64_t d = 0; d < dim; ++d) acc[d] = scalar_t(0);
+    for_each_grad_row([&](const scalar_t* g, int64_t k) {
+      if (grad.scale == nullptr) {
+        for (int64_t d = 0; d < dim; ++d) acc[d] += g[d];
+      } else {
+        const scalar_t sc = grad.scale[k];
+        for (int64_t d = 0; d < dim; ++d) acc[d] += sc * g[d];
+      }
+    });
+  } else {
+    RowSums<D::value, scalar_t, scalar_t> sums;
+    for_each_grad_row([&](const scalar_t* g, int64_t k) {
+      if (grad.scale == nullptr) {
+        sums.add(g, dim);
+      } else {
+        sums.add(g, dim, grad.scale[k]);
+      }
+    });
+    sums.store(acc, dim, scalar_t(1));
   }
 }
 
