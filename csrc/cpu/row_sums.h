@@ -8,7 +8,8 @@
 // in GCC vector types: the plain array loops became scalar adds and shuffles for 16
 // columns under AVX2 and AVX-512 (a lookup of one id per bag of dim 16 took 17.2 ns per
 // id with AVX-512 against 12.6 with SSE2; 10.5 with the vector types). Either way each
-// column is summed in the same order, so the results are the same bit for bit.
+// column is summed in the same order; only where the compiler fuses a multiply and an
+// add may differ (docs/DECISIONS.md).
 
 template <int64_t kWidth, typename scalar_t, typename acc_t, bool kFixed = true>
 struct RowSums {
