@@ -31,8 +31,16 @@ struct RowSums {
   }
 };
 
+// Whether RowSums<kWidth, T, T> keeps its sums in vector registers: float rows of at
+// most 8 vectors, so that the sums and the loop's own values fit the 16 registers
+// (AVX2's 128-column sums in 16 vectors were no faster than the array loop).
+template <int64_t kWidth, typename T>
+constexpr bool kSumsInVectors =
+    std::is_same_v<T, float> && kWidth > 0 && kWidth % kVecFloats == 0 &&
+    kWidth / kVecFloats <= 8;
+
 template <int64_t kWidth>
-  requires(kWidth % kVecFloats == 0)
+  requires(kSumsInVectors<kWidth, float>)
 struct RowSums<kWidth, float, float, true> {
   using Vec = float __attribute__((vector_size(kVecFloats * sizeof(float))));
   static constexpr int64_t kVecs = kWidth / kVecFloats;

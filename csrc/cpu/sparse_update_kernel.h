@@ -33,8 +33,14 @@ inline void sqrt_array(double* x, int64_t n) {
   for (; d < n; ++d) x[d] = std::sqrt(x[d]);
 }
 
-// acc = sum over sorted positions k in [begin, end) of grad_out[bag[k]] * scale[k]; at a
-// compile-time width in RowSums (vector registers for float).
+// The width of D when it is known at compile time, else 0.
+template <typename D>
+constexpr int64_t kFixedDim = 0;
+template <int64_t k>
+constexpr int64_t kFixedDim<Dim<k>> = k;
+
+// acc = sum over sorted positions k in [begin, end) of grad_out[bag[k]] * scale[k]; in
+// vector registers (RowSums) where the width allows, else in acc itself.
 template <typename scalar_t, typename D>
 inline void reduce_row(const SortedGrad<scalar_t>& grad, int64_t begin, int64_t end,
                        scalar_t* acc, D dim) {
@@ -47,7 +53,7 @@ inline void reduce_row(const SortedGrad<scalar_t>& grad, int64_t begin, int64_t 
       add(grad.grad_out + grad.bag[k] * grad.row_stride, k);
     }
   };
-  if constexpr (std::is_same_v<D, AnyDim>) {
+  if constexpr (!kSumsInVectors<kFixedDim<D>, scalar_t>) {
     for (int64_t d = 0; d < dim; ++d) acc[d] = scalar_t(0);
     for_each_grad_row([&](const scalar_t* g, int64_t k) {
       if (grad.scale == nullptr) {
@@ -58,7 +64,7 @@ inline void reduce_row(const SortedGrad<scalar_t>& grad, int64_t begin, int64_t 
       }
     });
   } else {
-    RowSums<D::value, scalar_t, scalar_t> sums;
+    RowSums<kFixedDim<D>, scalar_t, scalar_t> sums;
     for_each_grad_row([&](const scalar_t* g, int64_t k) {
       if (grad.scale == nullptr) {
         sums.add(g, dim);
