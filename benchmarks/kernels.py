@@ -14,8 +14,8 @@ Compares, in the same process and alternating iteration by iteration:
 It also measures the machine's memory copy bandwidth (a large tensor copy) and reports
 the effective bandwidth of recis' update step (bytes of rows and state read and
 written, plus grad_out read once) as a fraction of it; on CPU also as a fraction of
-memcpy's bandwidth (non-temporal stores: ~1.8x a tensor copy's on the hosts measured,
-the stricter reference), and the row-touch floor: the
+memcpy's bandwidth (non-temporal stores: ~1.8x a tensor copy's on session 9's
+host, the stricter reference), and the row-touch floor: the
 time to read and write back, with no math, the same rows and state (random rows are
 bound by memory latency, not by the copy bandwidth).
 

@@ -13,11 +13,11 @@
 //   one pass (up to 2^11 rows) or two over 32-bit values (sort_by_two_digits): each
 //   pass writes beside the item the digit it did not sort by; the digit it sorted by
 //   is implied by the bucket a position falls in. Nothing 64-bit is built or moved,
-//   and the first pass reads the ids themselves: 0.66x the time of the 64-bit sort
-//   below (standalone harness, 8 x 164k Zipf ids over 1M rows, Intel host, session 9).
-//   The two digits are as equal as the id's bits allow (10 + 10 rather than 11 + 9):
-//   fewer buckets to clear and scan, 0.92-0.96x the time for 1,024 ids over 100k or
-//   1M rows, 0.97-1.0x for more (unique_row_grads of dim 1, alternating in one process);
+//   and the first pass reads the ids themselves: 0.85-0.89x the time per id of the
+//   64-bit sort below (benchmarks/kernel_ops.py, "dedup": 8 x 164k Zipf ids over 1M
+//   rows, Intel host, session 9). The two digits are as equal as the id's bits allow
+//   (10 + 10 rather than 11 + 9): fewer buckets to clear and scan, 0.92-0.96x the time
+//   for 1,024 ids, 0.97-1.0x for more (a temporary switch, alternating in one process);
 // - any other: one 64-bit key per position (id << item_bits | item), as many passes
 //   as the largest id needs (sort_keys).
 //
@@ -193,6 +193,9 @@ void sort_by_two_digits(RowSegments& r, const char* op, const index_t* ids,
   int64_t* lo_start = hi_count + parts * hi_buckets;
   int64_t* hi_start = lo_start + lo_buckets + 1;
   const uint64_t lo_mask = lo_buckets - 1, hi_mask = hi_buckets - 1;
+  // With one part the high digits' histogram is counted here too; with several it is
+  // counted over the first pass's output below (its parts are other positions).
+  const bool count_hi = parts == 1;
   std::vector<char> part_bad(parts, 0);
   for_each_part(parts, nnz, [&](int64_t c, int64_t begin, int64_t end) {
     int64_t* lo = lo_count + c * lo_buckets;
@@ -204,7 +207,7 @@ void sort_by_two_digits(RowSegments& r, const char* op, const index_t* ids,
       bad |= id_out_of_range(ids[j], rows);
       const auto id = static_cast<uint64_t>(static_cast<int64_t>(ids[j]));
       ++lo[id & lo_mask];  // masked: a bad id counts somewhere harmless until raised
-      ++hi[(id >> lo_bits) & hi_mask];
+      if (count_hi) ++hi[(id >> lo_bits) & hi_mask];
     }
     part_bad[c] = bad;
   });
@@ -226,9 +229,7 @@ void sort_by_two_digits(RowSegments& r, const char* op, const index_t* ids,
   if (hi_bits == 0) {
     return group_sorted(r, parts, ImpliedDigitKeys{first, lo_start, lo_buckets, 0, item_bits});
   }
-  // The high digits' histograms per part of the first pass's output (its parts differ
-  // from those of the ids when there are several).
-  if (parts > 1) {
+  if (!count_hi) {
     for_each_part(parts, nnz, [&](int64_t c, int64_t begin, int64_t end) {
       int64_t* hi = hi_count + c * hi_buckets;
       std::fill(hi, hi + hi_buckets, 0);

@@ -262,10 +262,11 @@ std::tuple<at::Tensor, at::Tensor> unique_row_grads_cpu(
 // - Zipf ids, 2048 bags of ~20 over 100k rows (Intel host, session 8): by occurrence
 //   0.39x (dim 16) and 0.68x (dim 64), 0.49x with 8192 bags of dim 16; with 2 threads
 //   and one owner 0.48x, 0.94x and 0.75x (split over both threads: 1.0x, 1.22x, 1.22x);
-// - Zipf ids, 8192 bags of ~20 (more than 16 MiB of occurrences) on tables of 3k-50k
-//   rows that fit in 16 MiB, dims 64 and 128 (Intel host, session 9): by occurrence
-//   0.61-0.79x (1 thread), 0.77-1.01x (2 threads); on 1k-2k rows, 1.06-1.38x at dims
-//   32 and 64 (0.54-0.80x at 16 and 128).
+// - Zipf ids, 8192 bags of ~20 or ~80 (more than 16 MiB of occurrences) on tables of
+//   4k-50k rows that fit in 16 MiB (`benchmarks/sgd_paths.py [--threads 2]`, Intel
+//   host, session 9): by occurrence 0.39-0.73x (1 thread), 0.64-1.09x (2 threads); on
+//   1k-2k rows (a scratch build that took the by-occurrence path there), 1.06-1.38x at
+//   dims 32 and 64 (0.54-0.80x at 16 and 128).
 enum class SgdPath { kDedup, kByOccurrence, kByOccurrenceSplit };
 constexpr int64_t kCachedOccurrenceBytes = int64_t{16} << 20;
 constexpr int64_t kOneDigitRows = int64_t{1} << kDedupDigitBits;
