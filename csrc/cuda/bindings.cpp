@@ -118,14 +118,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> bucketize_cuda(
                         bnd.data_ptr<int64_t>(), num_buckets, bucket.data_ptr<int32_t>(),
                         counts.data_ptr<int64_t>(), stream);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  auto slot_start = at::cumsum(counts, 0) - counts;
+  auto slot_cursor = at::cumsum(counts, 0) - counts;
   auto out_ids = at::empty({n}, ids64.options());
   auto perm = at::empty({n}, ids64.options());
   auto out_w = w.defined() ? at::empty({n}, w.options())
                            : at::empty({0}, ids64.options().dtype(at::kFloat));
   cuda::bucketize_write(ids64.data_ptr<int64_t>(), w.defined() ? w.data_ptr<float>() : nullptr,
                         bag_start.data_ptr<int64_t>(), num_bags, bnd.data_ptr<int64_t>(),
-                        bucket.data_ptr<int32_t>(), slot_start.data_ptr<int64_t>(),
+                        bucket.data_ptr<int32_t>(), slot_cursor.data_ptr<int64_t>(),
                         out_ids.data_ptr<int64_t>(),
                         w.defined() ? out_w.data_ptr<float>() : nullptr,
                         perm.data_ptr<int64_t>(), stream);

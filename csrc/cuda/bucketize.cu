@@ -1,6 +1,7 @@
 // CUDA row bucketization (see the schema in csrc/ops.cpp). Same two passes as the CPU
 // kernel, one thread per bag: count ids per (bucket, bag), then (after the binding's
 // exclusive scan of the counts) write each id to its slot, keeping the bag's order.
+// The thread that owns bag b owns every (bucket, b) counter and cursor: no atomics.
 #include "cuda/kernels.h"
 
 namespace recis::cuda {
@@ -32,18 +33,13 @@ __global__ void count_kernel(const int64_t* __restrict__ ids, const int64_t* __r
 __global__ void write_kernel(const int64_t* __restrict__ ids, const float* __restrict__ w,
                              const int64_t* __restrict__ bag_start, int64_t num_bags,
                              const int64_t* __restrict__ bnd, const int32_t* __restrict__ bucket,
-                             const int64_t* __restrict__ slot_start, int64_t* __restrict__ out_ids,
+                             int64_t* __restrict__ slot_cursor, int64_t* __restrict__ out_ids,
                              float* __restrict__ out_w, int64_t* __restrict__ perm) {
   for (int64_t b = blockIdx.x * blockDim.x + threadIdx.x; b < num_bags;
        b += gridDim.x * blockDim.x) {
-    // Walk the bag once per bucket it touches would cost K passes; instead keep the
-    // slot cursors implicitly: the n-th id of bag b in bucket k goes to
-    // slot_start[k * num_bags + b] + n, counted by rescanning the (short) bag prefix.
     for (int64_t j = bag_start[b]; j < bag_start[b + 1]; ++j) {
       const int32_t k = bucket[j];
-      int64_t before = 0;
-      for (int64_t i = bag_start[b]; i < j; ++i) before += (bucket[i] == k);
-      const int64_t pos = slot_start[k * num_bags + b] + before;
+      const int64_t pos = slot_cursor[k * num_bags + b]++;
       out_ids[pos] = ids[j] - bnd[k];
       perm[pos] = j;
       if (w) out_w[pos] = w[j];
@@ -68,12 +64,12 @@ void bucketize_count(const int64_t* ids, const int64_t* bag_start, int64_t num_b
 
 void bucketize_write(const int64_t* ids, const float* weights, const int64_t* bag_start,
                      int64_t num_bags, const int64_t* boundaries, const int32_t* bucket,
-                     const int64_t* slot_start, int64_t* out_ids, float* out_weights,
+                     int64_t* slot_cursor, int64_t* out_ids, float* out_weights,
                      int64_t* permutation, cudaStream_t stream) {
   if (num_bags == 0) return;
   write_kernel<<<grid_for(num_bags, 256), 256, 0, stream>>>(ids, weights, bag_start, num_bags,
-                                                            boundaries, bucket, slot_start, out_ids,
-                                                            out_weights, permutation);
+                                                            boundaries, bucket, slot_cursor,
+                                                            out_ids, out_weights, permutation);
 }
 
 }  // namespace recis::cuda

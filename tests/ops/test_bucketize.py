@@ -93,3 +93,18 @@ def test_bucketize_cuda_matches_cpu():
     gpu = ops.bucketize(ids.cuda(), lengths.cuda(), weights.cuda(), boundaries.cuda())
     for a, b in zip(cpu, gpu, strict=True):
         assert torch.equal(a, b.cpu())
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+def test_long_bags_keep_their_order_in_every_bucket(device):
+    # Bags of thousands of ids (a user's history), spread over many buckets.
+    lengths = torch.tensor([5000, 0, 1, 3000, 7])
+    ids = torch.randint(0, 10_000, (int(lengths.sum()),))
+    weights = torch.rand(ids.numel())
+    boundaries = torch.arange(0, 10_001, 625)  # 16 buckets
+    got = ops.bucketize(ids.to(device), lengths.to(device), weights.to(device), boundaries)
+    want = reference.bucketize(ids, lengths, weights, boundaries)
+    assert torch.equal(got.lengths.cpu(), want[0])
+    assert torch.equal(got.ids.cpu(), want[1])
+    assert torch.equal(got.weights.cpu(), want[2])
+    assert torch.equal(got.permutation.cpu(), want[3])
