@@ -47,6 +47,8 @@ class BatchReader:
     Missing features and ids outside ``[0, num_embeddings)`` raise ``ValueError``
     naming the table and feature. The ids of all features are checked together; the
     per-id search runs only to name the first bad id (in the batch's value order).
+    A caller whose kernels range-check the ids anyway passes ``check_ids=False`` and
+    calls :meth:`check_ids` only when they fail, to name the feature.
     Where each feature sits is worked out once per key order and device.
 
     Example::
@@ -59,9 +61,10 @@ class BatchReader:
         self.configs = list(configs)
         self._orders: dict[tuple[tuple[str, ...], torch.device], _KeyOrder] = {}
 
-    def __call__(self, kjt: KeyedJaggedTensor) -> list[TableInput]:
+    def __call__(self, kjt: KeyedJaggedTensor, check_ids: bool = True) -> list[TableInput]:
         order = self._key_order(kjt)
-        self._check_ids(kjt, order)
+        if check_ids:
+            self._check_ids(kjt, order)
         values, lengths, weights = kjt.values(), kjt.lengths(), kjt.weights_or_none()
         offsets, batch = kjt.offset_per_key(), kjt.stride()
         out = []
@@ -77,6 +80,11 @@ class BatchReader:
             ]
             out.append(parts[0] if len(parts) == 1 else _cat(parts))
         return out
+
+    def check_ids(self, kjt: KeyedJaggedTensor) -> None:
+        """Raises ``ValueError`` naming the feature and table of the first id outside
+        its table's rows (and of a missing feature); returns when all are in range."""
+        self._check_ids(kjt, self._key_order(kjt))
 
     def _key_order(self, kjt: KeyedJaggedTensor) -> _KeyOrder:
         cache_key = (tuple(kjt.keys()), kjt.values().device)

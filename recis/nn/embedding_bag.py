@@ -65,7 +65,8 @@ class EmbeddingBagCollection(nn.Module):
 
     def forward(self, features: KeyedJaggedTensor) -> KeyedTensor:
         tables, bags = [], []
-        for cfg, (ids, lengths, weights) in zip(self._configs, self._read(features), strict=True):
+        inputs = self._read(features, check_ids=False)
+        for cfg, (ids, lengths, weights) in zip(self._configs, inputs, strict=True):
             tables.append(self.tables[cfg.name])
             bags.append(
                 Bags(
@@ -77,5 +78,15 @@ class EmbeddingBagCollection(nn.Module):
                 )
             )
         dims = [cfg.embedding_dim for cfg in self._configs for _ in cfg.feature_names]
-        values = pool_tables(tables, bags, features.stride())
+        try:
+            values = pool_tables(tables, bags, features.stride())
+        except RuntimeError as kernel_error:
+            # The lookup kernels range-check every id as they pool (a separate pass
+            # over the ids cost 1.6 ms beside a 22 ms forward of 8 x 164k ids); only the
+            # reader can name the feature and table of a bad one.
+            try:
+                self._read.check_ids(features)
+            except ValueError as named:
+                raise named from kernel_error
+            raise
         return KeyedTensor(self.feature_names(), dims, values)

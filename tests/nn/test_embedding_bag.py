@@ -136,6 +136,14 @@ def test_out_of_range_id_names_the_feature():
         ebc(kjt)
 
 
+def test_keys_no_table_reads_may_hold_any_id():
+    ebc = EmbeddingBagCollection(tables())
+    kjt = KeyedJaggedTensor(
+        [*FEATURES, "unused"], torch.tensor([1, 2, 3, -5, 10**12]), torch.tensor([1, 1, 1, 2])
+    )
+    assert ebc(kjt).values().shape == (1, 18)
+
+
 def test_missing_feature_is_named():
     ebc = EmbeddingBagCollection(tables())
     kjt = KeyedJaggedTensor(["user", "item"], torch.tensor([1, 2]), torch.tensor([1, 1]))
