@@ -199,7 +199,8 @@ void update_unique_rows(const char* op, const at::Tensor& weight, const Prepared
                                   p.psw.defined() ? p.psw.data_ptr<scalar_t>() : nullptr, mean,
                                   p.grad_out);
   with_kernels([&]<typename K>() {
-    K::update(r, grad, make_opt.template operator()<scalar_t, K>());
+    K::update(r, grad, make_opt.template operator()<scalar_t, K>(),
+              weight.numel() * weight.element_size());
   });
 }
 

@@ -11,12 +11,15 @@
 // Updates are bound by the latency of reading random rows: request every cache
 // line of the row (and its state) a few unique rows ahead so that several misses
 // are in flight at once. perf shows the loop stalled on those prefetches (the core's
-// L1 miss buffers are full), so the rows are also requested into L2 further ahead:
-// the step (dedup included) of 8 x 1M-row tables of dim 64, Zipf ids, took
-// 0.93-0.96x the time for row-wise Adagrad and SGD on 1 thread, 0.93x on 2; Adam
-// unchanged; tables in cache unchanged (alternating in one process, session 10).
+// L1 miss buffers are full), so the rows of a table larger than the caches are also
+// requested into L2 further ahead. A/B in one process (the order of the two rotated
+// per step; row-wise Adagrad, step with dedup, dim 64, Intel host, session 10): 1M rows
+// 0.945x the time with 8192 bags of ~20 Zipf ids (SGD 0.931x; 2 threads 0.953x) and
+// 0.884x with 1024 bags; 300k rows 0.948x with 1024 bags. On 100k rows (25 MiB) it lost
+// 1.05-1.07x with 1024-2048 bags (0.961x with 8192); Adam: 1.0x.
 constexpr int64_t kPrefetchRows = 8;
 constexpr int64_t kPrefetchRowsToL2 = 64;
+constexpr int64_t kTableBytesToPrefetchToL2 = int64_t{64} << 20;
 constexpr int64_t kPrefetchGrads = 16;
 
 // x[d] = sqrt(x[d]). A plain loop over std::sqrt is not vectorised (the build keeps
@@ -99,12 +102,13 @@ struct RowBuffers<scalar_t, AnyDim> {
 };
 
 template <typename scalar_t, typename Opt, typename D>
-void update_rows(const RowSegments& r, const SortedGrad<scalar_t>& grad, const Opt& opt, D dim) {
+void update_rows(const RowSegments& r, const SortedGrad<scalar_t>& grad, const Opt& opt, D dim,
+                 bool prefetch_to_l2) {
   const int64_t grain = std::max<int64_t>(1, 4096 / std::max<int64_t>(dim, 1));
   at::parallel_for(0, r.size(), grain, [&](int64_t begin, int64_t end) {
     RowBuffers<scalar_t, D> buf(dim);
     for (int64_t u = begin; u < end; ++u) {
-      if (u + kPrefetchRowsToL2 < end) {
+      if (prefetch_to_l2 && u + kPrefetchRowsToL2 < end) {
         opt.for_each_array(r.unique_ids[u + kPrefetchRowsToL2],
                            [](const auto* p, int64_t n) { prefetch_row_to_l2(p, n); });
       }
@@ -121,13 +125,15 @@ void update_rows(const RowSegments& r, const SortedGrad<scalar_t>& grad, const O
 // Runs `opt.apply(row, grad_of_row, scratch, dim)` once per unique row, in parallel
 // over rows; the common widths are compiled with their width as a constant.
 template <typename scalar_t, typename Opt>
-void for_each_unique_row(const RowSegments& r, const SortedGrad<scalar_t>& grad, const Opt& opt) {
+void for_each_unique_row(const RowSegments& r, const SortedGrad<scalar_t>& grad, const Opt& opt,
+                         int64_t table_bytes) {
+  const bool to_l2 = table_bytes > kTableBytesToPrefetchToL2;
   switch (grad.dim) {
-    case 16: return update_rows(r, grad, opt, Dim<16>{});
-    case 32: return update_rows(r, grad, opt, Dim<32>{});
-    case 64: return update_rows(r, grad, opt, Dim<64>{});
-    case 128: return update_rows(r, grad, opt, Dim<128>{});
-    default: return update_rows(r, grad, opt, AnyDim{grad.dim});
+    case 16: return update_rows(r, grad, opt, Dim<16>{}, to_l2);
+    case 32: return update_rows(r, grad, opt, Dim<32>{}, to_l2);
+    case 64: return update_rows(r, grad, opt, Dim<64>{}, to_l2);
+    case 128: return update_rows(r, grad, opt, Dim<128>{}, to_l2);
+    default: return update_rows(r, grad, opt, AnyDim{grad.dim}, to_l2);
   }
 }
 
@@ -309,8 +315,9 @@ struct Kernels {
   template <typename T> using Adam = AdamRow<T>;
 
   template <typename scalar_t, typename Opt>
-  static void update(const RowSegments& r, const SortedGrad<scalar_t>& grad, const Opt& opt) {
-    for_each_unique_row(r, grad, opt);
+  static void update(const RowSegments& r, const SortedGrad<scalar_t>& grad, const Opt& opt,
+                     int64_t table_bytes) {
+    for_each_unique_row(r, grad, opt, table_bytes);
   }
 
   template <typename scalar_t, typename index_t>
