@@ -114,7 +114,7 @@ void update_rows(const RowSegments& r, const SortedGrad<scalar_t>& grad, const O
       }
       if (u + kPrefetchRows < end) {
         opt.for_each_array(r.unique_ids[u + kPrefetchRows],
-                           [](const auto* p, int64_t n) { prefetch_row(p, n, /*write=*/true); });
+                           [](const auto* p, int64_t n) { prefetch_row(p, n); });
       }
       reduce_row(grad, r.seg[u], r.seg[u + 1], buf.acc, dim);
       opt.apply(r.unique_ids[u], buf.acc, buf.tmp, dim);
@@ -175,7 +175,7 @@ void sgd_by_occurrence(scalar_t* weight, int64_t rows, int64_t dim, const index_
     for (int64_t j = 0; j < nnz; ++j) {
       if (j + kPrefetchIds < nnz) {
         const int64_t ahead = ids[j + kPrefetchIds];
-        if (mine(ahead)) prefetch_row(weight + ahead * dim, dim, /*write=*/true);
+        if (mine(ahead)) prefetch_row(weight + ahead * dim, dim);
       }
       while (offsets[b + 1] <= j) ++b;  // skips empty bags
       const int64_t row = ids[j];
