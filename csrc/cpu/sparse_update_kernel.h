@@ -16,7 +16,7 @@
 // per step; row-wise Adagrad, step with dedup, dim 64, Intel host, session 10): 1M rows
 // 0.945x the time with 8192 bags of ~20 Zipf ids (SGD 0.931x; 2 threads 0.953x) and
 // 0.884x with 1024 bags; 300k rows 0.948x with 1024 bags. On 100k rows (25 MiB) it lost
-// 1.05-1.07x with 1024-2048 bags (0.961x with 8192); Adam: 1.0x.
+// 1.05-1.07x with 1024-2048 bags (0.961x with 8192). Adam (8192 bags, 4 tables): 0.92x.
 constexpr int64_t kPrefetchRows = 8;
 constexpr int64_t kPrefetchRowsToL2 = 64;
 constexpr int64_t kTableBytesToPrefetchToL2 = int64_t{64} << 20;
