@@ -11,38 +11,25 @@
 
 namespace recis {
 
-// Into every cache level.
-inline void prefetch_line(const char* p) {
-#if defined(__x86_64__) && defined(__GNUC__)
-  asm volatile("prefetcht0 %0" : : "m"(*p));
-#else
-  __builtin_prefetch(p, 0, 3);
-#endif
-}
+// kL1: into every cache level. kL2: into L2 (and L3), not L1 - requested further ahead
+// than a kL1 prefetch, so that the rows it asks for later are on their way or in L2.
+enum class PrefetchTo { kL1, kL2 };
 
-// Into L2 (and L3), not L1.
-inline void prefetch_line_to_l2(const char* p) {
-#if defined(__x86_64__) && defined(__GNUC__)
-  asm volatile("prefetcht2 %0" : : "m"(*p));
-#else
-  __builtin_prefetch(p, 0, 1);
-#endif
-}
-
-template <typename T>
+template <PrefetchTo kTo = PrefetchTo::kL1, typename T>
 inline void prefetch_row(const T* row, int64_t n) {
   const char* p = reinterpret_cast<const char*>(row);
   const int64_t bytes = n * static_cast<int64_t>(sizeof(T));
-  for (int64_t off = 0; off < bytes; off += 64) prefetch_line(p + off);
-}
-
-// Requested further ahead than prefetch_row, so that the rows prefetch_row asks for
-// later are on their way or already in L2.
-template <typename T>
-inline void prefetch_row_to_l2(const T* row, int64_t n) {
-  const char* p = reinterpret_cast<const char*>(row);
-  const int64_t bytes = n * static_cast<int64_t>(sizeof(T));
-  for (int64_t off = 0; off < bytes; off += 64) prefetch_line_to_l2(p + off);
+  for (int64_t off = 0; off < bytes; off += 64) {
+#if defined(__x86_64__) && defined(__GNUC__)
+    if constexpr (kTo == PrefetchTo::kL1) {
+      asm volatile("prefetcht0 %0" : : "m"(p[off]));
+    } else {
+      asm volatile("prefetcht2 %0" : : "m"(p[off]));
+    }
+#else
+    __builtin_prefetch(p + off, 0, kTo == PrefetchTo::kL1 ? 3 : 1);
+#endif
+  }
 }
 
 }  // namespace recis

@@ -109,8 +109,9 @@ void update_rows(const RowSegments& r, const SortedGrad<scalar_t>& grad, const O
     RowBuffers<scalar_t, D> buf(dim);
     for (int64_t u = begin; u < end; ++u) {
       if (prefetch_to_l2 && u + kPrefetchRowsToL2 < end) {
-        opt.for_each_array(r.unique_ids[u + kPrefetchRowsToL2],
-                           [](const auto* p, int64_t n) { prefetch_row_to_l2(p, n); });
+        opt.for_each_array(r.unique_ids[u + kPrefetchRowsToL2], [](const auto* p, int64_t n) {
+          prefetch_row<PrefetchTo::kL2>(p, n);
+        });
       }
       if (u + kPrefetchRows < end) {
         opt.for_each_array(r.unique_ids[u + kPrefetchRows],

@@ -225,8 +225,8 @@ def test_sgd_without_decay_on_a_small_table_hit_by_many_ids_matches_the_referenc
 @pytest.mark.parametrize("weighted", [True, False], ids=["by_position", "by_bag"])
 @pytest.mark.parametrize(
     "rows",
-    # Up to 2^22 rows the ids sort in one or two 11-bit digits of 32-bit values, beyond
-    # in 64-bit keys.
+    # Up to 2^22 rows the ids sort in one or two digits (of up to 11 bits) of 32-bit
+    # values, beyond in 64-bit keys.
     [1000, 3000, 1 << 22, (1 << 23) + 5],
     ids=["one_digit", "two_digits", "two_full_digits", "64_bit_keys"],
 )
