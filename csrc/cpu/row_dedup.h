@@ -32,6 +32,7 @@
 #include <vector>
 
 #include "cpu/common.h"
+#include "cpu/prefetch.h"
 #include "cpu/scratch.h"
 
 namespace recis {
@@ -61,6 +62,21 @@ constexpr int kDedupDigitBits = 11;
 
 // Below this many ids per part, splitting costs more (histograms, a fork) than it saves.
 constexpr int64_t kDedupIdsPerPart = 32768;
+
+// The first pass over the ids reads them from memory (the lookup read them long
+// before), and the hardware prefetcher alone did not keep up: requesting each cache
+// line of ids this many ids ahead took 0.88-0.89x the dedup's time for 128-2048
+// (8 x 164k Zipf ids, 1 thread, Intel host, session 11; in-process A/B, order rotated).
+constexpr int64_t kPrefetchIdsAhead = 512;
+
+// Requests the cache line of ids[j + kPrefetchIdsAhead] once per line of ids.
+template <typename index_t>
+inline void prefetch_ids_ahead(const index_t* ids, int64_t j, int64_t end) {
+  constexpr int64_t kIdsPerLine = 64 / sizeof(index_t);
+  if (j % kIdsPerLine == 0 && j + kPrefetchIdsAhead < end) {
+    prefetch_row(ids + j + kPrefetchIdsAhead, 1);
+  }
+}
 
 // Calls fn(part, begin, end) for `parts` contiguous slices of [0, n), in parallel
 // when parts > 1.
@@ -204,6 +220,7 @@ void sort_by_two_digits(RowSegments& r, const char* op, const index_t* ids,
     std::fill(hi, hi + hi_buckets, 0);
     bool bad = false;
     for (int64_t j = begin; j < end; ++j) {
+      prefetch_ids_ahead(ids, j, end);
       bad |= id_out_of_range(ids[j], rows);
       const auto id = static_cast<uint64_t>(static_cast<int64_t>(ids[j]));
       ++lo[id & lo_mask];  // masked: a bad id counts somewhere harmless until raised
@@ -269,6 +286,7 @@ void sort_keys(RowSegments& r, const char* op, const index_t* ids, const index_t
     bool bad = false;
     int64_t b = bag_of_position(offsets, num_bags, begin);
     for (int64_t j = begin; j < end; ++j) {
+      prefetch_ids_ahead(ids, j, end);
       while (offsets[b + 1] <= j) ++b;
       const index_t id = ids[j];
       bad |= id_out_of_range(id, rows);
