@@ -25,9 +25,8 @@ std::vector<at::Tensor> bucketize_impl(const at::Tensor& ids, const at::Tensor& 
   const int64_t* len = lengths64.data_ptr<int64_t>();
   const int64_t* bnd = bounds.data_ptr<int64_t>();
   const index_t* id = ids.data_ptr<index_t>();
-  check_bucketize_layout(len, num_bags, bnd, num_buckets, n);
-  std::vector<int64_t> bag_start(num_bags + 1, 0);
-  for (int64_t b = 0; b < num_bags; ++b) bag_start[b + 1] = bag_start[b] + len[b];
+  std::vector<int64_t> bag_start(num_bags + 1);
+  check_bucketize_layout(len, num_bags, bnd, num_buckets, n, bag_start.data());
 
   std::vector<int32_t> bucket(n);
   // counts[k * num_bags + b]: ids of bag b that fall in bucket k.

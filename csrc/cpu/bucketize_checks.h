@@ -32,8 +32,10 @@ inline void check_bucketize(const at::Tensor& ids, const at::Tensor& lengths,
 }
 
 // Boundaries non-decreasing; lengths non-negative and summing to the n ids. Host data.
+// bag_start (num_bags + 1 entries, when given) receives each bag's first position.
 inline void check_bucketize_layout(const int64_t* lengths, int64_t num_bags,
-                                   const int64_t* boundaries, int64_t num_buckets, int64_t n) {
+                                   const int64_t* boundaries, int64_t num_buckets, int64_t n,
+                                   int64_t* bag_start = nullptr) {
   for (int64_t k = 0; k < num_buckets; ++k) {
     TORCH_CHECK(boundaries[k] <= boundaries[k + 1],
                 "recis.bucketize: boundaries must be non-decreasing");
@@ -41,8 +43,10 @@ inline void check_bucketize_layout(const int64_t* lengths, int64_t num_bags,
   int64_t sum = 0;
   for (int64_t b = 0; b < num_bags; ++b) {
     TORCH_CHECK(lengths[b] >= 0, "recis.bucketize: lengths[", b, "] is negative");
+    if (bag_start != nullptr) bag_start[b] = sum;
     sum += lengths[b];
   }
+  if (bag_start != nullptr) bag_start[num_bags] = sum;
   TORCH_CHECK(sum == n, "recis.bucketize: lengths sum to ", sum, " but there are ", n, " ids");
 }
 
