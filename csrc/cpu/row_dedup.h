@@ -65,8 +65,9 @@ constexpr int64_t kDedupIdsPerPart = 32768;
 
 // The first pass over the ids reads them from memory (the lookup read them long
 // before), and the hardware prefetcher alone did not keep up: requesting each cache
-// line of ids this many ids ahead took 0.88-0.89x the dedup's time for 128-2048
-// (8 x 164k Zipf ids, 1 thread, Intel host, session 11; in-process A/B, order rotated).
+// line of ids this many ids ahead took 0.87-0.89x the dedup's time for 128-2048 at 1
+// thread, 0.93x at 2 (8 x 164k Zipf ids, Intel host, session 11; in-process A/B, the
+// order rotated).
 constexpr int64_t kPrefetchIdsAhead = 512;
 
 // Requests the cache line of ids[j + kPrefetchIdsAhead] once per line of ids.
