@@ -298,31 +298,36 @@ def update_bytes(
     return u * per_row + tables * batch * row, u
 
 
-def needed_memory(args, dim: int, optim: str, with_fbgemm: bool) -> tuple[int, int]:
+def needed_memory(args, dim: int, optim: str, implementations: int) -> tuple[int, int]:
     """Bytes of host and device memory: the initial copy the tables are made from (host)
-    plus every implementation's tables and optimizer state (where they run)."""
+    plus each of `implementations` sets of tables and optimizer state (where they run)."""
     table = args.tables * args.rows * dim * 4
     state = {"sgd": 0, "rowwise_adagrad": args.tables * args.rows * 4, "adam": 2 * table}[optim]
-    tables = (1 + with_fbgemm + (not args.no_torch)) * (table + state)
+    tables = implementations * (table + state)
     if args.device == "cuda":
         return table, tables
     return table + tables, 0
 
 
 def check_memory(args, dim: int, optim: str, with_fbgemm: bool) -> str | None:
-    """Why this case does not fit the machine, or None when it does."""
-    host, device = needed_memory(args, dim, optim, with_fbgemm)
+    """Why this case does not fit the machine, or None when it does; says so when
+    leaving out the plain-torch peer (--no-torch) would make it fit."""
+    implementations = 1 + with_fbgemm + (not args.no_torch)
     have = available_memory()
-    hint = "" if args.no_torch else " (--no-torch leaves out the plain-torch peer's tables)"
-    if have is not None and host > 0.9 * have:
-        return f"needs ~{host / 2**30:.1f} GiB, {have / 2**30:.1f} GiB available{hint}"
-    if device:
-        free = torch.cuda.mem_get_info()[0]
-        if device > 0.9 * free:
-            return (
-                f"needs ~{device / 2**30:.1f} GiB of GPU memory, {free / 2**30:.1f} GiB free{hint}"
-            )
-    return None
+    free = torch.cuda.mem_get_info()[0] if args.device == "cuda" else None
+
+    def shortfall(n: int) -> str | None:
+        host, device = needed_memory(args, dim, optim, n)
+        if have is not None and host > 0.9 * have:
+            return f"needs ~{host / 2**30:.1f} GiB, {have / 2**30:.1f} GiB available"
+        if free is not None and device > 0.9 * free:
+            return f"needs ~{device / 2**30:.1f} GiB of GPU memory, {free / 2**30:.1f} GiB free"
+        return None
+
+    why = shortfall(implementations)
+    if why is not None and not args.no_torch and shortfall(implementations - 1) is None:
+        why += " (fits with --no-torch, which leaves out the plain-torch peer)"
+    return why
 
 
 def memcpy_fraction(result: dict) -> str:
