@@ -15,10 +15,16 @@ namespace recis {
 // than a kL1 prefetch, so that the rows it asks for later are on their way or in L2.
 enum class PrefetchTo { kL1, kL2 };
 
+// Requests every cache line that row[0, n) touches. A row that does not start on a
+// line (odd widths, or any row of a misaligned buffer) spans one line more than its
+// size suggests: stepping from the row's start would leave its last line to a demand
+// miss (row-wise Adagrad step, 8 x 1M rows of dim 100, 1 thread: 0.97x the time with
+// that line requested; in-process A/B, session 12).
 template <PrefetchTo kTo = PrefetchTo::kL1, typename T>
 inline void prefetch_row(const T* row, int64_t n) {
-  const char* p = reinterpret_cast<const char*>(row);
-  const int64_t bytes = n * static_cast<int64_t>(sizeof(T));
+  const auto start = reinterpret_cast<uintptr_t>(row);
+  const char* p = reinterpret_cast<const char*>(start & ~uintptr_t{63});
+  const int64_t bytes = n * static_cast<int64_t>(sizeof(T)) + static_cast<int64_t>(start & 63);
   for (int64_t off = 0; off < bytes; off += 64) {
 #if defined(__x86_64__) && defined(__GNUC__)
     if constexpr (kTo == PrefetchTo::kL1) {
