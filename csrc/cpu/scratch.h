@@ -8,9 +8,10 @@
 //
 // The memory starts on a cache line. `new T[n]` of a large n returns an mmap'd block
 // 16 bytes past a page start, so each 256-byte row of a packed gradient spanned 5
-// cache lines instead of 4: aligned, the row-wise Adagrad and SGD steps at the kernels
-// benchmark's shape (dim 64, 1 thread) took 0.92-0.96x the time (in-process A/B,
-// session 12).
+// cache lines instead of 4, and prefetch_row then left the fifth to a demand miss:
+// aligned, the row-wise Adagrad and SGD steps at the kernels benchmark's shape (dim
+// 64, 1 thread) took 0.92-0.96x the time (in-process A/B, session 12). With
+// prefetch_row requesting every line a row spans, alignment alone gives 0.97-0.99x.
 #include <cstddef>
 #include <cstdint>
 #include <memory>
