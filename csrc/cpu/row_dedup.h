@@ -29,6 +29,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <vector>
 
 #include "cpu/common.h"
@@ -79,13 +80,18 @@ inline void prefetch_ids_ahead(const index_t* ids, int64_t j, int64_t end) {
   }
 }
 
+// Where part c of `parts` contiguous slices of [0, n) begins.
+inline int64_t part_begin(int64_t c, int64_t parts, int64_t n) { return n * c / parts; }
+
 // Calls fn(part, begin, end) for `parts` contiguous slices of [0, n), in parallel
 // when parts > 1.
 template <typename F>
 void for_each_part(int64_t parts, int64_t n, const F& fn) {
   if (parts == 1) return fn(0, 0, n);
   at::parallel_for(0, parts, 1, [&](int64_t first, int64_t last) {
-    for (int64_t c = first; c < last; ++c) fn(c, n * c / parts, n * (c + 1) / parts);
+    for (int64_t c = first; c < last; ++c) {
+      fn(c, part_begin(c, parts, n), part_begin(c + 1, parts, n));
+    }
   });
 }
 
@@ -146,51 +152,43 @@ struct ImpliedDigitKeys {
   }
 };
 
-// From sorted pairs to unique_ids, seg and item. Every part but the last counts the
-// runs that start in it, so that each part knows where its first unique id goes.
+// From sorted pairs to unique_ids, seg and item. Each part writes the runs that start
+// in it from its own first position on (n positions start at most n runs), then the
+// parts' runs are moved down to follow each other: one pass, all parts in parallel.
 template <typename Keys>
 void group_sorted(RowSegments& r, int64_t parts, const Keys& keys) {
   const int64_t nnz = r.nnz;
-  std::vector<int64_t> first_unique(parts + 1, 0);
-  for_each_part(parts, nnz, [&](int64_t c, int64_t begin, int64_t end) {
-    if (c == parts - 1) return;
-    Keys k = keys;
-    k.seek(std::max<int64_t>(begin - 1, 0));
-    int64_t prev = begin == 0 ? -1 : k.id(begin - 1), n = 0;
-    for (int64_t j = begin; j < end; ++j) {
-      const int64_t id = k.id(j);
-      n += id != prev;
-      prev = id;
-    }
-    first_unique[c + 1] = n;
-  });
-  for (int64_t c = 1; c < parts; ++c) first_unique[c] += first_unique[c - 1];
+  std::vector<int64_t> runs(parts, 0);
   int64_t* item = r.item.resize(nnz);
   int64_t* unique_ids = r.unique_ids.resize(nnz);
   int64_t* seg = r.seg.data();
   for_each_part(parts, nnz, [&](int64_t c, int64_t begin, int64_t end) {
     Keys k = keys;
     k.seek(std::max<int64_t>(begin - 1, 0));
-    int64_t u = first_unique[c];
+    int64_t u = begin;
     int64_t prev = begin == 0 ? -1 : k.id(begin - 1);
     // Branch-free (runs are short, their starts unpredictable): every position writes
-    // the next free slot and only a run's start keeps it. The slots after a part's own
-    // belong to the next part: what would land there goes to a sink.
-    const int64_t own_slots_end = c == parts - 1 ? nnz : first_unique[c + 1];
-    int64_t sink[2];
+    // the next free slot and only a run's start keeps it. The next free slot is never
+    // past the position being read, so a part writes only slots in [begin, end).
     for (int64_t j = begin; j < end; ++j) {
       const int64_t id = k.id(j);
       item[j] = k.item(j);
-      const bool own = u < own_slots_end;
-      *(own ? unique_ids + u : sink) = id;
-      *(own ? seg + u : sink + 1) = j;
+      unique_ids[u] = id;
+      seg[u] = j;
       u += id != prev;
       prev = id;
     }
-    if (c == parts - 1) first_unique[parts] = u;
+    runs[c] = u - begin;
   });
-  r.num_unique = first_unique[parts];
-  seg[r.num_unique] = nnz;
+  int64_t num_unique = runs[0];
+  for (int64_t c = 1; c < parts; ++c) {
+    const int64_t begin = part_begin(c, parts, nnz);
+    std::memmove(unique_ids + num_unique, unique_ids + begin, runs[c] * sizeof(int64_t));
+    std::memmove(seg + num_unique, seg + begin, runs[c] * sizeof(int64_t));
+    num_unique += runs[c];
+  }
+  r.num_unique = num_unique;
+  seg[num_unique] = nnz;
 }
 
 // Sorts by the id's low digit (lo_bits) then its high one (hi_bits, may be 0), moving

@@ -249,6 +249,23 @@ def test_dedup_split_over_threads_matches_reference(weighted, rows):
         torch.set_num_threads(threads)
 
 
+@pytest.mark.parametrize("rows", [3000, (1 << 23) + 5], ids=["two_digits", "64_bit_keys"])
+def test_dedup_split_over_threads_of_one_id_gives_one_row(rows):
+    # One run spans every part: the parts after the first start no run of their own.
+    ids, offsets, psw, grad_out = random_grad(30000, rows, 12, 4, weighted=False)
+    ids.fill_(rows - 1)
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            got_ids, got = ops.unique_row_grads(ids, offsets, psw, grad_out, False, rows)
+            assert got_ids.tolist() == [rows - 1]
+            want = grad_out.repeat_interleave(offsets.diff(), dim=0).sum(0, keepdim=True)
+            torch.testing.assert_close(got, want)
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.mark.parametrize("bad", [-3, 5000, 10**12])
 def test_a_bad_id_deep_in_a_large_batch_changes_nothing(bad):
     # The dedup checks ids in its key pass, split over threads for a batch this size.
