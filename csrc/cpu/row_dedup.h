@@ -30,7 +30,6 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
-#include <type_traits>
 #include <vector>
 
 #include "cpu/common.h"
@@ -81,23 +80,19 @@ inline void prefetch_ids_ahead(const index_t* ids, int64_t j, int64_t end) {
   }
 }
 
-// Calls fn(part, begin, end) for the `parts` slices [begin_of(c), begin_of(c + 1)), in
-// parallel when parts > 1.
-template <typename B, typename F>
-void for_each_slice(int64_t parts, const B& begin_of, const F& fn) {
-  if (parts == 1) return fn(0, begin_of(0), begin_of(1));
-  at::parallel_for(0, parts, 1, [&](int64_t first, int64_t last) {
-    for (int64_t c = first; c < last; ++c) fn(c, begin_of(c), begin_of(c + 1));
-  });
-}
-
-// Where part c of `parts` equal slices of [0, n) begins.
+// Where part c of `parts` contiguous slices of [0, n) begins.
 inline int64_t part_begin(int64_t c, int64_t parts, int64_t n) { return n * c / parts; }
 
-// Calls fn(part, begin, end) for `parts` equal slices of [0, n).
+// Calls fn(part, begin, end) for `parts` contiguous slices of [0, n), in parallel
+// when parts > 1.
 template <typename F>
 void for_each_part(int64_t parts, int64_t n, const F& fn) {
-  for_each_slice(parts, [&](int64_t c) { return part_begin(c, parts, n); }, fn);
+  if (parts == 1) return fn(0, 0, n);
+  at::parallel_for(0, parts, 1, [&](int64_t first, int64_t last) {
+    for (int64_t c = first; c < last; ++c) {
+      fn(c, part_begin(c, parts, n), part_begin(c + 1, parts, n));
+    }
+  });
 }
 
 // Per-part histograms (count[c * buckets + d]) into cursors: bucket-major, then part
@@ -199,12 +194,6 @@ void group_sorted(RowSegments& r, int64_t parts, const Keys& keys) {
 // Sorts by the id's low digit (lo_bits) then its high one (hi_bits, may be 0), moving
 // 32-bit (other digit << item_bits | item) values. ids are range-checked in the
 // histogram pass, before anything is scattered.
-//
-// The first pass splits the ids into equal parts by position; the second splits the
-// first's output by ranges of the low digit (part c: low digits [lo_begin(c),
-// lo_begin(c + 1))), whose high digits the histogram pass has counted already: no
-// second histogram pass. With ids spread over the low digits (hashed or permuted ids)
-// those parts are about equal too; with skewed ones the sort is as correct, less even.
 template <typename index_t>
 void sort_by_two_digits(RowSegments& r, const char* op, const index_t* ids,
                         const index_t* offsets, int64_t num_bags, int64_t rows, int64_t parts,
@@ -212,43 +201,32 @@ void sort_by_two_digits(RowSegments& r, const char* op, const index_t* ids,
   const int64_t nnz = r.nnz;
   const bool by_bag = r.item_is == Occurrence::kBag;
   const int64_t lo_buckets = int64_t{1} << lo_bits, hi_buckets = int64_t{1} << hi_bits;
-  // lo_count: [position part][low digit]; hi_count: [position part][low-digit range]
-  // [high digit], summed over position parts into hi_count's first parts * hi_buckets.
-  int64_t* counts = r.counts.resize(parts * lo_buckets + parts * parts * hi_buckets +
-                                    lo_buckets + hi_buckets + 2);
+  int64_t* counts =
+      r.counts.resize(parts * (lo_buckets + hi_buckets) + lo_buckets + hi_buckets + 2);
   int64_t* lo_count = counts;
   int64_t* hi_count = lo_count + parts * lo_buckets;
-  int64_t* lo_start = hi_count + parts * parts * hi_buckets;
+  int64_t* lo_start = hi_count + parts * hi_buckets;
   int64_t* hi_start = lo_start + lo_buckets + 1;
   const uint64_t lo_mask = lo_buckets - 1, hi_mask = hi_buckets - 1;
-  const auto lo_begin = [&](int64_t c) { return (c * lo_buckets + parts - 1) / parts; };
+  // With one part the high digits' histogram is counted here too; with several it is
+  // counted over the first pass's output below (its parts are other positions).
+  const bool count_hi = parts == 1;
   std::vector<char> part_bad(parts, 0);
-  // With one part every low digit is in range 0, and the loop is compiled apart:
-  // computing the range cost the serial sort ~1.8% of its time (in-process A/B).
-  const auto histogram = [&](auto split) {
-    for_each_part(parts, nnz, [&](int64_t c, int64_t begin, int64_t end) {
-      int64_t* lo = lo_count + c * lo_buckets;
-      int64_t* hi = hi_count + c * parts * hi_buckets;
-      std::fill(lo, lo + lo_buckets, 0);
-      std::fill(hi, hi + parts * hi_buckets, 0);
-      bool bad = false;
-      for (int64_t j = begin; j < end; ++j) {
-        prefetch_ids_ahead(ids, j, end);
-        bad |= id_out_of_range(ids[j], rows);
-        const auto id = static_cast<uint64_t>(static_cast<int64_t>(ids[j]));
-        const uint64_t low = id & lo_mask;  // masked: a bad id counts somewhere harmless
-        ++lo[low];
-        const int64_t range = split ? static_cast<int64_t>((low * parts) >> lo_bits) : 0;
-        ++hi[range * hi_buckets + ((id >> lo_bits) & hi_mask)];
-      }
-      part_bad[c] = bad;
-    });
-  };
-  if (parts == 1) {
-    histogram(std::false_type{});
-  } else {
-    histogram(std::true_type{});
-  }
+  for_each_part(parts, nnz, [&](int64_t c, int64_t begin, int64_t end) {
+    int64_t* lo = lo_count + c * lo_buckets;
+    int64_t* hi = hi_count + c * hi_buckets;
+    std::fill(lo, lo + lo_buckets, 0);
+    std::fill(hi, hi + hi_buckets, 0);
+    bool bad = false;
+    for (int64_t j = begin; j < end; ++j) {
+      prefetch_ids_ahead(ids, j, end);
+      bad |= id_out_of_range(ids[j], rows);
+      const auto id = static_cast<uint64_t>(static_cast<int64_t>(ids[j]));
+      ++lo[id & lo_mask];  // masked: a bad id counts somewhere harmless until raised
+      if (count_hi) ++hi[(id >> lo_bits) & hi_mask];
+    }
+    part_bad[c] = bad;
+  });
   if (std::find(part_bad.begin(), part_bad.end(), 1) != part_bad.end()) {
     check_ids_in_range(op, ids, nnz, rows);  // raises, naming the first bad id
   }
@@ -267,15 +245,17 @@ void sort_by_two_digits(RowSegments& r, const char* op, const index_t* ids,
   if (hi_bits == 0) {
     return group_sorted(r, parts, ImpliedDigitKeys{first, lo_start, lo_buckets, 0, item_bits});
   }
-  for (int64_t p = 1; p < parts; ++p) {
-    const int64_t* part_hi = hi_count + p * parts * hi_buckets;
-    for (int64_t i = 0; i < parts * hi_buckets; ++i) hi_count[i] += part_hi[i];
+  if (!count_hi) {
+    for_each_part(parts, nnz, [&](int64_t c, int64_t begin, int64_t end) {
+      int64_t* hi = hi_count + c * hi_buckets;
+      std::fill(hi, hi + hi_buckets, 0);
+      for (int64_t k = begin; k < end; ++k) ++hi[first[k] >> item_bits];
+    });
   }
   counts_to_cursors(hi_count, parts, hi_buckets, hi_start);
   uint32_t* second = r.narrow_tmp.resize(nnz);
   const uint32_t item_mask = (uint32_t{1} << item_bits) - 1;
-  const auto range_begin = [&](int64_t c) { return lo_start[lo_begin(c)]; };
-  for_each_slice(parts, range_begin, [&](int64_t c, int64_t begin, int64_t end) {
+  for_each_part(parts, nnz, [&](int64_t c, int64_t begin, int64_t end) {
     int64_t* cursor = hi_count + c * hi_buckets;
     ImpliedDigitKeys low{first, lo_start, lo_buckets, 0, item_bits};
     low.seek(begin);
