@@ -11,9 +11,10 @@ Compares, in the same process and alternating iteration by iteration:
   * torch       - plain PyTorch: F.embedding_bag forward, the gradient per unique row
                   with torch.unique + index_add_, the optimizer math on the gathered rows,
                   scattered back with index_copy_.
-It also measures the machine's memory copy bandwidth (a large tensor copy) and reports
-the effective bandwidth of recis' update step (bytes of rows and state read and
-written, plus grad_out read once) as a fraction of it; on CPU also as a fraction of
+It also measures the machine's memory copy bandwidth (a large tensor copy, at the start
+and again just before each case) and reports the effective bandwidth of recis' update
+step (bytes of rows and state read and written, plus grad_out read once) as a fraction
+of the copy bandwidth measured before that case; on CPU also as a fraction of
 memcpy's bandwidth (non-temporal stores: ~1.8x a tensor copy's on session 9's
 host, the stricter reference), and the row-touch floor: the
 time to read and write back, with no math, the same rows and state (random rows are
@@ -376,6 +377,7 @@ def main(argv: list[str] | None = None) -> None:
     if not args.no_fbgemm and not fbgemm:
         print(json.dumps({"note": "fbgemm_gpu is not installed: no FBGEMM column"}))
     rows_out = []
+    bandwidths = [bw]
     for dim in [int(d) for d in args.dims.split(",")]:
         batches = make_batches(args, dim)
         nnz = statistics.median(sum(ids.numel() for ids, _ in b["tables"]) for b in batches)
@@ -388,6 +390,10 @@ def main(argv: list[str] | None = None) -> None:
                         "skipped": too_big}  # fmt: skip
                 print(json.dumps(skip), flush=True)
                 continue
+            # Measured next to each case (before its tables exist): a shared host's speed
+            # can move by 2x within minutes, and a fraction is only as good as its reference.
+            case_bw = copy_bandwidth(device)
+            bandwidths.append(case_bw)
             init = [torch.empty(args.rows, dim).uniform_(-0.01, 0.01) for _ in range(args.tables)]
             impls: list = [Recis(args, dim, optim, init)]
             if with_fbgemm:
@@ -414,7 +420,8 @@ def main(argv: list[str] | None = None) -> None:
                 **{f"{n}_ids_per_s": round(nnz / s) for n, s in secs.items()},
                 "recis_step_ms": round(step * 1e3, 2),
                 "recis_update_GBps": round(nbytes / step / 1e9, 2),
-                "recis_update_bw_fraction": round(nbytes / step / bw, 3),
+                "copy_bandwidth_GBps": round(case_bw / 1e9, 2),
+                "recis_update_bw_fraction": round(nbytes / step / case_bw, 3),
                 "recis_update_memcpy_fraction": (
                     round(nbytes / step / memcpy_bw, 3) if memcpy_bw is not None else None
                 ),
@@ -445,7 +452,16 @@ def main(argv: list[str] | None = None) -> None:
             f"| {r['recis_step_over_floor']} |"
         )
     where = "cuda" if args.device == "cuda" else f"{torch.get_num_threads()} threads"
-    print(f"\nmemory copy bandwidth: {bw / 1e9:.2f} GB/s ({where})")
+    low, high = min(bandwidths) / 1e9, max(bandwidths) / 1e9
+    print(
+        f"\nmemory copy bandwidth: {low:.2f}-{high:.2f} GB/s over the run ({where}); each "
+        "case's fraction is of the one measured just before it"
+    )
+    if high > 1.15 * low:
+        print(
+            f"note: the copy bandwidth moved by {high / low - 1:.0%} during the run: the "
+            "host's speed changed, and cases measured apart compare only roughly"
+        )
     if memcpy_bw is not None:
         print(f"memcpy bandwidth: {memcpy_bw / 1e9:.2f} GB/s ({where})")
 
