@@ -3,6 +3,7 @@ import torch
 
 from recis import ops
 from recis.ops import reference
+from tests.ops.helpers import torch_threads
 
 
 def inputs(batch, features, dim, dtype=torch.float32):
@@ -55,14 +56,10 @@ def test_an_empty_batch():
 
 def test_several_threads_give_the_single_thread_result():
     dense, emb = inputs(1000, 26, 16)
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
+    with torch_threads(1):
         one = ops.dot_interaction(dense, emb)
-        torch.set_num_threads(2)
+    with torch_threads(2):
         two = ops.dot_interaction(dense, emb)
-    finally:
-        torch.set_num_threads(threads)
     assert torch.equal(one, two)
 
 

@@ -3,6 +3,7 @@ import torch
 
 from recis import ops
 from recis.ops import reference
+from tests.ops.helpers import torch_threads
 
 
 def random_bags(num_bags, rows, max_len, empty_fraction=0.2, dtype=torch.long):
@@ -171,10 +172,6 @@ def test_one_id_per_bag_over_several_threads(dim):
     weight = torch.randn(1000, dim)
     offsets = torch.arange(4097)
     ids = torch.randint(0, 1000, (4096,))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
+    with torch_threads(2):
         out = ops.pooled_lookup(weight, ids, offsets)
-    finally:
-        torch.set_num_threads(threads)
     torch.testing.assert_close(out, weight[ids])
