@@ -11,8 +11,8 @@ Compares, in the same process and alternating iteration by iteration:
   * torch       - plain PyTorch: F.embedding_bag forward, the gradient per unique row
                   with torch.unique + index_add_, the optimizer math on the gathered rows,
                   scattered back with index_copy_.
-It also measures the machine's memory copy bandwidth (a large tensor copy, at the start
-and again just before each case) and reports the effective bandwidth of recis' update
+It also measures the machine's memory copy bandwidth (a large tensor copy, just before
+each case) and reports the effective bandwidth of recis' update
 step (bytes of rows and state read and written, plus grad_out read once) as a fraction
 of the copy bandwidth measured before that case; on CPU also as a fraction of
 memcpy's bandwidth (non-temporal stores: ~1.8x a tensor copy's on session 9's
@@ -366,9 +366,6 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     torch.manual_seed(0)
-    bw = copy_bandwidth(device)
-    print(json.dumps({"metric": "memory_copy_bandwidth_GBps", "value": round(bw / 1e9, 2),
-                      "device": args.device, "threads": torch.get_num_threads()}))  # fmt: skip
     memcpy_bw = memcpy_bandwidth(torch.get_num_threads()) if args.device == "cpu" else None
     if memcpy_bw is not None:
         print(json.dumps({"metric": "memcpy_bandwidth_GBps", "value": round(memcpy_bw / 1e9, 2),
@@ -377,7 +374,7 @@ def main(argv: list[str] | None = None) -> None:
     if not args.no_fbgemm and not fbgemm:
         print(json.dumps({"note": "fbgemm_gpu is not installed: no FBGEMM column"}))
     rows_out = []
-    bandwidths = [bw]
+    bandwidths = []
     for dim in [int(d) for d in args.dims.split(",")]:
         batches = make_batches(args, dim)
         nnz = statistics.median(sum(ids.numel() for ids, _ in b["tables"]) for b in batches)
@@ -452,16 +449,17 @@ def main(argv: list[str] | None = None) -> None:
             f"| {r['recis_step_over_floor']} |"
         )
     where = "cuda" if args.device == "cuda" else f"{torch.get_num_threads()} threads"
-    low, high = min(bandwidths) / 1e9, max(bandwidths) / 1e9
-    print(
-        f"\nmemory copy bandwidth: {low:.2f}-{high:.2f} GB/s over the run ({where}); each "
-        "case's fraction is of the one measured just before it"
-    )
-    if high > 1.15 * low:
+    if bandwidths:
+        low, high = min(bandwidths) / 1e9, max(bandwidths) / 1e9
         print(
-            f"note: the copy bandwidth moved by {high / low - 1:.0%} during the run: the "
-            "host's speed changed, and cases measured apart compare only roughly"
+            f"\nmemory copy bandwidth: {low:.2f}-{high:.2f} GB/s over the run ({where}); each "
+            "case's fraction is of the one measured just before it"
         )
+        if high > 1.15 * low:
+            print(
+                f"note: the copy bandwidth moved by {high / low - 1:.0%} during the run: the "
+                "host's speed changed, and cases measured apart compare only roughly"
+            )
     if memcpy_bw is not None:
         print(f"memcpy bandwidth: {memcpy_bw / 1e9:.2f} GB/s ({where})")
 
