@@ -9,8 +9,8 @@
 //   #include "cpu/x_kernel.h" }
 //   #if RECIS_HAVE_AVX2_KERNELS  ... #pragma GCC target("avx2,fma") ... isa_avx2 ...
 //
-// The pooled lookup also has an AVX-512 version (isa_avx512, kVecFloats = 16); with
-// Isa::kAvx512 the other kernels run their AVX2 versions. The ISAs are ordered, so a
+// The pooled lookup and the sparse updates also have an AVX-512 version (isa_avx512,
+// kVecFloats = 16); with Isa::kAvx512 the dot interaction runs its AVX2 version. The ISAs are ordered, so a
 // kernel picks its best version with cpu_isa() >= Isa::kAvx2 and so on.
 //
 // RECIS_CPU_ISA=base|avx2|avx512 (or the recis::cpu_isa op) overrides the choice, so

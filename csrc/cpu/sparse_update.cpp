@@ -134,6 +134,15 @@ constexpr int64_t kVecFloats = 8;
 #include "cpu/sparse_update_kernel.h"
 }  // namespace isa_avx2
 #pragma GCC pop_options
+
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")
+namespace isa_avx512 {
+constexpr int64_t kVecFloats = 16;
+#include "cpu/row_sums.h"
+#include "cpu/sparse_update_kernel.h"
+}  // namespace isa_avx512
+#pragma GCC pop_options
 #endif
 #pragma GCC diagnostic pop
 
@@ -141,6 +150,7 @@ constexpr int64_t kVecFloats = 8;
 template <typename Fn>
 void with_kernels(const Fn& fn) {
 #if RECIS_HAVE_AVX2_KERNELS
+  if (cpu_isa() >= Isa::kAvx512) return fn.template operator()<isa_avx512::Kernels>();
   if (cpu_isa() >= Isa::kAvx2) return fn.template operator()<isa_avx2::Kernels>();
 #endif
   fn.template operator()<isa_base::Kernels>();

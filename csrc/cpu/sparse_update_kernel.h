@@ -23,11 +23,16 @@ constexpr int64_t kTableBytesToPrefetchToL2 = int64_t{64} << 20;
 constexpr int64_t kPrefetchGrads = 16;
 
 // x[d] = sqrt(x[d]). A plain loop over std::sqrt is not vectorised (the build keeps
-// errno semantics, so each sqrt may branch to a libm call); SSE2 is the x86-64
-// baseline, so its packed sqrt needs no runtime dispatch.
+// errno semantics, so each sqrt may branch to a libm call). SSE2 is the x86-64
+// baseline, so its packed sqrt needs no runtime dispatch; the AVX2 and AVX-512 builds
+// take 8 floats at a time (Adam at dim 128 under AVX-512: 0.947x the step's time of 4
+// at a time; session 13, in-process A/B).
 inline void sqrt_array(float* x, int64_t n) {
   int64_t d = 0;
 #if defined(__SSE2__)
+  if constexpr (kVecFloats >= 8) {
+    for (; d + 8 <= n; d += 8) _mm256_storeu_ps(x + d, _mm256_sqrt_ps(_mm256_loadu_ps(x + d)));
+  }
   for (; d + 4 <= n; d += 4) _mm_storeu_ps(x + d, _mm_sqrt_ps(_mm_loadu_ps(x + d)));
 #endif
   for (; d < n; ++d) x[d] = std::sqrt(x[d]);
@@ -235,6 +240,18 @@ struct AdagradRow {
   }
 };
 
+// Eight values of T in one GCC vector type (vector_size cannot take a dependent type).
+template <typename T>
+struct EightLanes;
+template <>
+struct EightLanes<float> {
+  typedef float type __attribute__((vector_size(8 * sizeof(float))));
+};
+template <>
+struct EightLanes<double> {
+  typedef double type __attribute__((vector_size(8 * sizeof(double))));
+};
+
 // FBGEMM's EXACT_ROWWISE_ADAGRAD: one accumulator per row, s += mean(g^2).
 template <typename scalar_t>
 struct RowWiseAdagradRow {
@@ -256,12 +273,17 @@ struct RowWiseAdagradRow {
       for (int64_t d = 0; d < n; ++d) g[d] += weight_decay * w[d];
     }
     // Sum of squares in kLanes independent partial sums: one running sum would be a
-    // serial dependency chain the compiler may not reorder (no fast-math).
+    // serial dependency chain the compiler may not reorder (no fast-math). The lanes
+    // are a vector type: as a plain array, GCC's AVX-512 build summed them with
+    // shuffles and scalar adds.
     constexpr int64_t kLanes = 8;
-    scalar_t part[kLanes] = {};
+    using Lanes = typename EightLanes<scalar_t>::type;
+    Lanes part = {};
     int64_t d = 0;
     for (; d + kLanes <= n; d += kLanes) {
-      for (int64_t l = 0; l < kLanes; ++l) part[l] += g[d + l] * g[d + l];
+      Lanes x;
+      __builtin_memcpy(&x, g + d, sizeof x);
+      part += x * x;
     }
     scalar_t sq = 0;
     for (; d < n; ++d) sq += g[d] * g[d];
