@@ -1,0 +1,168 @@
+"""A/B of two builds of recis on the sparse optimizer step, in two processes that step
+alternately.
+
+A shared host's speed can move by 2x within minutes, so two builds timed one after the
+other compare the host's phases as much as the builds. Here each build runs in its own
+persistent process (its tables, optimizer and batches made once, as in
+`benchmarks/kernels.py`); round after round each process runs forward + backward +
+`opt.step()` once, the order rotated every round, and the step alone is timed. Two
+processes of one build differ by a few percent (where their tables landed in memory), so
+each build runs in `--processes` of them (2 by default) and a round's ratio is B's total
+step time over A's. The result is the median of the per-round ratios B / A and the median
+step time of each build.
+
+A and B are directories that hold a built `recis` package, e.g. an older commit:
+
+    git worktree add /tmp/recis-old <commit>
+    (cd /tmp/recis-old && /path/to/this/checkout/.venv/bin/python setup.py -q build_ext --inplace)
+    .venv/bin/python benchmarks/ab_builds.py /tmp/recis-old . --optimizer sgd --threads 1
+
+Give the same directory twice to see the harness's own spread on the host. Every process
+holds its tables at once: the issue's shape needs ~4.3 GiB per process for row-wise
+Adagrad at dim 64 (while it sets up), ~8.5 GiB for Adam.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+from machine import available_memory
+
+BENCHMARKS = Path(__file__).resolve().parent
+
+# Runs in each process: argv = [package_dir, json_args]. Prints "ready" once set up, then
+# one step time (seconds) per line read from stdin.
+WORKER = r"""
+import argparse, json, sys, time
+sys.path.insert(0, sys.argv[1])
+sys.path.insert(1, sys.argv[3])
+import torch
+import recis
+import kernels
+
+a = argparse.Namespace(**json.loads(sys.argv[2]))
+if a.threads:
+    torch.set_num_threads(a.threads)
+torch.manual_seed(0)
+batches = kernels.make_batches(a, a.dim)
+init = [torch.empty(a.rows, a.dim).uniform_(-0.01, 0.01) for _ in range(a.tables)]
+impl = kernels.Recis(a, a.dim, a.optimizer, init)
+del init
+print("ready", recis.__file__, flush=True)
+for i, _ in enumerate(sys.stdin):
+    batch = batches[i % len(batches)]
+    impl.ebc(batch["kjt"]).values().backward(batch["grad"])
+    t0 = time.perf_counter()
+    impl.opt.step()
+    print(time.perf_counter() - t0, flush=True)
+    impl.opt.zero_grad()
+"""
+
+
+def state_floats_per_row(optimizer: str, dim: int) -> int:
+    return {"sgd": 0, "rowwise_adagrad": 1, "adam": 2 * dim}[optimizer]
+
+
+def start(package: Path, args: argparse.Namespace) -> subprocess.Popen:
+    if not (package / "recis").is_dir():
+        raise SystemExit(f"ab_builds.py: {package} holds no recis package")
+    config = json.dumps({**vars(args), "device": "cpu"}, default=str)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", WORKER, str(package.resolve()), config, str(BENCHMARKS)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd="/",  # so that neither process imports a recis from its working directory
+    )
+    line = proc.stdout.readline().split()
+    if not line or line[0] != "ready":
+        proc.kill()
+        raise SystemExit(f"ab_builds.py: the process for {package} failed to start (see above)")
+    print(json.dumps({"build": str(package), "recis": line[1]}), flush=True)
+    return proc
+
+
+def step(proc: subprocess.Popen) -> float:
+    proc.stdin.write("step\n")
+    proc.stdin.flush()
+    return float(proc.stdout.readline())
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("a", type=Path, help="directory holding build A's recis package")
+    p.add_argument("b", type=Path, help="directory holding build B's recis package")
+    p.add_argument("--optimizer", choices=["rowwise_adagrad", "adam", "sgd"],
+                   default="rowwise_adagrad")  # fmt: skip
+    p.add_argument("--dim", type=int, default=64)
+    p.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
+    p.add_argument("--rounds", type=int, default=40)
+    p.add_argument("--processes", type=int, default=2, help="processes per build")
+    p.add_argument("--warmup", type=int, default=2, help="rounds left out of the medians")
+    p.add_argument("--tables", type=int, default=8)
+    p.add_argument("--rows", type=int, default=1_000_000)
+    p.add_argument("--batch", type=int, default=8192)
+    p.add_argument("--pooling", type=int, default=20, help="mean ids per bag")
+    p.add_argument("--zipf", type=float, default=1.05)
+    p.add_argument("--batches", type=int, default=4, help="distinct batches cycled through")
+    args = p.parse_args(argv)
+    if args.rounds <= args.warmup:
+        p.error(f"--rounds ({args.rounds}) must exceed --warmup ({args.warmup})")
+    if args.processes < 1:
+        p.error(f"--processes must be >= 1, got {args.processes}")
+    row_floats = args.dim + state_floats_per_row(args.optimizer, args.dim)
+    # Each process: its tables and state, and the initial copy they are made from.
+    need = 2 * args.processes * args.tables * args.rows * (row_floats + args.dim) * 4
+    have = available_memory()
+    if have is not None and need > 0.9 * have:
+        p.error(
+            f"{2 * args.processes} processes need ~{need / 2**30:.1f} GiB, "
+            f"{have / 2**30:.1f} GiB available (try --processes 1)"
+        )
+
+    # Set up one at a time: two processes initialising tables at once would be slower.
+    procs = [(build, start(path, args)) for _ in range(args.processes)
+             for build, path in (("A", args.a), ("B", args.b))]  # fmt: skip
+    times: dict[str, list[float]] = {"A": [], "B": []}
+    ratios = []
+    try:
+        for i in range(args.rounds):
+            k = i % len(procs)
+            total = {"A": 0.0, "B": 0.0}
+            for build, proc in procs[k:] + procs[:k]:
+                total[build] += step(proc)
+            if i >= args.warmup:
+                for build in total:
+                    times[build].append(total[build] / args.processes)
+                ratios.append(total["B"] / total["A"])
+    finally:
+        for _, proc in procs:
+            proc.stdin.close()
+            proc.wait()
+    result = {
+        "benchmark": "ab_builds_step",
+        "optimizer": args.optimizer,
+        "dim": args.dim,
+        "threads": args.threads,
+        "processes_per_build": args.processes,
+        "rounds": len(ratios),
+        "a_step_ms": round(statistics.median(times["A"]) * 1e3, 2),
+        "b_step_ms": round(statistics.median(times["B"]) * 1e3, 2),
+        "b_over_a": round(statistics.median(ratios), 3),
+        "b_over_a_quartiles": [round(q, 3) for q in statistics.quantiles(ratios, n=4)[::2]],
+    }
+    print(json.dumps(result))
+    print(
+        f"\n{args.optimizer} dim {args.dim}, {args.threads} thread(s): step A "
+        f"{result['a_step_ms']} ms, B {result['b_step_ms']} ms; B / A {result['b_over_a']} "
+        f"(median of {len(ratios)} rounds, quartiles {result['b_over_a_quartiles']})"
+    )
+
+
+if __name__ == "__main__":
+    main()
