@@ -2,16 +2,18 @@
 // The instruction set the CPU kernels run with, chosen once at run time.
 //
 // The build targets baseline x86-64 (SSE2) so that one build runs everywhere; the hot
-// loops are also compiled for AVX2+FMA and used when the CPU has them. A kernel
-// header (no includes of its own, no #pragma once) is included once per ISA:
+// loops are also compiled for AVX2+FMA and AVX-512 and used when the CPU has them. A
+// kernel header (no includes of its own, no #pragma once) is compiled once per ISA,
+// each copy in its own namespace (isa_base, isa_avx2, isa_avx512), by
+// cpu/isa_kernels.inc:
 //
-//   namespace recis::isa_base { constexpr int64_t kVecFloats = 4;
-//   #include "cpu/x_kernel.h" }
-//   #if RECIS_HAVE_AVX2_KERNELS  ... #pragma GCC target("avx2,fma") ... isa_avx2 ...
+//   #define RECIS_ISA_KERNEL "cpu/x_kernel.h"
+//   #include "cpu/isa_kernels.inc"
 //
-// The pooled lookup and the sparse updates also have an AVX-512 version (isa_avx512,
-// kVecFloats = 16); with Isa::kAvx512 the dot interaction runs its AVX2 version. The ISAs are ordered, so a
-// kernel picks its best version with cpu_isa() >= Isa::kAvx2 and so on.
+// The pooled lookup and the sparse updates are built this way; the dot interaction
+// writes its two namespaces out itself (base and AVX2 only: its padding assumes at most
+// 8 floats per vector). The ISAs are ordered, so a kernel picks its best version with
+// cpu_isa() >= Isa::kAvx2 and so on.
 //
 // RECIS_CPU_ISA=base|avx2|avx512 (or the recis::cpu_isa op) overrides the choice, so
 // tests check every path against the references.

@@ -15,31 +15,8 @@
 
 namespace recis {
 namespace {
-namespace isa_base {
-constexpr int64_t kVecFloats = 4;  // SSE2
-#include "cpu/row_sums.h"
-#include "cpu/pooled_lookup_kernel.h"
-}  // namespace isa_base
-
-#if RECIS_HAVE_AVX2_KERNELS
-#pragma GCC push_options
-#pragma GCC target("avx2,fma")
-namespace isa_avx2 {
-constexpr int64_t kVecFloats = 8;
-#include "cpu/row_sums.h"
-#include "cpu/pooled_lookup_kernel.h"
-}  // namespace isa_avx2
-#pragma GCC pop_options
-
-#pragma GCC push_options
-#pragma GCC target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")
-namespace isa_avx512 {
-constexpr int64_t kVecFloats = 16;
-#include "cpu/row_sums.h"
-#include "cpu/pooled_lookup_kernel.h"
-}  // namespace isa_avx512
-#pragma GCC pop_options
-#endif
+#define RECIS_ISA_KERNEL "cpu/pooled_lookup_kernel.h"
+#include "cpu/isa_kernels.inc"
 
 template <typename scalar_t, typename index_t>
 bool lookup_bags(const scalar_t* weight, int64_t rows, int64_t dim, const index_t* ids,

@@ -2,8 +2,8 @@
 //
 // The ids are deduplicated first (row_dedup.h); then one pass per unique row reduces
 // its gradient straight from grad_out (nothing nnz x dim is ever materialised) and
-// applies the optimizer (cpu/sparse_update_kernel.h, compiled for baseline x86-64 and
-// for AVX2+FMA, chosen at run time: cpu/isa.h). SGD without weight decay skips the
+// applies the optimizer (cpu/sparse_update_kernel.h, compiled for baseline x86-64,
+// AVX2+FMA and AVX-512, chosen at run time: cpu/isa.h). SGD without weight decay skips the
 // dedup when ids rarely repeat or all its rows fit in cache: it applies each
 // occurrence on its own (sgd_by_occurrence, chosen by sgd_path).
 #include <ATen/Dispatch.h>
@@ -119,31 +119,8 @@ struct AnyDim {
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Waggressive-loop-optimizations"
 
-namespace isa_base {
-constexpr int64_t kVecFloats = 4;  // SSE2
-#include "cpu/row_sums.h"
-#include "cpu/sparse_update_kernel.h"
-}  // namespace isa_base
-
-#if RECIS_HAVE_AVX2_KERNELS
-#pragma GCC push_options
-#pragma GCC target("avx2,fma")
-namespace isa_avx2 {
-constexpr int64_t kVecFloats = 8;
-#include "cpu/row_sums.h"
-#include "cpu/sparse_update_kernel.h"
-}  // namespace isa_avx2
-#pragma GCC pop_options
-
-#pragma GCC push_options
-#pragma GCC target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")
-namespace isa_avx512 {
-constexpr int64_t kVecFloats = 16;
-#include "cpu/row_sums.h"
-#include "cpu/sparse_update_kernel.h"
-}  // namespace isa_avx512
-#pragma GCC pop_options
-#endif
+#define RECIS_ISA_KERNEL "cpu/sparse_update_kernel.h"
+#include "cpu/isa_kernels.inc"
 #pragma GCC diagnostic pop
 
 // Calls fn.template operator()<Kernels>() with the kernels of the ISA in use.
