@@ -18,7 +18,9 @@ of the copy bandwidth measured before that case; on CPU also as a fraction of
 memcpy's bandwidth (non-temporal stores: ~1.8x a tensor copy's on session 9's
 host, the stricter reference), and the row-touch floor: the
 time to read and write back, with no math, the same rows and state (random rows are
-bound by memory latency, not by the copy bandwidth).
+bound by memory latency, not by the copy bandwidth). On CPU it also times the step's
+dedup alone (sorting and grouping the ids: `unique_row_grads` with a zero-width
+gradient), the part of the step that moves no rows.
 
 Prints one JSON line per result, then a markdown table.
 
@@ -44,6 +46,7 @@ import torch.nn.functional as F
 from machine import available_memory, memcpy_bandwidth
 
 from recis.nn import EmbeddingBagCollection, EmbeddingBagConfig, filter_out_sparse_param
+from recis.ops import unique_row_grads
 from recis.optim import SparseAdam, SparseRowWiseAdagrad, SparseSGD
 from recis.sparse import KeyedJaggedTensor
 
@@ -287,6 +290,23 @@ def row_touch_floor(impl: Recis, batches: list[dict], repeats: int = 3) -> float
     return statistics.median(times)
 
 
+def dedup_time(batches: list[dict], rows: int, device: torch.device, repeats: int = 3) -> float:
+    """Median seconds of the dedup alone over one step's tables: `unique_row_grads` with a
+    zero-width gradient sorts and groups the ids (the step's first part) and reduces
+    nothing, so the rest of the step is the gradient pack and the per-row update."""
+    times = []
+    for i in range(repeats):
+        batch = batches[i % len(batches)]
+        empty = torch.zeros(batch["grad"].shape[0], 0, device=device)
+        sync(device)
+        t0 = time.perf_counter()
+        for ids, offsets in batch["tables"]:
+            unique_row_grads(ids, offsets, None, empty, False, rows)
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
 def update_bytes(
     batches: list[dict], dim: int, optim: str, tables: int, batch: int
 ) -> tuple[float, float]:
@@ -402,6 +422,8 @@ def main(argv: list[str] | None = None) -> None:
             step = statistics.median(impls[0].step_times[args.warmup :])
             nbytes, uniq = update_bytes(batches, dim, optim, args.tables, args.batch)
             floor = row_touch_floor(impls[0], batches)
+            # CPU only: the CUDA binding's zero-width gradient has never run on a GPU.
+            dedup = dedup_time(batches, args.rows, device) if args.device == "cpu" else None
             result = {
                 "benchmark": "sparse_fwd_bwd_step",
                 "optimizer": optim,
@@ -422,6 +444,7 @@ def main(argv: list[str] | None = None) -> None:
                 "recis_update_memcpy_fraction": (
                     round(nbytes / step / memcpy_bw, 3) if memcpy_bw is not None else None
                 ),
+                "recis_dedup_ms": round(dedup * 1e3, 2) if dedup is not None else None,
                 "row_touch_floor_ms": round(floor * 1e3, 2),
                 "recis_step_over_floor": round(step / floor, 2),
             }
@@ -434,16 +457,16 @@ def main(argv: list[str] | None = None) -> None:
     print()
     print(
         "| optimizer | dim | recis ms | fbgemm ms | torch ms | recis ids/s | x fbgemm | x torch "
-        "| recis step ms | update GB/s | of copy BW | of memcpy BW | row-touch floor ms "
-        "| step / floor |"
+        "| recis step ms | of which dedup ms | update GB/s | of copy BW | of memcpy BW "
+        "| row-touch floor ms | step / floor |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows_out:
         print(
             f"| {r['optimizer']} | {r['dim']} | {r['recis_ms']} | {r.get('fbgemm_ms', 'n/a')} "
             f"| {r.get('torch_ms', 'n/a')} | {r['recis_ids_per_s']:.3g} "
             f"| {r.get('speedup_vs_fbgemm', 'n/a')} | {r.get('speedup_vs_torch', 'n/a')} "
-            f"| {r['recis_step_ms']} | {r['recis_update_GBps']} "
+            f"| {r['recis_step_ms']} | {r['recis_dedup_ms'] or 'n/a'} | {r['recis_update_GBps']} "
             f"| {r['recis_update_bw_fraction']:.0%} | {memcpy_fraction(r)} "
             f"| {r['row_touch_floor_ms']} "
             f"| {r['recis_step_over_floor']} |"
