@@ -111,8 +111,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--zipf", type=float, default=1.05)
     p.add_argument("--batches", type=int, default=4, help="distinct batches cycled through")
     args = p.parse_args(argv)
-    if args.rounds <= args.warmup:
-        p.error(f"--rounds ({args.rounds}) must exceed --warmup ({args.warmup})")
+    if args.rounds < args.warmup + 2:
+        p.error(f"--rounds ({args.rounds}) must exceed --warmup ({args.warmup}) by 2 or more")
     if args.processes < 1:
         p.error(f"--processes must be >= 1, got {args.processes}")
     row_floats = args.dim + state_floats_per_row(args.optimizer, args.dim)
