@@ -25,6 +25,7 @@ Adagrad at dim 64 (while it sets up), ~8.5 GiB for Adam.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import subprocess
@@ -87,10 +88,16 @@ def start(package: Path, args: argparse.Namespace) -> subprocess.Popen:
     return proc
 
 
-def step(proc: subprocess.Popen) -> float:
-    proc.stdin.write("step\n")
-    proc.stdin.flush()
-    return float(proc.stdout.readline())
+def step(build: str, proc: subprocess.Popen) -> float:
+    try:
+        proc.stdin.write("step\n")
+        proc.stdin.flush()
+        line = proc.stdout.readline()
+    except BrokenPipeError:
+        line = ""
+    if not line:
+        raise SystemExit(f"ab_builds.py: build {build}'s process exited (see above)")
+    return float(line)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -135,14 +142,15 @@ def main(argv: list[str] | None = None) -> None:
             k = i % len(procs)
             total = {"A": 0.0, "B": 0.0}
             for build, proc in procs[k:] + procs[:k]:
-                total[build] += step(proc)
+                total[build] += step(build, proc)
             if i >= args.warmup:
                 for build in total:
                     times[build].append(total[build] / args.processes)
                 ratios.append(total["B"] / total["A"])
     finally:
         for _, proc in procs:
-            proc.stdin.close()
+            with contextlib.suppress(BrokenPipeError):
+                proc.stdin.close()
             proc.wait()
     result = {
         "benchmark": "ab_builds_step",
