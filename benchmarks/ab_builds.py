@@ -18,8 +18,8 @@ A and B are directories that hold a built `recis` package, e.g. an older commit:
     .venv/bin/python benchmarks/ab_builds.py /tmp/recis-old . --optimizer sgd --threads 1
 
 Give the same directory twice to see the harness's own spread on the host. Every process
-holds its tables at once: the issue's shape needs ~4.3 GiB per process for row-wise
-Adagrad at dim 64 (while it sets up), ~8.5 GiB for Adam.
+holds its tables at once: the issue's shape needs ~3.8 GiB per process for row-wise
+Adagrad at dim 64 (while it sets up; `kernels.needed_memory`), ~7.6 GiB for Adam.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from kernels import needed_memory
 from machine import available_memory
 
 BENCHMARKS = Path(__file__).resolve().parent
@@ -63,10 +64,6 @@ for i, _ in enumerate(sys.stdin):
     print(time.perf_counter() - t0, flush=True)
     impl.opt.zero_grad()
 """
-
-
-def state_floats_per_row(optimizer: str, dim: int) -> int:
-    return {"sgd": 0, "rowwise_adagrad": 1, "adam": 2 * dim}[optimizer]
 
 
 def start(package: Path, args: argparse.Namespace) -> subprocess.Popen:
@@ -122,9 +119,10 @@ def main(argv: list[str] | None = None) -> None:
         p.error(f"--rounds ({args.rounds}) must exceed --warmup ({args.warmup}) by 2 or more")
     if args.processes < 1:
         p.error(f"--processes must be >= 1, got {args.processes}")
-    row_floats = args.dim + state_floats_per_row(args.optimizer, args.dim)
     # Each process: its tables and state, and the initial copy they are made from.
-    need = 2 * args.processes * args.tables * args.rows * (row_floats + args.dim) * 4
+    one_process, _ = needed_memory(argparse.Namespace(**vars(args), device="cpu"), args.dim,
+                                   args.optimizer, implementations=1)  # fmt: skip
+    need = 2 * args.processes * one_process
     have = available_memory()
     if have is not None and need > 0.9 * have:
         p.error(
