@@ -247,6 +247,7 @@ def test_dedup_split_over_threads_of_one_id_gives_one_row(rows):
     # One run spans every part: the parts after the first start no run of their own.
     ids, offsets, psw, grad_out = random_grad(30000, rows, 12, 4, weighted=False)
     ids.fill_(rows - 1)
+    assert ids.numel() > 3 * 32768  # enough for one part per thread at 3 threads
     want_ids, want = reference.unique_row_grads(ids, offsets, psw, grad_out, False, rows)
     assert want_ids.tolist() == [rows - 1]
     for n in (1, 2, 3):
