@@ -61,9 +61,9 @@ inline void reduce_row(const SortedGrad<scalar_t>& grad, int64_t begin, int64_t 
     for (int64_t k = begin; k < end; ++k) {
       // grad_out rows are read in id order, i.e. at random: fetch a few ahead.
       if (k + kPrefetchGrads < grad.nnz) {
-        prefetch_row(grad.grad_out + grad.bag[k + kPrefetchGrads] * grad.row_stride, dim);
+        prefetch_row(grad.grad_out + grad.bag(k + kPrefetchGrads) * grad.row_stride, dim);
       }
-      add(grad.grad_out + grad.bag[k] * grad.row_stride, k);
+      add(grad.grad_out + grad.bag(k) * grad.row_stride, k);
     }
   };
   if constexpr (!kSumsInVectors<kFixedDim<D>, scalar_t>) {
