@@ -1,5 +1,5 @@
-"""A/B of two builds of recis on the sparse optimizer step, in two processes that step
-alternately.
+"""A/B of two builds of recis on the sparse optimizer step (or the dedup alone), in
+processes that step alternately.
 
 A shared host's speed can move by 2x within minutes, so two builds timed one after the
 other compare the host's phases as much as the builds. Here each build runs in its own
@@ -9,7 +9,9 @@ persistent process (its tables, optimizer and batches made once, as in
 processes of one build differ by a few percent (where their tables landed in memory), so
 each build runs in `--processes` of them (2 by default) and a round's ratio is B's total
 step time over A's. The result is the median of the per-round ratios B / A and the median
-step time of each build.
+step time of each build. `--part dedup` times the step's sort and grouping of the ids
+alone instead (`unique_row_grads` of every table's ids with a zero-width gradient, as
+kernels.py's dedup column): no tables are made, so it needs little memory.
 
 A and B are directories that hold a built `recis` package, e.g. an older commit:
 
@@ -38,7 +40,7 @@ from machine import available_memory
 BENCHMARKS = Path(__file__).resolve().parent
 
 # Runs in each process: argv = [package_dir, json_args]. Prints "ready" once set up, then
-# one step time (seconds) per line read from stdin.
+# one time (seconds) of the part measured per line read from stdin.
 WORKER = r"""
 import argparse, json, sys, time
 sys.path.insert(0, sys.argv[1])
@@ -52,17 +54,29 @@ if a.threads:
     torch.set_num_threads(a.threads)
 torch.manual_seed(0)
 batches = kernels.make_batches(a, a.dim)
-init = [torch.empty(a.rows, a.dim).uniform_(-0.01, 0.01) for _ in range(a.tables)]
-impl = kernels.Recis(a, a.dim, a.optimizer, init)
-del init
+if a.part == "step":
+    init = [torch.empty(a.rows, a.dim).uniform_(-0.01, 0.01) for _ in range(a.tables)]
+    impl = kernels.Recis(a, a.dim, a.optimizer, init)
+    del init
+else:
+    empty = torch.zeros(a.batch, 0)
 print("ready", recis.__file__, flush=True)
 for i, _ in enumerate(sys.stdin):
     batch = batches[i % len(batches)]
-    impl.ebc(batch["kjt"]).values().backward(batch["grad"])
-    t0 = time.perf_counter()
-    impl.opt.step()
-    print(time.perf_counter() - t0, flush=True)
-    impl.opt.zero_grad()
+    if a.part == "step":
+        impl.ebc(batch["kjt"]).values().backward(batch["grad"])
+        t0 = time.perf_counter()
+        impl.opt.step()
+        print(time.perf_counter() - t0, flush=True)
+        impl.opt.zero_grad()
+    else:  # the dedup alone, as kernels.dedup_time: nothing to reduce
+        # Twice, the first untimed, as forward + backward precede a timed step: the
+        # process that ran just before leaves its OpenMP threads spinning for a while.
+        for _ in range(2):
+            t0 = time.perf_counter()
+            for ids, offsets in batch["tables"]:
+                recis.ops.unique_row_grads(ids, offsets, None, empty, False, a.rows)
+        print(time.perf_counter() - t0, flush=True)
 """
 
 
@@ -101,6 +115,9 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("a", type=Path, help="directory holding build A's recis package")
     p.add_argument("b", type=Path, help="directory holding build B's recis package")
+    p.add_argument("--part", choices=["step", "dedup"], default="step",
+                   help="what is timed: the optimizer step, or the dedup alone "
+                        "(unique_row_grads of every table's ids, no tables made)")  # fmt: skip
     p.add_argument("--optimizer", choices=["rowwise_adagrad", "adam", "sgd"],
                    default="rowwise_adagrad")  # fmt: skip
     p.add_argument("--dim", type=int, default=64)
@@ -122,7 +139,7 @@ def main(argv: list[str] | None = None) -> None:
     # Each process: its tables and state, and the initial copy they are made from.
     one_process, _ = needed_memory(argparse.Namespace(**vars(args), device="cpu"), args.dim,
                                    args.optimizer, implementations=1)  # fmt: skip
-    need = 2 * args.processes * one_process
+    need = 2 * args.processes * one_process if args.part == "step" else 0
     have = available_memory()
     if have is not None and need > 0.9 * have:
         p.error(
@@ -151,21 +168,22 @@ def main(argv: list[str] | None = None) -> None:
                 proc.stdin.close()
             proc.wait()
     result = {
-        "benchmark": "ab_builds_step",
+        "benchmark": f"ab_builds_{args.part}",
         "optimizer": args.optimizer,
         "dim": args.dim,
         "threads": args.threads,
         "processes_per_build": args.processes,
         "rounds": len(ratios),
-        "a_step_ms": round(statistics.median(times["A"]) * 1e3, 2),
-        "b_step_ms": round(statistics.median(times["B"]) * 1e3, 2),
+        "a_ms": round(statistics.median(times["A"]) * 1e3, 2),
+        "b_ms": round(statistics.median(times["B"]) * 1e3, 2),
         "b_over_a": round(statistics.median(ratios), 3),
         "b_over_a_quartiles": [round(q, 3) for q in statistics.quantiles(ratios, n=4)[::2]],
     }
     print(json.dumps(result))
+    what = f"{args.optimizer} dim {args.dim}" if args.part == "step" else "dedup"
     print(
-        f"\n{args.optimizer} dim {args.dim}, {args.threads} thread(s): step A "
-        f"{result['a_step_ms']} ms, B {result['b_step_ms']} ms; B / A {result['b_over_a']} "
+        f"\n{what}, {args.threads} thread(s): {args.part} A "
+        f"{result['a_ms']} ms, B {result['b_ms']} ms; B / A {result['b_over_a']} "
         f"(median of {len(ratios)} rounds, quartiles {result['b_over_a_quartiles']})"
     )
 
