@@ -61,7 +61,6 @@ struct RowSegments {
   Scratch<uint32_t> narrow, narrow_tmp;  // sort_by_two_digits' buffers; sort_keys' items
   Scratch<int64_t> counts;      // per-part histograms, then cursors
   int64_t size() const { return num_unique; }
-  int64_t item(int64_t k) const { return items[k] & item_mask; }
 };
 
 inline int bit_width_u64(uint64_t x) { return x == 0 ? 0 : 64 - __builtin_clzll(x); }

@@ -90,13 +90,17 @@ struct SortedGrad {
       bags = sorted_bag;
       bag_mask = ~uint32_t{0};
     }
-    at::parallel_for(0, nnz, kDedupIdsPerPart, [=, &r](int64_t begin, int64_t end) {
+    const uint32_t* items = r.items;
+    const uint32_t item_mask = r.item_mask;
+    at::parallel_for(0, nnz, kDedupIdsPerPart, [=](int64_t begin, int64_t end) {
+      const uint32_t mask = item_mask;  // a local: a store below could alias a capture
       for (int64_t k = begin; k < end; ++k) {
-        int64_t b = r.item(k);
+        const int64_t item = items[k] & mask;
+        int64_t b = item;
         scalar_t m = scalar_t(1);
         if (psw != nullptr) {
-          b = sorted_bag[k] = bag_of[b];
-          m = psw[r.item(k)];
+          b = sorted_bag[k] = bag_of[item];
+          m = psw[item];
         }
         if (mean) m /= static_cast<scalar_t>(offsets[b + 1] - offsets[b]);
         sc[k] = m;
