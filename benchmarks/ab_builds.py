@@ -42,7 +42,7 @@ BENCHMARKS = Path(__file__).resolve().parent
 # Runs in each process: argv = [package_dir, json_args]. Prints "ready" once set up, then
 # one time (seconds) of the part measured per line read from stdin.
 WORKER = r"""
-import argparse, json, sys, time
+import argparse, json, sys
 sys.path.insert(0, sys.argv[1])
 sys.path.insert(1, sys.argv[3])
 import torch
@@ -58,25 +58,17 @@ if a.part == "step":
     init = [torch.empty(a.rows, a.dim).uniform_(-0.01, 0.01) for _ in range(a.tables)]
     impl = kernels.Recis(a, a.dim, a.optimizer, init)
     del init
-else:
-    empty = torch.zeros(a.batch, 0)
 print("ready", recis.__file__, flush=True)
 for i, _ in enumerate(sys.stdin):
     batch = batches[i % len(batches)]
     if a.part == "step":
-        impl.ebc(batch["kjt"]).values().backward(batch["grad"])
-        t0 = time.perf_counter()
-        impl.opt.step()
-        print(time.perf_counter() - t0, flush=True)
-        impl.opt.zero_grad()
-    else:  # the dedup alone, as kernels.dedup_time: nothing to reduce
+        impl.run(batch)  # forward + backward + the timed step
+        print(impl.step_times[-1], flush=True)
+    else:
         # Twice, the first untimed, as forward + backward precede a timed step: the
         # process that ran just before leaves its OpenMP threads spinning for a while.
-        for _ in range(2):
-            t0 = time.perf_counter()
-            for ids, offsets in batch["tables"]:
-                recis.ops.unique_row_grads(ids, offsets, None, empty, False, a.rows)
-        print(time.perf_counter() - t0, flush=True)
+        kernels.dedup_seconds(batch, a.rows, torch.device("cpu"))
+        print(kernels.dedup_seconds(batch, a.rows, torch.device("cpu")), flush=True)
 """
 
 

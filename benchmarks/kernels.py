@@ -292,20 +292,22 @@ def row_touch_floor(impl: Recis, batches: list[dict], repeats: int = 3) -> float
     return statistics.median(times)
 
 
-def dedup_time(batches: list[dict], rows: int, device: torch.device, repeats: int = 3) -> float:
-    """Median seconds of the dedup alone over one step's tables: `unique_row_grads` with a
+def dedup_seconds(batch: dict, rows: int, device: torch.device) -> float:
+    """Seconds of the dedup alone over one step's tables: `unique_row_grads` with a
     zero-width gradient sorts and groups the ids (the step's first part) and reduces
     nothing, so the rest of the step is the gradient pack and the per-row update."""
-    times = []
-    for i in range(repeats):
-        batch = batches[i % len(batches)]
-        empty = torch.zeros(batch["grad"].shape[0], 0, device=device)
-        sync(device)
-        t0 = time.perf_counter()
-        for ids, offsets in batch["tables"]:
-            unique_row_grads(ids, offsets, None, empty, False, rows)
-        sync(device)
-        times.append(time.perf_counter() - t0)
+    empty = torch.zeros(batch["grad"].shape[0], 0, device=device)
+    sync(device)
+    t0 = time.perf_counter()
+    for ids, offsets in batch["tables"]:
+        unique_row_grads(ids, offsets, None, empty, False, rows)
+    sync(device)
+    return time.perf_counter() - t0
+
+
+def dedup_time(batches: list[dict], rows: int, device: torch.device, repeats: int = 3) -> float:
+    """Median of `dedup_seconds` over `repeats` of the batches."""
+    times = [dedup_seconds(batches[i % len(batches)], rows, device) for i in range(repeats)]
     return statistics.median(times)
 
 
@@ -353,13 +355,9 @@ def check_memory(args, dim: int, optim: str, with_fbgemm: bool) -> str | None:
     return why
 
 
-def rows_pass_fraction(result: dict) -> str:
-    fraction = result["recis_rows_pass_bw_fraction"]
-    return "n/a" if fraction is None else f"{fraction:.0%}"
-
-
-def memcpy_fraction(result: dict) -> str:
-    fraction = result["recis_update_memcpy_fraction"]
+def percent(result: dict, key: str) -> str:
+    """result[key] as a percentage, "n/a" where it was not measured."""
+    fraction = result[key]
     return "n/a" if fraction is None else f"{fraction:.0%}"
 
 
@@ -481,8 +479,8 @@ def main(argv: list[str] | None = None) -> None:
             f"| {r.get('torch_ms', 'n/a')} | {r['recis_ids_per_s']:.3g} "
             f"| {r.get('speedup_vs_fbgemm', 'n/a')} | {r.get('speedup_vs_torch', 'n/a')} "
             f"| {r['recis_step_ms']} | {r['recis_dedup_ms'] or 'n/a'} | {r['recis_update_GBps']} "
-            f"| {r['recis_update_bw_fraction']:.0%} | {rows_pass_fraction(r)} "
-            f"| {memcpy_fraction(r)} "
+            f"| {r['recis_update_bw_fraction']:.0%} | {percent(r, 'recis_rows_pass_bw_fraction')} "
+            f"| {percent(r, 'recis_update_memcpy_fraction')} "
             f"| {r['row_touch_floor_ms']} "
             f"| {r['recis_step_over_floor']} |"
         )

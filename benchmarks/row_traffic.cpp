@@ -3,7 +3,7 @@
 // benchmarks/kernels.py's step is read (benchmarks/RESULTS.md, Kernels).
 //
 //   g++ -O3 -mavx2 -mfma -o /tmp/row_traffic benchmarks/row_traffic.cpp
-//   /tmp/row_traffic [dim] [repeats]        # dim 64 (default) or any width up to 256
+//   /tmp/row_traffic [dim] [repeats]        # dim 64 (default): a multiple of 8 up to 256
 //
 // The shape is kernels.py's default: 8 tables x 1M rows on huge pages, 8192 bags of
 // 15-25 ids each, Zipf(1.05) ids scattered over the table by a fixed permutation. Each
