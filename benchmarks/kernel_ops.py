@@ -134,17 +134,20 @@ def update_results(isas: list[str]) -> list[dict]:
         offsets[1:] = torch.randint(0, 21, (bags,)).cumsum(0)
         batches.append((torch.randint(0, rows, (int(offsets[-1]),)), offsets))
 
+    n = len(weights)
+
     def rowwise(i: int) -> None:
         ids, offsets = batches[i % steps]
-        for w, s in zip(weights, sums, strict=True):
-            torch.ops.recis.sparse_rowwise_adagrad_update(
-                w, s, ids, offsets, None, grad, False, 0.01, 1e-8, 0.0
-            )
+        torch.ops.recis.sparse_rowwise_adagrad_update(
+            weights, sums, [ids] * n, [offsets] * n, [None] * n, [grad] * n, [False] * n,
+            0.01, 1e-8, 0.0,
+        )  # fmt: skip
 
     def sgd(i: int) -> None:
         ids, offsets = batches[i % steps]
-        for w in weights:
-            torch.ops.recis.sparse_sgd_update(w, ids, offsets, None, grad, False, 0.01, 0.0)
+        torch.ops.recis.sparse_sgd_update(
+            weights, [ids] * n, [offsets] * n, [None] * n, [grad] * n, [False] * n, 0.01, 0.0
+        )
 
     out = []
     for name, fn in [("rowwise_adagrad", rowwise), ("sgd", sgd)]:

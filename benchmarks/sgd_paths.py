@@ -51,7 +51,7 @@ def time_paths(rows: int, dim: int, bags: int, per_bag: int, iters: int) -> dict
     for _ in range(iters + 2):
         for decay, ts in times.items():
             t0 = time.perf_counter()
-            ops.sparse_sgd_update(weight, ids, offsets, None, grad, False, 1e-3, decay)
+            ops.sparse_sgd_update([weight], [ids], [offsets], [None], [grad], [False], 1e-3, decay)
             ts.append(time.perf_counter() - t0)
     chosen, dedup = (statistics.median(ts[2:]) for ts in times.values())
     return {

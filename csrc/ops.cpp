@@ -48,31 +48,33 @@ TORCH_LIBRARY(recis, m) {
   m.def(
       "unique_row_grads(Tensor ids, Tensor offsets, Tensor? per_sample_weights, "
       "Tensor grad_out, bool mean, int num_rows) -> (Tensor, Tensor)");
-  // Fused updates: each touched row of weight (and its state) is read and written
-  // once, with the gradient reduced over its duplicates. Untouched rows do not change.
-  // w -= lr * (g + weight_decay * w); without weight decay the CPU kernel applies each
+  // Fused updates over a batch of tables: list entry t of every list is table t. Each
+  // touched row of a weight (and its state) is read and written once, with the
+  // gradient reduced over its duplicates; untouched rows do not change. Every table's
+  // inputs and ids are checked before any table changes; errors name the table's index.
+  // w -= lr * (g + weight_decay * w); without weight decay the CPU kernel may apply each
   // occurrence in batch order instead (the same sum, rounded per occurrence).
   m.def(
-      "sparse_sgd_update(Tensor(a!) weight, Tensor ids, Tensor offsets, "
-      "Tensor? per_sample_weights, Tensor grad_out, bool mean, float lr, "
+      "sparse_sgd_update(Tensor(a!)[] weights, Tensor[] ids, Tensor[] offsets, "
+      "Tensor?[] per_sample_weights, Tensor[] grad_outs, bool[] mean, float lr, "
       "float weight_decay) -> ()");
   // g += weight_decay * w; s += g^2; w -= lr * g / (sqrt(s) + eps)   (state_sum [rows, dim])
   m.def(
-      "sparse_adagrad_update(Tensor(a!) weight, Tensor(b!) state_sum, Tensor ids, "
-      "Tensor offsets, Tensor? per_sample_weights, Tensor grad_out, bool mean, float lr, "
-      "float eps, float weight_decay) -> ()");
+      "sparse_adagrad_update(Tensor(a!)[] weights, Tensor(b!)[] state_sums, Tensor[] ids, "
+      "Tensor[] offsets, Tensor?[] per_sample_weights, Tensor[] grad_outs, bool[] mean, "
+      "float lr, float eps, float weight_decay) -> ()");
   // g += weight_decay * w; s += mean(g^2); w -= lr * g / (sqrt(s) + eps)   (state_sum [rows])
   m.def(
-      "sparse_rowwise_adagrad_update(Tensor(a!) weight, Tensor(b!) state_sum, Tensor ids, "
-      "Tensor offsets, Tensor? per_sample_weights, Tensor grad_out, bool mean, float lr, "
-      "float eps, float weight_decay) -> ()");
-  // torch.optim.Adam (L2 weight decay) or AdamW (decoupled_weight_decay) with step
-  // count `step` (after this update, >= 1) for bias correction.
+      "sparse_rowwise_adagrad_update(Tensor(a!)[] weights, Tensor(b!)[] state_sums, "
+      "Tensor[] ids, Tensor[] offsets, Tensor?[] per_sample_weights, Tensor[] grad_outs, "
+      "bool[] mean, float lr, float eps, float weight_decay) -> ()");
+  // torch.optim.Adam (L2 weight decay) or AdamW (decoupled_weight_decay); steps[t] is
+  // table t's step count after this update (>= 1), for bias correction.
   m.def(
-      "sparse_adam_update(Tensor(a!) weight, Tensor(b!) exp_avg, Tensor(c!) exp_avg_sq, "
-      "Tensor ids, Tensor offsets, Tensor? per_sample_weights, Tensor grad_out, bool mean, "
-      "float lr, float beta1, float beta2, float eps, float weight_decay, int step, "
-      "bool decoupled_weight_decay) -> ()");
+      "sparse_adam_update(Tensor(a!)[] weights, Tensor(b!)[] exp_avgs, "
+      "Tensor(c!)[] exp_avg_sqs, Tensor[] ids, Tensor[] offsets, Tensor?[] per_sample_weights, "
+      "Tensor[] grad_outs, bool[] mean, float lr, float beta1, float beta2, float eps, "
+      "float weight_decay, int[] steps, bool decoupled_weight_decay) -> ()");
 }
 
 // `import recis._C` loads this library, which registers the ops above with torch.

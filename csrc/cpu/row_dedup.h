@@ -6,8 +6,8 @@
 // itself (Occurrence), by an LSD radix sort over the id bits only (stable, digits of
 // at most 11 bits), which orders the pairs by (id, j); an id twice in one bag gives
 // two equal pairs by bag, which contribute the same gradient either way. Memory is
-// O(nnz), never O(table rows), and is one workspace per calling thread reused across
-// calls (cpu/scratch.h). Two sorts:
+// O(nnz), never O(table rows): a workspace (RowSegments) per table of a call, kept by
+// the calling thread and reused across calls (cpu/scratch.h). Two sorts:
 //
 // - ids of a table of up to 2^22 rows, whose items fit in 32 bits beside a digit, in
 //   one pass (up to 2^11 rows) or two over 32-bit values (sort_by_two_digits): each
@@ -377,15 +377,15 @@ void sort_keys(RowSegments& r, const char* op, const index_t* ids, const index_t
   group_sorted(r, parts, PackedKeys{keys, item_bits});
 }
 
-// Checks offsets and ids, then groups the occurrences by id, recording `item_is` of
-// each; `op` names the caller in errors. Only this workspace is written before every
-// check passed. Returns this thread's workspace, valid until its next call.
+// Checks offsets and ids, then groups the occurrences by id into the workspace r,
+// recording `item_is` of each; `op` names the caller in errors. Only r is written
+// before every check passed. Inside a parallel region it runs on the calling thread
+// alone (one table per thread: see dedup_tables in cpu/sparse_update.cpp).
 template <typename index_t>
-const RowSegments& dedup_rows(const char* op, const index_t* ids, int64_t nnz,
+const RowSegments& dedup_rows(RowSegments& r, const char* op, const index_t* ids, int64_t nnz,
                               const index_t* offsets, int64_t num_bags, int64_t rows,
                               Occurrence item_is) {
   check_offsets(op, nnz, offsets, num_bags);
-  static thread_local RowSegments r;
   r.nnz = nnz;
   r.num_unique = 0;
   r.item_is = item_is;

@@ -6,7 +6,10 @@
 #include <torch/library.h>
 
 #include <cmath>
+#include <string>
 #include <tuple>
+#include <utility>
+#include <vector>
 
 #include "cpu/bucketize_checks.h"
 #include "cpu/common.h"
@@ -165,26 +168,54 @@ at::Tensor workspace_for(const at::Tensor& like, int64_t nnz) {
                    like.options().dtype(at::kByte));
 }
 
-void run_update_cuda(const char* op, cuda::SparseOptim kind, const cuda::SparseOptimParams& params,
-                     at::Tensor& weight, at::Tensor* state0, at::Tensor* state1,
-                     const at::Tensor& ids, const at::Tensor& offsets,
-                     const std::optional<at::Tensor>& per_sample_weights,
-                     const at::Tensor& grad_out, bool mean) {
-  check_table(op, weight, grad_out);
-  check_sparse_grad(op, ids, offsets, per_sample_weights, grad_out, weight.size(1));
-  TORCH_CHECK(weight.scalar_type() == at::kFloat, op, " (CUDA): float32 weights only");
-  TORCH_CHECK(weight.size(1) <= cuda::max_sparse_update_dim(), op, " (CUDA): dim ",
-              weight.size(1), " is above the supported ", cuda::max_sparse_update_dim());
-  const c10::cuda::CUDAGuard guard(weight.device());
-  const CudaGrad g = prepare_grad(op, ids, offsets, per_sample_weights, grad_out, weight.size(0));
-  auto view = g.view();
-  view.mean = mean;
-  const auto ws = workspace_for(weight, view.nnz);
-  cuda::sparse_update_f32(kind, params, weight.data_ptr<float>(), weight.size(0),
-                          state0 ? state0->data_ptr<float>() : nullptr,
-                          state1 ? state1->data_ptr<float>() : nullptr, view, ws.data_ptr(),
-                          at::cuda::getCurrentCUDAStream());
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+// A table's optimizer state tensors (nullptr where the optimizer has fewer).
+using StatePtrs = std::pair<const at::Tensor*, const at::Tensor*>;
+
+// A CUDA update over a batch of tables: every table is checked first (check(t, op)
+// adds the optimizer's checks of table t; its ids on the device, one sync each), then
+// each is updated on the current stream with params(t) and its states(t).
+template <typename Check, typename Params, typename States>
+void run_update_cuda(const char* op, cuda::SparseOptim kind, at::TensorList weights,
+                     at::TensorList ids, at::TensorList offsets,
+                     const c10::List<std::optional<at::Tensor>>& per_sample_weights,
+                     at::TensorList grad_outs, const c10::List<bool>& mean, const Check& check,
+                     const Params& params, const States& states) {
+  const size_t n = weights.size();
+  for (const auto& [name, size] : {std::pair{"ids", ids.size()}, {"offsets", offsets.size()},
+                                   {"per_sample_weights", per_sample_weights.size()},
+                                   {"grad_outs", grad_outs.size()}, {"mean", mean.size()}}) {
+    TORCH_CHECK(size == n, op, ": one entry per table in every list: ", n, " weights, ", size,
+                " ", name);
+  }
+  std::vector<std::string> names(n);
+  std::vector<CudaGrad> grads;
+  for (size_t t = 0; t < n; ++t) {
+    names[t] = n == 1 ? std::string(op) : std::string(op) + ", table " + std::to_string(t);
+    const char* top = names[t].c_str();
+    const at::Tensor& weight = weights[t];
+    check_table(top, weight, grad_outs[t]);
+    check(t, top);
+    const std::optional<at::Tensor> psw = per_sample_weights.get(t);
+    check_sparse_grad(top, ids[t], offsets[t], psw, grad_outs[t], weight.size(1));
+    TORCH_CHECK(weight.scalar_type() == at::kFloat, top, " (CUDA): float32 weights only");
+    TORCH_CHECK(weight.size(1) <= cuda::max_sparse_update_dim(), top, " (CUDA): dim ",
+                weight.size(1), " is above the supported ", cuda::max_sparse_update_dim());
+    const c10::cuda::CUDAGuard guard(weight.device());
+    grads.push_back(prepare_grad(top, ids[t], offsets[t], psw, grad_outs[t], weight.size(0)));
+  }
+  for (size_t t = 0; t < n; ++t) {
+    const at::Tensor& weight = weights[t];
+    const c10::cuda::CUDAGuard guard(weight.device());
+    auto view = grads[t].view();
+    view.mean = mean.get(t);
+    const auto ws = workspace_for(weight, view.nnz);
+    const auto [state0, state1] = StatePtrs(states(t));
+    cuda::sparse_update_f32(kind, params(t), weight.data_ptr<float>(), weight.size(0),
+                            state0 ? state0->data_ptr<float>() : nullptr,
+                            state1 ? state1->data_ptr<float>() : nullptr, view, ws.data_ptr(),
+                            at::cuda::getCurrentCUDAStream());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
 }
 
 std::tuple<at::Tensor, at::Tensor> unique_row_grads_cuda(
@@ -208,68 +239,76 @@ std::tuple<at::Tensor, at::Tensor> unique_row_grads_cuda(
   return {unique_ids, grads};
 }
 
-void sparse_sgd_update_cuda(at::Tensor& weight, const at::Tensor& ids, const at::Tensor& offsets,
-                            const std::optional<at::Tensor>& per_sample_weights,
-                            const at::Tensor& grad_out, bool mean, double lr, double weight_decay) {
+void sparse_sgd_update_cuda(at::TensorList weights, at::TensorList ids, at::TensorList offsets,
+                            const c10::List<std::optional<at::Tensor>>& per_sample_weights,
+                            at::TensorList grad_outs, const c10::List<bool>& mean, double lr,
+                            double weight_decay) {
   constexpr const char* op = "recis.sparse_sgd_update";
   check_hyper(op, {{"lr", lr}, {"weight_decay", weight_decay}});
   cuda::SparseOptimParams p;
   p.lr = static_cast<float>(lr);
   p.weight_decay = static_cast<float>(weight_decay);
-  run_update_cuda(op, cuda::SparseOptim::kSgd, p, weight, nullptr, nullptr, ids, offsets,
-                  per_sample_weights, grad_out, mean);
+  run_update_cuda(
+      op, cuda::SparseOptim::kSgd, weights, ids, offsets, per_sample_weights, grad_outs, mean,
+      [](size_t, const char*) {}, [&](size_t) { return p; },
+      [](size_t) { return StatePtrs{nullptr, nullptr}; });
 }
 
-void adagrad_like_cuda(const char* op, cuda::SparseOptim kind, bool per_row, at::Tensor& weight,
-                       at::Tensor& state_sum, const at::Tensor& ids, const at::Tensor& offsets,
-                       const std::optional<at::Tensor>& per_sample_weights,
-                       const at::Tensor& grad_out, bool mean, double lr, double eps,
-                       double weight_decay) {
+template <bool kPerRow>
+void adagrad_like_cuda(const char* op, at::TensorList weights, at::TensorList state_sums,
+                       at::TensorList ids, at::TensorList offsets,
+                       const c10::List<std::optional<at::Tensor>>& per_sample_weights,
+                       at::TensorList grad_outs, const c10::List<bool>& mean, double lr,
+                       double eps, double weight_decay) {
   check_hyper(op, {{"lr", lr}, {"eps", eps}, {"weight_decay", weight_decay}});
-  check_table(op, weight, grad_out);
-  check_state(op, "state_sum", state_sum, weight, per_row);
+  TORCH_CHECK(state_sums.size() == weights.size(), op, ": one entry per table in every list: ",
+              weights.size(), " weights, ", state_sums.size(), " state_sums");
   cuda::SparseOptimParams p;
   p.lr = static_cast<float>(lr);
   p.eps = static_cast<float>(eps);
   p.weight_decay = static_cast<float>(weight_decay);
-  run_update_cuda(op, kind, p, weight, &state_sum, nullptr, ids, offsets, per_sample_weights,
-                  grad_out, mean);
+  run_update_cuda(
+      op, kPerRow ? cuda::SparseOptim::kRowWiseAdagrad : cuda::SparseOptim::kAdagrad, weights,
+      ids, offsets, per_sample_weights, grad_outs, mean,
+      [&](size_t t, const char* top) {
+        check_state(top, "state_sum", state_sums[t], weights[t], kPerRow);
+      },
+      [&](size_t) { return p; }, [&](size_t t) { return StatePtrs{&state_sums[t], nullptr}; });
 }
 
-void sparse_adagrad_update_cuda(at::Tensor& weight, at::Tensor& state_sum, const at::Tensor& ids,
-                                const at::Tensor& offsets,
-                                const std::optional<at::Tensor>& per_sample_weights,
-                                const at::Tensor& grad_out, bool mean, double lr, double eps,
-                                double weight_decay) {
-  adagrad_like_cuda("recis.sparse_adagrad_update", cuda::SparseOptim::kAdagrad, false, weight,
-                    state_sum, ids, offsets, per_sample_weights, grad_out, mean, lr, eps,
-                    weight_decay);
+void sparse_adagrad_update_cuda(at::TensorList weights, at::TensorList state_sums,
+                                at::TensorList ids, at::TensorList offsets,
+                                const c10::List<std::optional<at::Tensor>>& per_sample_weights,
+                                at::TensorList grad_outs, const c10::List<bool>& mean, double lr,
+                                double eps, double weight_decay) {
+  adagrad_like_cuda<false>("recis.sparse_adagrad_update", weights, state_sums, ids, offsets,
+                           per_sample_weights, grad_outs, mean, lr, eps, weight_decay);
 }
 
-void sparse_rowwise_adagrad_update_cuda(at::Tensor& weight, at::Tensor& state_sum,
-                                        const at::Tensor& ids, const at::Tensor& offsets,
-                                        const std::optional<at::Tensor>& per_sample_weights,
-                                        const at::Tensor& grad_out, bool mean, double lr,
-                                        double eps, double weight_decay) {
-  adagrad_like_cuda("recis.sparse_rowwise_adagrad_update", cuda::SparseOptim::kRowWiseAdagrad,
-                    true, weight, state_sum, ids, offsets, per_sample_weights, grad_out, mean, lr,
-                    eps, weight_decay);
+void sparse_rowwise_adagrad_update_cuda(
+    at::TensorList weights, at::TensorList state_sums, at::TensorList ids, at::TensorList offsets,
+    const c10::List<std::optional<at::Tensor>>& per_sample_weights, at::TensorList grad_outs,
+    const c10::List<bool>& mean, double lr, double eps, double weight_decay) {
+  adagrad_like_cuda<true>("recis.sparse_rowwise_adagrad_update", weights, state_sums, ids,
+                          offsets, per_sample_weights, grad_outs, mean, lr, eps, weight_decay);
 }
 
-void sparse_adam_update_cuda(at::Tensor& weight, at::Tensor& exp_avg, at::Tensor& exp_avg_sq,
-                             const at::Tensor& ids, const at::Tensor& offsets,
-                             const std::optional<at::Tensor>& per_sample_weights,
-                             const at::Tensor& grad_out, bool mean, double lr, double beta1,
-                             double beta2, double eps, double weight_decay, int64_t step,
-                             bool decoupled_weight_decay) {
+void sparse_adam_update_cuda(at::TensorList weights, at::TensorList exp_avgs,
+                             at::TensorList exp_avg_sqs, at::TensorList ids,
+                             at::TensorList offsets,
+                             const c10::List<std::optional<at::Tensor>>& per_sample_weights,
+                             at::TensorList grad_outs, const c10::List<bool>& mean, double lr,
+                             double beta1, double beta2, double eps, double weight_decay,
+                             at::IntArrayRef steps, bool decoupled_weight_decay) {
   constexpr const char* op = "recis.sparse_adam_update";
   check_hyper(op, {{"lr", lr}, {"eps", eps}, {"weight_decay", weight_decay}});
   TORCH_CHECK(beta1 >= 0.0 && beta1 < 1.0 && beta2 >= 0.0 && beta2 < 1.0, op,
               ": betas must be in [0, 1), got (", beta1, ", ", beta2, ")");
-  TORCH_CHECK(step >= 1, op, ": step must be >= 1 (the count after this update), got ", step);
-  check_table(op, weight, grad_out);
-  check_state(op, "exp_avg", exp_avg, weight, false);
-  check_state(op, "exp_avg_sq", exp_avg_sq, weight, false);
+  for (const auto& [name, size] : {std::pair{"exp_avgs", exp_avgs.size()},
+                                   {"exp_avg_sqs", exp_avg_sqs.size()}, {"steps", steps.size()}}) {
+    TORCH_CHECK(size == weights.size(), op, ": one entry per table in every list: ",
+                weights.size(), " weights, ", size, " ", name);
+  }
   cuda::SparseOptimParams p;
   p.lr = static_cast<float>(lr);
   p.beta1 = static_cast<float>(beta1);
@@ -277,11 +316,22 @@ void sparse_adam_update_cuda(at::Tensor& weight, at::Tensor& exp_avg, at::Tensor
   p.eps = static_cast<float>(eps);
   p.weight_decay = static_cast<float>(weight_decay);
   p.decoupled = decoupled_weight_decay;
-  p.step_size = static_cast<float>(lr / (1.0 - std::pow(beta1, static_cast<double>(step))));
-  p.inv_bc2_sqrt =
-      static_cast<float>(1.0 / std::sqrt(1.0 - std::pow(beta2, static_cast<double>(step))));
-  run_update_cuda(op, cuda::SparseOptim::kAdam, p, weight, &exp_avg, &exp_avg_sq, ids, offsets,
-                  per_sample_weights, grad_out, mean);
+  run_update_cuda(
+      op, cuda::SparseOptim::kAdam, weights, ids, offsets, per_sample_weights, grad_outs, mean,
+      [&](size_t t, const char* top) {
+        TORCH_CHECK(steps[t] >= 1, top,
+                    ": step must be >= 1 (the count after this update), got ", steps[t]);
+        check_state(top, "exp_avg", exp_avgs[t], weights[t], false);
+        check_state(top, "exp_avg_sq", exp_avg_sqs[t], weights[t], false);
+      },
+      [&](size_t t) {
+        const auto step = static_cast<double>(steps[t]);
+        cuda::SparseOptimParams q = p;
+        q.step_size = static_cast<float>(lr / (1.0 - std::pow(beta1, step)));
+        q.inv_bc2_sqrt = static_cast<float>(1.0 / std::sqrt(1.0 - std::pow(beta2, step)));
+        return q;
+      },
+      [&](size_t t) { return StatePtrs{&exp_avgs[t], &exp_avg_sqs[t]}; });
 }
 
 }  // namespace

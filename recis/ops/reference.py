@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -58,7 +59,7 @@ def unique_row_grads(
     return touched, grads.to(grad_out.dtype)
 
 
-def sparse_sgd_update(
+def _sgd_table(
     weight: Tensor,
     ids: Tensor,
     offsets: Tensor,
@@ -68,13 +69,13 @@ def sparse_sgd_update(
     lr: float,
     weight_decay: float = 0.0,
 ) -> None:
-    """Reference of :func:`recis.ops.sparse_sgd_update` (float64 math on touched rows)."""
+    """One table of :func:`sparse_sgd_update` (float64 math on touched rows)."""
     rows, g = _touched_grads(ids, offsets, per_sample_weights, grad_out, mean, weight.shape[0])
     w = weight[rows].double()
     weight[rows] = (w - lr * (g + weight_decay * w)).to(weight.dtype)
 
 
-def sparse_adagrad_update(
+def _adagrad_table(
     weight: Tensor,
     state_sum: Tensor,
     ids: Tensor,
@@ -86,7 +87,7 @@ def sparse_adagrad_update(
     eps: float,
     weight_decay: float = 0.0,
 ) -> None:
-    """Reference of :func:`recis.ops.sparse_adagrad_update`."""
+    """One table of :func:`sparse_adagrad_update`."""
     rows, g = _touched_grads(ids, offsets, per_sample_weights, grad_out, mean, weight.shape[0])
     w = weight[rows].double()
     g = g + weight_decay * w
@@ -95,7 +96,7 @@ def sparse_adagrad_update(
     weight[rows] = (w - lr * g / (s.sqrt() + eps)).to(weight.dtype)
 
 
-def sparse_rowwise_adagrad_update(
+def _rowwise_adagrad_table(
     weight: Tensor,
     state_sum: Tensor,
     ids: Tensor,
@@ -107,7 +108,7 @@ def sparse_rowwise_adagrad_update(
     eps: float,
     weight_decay: float = 0.0,
 ) -> None:
-    """Reference of :func:`recis.ops.sparse_rowwise_adagrad_update`."""
+    """One table of :func:`sparse_rowwise_adagrad_update`."""
     rows, g = _touched_grads(ids, offsets, per_sample_weights, grad_out, mean, weight.shape[0])
     w = weight[rows].double()
     g = g + weight_decay * w
@@ -116,7 +117,7 @@ def sparse_rowwise_adagrad_update(
     weight[rows] = (w - lr * g / (s.sqrt() + eps)[:, None]).to(weight.dtype)
 
 
-def sparse_adam_update(
+def _adam_table(
     weight: Tensor,
     exp_avg: Tensor,
     exp_avg_sq: Tensor,
@@ -133,7 +134,7 @@ def sparse_adam_update(
     step: int,
     decoupled_weight_decay: bool,
 ) -> None:
-    """Reference of :func:`recis.ops.sparse_adam_update` (torch.optim.Adam(W) math)."""
+    """One table of :func:`sparse_adam_update` (torch.optim.Adam(W) math)."""
     rows, g = _touched_grads(ids, offsets, per_sample_weights, grad_out, mean, weight.shape[0])
     w = weight[rows].double()
     if decoupled_weight_decay:
@@ -146,6 +147,87 @@ def sparse_adam_update(
     exp_avg[rows] = m.to(exp_avg.dtype)
     exp_avg_sq[rows] = v.to(exp_avg_sq.dtype)
     weight[rows] = (w - lr / (1 - beta1**step) * m / denom).to(weight.dtype)
+
+
+def sparse_sgd_update(
+    weights: Sequence[Tensor],
+    ids: Sequence[Tensor],
+    offsets: Sequence[Tensor],
+    per_sample_weights: Sequence[Tensor | None],
+    grad_outs: Sequence[Tensor],
+    mean: Sequence[bool],
+    lr: float,
+    weight_decay: float = 0.0,
+) -> None:
+    """Reference of :func:`recis.ops.sparse_sgd_update`: one table at a time."""
+    for t in zip(weights, ids, offsets, per_sample_weights, grad_outs, mean, strict=True):
+        _sgd_table(*t, lr, weight_decay)
+
+
+def sparse_adagrad_update(
+    weights: Sequence[Tensor],
+    state_sums: Sequence[Tensor],
+    ids: Sequence[Tensor],
+    offsets: Sequence[Tensor],
+    per_sample_weights: Sequence[Tensor | None],
+    grad_outs: Sequence[Tensor],
+    mean: Sequence[bool],
+    lr: float,
+    eps: float,
+    weight_decay: float = 0.0,
+) -> None:
+    """Reference of :func:`recis.ops.sparse_adagrad_update`: one table at a time."""
+    tables = zip(
+        weights, state_sums, ids, offsets, per_sample_weights, grad_outs, mean, strict=True
+    )
+    for t in tables:
+        _adagrad_table(*t, lr, eps, weight_decay)
+
+
+def sparse_rowwise_adagrad_update(
+    weights: Sequence[Tensor],
+    state_sums: Sequence[Tensor],
+    ids: Sequence[Tensor],
+    offsets: Sequence[Tensor],
+    per_sample_weights: Sequence[Tensor | None],
+    grad_outs: Sequence[Tensor],
+    mean: Sequence[bool],
+    lr: float,
+    eps: float,
+    weight_decay: float = 0.0,
+) -> None:
+    """Reference of :func:`recis.ops.sparse_rowwise_adagrad_update`: one table at a time."""
+    tables = zip(
+        weights, state_sums, ids, offsets, per_sample_weights, grad_outs, mean, strict=True
+    )
+    for t in tables:
+        _rowwise_adagrad_table(*t, lr, eps, weight_decay)
+
+
+def sparse_adam_update(
+    weights: Sequence[Tensor],
+    exp_avgs: Sequence[Tensor],
+    exp_avg_sqs: Sequence[Tensor],
+    ids: Sequence[Tensor],
+    offsets: Sequence[Tensor],
+    per_sample_weights: Sequence[Tensor | None],
+    grad_outs: Sequence[Tensor],
+    mean: Sequence[bool],
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+    steps: Sequence[int],
+    decoupled_weight_decay: bool,
+) -> None:
+    """Reference of :func:`recis.ops.sparse_adam_update`: one table at a time."""
+    tables = zip(
+        weights, exp_avgs, exp_avg_sqs, ids, offsets, per_sample_weights, grad_outs, mean, steps,
+        strict=True,
+    )  # fmt: skip
+    for *t, step in tables:
+        _adam_table(*t, lr, beta1, beta2, eps, weight_decay, step, decoupled_weight_decay)
 
 
 def bag_row_grads(

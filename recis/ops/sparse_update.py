@@ -3,12 +3,18 @@
 Every op takes a table's gradient in bag form (the fields of a
 :class:`recis.nn.SparseGrad`): row ``ids[j]`` of bag ``b`` receives
 ``grad_out[b] * per_sample_weights[j]`` (÷ the bag length when ``mean``), duplicates
-add up. The ``*_update`` ops deduplicate the ids, reduce each unique row's gradient
-and apply the optimizer to that row and its state in one pass, in place; rows that
-no id names do not change. Weights and states are float32 or float64, contiguous.
+add up. The ``*_update`` ops take a batch of tables, one entry per table in each list
+(``weights[t]`` with ``ids[t]``, ``offsets[t]``, ... ``mean[t]``), and one set of
+hyper-parameters: they deduplicate every table's ids (on CPU, several tables at once
+over the threads), then reduce each unique row's gradient and apply the optimizer to
+that row and its state in one pass, in place; rows that no id names do not change.
+Every table is checked before any changes; an error names the table by its index.
+Weights and states are float32 or float64, contiguous.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -40,127 +46,120 @@ def unique_row_grads(
 
 
 def sparse_sgd_update(
-    weight: Tensor,
-    ids: Tensor,
-    offsets: Tensor,
-    per_sample_weights: Tensor | None,
-    grad_out: Tensor,
-    mean: bool,
+    weights: Sequence[Tensor],
+    ids: Sequence[Tensor],
+    offsets: Sequence[Tensor],
+    per_sample_weights: Sequence[Tensor | None],
+    grad_outs: Sequence[Tensor],
+    mean: Sequence[bool],
     lr: float,
     weight_decay: float = 0.0,
 ) -> None:
-    """``w -= lr * (g + weight_decay * w)`` on every touched row of ``weight``, in place.
+    """``w -= lr * (g + weight_decay * w)`` on every touched row of each table, in place.
 
     Example::
 
         >>> w = torch.zeros(3, 2)
-        >>> sparse_sgd_update(w, torch.tensor([1, 1]), torch.tensor([0, 2]), None,
-        ...                   torch.ones(1, 2), False, lr=0.5)
+        >>> sparse_sgd_update([w], [torch.tensor([1, 1])], [torch.tensor([0, 2])], [None],
+        ...                   [torch.ones(1, 2)], [False], lr=0.5)
         >>> w[1]
         tensor([-1., -1.])
     """
     torch.ops.recis.sparse_sgd_update(
-        weight, ids, offsets, per_sample_weights, grad_out, mean, lr, weight_decay
-    )
+        list(weights), list(ids), list(offsets), list(per_sample_weights), list(grad_outs),
+        list(mean), lr, weight_decay,
+    )  # fmt: skip
 
 
 def sparse_adagrad_update(
-    weight: Tensor,
-    state_sum: Tensor,
-    ids: Tensor,
-    offsets: Tensor,
-    per_sample_weights: Tensor | None,
-    grad_out: Tensor,
-    mean: bool,
+    weights: Sequence[Tensor],
+    state_sums: Sequence[Tensor],
+    ids: Sequence[Tensor],
+    offsets: Sequence[Tensor],
+    per_sample_weights: Sequence[Tensor | None],
+    grad_outs: Sequence[Tensor],
+    mean: Sequence[bool],
     lr: float,
     eps: float,
     weight_decay: float = 0.0,
 ) -> None:
-    """Adagrad on touched rows: ``s += g²; w -= lr·g/(√s + eps)`` (``state_sum`` like ``weight``).
+    """Adagrad on touched rows: ``s += g²; w -= lr·g/(√s + eps)`` (each ``state_sums[t]`` like
+    ``weights[t]``).
 
     ``weight_decay`` adds ``weight_decay * w`` to ``g`` first (as ``torch.optim.Adagrad``).
 
     Example::
 
         >>> w, s = torch.zeros(3, 2), torch.zeros(3, 2)
-        >>> sparse_adagrad_update(w, s, torch.tensor([2]), torch.tensor([0, 1]), None,
-        ...                       torch.ones(1, 2), False, lr=0.1, eps=1e-10)
+        >>> sparse_adagrad_update([w], [s], [torch.tensor([2])], [torch.tensor([0, 1])], [None],
+        ...                       [torch.ones(1, 2)], [False], lr=0.1, eps=1e-10)
     """
     torch.ops.recis.sparse_adagrad_update(
-        weight, state_sum, ids, offsets, per_sample_weights, grad_out, mean, lr, eps, weight_decay
-    )
+        list(weights), list(state_sums), list(ids), list(offsets), list(per_sample_weights),
+        list(grad_outs), list(mean), lr, eps, weight_decay,
+    )  # fmt: skip
 
 
 def sparse_rowwise_adagrad_update(
-    weight: Tensor,
-    state_sum: Tensor,
-    ids: Tensor,
-    offsets: Tensor,
-    per_sample_weights: Tensor | None,
-    grad_out: Tensor,
-    mean: bool,
+    weights: Sequence[Tensor],
+    state_sums: Sequence[Tensor],
+    ids: Sequence[Tensor],
+    offsets: Sequence[Tensor],
+    per_sample_weights: Sequence[Tensor | None],
+    grad_outs: Sequence[Tensor],
+    mean: Sequence[bool],
     lr: float,
     eps: float,
     weight_decay: float = 0.0,
 ) -> None:
-    """Row-wise Adagrad: ``s[row] += mean(g²); w -= lr·g/(√s[row] + eps)``; ``state_sum`` is ``[rows]``.
+    """Row-wise Adagrad: ``s[row] += mean(g²); w -= lr·g/(√s[row] + eps)``; each
+    ``state_sums[t]`` is ``[rows]``.
 
     The math of FBGEMM's ``EXACT_ROWWISE_ADAGRAD``; ``weight_decay`` is L2 (added to ``g``).
 
     Example::
 
         >>> w, s = torch.zeros(3, 2), torch.zeros(3)
-        >>> sparse_rowwise_adagrad_update(w, s, torch.tensor([0]), torch.tensor([0, 1]), None,
-        ...                               torch.ones(1, 2), False, lr=0.1, eps=1e-8)
+        >>> sparse_rowwise_adagrad_update([w], [s], [torch.tensor([0])], [torch.tensor([0, 1])],
+        ...                               [None], [torch.ones(1, 2)], [False], lr=0.1, eps=1e-8)
     """
     torch.ops.recis.sparse_rowwise_adagrad_update(
-        weight, state_sum, ids, offsets, per_sample_weights, grad_out, mean, lr, eps, weight_decay
-    )
+        list(weights), list(state_sums), list(ids), list(offsets), list(per_sample_weights),
+        list(grad_outs), list(mean), lr, eps, weight_decay,
+    )  # fmt: skip
 
 
 def sparse_adam_update(
-    weight: Tensor,
-    exp_avg: Tensor,
-    exp_avg_sq: Tensor,
-    ids: Tensor,
-    offsets: Tensor,
-    per_sample_weights: Tensor | None,
-    grad_out: Tensor,
-    mean: bool,
+    weights: Sequence[Tensor],
+    exp_avgs: Sequence[Tensor],
+    exp_avg_sqs: Sequence[Tensor],
+    ids: Sequence[Tensor],
+    offsets: Sequence[Tensor],
+    per_sample_weights: Sequence[Tensor | None],
+    grad_outs: Sequence[Tensor],
+    mean: Sequence[bool],
     lr: float,
     beta1: float,
     beta2: float,
     eps: float,
     weight_decay: float,
-    step: int,
+    steps: Sequence[int],
     decoupled_weight_decay: bool,
 ) -> None:
     """One Adam (or AdamW when ``decoupled_weight_decay``) step on the touched rows.
 
-    ``step`` is the table's step count after this update (bias correction as
+    ``steps[t]`` is table ``t``'s step count after this update (bias correction as
     ``torch.optim.Adam``); Adam's ``weight_decay`` is L2, AdamW's multiplies the
     touched rows by ``1 - lr * weight_decay``.
 
     Example::
 
         >>> w, m, v = torch.zeros(3, 2), torch.zeros(3, 2), torch.zeros(3, 2)
-        >>> sparse_adam_update(w, m, v, torch.tensor([1]), torch.tensor([0, 1]), None,
-        ...                    torch.ones(1, 2), False, 1e-3, 0.9, 0.999, 1e-8, 0.0, 1, False)
+        >>> sparse_adam_update([w], [m], [v], [torch.tensor([1])], [torch.tensor([0, 1])], [None],
+        ...                    [torch.ones(1, 2)], [False], 1e-3, 0.9, 0.999, 1e-8, 0.0, [1], False)
     """
     torch.ops.recis.sparse_adam_update(
-        weight,
-        exp_avg,
-        exp_avg_sq,
-        ids,
-        offsets,
-        per_sample_weights,
-        grad_out,
-        mean,
-        lr,
-        beta1,
-        beta2,
-        eps,
-        weight_decay,
-        step,
-        decoupled_weight_decay,
-    )
+        list(weights), list(exp_avgs), list(exp_avg_sqs), list(ids), list(offsets),
+        list(per_sample_weights), list(grad_outs), list(mean), lr, beta1, beta2, eps,
+        weight_decay, [int(s) for s in steps], decoupled_weight_decay,
+    )  # fmt: skip

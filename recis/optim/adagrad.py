@@ -9,7 +9,13 @@ from torch import Tensor
 
 from recis import ops
 from recis.nn.table import EmbeddingTable, SparseGrad
-from recis.optim.sparse_optimizer import ELEMENT, ROW, SparseOptimizer, check_non_negative
+from recis.optim.sparse_optimizer import (
+    ELEMENT,
+    ROW,
+    SparseOptimizer,
+    check_non_negative,
+    grad_lists,
+)
 
 
 class SparseAdagrad(SparseOptimizer):
@@ -50,16 +56,16 @@ class SparseAdagrad(SparseOptimizer):
         return {"state_sum": (ELEMENT, float(group["initial_accumulator_value"]))}
 
     def _update(
-        self, table: EmbeddingTable, grad: SparseGrad, state: dict[str, Tensor], group: dict
+        self,
+        weights: list[Tensor],
+        grads: list[SparseGrad],
+        states: list[dict[str, Tensor]],
+        group: dict[str, Any],
     ) -> None:
         ops.sparse_adagrad_update(
-            table.weight,
-            state["state_sum"],
-            grad.ids,
-            grad.offsets,
-            grad.per_sample_weights,
-            grad.grad_out,
-            grad.mean,
+            weights,
+            [state["state_sum"] for state in states],
+            *grad_lists(grads),
             float(group["lr"]),
             float(group["eps"]),
             float(group["weight_decay"]),
@@ -91,16 +97,16 @@ class SparseRowWiseAdagrad(SparseAdagrad):
         return {"state_sum": (ROW, float(group["initial_accumulator_value"]))}
 
     def _update(
-        self, table: EmbeddingTable, grad: SparseGrad, state: dict[str, Tensor], group: dict
+        self,
+        weights: list[Tensor],
+        grads: list[SparseGrad],
+        states: list[dict[str, Tensor]],
+        group: dict[str, Any],
     ) -> None:
         ops.sparse_rowwise_adagrad_update(
-            table.weight,
-            state["state_sum"],
-            grad.ids,
-            grad.offsets,
-            grad.per_sample_weights,
-            grad.grad_out,
-            grad.mean,
+            weights,
+            [state["state_sum"] for state in states],
+            *grad_lists(grads),
             float(group["lr"]),
             float(group["eps"]),
             float(group["weight_decay"]),

@@ -14,6 +14,7 @@ from recis.optim.sparse_optimizer import (
     SCALAR,
     SparseOptimizer,
     check_non_negative,
+    grad_lists,
 )
 
 
@@ -51,27 +52,28 @@ class SparseAdam(SparseOptimizer):
         return {"step": (SCALAR, 0), "exp_avg": (ELEMENT, 0.0), "exp_avg_sq": (ELEMENT, 0.0)}
 
     def _update(
-        self, table: EmbeddingTable, grad: SparseGrad, state: dict[str, Tensor], group: dict
+        self,
+        weights: list[Tensor],
+        grads: list[SparseGrad],
+        states: list[dict[str, Tensor]],
+        group: dict[str, Any],
     ) -> None:
-        state["step"] += 1
         beta1, beta2 = group["betas"]
         ops.sparse_adam_update(
-            table.weight,
-            state["exp_avg"],
-            state["exp_avg_sq"],
-            grad.ids,
-            grad.offsets,
-            grad.per_sample_weights,
-            grad.grad_out,
-            grad.mean,
+            weights,
+            [state["exp_avg"] for state in states],
+            [state["exp_avg_sq"] for state in states],
+            *grad_lists(grads),
             float(group["lr"]),
             float(beta1),
             float(beta2),
             float(group["eps"]),
             float(group["weight_decay"]),
-            int(state["step"]),
+            [int(state["step"]) + 1 for state in states],
             self._decoupled,
         )
+        for state in states:  # only once the update went through
+            state["step"] += 1
 
 
 class SparseAdamW(SparseAdam):

@@ -9,7 +9,7 @@ from torch import Tensor
 
 from recis import ops
 from recis.nn.table import EmbeddingTable, SparseGrad
-from recis.optim.sparse_optimizer import SparseOptimizer, check_non_negative
+from recis.optim.sparse_optimizer import SparseOptimizer, check_non_negative, grad_lists
 
 
 class SparseSGD(SparseOptimizer):
@@ -34,15 +34,12 @@ class SparseSGD(SparseOptimizer):
         return {}
 
     def _update(
-        self, table: EmbeddingTable, grad: SparseGrad, state: dict[str, Tensor], group: dict
+        self,
+        weights: list[Tensor],
+        grads: list[SparseGrad],
+        states: list[dict[str, Tensor]],
+        group: dict[str, Any],
     ) -> None:
         ops.sparse_sgd_update(
-            table.weight,
-            grad.ids,
-            grad.offsets,
-            grad.per_sample_weights,
-            grad.grad_out,
-            grad.mean,
-            float(group["lr"]),
-            float(group["weight_decay"]),
+            weights, *grad_lists(grads), float(group["lr"]), float(group["weight_decay"])
         )

@@ -23,6 +23,18 @@ def check_non_negative(cls_name: str, **values: float) -> None:
             raise ValueError(f"{cls_name}: {name} must be >= 0, got {value}")
 
 
+def grad_lists(grads: list[SparseGrad]) -> tuple[list, list, list, list, list]:
+    """The fields of ``grads`` as the op's per-table lists: ``ids, offsets,
+    per_sample_weights, grad_outs, mean``."""
+    return (
+        [g.ids for g in grads],
+        [g.offsets for g in grads],
+        [g.per_sample_weights for g in grads],
+        [g.grad_out for g in grads],
+        [g.mean for g in grads],
+    )
+
+
 class SparseOptimizer(torch.optim.Optimizer):
     """Base of the sparse optimizers: lazily updates the rows each table's gradient touches.
 
@@ -64,9 +76,15 @@ class SparseOptimizer(torch.optim.Optimizer):
         raise NotImplementedError
 
     def _update(
-        self, table: EmbeddingTable, grad: SparseGrad, state: dict[str, Tensor], group: dict
+        self,
+        weights: list[Tensor],
+        grads: list[SparseGrad],
+        states: list[dict[str, Tensor]],
+        group: dict[str, Any],
     ) -> None:
-        """Applies ``grad`` to ``table.weight`` and ``state`` in place."""
+        """Applies ``grads[t]`` to ``weights[t]`` and ``states[t]`` in place, for every
+        table ``t`` at once (one fused op call: the CPU kernels dedup several tables in
+        parallel)."""
         raise NotImplementedError
 
     # --- torch.optim.Optimizer interface ---
@@ -96,13 +114,14 @@ class SparseOptimizer(torch.optim.Optimizer):
                 loss = closure()
         for group in self.param_groups:
             # Lookups read the tables in this order, so the last tables read are the
-            # likeliest to have their rows still in cache: update them first.
+            # likeliest to have their rows still in cache: update them first. One op call
+            # per device, since a kernel reads every table on its own device.
+            by_device: dict[torch.device, list[tuple[str, SparseGrad]]] = {}
             for name in reversed(group["table_names"]):
-                table = self._tables[name]
-                grad = table.sparse_grad()
+                grad = self._tables[name].sparse_grad()
                 if grad is None:
                     continue
-                weight = table.weight
+                weight = self._tables[name].weight
                 if grad.grad_out.dtype != weight.dtype:
                     grad = SparseGrad(
                         grad.ids,
@@ -111,7 +130,14 @@ class SparseOptimizer(torch.optim.Optimizer):
                         grad.grad_out.to(weight.dtype),
                         grad.mean,
                     )
-                self._update(table, grad, self._ensure_state(name, group), group)
+                by_device.setdefault(weight.device, []).append((name, grad))
+            for batch in by_device.values():
+                self._update(
+                    [self._tables[name].weight for name, _ in batch],
+                    [grad for _, grad in batch],
+                    [self._ensure_state(name, group) for name, _ in batch],
+                    group,
+                )
         return loss
 
     # --- per-table state ---

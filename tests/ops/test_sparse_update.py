@@ -42,7 +42,7 @@ UPDATES = {
             beta2=0.99,
             eps=1e-6,
             weight_decay=0.01,
-            step=3,
+            steps=[3],
             decoupled_weight_decay=False,
         ),
     ),
@@ -54,25 +54,31 @@ UPDATES = {
             beta2=0.95,
             eps=1e-6,
             weight_decay=0.1,
-            step=1,
+            steps=[1],
             decoupled_weight_decay=True,
         ),
     ),
 }
 
 
+def _op_name(name):
+    return {"adamw": "sparse_adam_update", "sgd_without_decay": "sparse_sgd_update"}.get(name, name)
+
+
+def _on_one_table(fn, weight, states, grad, hyper):
+    """fn (an op or its reference) on one table: each per-table argument a 1-entry list."""
+    ids, offsets, psw, grad_out, mean = grad
+    fn([weight], *[[s] for s in states], [ids], [offsets], [psw], [grad_out], [mean], **hyper)
+
+
 def _run_both(name, weight, grad, states=None):
     kinds, hyper = UPDATES[name]
-    op_name = {"adamw": "sparse_adam_update", "sgd_without_decay": "sparse_sgd_update"}.get(
-        name, name
-    )
-    ids, offsets, psw, grad_out, mean = grad
     if states is None:
         states = [_state_like(weight, k) for k in kinds]
     ours_w, ours_s = weight.clone(), [s.clone() for s in states]
     ref_w, ref_s = weight.clone(), [s.clone() for s in states]
-    getattr(ops, op_name)(ours_w, *ours_s, ids, offsets, psw, grad_out, mean, **hyper)
-    getattr(reference, op_name)(ref_w, *ref_s, ids, offsets, psw, grad_out, mean, **hyper)
+    _on_one_table(getattr(ops, _op_name(name)), ours_w, ours_s, grad, hyper)
+    _on_one_table(getattr(reference, _op_name(name)), ref_w, ref_s, grad, hyper)
     return (ours_w, ours_s), (ref_w, ref_s)
 
 
@@ -173,7 +179,9 @@ def test_updates_do_not_depend_on_the_thread_count(weight_decay, rows, dim):
     for n in (1, 2, 3):
         with torch_threads(n):
             w = weight.clone()
-            ops.sparse_sgd_update(w, ids, offsets, psw, grad_out, True, 0.1, weight_decay)
+            ops.sparse_sgd_update(
+                [w], [ids], [offsets], [psw], [grad_out], [True], 0.1, weight_decay
+            )
             results.append(w)
     assert all(torch.equal(results[0], r) for r in results[1:])
 
@@ -267,7 +275,7 @@ def test_a_bad_id_deep_in_a_large_batch_changes_nothing(bad):
     before = weight.clone()
     with pytest.raises(RuntimeError, match=rf"id {bad} at position {where} is outside"):
         ops.sparse_rowwise_adagrad_update(
-            weight, torch.zeros(3000), ids, offsets, psw, grad_out, False, 0.1, 1e-8
+            [weight], [torch.zeros(3000)], [ids], [offsets], [psw], [grad_out], [False], 0.1, 1e-8
         )
     assert torch.equal(weight, before)
 
@@ -336,7 +344,7 @@ def test_unique_row_grads_matches_autograd_of_embedding_bag():
 
 def _sgd(weight, ids, offsets, psw=None, grad_out=None, lr=0.1, wd=0.0):
     grad_out = torch.ones(offsets.numel() - 1, weight.shape[1]) if grad_out is None else grad_out
-    ops.sparse_sgd_update(weight, ids, offsets, psw, grad_out, False, lr, wd)
+    ops.sparse_sgd_update([weight], [ids], [offsets], [psw], [grad_out], [False], lr, wd)
 
 
 def test_bad_inputs_raise_clear_errors_and_change_nothing():
@@ -368,73 +376,26 @@ def test_bad_inputs_raise_clear_errors_and_change_nothing():
         _sgd(torch.randn(3, 5).t(), torch.tensor([1, 2]), offsets, grad_out=torch.ones(1, 3))
     with pytest.raises(RuntimeError, match="weight must be float32 or float64"):
         _sgd(weight.half(), torch.tensor([1, 2]), offsets, grad_out=torch.ones(1, 3).half())
-    g = torch.ones(1, 3)
+    grad = (torch.tensor([1]), torch.tensor([0, 1]), None, torch.ones(1, 3), False)
+    _, adam = UPDATES["sparse_adam_update"]
     with pytest.raises(RuntimeError, match=r"state_sum must have shape \[5\]"):
-        ops.sparse_rowwise_adagrad_update(
-            weight,
-            torch.zeros(5, 3),
-            torch.tensor([1]),
-            torch.tensor([0, 1]),
-            None,
-            g,
-            False,
-            0.1,
-            1e-8,
-        )
+        _on_one_table(
+            ops.sparse_rowwise_adagrad_update, weight, [torch.zeros(5, 3)], grad,
+            dict(lr=0.1, eps=1e-8),
+        )  # fmt: skip
     with pytest.raises(RuntimeError, match="exp_avg_sq must have the shape of weight"):
-        ops.sparse_adam_update(
-            weight,
-            torch.zeros(5, 3),
-            torch.zeros(5),
-            torch.tensor([1]),
-            torch.tensor([0, 1]),
-            None,
-            g,
-            False,
-            0.1,
-            0.9,
-            0.99,
-            1e-8,
-            0.0,
-            1,
-            False,
+        _on_one_table(
+            ops.sparse_adam_update, weight, [torch.zeros(5, 3), torch.zeros(5)], grad, adam
         )
-    with pytest.raises(RuntimeError, match=r"betas must be in \[0, 1\)"):
-        ops.sparse_adam_update(
-            weight,
-            torch.zeros(5, 3),
-            torch.zeros(5, 3),
-            torch.tensor([1]),
-            torch.tensor([0, 1]),
-            None,
-            g,
-            False,
-            0.1,
-            1.0,
-            0.99,
-            1e-8,
-            0.0,
-            1,
-            False,
-        )
-    with pytest.raises(RuntimeError, match="step must be >= 1"):
-        ops.sparse_adam_update(
-            weight,
-            torch.zeros(5, 3),
-            torch.zeros(5, 3),
-            torch.tensor([1]),
-            torch.tensor([0, 1]),
-            None,
-            g,
-            False,
-            0.1,
-            0.9,
-            0.99,
-            1e-8,
-            0.0,
-            0,
-            False,
-        )
+    for wrong, message in [
+        (dict(beta1=1.0), r"betas must be in \[0, 1\)"),
+        (dict(steps=[0]), "step must be >= 1"),
+    ]:
+        with pytest.raises(RuntimeError, match=message):
+            _on_one_table(
+                ops.sparse_adam_update, weight, [torch.zeros(5, 3), torch.zeros(5, 3)], grad,
+                {**adam, **wrong},
+            )  # fmt: skip
     assert torch.equal(weight, before)
 
 
@@ -448,21 +409,132 @@ def test_many_rows_in_parallel_match_reference():
     _assert_same(ours, ref, weight, ids)
 
 
+# --- a batch of tables in one call ---
+
+
+def _batch(specs, seed=0):
+    """Tables and their gradients, one per spec (rows, dim, dtype, index, weighted, mean,
+    bags, max_len)."""
+    torch.manual_seed(seed)
+    tables = []
+    for rows, dim, dtype, index, weighted, mean, bags, max_len in specs:
+        weight = torch.randn(rows, dim, dtype=dtype)
+        ids, offsets, psw, grad_out = random_grad(bags, rows, max_len, dim, dtype, index, weighted)
+        tables.append((weight, (ids, offsets, psw, grad_out, mean)))
+    return tables
+
+
+def _on_tables(fn, name, weights, states, grads):
+    """fn (an op or its reference) on every table at once: states[t] are table t's."""
+    kinds, hyper = UPDATES[name]
+    hyper = dict(hyper)
+    if "steps" in hyper:  # a step count per table
+        hyper["steps"] = [hyper["steps"][0] + t for t in range(len(weights))]
+    per_state = [[s[k] for s in states] for k in range(len(kinds))]
+    fn(weights, *per_state, *[list(field) for field in zip(*grads, strict=True)], **hyper)
+
+
+def _states_of(name, weights):
+    kinds, _ = UPDATES[name]
+    return [[_state_like(w, k) for k in kinds] for w in weights]
+
+
+@pytest.mark.parametrize("name", list(UPDATES))
+def test_a_batch_of_tables_matches_the_reference_table_by_table(name):
+    # Widths, dtypes, index types, weights and pooling differ from table to table; one
+    # table has no ids at all.
+    specs = [
+        (40, 3, torch.float64, torch.long, True, False, 25, 6),
+        (7, 4, torch.float64, torch.long, False, True, 3, 0),
+        (60, 16, torch.float32, torch.int32, False, True, 30, 8),
+        (50, 129, torch.float64, torch.int32, True, True, 20, 5),
+    ]
+    tables = _batch(specs)
+    weights = [w for w, _ in tables]
+    grads = [g for _, g in tables]
+    states = _states_of(name, weights)
+    ours_w, ours_s = [w.clone() for w in weights], [[s.clone() for s in ss] for ss in states]
+    ref_w, ref_s = [w.clone() for w in weights], [[s.clone() for s in ss] for ss in states]
+    _on_tables(getattr(ops, _op_name(name)), name, ours_w, ours_s, grads)
+    _on_tables(getattr(reference, _op_name(name)), name, ref_w, ref_s, grads)
+    for t, weight in enumerate(weights):
+        tol = dict(rtol=1e-5, atol=1e-5) if weight.dtype == torch.float32 else {}
+        ours, ref = (ours_w[t], ours_s[t]), (ref_w[t], ref_s[t])
+        _assert_same(ours, ref, weight, grads[t][0], **tol)
+
+
+@pytest.mark.parametrize(
+    "name", ["sparse_rowwise_adagrad_update", "sgd_without_decay", "sparse_adam_update"]
+)
+def test_a_batch_of_tables_equals_each_table_alone_on_any_thread_count(name):
+    # With several threads the tables are deduplicated one per thread, except one with
+    # more than a thread's share of all the ids, whose sort is split over the threads.
+    specs = [
+        (3000, 16, torch.float32, torch.long, True, True, 30000, 12),  # ~180k ids: split
+        (5000, 32, torch.float32, torch.int32, False, False, 4000, 10),
+        (1 << 22, 8, torch.float32, torch.long, False, True, 3000, 10),
+        (900, 64, torch.float32, torch.long, True, False, 5000, 8),
+    ]
+    tables = _batch(specs)
+    weights = [w for w, _ in tables]
+    grads = [g for _, g in tables]
+    states = _states_of(name, weights)
+    want_w, want_s = [w.clone() for w in weights], [[s.clone() for s in ss] for ss in states]
+    _, hyper = UPDATES[name]
+    for t in range(len(weights)):  # alone, with the step count the batch gives table t
+        alone = {**hyper, "steps": [hyper["steps"][0] + t]} if "steps" in hyper else hyper
+        _on_one_table(getattr(ops, _op_name(name)), want_w[t], want_s[t], grads[t], alone)
+    for n in (1, 2, 3):
+        with torch_threads(n):
+            got_w, got_s = [w.clone() for w in weights], [[s.clone() for s in ss] for ss in states]
+            _on_tables(getattr(ops, _op_name(name)), name, got_w, got_s, grads)
+        for t in range(len(weights)):
+            assert torch.equal(got_w[t], want_w[t]), (n, t)
+            assert all(torch.equal(a, b) for a, b in zip(got_s[t], want_s[t], strict=True))
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_bad_id_in_any_table_raises_naming_it_and_changes_no_table(threads):
+    specs = [(3000, 8, torch.float32, torch.long, False, False, 9000, 12)] * 4
+    tables = _batch(specs)
+    weights = [w for w, _ in tables]
+    grads = [g for _, g in tables]
+    grads[2][0][-5] = 3000  # past the last row of table 2
+    grads[3][0][7] = -1
+    states = _states_of("sparse_rowwise_adagrad_update", weights)
+    before = [w.clone() for w in weights]
+    with torch_threads(threads), pytest.raises(RuntimeError, match=r", table 2: id 3000 at"):
+        _on_tables(ops.sparse_rowwise_adagrad_update, "sparse_rowwise_adagrad_update", weights,
+                   states, grads)  # fmt: skip
+    assert all(torch.equal(w, b) for w, b in zip(weights, before, strict=True))
+
+
+def test_lists_of_different_lengths_raise():
+    w, grad = _batch([(10, 4, torch.float32, torch.long, False, False, 3, 4)])[0]
+    ids, offsets, psw, grad_out, mean = grad
+    with pytest.raises(RuntimeError, match="one entry per table in every list: 2 weights, 1 ids"):
+        ops.sparse_sgd_update([w, w.clone()], [ids], [offsets] * 2, [psw] * 2, [grad_out] * 2,
+                              [mean] * 2, 0.1)  # fmt: skip
+    with pytest.raises(RuntimeError, match="1 weights, 2 steps"):
+        ops.sparse_adam_update([w], [w.clone()], [w.clone()], [ids], [offsets], [psw], [grad_out],
+                               [mean], 0.1, 0.9, 0.99, 1e-8, 0.0, [1, 1], False)  # fmt: skip
+
+
 @pytest.mark.cuda
 @pytest.mark.parametrize("name", list(UPDATES))
 @pytest.mark.parametrize("dim", [1, 3, 64, 129])
 @pytest.mark.parametrize("mean", [False, True])
 def test_cuda_update_matches_cpu(name, dim, mean):
     kinds, hyper = UPDATES[name]
-    op = getattr(ops, "sparse_adam_update" if name == "adamw" else name)
+    op = getattr(ops, _op_name(name))
     weight = torch.randn(300, dim)
     ids, offsets, psw, grad_out = random_grad(200, 300, 9, dim, dtype=torch.float32, weighted=True)
     states = [_state_like(weight, k) for k in kinds]
     cpu_w, cpu_s = weight.clone(), [s.clone() for s in states]
-    op(cpu_w, *cpu_s, ids, offsets, psw, grad_out, mean, **hyper)
+    _on_one_table(op, cpu_w, cpu_s, (ids, offsets, psw, grad_out, mean), hyper)
     gpu_w, gpu_s = weight.cuda(), [s.cuda() for s in states]
     args = [t.cuda() for t in (ids, offsets, psw, grad_out)]
-    op(gpu_w, *gpu_s, *args, mean, **hyper)
+    _on_one_table(op, gpu_w, gpu_s, (*args, mean), hyper)
     torch.testing.assert_close(gpu_w.cpu(), cpu_w, rtol=1e-5, atol=1e-5)
     for g, c in zip(gpu_s, cpu_s, strict=True):
         torch.testing.assert_close(g.cpu(), c, rtol=1e-5, atol=1e-5)
@@ -483,11 +555,11 @@ def test_cuda_bad_ids_raise():
     weight = torch.randn(5, 3, device="cuda")
     with pytest.raises(RuntimeError, match=r"id 7 at position 1 is outside \[0, 5\)"):
         ops.sparse_sgd_update(
-            weight,
-            torch.tensor([1, 7], device="cuda"),
-            torch.tensor([0, 2], device="cuda"),
-            None,
-            torch.ones(1, 3, device="cuda"),
-            False,
+            [weight],
+            [torch.tensor([1, 7], device="cuda")],
+            [torch.tensor([0, 2], device="cuda")],
+            [None],
+            [torch.ones(1, 3, device="cuda")],
+            [False],
             0.1,
         )

@@ -62,17 +62,17 @@ def test_all_rows_touched_equals_torch_optim(name, mean, dim):
 def _lazy_reference_step(name, weight, state, batch, grad_out, mean, hyper, step):
     """One step of the reference ops (tested against the kernels in tests/ops)."""
     ids, offsets, psw = batch
-    args = (ids, offsets, psw, grad_out, mean)
+    args = ([ids], [offsets], [psw], [grad_out], [mean])
     if name == "sgd":
-        reference.sparse_sgd_update(weight, *args, hyper["lr"], hyper["weight_decay"])
+        reference.sparse_sgd_update([weight], *args, hyper["lr"], hyper["weight_decay"])
     elif name in ("adagrad", "rowwise_adagrad"):
         fn = getattr(reference, f"sparse_{name}_update")
-        fn(weight, state["state_sum"], *args, hyper["lr"], hyper["eps"], hyper["weight_decay"])
+        fn([weight], [state["state_sum"]], *args, hyper["lr"], hyper["eps"], hyper["weight_decay"])
     else:
         b1, b2 = hyper["betas"]
         reference.sparse_adam_update(
-            weight, state["exp_avg"], state["exp_avg_sq"], *args, hyper["lr"], b1, b2,
-            hyper["eps"], hyper["weight_decay"], step, name == "adamw",
+            [weight], [state["exp_avg"]], [state["exp_avg_sq"]], *args, hyper["lr"], b1, b2,
+            hyper["eps"], hyper["weight_decay"], [step], name == "adamw",
         )  # fmt: skip
 
 
