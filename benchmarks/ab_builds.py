@@ -10,8 +10,9 @@ processes of one build differ by a few percent (where their tables landed in mem
 each build runs in `--processes` of them (2 by default) and a round's ratio is B's total
 step time over A's. The result is the median of the per-round ratios B / A and the median
 step time of each build. `--part dedup` times the step's sort and grouping of the ids
-alone instead (`unique_row_grads` of every table's ids with a zero-width gradient, as
-kernels.py's dedup column): no tables are made, so it needs little memory.
+alone instead (the row-wise Adagrad op on zero-width tables, as kernels.py's dedup
+column): no rows are made, so it needs little memory. It calls the update op with a list
+of tables, so both builds must have that form (session 15 on).
 
 A and B are directories that hold a built `recis` package, e.g. an older commit:
 
@@ -109,7 +110,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("b", type=Path, help="directory holding build B's recis package")
     p.add_argument("--part", choices=["step", "dedup"], default="step",
                    help="what is timed: the optimizer step, or the dedup alone "
-                        "(unique_row_grads of every table's ids, no tables made)")  # fmt: skip
+                        "(the update op on zero-width tables)")  # fmt: skip
     p.add_argument("--optimizer", choices=["rowwise_adagrad", "adam", "sgd"],
                    default="rowwise_adagrad")  # fmt: skip
     p.add_argument("--dim", type=int, default=64)

@@ -19,8 +19,8 @@ memcpy's bandwidth (non-temporal stores: ~1.8x a tensor copy's on session 9's
 host, the stricter reference), and the row-touch floor: the
 time to read and write back, with no math, the same rows and state (random rows are
 bound by memory latency, not by the copy bandwidth). On CPU it also times the step's
-dedup alone (sorting and grouping the ids: `unique_row_grads` with a zero-width
-gradient), the part of the step that moves no rows, and the effective bandwidth of the
+dedup alone (sorting and grouping the ids: the row-wise Adagrad op on zero-width
+tables), the part of the step that moves no rows, and the effective bandwidth of the
 rest of the step (the same bytes over the step's time less the dedup's) as a second
 fraction of the copy bandwidth.
 
@@ -48,7 +48,7 @@ import torch.nn.functional as F
 from machine import available_memory, memcpy_bandwidth
 
 from recis.nn import EmbeddingBagCollection, EmbeddingBagConfig, filter_out_sparse_param
-from recis.ops import unique_row_grads
+from recis.ops import sparse_rowwise_adagrad_update
 from recis.optim import SparseAdam, SparseRowWiseAdagrad, SparseSGD
 from recis.sparse import KeyedJaggedTensor
 
@@ -293,14 +293,19 @@ def row_touch_floor(impl: Recis, batches: list[dict], repeats: int = 3) -> float
 
 
 def dedup_seconds(batch: dict, rows: int, device: torch.device) -> float:
-    """Seconds of the dedup alone over one step's tables: `unique_row_grads` with a
-    zero-width gradient sorts and groups the ids (the step's first part) and reduces
-    nothing, so the rest of the step is the gradient pack and the per-row update."""
-    empty = torch.zeros(batch["grad"].shape[0], 0, device=device)
+    """Seconds of the dedup alone over one step's tables, as the step runs it: the
+    row-wise Adagrad op on zero-width tables of `rows` rows checks and deduplicates every
+    table's ids (several tables at once over the threads) and then has no row to update,
+    so the rest of the step is the gradient pack and the per-row update."""
+    n = len(batch["tables"])
+    weights = [torch.empty(rows, 0, device=device) for _ in range(n)]
+    sums = [torch.empty(rows, device=device) for _ in range(n)]
+    ids, offsets = (list(field) for field in zip(*batch["tables"], strict=True))
+    grads = [torch.zeros(batch["grad"].shape[0], 0, device=device)] * n
     sync(device)
     t0 = time.perf_counter()
-    for ids, offsets in batch["tables"]:
-        unique_row_grads(ids, offsets, None, empty, False, rows)
+    sparse_rowwise_adagrad_update(weights, sums, ids, offsets, [None] * n, grads, [False] * n,
+                                  LR, EPS)  # fmt: skip
     sync(device)
     return time.perf_counter() - t0
 
