@@ -190,17 +190,15 @@ std::vector<Table> check_tables(const char* op, at::TensorList weights, at::Tens
                                 at::TensorList grad_outs, const c10::List<bool>& mean,
                                 const CheckState& check_state) {
   const size_t n = weights.size();
-  for (const auto& [name, size] : {std::pair{"ids", ids.size()}, {"offsets", offsets.size()},
-                                   {"per_sample_weights", per_sample_weights.size()},
-                                   {"grad_outs", grad_outs.size()}, {"mean", mean.size()}}) {
-    TORCH_CHECK(size == n, op, ": one entry per table in every list: ", n, " weights, ", size,
-                " ", name);
-  }
+  check_one_per_table(op, n,
+                      {{"ids", ids.size()}, {"offsets", offsets.size()},
+                       {"per_sample_weights", per_sample_weights.size()},
+                       {"grad_outs", grad_outs.size()}, {"mean", mean.size()}});
   std::vector<Table> tables(n);
   for (size_t t = 0; t < n; ++t) {
     Table& table = tables[t];
     table.index = t;
-    table.op = n == 1 ? std::string(op) : std::string(op) + ", table " + std::to_string(t);
+    table.op = table_in_op(op, t, n);
     const char* top = table.op.c_str();
     const at::Tensor& weight = weights[t];
     check_table(top, weight, grad_outs[t]);
@@ -436,8 +434,7 @@ void adagrad_like_cpu(const char* op, at::TensorList weights,
                       at::TensorList grad_outs, const c10::List<bool>& mean, double lr, double eps,
                       double weight_decay) {
   check_hyper(op, {{"lr", lr}, {"eps", eps}, {"weight_decay", weight_decay}});
-  TORCH_CHECK(state_sums.size() == weights.size(), op, ": one entry per table in every list: ",
-              weights.size(), " weights, ", state_sums.size(), " state_sums");
+  check_one_per_table(op, weights.size(), {{"state_sums", state_sums.size()}});
   std::vector<Table> tables = check_tables(
       op, weights, ids, offsets, per_sample_weights, grad_outs, mean,
       [&](const char* top, size_t t) {
@@ -478,11 +475,9 @@ void sparse_adam_update_cpu(at::TensorList weights, at::TensorList exp_avgs,
   check_hyper(op, {{"lr", lr}, {"eps", eps}, {"weight_decay", weight_decay}});
   TORCH_CHECK(beta1 >= 0.0 && beta1 < 1.0 && beta2 >= 0.0 && beta2 < 1.0, op,
               ": betas must be in [0, 1), got (", beta1, ", ", beta2, ")");
-  for (const auto& [name, size] : {std::pair{"exp_avgs", exp_avgs.size()},
-                                   {"exp_avg_sqs", exp_avg_sqs.size()}, {"steps", steps.size()}}) {
-    TORCH_CHECK(size == weights.size(), op, ": one entry per table in every list: ",
-                weights.size(), " weights, ", size, " ", name);
-  }
+  check_one_per_table(op, weights.size(),
+                      {{"exp_avgs", exp_avgs.size()}, {"exp_avg_sqs", exp_avg_sqs.size()},
+                       {"steps", steps.size()}});
   std::vector<Table> tables = check_tables(
       op, weights, ids, offsets, per_sample_weights, grad_outs, mean,
       [&](const char* top, size_t t) {
