@@ -6,8 +6,9 @@
 // itself (Occurrence), by an LSD radix sort over the id bits only (stable, digits of
 // at most 11 bits), which orders the pairs by (id, j); an id twice in one bag gives
 // two equal pairs by bag, which contribute the same gradient either way. Memory is
-// O(nnz), never O(table rows): a workspace (RowSegments) per table of a call, kept by
-// the calling thread and reused across calls (cpu/scratch.h). Two sorts:
+// O(nnz), never O(table rows): the result (RowSegments) per table of a call, kept by
+// the calling thread, and the sort's buffers (SortScratch) per thread, all reused
+// across calls (cpu/scratch.h). Two sorts:
 //
 // - ids of a table of up to 2^22 rows, whose items fit in 32 bits beside a digit, in
 //   one pass (up to 2^11 rows) or two over 32-bit values (sort_by_two_digits): each
@@ -57,10 +58,17 @@ struct RowSegments {
   // step took 0.96-0.97x the time (docs/DECISIONS.md).
   const uint32_t* items = nullptr;
   uint32_t item_mask = 0;
-  Scratch<uint64_t> keys, tmp;  // sort_keys' buffers
-  Scratch<uint32_t> narrow, narrow_tmp;  // sort_by_two_digits' buffers; sort_keys' items
-  Scratch<int64_t> counts;      // per-part histograms, then cursors
+  Scratch<uint32_t> item_storage;  // where items points
   int64_t size() const { return num_unique; }
+};
+
+// The sorts' buffers that do not outlive a dedup: one set per thread serves every table
+// it sorts. Per table instead, a batch's dedup (several tables, then their updates)
+// touched ~30% more fresh memory.
+struct SortScratch {
+  Scratch<uint64_t> keys, tmp;     // sort_keys' keys
+  Scratch<uint32_t> first_pass;    // sort_by_two_digits' first pass, when there are two
+  Scratch<int64_t> counts;         // per-part histograms, then cursors
 };
 
 inline int bit_width_u64(uint64_t x) { return x == 0 ? 0 : 64 - __builtin_clzll(x); }
@@ -187,7 +195,7 @@ void group_sorted(RowSegments& r, int64_t parts, const Keys& keys) {
   const int64_t nnz = r.nnz;
   uint32_t* items_out = nullptr;
   if constexpr (!Keys::kItemsInPlace) {
-    items_out = r.narrow.resize(nnz);
+    items_out = r.item_storage.resize(nnz);
     r.items = items_out;
     r.item_mask = ~uint32_t{0};
   }
@@ -236,7 +244,7 @@ struct TwoDigitShape {
 // 32-bit (other digit << item_bits | item) values. ids are range-checked in the
 // histogram pass, before anything is scattered.
 template <typename index_t>
-void sort_by_two_digits(RowSegments& r, const char* op, const index_t* ids,
+void sort_by_two_digits(RowSegments& r, SortScratch& scratch, const char* op, const index_t* ids,
                         const index_t* offsets, int64_t num_bags, int64_t rows, int64_t parts,
                         int lo_bits, int hi_bits, int item_bits) {
   const int64_t nnz = r.nnz;
@@ -249,7 +257,7 @@ void sort_by_two_digits(RowSegments& r, const char* op, const index_t* ids,
                             rows,
                             r.item_is == Occurrence::kBag};
   int64_t* counts =
-      r.counts.resize(parts * (lo_buckets + hi_buckets) + lo_buckets + hi_buckets + 2);
+      scratch.counts.resize(parts * (lo_buckets + hi_buckets) + lo_buckets + hi_buckets + 2);
   int64_t* lo_count = counts;
   int64_t* hi_count = lo_count + parts * lo_buckets;
   int64_t* lo_start = hi_count + parts * hi_buckets;
@@ -280,7 +288,7 @@ void sort_by_two_digits(RowSegments& r, const char* op, const index_t* ids,
     check_ids_in_range(op, ids, nnz, rows);  // raises, naming the first bad id
   }
   counts_to_cursors(lo_count, parts, lo_buckets, lo_start);
-  uint32_t* first = r.narrow.resize(nnz);
+  uint32_t* first = (hi_bits == 0 ? r.item_storage : scratch.first_pass).resize(nnz);
   for_each_part(parts, nnz, [&](int64_t c, int64_t begin, int64_t end) {
     const TwoDigitShape s = shape;
     int64_t* cursor = lo_count + c * lo_buckets;
@@ -307,7 +315,7 @@ void sort_by_two_digits(RowSegments& r, const char* op, const index_t* ids,
     });
   }
   counts_to_cursors(hi_count, parts, hi_buckets, hi_start);
-  uint32_t* second = r.narrow_tmp.resize(nnz);
+  uint32_t* second = r.item_storage.resize(nnz);
   for_each_part(parts, nnz, [&](int64_t c, int64_t begin, int64_t end) {
     const TwoDigitShape s = shape;
     int64_t* cursor = hi_count + c * hi_buckets;
@@ -326,12 +334,12 @@ void sort_by_two_digits(RowSegments& r, const char* op, const index_t* ids,
 // keys' pass also range-checks the ids and finds the largest (a pass of its own costs
 // ~1.4 ns per id); a bad id is named before any key is used.
 template <typename index_t>
-void sort_keys(RowSegments& r, const char* op, const index_t* ids, const index_t* offsets,
+void sort_keys(RowSegments& r, SortScratch& scratch, const char* op, const index_t* ids, const index_t* offsets,
                int64_t num_bags, int64_t rows, int64_t parts, int item_bits) {
   const int64_t nnz = r.nnz;
   const bool by_bag = r.item_is == Occurrence::kBag;
-  uint64_t* keys = r.keys.resize(nnz);
-  uint64_t* tmp = r.tmp.resize(nnz);
+  uint64_t* keys = scratch.keys.resize(nnz);
+  uint64_t* tmp = scratch.tmp.resize(nnz);
   std::vector<int64_t> part_max(parts, 0);
   std::vector<char> part_bad(parts, 0);
   for_each_part(parts, nnz, [&, keys](int64_t c, int64_t begin, int64_t end) {
@@ -358,7 +366,7 @@ void sort_keys(RowSegments& r, const char* op, const index_t* ids, const index_t
   TORCH_CHECK(item_bits + id_bits <= 64, op, ": ", nnz, " ids with ids up to ", max_id,
               " do not fit the 64-bit sort key");
   constexpr int64_t kBuckets = int64_t{1} << kDedupDigitBits;
-  int64_t* counts = r.counts.resize(parts * kBuckets);
+  int64_t* counts = scratch.counts.resize(parts * kBuckets);
   for (int shift = item_bits; shift < item_bits + id_bits; shift += kDedupDigitBits) {
     for_each_part(parts, nnz, [=](int64_t c, int64_t begin, int64_t end) {
       int64_t* count = counts + c * kBuckets;
@@ -377,14 +385,14 @@ void sort_keys(RowSegments& r, const char* op, const index_t* ids, const index_t
   group_sorted(r, parts, PackedKeys{keys, item_bits});
 }
 
-// Checks offsets and ids, then groups the occurrences by id into the workspace r,
-// recording `item_is` of each; `op` names the caller in errors. Only r is written
-// before every check passed. Inside a parallel region it runs on the calling thread
+// Checks offsets and ids, then groups the occurrences by id into r (sorting in the
+// calling thread's `scratch`), recording `item_is` of each; `op` names the caller in
+// errors. Only r and scratch are written before every check passed. Inside a parallel region it runs on the calling thread
 // alone (one table per thread: see dedup_tables in cpu/sparse_update.cpp).
 template <typename index_t>
-const RowSegments& dedup_rows(RowSegments& r, const char* op, const index_t* ids, int64_t nnz,
-                              const index_t* offsets, int64_t num_bags, int64_t rows,
-                              Occurrence item_is) {
+const RowSegments& dedup_rows(RowSegments& r, SortScratch& scratch, const char* op,
+                              const index_t* ids, int64_t nnz, const index_t* offsets,
+                              int64_t num_bags, int64_t rows, Occurrence item_is) {
   check_offsets(op, nnz, offsets, num_bags);
   r.nnz = nnz;
   r.num_unique = 0;
@@ -409,9 +417,9 @@ const RowSegments& dedup_rows(RowSegments& r, const char* op, const index_t* ids
   const int lo_bits = id_bits <= kDedupDigitBits ? id_bits : (id_bits + 1) / 2;
   const int hi_bits = id_bits - lo_bits;  // <= lo_bits
   if (lo_bits <= kDedupDigitBits && lo_bits + item_bits <= 32) {
-    sort_by_two_digits(r, op, ids, offsets, num_bags, rows, parts, lo_bits, hi_bits, item_bits);
+    sort_by_two_digits(r, scratch, op, ids, offsets, num_bags, rows, parts, lo_bits, hi_bits, item_bits);
   } else {
-    sort_keys(r, op, ids, offsets, num_bags, rows, parts, item_bits);
+    sort_keys(r, scratch, op, ids, offsets, num_bags, rows, parts, item_bits);
   }
   return r;
 }

@@ -221,8 +221,8 @@ std::vector<Table> check_tables(const char* op, at::TensorList weights, at::Tens
 // rows took 4.6 ms split table by table against 2.95 ms one table per thread (5.8 ms
 // at 1 thread; session 14, a scratch op).
 void dedup_tables(std::vector<Table>& tables) {
-  // The calling thread's workspaces, one per table. A reference: named inside the
-  // lambda below, a thread_local would be each worker thread's own (empty) vector.
+  // The calling thread's results, one per table. A reference: named inside the lambda
+  // below, a thread_local would be each worker thread's own (empty) vector.
   static thread_local std::vector<RowSegments> per_thread;
   std::vector<RowSegments>& workspaces = per_thread;
   if (workspaces.size() < tables.size()) workspaces.resize(tables.size());
@@ -237,9 +237,10 @@ void dedup_tables(std::vector<Table>& tables) {
         if (table.by_occurrence) {
           check_bags_and_ids(table.op.c_str(), ids, table.nnz(), offsets, table.num_bags(), rows);
         } else {
-          table.segments = &dedup_rows<index_t>(workspaces[t], table.op.c_str(), ids, table.nnz(),
-                                            offsets, table.num_bags(), rows,
-                                            table.p.occurrence());
+          static thread_local SortScratch scratch;  // the thread running this table's sort
+          table.segments =
+              &dedup_rows<index_t>(workspaces[t], scratch, table.op.c_str(), ids, table.nnz(),
+                                   offsets, table.num_bags(), rows, table.p.occurrence());
         }
       });
     } catch (...) {
@@ -319,8 +320,9 @@ std::tuple<at::Tensor, at::Tensor> unique_row_grads_cpu(
   AT_DISPATCH_FLOATING_TYPES(p.grad_out.scalar_type(), "recis_unique_row_grads", [&] {
     AT_DISPATCH_INDEX_TYPES(p.ids.scalar_type(), "recis_sparse_update_index", [&] {
       static thread_local RowSegments workspace;
+      static thread_local SortScratch scratch;
       const RowSegments& r =
-          dedup_rows<index_t>(workspace, op, p.ids.data_ptr<index_t>(), p.ids.numel(),
+          dedup_rows<index_t>(workspace, scratch, op, p.ids.data_ptr<index_t>(), p.ids.numel(),
                               p.offsets.data_ptr<index_t>(), num_bags, num_rows, p.occurrence());
       unique_ids = at::empty({r.size()}, p.ids.options().dtype(at::kLong));
       std::copy(r.unique_ids.data(), r.unique_ids.data() + r.size(),
