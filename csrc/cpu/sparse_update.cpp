@@ -474,19 +474,12 @@ void sparse_adam_update_cpu(at::TensorList weights, at::TensorList exp_avgs,
                             double beta1, double beta2, double eps, double weight_decay,
                             at::IntArrayRef steps, bool decoupled_weight_decay) {
   constexpr const char* op = "recis.sparse_adam_update";
-  check_hyper(op, {{"lr", lr}, {"eps", eps}, {"weight_decay", weight_decay}});
-  TORCH_CHECK(beta1 >= 0.0 && beta1 < 1.0 && beta2 >= 0.0 && beta2 < 1.0, op,
-              ": betas must be in [0, 1), got (", beta1, ", ", beta2, ")");
-  check_one_per_table(op, weights.size(),
-                      {{"exp_avgs", exp_avgs.size()}, {"exp_avg_sqs", exp_avg_sqs.size()},
-                       {"steps", steps.size()}});
+  check_adam_call(op, lr, beta1, beta2, eps, weight_decay, weights.size(), exp_avgs.size(),
+                  exp_avg_sqs.size(), steps.size());
   std::vector<Table> tables = check_tables(
       op, weights, ids, offsets, per_sample_weights, grad_outs, mean,
       [&](const char* top, size_t t) {
-        TORCH_CHECK(steps[t] >= 1, top,
-                    ": step must be >= 1 (the count after this update), got ", steps[t]);
-        check_state(top, "exp_avg", exp_avgs[t], weights[t], /*per_row=*/false);
-        check_state(top, "exp_avg_sq", exp_avg_sqs[t], weights[t], /*per_row=*/false);
+        check_adam_table(top, steps[t], exp_avgs[t], exp_avg_sqs[t], weights[t]);
       });
   update_tables(tables, [&]<typename T, typename K>(const Table& t) {
     const auto step = static_cast<double>(steps[t.index]);

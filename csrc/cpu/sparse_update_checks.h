@@ -94,4 +94,23 @@ inline void check_hyper(const char* op, std::initializer_list<std::pair<const ch
   }
 }
 
+// The Adam update's hyper-parameters and list lengths (one entry per table of weights).
+inline void check_adam_call(const char* op, double lr, double beta1, double beta2, double eps,
+                            double weight_decay, size_t tables, size_t exp_avgs,
+                            size_t exp_avg_sqs, size_t steps) {
+  check_hyper(op, {{"lr", lr}, {"eps", eps}, {"weight_decay", weight_decay}});
+  TORCH_CHECK(beta1 >= 0.0 && beta1 < 1.0 && beta2 >= 0.0 && beta2 < 1.0, op,
+              ": betas must be in [0, 1), got (", beta1, ", ", beta2, ")");
+  check_one_per_table(op, tables,
+                      {{"exp_avgs", exp_avgs}, {"exp_avg_sqs", exp_avg_sqs}, {"steps", steps}});
+}
+
+// One table of an Adam update: its step count (after this update) and its moments.
+inline void check_adam_table(const char* op, int64_t step, const at::Tensor& exp_avg,
+                             const at::Tensor& exp_avg_sq, const at::Tensor& weight) {
+  TORCH_CHECK(step >= 1, op, ": step must be >= 1 (the count after this update), got ", step);
+  check_state(op, "exp_avg", exp_avg, weight, /*per_row=*/false);
+  check_state(op, "exp_avg_sq", exp_avg_sq, weight, /*per_row=*/false);
+}
+
 }  // namespace recis

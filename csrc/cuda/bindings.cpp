@@ -298,12 +298,8 @@ void sparse_adam_update_cuda(at::TensorList weights, at::TensorList exp_avgs,
                              double beta1, double beta2, double eps, double weight_decay,
                              at::IntArrayRef steps, bool decoupled_weight_decay) {
   constexpr const char* op = "recis.sparse_adam_update";
-  check_hyper(op, {{"lr", lr}, {"eps", eps}, {"weight_decay", weight_decay}});
-  TORCH_CHECK(beta1 >= 0.0 && beta1 < 1.0 && beta2 >= 0.0 && beta2 < 1.0, op,
-              ": betas must be in [0, 1), got (", beta1, ", ", beta2, ")");
-  check_one_per_table(op, weights.size(),
-                      {{"exp_avgs", exp_avgs.size()}, {"exp_avg_sqs", exp_avg_sqs.size()},
-                       {"steps", steps.size()}});
+  check_adam_call(op, lr, beta1, beta2, eps, weight_decay, weights.size(), exp_avgs.size(),
+                  exp_avg_sqs.size(), steps.size());
   cuda::SparseOptimParams p;
   p.lr = static_cast<float>(lr);
   p.beta1 = static_cast<float>(beta1);
@@ -314,10 +310,7 @@ void sparse_adam_update_cuda(at::TensorList weights, at::TensorList exp_avgs,
   run_update_cuda(
       op, cuda::SparseOptim::kAdam, weights, ids, offsets, per_sample_weights, grad_outs, mean,
       [&](size_t t, const char* top) {
-        TORCH_CHECK(steps[t] >= 1, top,
-                    ": step must be >= 1 (the count after this update), got ", steps[t]);
-        check_state(top, "exp_avg", exp_avgs[t], weights[t], false);
-        check_state(top, "exp_avg_sq", exp_avg_sqs[t], weights[t], false);
+        check_adam_table(top, steps[t], exp_avgs[t], exp_avg_sqs[t], weights[t]);
       },
       [&](size_t t) {
         const auto step = static_cast<double>(steps[t]);

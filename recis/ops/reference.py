@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -126,12 +126,12 @@ def _adam_table(
     per_sample_weights: Tensor | None,
     grad_out: Tensor,
     mean: bool,
+    step: int,
     lr: float,
     beta1: float,
     beta2: float,
     eps: float,
     weight_decay: float,
-    step: int,
     decoupled_weight_decay: bool,
 ) -> None:
     """One table of :func:`sparse_adam_update` (torch.optim.Adam(W) math)."""
@@ -149,6 +149,12 @@ def _adam_table(
     weight[rows] = (w - lr / (1 - beta1**step) * m / denom).to(weight.dtype)
 
 
+def _table_by_table(update_table: Callable[..., None], lists: list[Sequence], *hyper) -> None:
+    """Calls ``update_table(*table_t, *hyper)`` for each table ``t`` of the per-table lists."""
+    for table in zip(*lists, strict=True):
+        update_table(*table, *hyper)
+
+
 def sparse_sgd_update(
     weights: Sequence[Tensor],
     ids: Sequence[Tensor],
@@ -160,8 +166,9 @@ def sparse_sgd_update(
     weight_decay: float = 0.0,
 ) -> None:
     """Reference of :func:`recis.ops.sparse_sgd_update`: one table at a time."""
-    for t in zip(weights, ids, offsets, per_sample_weights, grad_outs, mean, strict=True):
-        _sgd_table(*t, lr, weight_decay)
+    _table_by_table(
+        _sgd_table, [weights, ids, offsets, per_sample_weights, grad_outs, mean], lr, weight_decay
+    )
 
 
 def sparse_adagrad_update(
@@ -177,11 +184,8 @@ def sparse_adagrad_update(
     weight_decay: float = 0.0,
 ) -> None:
     """Reference of :func:`recis.ops.sparse_adagrad_update`: one table at a time."""
-    tables = zip(
-        weights, state_sums, ids, offsets, per_sample_weights, grad_outs, mean, strict=True
-    )
-    for t in tables:
-        _adagrad_table(*t, lr, eps, weight_decay)
+    lists = [weights, state_sums, ids, offsets, per_sample_weights, grad_outs, mean]
+    _table_by_table(_adagrad_table, lists, lr, eps, weight_decay)
 
 
 def sparse_rowwise_adagrad_update(
@@ -197,11 +201,8 @@ def sparse_rowwise_adagrad_update(
     weight_decay: float = 0.0,
 ) -> None:
     """Reference of :func:`recis.ops.sparse_rowwise_adagrad_update`: one table at a time."""
-    tables = zip(
-        weights, state_sums, ids, offsets, per_sample_weights, grad_outs, mean, strict=True
-    )
-    for t in tables:
-        _rowwise_adagrad_table(*t, lr, eps, weight_decay)
+    lists = [weights, state_sums, ids, offsets, per_sample_weights, grad_outs, mean]
+    _table_by_table(_rowwise_adagrad_table, lists, lr, eps, weight_decay)
 
 
 def sparse_adam_update(
@@ -222,12 +223,10 @@ def sparse_adam_update(
     decoupled_weight_decay: bool,
 ) -> None:
     """Reference of :func:`recis.ops.sparse_adam_update`: one table at a time."""
-    tables = zip(
-        weights, exp_avgs, exp_avg_sqs, ids, offsets, per_sample_weights, grad_outs, mean, steps,
-        strict=True,
-    )  # fmt: skip
-    for *t, step in tables:
-        _adam_table(*t, lr, beta1, beta2, eps, weight_decay, step, decoupled_weight_decay)
+    lists = [weights, exp_avgs, exp_avg_sqs, ids, offsets, per_sample_weights, grad_outs, mean]
+    _table_by_table(
+        _adam_table, [*lists, steps], lr, beta1, beta2, eps, weight_decay, decoupled_weight_decay
+    )
 
 
 def bag_row_grads(

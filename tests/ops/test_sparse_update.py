@@ -413,15 +413,20 @@ def test_many_rows_in_parallel_match_reference():
 
 
 def _batch(specs, seed=0):
-    """Tables and their gradients, one per spec (rows, dim, dtype, index, weighted, mean,
-    bags, max_len)."""
+    """(weights, grads): a table and its gradient per spec (rows, dim, dtype, index,
+    weighted, mean, bags, max_len)."""
     torch.manual_seed(seed)
-    tables = []
+    weights, grads = [], []
     for rows, dim, dtype, index, weighted, mean, bags, max_len in specs:
-        weight = torch.randn(rows, dim, dtype=dtype)
+        weights.append(torch.randn(rows, dim, dtype=dtype))
         ids, offsets, psw, grad_out = random_grad(bags, rows, max_len, dim, dtype, index, weighted)
-        tables.append((weight, (ids, offsets, psw, grad_out, mean)))
-    return tables
+        grads.append((ids, offsets, psw, grad_out, mean))
+    return weights, grads
+
+
+def _copies(weights, states):
+    """Clones of every table's weight and states, to update in place."""
+    return [w.clone() for w in weights], [[s.clone() for s in ss] for ss in states]
 
 
 def _on_tables(fn, name, weights, states, grads):
@@ -449,12 +454,10 @@ def test_a_batch_of_tables_matches_the_reference_table_by_table(name):
         (60, 16, torch.float32, torch.int32, False, True, 30, 8),
         (50, 129, torch.float64, torch.int32, True, True, 20, 5),
     ]
-    tables = _batch(specs)
-    weights = [w for w, _ in tables]
-    grads = [g for _, g in tables]
+    weights, grads = _batch(specs)
     states = _states_of(name, weights)
-    ours_w, ours_s = [w.clone() for w in weights], [[s.clone() for s in ss] for ss in states]
-    ref_w, ref_s = [w.clone() for w in weights], [[s.clone() for s in ss] for ss in states]
+    ours_w, ours_s = _copies(weights, states)
+    ref_w, ref_s = _copies(weights, states)
     _on_tables(getattr(ops, _op_name(name)), name, ours_w, ours_s, grads)
     _on_tables(getattr(reference, _op_name(name)), name, ref_w, ref_s, grads)
     for t, weight in enumerate(weights):
@@ -475,18 +478,16 @@ def test_a_batch_of_tables_equals_each_table_alone_on_any_thread_count(name):
         (1 << 22, 8, torch.float32, torch.long, False, True, 3000, 10),
         (900, 64, torch.float32, torch.long, True, False, 5000, 8),
     ]
-    tables = _batch(specs)
-    weights = [w for w, _ in tables]
-    grads = [g for _, g in tables]
+    weights, grads = _batch(specs)
     states = _states_of(name, weights)
-    want_w, want_s = [w.clone() for w in weights], [[s.clone() for s in ss] for ss in states]
+    want_w, want_s = _copies(weights, states)
     _, hyper = UPDATES[name]
     for t in range(len(weights)):  # alone, with the step count the batch gives table t
         alone = {**hyper, "steps": [hyper["steps"][0] + t]} if "steps" in hyper else hyper
         _on_one_table(getattr(ops, _op_name(name)), want_w[t], want_s[t], grads[t], alone)
     for n in (1, 2, 3):
         with torch_threads(n):
-            got_w, got_s = [w.clone() for w in weights], [[s.clone() for s in ss] for ss in states]
+            got_w, got_s = _copies(weights, states)
             _on_tables(getattr(ops, _op_name(name)), name, got_w, got_s, grads)
         for t in range(len(weights)):
             assert torch.equal(got_w[t], want_w[t]), (n, t)
@@ -496,9 +497,7 @@ def test_a_batch_of_tables_equals_each_table_alone_on_any_thread_count(name):
 @pytest.mark.parametrize("threads", [1, 2])
 def test_a_bad_id_in_any_table_raises_naming_it_and_changes_no_table(threads):
     specs = [(3000, 8, torch.float32, torch.long, False, False, 9000, 12)] * 4
-    tables = _batch(specs)
-    weights = [w for w, _ in tables]
-    grads = [g for _, g in tables]
+    weights, grads = _batch(specs)
     grads[2][0][-5] = 3000  # past the last row of table 2
     grads[3][0][7] = -1
     states = _states_of("sparse_rowwise_adagrad_update", weights)
@@ -510,8 +509,9 @@ def test_a_bad_id_in_any_table_raises_naming_it_and_changes_no_table(threads):
 
 
 def test_lists_of_different_lengths_raise():
-    w, grad = _batch([(10, 4, torch.float32, torch.long, False, False, 3, 4)])[0]
-    ids, offsets, psw, grad_out, mean = grad
+    [w], [(ids, offsets, psw, grad_out, mean)] = _batch(
+        [(10, 4, torch.float32, torch.long, False, False, 3, 4)]
+    )
     with pytest.raises(RuntimeError, match="one entry per table in every list: 2 weights, 1 ids"):
         ops.sparse_sgd_update([w, w.clone()], [ids], [offsets] * 2, [psw] * 2, [grad_out] * 2,
                               [mean] * 2, 0.1)  # fmt: skip
