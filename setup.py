@@ -19,6 +19,15 @@ def _sources(pattern: str) -> list[str]:
     return sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, pattern)))
 
 
+# libstdc++ is linked as a shared library even where the compiler's own search path
+# holds only its static archive (the CXX of the H200 image that the CUDA kernels were
+# tested on, a wrapper adding -B/opt/gcc/...): there the extension carried a second,
+# static copy beside torch's, whose locale was never set up, and formatting a number
+# into any error message segfaulted. Resolved from the shared library first, the
+# archive is never pulled in.
+LINK_ARGS = ["-fopenmp", "-l:libstdc++.so.6"]
+
+
 def _extension():
     sources = _sources("csrc/*.cpp") + _sources("csrc/cpu/*.cpp")
     cxx_flags = ["-O3", "-std=c++20", "-fopenmp"]
@@ -35,14 +44,14 @@ def _extension():
             include_dirs=[os.path.join(ROOT, "csrc")],
             define_macros=[("RECIS_WITH_CUDA", "1")],
             extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "-std=c++17", "--use_fast_math"]},
-            extra_link_args=["-fopenmp"],
+            extra_link_args=LINK_ARGS,
         )
     return CppExtension(
         "recis._C",
         sources,
         include_dirs=[os.path.join(ROOT, "csrc")],
         extra_compile_args={"cxx": cxx_flags},
-        extra_link_args=["-fopenmp"],
+        extra_link_args=LINK_ARGS,
     )
 
 
