@@ -163,8 +163,8 @@ CudaGrad prepare_grad(const char* op, const at::Tensor& ids, const at::Tensor& o
   return g;
 }
 
-at::Tensor workspace_for(const at::Tensor& like, int64_t nnz) {
-  return at::empty({static_cast<int64_t>(cuda::sparse_update_workspace_bytes(nnz))},
+at::Tensor workspace_for(const at::Tensor& like, int64_t nnz, int64_t dim) {
+  return at::empty({static_cast<int64_t>(cuda::sparse_update_workspace_bytes(nnz, dim))},
                    like.options().dtype(at::kByte));
 }
 
@@ -206,7 +206,7 @@ void run_update_cuda(const char* op, cuda::SparseOptim kind, at::TensorList weig
     const c10::cuda::CUDAGuard guard(weight.device());
     auto view = grads[t].view();
     view.mean = mean.get(t);
-    const auto ws = workspace_for(weight, view.nnz);
+    const auto ws = workspace_for(weight, view.nnz, view.dim);
     const auto [state0, state1] = StatePtrs(states(t));
     cuda::sparse_update_f32(kind, params(t), weight.data_ptr<float>(), weight.size(0),
                             state0 ? state0->data_ptr<float>() : nullptr,
@@ -226,7 +226,7 @@ std::tuple<at::Tensor, at::Tensor> unique_row_grads_cuda(
   const CudaGrad g = prepare_grad(op, ids, offsets, per_sample_weights, grad_out, num_rows);
   auto view = g.view();
   view.mean = mean;
-  const auto ws = workspace_for(grad_out, view.nnz);
+  const auto ws = workspace_for(grad_out, view.nnz, view.dim);
   const auto stream = at::cuda::getCurrentCUDAStream();
   const int64_t num_unique = cuda::unique_rows(view, num_rows, ws.data_ptr(), stream);
   auto unique_ids = at::empty({num_unique}, g.ids.options());

@@ -49,9 +49,9 @@ struct SparseOptimParams {
   bool decoupled = false;                 // AdamW
 };
 
-// Device workspace (bytes) that the calls below need for nnz ids; the caller
-// allocates it on the stream's device.
-size_t sparse_update_workspace_bytes(int64_t nnz);
+// Device workspace (bytes) that the calls below need for nnz ids of rows of dim
+// floats; the caller allocates it on the stream's device.
+size_t sparse_update_workspace_bytes(int64_t nnz, int64_t dim);
 // Largest embedding dim the update kernels take (the row gradient lives in shared memory).
 int64_t max_sparse_update_dim();
 
