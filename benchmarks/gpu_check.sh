@@ -31,7 +31,10 @@ echo "built in $(( $(date +%s) - start ))s"
 
 echo "== cuda tests"
 tests=0
-"$py" -m pytest -q -m cuda -p no:cacheprovider tests 2>&1 | tee "$logs/cuda_tests.log" || tests=$?
+# Under xdist a test that crashes its process is one failure, not the end of the run.
+parallel=$("$py" -c "import xdist" 2>/dev/null && echo "-n 8" || true)
+"$py" -m pytest -q -m cuda $parallel -p no:cacheprovider tests 2>&1 | tee "$logs/cuda_tests.log" \
+  || tests=$?
 
 echo "== kernels benchmark on the GPU (after the tests, whatever they said)"
 "$py" benchmarks/kernels.py --device cuda "$@" 2>&1 | tee "$logs/kernels_cuda.log"

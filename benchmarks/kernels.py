@@ -212,7 +212,7 @@ class PlainTorch:
         if optim == "rowwise_adagrad":
             self.states = [[torch.zeros(args.rows, device=self.device)] for _ in init]
         elif optim == "adam":
-            self.states = [[torch.zeros_like(w), torch.zeros_like(w)] for w in init]
+            self.states = [[torch.zeros_like(w), torch.zeros_like(w)] for w in self.weights]
             self.step = 0
         else:
             self.states = [[] for _ in init]
