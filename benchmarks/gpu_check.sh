@@ -6,6 +6,7 @@
 #
 #   PYTHON=python3 bash benchmarks/gpu_check.sh            # the issue's shapes
 #   PYTHON=python3 bash benchmarks/gpu_check.sh --small    # extra arguments go to kernels.py
+#   PYTHON=python3 bash benchmarks/gpu_check.sh --no-fbgemm --profile
 set -euo pipefail
 cd "$(dirname "$0")/.."
 py=${PYTHON:-python3}
@@ -28,6 +29,18 @@ TORCH_CUDA_ARCH_LIST=$arch MAX_JOBS=$(nproc) "$py" setup.py -q build_ext --inpla
   >"$logs/build.log" 2>&1 || { tail -40 "$logs/build.log"; exit 1; }
 "$py" -c "import recis, torch; assert hasattr(torch.ops.recis, 'pooled_lookup')"
 echo "built in $(( $(date +%s) - start ))s"
+ldd recis/_C*.so | grep libstdc++ || echo "libstdc++ is linked statically: see setup.py's LINK_ARGS"
+
+echo "== an error message with a number in it (a static libstdc++ copy segfaulted here)"
+"$py" - <<'EOF'
+import torch, recis  # noqa: F401
+try:
+    torch.ops.recis.bucketize(torch.tensor([1, 9]), torch.tensor([2]), None, torch.tensor([0, 4, 8]))
+    raise SystemExit("bucketize took an id outside its boundaries")
+except RuntimeError as e:
+    assert "id 9 at position 1" in str(e), e
+    print("ok:", str(e).splitlines()[0])
+EOF
 
 echo "== cuda tests"
 tests=0

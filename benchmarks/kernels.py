@@ -271,6 +271,20 @@ def measure(
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 
+def profile(impl, batches: list[dict], device: torch.device, case: str, iters: int = 4) -> None:
+    """Prints impl's top ops over `iters` iterations, by device time on a GPU."""
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.profiler.profile(activities=activities) as prof:
+        for i in range(iters):
+            impl.run(batches[i % len(batches)])
+        sync(device)
+    key = "cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    print(f"\n# profile: {impl.name}, {case}, {iters} iterations")
+    print(prof.key_averages().table(sort_by=key, row_limit=15, max_name_column_width=60))
+
+
 def row_touch_floor(impl: Recis, batches: list[dict], repeats: int = 3) -> float:
     """Median seconds to read and write back, without any math, exactly the rows (and
     per-row state) one step updates: ``index_select`` then ``index_copy_`` of each
@@ -387,6 +401,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--small", action="store_true", help="4 tables x 100k rows, batch 2048")
+    p.add_argument(
+        "--profile", action="store_true", help="print recis's top ops per case (torch.profiler)"
+    )
     args = p.parse_args(argv)
     if args.small:
         args.tables, args.rows, args.batch, args.iters = 4, 100_000, 2048, 5
@@ -429,6 +446,8 @@ def main(argv: list[str] | None = None) -> None:
                 impls.append(PlainTorch(args, dim, optim, init))
             del init
             secs = measure(impls, batches, args.warmup, args.iters, device)
+            if args.profile:
+                profile(impls[0], batches, device, f"{optim}, dim {dim}")
             step = statistics.median(impls[0].step_times[args.warmup :])
             nbytes, uniq = update_bytes(batches, dim, optim, args.tables, args.batch)
             floor = row_touch_floor(impls[0], batches)
