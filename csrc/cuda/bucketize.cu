@@ -47,11 +47,6 @@ __global__ void write_kernel(const int64_t* __restrict__ ids, const float* __res
   }
 }
 
-int grid_for(int64_t n, int threads) {
-  const int64_t blocks = (n + threads - 1) / threads;
-  return static_cast<int>(blocks < 65535 ? (blocks > 0 ? blocks : 1) : 65535);
-}
-
 }  // namespace
 
 void bucketize_count(const int64_t* ids, const int64_t* bag_start, int64_t num_bags,

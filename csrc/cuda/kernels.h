@@ -8,6 +8,13 @@
 
 namespace recis::cuda {
 
+// Blocks of per_block items each to cover `items`: at least 1, at most 65535 (the
+// kernels stride over the grid for the rest).
+inline int grid_for(int64_t items, int per_block) {
+  const int64_t blocks = (items + per_block - 1) / per_block;
+  return static_cast<int>(blocks < 65535 ? (blocks > 0 ? blocks : 1) : 65535);
+}
+
 // See the pooled_lookup schema in csrc/ops.cpp. Ids outside [0, rows) contribute
 // nothing (the Python layer validates ids before the call).
 void pooled_lookup_f32(const float* weight, int64_t rows, int64_t dim, const int64_t* ids,

@@ -32,10 +32,8 @@ void pooled_lookup_f32(const float* weight, int64_t rows, int64_t dim, const int
                        bool mean, float* out, cudaStream_t stream) {
   if (num_bags == 0 || dim == 0) return;
   const int threads = dim >= 128 ? 128 : (dim >= 64 ? 64 : 32);
-  const int64_t max_blocks = 65535;
-  const int blocks = static_cast<int>(num_bags < max_blocks ? num_bags : max_blocks);
-  pooled_lookup_kernel<<<blocks, threads, 0, stream>>>(weight, rows, dim, ids, offsets,
-                                                       per_sample_weights, num_bags, mean, out);
+  pooled_lookup_kernel<<<grid_for(num_bags, 1), threads, 0, stream>>>(
+      weight, rows, dim, ids, offsets, per_sample_weights, num_bags, mean, out);
 }
 
 }  // namespace recis::cuda

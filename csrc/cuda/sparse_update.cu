@@ -127,10 +127,8 @@ __global__ void pairs_kernel(const int64_t* __restrict__ ids, const int64_t* __r
 // Sorts, groups and counts; leaves the unique count on the device.
 void dedup(const SparseGradView& g, int64_t rows, const Workspace& w, cudaStream_t stream) {
   const int threads = 256;
-  const int64_t want = (g.nnz + threads - 1) / threads;
-  const int blocks = static_cast<int>(want < 65535 ? (want > 0 ? want : 1) : 65535);
-  pairs_kernel<<<blocks, threads, 0, stream>>>(g.ids, g.offsets, g.num_bags, g.nnz, w.keys_in,
-                                               w.pos_in, w.bag_of);
+  pairs_kernel<<<grid_for(g.nnz, threads), threads, 0, stream>>>(
+      g.ids, g.offsets, g.num_bags, g.nnz, w.keys_in, w.pos_in, w.bag_of);
   const int n = static_cast<int>(g.nnz);
   size_t bytes = w.cub_bytes;
   const int end_bit = bit_width(rows > 1 ? rows - 1 : 1);
@@ -235,16 +233,12 @@ __device__ void row_gradient(const SparseGradView& g, const Workspace& w, int64_
 // Reduces the hot rows' chunks into w.partial (after dedup; row_gradient reads them).
 void reduce_hot_rows(const SparseGradView& g, const Workspace& w, cudaStream_t stream) {
   const int threads = 256;
-  const int64_t want = (g.nnz + threads - 1) / threads;
-  const int blocks = static_cast<int>(want < 65535 ? (want > 0 ? want : 1) : 65535);
-  row_chunks_kernel<<<blocks, threads, 0, stream>>>(w, g.nnz);
+  row_chunks_kernel<<<grid_for(g.nnz, threads), threads, 0, stream>>>(w, g.nnz);
   size_t bytes = w.cub_bytes;
   cub::DeviceScan::InclusiveSum(w.cub_temp, bytes, w.row_chunks, w.chunk_end,
                                 static_cast<int>(g.nnz), stream);
   const int warps = 8;
-  const int64_t want_chunks = (max_chunks(g.nnz) + warps - 1) / warps;
-  const int chunk_blocks = static_cast<int>(want_chunks < 65535 ? want_chunks : 65535);
-  chunk_reduce_kernel<<<chunk_blocks, warps * kWarp, 0, stream>>>(g, w);
+  chunk_reduce_kernel<<<grid_for(max_chunks(g.nnz), warps), warps * kWarp, 0, stream>>>(g, w);
 }
 
 __device__ float warp_sum(float v) {
@@ -322,11 +316,6 @@ __global__ void store_grads_kernel(SparseGradView g, Workspace w, int64_t num_un
 int warps_per_block(int64_t dim) {
   const int64_t fit = kMaxSharedFloats / (dim > 0 ? dim : 1);
   return static_cast<int>(fit >= 8 ? 8 : fit);
-}
-
-int grid_for(int64_t items, int warps) {
-  const int64_t want = (items + warps - 1) / warps;
-  return static_cast<int>(want < 65535 ? (want > 0 ? want : 1) : 65535);
 }
 
 }  // namespace
