@@ -446,9 +446,9 @@ def main(argv: list[str] | None = None) -> None:
                 impls.append(PlainTorch(args, dim, optim, init))
             del init
             secs = measure(impls, batches, args.warmup, args.iters, device)
-            if args.profile:
-                profile(impls[0], batches, device, f"{optim}, dim {dim}")
             step = statistics.median(impls[0].step_times[args.warmup :])
+            if args.profile:  # after the step's median: these iterations run profiled
+                profile(impls[0], batches, device, f"{optim}, dim {dim}")
             nbytes, uniq = update_bytes(batches, dim, optim, args.tables, args.batch)
             floor = row_touch_floor(impls[0], batches)
             # CPU only: the CUDA binding's zero-width gradient has never run on a GPU.
