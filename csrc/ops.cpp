@@ -52,6 +52,7 @@ TORCH_LIBRARY(recis, m) {
   // touched row of a weight (and its state) is read and written once, with the
   // gradient reduced over its duplicates; untouched rows do not change. Every table's
   // inputs and ids are checked before any table changes; errors name the table's index.
+  // On CUDA the tables of one call share a device and are updated in one pass.
   // w -= lr * (g + weight_decay * w); without weight decay the CPU kernel may apply each
   // occurrence in batch order instead (the same sum, rounded per occurrence).
   m.def(

@@ -5,7 +5,9 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <string>
 #include <tuple>
 #include <utility>
@@ -19,27 +21,55 @@
 namespace recis {
 namespace {
 
-// Checks int64 ids and offsets on their device as check_bags_and_ids does on the host:
-// offsets CSR (start 0, end ids.numel(), non-decreasing), every id in [0, rows). One
-// sync when they are valid; the culprit is looked for only when they are not.
-void check_bags_on_device(const char* op, const at::Tensor& ids, const at::Tensor& offsets,
-                          int64_t rows) {
+// Raises naming the culprit of bad int64 ids or offsets on the device (a device-side
+// check found them): a few small reductions and syncs, only on the way to an error.
+[[noreturn]] void raise_bad_bags(const char* op, const at::Tensor& ids, const at::Tensor& offsets,
+                                 int64_t rows) {
   const int64_t nnz = ids.numel();
-  at::Tensor bad = (offsets[0] != 0) | (offsets[-1] != nnz);
-  if (offsets.numel() > 1) bad = bad | (offsets.diff() < 0).any();
-  if (nnz > 0) {
-    const auto [lo, hi] = at::aminmax(ids);
-    bad = bad | (lo < 0) | (hi >= rows);
-  }
-  if (!bad.item<bool>()) return;
   const auto first = offsets[0].item<int64_t>(), last = offsets[-1].item<int64_t>();
   TORCH_CHECK(first == 0 && last == nnz, op, ": offsets must start at 0 and end at ids.numel() (",
               nnz, "), got ", first, " .. ", last);
   TORCH_CHECK(offsets.numel() <= 1 || (offsets.diff() >= 0).all().item<bool>(), op,
               ": offsets decrease");
-  const int64_t j = ((ids < 0) | (ids >= rows)).nonzero()[0][0].item<int64_t>();
+  const at::Tensor outside = ((ids < 0) | (ids >= rows)).nonzero();
+  TORCH_CHECK(outside.numel() > 0, op, ": bad ids or offsets");
+  const int64_t j = outside[0][0].item<int64_t>();
   TORCH_CHECK(false, op, ": id ", ids[j].item<int64_t>(), " at position ", j, " is outside [0, ",
               rows, ")");
+}
+
+// Checks int64 ids and offsets on their device as check_bags_and_ids does on the host
+// (offsets CSR: start 0, end ids.numel(), non-decreasing; every id in [0, rows)): one
+// launch and one sync when they are valid.
+void check_bags_on_device(const char* op, const at::Tensor& ids, const at::Tensor& offsets,
+                          int64_t rows) {
+  auto bad = at::zeros({1}, ids.options().dtype(at::kInt));
+  cuda::flag_bad_bags(ids.data_ptr<int64_t>(), ids.numel(), offsets.data_ptr<int64_t>(),
+                      offsets.numel() - 1, rows, bad.data_ptr<int32_t>(),
+                      at::cuda::getCurrentCUDAStream());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  if (bad.item<int32_t>() != 0) raise_bad_bags(op, ids, offsets, rows);
+}
+
+// Pools into out [num_bags, dim] (checked by the caller), whose rows may be strided.
+void pool_into(const at::Tensor& weight, const at::Tensor& ids, const at::Tensor& offsets,
+               const std::optional<at::Tensor>& per_sample_weights, int64_t pooling,
+               at::Tensor& out) {
+  const Pooling mode = to_pooling(pooling);
+  TORCH_CHECK(weight.scalar_type() == at::kFloat,
+              "recis.pooled_lookup (CUDA): float32 weights only");
+  const auto w = weight.contiguous();
+  const auto ids64 = ids.to(at::kLong).contiguous();
+  const auto offs64 = offsets.to(at::kLong).contiguous();
+  check_bags_on_device("recis.pooled_lookup", ids64, offs64, w.size(0));
+  at::Tensor psw;
+  if (per_sample_weights.has_value()) psw = per_sample_weights->to(at::kFloat).contiguous();
+  cuda::pooled_lookup_f32(w.data_ptr<float>(), w.size(0), w.size(1), ids64.data_ptr<int64_t>(),
+                          offs64.data_ptr<int64_t>(),
+                          psw.defined() ? psw.data_ptr<float>() : nullptr, offs64.numel() - 1,
+                          mode == Pooling::kMean, out.data_ptr<float>(), out.stride(0),
+                          at::cuda::getCurrentCUDAStream());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 at::Tensor pooled_lookup_cuda(const at::Tensor& weight, const at::Tensor& ids,
@@ -47,35 +77,21 @@ at::Tensor pooled_lookup_cuda(const at::Tensor& weight, const at::Tensor& ids,
                               const std::optional<at::Tensor>& per_sample_weights,
                               int64_t pooling) {
   check_bags(weight, ids, offsets, per_sample_weights);
-  const Pooling mode = to_pooling(pooling);
-  TORCH_CHECK(weight.scalar_type() == at::kFloat,
-              "recis.pooled_lookup (CUDA): float32 weights only");
   const c10::cuda::CUDAGuard guard(weight.device());
-  const auto w = weight.contiguous();
-  const auto ids64 = ids.to(at::kLong).contiguous();
-  const auto offs64 = offsets.to(at::kLong).contiguous();
-  check_bags_on_device("recis.pooled_lookup", ids64, offs64, w.size(0));
-  at::Tensor psw;
-  if (per_sample_weights.has_value()) psw = per_sample_weights->to(at::kFloat).contiguous();
-  const int64_t num_bags = offs64.numel() - 1;
-  auto out = at::empty({num_bags, w.size(1)}, w.options());
-  cuda::pooled_lookup_f32(w.data_ptr<float>(), w.size(0), w.size(1), ids64.data_ptr<int64_t>(),
-                          offs64.data_ptr<int64_t>(),
-                          psw.defined() ? psw.data_ptr<float>() : nullptr,
-                          num_bags, mode == Pooling::kMean, out.data_ptr<float>(),
-                          at::cuda::getCurrentCUDAStream());
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  auto out = at::empty({offsets.numel() - 1, weight.size(1)}, weight.options());
+  pool_into(weight, ids, offsets, per_sample_weights, pooling, out);
   return out;
 }
 
-// The CUDA kernel writes contiguous rows: pool, then copy into the (strided) block.
+// Straight into out's rows: a column block of a wider output needs no copy.
 void pooled_lookup_into_cuda(const at::Tensor& weight, const at::Tensor& ids,
                              const at::Tensor& offsets,
                              const std::optional<at::Tensor>& per_sample_weights,
                              int64_t pooling, at::Tensor& out) {
-  const at::Tensor pooled = pooled_lookup_cuda(weight, ids, offsets, per_sample_weights, pooling);
+  check_bags(weight, ids, offsets, per_sample_weights);
   check_pooled_out(weight, offsets, out);
-  out.copy_(pooled);
+  const c10::cuda::CUDAGuard guard(weight.device());
+  pool_into(weight, ids, offsets, per_sample_weights, pooling, out);
 }
 
 // Checks bucketize's values on their device: one sync when they are valid; the host
@@ -138,42 +154,93 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> bucketize_cuda(
 
 // --- sparse gradients and fused sparse-optimizer updates ---
 
-// The bag-form gradient as int64 ids/offsets and float32 weights, validated on the
-// device (one sync; the update must not start on bad ids or offsets).
+// A table's bag-form gradient as the kernels read it: int64 ids and offsets, float32
+// weights, a contiguous grad_out (the kernels keep pointers into these).
 struct CudaGrad {
   at::Tensor ids, offsets, psw, grad_out;
-  cuda::SparseGradView view() const {
-    return {ids.data_ptr<int64_t>(), offsets.data_ptr<int64_t>(),
-            psw.defined() ? psw.data_ptr<float>() : nullptr, grad_out.data_ptr<float>(),
-            ids.numel(), offsets.numel() - 1, grad_out.size(1), false};
-  }
 };
 
-CudaGrad prepare_grad(const char* op, const at::Tensor& ids, const at::Tensor& offsets,
+CudaGrad to_cuda_grad(const char* op, const at::Tensor& ids, const at::Tensor& offsets,
                       const std::optional<at::Tensor>& per_sample_weights,
-                      const at::Tensor& grad_out, int64_t rows) {
+                      const at::Tensor& grad_out) {
   TORCH_CHECK(grad_out.scalar_type() == at::kFloat, op, " (CUDA): float32 only, got ",
               grad_out.scalar_type());
   CudaGrad g{ids.to(at::kLong).contiguous(), offsets.to(at::kLong).contiguous(), at::Tensor(),
              grad_out.contiguous()};
   if (per_sample_weights.has_value()) g.psw = per_sample_weights->to(at::kFloat).contiguous();
-  const int64_t nnz = g.ids.numel();
-  TORCH_CHECK(nnz < (int64_t{1} << 31), op, " (CUDA): at most 2^31 - 1 ids per call, got ", nnz);
-  check_bags_on_device(op, g.ids, g.offsets, rows);
   return g;
 }
 
-at::Tensor workspace_for(const at::Tensor& like, int64_t nnz, int64_t dim) {
-  return at::empty({static_cast<int64_t>(cuda::sparse_update_workspace_bytes(nnz, dim))},
-                   like.options().dtype(at::kByte));
+// Table t's descriptor with its gradient filled in (its weight, state and optimizer
+// step are the caller's to add).
+cuda::SparseTable table_of(const CudaGrad& g, int64_t rows, bool mean) {
+  cuda::SparseTable t{};
+  t.rows = rows;
+  t.dim = g.grad_out.size(1);
+  t.ids = g.ids.data_ptr<int64_t>();
+  t.offsets = g.offsets.data_ptr<int64_t>();
+  t.psw = g.psw.defined() ? g.psw.data_ptr<float>() : nullptr;
+  t.grad_out = g.grad_out.data_ptr<float>();
+  t.nnz = g.ids.numel();
+  t.num_bags = g.offsets.numel() - 1;
+  t.mean = mean;
+  return t;
 }
 
-// A table's optimizer state tensors (nullptr where the optimizer has fewer).
+// A batch on the device with its ids keyed and checked (sparse_batch_keys); the
+// tensors hold what batch and the workspace point into until the launches are queued.
+struct KeyedBatch {
+  cuda::SparseBatch batch;
+  at::Tensor tables, workspace;
+};
+
+// Places the tables in one batch, copies their descriptors to `device` and keys every
+// id: one launch and one sync for the whole batch. A table whose ids or offsets are
+// bad raises before anything changes, naming the culprit.
+KeyedBatch key_batch(const char* op, std::vector<cuda::SparseTable>& tables,
+                     const std::vector<CudaGrad>& grads, const std::vector<std::string>& names,
+                     const at::Device& device) {
+  int64_t nnz = 0, keys = 0, offsets = 0, max_dim = 0;
+  for (cuda::SparseTable& t : tables) {
+    t.first_key = keys;
+    t.first_pos = nnz;
+    t.first_offset = offsets;
+    keys += t.rows;
+    nnz += t.nnz;
+    offsets += t.num_bags + 1;
+    max_dim = std::max(max_dim, t.dim);
+  }
+  TORCH_CHECK(nnz < (int64_t{1} << 31), op, " (CUDA): at most 2^31 - 1 ids per call, got ", nnz);
+  const auto bytes = static_cast<int64_t>(sizeof(cuda::SparseTable) * tables.size());
+  // Pinned, so that the copy is queued without a sync (torch keeps the buffer until it is done).
+  auto host = at::empty({bytes}, at::TensorOptions().dtype(at::kByte).pinned_memory(true));
+  std::memcpy(host.data_ptr(), tables.data(), static_cast<size_t>(bytes));
+  const auto on_device = at::TensorOptions().dtype(at::kByte).device(device);
+  KeyedBatch k;
+  k.tables = at::empty({bytes}, on_device);
+  k.tables.copy_(host, /*non_blocking=*/true);
+  k.batch = {static_cast<const cuda::SparseTable*>(k.tables.data_ptr()),
+             static_cast<int>(tables.size()), nnz, keys, offsets, max_dim};
+  k.workspace = at::empty(
+      {static_cast<int64_t>(cuda::sparse_update_workspace_bytes(nnz, max_dim))}, on_device);
+  auto bad = at::zeros({static_cast<int64_t>(tables.size())}, on_device.dtype(at::kInt));
+  cuda::sparse_batch_keys(k.batch, k.workspace.data_ptr(), bad.data_ptr<int32_t>(),
+                          at::cuda::getCurrentCUDAStream());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  const at::Tensor bad_host = bad.cpu();
+  for (size_t t = 0; t < tables.size(); ++t) {
+    if (bad_host.data_ptr<int32_t>()[t] == 0) continue;
+    raise_bad_bags(names[t].c_str(), grads[t].ids, grads[t].offsets, tables[t].rows);
+  }
+  return k;
+}
+
 using StatePtrs = std::pair<const at::Tensor*, const at::Tensor*>;
 
-// A CUDA update over a batch of tables: every table is checked first (check(t, op)
-// adds the optimizer's checks of table t; its ids on the device, one sync each), then
-// each is updated on the current stream with params(t) and its states(t).
+// A CUDA update over a batch of tables on one device: every table is checked on the
+// host (check(t, op) adds the optimizer's checks of table t), then all their ids at
+// once on the device, then all are updated in one pass on the current stream, table t
+// with params(t) and its states(t) (nullptr where the optimizer has fewer).
 template <typename Check, typename Params, typename States>
 void run_update_cuda(const char* op, cuda::SparseOptim kind, at::TensorList weights,
                      at::TensorList ids, at::TensorList offsets,
@@ -185,8 +252,10 @@ void run_update_cuda(const char* op, cuda::SparseOptim kind, at::TensorList weig
                       {{"ids", ids.size()}, {"offsets", offsets.size()},
                        {"per_sample_weights", per_sample_weights.size()},
                        {"grad_outs", grad_outs.size()}, {"mean", mean.size()}});
+  if (n == 0) return;
   std::vector<std::string> names(n);
   std::vector<CudaGrad> grads;
+  std::vector<cuda::SparseTable> tables;
   for (size_t t = 0; t < n; ++t) {
     names[t] = table_in_op(op, t, n);
     const char* top = names[t].c_str();
@@ -195,25 +264,24 @@ void run_update_cuda(const char* op, cuda::SparseOptim kind, at::TensorList weig
     check(t, top);
     const std::optional<at::Tensor> psw = per_sample_weights.get(t);
     check_sparse_grad(top, ids[t], offsets[t], psw, grad_outs[t], weight.size(1));
+    TORCH_CHECK(weight.device() == weights[0].device(), top, ": on ", weight.device(),
+                ", table 0 on ", weights[0].device(), " (one call updates tables on one device)");
     TORCH_CHECK(weight.scalar_type() == at::kFloat, top, " (CUDA): float32 weights only");
     TORCH_CHECK(weight.size(1) <= cuda::max_sparse_update_dim(), top, " (CUDA): dim ",
                 weight.size(1), " is above the supported ", cuda::max_sparse_update_dim());
-    const c10::cuda::CUDAGuard guard(weight.device());
-    grads.push_back(prepare_grad(top, ids[t], offsets[t], psw, grad_outs[t], weight.size(0)));
-  }
-  for (size_t t = 0; t < n; ++t) {
-    const at::Tensor& weight = weights[t];
-    const c10::cuda::CUDAGuard guard(weight.device());
-    auto view = grads[t].view();
-    view.mean = mean.get(t);
-    const auto ws = workspace_for(weight, view.nnz, view.dim);
+    grads.push_back(to_cuda_grad(top, ids[t], offsets[t], psw, grad_outs[t]));
+    cuda::SparseTable table = table_of(grads.back(), weight.size(0), mean.get(t));
     const auto [state0, state1] = StatePtrs(states(t));
-    cuda::sparse_update_f32(kind, params(t), weight.data_ptr<float>(), weight.size(0),
-                            state0 ? state0->data_ptr<float>() : nullptr,
-                            state1 ? state1->data_ptr<float>() : nullptr, view, ws.data_ptr(),
-                            at::cuda::getCurrentCUDAStream());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    table.weight = weight.data_ptr<float>();
+    table.state0 = state0 ? state0->data_ptr<float>() : nullptr;
+    table.state1 = state1 ? state1->data_ptr<float>() : nullptr;
+    table.params = params(t);
+    tables.push_back(table);
   }
+  const c10::cuda::CUDAGuard guard(weights[0].device());
+  const KeyedBatch k = key_batch(op, tables, grads, names, weights[0].device());
+  cuda::sparse_update_f32(kind, k.batch, k.workspace.data_ptr(), at::cuda::getCurrentCUDAStream());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 std::tuple<at::Tensor, at::Tensor> unique_row_grads_cuda(
@@ -223,18 +291,17 @@ std::tuple<at::Tensor, at::Tensor> unique_row_grads_cuda(
   constexpr const char* op = "recis.unique_row_grads";
   check_sparse_grad(op, ids, offsets, per_sample_weights, grad_out, grad_out.size(-1));
   const c10::cuda::CUDAGuard guard(grad_out.device());
-  const CudaGrad g = prepare_grad(op, ids, offsets, per_sample_weights, grad_out, num_rows);
-  auto view = g.view();
-  view.mean = mean;
-  const auto ws = workspace_for(grad_out, view.nnz, view.dim);
+  const std::vector<CudaGrad> grads{to_cuda_grad(op, ids, offsets, per_sample_weights, grad_out)};
+  std::vector<cuda::SparseTable> tables{table_of(grads[0], num_rows, mean)};
+  const KeyedBatch k = key_batch(op, tables, grads, {op}, grad_out.device());
   const auto stream = at::cuda::getCurrentCUDAStream();
-  const int64_t num_unique = cuda::unique_rows(view, num_rows, ws.data_ptr(), stream);
-  auto unique_ids = at::empty({num_unique}, g.ids.options());
-  auto grads = at::empty({num_unique, view.dim}, g.grad_out.options());
-  cuda::unique_row_grads_f32(view, ws.data_ptr(), num_unique, unique_ids.data_ptr<int64_t>(),
-                             grads.data_ptr<float>(), stream);
+  const int64_t num_unique = cuda::unique_rows(k.batch, k.workspace.data_ptr(), stream);
+  auto unique_ids = at::empty({num_unique}, grads[0].ids.options());
+  auto row_grads = at::empty({num_unique, grad_out.size(-1)}, grads[0].grad_out.options());
+  cuda::unique_row_grads_f32(k.batch, k.workspace.data_ptr(), num_unique,
+                             unique_ids.data_ptr<int64_t>(), row_grads.data_ptr<float>(), stream);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  return {unique_ids, grads};
+  return {unique_ids, row_grads};
 }
 
 void sparse_sgd_update_cuda(at::TensorList weights, at::TensorList ids, at::TensorList offsets,

@@ -15,11 +15,16 @@ inline int grid_for(int64_t items, int per_block) {
   return static_cast<int>(blocks < 65535 ? (blocks > 0 ? blocks : 1) : 65535);
 }
 
-// See the pooled_lookup schema in csrc/ops.cpp. Ids outside [0, rows) contribute
-// nothing (the Python layer validates ids before the call).
+// bad[0] = 1 (bad zeroed by the caller) when the CSR offsets (num_bags + 1 entries)
+// do not start at 0, end at nnz and never decrease, or an id is outside [0, rows).
+void flag_bad_bags(const int64_t* ids, int64_t nnz, const int64_t* offsets, int64_t num_bags,
+                int64_t rows, int32_t* bad, cudaStream_t stream);
+
+// See the pooled_lookup schema in csrc/ops.cpp; bag b's row is out + b * out_stride.
+// Ids outside [0, rows) contribute nothing (the binding checks them first).
 void pooled_lookup_f32(const float* weight, int64_t rows, int64_t dim, const int64_t* ids,
                        const int64_t* offsets, const float* per_sample_weights, int64_t num_bags,
-                       bool mean, float* out, cudaStream_t stream);
+                       bool mean, float* out, int64_t out_stride, cudaStream_t stream);
 
 // Row bucketization (see the bucketize schema in csrc/ops.cpp), in two launches around
 // an exclusive scan done by the binding. bag_start has num_bags + 1 entries; ids must lie
@@ -35,19 +40,6 @@ void bucketize_write(const int64_t* ids, const float* weights, const int64_t* ba
                      int64_t* slot_cursor, int64_t* out_ids, float* out_weights,
                      int64_t* permutation, cudaStream_t stream);
 // --- sparse gradients and fused sparse-optimizer updates (sparse_update.cu) ---
-// A table's gradient in bag form (see the schemas in csrc/ops.cpp); ids in [0, rows)
-// and CSR offsets are validated by the caller.
-struct SparseGradView {
-  const int64_t* ids;
-  const int64_t* offsets;  // num_bags + 1
-  const float* psw;        // nullptr: weights 1
-  const float* grad_out;   // [num_bags, dim]
-  int64_t nnz;
-  int64_t num_bags;
-  int64_t dim;
-  bool mean;
-};
-
 enum class SparseOptim { kSgd, kAdagrad, kRowWiseAdagrad, kAdam };
 
 struct SparseOptimParams {
@@ -56,25 +48,57 @@ struct SparseOptimParams {
   bool decoupled = false;                 // AdamW
 };
 
-// Device workspace (bytes) that the calls below need for nnz ids of rows of dim
-// floats; the caller allocates it on the stream's device.
-size_t sparse_update_workspace_bytes(int64_t nnz, int64_t dim);
+// One table of a batch and its gradient in bag form (see the schemas in csrc/ops.cpp).
+// A batch is deduplicated and updated as one: table t's row r is key first_key + r,
+// and its ids are positions [first_pos, first_pos + nnz) of the batch.
+struct SparseTable {
+  float* weight;  // [rows, dim]; nullptr for unique_row_grads
+  float* state0;  // Adagrad / row-wise Adagrad state_sum, Adam exp_avg; or nullptr
+  float* state1;  // Adam exp_avg_sq; or nullptr
+  int64_t rows, dim;
+  const int64_t* ids;
+  const int64_t* offsets;  // num_bags + 1
+  const float* psw;        // nullptr: weights 1
+  const float* grad_out;   // [num_bags, dim], contiguous
+  int64_t nnz, num_bags;
+  bool mean;
+  SparseOptimParams params;
+  int64_t first_key, first_pos, first_offset;  // the sums over the tables before
+};
+
+// A batch: its tables (in device memory) and the sizes the host needs.
+struct SparseBatch {
+  const SparseTable* tables;
+  int num_tables;
+  int64_t nnz;         // ids of all tables (< 2^31)
+  int64_t keys;        // rows of all tables
+  int64_t offsets;     // offsets entries of all tables
+  int64_t max_dim;
+};
+
+// Device workspace (bytes) for a batch of nnz ids, rows at most max_dim floats wide;
+// the caller allocates it on the stream's device.
+size_t sparse_update_workspace_bytes(int64_t nnz, int64_t max_dim);
 // Largest embedding dim the update kernels take (the row gradient lives in shared memory).
 int64_t max_sparse_update_dim();
 
-// Fused update of every touched row of weight [rows, dim] and its state:
-// state0 = Adagrad/RowWiseAdagrad state_sum or Adam exp_avg; state1 = Adam exp_avg_sq.
-// Asynchronous on `stream`.
-void sparse_update_f32(SparseOptim kind, const SparseOptimParams& params, float* weight,
-                       int64_t rows, float* state0, float* state1, const SparseGradView& grad,
-                       void* workspace, cudaStream_t stream);
+// Keys the batch's ids into the workspace and checks them: bad[t] = 1 (bad zeroed by
+// the caller) when table t's offsets are not CSR (start 0, end nnz, non-decreasing) or
+// one of its ids is outside [0, rows). The calls below need this first, and no bad
+// table: they index weights by these ids.
+void sparse_batch_keys(const SparseBatch& batch, void* workspace, int32_t* bad,
+                       cudaStream_t stream);
 
-// unique_row_grads in two calls: unique_rows dedups into workspace and returns the
-// number of unique rows (synchronises the stream); unique_row_grads_f32 then writes
-// unique_ids [U] (ascending) and grads [U, dim] from the same workspace.
-int64_t unique_rows(const SparseGradView& grad, int64_t rows, void* workspace,
-                    cudaStream_t stream);
-void unique_row_grads_f32(const SparseGradView& grad, void* workspace, int64_t num_unique,
+// Fused update of every touched row of every table of the batch and its state.
+// Asynchronous on `stream`.
+void sparse_update_f32(SparseOptim kind, const SparseBatch& batch, void* workspace,
+                       cudaStream_t stream);
+
+// unique_row_grads of a batch of one table, in two calls: unique_rows dedups into the
+// workspace and returns the number of unique rows (synchronises the stream);
+// unique_row_grads_f32 then writes unique_ids [U] (ascending) and grads [U, dim].
+int64_t unique_rows(const SparseBatch& batch, void* workspace, cudaStream_t stream);
+void unique_row_grads_f32(const SparseBatch& batch, void* workspace, int64_t num_unique,
                           int64_t* unique_ids, float* grads, cudaStream_t stream);
 
 }  // namespace recis::cuda

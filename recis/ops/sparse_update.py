@@ -9,6 +9,8 @@ hyper-parameters: they deduplicate every table's ids (on CPU, several tables at 
 over the threads), then reduce each unique row's gradient and apply the optimizer to
 that row and its state in one pass, in place; rows that no id names do not change.
 Every table is checked before any changes; an error names the table by its index.
+On CUDA the tables of one call share a device, and the whole batch is checked,
+deduplicated and updated in one pass (one host sync).
 Weights and states are float32 or float64, contiguous.
 """
 

@@ -58,17 +58,20 @@ def test_no_bags_and_no_ids():
     assert torch.equal(out, torch.zeros(2, 3))
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
 @pytest.mark.parametrize("dim", [1, 8, 129])
 @pytest.mark.parametrize("pooling", [ops.SUM, ops.MEAN])
-def test_writes_into_a_column_block_of_a_wider_output(dim, pooling):
+def test_writes_into_a_column_block_of_a_wider_output(dim, pooling, device):
     weight = torch.randn(50, dim)
     ids, offsets = random_bags(33, 50, 7)
     psw = torch.rand(ids.numel())
-    wide = torch.full((33, dim + 9), 7.0)
-    got = ops.pooled_lookup(weight, ids, offsets, psw, pooling, out=wide[:, 4 : 4 + dim])
     want = reference.pooled_lookup(weight, ids, offsets, psw, pooling)
+    weight, ids, offsets, psw = (t.to(device) for t in (weight, ids, offsets, psw))
+    out = torch.full((33, dim + 9), 7.0, device=device)
+    got = ops.pooled_lookup(weight, ids, offsets, psw, pooling, out=out[:, 4 : 4 + dim])
+    assert got.data_ptr() == out[:, 4:].data_ptr()
+    wide = out.cpu()
     torch.testing.assert_close(wide[:, 4 : 4 + dim], want)
-    assert got.data_ptr() == wide[:, 4:].data_ptr()
     assert torch.equal(wide[:, :4], torch.full((33, 4), 7.0))
     assert torch.equal(wide[:, 4 + dim :], torch.full((33, 5), 7.0))
 

@@ -592,3 +592,70 @@ def test_cuda_bad_ids_raise():
             [False],
             0.1,
         )
+
+
+def _to_cuda(weights, states, grads):
+    """CUDA copies of a batch's tables, their states and their gradients."""
+    cuda = [w.cuda() for w in weights], [[s.cuda() for s in ss] for ss in states]
+    grads = [(*[None if t is None else t.cuda() for t in g[:4]], g[4]) for g in grads]
+    return (*cuda, grads)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("name", list(UPDATES))
+def test_cuda_batch_of_tables_matches_cpu(name):
+    # The CUDA kernels dedup and update a whole batch in one pass: tables of different
+    # widths (0 to 129), sizes and pooling, one with hot rows, one with no ids, one of a
+    # single row, must each come out as the CPU kernel updates them.
+    specs = [
+        (300, 33, torch.float32, torch.long, True, False, 600, 9),
+        (7, 4, torch.float32, torch.long, False, True, 3, 0),
+        (1, 1, torch.float32, torch.int32, False, False, 20, 5),
+        (5, 0, torch.float32, torch.long, False, False, 4, 3),
+        (500, 129, torch.float32, torch.long, True, True, 300, 12),
+        (2000, 64, torch.float32, torch.int32, True, False, 400, 20),
+    ]
+    weights, grads = _batch(specs)
+    grads[0] = (*_grad_with_hot_rows(300, 33), False)
+    states = _states_of(name, weights)
+    cpu_w, cpu_s = _copies(weights, states)
+    _on_tables(getattr(ops, _op_name(name)), name, cpu_w, cpu_s, grads)
+    gpu_w, gpu_s, gpu_grads = _to_cuda(weights, states, grads)
+    _on_tables(getattr(ops, _op_name(name)), name, gpu_w, gpu_s, gpu_grads)
+    for t in range(len(weights)):
+        torch.testing.assert_close(gpu_w[t].cpu(), cpu_w[t], rtol=1e-4, atol=1e-4)
+        for g, c in zip(gpu_s[t], cpu_s[t], strict=True):
+            torch.testing.assert_close(g.cpu(), c, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize(
+    "table, ids, offsets, message",
+    [
+        (2, [0, 1, 9, 2], [0, 2, 4], r", table 2: id 9 at position 2 is outside \[0, 9\)"),
+        (1, [0, 1, 2, 3], [0, 3, 2, 4], r", table 1: offsets decrease"),
+        (3, [0, 1, 2, 3], [0, 2, 3], r", table 3: offsets must start at 0 and end at ids"),
+    ],
+    ids=["bad_id", "decreasing_offsets", "offsets_short_of_the_ids"],
+)
+def test_cuda_bad_ids_or_offsets_in_any_table_raise_naming_it_and_change_no_table(
+    table, ids, offsets, message
+):
+    weights, grads = _batch([(9, 8, torch.float32, torch.long, False, False, 50, 6)] * 4)
+    grads[table] = (torch.tensor(ids), torch.tensor(offsets), None, torch.randn(len(offsets) - 1, 8),
+                    False)  # fmt: skip
+    states = _states_of("sparse_rowwise_adagrad_update", weights)
+    gpu_w, gpu_s, gpu_grads = _to_cuda(weights, states, grads)
+    with pytest.raises(RuntimeError, match=message):
+        _on_tables(ops.sparse_rowwise_adagrad_update, "sparse_rowwise_adagrad_update", gpu_w,
+                   gpu_s, gpu_grads)  # fmt: skip
+    assert all(torch.equal(g.cpu(), w) for g, w in zip(gpu_w, weights, strict=True))
+
+
+@pytest.mark.cuda
+def test_cuda_tables_of_one_call_must_share_a_device():
+    weights, grads = _batch([(9, 8, torch.float32, torch.long, False, False, 5, 3)] * 2)
+    gpu_w, gpu_s, gpu_grads = _to_cuda(weights, [[], []], grads)
+    with pytest.raises(RuntimeError, match=r", table 1: on cpu, table 0 on cuda"):
+        _on_tables(ops.sparse_sgd_update, "sparse_sgd_update", [gpu_w[0], weights[1]], gpu_s,
+                   [gpu_grads[0], grads[1]])  # fmt: skip
