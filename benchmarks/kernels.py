@@ -18,7 +18,7 @@ of the copy bandwidth measured before that case; on CPU also as a fraction of
 memcpy's bandwidth (non-temporal stores: ~1.8x a tensor copy's on session 9's
 host, the stricter reference), and the row-touch floor: the
 time to read and write back, with no math, the same rows and state (random rows are
-bound by memory latency, not by the copy bandwidth). On CPU it also times the step's
+bound by memory latency, not by the copy bandwidth). It also times the step's
 dedup alone (sorting and grouping the ids: the row-wise Adagrad op on zero-width
 tables), the part of the step that moves no rows, and the effective bandwidth of the
 rest of the step (the same bytes over the step's time less the dedup's) as a second
@@ -309,8 +309,9 @@ def row_touch_floor(impl: Recis, batches: list[dict], repeats: int = 3) -> float
 def dedup_seconds(batch: dict, rows: int, device: torch.device) -> float:
     """Seconds of the dedup alone over one step's tables, as the step runs it: the
     row-wise Adagrad op on zero-width tables of `rows` rows checks and deduplicates every
-    table's ids (several tables at once over the threads) and then has no row to update,
-    so the rest of the step is the gradient pack and the per-row update."""
+    table's ids (on CPU several tables at once over the threads; on CUDA all in one sort)
+    and then has no row to update, so the rest of the step is the gradient pack and the
+    per-row update."""
     n = len(batch["tables"])
     weights = [torch.empty(rows, 0, device=device) for _ in range(n)]
     sums = [torch.empty(rows, device=device) for _ in range(n)]
@@ -451,8 +452,7 @@ def main(argv: list[str] | None = None) -> None:
                 profile(impls[0], batches, device, f"{optim}, dim {dim}")
             nbytes, uniq = update_bytes(batches, dim, optim, args.tables, args.batch)
             floor = row_touch_floor(impls[0], batches)
-            # CPU only: the CUDA binding's zero-width gradient has never run on a GPU.
-            dedup = dedup_time(batches, args.rows, device) if args.device == "cpu" else None
+            dedup = dedup_time(batches, args.rows, device)
             result = {
                 "benchmark": "sparse_fwd_bwd_step",
                 "optimizer": optim,

@@ -155,7 +155,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> bucketize_cuda(
 // --- sparse gradients and fused sparse-optimizer updates ---
 
 // A table's bag-form gradient as the kernels read it: int64 ids and offsets, float32
-// weights, a contiguous grad_out (the kernels keep pointers into these).
+// weights, grad_out with contiguous columns (a column block of the collection's
+// output gradient is read in place). The kernels keep pointers into these.
 struct CudaGrad {
   at::Tensor ids, offsets, psw, grad_out;
 };
@@ -165,8 +166,9 @@ CudaGrad to_cuda_grad(const char* op, const at::Tensor& ids, const at::Tensor& o
                       const at::Tensor& grad_out) {
   TORCH_CHECK(grad_out.scalar_type() == at::kFloat, op, " (CUDA): float32 only, got ",
               grad_out.scalar_type());
+  const bool rows_readable = grad_out.size(1) <= 1 || grad_out.stride(1) == 1;
   CudaGrad g{ids.to(at::kLong).contiguous(), offsets.to(at::kLong).contiguous(), at::Tensor(),
-             grad_out.contiguous()};
+             rows_readable ? grad_out : grad_out.contiguous()};
   if (per_sample_weights.has_value()) g.psw = per_sample_weights->to(at::kFloat).contiguous();
   return g;
 }
@@ -181,6 +183,7 @@ cuda::SparseTable table_of(const CudaGrad& g, int64_t rows, bool mean) {
   t.offsets = g.offsets.data_ptr<int64_t>();
   t.psw = g.psw.defined() ? g.psw.data_ptr<float>() : nullptr;
   t.grad_out = g.grad_out.data_ptr<float>();
+  t.grad_stride = g.grad_out.stride(0);
   t.nnz = g.ids.numel();
   t.num_bags = g.offsets.numel() - 1;
   t.mean = mean;

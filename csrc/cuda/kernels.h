@@ -59,7 +59,8 @@ struct SparseTable {
   const int64_t* ids;
   const int64_t* offsets;  // num_bags + 1
   const float* psw;        // nullptr: weights 1
-  const float* grad_out;   // [num_bags, dim], contiguous
+  const float* grad_out;   // [num_bags, dim]: bag b's row at grad_out + b * grad_stride
+  int64_t grad_stride;
   int64_t nnz, num_bags;
   bool mean;
   SparseOptimParams params;

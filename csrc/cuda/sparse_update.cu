@@ -28,7 +28,7 @@ namespace {
 
 constexpr int kWarp = 32;
 constexpr size_t kAlign = 256;
-constexpr int kMaxSharedFloats = 12 * 1024;  // 48 KiB of gradient buffers per block
+constexpr int kMaxSharedFloats = 12 * 1024;  // 48 KiB of row-wise Adagrad gradients per block
 
 size_t align_up(size_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
 
@@ -174,51 +174,63 @@ __device__ int table_of_row(const SparseBatch& b, const Workspace& w, int64_t u,
   return t;
 }
 
-// gbuf[d] = the sum of the gradients of table s's grouped occurrences [begin, end)
-// (lanes of one warp share it). The lanes first fetch 32 occurrences' bags and
-// multipliers at once, then add their gradient rows in order, each lane over its own
-// columns. The sums stay in registers, kColumnsPerLane columns per lane at a time, so
-// that the loads of several occurrences are in flight together: added into shared
-// memory, each add waited for the last (the row-wise Adagrad step at the kernels
-// benchmark's shape took 1.8x as long on an H200, session 16). The sums are in
-// occurrence order.
+// A warp works on a row kBlock columns at a time, lane l on columns block + l + 32c
+// (c < kColumnsPerLane), in registers: a row of up to kBlock floats (the usual widths)
+// is read, reduced, updated and written without shared memory, and its weight and
+// state loads are issued before its gradient is summed, so that they are in flight
+// meanwhile. Through shared memory, each add waited for the last (the row-wise Adagrad
+// step took 1.8x as long on an H200, session 16).
 constexpr int kColumnsPerLane = 4;
+constexpr int64_t kBlock = kWarp * kColumnsPerLane;
+using Lanes = float[kColumnsPerLane];
 
-__device__ void reduce_occurrences(const SparseTable& s, const Workspace& w, int64_t begin,
-                                   int64_t end, float* gbuf, int lane) {
-  const int64_t dim = s.dim;
-  for (int64_t block = 0; block < dim; block += kWarp * kColumnsPerLane) {
-    const int64_t col = block + lane;
-    float acc[kColumnsPerLane];
+// v = the lane's columns of block `block` of p[0, dim), 0 past dim.
+__device__ void load_block(const float* p, int64_t block, int64_t dim, int lane, Lanes& v) {
 #pragma unroll
-    for (int c = 0; c < kColumnsPerLane; ++c) acc[c] = 0.0f;
-    for (int64_t first = begin; first < end; first += kWarp) {
-      long long bag = 0;
-      float scale = 0.0f;
-      if (first + lane < end) {
-        const int64_t p = w.pos_out[first + lane];
-        bag = w.bag_of[p];
-        scale = s.psw ? s.psw[p - s.first_pos] : 1.0f;
-        if (s.mean) scale /= static_cast<float>(s.offsets[bag + 1] - s.offsets[bag]);
-      }
-      const int n = end - first < kWarp ? static_cast<int>(end - first) : kWarp;
-#pragma unroll 4
-      for (int i = 0; i < n; ++i) {
-        const long long b = __shfl_sync(0xffffffffu, bag, i);
-        const float m = __shfl_sync(0xffffffffu, scale, i);
-        const float* go = s.grad_out + b * dim + col;
+  for (int c = 0; c < kColumnsPerLane; ++c) {
+    const int64_t col = block + lane + c * kWarp;
+    v[c] = col < dim ? p[col] : 0.0f;
+  }
+}
+
+__device__ void store_block(const Lanes& v, float* p, int64_t block, int64_t dim, int lane) {
 #pragma unroll
-        for (int c = 0; c < kColumnsPerLane; ++c) {
-          if (col + c * kWarp < dim) acc[c] += m * go[c * kWarp];
-        }
-      }
+  for (int c = 0; c < kColumnsPerLane; ++c) {
+    const int64_t col = block + lane + c * kWarp;
+    if (col < dim) p[col] = v[c];
+  }
+}
+
+// acc = the lane's columns of block `block` of the sum of the gradients of table s's
+// grouped occurrences [begin, end), in occurrence order (0 past dim). The lanes first
+// fetch 32 occurrences' bags and multipliers at once, then add their gradient rows in
+// order.
+__device__ void sum_occurrences(const SparseTable& s, const Workspace& w, int64_t begin,
+                                int64_t end, int64_t block, int lane, Lanes& acc) {
+  const int64_t col = block + lane;
+#pragma unroll
+  for (int c = 0; c < kColumnsPerLane; ++c) acc[c] = 0.0f;
+  for (int64_t first = begin; first < end; first += kWarp) {
+    long long bag = 0;
+    float scale = 0.0f;
+    if (first + lane < end) {
+      const int64_t p = w.pos_out[first + lane];
+      bag = w.bag_of[p];
+      scale = s.psw ? s.psw[p - s.first_pos] : 1.0f;
+      if (s.mean) scale /= static_cast<float>(s.offsets[bag + 1] - s.offsets[bag]);
     }
+    const int n = end - first < kWarp ? static_cast<int>(end - first) : kWarp;
+#pragma unroll 4
+    for (int i = 0; i < n; ++i) {
+      const long long b = __shfl_sync(0xffffffffu, bag, i);
+      const float m = __shfl_sync(0xffffffffu, scale, i);
+      const float* go = s.grad_out + b * s.grad_stride + col;
 #pragma unroll
-    for (int c = 0; c < kColumnsPerLane; ++c) {
-      if (col + c * kWarp < dim) gbuf[col + c * kWarp] = acc[c];
+      for (int c = 0; c < kColumnsPerLane; ++c) {
+        if (col + c * kWarp < s.dim) acc[c] += m * go[c * kWarp];
+      }
     }
   }
-  __syncwarp();
 }
 
 // Each unique row's chunk count, 0 past the unique rows (counts holds garbage there).
@@ -248,22 +260,29 @@ __global__ void chunk_reduce_kernel(SparseBatch b, Workspace w) {
     const int64_t end = begin + kChunk < row_end ? begin + kChunk : row_end;
     int64_t row;
     const SparseTable s = b.tables[table_of_row(b, w, u, &row)];
-    reduce_occurrences(s, w, begin, end, w.partial + q * w.stride, lane);
+    for (int64_t block = 0; block < s.dim; block += kBlock) {
+      Lanes acc;
+      sum_occurrences(s, w, begin, end, block, lane, acc);
+      store_block(acc, w.partial + q * w.stride, block, s.dim, lane);
+    }
   }
 }
 
-// gbuf = unique row u's gradient: its occurrences' sum, or its chunks' in order.
-__device__ void row_gradient(const SparseTable& s, const Workspace& w, int64_t u, float* gbuf,
-                             int lane) {
+// g = the lane's columns of block `block` of unique row u's gradient: its occurrences'
+// sum, or its chunks' in order (0 past dim).
+__device__ void row_gradient(const SparseTable& s, const Workspace& w, int64_t u, int64_t block,
+                             int lane, Lanes& g) {
   const int64_t count = w.counts[u], chunks = chunks_of(count);
-  if (chunks == 0) return reduce_occurrences(s, w, w.starts[u], w.starts[u] + count, gbuf, lane);
+  if (chunks == 0) return sum_occurrences(s, w, w.starts[u], w.starts[u] + count, block, lane, g);
   const float* part = w.partial + (w.chunk_end[u] - chunks) * w.stride;
-  for (int64_t d = lane; d < s.dim; d += kWarp) {
-    float sum = 0.0f;
-    for (int64_t c = 0; c < chunks; ++c) sum += part[c * w.stride + d];
-    gbuf[d] = sum;
+#pragma unroll
+  for (int c = 0; c < kColumnsPerLane; ++c) g[c] = 0.0f;
+  for (int64_t q = 0; q < chunks; ++q) {
+    Lanes chunk;
+    load_block(part + q * w.stride, block, s.dim, lane, chunk);
+#pragma unroll
+    for (int c = 0; c < kColumnsPerLane; ++c) g[c] += chunk[c];
   }
-  __syncwarp();
 }
 
 // Reduces the hot rows' chunks into w.partial (after dedup; row_gradient reads them).
@@ -282,61 +301,95 @@ __device__ float warp_sum(float v) {
   return v;
 }
 
+// Row-wise Adagrad needs the whole row's mean square before it changes any column: a
+// row wider than kBlock keeps its gradient in `spill` (shared memory, each lane its own
+// columns) between the two passes; a narrower one keeps it in registers.
+__device__ void rowwise_adagrad_row(const SparseTable& s, const Workspace& w, int64_t u,
+                                    int64_t row, int lane, float* spill) {
+  const SparseOptimParams p = s.params;
+  const int64_t dim = s.dim;
+  float* wr = s.weight + row * dim;
+  const float before = s.state0[row];
+  float sq = 0.0f;
+  Lanes wv, g;
+  for (int64_t block = 0; block < dim; block += kBlock) {
+    load_block(wr, block, dim, lane, wv);
+    row_gradient(s, w, u, block, lane, g);
+#pragma unroll
+    for (int c = 0; c < kColumnsPerLane; ++c) {
+      const float gd = g[c] + p.weight_decay * wv[c];  // 0 past dim
+      sq += gd * gd;
+    }
+    if (dim > kBlock) store_block(g, spill, block, dim, lane);
+  }
+  const float sum = before + warp_sum(sq) / static_cast<float>(dim);
+  const float step = p.lr / (sqrtf(sum) + p.eps);
+  for (int64_t block = 0; block < dim; block += kBlock) {
+    if (dim > kBlock) {
+      load_block(wr, block, dim, lane, wv);
+      load_block(spill, block, dim, lane, g);
+    }
+#pragma unroll
+    for (int c = 0; c < kColumnsPerLane; ++c) wv[c] -= step * (g[c] + p.weight_decay * wv[c]);
+    store_block(wv, wr, block, dim, lane);
+  }
+  if (lane == 0) s.state0[row] = sum;
+}
+
+// SGD, Adagrad, Adam / AdamW: column by column, a block at a time.
 template <SparseOptim kOpt>
-__global__ void fused_update_kernel(SparseBatch b, Workspace w) {
-  extern __shared__ float smem[];
+__device__ void elementwise_row(const SparseTable& s, const Workspace& w, int64_t u,
+                                int64_t row, int lane) {
+  const SparseOptimParams p = s.params;
+  const int64_t dim = s.dim;
+  float* wr = s.weight + row * dim;
+  float* s0 = s.state0 ? s.state0 + row * dim : nullptr;
+  float* s1 = s.state1 ? s.state1 + row * dim : nullptr;
+  for (int64_t block = 0; block < dim; block += kBlock) {
+    Lanes wv, a, b, g;
+    load_block(wr, block, dim, lane, wv);
+    if constexpr (kOpt != SparseOptim::kSgd) load_block(s0, block, dim, lane, a);
+    if constexpr (kOpt == SparseOptim::kAdam) load_block(s1, block, dim, lane, b);
+    row_gradient(s, w, u, block, lane, g);
+#pragma unroll
+    for (int c = 0; c < kColumnsPerLane; ++c) {
+      if constexpr (kOpt == SparseOptim::kSgd) {
+        wv[c] -= p.lr * (g[c] + p.weight_decay * wv[c]);
+      } else if constexpr (kOpt == SparseOptim::kAdagrad) {
+        const float gd = g[c] + p.weight_decay * wv[c];
+        a[c] += gd * gd;
+        wv[c] -= p.lr * gd / (sqrtf(a[c]) + p.eps);
+      } else {  // Adam / AdamW: a = exp_avg, b = exp_avg_sq
+        const float gd = g[c] + (p.decoupled ? 0.0f : p.weight_decay) * wv[c];
+        const float shrink = p.decoupled ? 1.0f - p.lr * p.weight_decay : 1.0f;
+        a[c] += (1.0f - p.beta1) * (gd - a[c]);
+        b[c] = p.beta2 * b[c] + (1.0f - p.beta2) * gd * gd;
+        wv[c] = wv[c] * shrink - p.step_size * a[c] / (sqrtf(b[c]) * p.inv_bc2_sqrt + p.eps);
+      }
+    }
+    store_block(wv, wr, block, dim, lane);
+    if constexpr (kOpt != SparseOptim::kSgd) store_block(a, s0, block, dim, lane);
+    if constexpr (kOpt == SparseOptim::kAdam) store_block(b, s1, block, dim, lane);
+  }
+}
+
+// Capped at 64 registers (4 blocks of 8 warps per SM), which spills a few: uncapped it
+// took 72-102 and the step was 0.99-1.20x as long (H200, session 17, alternating A/B).
+template <SparseOptim kOpt>
+__global__ void __launch_bounds__(256, 4) fused_update_kernel(SparseBatch b, Workspace w) {
+  extern __shared__ float smem[];  // row-wise Adagrad rows wider than kBlock
   const int warps = blockDim.x / kWarp, warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
-  float* gbuf = smem + static_cast<int64_t>(warp) * w.stride;
   const int64_t num_unique = *w.num_unique;
   for (int64_t u = static_cast<int64_t>(blockIdx.x) * warps + warp; u < num_unique;
        u += static_cast<int64_t>(gridDim.x) * warps) {
     int64_t row;
     const SparseTable s = b.tables[table_of_row(b, w, u, &row)];  // in registers
-    const int64_t dim = s.dim;
-    if (dim == 0) continue;  // as on the CPU: no row to change, no state either
-    row_gradient(s, w, u, gbuf, lane);
-    const SparseOptimParams p = s.params;
-    float* __restrict__ wr = s.weight + row * dim;
-    if constexpr (kOpt == SparseOptim::kSgd) {
-      for (int64_t d = lane; d < dim; d += kWarp) {
-        wr[d] -= p.lr * (gbuf[d] + p.weight_decay * wr[d]);
-      }
-    } else if constexpr (kOpt == SparseOptim::kAdagrad) {
-      float* __restrict__ sr = s.state0 + row * dim;
-      for (int64_t d = lane; d < dim; d += kWarp) {
-        const float gd = gbuf[d] + p.weight_decay * wr[d];
-        const float sum = sr[d] + gd * gd;
-        sr[d] = sum;
-        wr[d] -= p.lr * gd / (sqrtf(sum) + p.eps);
-      }
-    } else if constexpr (kOpt == SparseOptim::kRowWiseAdagrad) {
-      float sq = 0.0f;
-      for (int64_t d = lane; d < dim; d += kWarp) {
-        const float gd = gbuf[d] + p.weight_decay * wr[d];
-        sq += gd * gd;
-      }
-      const float sum = s.state0[row] + warp_sum(sq) / static_cast<float>(dim);
-      const float step = p.lr / (sqrtf(sum) + p.eps);
-      for (int64_t d = lane; d < dim; d += kWarp) {
-        wr[d] -= step * (gbuf[d] + p.weight_decay * wr[d]);
-      }
-      __syncwarp();
-      if (lane == 0) s.state0[row] = sum;
-    } else {  // Adam / AdamW
-      float* __restrict__ m = s.state0 + row * dim;
-      float* __restrict__ v = s.state1 + row * dim;
-      const float l2 = p.decoupled ? 0.0f : p.weight_decay;
-      const float shrink = p.decoupled ? 1.0f - p.lr * p.weight_decay : 1.0f;
-      for (int64_t d = lane; d < dim; d += kWarp) {
-        const float gd = gbuf[d] + l2 * wr[d];
-        const float md = m[d] + (1.0f - p.beta1) * (gd - m[d]);
-        const float vd = p.beta2 * v[d] + (1.0f - p.beta2) * gd * gd;
-        m[d] = md;
-        v[d] = vd;
-        wr[d] = wr[d] * shrink - p.step_size * md / (sqrtf(vd) * p.inv_bc2_sqrt + p.eps);
-      }
+    if (s.dim == 0) continue;  // as on the CPU: no row to change, no state either
+    if constexpr (kOpt == SparseOptim::kRowWiseAdagrad) {
+      rowwise_adagrad_row(s, w, u, row, lane, smem + static_cast<int64_t>(warp) * w.stride);
+    } else {
+      elementwise_row<kOpt>(s, w, u, row, lane);
     }
-    __syncwarp();
   }
 }
 
@@ -347,21 +400,24 @@ __global__ void store_grads_kernel(SparseBatch b, Workspace w, int64_t num_uniqu
   const SparseTable s = b.tables[0];
   for (int64_t u = static_cast<int64_t>(blockIdx.x) * warps + warp; u < num_unique;
        u += static_cast<int64_t>(gridDim.x) * warps) {
-    row_gradient(s, w, u, grads + u * s.dim, lane);
+    for (int64_t block = 0; block < s.dim; block += kBlock) {
+      Lanes g;
+      row_gradient(s, w, u, block, lane, g);
+      store_block(g, grads + u * s.dim, block, s.dim, lane);
+    }
     if (lane == 0) unique_ids[u] = w.unique_keys[u];
   }
 }
 
-int warps_per_block(int64_t dim) {
-  const int64_t fit = kMaxSharedFloats / (dim > 0 ? dim : 1);
-  return static_cast<int>(fit >= 8 ? 8 : fit);
-}
-
 template <SparseOptim kOpt>
 void launch_update(const SparseBatch& b, const Workspace& w, cudaStream_t stream) {
-  const int warps = warps_per_block(w.stride);
+  int warps = 8;
+  size_t shared = 0;
+  if (kOpt == SparseOptim::kRowWiseAdagrad && w.stride > kBlock) {
+    warps = static_cast<int>(kMaxSharedFloats / w.stride >= 8 ? 8 : kMaxSharedFloats / w.stride);
+    shared = sizeof(float) * static_cast<size_t>(warps * w.stride);
+  }
   const int blocks = grid_for(b.nnz, warps);  // nnz bounds the unique count
-  const size_t shared = sizeof(float) * static_cast<size_t>(warps * w.stride);
   fused_update_kernel<kOpt><<<blocks, warps * kWarp, shared, stream>>>(b, w);
 }
 

@@ -659,3 +659,46 @@ def test_cuda_tables_of_one_call_must_share_a_device():
     with pytest.raises(RuntimeError, match=r", table 1: on cpu, table 0 on cuda"):
         _on_tables(ops.sparse_sgd_update, "sparse_sgd_update", [gpu_w[0], weights[1]], gpu_s,
                    [gpu_grads[0], grads[1]])  # fmt: skip
+
+
+@pytest.mark.cuda
+def test_cuda_batch_of_zero_width_tables_changes_nothing():
+    # kernels.py times the CUDA dedup alone this way: every row is deduplicated (hot rows
+    # chunked too), and none has a column or a state to change.
+    weights, grads = _batch([(300, 0, torch.float32, torch.long, False, False, 100, 9)] * 3)
+    grads[1] = (*_grad_with_hot_rows(300, 0), True)
+    states = _states_of("sparse_rowwise_adagrad_update", weights)
+    gpu_w, gpu_s, gpu_grads = _to_cuda(weights, states, grads)
+    _on_tables(ops.sparse_rowwise_adagrad_update, "sparse_rowwise_adagrad_update", gpu_w, gpu_s,
+               gpu_grads)  # fmt: skip
+    assert all(torch.equal(g[0].cpu(), s[0]) for g, s in zip(gpu_s, states, strict=True))
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("name", ["sparse_rowwise_adagrad_update", "sparse_adam_update"])
+@pytest.mark.parametrize("layout", ["column_block", "expanded", "transposed"])
+def test_cuda_reads_grad_out_with_its_strides(name, layout):
+    # A column block (a table's part of a collection's output gradient) and a stride-0
+    # expansion are read in place; other layouts are packed first.
+    kinds, hyper = UPDATES[name]
+    weight = torch.randn(40, 6)
+    ids, offsets, psw, _ = random_grad(25, 40, 6, 6, torch.float32, weighted=True)
+    base = {"column_block": (25, 15), "expanded": (1, 6), "transposed": (6, 25)}[layout]
+    base = torch.randn(*base)
+
+    def laid_out(t):
+        if layout == "column_block":
+            return t[:, 5:11]
+        return t.expand(25, 6) if layout == "expanded" else t.t()
+
+    states = [_state_like(weight, k) for k in kinds]
+    op = getattr(ops, _op_name(name))
+    cpu_w, cpu_s = weight.clone(), [s.clone() for s in states]
+    _on_one_table(op, cpu_w, cpu_s, (ids, offsets, psw, laid_out(base), True), hyper)
+    gpu_w, gpu_s = weight.cuda(), [s.cuda() for s in states]
+    gpu_grad = (ids.cuda(), offsets.cuda(), psw.cuda(), laid_out(base.cuda()), True)
+    assert gpu_grad[3].stride() == laid_out(base).stride()
+    _on_one_table(op, gpu_w, gpu_s, gpu_grad, hyper)
+    torch.testing.assert_close(gpu_w.cpu(), cpu_w, rtol=1e-5, atol=1e-5)
+    for g, c in zip(gpu_s, cpu_s, strict=True):
+        torch.testing.assert_close(g.cpu(), c, rtol=1e-5, atol=1e-5)
