@@ -7,12 +7,25 @@
 #   PYTHON=python3 bash benchmarks/gpu_check.sh            # the issue's shapes
 #   PYTHON=python3 bash benchmarks/gpu_check.sh --small    # extra arguments go to kernels.py
 #   PYTHON=python3 bash benchmarks/gpu_check.sh --no-fbgemm --profile
+#   FBGEMM_WHEEL=/tmp/fbgemm_gpu-1.6.0-cp312-cp312-manylinux_2_28_x86_64.whl \
+#     PYTHON=python3 bash benchmarks/gpu_check.sh     # installs that fbgemm_gpu first
+#
+# FBGEMM_WHEEL: an fbgemm_gpu wheel built for this torch and CUDA (1.6.0 for torch
+# 2.11 + CUDA 13), installed without a registry into a temporary folder on PYTHONPATH;
+# the FBGEMM parity tests and kernels.py's FBGEMM column then run on the GPU.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 py=${PYTHON:-python3}
 logs=${OUT:-build/gpu-check}
 mkdir -p "$logs"
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+
+if [ -n "${FBGEMM_WHEEL:-}" ]; then
+  site=$(mktemp -d)
+  "$py" -m pip install -q --no-index --no-deps --no-compile --target "$site" "$FBGEMM_WHEEL"
+  export PYTHONPATH="$PYTHONPATH:$site"
+  "$py" -c "import fbgemm_gpu; print('fbgemm_gpu', fbgemm_gpu.__version__)" 2>&1 | tail -1
+fi
 
 "$py" - <<'EOF'
 import shutil, torch
