@@ -2,7 +2,7 @@
 
 Compares, in the same process and alternating iteration by iteration:
   * recis       - EmbeddingBagCollection (its tables on huge pages, one output written
-                  by recis::pooled_lookup per table, the gradient read in place) + a
+                  by recis::pooled_lookup_tables, the gradient read in place) + a
                   recis.optim sparse optimizer (fused dedup + reduce + update kernel;
                   SGD without weight decay applies each id's gradient directly);
   * fbgemm      - FBGEMM SplitTableBatchedEmbeddingBagsCodegen on CPU with the same

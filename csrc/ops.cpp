@@ -25,6 +25,15 @@ TORCH_LIBRARY(recis, m) {
   m.def(
       "pooled_lookup_into(Tensor weight, Tensor ids, Tensor offsets, Tensor? per_sample_weights, "
       "int pooling, Tensor(a!) out) -> ()");
+  // Pooled lookup of a batch of tables into one output out [B, sum_t features[t] * dim_t]
+  // (any row stride, contiguous columns), B = out.size(0). Table t's offsets have
+  // features[t] * B + 1 entries, its bags feature-major: bag f * B + b (feature f of
+  // sample b) is written to out[b] from column sum_{t' < t} features[t'] * dim_t' +
+  // f * dim_t. mean[t]: mean pooling, else sum. Errors name the table's index; an id
+  // outside its table raises (on CPU out may then be partly written).
+  m.def(
+      "pooled_lookup_tables(Tensor[] weights, Tensor[] ids, Tensor[] offsets, "
+      "Tensor?[] per_sample_weights, bool[] mean, int[] features, Tensor(a!) out) -> ()");
   // Row bucketization for row-wise sharding: bucket k owns global rows
   // [boundaries[k], boundaries[k+1]). Returns (bucket_lengths [K * num_bags], bucket-major;
   // bucket_ids: ids made local to their bucket, ordered bucket, bag, original position;

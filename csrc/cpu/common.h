@@ -1,6 +1,12 @@
 #pragma once
 #include <ATen/ATen.h>
+#include <ATen/core/List.h>
 #include <c10/util/Exception.h>
+
+#include <initializer_list>
+#include <string>
+#include <utility>
+#include <vector>
 
 namespace recis {
 
@@ -12,30 +18,83 @@ inline Pooling to_pooling(int64_t pooling) {
   return static_cast<Pooling>(pooling);
 }
 
-// Shape and dtype checks shared by every bag-shaped kernel (CPU and CUDA bindings).
+// Shape and dtype checks shared by every bag-shaped kernel (CPU and CUDA bindings);
+// errors start with `op` (a batched op names the table there).
 inline void check_bags(const at::Tensor& weight, const at::Tensor& ids, const at::Tensor& offsets,
-                       const std::optional<at::Tensor>& per_sample_weights) {
-  TORCH_CHECK(weight.dim() == 2, "recis: weight must be 2-D [rows, dim], got ", weight.sizes());
-  TORCH_CHECK(ids.dim() == 1 && offsets.dim() == 1, "recis: ids and offsets must be 1-D");
-  TORCH_CHECK(ids.scalar_type() == at::kLong || ids.scalar_type() == at::kInt,
-              "recis: ids must be int32 or int64, got ", ids.scalar_type());
-  TORCH_CHECK(offsets.scalar_type() == ids.scalar_type(),
-              "recis: offsets must have the dtype of ids");
-  TORCH_CHECK(offsets.numel() >= 1, "recis: offsets needs num_bags + 1 entries");
+                       const std::optional<at::Tensor>& per_sample_weights,
+                       const char* op = "recis") {
+  TORCH_CHECK(weight.dim() == 2, op, ": weight must be 2-D [rows, dim], got ", weight.sizes());
+  TORCH_CHECK(ids.dim() == 1 && offsets.dim() == 1, op, ": ids and offsets must be 1-D");
+  TORCH_CHECK(ids.scalar_type() == at::kLong || ids.scalar_type() == at::kInt, op,
+              ": ids must be int32 or int64, got ", ids.scalar_type());
+  TORCH_CHECK(offsets.scalar_type() == ids.scalar_type(), op,
+              ": offsets must have the dtype of ids");
+  TORCH_CHECK(offsets.numel() >= 1, op, ": offsets needs num_bags + 1 entries");
   // A kernel reads every pointer on its own device: a tensor elsewhere would be read
   // as garbage or crash it.
-  TORCH_CHECK(ids.device() == weight.device() && offsets.device() == weight.device(),
-              "recis: ids and offsets must be on the weight's device (", weight.device(),
-              "), got ", ids.device(), " and ", offsets.device());
+  TORCH_CHECK(ids.device() == weight.device() && offsets.device() == weight.device(), op,
+              ": ids and offsets must be on the weight's device (", weight.device(), "), got ",
+              ids.device(), " and ", offsets.device());
   if (per_sample_weights.has_value()) {
-    TORCH_CHECK(per_sample_weights->dim() == 1 && per_sample_weights->numel() == ids.numel(),
-                "recis: per_sample_weights must be 1-D with one weight per id");
-    TORCH_CHECK(per_sample_weights->is_floating_point(),
-                "recis: per_sample_weights must be floating point");
-    TORCH_CHECK(per_sample_weights->device() == weight.device(),
-                "recis: per_sample_weights must be on the weight's device (", weight.device(),
+    TORCH_CHECK(per_sample_weights->dim() == 1 && per_sample_weights->numel() == ids.numel(), op,
+                ": per_sample_weights must be 1-D with one weight per id");
+    TORCH_CHECK(per_sample_weights->is_floating_point(), op,
+                ": per_sample_weights must be floating point");
+    TORCH_CHECK(per_sample_weights->device() == weight.device(), op,
+                ": per_sample_weights must be on the weight's device (", weight.device(),
                 "), got ", per_sample_weights->device());
   }
+}
+
+// The lists of a batched op (one entry per table) all have one entry per weight.
+inline void check_one_per_table(const char* op, size_t tables,
+                                std::initializer_list<std::pair<const char*, size_t>> lists) {
+  for (const auto& [name, size] : lists) {
+    TORCH_CHECK(size == tables, op, ": one entry per table in every list: ", tables,
+                " weights, ", size, " ", name);
+  }
+}
+
+// How errors name table t of a batched op of n tables: the op, then the index.
+inline std::string table_in_op(const char* op, size_t t, size_t n) {
+  return n == 1 ? std::string(op) : std::string(op) + ", table " + std::to_string(t);
+}
+
+// pooled_lookup_tables' lists and shapes (the ids are the kernels' to check): returns
+// the column of out at which each table's block starts.
+inline std::vector<int64_t> check_lookup_tables(
+    const char* op, at::TensorList weights, at::TensorList ids, at::TensorList offsets,
+    const c10::List<std::optional<at::Tensor>>& per_sample_weights, const c10::List<bool>& mean,
+    at::IntArrayRef features, const at::Tensor& out) {
+  const size_t n = weights.size();
+  check_one_per_table(op, n,
+                      {{"ids", ids.size()}, {"offsets", offsets.size()},
+                       {"per_sample_weights", per_sample_weights.size()}, {"mean", mean.size()},
+                       {"features", features.size()}});
+  TORCH_CHECK(out.dim() == 2, op, ": out must be 2-D [batch, width], got ", out.sizes());
+  const int64_t batch = out.size(0);
+  std::vector<int64_t> columns(n);
+  int64_t width = 0;
+  for (size_t t = 0; t < n; ++t) {
+    const std::string top = table_in_op(op, t, n);
+    const at::Tensor& weight = weights[t];
+    check_bags(weight, ids[t], offsets[t], per_sample_weights.get(t), top.c_str());
+    TORCH_CHECK(weight.is_floating_point(), top, ": weight must be floating point, got ",
+                weight.scalar_type());
+    TORCH_CHECK(weight.device() == out.device(), top, ": weight on ", weight.device(),
+                ", out on ", out.device());
+    TORCH_CHECK(features[t] >= 1, top, ": features must be >= 1, got ", features[t]);
+    TORCH_CHECK(offsets[t].numel() == features[t] * batch + 1, top, ": offsets has ",
+                offsets[t].numel(), " entries; ", features[t], " feature(s) of a batch of ",
+                batch, " need ", features[t] * batch + 1);
+    columns[t] = width;
+    width += features[t] * weight.size(1);
+  }
+  TORCH_CHECK(out.size(1) == width, op, ": out must be [batch, ", width,
+              "] (every table's features x dim side by side), got ", out.sizes());
+  TORCH_CHECK(width <= 1 || out.stride(1) == 1, op, ": out needs contiguous columns, got strides ",
+              out.strides());
+  return columns;
 }
 
 // The `out` of pooled_lookup_into: [num_bags, dim] of the weight's dtype and device,

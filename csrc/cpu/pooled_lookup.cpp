@@ -8,6 +8,8 @@
 
 #include <algorithm>
 #include <atomic>
+#include <string>
+#include <vector>
 
 #include "cpu/common.h"
 #include "cpu/isa.h"
@@ -36,19 +38,16 @@ bool lookup_bags(const scalar_t* weight, int64_t rows, int64_t dim, const index_
                                begin, end);
 }
 
-// Writes the pooled bags into `out` [num_bags, dim], which may be a column block of a
-// wider tensor (any row stride, unit column stride): a collection of tables fills one
-// output without a concatenation. Ids are range-checked inside the pooling pass (a
-// separate pass cost ~1.4 ns per id, a third of a lookup of cached rows); on a bad one
-// `out` may be partly written when the error is raised.
-void pooled_lookup_into_cpu(const at::Tensor& weight, const at::Tensor& ids,
-                            const at::Tensor& offsets,
-                            const std::optional<at::Tensor>& per_sample_weights, int64_t pooling,
-                            at::Tensor& out) {
-  check_bags(weight, ids, offsets, per_sample_weights);
-  check_pooled_out(weight, offsets, out);
-  const Pooling mode = to_pooling(pooling);
-  const int64_t num_bags = offsets.numel() - 1;
+// Pools features x B bags (feature-major: bag f * B + b) into `block` [B, features * dim]
+// (any row stride, unit column stride): bag f * B + b lands in row b from column
+// f * dim. A collection's tables fill one output so, without a concatenation or a
+// regrouping copy. Ids are range-checked inside the pooling pass (a separate pass cost
+// ~1.4 ns per id, a third of a lookup of cached rows); on a bad one `block` may be
+// partly written when the error is raised.
+void pool_bags(const char* op, const at::Tensor& weight, const at::Tensor& ids,
+               const at::Tensor& offsets, const std::optional<at::Tensor>& per_sample_weights,
+               bool mean, int64_t features, at::Tensor& block) {
+  const int64_t batch = block.size(0), num_bags = offsets.numel() - 1;
   const int64_t dim = weight.size(1);
   const auto w = weight.contiguous();
   const auto ids_c = ids.contiguous();
@@ -58,7 +57,6 @@ void pooled_lookup_into_cpu(const at::Tensor& weight, const at::Tensor& ids,
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, w.scalar_type(), "pooled_lookup", [&] {
     AT_DISPATCH_INDEX_TYPES(ids_c.scalar_type(), "pooled_lookup_index", [&] {
-      constexpr const char* op = "recis.pooled_lookup";
       const index_t* o = offs.data_ptr<index_t>();
       const index_t* i = ids_c.data_ptr<index_t>();
       const int64_t nnz = ids_c.numel(), rows = w.size(0);
@@ -70,16 +68,31 @@ void pooled_lookup_into_cpu(const at::Tensor& weight, const at::Tensor& ids,
       std::atomic<bool> in_range{true};
       const int64_t grain = std::max<int64_t>(1, 2048 / std::max<int64_t>(dim, 1));
       at::parallel_for(0, num_bags, grain, [&](int64_t begin, int64_t end) {
-        if (!lookup_bags<scalar_t, index_t>(w.data_ptr<scalar_t>(), rows, dim, i, o,
-                                            psw.defined() ? psw.data_ptr<float>() : nullptr,
-                                            mode == Pooling::kMean, out.data_ptr<scalar_t>(),
-                                            out.stride(0), begin, end)) {
-          in_range.store(false, std::memory_order_relaxed);
+        // The range may cross features: each feature's bags go to its own columns.
+        for (int64_t f = begin / batch; f < features && f * batch < end; ++f) {
+          const int64_t first = std::max(begin, f * batch), last = std::min(end, (f + 1) * batch);
+          if (!lookup_bags<scalar_t, index_t>(
+                  w.data_ptr<scalar_t>(), rows, dim, i, o + f * batch,
+                  psw.defined() ? psw.data_ptr<float>() : nullptr, mean,
+                  block.data_ptr<scalar_t>() + f * dim, block.stride(0), first - f * batch,
+                  last - f * batch)) {
+            in_range.store(false, std::memory_order_relaxed);
+          }
         }
       });
       if (!in_range.load()) check_ids_in_range(op, i, nnz, rows);  // raises, naming the id
     });
   });
+}
+
+void pooled_lookup_into_cpu(const at::Tensor& weight, const at::Tensor& ids,
+                            const at::Tensor& offsets,
+                            const std::optional<at::Tensor>& per_sample_weights, int64_t pooling,
+                            at::Tensor& out) {
+  check_bags(weight, ids, offsets, per_sample_weights);
+  check_pooled_out(weight, offsets, out);
+  const bool mean = to_pooling(pooling) == Pooling::kMean;
+  pool_bags("recis.pooled_lookup", weight, ids, offsets, per_sample_weights, mean, 1, out);
 }
 
 at::Tensor pooled_lookup_cpu(const at::Tensor& weight, const at::Tensor& ids,
@@ -92,11 +105,37 @@ at::Tensor pooled_lookup_cpu(const at::Tensor& weight, const at::Tensor& ids,
   return out;
 }
 
+void pooled_lookup_tables_cpu(at::TensorList weights, at::TensorList ids, at::TensorList offsets,
+                              const c10::List<std::optional<at::Tensor>>& per_sample_weights,
+                              const c10::List<bool>& mean, at::IntArrayRef features,
+                              at::Tensor& out) {
+  constexpr const char* op = "recis.pooled_lookup_tables";
+  const std::vector<int64_t> columns =
+      check_lookup_tables(op, weights, ids, offsets, per_sample_weights, mean, features, out);
+  const size_t n = weights.size();
+  for (size_t t = 0; t < n; ++t) {
+    const std::string top = table_in_op(op, t, n);
+    const at::Tensor& weight = weights[t];
+    const int64_t dim = weight.size(1), batch = out.size(0);
+    at::Tensor block = out.narrow(1, columns[t], features[t] * dim);
+    if (weight.scalar_type() == out.scalar_type()) {
+      pool_bags(top.c_str(), weight, ids[t], offsets[t], per_sample_weights.get(t), mean.get(t),
+                features[t], block);
+    } else {  // pooled in the weight's dtype, then converted into its block
+      at::Tensor pooled = at::empty({features[t] * batch, dim}, weight.options());
+      pool_bags(top.c_str(), weight, ids[t], offsets[t], per_sample_weights.get(t), mean.get(t),
+                1, pooled);
+      block.view({batch, features[t], dim}).copy_(pooled.view({features[t], batch, dim}).transpose(0, 1));
+    }
+  }
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(recis, CPU, m) {
   m.impl("pooled_lookup", &pooled_lookup_cpu);
   m.impl("pooled_lookup_into", &pooled_lookup_into_cpu);
+  m.impl("pooled_lookup_tables", &pooled_lookup_tables_cpu);
 }
 
 }  // namespace recis

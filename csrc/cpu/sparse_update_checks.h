@@ -5,8 +5,9 @@
 #include <c10/util/Exception.h>
 
 #include <initializer_list>
-#include <string>
 #include <utility>
+
+#include "cpu/common.h"
 
 namespace recis {
 
@@ -72,20 +73,6 @@ inline void check_state(const char* op, const char* name, const at::Tensor& stat
               " must be contiguous (it is updated in place)");
   TORCH_CHECK(state.device() == weight.device(), op, ": ", name,
               " must be on the device of weight");
-}
-
-// The lists of a batched update (one entry per table) all have one entry per weight.
-inline void check_one_per_table(const char* op, size_t tables,
-                                std::initializer_list<std::pair<const char*, size_t>> lists) {
-  for (const auto& [name, size] : lists) {
-    TORCH_CHECK(size == tables, op, ": one entry per table in every list: ", tables,
-                " weights, ", size, " ", name);
-  }
-}
-
-// How errors name table t of a batched update of n tables: the op, then the index.
-inline std::string table_in_op(const char* op, size_t t, size_t n) {
-  return n == 1 ? std::string(op) : std::string(op) + ", table " + std::to_string(t);
 }
 
 inline void check_hyper(const char* op, std::initializer_list<std::pair<const char*, double>> hs) {

@@ -35,22 +35,16 @@ class _PoolTables(torch.autograd.Function):
         batch: int,
     ) -> Tensor:
         dims = [t.weight.shape[1] for t in tables]
-        widths = [b.num_features * d for b, d in zip(bags, dims, strict=True)]
         dtype = tables[0].weight.dtype
         for t in tables[1:]:
             dtype = torch.promote_types(dtype, t.weight.dtype)
-        out = ops.empty_table((batch, sum(widths)), dtype, tables[0].weight.device)
-        col = 0
-        for table, b, dim, width in zip(tables, bags, dims, widths, strict=True):
-            block = out[:, col : col + width]
-            pooling = ops.MEAN if b.mean else ops.SUM
-            args = (table.weight, b.ids, b.offsets, b.per_sample_weights, pooling)
-            if b.num_features == 1 and table.weight.dtype == dtype:
-                ops.pooled_lookup(*args, out=block)
-            else:
-                pooled = ops.pooled_lookup(*args).view(b.num_features, batch, dim)
-                block.view(batch, b.num_features, dim).copy_(pooled.transpose(0, 1))
-            col += width
+        width = sum(b.num_features * d for b, d in zip(bags, dims, strict=True))
+        out = ops.empty_table((batch, width), dtype, tables[0].weight.device)
+        ops.pooled_lookup_tables(
+            [t.weight for t in tables], [b.ids for b in bags], [b.offsets for b in bags],
+            [b.per_sample_weights for b in bags], [b.mean for b in bags],
+            [b.num_features for b in bags], out,
+        )  # fmt: skip
         ctx.tables, ctx.bags, ctx.dims, ctx.batch = tables, bags, dims, batch
         return out
 

@@ -7,7 +7,7 @@ the tests compare the two on random inputs.
 from recis.ops.bucketize import Buckets, bucketize
 from recis.ops.cpu_isa import available_cpu_isas
 from recis.ops.dot_interaction import dot_interaction
-from recis.ops.pooled_lookup import MEAN, SUM, pooled_lookup
+from recis.ops.pooled_lookup import MEAN, SUM, pooled_lookup, pooled_lookup_tables
 from recis.ops.sparse_update import (
     sparse_adagrad_update,
     sparse_adam_update,
@@ -26,6 +26,7 @@ __all__ = [
     "dot_interaction",
     "empty_table",
     "pooled_lookup",
+    "pooled_lookup_tables",
     "sparse_adagrad_update",
     "sparse_adam_update",
     "sparse_rowwise_adagrad_update",

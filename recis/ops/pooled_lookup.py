@@ -1,6 +1,9 @@
-"""Pooled embedding lookup of one table (the ``recis::pooled_lookup`` kernel)."""
+"""Pooled embedding lookups: one table (``recis::pooled_lookup``), or a batch of tables
+into one output (``recis::pooled_lookup_tables``)."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -39,4 +42,39 @@ def pooled_lookup(
     if out is None:
         return torch.ops.recis.pooled_lookup(weight, ids, offsets, per_sample_weights, pooling)
     torch.ops.recis.pooled_lookup_into(weight, ids, offsets, per_sample_weights, pooling, out)
+    return out
+
+
+def pooled_lookup_tables(
+    weights: Sequence[Tensor],
+    ids: Sequence[Tensor],
+    offsets: Sequence[Tensor],
+    per_sample_weights: Sequence[Tensor | None],
+    mean: Sequence[bool],
+    features: Sequence[int],
+    out: Tensor,
+) -> Tensor:
+    """Pools a batch of tables into ``out`` ``[B, sum(features[t] * dim_t)]`` in one call.
+
+    Table ``t`` has ``features[t] * B`` bags, feature-major (bag ``f * B + b`` is feature
+    ``f`` of sample ``b``, ``B = out.shape[0]``); its block of ``out`` follows the
+    blocks of the tables before it, its features side by side. ``mean[t]`` selects mean
+    pooling. ``out`` may have any row stride (contiguous columns). An id outside its
+    table raises ``RuntimeError`` naming the table by its index (on CPU ``out`` may then
+    be partly written). On CUDA one check of every table's ids precedes the lookups.
+
+    Example::
+
+        >>> w0, w1 = torch.arange(6.0).view(3, 2), torch.ones(2, 1)
+        >>> out = torch.empty(2, 4)
+        >>> pooled_lookup_tables([w0, w1], [torch.tensor([0, 2]), torch.tensor([0, 1, 1, 0])],
+        ...                      [torch.tensor([0, 1, 2]), torch.tensor([0, 1, 2, 3, 4])],
+        ...                      [None, None], [False, False], [1, 2], out)
+        tensor([[0., 1., 1., 1.],
+                [4., 5., 1., 1.]])
+    """
+    torch.ops.recis.pooled_lookup_tables(
+        list(weights), list(ids), list(offsets), list(per_sample_weights), list(mean),
+        list(features), out,
+    )  # fmt: skip
     return out

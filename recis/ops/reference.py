@@ -31,6 +31,28 @@ def pooled_lookup(
     return out.to(weight.dtype)
 
 
+def pooled_lookup_tables(
+    weights: Sequence[Tensor],
+    ids: Sequence[Tensor],
+    offsets: Sequence[Tensor],
+    per_sample_weights: Sequence[Tensor | None],
+    mean: Sequence[bool],
+    features: Sequence[int],
+    out: Tensor,
+) -> Tensor:
+    """Reference of :func:`recis.ops.pooled_lookup_tables`: table by table, feature by
+    feature, into out's columns."""
+    batch, col = out.shape[0], 0
+    for w, i, o, psw, m, n in zip(weights, ids, offsets, per_sample_weights, mean, features,
+                                  strict=True):  # fmt: skip
+        pooled = pooled_lookup(w, i, o, psw, MEAN if m else 0)
+        dim = w.shape[1]
+        for f in range(n):
+            out[:, col : col + dim] = pooled[f * batch : (f + 1) * batch]
+            col += dim
+    return out
+
+
 def _touched_grads(
     ids: Tensor,
     offsets: Tensor,

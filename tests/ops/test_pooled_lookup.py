@@ -178,3 +178,133 @@ def test_one_id_per_bag_over_several_threads(dim):
     with torch_threads(2):
         out = ops.pooled_lookup(weight, ids, offsets)
     torch.testing.assert_close(out, weight[ids])
+
+
+# --- a batch of tables into one output ---
+
+ON_ANY_DEVICE = pytest.mark.parametrize(
+    "device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
+)
+
+
+def _tables(specs, batch, dtype=torch.float32):
+    """Weights and bags per spec (rows, dim, features, mean, weighted, index dtype)."""
+    weights, bags = [], []
+    for rows, dim, features, mean, weighted, index in specs:
+        weights.append(torch.randn(rows, dim, dtype=dtype))
+        ids, offsets = random_bags(features * batch, rows, 6, dtype=index)
+        psw = torch.rand(ids.numel()) if weighted else None
+        bags.append((ids, offsets, psw, mean, features))
+    return weights, bags
+
+
+def _lookup_tables(fn, weights, bags, out):
+    ids, offsets, psw, mean, features = (list(field) for field in zip(*bags, strict=True))
+    return fn(weights, ids, offsets, psw, mean, features, out)
+
+
+def _on(device, weights, bags):
+    weights = [w.to(device) for w in weights]
+    bags = [
+        (ids.to(device), offsets.to(device), None if psw is None else psw.to(device), mean, n)
+        for ids, offsets, psw, mean, n in bags
+    ]
+    return weights, bags
+
+
+@ON_ANY_DEVICE
+def test_a_batch_of_tables_matches_the_reference(device):
+    # Widths 1 to 129, one to three features per table, sum and mean, weighted or not,
+    # int32 and int64 ids, empty bags; written into a column block of a wider tensor.
+    batch = 17
+    specs = [
+        (30, 1, 1, False, False, torch.long),
+        (40, 3, 2, True, True, torch.int32),
+        (1, 16, 3, True, False, torch.long),
+        (50, 129, 1, False, True, torch.long),
+        (25, 8, 2, False, False, torch.int32),
+    ]
+    weights, bags = _tables(specs, batch)
+    width = sum(dim * n for _, dim, n, *_ in specs)
+    want = _lookup_tables(reference.pooled_lookup_tables, weights, bags, torch.zeros(batch, width))
+    dev_weights, dev_bags = _on(device, weights, bags)
+    wide = torch.full((batch, width + 7), 5.0, device=device)
+    got = _lookup_tables(ops.pooled_lookup_tables, dev_weights, dev_bags, wide[:, 3 : 3 + width])
+    assert got.data_ptr() == wide[:, 3:].data_ptr()
+    wide = wide.cpu()
+    torch.testing.assert_close(wide[:, 3 : 3 + width], want, rtol=1e-5, atol=1e-5)
+    assert torch.equal(wide[:, :3], torch.full((batch, 3), 5.0))
+    assert torch.equal(wide[:, 3 + width :], torch.full((batch, 4), 5.0))
+
+
+def test_a_table_of_another_dtype_is_pooled_in_its_own_and_converted():
+    batch = 9
+    weights, bags = _tables([(20, 4, 2, True, True, torch.long)] * 3, batch)
+    weights[0] = weights[0].double()
+    weights[2] = weights[2].bfloat16()
+    out = _lookup_tables(ops.pooled_lookup_tables, weights, bags, torch.empty(batch, 24).double())
+    for t, w in enumerate(weights):
+        alone = _lookup_tables(
+            ops.pooled_lookup_tables, [w], [bags[t]], torch.empty(batch, 8, dtype=w.dtype)
+        )
+        torch.testing.assert_close(out[:, 8 * t : 8 * (t + 1)], alone.double())
+
+
+def test_no_tables_and_no_bags():
+    assert ops.pooled_lookup_tables([], [], [], [], [], [], torch.empty(4, 0)).shape == (4, 0)
+    weights, bags = _tables([(5, 3, 2, True, False, torch.long)], 0)
+    out = _lookup_tables(ops.pooled_lookup_tables, weights, bags, torch.empty(0, 6))
+    assert out.shape == (0, 6)
+
+
+@ON_ANY_DEVICE
+@pytest.mark.parametrize(
+    "ids, offsets, message",
+    [
+        ([0, 9, 1], [0, 1, 2, 3], r", table 2: id 9 at position 1 is outside \[0, 9\)"),
+        ([0, 1, 2], [0, 2, 1, 3], r", table 2: offsets decrease"),
+        ([0, 1, 2], [0, 1, 2, 2], r", table 2: offsets must start at 0 and end at ids"),
+    ],
+    ids=["bad_id", "decreasing_offsets", "offsets_short_of_the_ids"],
+)
+def test_bad_ids_or_offsets_in_any_table_raise_naming_it(device, ids, offsets, message):
+    weights, bags = _tables([(9, 4, 1, False, False, torch.long)] * 3, 3)
+    bags[2] = (torch.tensor(ids), torch.tensor(offsets), None, False, 1)
+    weights, bags = _on(device, weights, bags)
+    with pytest.raises(RuntimeError, match=message):
+        _lookup_tables(ops.pooled_lookup_tables, weights, bags, torch.empty(3, 12, device=device))
+
+
+def test_bad_shapes_raise_naming_the_table():
+    weights, bags = _tables([(9, 4, 2, False, False, torch.long)] * 2, 3)
+    out = torch.empty(3, 16)
+    bad = [bags[0], (bags[1][0], bags[1][1][:5], None, False, 2)]
+    with pytest.raises(
+        RuntimeError,
+        match=r", table 1: offsets has 5 entries; 2 feature\(s\) of a batch of 3 need 7",
+    ):
+        _lookup_tables(ops.pooled_lookup_tables, weights, bad, out)
+    with pytest.raises(RuntimeError, match=r"out must be \[batch, 16\]"):
+        _lookup_tables(ops.pooled_lookup_tables, weights, bags, torch.empty(3, 12))
+    with pytest.raises(RuntimeError, match=r", table 0: features must be >= 1, got 0"):
+        bad = [(*bags[0][:4], 0), bags[1]]
+        _lookup_tables(ops.pooled_lookup_tables, weights, bad, out)
+    with pytest.raises(RuntimeError, match="one entry per table in every list: 2 weights, 1 mean"):
+        ids, offsets, psw, mean, features = (list(f) for f in zip(*bags, strict=True))
+        ops.pooled_lookup_tables(weights, ids, offsets, psw, mean[:1], features, out)
+    with pytest.raises(RuntimeError, match=r", table 1: ids must be int32 or int64"):
+        bad = [bags[0], (bags[1][0].float(), *bags[1][1:])]
+        _lookup_tables(ops.pooled_lookup_tables, weights, bad, out)
+
+
+@pytest.mark.cuda
+def test_cuda_batch_needs_float32_and_one_device():
+    weights, bags = _tables([(9, 4, 1, False, False, torch.long)] * 2, 3)
+    gpu_weights, gpu_bags = _on("cuda", weights, bags)
+    with pytest.raises(RuntimeError, match=r", table 1: weight on cpu, out on cuda"):
+        _lookup_tables(ops.pooled_lookup_tables, [gpu_weights[0], weights[1]],
+                       [gpu_bags[0], bags[1]], torch.empty(3, 8, device="cuda"))  # fmt: skip
+    with pytest.raises(RuntimeError, match=r"float32 only, got out Double"):
+        gpu_weights = [w.double() for w in gpu_weights]
+        _lookup_tables(ops.pooled_lookup_tables, gpu_weights, gpu_bags,
+                       torch.empty(3, 8, device="cuda", dtype=torch.float64))  # fmt: skip
