@@ -80,7 +80,8 @@ struct SparseBatch {
 // Device workspace (bytes) for a batch of nnz ids, rows at most max_dim floats wide;
 // the caller allocates it on the stream's device.
 size_t sparse_update_workspace_bytes(int64_t nnz, int64_t max_dim);
-// Largest embedding dim the update kernels take (the row gradient lives in shared memory).
+// Largest embedding dim the update kernels take (row-wise Adagrad keeps a row wider than
+// 128 floats in shared memory between its two passes).
 int64_t max_sparse_update_dim();
 
 // Keys the batch's ids into the workspace and checks them: bad[t] = 1 (bad zeroed by

@@ -10,9 +10,10 @@
 // the check stays on the device: the update's grid strides up to the device-side
 // unique count.
 // Update: one warp per unique row; the warp reduces the row's gradient from
-// grad_out[bag] * weight (÷ bag length when mean) into shared memory - never an
-// nnz x dim tensor - then applies its table's optimizer step to the row and its state,
-// lanes across the embedding dimension so that every access is coalesced. A hot row's
+// grad_out[bag] * weight (÷ bag length when mean) in registers, 128 columns at a time -
+// never an nnz x dim tensor - then applies its table's optimizer step to those
+// columns of the row and its state, lanes across the embedding dimension so that
+// every access is coalesced. A hot row's
 // occurrences (more than kChunk) are first reduced by one warp per chunk of kChunk
 // into partial sums, which the row's warp adds in chunk order: one warp alone took
 // milliseconds over a Zipf batch's hottest id (H200, session 16).
