@@ -62,9 +62,10 @@ bench: install
 	OMP_NUM_THREADS=1 $(TORCHRUN) --standalone --nproc_per_node=2 benchmarks/e2e.py --small
 
 # Compile-checks the CUDA code on a machine without a GPU or a CUDA torch: nvcc compiles
-# every kernel; the ATen bindings are syntax-checked with g++ against the CPU torch's
-# headers plus the CUDA library headers of PyPI's nvidia-* wheels (~0.9 GB downloaded once,
-# only their include/ folders kept) and the one generated c10 header the CPU wheel lacks.
+# every kernel; g++ compiles the ATen bindings against the CPU torch's headers plus the
+# CUDA library headers of PyPI's nvidia-* wheels (~0.9 GB downloaded once, only their
+# include/ folders kept) and the one generated c10 header the CPU wheel lacks; all are
+# linked into a throwaway shared library, which catches a symbol defined twice.
 CUDA_HEADERS := build/cuda-headers
 CUDA_INCLUDE ?= $(firstword $(wildcard /usr/local/cuda/include /usr/local/cuda-*/include))
 $(CUDA_HEADERS)/.fetched:
@@ -77,12 +78,14 @@ $(CUDA_HEADERS)/.fetched:
 	touch $@
 
 check-cuda: install $(CUDA_HEADERS)/.fetched
-	for f in csrc/cuda/*.cu; do nvcc -std=c++17 -O3 -arch=sm_90 -Icsrc -c $$f -o build/$$(basename $$f).o || exit 1; done
-	g++ -std=c++20 -fsyntax-only -Icsrc -I$(CUDA_HEADERS)/stub \
+	mkdir -p build/check-cuda
+	for f in csrc/cuda/*.cu; do nvcc -std=c++17 -O3 -arch=sm_90 -Icsrc -Xcompiler -fPIC -c $$f -o build/check-cuda/$$(basename $$f).o || exit 1; done
+	for f in csrc/cuda/*.cpp; do g++ -std=c++20 -fPIC -c -Icsrc -I$(CUDA_HEADERS)/stub \
 		$$($(PY) -c "from torch.utils.cpp_extension import include_paths; print(' '.join('-I' + p for p in include_paths()))") \
 		-I$(CUDA_INCLUDE) $(patsubst %,-I%,$(wildcard $(CUDA_HEADERS)/nvidia/*/include)) \
-		csrc/cuda/bindings.cpp
-	@echo "CUDA sources compile"
+		$$f -o build/check-cuda/$$(basename $$f).o || exit 1; done
+	g++ -shared -o build/check-cuda/recis_cuda_check.so build/check-cuda/*.o
+	@echo "CUDA sources compile and link"
 
 clean:
 	rm -rf build recis/_C*.so *.egg-info $(VENV)

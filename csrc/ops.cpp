@@ -1,5 +1,5 @@
 // Every recis op schema, in one place. Kernels register implementations per
-// dispatch key: csrc/cpu/*.cpp (CPU) and csrc/cuda/bindings.cpp (CUDA).
+// dispatch key: csrc/cpu/*.cpp (CPU) and csrc/cuda/*_binding.cpp (CUDA).
 #include <Python.h>
 #include <torch/library.h>
 

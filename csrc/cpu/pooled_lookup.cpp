@@ -125,7 +125,8 @@ void pooled_lookup_tables_cpu(at::TensorList weights, at::TensorList ids, at::Te
       at::Tensor pooled = at::empty({features[t] * batch, dim}, weight.options());
       pool_bags(top.c_str(), weight, ids[t], offsets[t], per_sample_weights.get(t), mean.get(t),
                 1, pooled);
-      block.view({batch, features[t], dim}).copy_(pooled.view({features[t], batch, dim}).transpose(0, 1));
+      const at::Tensor by_sample = pooled.view({features[t], batch, dim}).transpose(0, 1);
+      block.view({batch, features[t], dim}).copy_(by_sample);
     }
   }
 }

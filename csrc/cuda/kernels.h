@@ -1,5 +1,5 @@
 // Launchers of the CUDA kernels. Plain C++ types only, so that the .cu files need
-// no torch headers; csrc/cuda/bindings.cpp adapts ATen tensors to these calls.
+// no torch headers; csrc/cuda/*_binding.cpp adapt ATen tensors to these calls.
 #pragma once
 #include <cstddef>
 #include <cstdint>

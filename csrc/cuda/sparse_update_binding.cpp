@@ -1,5 +1,6 @@
-// ATen bindings of the CUDA kernels: check and convert tensors, launch on the
-// current stream. Compiled only when torch has CUDA (see setup.py).
+// ATen bindings of the CUDA sparse gradients and fused sparse-optimizer updates
+// (sparse_update.cu): check and convert the tensors, launch on the current stream.
+// Compiled only when torch has CUDA (setup.py).
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -8,207 +9,19 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <optional>
 #include <string>
 #include <tuple>
 #include <utility>
 #include <vector>
 
-#include "cpu/bucketize_checks.h"
 #include "cpu/common.h"
 #include "cpu/sparse_update_checks.h"
+#include "cuda/bags_on_device.h"
 #include "cuda/kernels.h"
 
 namespace recis {
 namespace {
-
-// Raises naming the culprit of bad int64 ids or offsets on the device (a device-side
-// check found them): a few small reductions and syncs, only on the way to an error.
-[[noreturn]] void raise_bad_bags(const char* op, const at::Tensor& ids, const at::Tensor& offsets,
-                                 int64_t rows) {
-  const int64_t nnz = ids.numel();
-  const auto first = offsets[0].item<int64_t>(), last = offsets[-1].item<int64_t>();
-  TORCH_CHECK(first == 0 && last == nnz, op, ": offsets must start at 0 and end at ids.numel() (",
-              nnz, "), got ", first, " .. ", last);
-  TORCH_CHECK(offsets.numel() <= 1 || (offsets.diff() >= 0).all().item<bool>(), op,
-              ": offsets decrease");
-  const at::Tensor outside = ((ids < 0) | (ids >= rows)).nonzero();
-  TORCH_CHECK(outside.numel() > 0, op, ": bad ids or offsets");
-  const int64_t j = outside[0][0].item<int64_t>();
-  TORCH_CHECK(false, op, ": id ", ids[j].item<int64_t>(), " at position ", j, " is outside [0, ",
-              rows, ")");
-}
-
-// Checks int64 ids and offsets on their device as check_bags_and_ids does on the host
-// (offsets CSR: start 0, end ids.numel(), non-decreasing; every id in [0, rows)): one
-// launch and one sync when they are valid.
-void check_bags_on_device(const char* op, const at::Tensor& ids, const at::Tensor& offsets,
-                          int64_t rows) {
-  auto bad = at::zeros({1}, ids.options().dtype(at::kInt));
-  cuda::flag_bad_bags(ids.data_ptr<int64_t>(), ids.numel(), offsets.data_ptr<int64_t>(),
-                      offsets.numel() - 1, rows, bad.data_ptr<int32_t>(),
-                      at::cuda::getCurrentCUDAStream());
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-  if (bad.item<int32_t>() != 0) raise_bad_bags(op, ids, offsets, rows);
-}
-
-// Pools into out [num_bags, dim] (checked by the caller), whose rows may be strided.
-void pool_into(const at::Tensor& weight, const at::Tensor& ids, const at::Tensor& offsets,
-               const std::optional<at::Tensor>& per_sample_weights, int64_t pooling,
-               at::Tensor& out) {
-  const Pooling mode = to_pooling(pooling);
-  TORCH_CHECK(weight.scalar_type() == at::kFloat,
-              "recis.pooled_lookup (CUDA): float32 weights only");
-  const auto w = weight.contiguous();
-  const auto ids64 = ids.to(at::kLong).contiguous();
-  const auto offs64 = offsets.to(at::kLong).contiguous();
-  check_bags_on_device("recis.pooled_lookup", ids64, offs64, w.size(0));
-  at::Tensor psw;
-  if (per_sample_weights.has_value()) psw = per_sample_weights->to(at::kFloat).contiguous();
-  cuda::pooled_lookup_f32(w.data_ptr<float>(), w.size(0), w.size(1), ids64.data_ptr<int64_t>(),
-                          offs64.data_ptr<int64_t>(),
-                          psw.defined() ? psw.data_ptr<float>() : nullptr, offs64.numel() - 1,
-                          mode == Pooling::kMean, out.data_ptr<float>(), out.stride(0),
-                          at::cuda::getCurrentCUDAStream());
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-}
-
-at::Tensor pooled_lookup_cuda(const at::Tensor& weight, const at::Tensor& ids,
-                              const at::Tensor& offsets,
-                              const std::optional<at::Tensor>& per_sample_weights,
-                              int64_t pooling) {
-  check_bags(weight, ids, offsets, per_sample_weights);
-  const c10::cuda::CUDAGuard guard(weight.device());
-  auto out = at::empty({offsets.numel() - 1, weight.size(1)}, weight.options());
-  pool_into(weight, ids, offsets, per_sample_weights, pooling, out);
-  return out;
-}
-
-// Straight into out's rows: a column block of a wider output needs no copy.
-void pooled_lookup_into_cuda(const at::Tensor& weight, const at::Tensor& ids,
-                             const at::Tensor& offsets,
-                             const std::optional<at::Tensor>& per_sample_weights,
-                             int64_t pooling, at::Tensor& out) {
-  check_bags(weight, ids, offsets, per_sample_weights);
-  check_pooled_out(weight, offsets, out);
-  const c10::cuda::CUDAGuard guard(weight.device());
-  pool_into(weight, ids, offsets, per_sample_weights, pooling, out);
-}
-
-// One launch per (table, feature) into its columns of out, after one id check of every
-// table (one sync): the per-table lookups synced once each.
-void pooled_lookup_tables_cuda(at::TensorList weights, at::TensorList ids, at::TensorList offsets,
-                               const c10::List<std::optional<at::Tensor>>& per_sample_weights,
-                               const c10::List<bool>& mean, at::IntArrayRef features,
-                               at::Tensor& out) {
-  constexpr const char* op = "recis.pooled_lookup_tables";
-  const std::vector<int64_t> columns =
-      check_lookup_tables(op, weights, ids, offsets, per_sample_weights, mean, features, out);
-  const size_t n = weights.size();
-  if (n == 0) return;
-  TORCH_CHECK(out.scalar_type() == at::kFloat, op, " (CUDA): float32 only, got out ",
-              out.scalar_type());
-  const c10::cuda::CUDAGuard guard(out.device());
-  const auto stream = at::cuda::getCurrentCUDAStream();
-  struct Table {
-    at::Tensor weight, ids, offsets, psw;
-  };
-  std::vector<Table> tables;
-  auto bad = at::zeros({static_cast<int64_t>(n)}, out.options().dtype(at::kInt));
-  for (size_t t = 0; t < n; ++t) {
-    TORCH_CHECK(weights[t].scalar_type() == at::kFloat, table_in_op(op, t, n),
-                " (CUDA): float32 weights only, got ", weights[t].scalar_type());
-    Table table{weights[t].contiguous(), ids[t].to(at::kLong).contiguous(),
-                offsets[t].to(at::kLong).contiguous(), at::Tensor()};
-    const std::optional<at::Tensor> psw = per_sample_weights.get(t);
-    if (psw.has_value()) table.psw = psw->to(at::kFloat).contiguous();
-    cuda::flag_bad_bags(table.ids.data_ptr<int64_t>(), table.ids.numel(),
-                        table.offsets.data_ptr<int64_t>(), table.offsets.numel() - 1,
-                        table.weight.size(0), bad.data_ptr<int32_t>() + t, stream);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    tables.push_back(std::move(table));
-  }
-  const at::Tensor bad_host = bad.cpu();
-  for (size_t t = 0; t < n; ++t) {
-    if (bad_host.data_ptr<int32_t>()[t] == 0) continue;
-    raise_bad_bags(table_in_op(op, t, n).c_str(), tables[t].ids, tables[t].offsets,
-                   tables[t].weight.size(0));
-  }
-  const int64_t batch = out.size(0);
-  for (size_t t = 0; t < n; ++t) {
-    const Table& table = tables[t];
-    const int64_t dim = table.weight.size(1);
-    for (int64_t f = 0; f < features[t]; ++f) {
-      // Feature f's bags: offsets from entry f * batch on; the ids they index are absolute.
-      cuda::pooled_lookup_f32(table.weight.data_ptr<float>(), table.weight.size(0), dim,
-                              table.ids.data_ptr<int64_t>(),
-                              table.offsets.data_ptr<int64_t>() + f * batch,
-                              table.psw.defined() ? table.psw.data_ptr<float>() : nullptr, batch,
-                              mean.get(t), out.data_ptr<float>() + columns[t] + f * dim,
-                              out.stride(0), stream);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    }
-  }
-}
-
-// Checks bucketize's values on their device: one sync when they are valid; the host
-// checks (which name the culprit) run on a copy only when they are not.
-void check_bucketize_on_device(const at::Tensor& ids, const at::Tensor& lengths,
-                               const at::Tensor& boundaries) {
-  const int64_t n = ids.numel(), num_bags = lengths.numel(), num_buckets = boundaries.numel() - 1;
-  at::Tensor bad = (boundaries.diff() < 0).any() | (lengths.sum() != n);
-  if (num_bags > 0) bad = bad | (lengths < 0).any();
-  if (n > 0) {
-    const auto [lo, hi] = at::aminmax(ids);
-    bad = bad | (lo < boundaries[0]) | (hi >= boundaries[-1]);
-  }
-  if (!bad.item<bool>()) return;
-  const auto len_h = lengths.cpu(), bnd_h = boundaries.cpu();
-  const int64_t* bnd = bnd_h.data_ptr<int64_t>();
-  check_bucketize_layout(len_h.data_ptr<int64_t>(), num_bags, bnd, num_buckets, n);
-  const at::Tensor outside = (ids < boundaries[0]) | (ids >= boundaries[-1]);
-  const int64_t j = outside.nonzero()[0][0].item<int64_t>();
-  raise_id_outside_boundaries(ids[j].item<int64_t>(), j, bnd[0], bnd[num_buckets]);
-}
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> bucketize_cuda(
-    const at::Tensor& ids, const at::Tensor& lengths, const std::optional<at::Tensor>& weights,
-    const at::Tensor& boundaries) {
-  check_bucketize(ids, lengths, weights, boundaries);
-  TORCH_CHECK(ids.is_cuda(), "recis.bucketize: ids, lengths and weights must be on one device ",
-              "(boundaries may be on the host), got ids on ", ids.device());
-  const c10::cuda::CUDAGuard guard(ids.device());
-  auto stream = at::cuda::getCurrentCUDAStream();
-  const auto ids64 = ids.to(at::kLong).contiguous();
-  const auto len64 = lengths.to(at::kLong).contiguous();
-  const auto bnd = boundaries.to(ids.device()).contiguous();
-  at::Tensor w;
-  if (weights.has_value()) w = weights->to(at::kFloat).contiguous();
-  check_bucketize_on_device(ids64, len64, bnd);
-  const int64_t num_bags = len64.numel(), num_buckets = bnd.numel() - 1, n = ids64.numel();
-  auto bag_start = at::zeros({num_bags + 1}, len64.options());
-  if (num_bags) bag_start.narrow(0, 1, num_bags).copy_(at::cumsum(len64, 0));
-  auto bucket = at::empty({n}, ids64.options().dtype(at::kInt));
-  auto counts = at::zeros({num_buckets * num_bags}, len64.options());
-  cuda::bucketize_count(ids64.data_ptr<int64_t>(), bag_start.data_ptr<int64_t>(), num_bags,
-                        bnd.data_ptr<int64_t>(), num_buckets, bucket.data_ptr<int32_t>(),
-                        counts.data_ptr<int64_t>(), stream);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-  auto slot_cursor = at::cumsum(counts, 0) - counts;
-  auto out_ids = at::empty({n}, ids64.options());
-  auto perm = at::empty({n}, ids64.options());
-  auto out_w = w.defined() ? at::empty({n}, w.options())
-                           : at::empty({0}, ids64.options().dtype(at::kFloat));
-  cuda::bucketize_write(ids64.data_ptr<int64_t>(), w.defined() ? w.data_ptr<float>() : nullptr,
-                        bag_start.data_ptr<int64_t>(), num_bags, bnd.data_ptr<int64_t>(),
-                        bucket.data_ptr<int32_t>(), slot_cursor.data_ptr<int64_t>(),
-                        out_ids.data_ptr<int64_t>(),
-                        w.defined() ? out_w.data_ptr<float>() : nullptr,
-                        perm.data_ptr<int64_t>(), stream);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-  return {counts.to(lengths.scalar_type()), out_ids.to(ids.scalar_type()), out_w, perm};
-}
-
-// --- sparse gradients and fused sparse-optimizer updates ---
 
 // A table's bag-form gradient as the kernels read it: int64 ids and offsets, float32
 // weights, grad_out with contiguous columns (a column block of the collection's
@@ -451,10 +264,6 @@ void sparse_adam_update_cuda(at::TensorList weights, at::TensorList exp_avgs,
 }  // namespace
 
 TORCH_LIBRARY_IMPL(recis, CUDA, m) {
-  m.impl("pooled_lookup", &pooled_lookup_cuda);
-  m.impl("pooled_lookup_into", &pooled_lookup_into_cuda);
-  m.impl("pooled_lookup_tables", &pooled_lookup_tables_cuda);
-  m.impl("bucketize", &bucketize_cuda);
   m.impl("unique_row_grads", &unique_row_grads_cuda);
   m.impl("sparse_sgd_update", &sparse_sgd_update_cuda);
   m.impl("sparse_adagrad_update", &sparse_adagrad_update_cuda);
