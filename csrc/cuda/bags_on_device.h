@@ -1,10 +1,7 @@
-// Host-side checks of int64 ids and offsets that live on a CUDA device, shared by the
-// bindings: a one-launch check, and the search for the culprit once it found one.
+// The host side of a failed device check of int64 ids and offsets (cuda::flag_bad_bags,
+// cuda::sparse_batch_keys), shared by the bindings: the search for the culprit.
 #pragma once
 #include <ATen/ATen.h>
-#include <ATen/cuda/CUDAContext.h>
-
-#include "cuda/kernels.h"
 
 namespace recis {
 
@@ -23,19 +20,6 @@ namespace recis {
   const int64_t j = outside[0][0].item<int64_t>();
   TORCH_CHECK(false, op, ": id ", ids[j].item<int64_t>(), " at position ", j, " is outside [0, ",
               rows, ")");
-}
-
-// Checks int64 ids and offsets on their device as check_bags_and_ids does on the host
-// (offsets CSR: start 0, end ids.numel(), non-decreasing; every id in [0, rows)): one
-// launch and one sync when they are valid.
-inline void check_bags_on_device(const char* op, const at::Tensor& ids,
-                                 const at::Tensor& offsets, int64_t rows) {
-  auto bad = at::zeros({1}, ids.options().dtype(at::kInt));
-  cuda::flag_bad_bags(ids.data_ptr<int64_t>(), ids.numel(), offsets.data_ptr<int64_t>(),
-                      offsets.numel() - 1, rows, bad.data_ptr<int32_t>(),
-                      at::cuda::getCurrentCUDAStream());
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-  if (bad.item<int32_t>() != 0) raise_bad_bags(op, ids, offsets, rows);
 }
 
 }  // namespace recis
