@@ -57,7 +57,7 @@ class RunConfig:
     """What to train on what: the options of train.py besides TrainingArguments."""
 
     model: str = "dlrm"
-    data: str = "synthetic"  # or a Criteo TSV/CSV/Parquet file or folder
+    data: str = "synthetic"  # or Criteo TSV/CSV/Parquet file(s): path, folder, glob or URL
     eval_data: str | None = None  # defaults to a held-out synthetic split
     eval_batches: int = 20  # per rank, synthetic eval only
     sharding: str = "auto"  # or one sharding type for every table

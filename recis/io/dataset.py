@@ -21,8 +21,10 @@ class CriteoDataset:
 
     Reads Criteo Kaggle/1TB TSV (``label \\t I1..I13 \\t C1..C26``, no header),
     CSV (with or without the ``label,I1,..,C26`` header; ``.gz`` too) and Parquet
-    with those column names. See :mod:`recis.io.criteo` for how values become
-    model inputs (missing categoricals are empty bags unless ``missing_id``).
+    with those column names, from local paths or fsspec URLs (files, folders, globs:
+    see :func:`recis.io.split.expand_paths`). See :mod:`recis.io.criteo` for how
+    values become model inputs (missing categoricals are empty bags unless
+    ``missing_id``).
 
     Each rank reads whole files when there are at least ``world_size`` of them,
     else rows ``i % world_size == rank`` (see :func:`recis.io.split.split_files`).

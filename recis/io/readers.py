@@ -8,11 +8,15 @@ dict of ints from which :func:`open_reader` resumes right after that record.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 from collections.abc import Iterator
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 from recis.io.criteo import COLUMNS
+
+if TYPE_CHECKING:
+    import pyarrow.parquet as pq
 
 Record = tuple[str, list[object], dict[str, int]]
 
@@ -32,10 +36,19 @@ def detect_format(path: str) -> str:
     return "tsv" if b"\t" in first else "csv"
 
 
-def _open_binary(path: str) -> IO[bytes]:
-    if path.lower().endswith(".gz"):
-        return gzip.open(path, "rb")  # type: ignore[return-value]
-    return open(path, "rb")
+@contextlib.contextmanager
+def _open_binary(path: str) -> Iterator[IO[bytes]]:
+    """``path`` (a local path or an fsspec URL) for binary reading, ``.gz`` decompressed."""
+    with contextlib.ExitStack() as stack:
+        if "://" in path:
+            import fsspec
+
+            f: IO[bytes] = stack.enter_context(fsspec.open(path, "rb"))
+        else:
+            f = stack.enter_context(open(path, "rb"))
+        if path.lower().endswith(".gz"):
+            f = stack.enter_context(gzip.GzipFile(fileobj=f, mode="rb"))  # type: ignore[arg-type]
+        yield f
 
 
 def _column_order(header: list[str], path: str) -> list[int]:
@@ -93,7 +106,13 @@ def read_parquet(path: str, position: dict[str, int] | None = None) -> Iterator[
     """
     import pyarrow.parquet as pq
 
-    pf = pq.ParquetFile(path)
+    with _open_binary(path) as f:
+        yield from _read_parquet_file(pq.ParquetFile(f), path, position)
+
+
+def _read_parquet_file(
+    pf: pq.ParquetFile, path: str, position: dict[str, int] | None
+) -> Iterator[Record]:
     names = pf.schema_arrow.names
     missing = [c for c in COLUMNS if c not in names]
     if missing:

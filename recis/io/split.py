@@ -28,32 +28,69 @@ def resolve_rank(rank: int | None = None, world_size: int | None = None) -> tupl
 def expand_paths(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
     """Files named by ``paths``: files as given, directories' files and globs sorted.
 
-    Hidden files (``.*``) and ``_*`` files (Spark's ``_SUCCESS``) in directories are
-    ignored. Raises ``ValueError`` when nothing matches.
+    A path with ``://`` is an fsspec URL (``s3://bucket/criteo/``, ``gs://...``,
+    ``hdfs://...``, ``memory://...``; the protocol's fsspec package must be installed)
+    and expands to URLs the readers open the same way. Hidden files (``.*``) and ``_*``
+    files (Spark's ``_SUCCESS``) in directories are ignored. Raises ``ValueError`` when
+    nothing matches.
+
+    Example::
+
+        >>> expand_paths("s3://bucket/criteo/day_*.tsv.gz")
+        ['s3://bucket/criteo/day_0.tsv.gz', 's3://bucket/criteo/day_1.tsv.gz']
     """
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
     files: list[str] = []
     for p in paths:
         p = os.fspath(p)
-        if os.path.isdir(p):
-            files.extend(
-                str(f)
-                for f in sorted(Path(p).iterdir())
-                if f.is_file() and not f.name.startswith((".", "_"))
-            )
-        elif any(c in p for c in "*?["):
-            matched = sorted(glob.glob(p))
-            if not matched:
-                raise ValueError(f"no file matches {p!r}")
-            files.extend(matched)
-        elif os.path.isfile(p):
-            files.append(p)
-        else:
-            raise ValueError(f"no such file or directory: {p!r}")
+        files.extend(_expand_url(p) if "://" in p else _expand_local(p))
     if not files:
         raise ValueError(f"no data files in {list(paths)!r}")
     return files
+
+
+def _expand_local(p: str) -> list[str]:
+    if os.path.isdir(p):
+        return [str(f) for f in sorted(Path(p).iterdir()) if f.is_file() and not _ignored(f.name)]
+    if _has_magic(p):
+        matched = sorted(glob.glob(p))
+        if not matched:
+            raise ValueError(f"no file matches {p!r}")
+        return matched
+    if os.path.isfile(p):
+        return [p]
+    raise ValueError(f"no such file or directory: {p!r}")
+
+
+def _expand_url(url: str) -> list[str]:
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(url)
+    if fs.isdir(path):
+        entries = fs.ls(path, detail=True)
+        names = sorted(
+            e["name"]
+            for e in entries
+            if e["type"] == "file" and not _ignored(e["name"].rstrip("/").rsplit("/", 1)[-1])
+        )
+    elif _has_magic(path):
+        names = sorted(n for n in fs.glob(path) if fs.isfile(n))
+        if not names:
+            raise ValueError(f"no file matches {url!r}")
+    elif fs.isfile(path):
+        return [url]
+    else:
+        raise ValueError(f"no such file or directory: {url!r}")
+    return [fs.unstrip_protocol(n) for n in names]
+
+
+def _has_magic(path: str) -> bool:
+    return any(c in path for c in "*?[")
+
+
+def _ignored(name: str) -> bool:
+    return name.startswith((".", "_"))
 
 
 def split_files(files: Sequence[str], rank: int, world_size: int) -> tuple[list[str], bool]:

@@ -3,8 +3,10 @@ import gzip
 import math
 import random
 import threading
+import uuid
 from pathlib import Path
 
+import fsspec
 import pytest
 import torch
 import torch.distributed as dist
@@ -216,6 +218,39 @@ def test_exact_resume_mid_file(tmp_path, fmt):
         resumed.close()
 
 
+def test_fsspec_urls_read_and_resume_like_local_files(tmp_path):
+    rows = random_rows(60, seed=6)
+    write_tsv(tmp_path / "a.tsv.gz", rows[:25], compress=True)
+    write_parquet(tmp_path / "b.parquet", rows[25:45])
+    write_tsv(tmp_path / "c.tsv", rows[45:])
+    fs, root = fsspec.core.url_to_fs(f"memory://recis-criteo-{uuid.uuid4().hex}")
+    fs.put(f"{tmp_path}/", f"{root}/", recursive=True)
+    url = fs.unstrip_protocol(root)
+    try:
+        local = list(CriteoDataset(tmp_path, 7, SIZES, prefetch=0))
+        assert_rows_equal(batches_to_rows(local), expected_rows(rows))
+        remote = CriteoDataset(url, 7, SIZES, prefetch=2)
+        assert [f.rsplit("/", 1)[-1] for f in remote.files] == ["a.tsv.gz", "b.parquet", "c.tsv"]
+        assert all(batch_equal(a, b) for a, b in zip(remote, local, strict=True))
+        for stop in (2, 5):  # inside the .gz file, inside the Parquet file
+            ds = CriteoDataset(url, 7, SIZES)
+            it = iter(ds)
+            for _ in range(stop):
+                next(it)
+            state = ds.state_dict()
+            ds.close()
+            resumed = CriteoDataset(url, 7, SIZES)
+            resumed.load_state_dict(state)
+            rest = list(resumed)
+            assert all(batch_equal(a, b) for a, b in zip(rest, local[stop:], strict=True))
+            assert len(rest) == len(local) - stop
+        fs.pipe(f"{root}/c.tsv", b"1\t2\n")
+        with pytest.raises(ValueError, match=r"memory://.*/c\.tsv:1: "):
+            list(CriteoDataset(f"{url}/c.tsv", 7, SIZES))
+    finally:
+        fs.rm(root, recursive=True)
+
+
 def test_state_rejects_other_layout():
     state = CriteoDataset(SAMPLE, 8, SIZES, rank=0, world_size=2).state_dict()
     with pytest.raises(ValueError, match="world_size"):
@@ -283,8 +318,8 @@ def _check_split(results, n):
     assert all(len(r) > 0 for r in results)
 
 
-def _rank_rows_both(one_file, files):
-    return _rank_rows(one_file), _rank_rows(files)
+def _rank_rows_all(*paths):
+    return [_rank_rows(p) for p in paths]
 
 
 @pytest.mark.parametrize("world_size", [2, 3])
@@ -296,6 +331,8 @@ def test_ranks_read_every_row_exactly_once(tmp_path, world_size):
         write_tsv(tmp_path / f"part{k}.tsv", random_rows(n, seed=k, first_c1=start))
         files.append(str(tmp_path / f"part{k}.tsv"))
         start += n
-    results = run_distributed(_rank_rows_both, world_size, str(tmp_path / "one.tsv"), files)
+    parts = f"file://{tmp_path}/part*.tsv"  # the same four files as an fsspec URL glob
+    results = run_distributed(_rank_rows_all, world_size, str(tmp_path / "one.tsv"), files, parts)
     _check_split([r[0] for r in results], 47)
     _check_split([r[1] for r in results], start)
+    _check_split([r[2] for r in results], start)
