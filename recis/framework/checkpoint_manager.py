@@ -11,6 +11,7 @@ for the pieces and ``DESIGN.md`` §6 for the on-disk layout.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import threading
 import time
@@ -46,6 +47,8 @@ from recis.framework.checkpoint.tensor_file import ReaderCache, dtype_name
 from recis.framework.checkpoint.tree import encode, map_refs
 from recis.framework.checkpoint.writer import write_files
 from recis.nn.sparse_params import filter_out_sparse_param
+
+logger = logging.getLogger(__name__)
 
 # Below this size a table piece is not cut further to feed more writer threads.
 _MIN_CHUNK_BYTES = 16 << 20
@@ -203,6 +206,7 @@ class Saver:
     def _save(self, snapshot: dict[str, Any], ckpt_id: str, group: Any) -> str:
         storage, root = self._storage, self._root
         rank, world = _rank_world(group)
+        start = time.monotonic()
         nonce, error = None, None
         if rank == 0:
             try:
@@ -245,7 +249,18 @@ class Saver:
         status = _broadcast(status, group, world)
         if status is not None:
             raise CheckpointError(f"checkpoint {ckpt_id!r} was not saved: {status}")
-        return storage.url(storage.join(root, ckpt_id))
+        path = storage.url(storage.join(root, ckpt_id))
+        if rank == 0:
+            files = [f for r in results for f in r["files"].values()]
+            logger.info(
+                "checkpoint saved: %s (%d files, %.1f MiB from %d ranks, %.2f s)",
+                path,
+                len(files),
+                sum(f["size"] for f in files) / 2**20,
+                world,
+                time.monotonic() - start,
+            )
+        return path
 
     def _opt_state(self, name: str) -> dict[str, Tensor]:
         return optimizer_table_state(self.sparse_optimizer, name)

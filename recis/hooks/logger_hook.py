@@ -34,9 +34,9 @@ class LoggerHook(Hook):
     metrics of that step and, for each :class:`Predictions` metric, the AUC of rank
     0's predictions since the previous line (``auc(rank 0)``: no collective, so the
     hook may be added on rank 0 only; ``Trainer.evaluate`` gives the exact AUC over
-    all ranks). When ``stream`` is a terminal the line is a
-    progress bar redrawn in place; otherwise (files, CI logs) each is a plain line.
-    Evaluation results are printed too.
+    all ranks). The last step of a training gets its line too, whatever its number.
+    When ``stream`` is a terminal the line is a progress bar redrawn in place;
+    otherwise (files, CI logs) each is a plain line. Evaluation results are printed too.
 
     Example::
 
@@ -54,6 +54,7 @@ class LoggerHook(Hook):
         self._bar_open = False
         self._width = 0
         self._window: dict[str, list[Predictions]] = {}
+        self._unlogged: tuple[dict[str, Any], int] | None = None
 
     @property
     def _out(self) -> TextIO:
@@ -83,6 +84,7 @@ class LoggerHook(Hook):
         self._start_step = state.global_step if state else 0
         self._last_samples = state.samples if state else 0
         self._window = {}
+        self._unlogged = None
 
     def _window_aucs(self) -> dict[str, float]:
         """AUC of each Predictions metric of this rank over the window."""
@@ -105,7 +107,16 @@ class LoggerHook(Hook):
                     Predictions(value.preds.reshape(-1), value.labels.reshape(-1))
                 )
         if global_step % self.log_steps:
+            self._unlogged = (metrics, global_step)
             return
+        self._log_progress(metrics, global_step)
+
+    def after_train(self) -> None:
+        if self.is_main_process and self._unlogged is not None:
+            self._log_progress(*self._unlogged)
+
+    def _log_progress(self, metrics: dict[str, Any], global_step: int) -> None:
+        self._unlogged = None
         aucs = self._window_aucs()
         trainer = self.trainer
         now = time.monotonic()

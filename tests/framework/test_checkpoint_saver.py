@@ -3,6 +3,7 @@ background saves, CheckpointManager."""
 
 from __future__ import annotations
 
+import logging
 import os
 import uuid
 
@@ -131,6 +132,19 @@ def test_checkpoint_manager(tmp_path):
     fresh = CheckpointManager(Saver(model2, opt2, str(tmp_path)), save_interval=3)
     assert fresh.restore() == 7
     assert fresh.global_step == 7
+
+
+def test_each_save_logs_its_path_and_size(tmp_path, caplog):
+    model, opt = _model()
+    saver = Saver(model, opt, str(tmp_path))
+    with caplog.at_level(logging.INFO, logger="recis.framework.checkpoint_manager"):
+        path = saver.save("c1")
+    (record,) = [r for r in caplog.records if r.getMessage().startswith("checkpoint saved")]
+    files = [f for f in os.listdir(path) if f.startswith("rank")]
+    mib = sum(os.path.getsize(os.path.join(path, f)) for f in files) / 2**20
+    assert record.getMessage().startswith(
+        f"checkpoint saved: {path} ({len(files)} files, {mib:.1f} MiB from 1 ranks, "
+    )
 
 
 def _concurrency_job(out_dir: str) -> None:
