@@ -35,7 +35,8 @@ class CriteoDataset:
     may be smaller unless ``drop_last``. The next iteration starts the next epoch.
     ``state_dict()`` is the position after the last batch handed out, so
     ``load_state_dict`` (before iterating) makes the next batch exactly the one
-    that would have come next. A ``prefetch`` > 0 reads that many batches ahead on a
+    that would have come next; on another number of ranks,
+    ``load_resharded_state_dict`` resumes the epoch from every saved rank's state. A ``prefetch`` > 0 reads that many batches ahead on a
     thread.
 
     A malformed record raises ``ValueError`` naming its file and line, or, with
@@ -83,9 +84,21 @@ class CriteoDataset:
     # -- position ------------------------------------------------------------------
     @staticmethod
     def _epoch_start(epoch: int, malformed: int) -> dict[str, Any]:
-        # "record" counts data records of the current epoch over all files (the row
-        # split's index); "position" is the reader's resume point in file "file".
-        return {"epoch": epoch, "file": 0, "position": {}, "record": 0, "malformed": malformed}
+        # "work" is None for the epoch's usual split (split_files); after a change of
+        # world size it lists the files left to this rank, [[index in all_files, start
+        # position], ...], with "split_rows" and "consumed" (load_resharded_state_dict).
+        # "record" counts the records scanned this epoch (the row split's index);
+        # "position" is the reader's resume point in work item "file".
+        return {
+            "epoch": epoch,
+            "work": None,
+            "split_rows": False,
+            "consumed": [],
+            "file": 0,
+            "position": {},
+            "record": 0,
+            "malformed": malformed,
+        }
 
     @property
     def epoch(self) -> int:
@@ -117,16 +130,97 @@ class CriteoDataset:
                 raise ValueError(
                     f"CriteoDataset state was saved with {key}={state[key]} but this "
                     f"dataset has {key}={mine}: a read position resumes only on the same "
-                    "rank layout and files"
+                    "rank layout and files (load_resharded_state_dict maps the states "
+                    "of every saved rank to another world size)"
                 )
         self.close()
-        self._state = {
-            "epoch": int(state["epoch"]),
-            "file": int(state["file"]),
-            "position": {k: int(v) for k, v in dict(state["position"]).items()},
-            "record": int(state["record"]),
-            "malformed": int(state["malformed"]),
-        }
+        self._state = _read_state(state)
+
+    def load_resharded_state_dict(
+        self, states: Sequence[dict[str, Any]], rank: int, world_size: int
+    ) -> None:
+        """Resumes after a change of world size from the :meth:`state_dict` of every
+        saved rank (a checkpoint loaded on another number of ranks calls this).
+
+        This rank takes its share of what the saved ranks had left of their epoch, so
+        that every record of that epoch is still read exactly once over the new ranks:
+        the files the saved ranks had not finished are dealt out whole (the first ones
+        from where their rank stopped) when there are at least ``world_size`` of them,
+        else every rank scans them and keeps every ``world_size``-th record. When the
+        saved ranks split rows, the new ranks scan on from the earliest of their
+        positions, skipping the records a saved rank had read. The next epoch is split
+        as usual.
+        """
+        if (rank, world_size) != (self.rank, self.world_size):
+            raise ValueError(
+                f"CriteoDataset is rank {self.rank} of {self.world_size}, "
+                f"asked to load as rank {rank} of {world_size}"
+            )
+        saved = sorted((_read_state(s) | {"rank": int(s["rank"])} for s in states), key=_rank)
+        old_world = int(states[0]["world_size"]) if states else 0
+        if [s["rank"] for s in saved] != list(range(old_world)) or any(
+            int(s["world_size"]) != old_world for s in states
+        ):
+            raise ValueError(
+                "CriteoDataset: resharding a read position needs the state of every saved "
+                f"rank, got ranks {[s['rank'] for s in saved]} of world_size {old_world}"
+            )
+        for s in states:
+            if int(s["num_files"]) != len(self.all_files):
+                raise ValueError(
+                    f"CriteoDataset state of rank {s['rank']} was saved with "
+                    f"num_files={s['num_files']} but this dataset has {len(self.all_files)}"
+                )
+        epoch = max(s["epoch"] for s in saved)
+        # A rank still in an earlier epoch has read nothing of this one yet.
+        saved = [
+            s if s["epoch"] == epoch else self._epoch_start(epoch, 0) | {"rank": s["rank"]}
+            for s in saved
+        ]
+        works = [self._work(s, r, old_world) for r, s in enumerate(saved)]
+        state = self._epoch_start(epoch, sum(s["malformed"] for s in saved) if rank == 0 else 0)
+        if works[0][1]:
+            # The saved ranks split the rows of one scan: go on from the earliest
+            # position; the records between it and each rank's own were read by
+            # those ranks with index % old_world == rank.
+            first = min(saved, key=lambda s: s["record"])
+            records = [s["record"] for s in saved]
+            state.update(
+                work=[[i, p] for i, p in works[0][0]],
+                split_rows=True,
+                consumed=[
+                    *(c for c in first["consumed"] if max(c[1]) > first["record"]),
+                    [old_world, records],
+                ],
+                file=first["file"],
+                position=first["position"],
+                record=first["record"],
+            )
+        else:
+            left = sorted(
+                (
+                    (i, s["position"] if k == s["file"] and s["position"] else start)
+                    for (work, _), s in zip(works, saved, strict=True)
+                    for k, (i, start) in enumerate(work)
+                    if k >= s["file"]
+                ),
+                key=lambda item: item[0],
+            )
+            split_rows = len(left) < world_size
+            mine = left if split_rows else left[rank::world_size]
+            state.update(work=[[i, p] for i, p in mine], split_rows=split_rows)
+        self.close()
+        self._state = state
+
+    def _work(
+        self, state: dict[str, Any], rank: int, world_size: int
+    ) -> tuple[list[tuple[int, dict[str, int]]], bool]:
+        """The files of ``rank``'s epoch in ``state`` (indices in all_files, each with its
+        start position) and whether their rows are split over the ranks."""
+        if state["work"] is None:
+            files, split_rows = split_files(range(len(self.all_files)), rank, world_size)
+            return [(i, {}) for i in files], split_rows
+        return [(int(i), dict(p)) for i, p in state["work"]], state["split_rows"]
 
     # -- iteration -----------------------------------------------------------------
     def _parse(self, records: list[Record], state: dict[str, Any]) -> ParsedRows:
@@ -155,16 +249,22 @@ class CriteoDataset:
     def _records(self, start: dict[str, Any]) -> Iterator[tuple[Record, dict[str, Any]]]:
         """This rank's records from ``start``, each with the state right after it."""
         state = copy.deepcopy(start)
-        for file_index in range(start["file"], len(self.files)):
-            position = state["position"] if file_index == start["file"] else {}
-            for record in open_reader(self.files[file_index], self.format, position or None):
+        work, split_rows = self._work(start, self.rank, self.world_size)
+        consumed = start["consumed"]
+        for k in range(start["file"], len(work)):
+            file_index, first = work[k]
+            position = start["position"] if k == start["file"] and start["position"] else first
+            for record in open_reader(self.all_files[file_index], self.format, position or None):
                 index = state["record"]
                 state["record"] = index + 1
-                state["file"], state["position"] = file_index, record[2]
-                if self._split_rows and index % self.world_size != self.rank:
+                state["file"], state["position"] = k, record[2]
+                if split_rows and (
+                    index % self.world_size != self.rank
+                    or any(index < records[index % w] for w, records in consumed)
+                ):
                     continue
                 yield record, state
-            state["file"], state["position"] = file_index + 1, {}
+            state["file"], state["position"] = k + 1, {}
         yield None, state  # type: ignore[misc]  # end of data: the final state
 
     def _produce(self, start: dict[str, Any]) -> Iterator[tuple[Batch | None, dict[str, Any]]]:
@@ -209,3 +309,27 @@ class CriteoDataset:
         if self._active is not None:
             self._active.close()  # type: ignore[attr-defined]
             self._active = None
+
+
+def _rank(state: dict[str, Any]) -> int:
+    return state["rank"]
+
+
+def _read_state(state: dict[str, Any]) -> dict[str, Any]:
+    """The position fields of a saved state, as plain ints (states saved before the
+    resharding fields existed read as the usual split)."""
+    work = state.get("work")
+    return {
+        "epoch": int(state["epoch"]),
+        "work": None if work is None else [[int(i), _ints(p)] for i, p in work],
+        "split_rows": bool(state.get("split_rows", False)),
+        "consumed": [[int(w), [int(r) for r in rs]] for w, rs in state.get("consumed", [])],
+        "file": int(state["file"]),
+        "position": _ints(state["position"]),
+        "record": int(state["record"]),
+        "malformed": int(state["malformed"]),
+    }
+
+
+def _ints(position: dict[str, Any]) -> dict[str, int]:
+    return {k: int(v) for k, v in dict(position).items()}

@@ -6,8 +6,11 @@ import glob
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import torch.distributed as dist
+
+T = TypeVar("T")
 
 
 def resolve_rank(rank: int | None = None, world_size: int | None = None) -> tuple[int, int]:
@@ -93,7 +96,7 @@ def _ignored(name: str) -> bool:
     return name.startswith((".", "_"))
 
 
-def split_files(files: Sequence[str], rank: int, world_size: int) -> tuple[list[str], bool]:
+def split_files(files: Sequence[T], rank: int, world_size: int) -> tuple[list[T], bool]:
     """This rank's files and whether rows must be split too.
 
     With at least ``world_size`` files, rank r reads files ``r, r + W, r + 2W, ...``

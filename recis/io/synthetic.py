@@ -164,6 +164,33 @@ class SyntheticCriteoDataset:
         self.close()
         self._state = {"epoch": int(state["epoch"]), "batch": int(state["batch"])}
 
+    def load_resharded_state_dict(
+        self, states: Sequence[dict[str, Any]], rank: int, world_size: int
+    ) -> None:
+        """Resumes after a change of world size (a checkpoint loaded on another number
+        of ranks calls this with every saved rank's state): rank r goes on with saved
+        rank r's stream; a rank the saved job did not have starts its own stream, which
+        no rank has read, at batch 0 of the saved epoch."""
+        if (rank, world_size) != (self.rank, self.world_size):
+            raise ValueError(
+                f"SyntheticCriteoDataset is rank {self.rank} of {self.world_size}, "
+                f"asked to load as rank {rank} of {world_size}"
+            )
+        if not states:
+            raise ValueError("SyntheticCriteoDataset: no saved state to reshard")
+        mine = [s for s in states if int(s["rank"]) == self.rank]
+        if mine:
+            self.load_state_dict(mine[0])
+            return
+        seeds = {int(s["seed"]) for s in states}
+        if seeds != {self.seed}:
+            raise ValueError(
+                f"SyntheticCriteoDataset states are of seed(s) {sorted(seeds)}, "
+                f"this dataset is seed {self.seed}"
+            )
+        self.close()
+        self._state = {"epoch": max(int(s["epoch"]) for s in states), "batch": 0}
+
     @property
     def epoch(self) -> int:
         return self._state["epoch"]

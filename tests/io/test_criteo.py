@@ -1,5 +1,6 @@
 import csv
 import gzip
+import itertools
 import math
 import random
 import threading
@@ -249,6 +250,99 @@ def test_fsspec_urls_read_and_resume_like_local_files(tmp_path):
             list(CriteoDataset(f"{url}/c.tsv", 7, SIZES))
     finally:
         fs.rm(root, recursive=True)
+
+
+# -- a read position resumed on another number of ranks --------------------------------
+def c1_rows(batch):
+    """The rows of a batch by their index (random_rows writes it into C1)."""
+    return batch["sparse"]["C1"].values().tolist()
+
+
+def read_through_resizes(paths, plan, batch_size=5):
+    """Reads ``paths`` with each ``(world_size, batches)`` of ``plan`` in turn: every rank
+    takes ``batches`` batches (None: the rest of the epoch), then the next world size
+    resumes from all their states. Returns the rows read, and the last states."""
+    rows, states = [], None
+    for world, batches in plan:
+        new_states = []
+        for r in range(world):
+            ds = CriteoDataset(paths, batch_size, SIZES, rank=r, world_size=world, prefetch=0)
+            if states is not None:
+                ds.load_resharded_state_dict(states, r, world)
+            for b in itertools.islice(iter(ds), batches):
+                rows += c1_rows(b)
+            new_states.append(ds.state_dict())
+            ds.close()
+        states = new_states
+    return rows, states
+
+
+def write_parts(tmp_path, sizes):
+    paths, start = [], 0
+    for k, n in enumerate(sizes):
+        paths.append(str(tmp_path / f"part{k}.tsv"))
+        write_tsv(paths[-1], random_rows(n, seed=k, first_c1=start))
+        start += n
+    return paths, start
+
+
+@pytest.mark.parametrize(
+    "plan",
+    [
+        [(2, 3), (1, None)],  # whole files: the rest to one rank
+        [(2, 3), (2, None)],  # the same size: dealt again
+        [(2, 1), (3, None)],  # whole files dealt over more ranks
+        [(2, 3), (5, None)],  # fewer files left than ranks: their rows are split
+        [(3, 1), (5, 1), (2, None)],  # whole files, then split rows, then fewer ranks
+    ],
+)
+def test_resized_ranks_read_the_rest_of_a_file_split_epoch_once(tmp_path, plan):
+    paths, n = write_parts(tmp_path, [9, 14, 3, 11, 8, 6])
+    rows, states = read_through_resizes(paths, plan)
+    assert sorted(rows) == list(range(n))
+    # The next epoch is split the usual way again.
+    assert all(s["epoch"] == 1 and s["work"] is None for s in states)
+
+
+@pytest.mark.parametrize(
+    "plan",
+    [
+        [(3, 2), (2, None)],
+        [(3, 2), (4, None)],
+        [(2, 1), (3, 1), (2, 1), (1, None)],  # the skip rules of two resizes at once
+        [(3, 2), (3, 0), (2, None)],  # resized again before reading anything
+    ],
+)
+def test_resized_ranks_read_the_rest_of_a_row_split_epoch_once(tmp_path, plan):
+    # Fewer files than ranks: every rank scans both and keeps every world_size-th row.
+    paths, n = write_parts(tmp_path, [23, 24])
+    rows, states = read_through_resizes(paths, plan)
+    assert sorted(rows) == list(range(n))
+    assert all(s["epoch"] == 1 and s["work"] is None for s in states)
+
+
+def test_a_resized_position_saves_and_resumes_on_the_same_ranks(tmp_path):
+    paths, n = write_parts(tmp_path, [9, 14, 3, 11, 8, 6])
+    rows, states = read_through_resizes(paths, [(2, 3), (3, 1)])
+    # Three ranks, each resumed from its own state of the resized layout.
+    for r in range(3):
+        ds = CriteoDataset(paths, 5, SIZES, rank=r, world_size=3, prefetch=0)
+        ds.load_state_dict(states[r])
+        rows += [i for b in ds for i in c1_rows(b)]
+    assert sorted(rows) == list(range(n))
+
+
+def test_resharding_needs_every_saved_rank(tmp_path):
+    paths, _ = write_parts(tmp_path, [9, 14, 3])
+    _, states = read_through_resizes(paths, [(2, 1)])
+    ds = CriteoDataset(paths, 5, SIZES, rank=0, world_size=3)
+    with pytest.raises(ValueError, match=r"every saved rank, got ranks \[1\] of world_size 2"):
+        ds.load_resharded_state_dict(states[1:], 0, 3)
+    with pytest.raises(ValueError, match="rank 0 of 3, asked to load as rank 1 of 3"):
+        ds.load_resharded_state_dict(states, 1, 3)
+    other = CriteoDataset(paths[:2], 5, SIZES, rank=0, world_size=3)
+    with pytest.raises(ValueError, match="num_files=3 but this dataset has 2"):
+        other.load_resharded_state_dict(states, 0, 3)
 
 
 def test_state_rejects_other_layout():

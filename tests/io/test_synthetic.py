@@ -86,6 +86,25 @@ def test_exact_resume_and_epochs():
         make(rank=1, world_size=2).load_state_dict(state)
 
 
+def test_resized_ranks_go_on_with_their_own_streams():
+    states = []
+    for rank, read in ((0, 2), (1, 3)):
+        ds = make(rank=rank, world_size=2)
+        it = iter(ds)
+        for _ in range(read):
+            next(it)
+        states.append(ds.state_dict())
+        ds.close()
+    for rank, world, first in ((0, 1, 2), (1, 3, 3), (2, 3, 0)):
+        ds = make(rank=rank, world_size=world)
+        ds.load_resharded_state_dict(states, rank, world)
+        # Rank 2 did not exist: its stream starts at batch 0, read by no rank before.
+        own = make(rank=rank, world_size=world)
+        assert all(batch_equal(a, b) for a, b in zip(ds, list(own)[first:], strict=True))
+    with pytest.raises(ValueError, match="seed"):
+        make(rank=2, world_size=3, seed=7).load_resharded_state_dict(states, 2, 3)
+
+
 def test_endless_stream():
     ds = make(num_batches=None)
     it = iter(ds)
