@@ -59,6 +59,7 @@ bench: install
 	$(PY) benchmarks/kernels.py --small
 	OMP_NUM_THREADS=1 $(TORCHRUN) --standalone --nproc_per_node=2 benchmarks/sharded_ebc.py
 	$(PY) benchmarks/checkpoint.py --size-gb 0.5
+	OMP_NUM_THREADS=1 $(PY) benchmarks/criteo_reader.py --rows 50000
 	OMP_NUM_THREADS=1 $(TORCHRUN) --standalone --nproc_per_node=2 benchmarks/e2e.py --small
 
 # Compile-checks the CUDA code on a machine without a GPU or a CUDA torch: nvcc compiles

@@ -42,6 +42,17 @@ TORCH_LIBRARY(recis, m) {
   m.def(
       "bucketize(Tensor ids, Tensor lengths, Tensor? weights, Tensor boundaries) -> "
       "(Tensor, Tensor, Tensor, Tensor)");
+  // Criteo records of text lines (label, I1..I13, C1..C26 split by `delimiter`) for
+  // recis.io, CPU only: from the start of `text` (uint8), every line that is plain (labels
+  // "0"/"1", counts of at most 18 decimal digits with an optional '-', categoricals of at
+  // most 16 hex digits, any field but the label empty) is parsed, lines of only blanks
+  // skipped, up to the first other line. Returns (labels f64 [n], dense f64 [n, 13],
+  // missing counts 0; ids i64 [n, 26], hex % table_sizes[f], missing -> missing_id;
+  // ends i64 [n, 2]: byte offset after each record's line and lines read through it;
+  // stop i64 [2]: offset and lines read where parsing stopped).
+  m.def(
+      "parse_criteo_lines(Tensor text, int delimiter, int[] table_sizes, int missing_id) -> "
+      "(Tensor, Tensor, Tensor, Tensor, Tensor)");
   // DLRM's interaction of dense [B, D] and embeddings [B, F * D]: [dense, x_i . x_j for
   // i < j] over x = (dense, embedding_1 .. embedding_F), pairs row-major; and its gradient.
   m.def("dot_interaction(Tensor dense, Tensor embeddings) -> Tensor");

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import os
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -12,7 +13,7 @@ import numpy as np
 from recis.io.batch import Batch, rows_to_batch
 from recis.io.criteo import NUM_DENSE, NUM_SPARSE, ParsedRows, RecordParser, resolve_table_sizes
 from recis.io.prefetch import prefetch
-from recis.io.readers import FORMATS, Record, open_reader
+from recis.io.readers import FORMATS, ParsedBlock, Record, open_reader
 from recis.io.split import expand_paths, resolve_rank, split_files
 
 
@@ -77,7 +78,7 @@ class CriteoDataset:
         self._parser = RecordParser(self.table_sizes, missing_id)
         self.rank, self.world_size = resolve_rank(rank, world_size)
         self.all_files = expand_paths(paths)
-        self.files, self._split_rows = split_files(self.all_files, self.rank, self.world_size)
+        self.files = split_files(self.all_files, self.rank, self.world_size)[0]
         self._state = self._epoch_start(0, 0)
         self._active: Iterator[Batch] | None = None
 
@@ -223,11 +224,12 @@ class CriteoDataset:
         return [(int(i), dict(p)) for i, p in state["work"]], state["split_rows"]
 
     # -- iteration -----------------------------------------------------------------
-    def _parse(self, records: list[Record], state: dict[str, Any]) -> ParsedRows:
-        """Parses records, vectorised when they are well-formed, else one by one."""
+    def _parse(self, records: list[Record]) -> tuple[ParsedRows, int]:
+        """Parses records, vectorised when they are well-formed, else one by one;
+        returns the rows and how many records were malformed (and skipped)."""
         fast = self._parser.parse_many([fields for _, fields, _ in records])
         if fast is not None:
-            return fast
+            return fast, 0
         labels, dense, ids = [], [], []
         for location, fields, _ in records:
             try:
@@ -235,62 +237,113 @@ class CriteoDataset:
             except ValueError as e:
                 if not self.skip_malformed:
                     raise ValueError(f"{location}: malformed record: {e}") from None
-                state["malformed"] += 1
                 continue
             labels.append(label)
             dense.append(d)
             ids.append(i)
-        return (
+        rows = (
             np.array(labels, dtype=np.float64),
             np.array(dense, dtype=np.float64).reshape(-1, NUM_DENSE),
             np.array(ids, dtype=np.int64).reshape(-1, NUM_SPARSE),
         )
+        return rows, len(records) - len(labels)
 
-    def _records(self, start: dict[str, Any]) -> Iterator[tuple[Record, dict[str, Any]]]:
-        """This rank's records from ``start``, each with the state right after it."""
-        state = copy.deepcopy(start)
+    def _keep(self, index: np.ndarray, consumed: list[list[Any]]) -> np.ndarray:
+        """Which records (by index in the epoch's scan) are this rank's under a row split:
+        every world_size-th, less those a saved rank read before a resize."""
+        keep = index % self.world_size == self.rank
+        for world, records in consumed:
+            keep &= index >= np.asarray(records, dtype=np.int64)[index % world]
+        return keep
+
+    def _scan(self, start: dict[str, Any]) -> Iterator[_Scanned]:
+        """This rank's records from ``start``: raw records one by one, parsed ones in
+        blocks, then the end."""
         work, split_rows = self._work(start, self.rank, self.world_size)
-        consumed = start["consumed"]
+        record = start["record"]
         for k in range(start["file"], len(work)):
             file_index, first = work[k]
             position = start["position"] if k == start["file"] and start["position"] else first
-            for record in open_reader(self.all_files[file_index], self.format, position or None):
-                index = state["record"]
-                state["record"] = index + 1
-                state["file"], state["position"] = k, record[2]
-                if split_rows and (
-                    index % self.world_size != self.rank
-                    or any(index < records[index % w] for w, records in consumed)
-                ):
-                    continue
-                yield record, state
-            state["file"], state["position"] = k + 1, {}
-        yield None, state  # type: ignore[misc]  # end of data: the final state
+            path = self.all_files[file_index]
+            for item in open_reader(path, self.format, position or None, self._parser):
+                if isinstance(item, ParsedBlock):
+                    index = record + np.arange(len(item), dtype=np.int64)
+                    record += len(item)
+                    if split_rows:
+                        keep = self._keep(index, start["consumed"])
+                        rows = tuple(a[keep] for a in item.rows)
+                        item = ParsedBlock(rows, item.keys, item.positions[keep])  # type: ignore[arg-type]
+                        index = index[keep]
+                    yield _Scanned(k, record, index + 1, block=item)
+                else:
+                    record += 1
+                    if not split_rows or self._keep(np.array([record - 1]), start["consumed"])[0]:
+                        yield _Scanned(k, record, raw=item)
+        yield _Scanned(len(work), record)
 
     def _produce(self, start: dict[str, Any]) -> Iterator[tuple[Batch | None, dict[str, Any]]]:
         """(batch, position after it) from ``start`` to the end of this rank's data,
         then ``(None, final state)``."""
+        epoch_fields = {k: start[k] for k in ("epoch", "work", "split_rows", "consumed")}
+        malformed = start["malformed"]
+
+        def state(file: int, position: dict[str, int], record: int) -> dict[str, Any]:
+            # The epoch's fields are shared, never changed: state_dict() copies.
+            return {**epoch_fields, "file": file, "position": dict(position), "record": record} | {
+                "malformed": malformed
+            }
+
         parts: list[ParsedRows] = []
         have = 0
-        pending: list[Record] = []
-        for record, state in self._records(start):
-            if record is not None:
-                pending.append(record)
+        pending: list[_Scanned] = []  # raw records not parsed yet
+
+        def parse_pending() -> None:
+            nonlocal have, malformed
+            rows, bad = self._parse([p.raw for p in pending])  # type: ignore[misc]
+            malformed += bad
+            parts.append(rows)
+            have += len(rows[0])
+
+        def batch() -> Batch:
+            nonlocal parts, have
+            columns = (np.concatenate(c) for c in zip(*parts, strict=True))
+            parts, have = [], 0
+            return rows_to_batch(*columns)
+
+        for item in self._scan(start):
+            if item.raw is not None:
+                # Parse just enough raw records to fill the batch (skipped malformed
+                # ones leave a gap that the following records fill).
+                pending.append(item)
                 if have + len(pending) < self.batch_size:
                     continue
-            # Parse a full batch (or the rest at the end); skipped records leave a gap
-            # that the following records fill.
-            if pending:
-                part = self._parse(pending, state)  # counts skipped records in state
+                last = pending[-1]
+                parse_pending()
                 pending = []
-                parts.append(part)
-                have += len(part[0])
-            if have == self.batch_size or (record is None and have and not self.drop_last):
-                columns = (np.concatenate(c) for c in zip(*parts, strict=True))
-                yield rows_to_batch(*columns), copy.deepcopy(state)
-                parts, have = [], 0
-            if record is None:  # the end: hand over the final count of skipped records
-                yield None, copy.deepcopy(state)
+                if have == self.batch_size:
+                    yield batch(), state(last.file, last.raw[2], last.record)  # type: ignore[index]
+            elif item.block is not None:
+                if pending:  # fewer than the batch needs: no cut among them
+                    parse_pending()
+                    pending = []
+                block, i = item.block, 0
+                while i < len(block):
+                    take = min(self.batch_size - have, len(block) - i)
+                    parts.append(tuple(a[i : i + take] for a in block.rows))  # type: ignore[arg-type]
+                    have += take
+                    i += take
+                    if have == self.batch_size:
+                        after = block.positions[i - 1].tolist()
+                        record = int(item.block_records[i - 1])  # type: ignore[index]
+                        position = dict(zip(block.keys, after, strict=True))
+                        yield batch(), state(item.file, position, record)
+            else:  # the end: the rest, then the final state (and count of skipped records)
+                if pending:
+                    parse_pending()
+                final = state(item.file, {}, item.record)
+                if have and not self.drop_last:
+                    yield batch(), final
+                yield None, final
 
     def __iter__(self) -> Iterator[Batch]:
         self.close()
@@ -333,3 +386,16 @@ def _read_state(state: dict[str, Any]) -> dict[str, Any]:
 
 def _ints(position: dict[str, Any]) -> dict[str, int]:
     return {k: int(v) for k, v in dict(position).items()}
+
+
+@dataclass
+class _Scanned:
+    """What :meth:`CriteoDataset._scan` found next in work item ``file``: one raw record,
+    a block of parsed ones, or (neither) the end of the data. ``record``: the scan's
+    record count after it; ``block_records``: after each record of the block."""
+
+    file: int
+    record: int
+    block_records: np.ndarray | None = None
+    raw: Record | None = None
+    block: ParsedBlock | None = None

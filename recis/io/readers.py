@@ -3,7 +3,10 @@
 A reader yields ``(location, fields, position)`` per data record: ``location`` names
 the record for error messages (``"file:line"`` or ``"file: row n"``), ``fields`` are
 the raw values in :data:`recis.io.criteo.COLUMNS` order, ``position`` is a small
-dict of ints from which :func:`open_reader` resumes right after that record.
+dict of ints from which :func:`open_reader` resumes right after that record. Given a
+:class:`~recis.io.criteo.RecordParser`, the text reader yields most records already
+parsed instead, many at a time, as :class:`ParsedBlock` (the C++ parser,
+``recis.ops.parse_criteo_lines``); the lines that parser leaves come as records.
 """
 
 from __future__ import annotations
@@ -11,14 +14,34 @@ from __future__ import annotations
 import contextlib
 import gzip
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING
 
-from recis.io.criteo import COLUMNS
+import numpy as np
+
+from recis.io.criteo import COLUMNS, ParsedRows, RecordParser
 
 if TYPE_CHECKING:
     import pyarrow.parquet as pq
 
 Record = tuple[str, list[object], dict[str, int]]
+
+# Bytes of text handed to the C++ parser at a time.
+TEXT_BLOCK_BYTES = 1 << 22
+
+
+@dataclass
+class ParsedBlock:
+    """Consecutive records of one file, parsed: ``rows`` as RecordParser gives them, and
+    ``positions[i]`` (values of ``keys``) the position right after record ``i``."""
+
+    rows: ParsedRows
+    keys: tuple[str, ...]
+    positions: np.ndarray  # int64 [len(rows[0]), len(keys)]
+
+    def __len__(self) -> int:
+        return len(self.rows[0])
+
 
 FORMATS = ("auto", "tsv", "csv", "parquet")
 
@@ -61,13 +84,17 @@ def _column_order(header: list[str], path: str) -> list[int]:
 
 
 def read_text(
-    path: str, delimiter: str, position: dict[str, int] | None = None
-) -> Iterator[Record]:
+    path: str,
+    delimiter: str,
+    position: dict[str, int] | None = None,
+    parser: RecordParser | None = None,
+) -> Iterator[Record | ParsedBlock]:
     """Records of a delimited text file, Criteo TSV (no header) or CSV (optional header).
 
     A first line whose first field is ``label`` is a header: columns are then matched
     by name. Empty lines are ignored. Position: ``{"offset": byte, "line": n}`` of the
-    next line to read.
+    next line to read. With ``parser`` (and columns in the usual order) records come
+    parsed in :class:`ParsedBlock` s, except the lines the C++ parser leaves.
     """
     with _open_binary(path) as f:
         order: list[int] | None = None
@@ -82,20 +109,75 @@ def read_text(
             f.seek(position["offset"])
             line_no = position["line"]
         offset = f.tell()
-        while True:
-            line = f.readline()
-            if not line:
-                return
-            offset += len(line)
-            text = line.decode("utf-8", "replace").rstrip("\r\n")
-            here = line_no
-            line_no += 1
-            if not text.strip():
-                continue
-            fields: list[object] = text.split(delimiter)  # type: ignore[assignment]
-            if order is not None and len(fields) == len(order):
-                fields = [fields[i] for i in order]
-            yield f"{path}:{here}", fields, {"offset": offset, "line": line_no}
+        if order == list(range(len(COLUMNS))):
+            order = None
+        if parser is None or order is not None:
+            for line in iter(f.readline, b""):
+                offset += len(line)
+                line_no += 1
+                record = _text_record(path, line, delimiter, order, offset, line_no)
+                if record is not None:
+                    yield record
+            return
+        yield from _parse_text(f, path, delimiter, parser, offset, line_no)
+
+
+def _text_record(
+    path: str, line: bytes, delimiter: str, order: list[int] | None, end: int, next_line: int
+) -> Record | None:
+    """The record of one line (ending at byte ``end``, followed by line ``next_line``),
+    or None for a blank line."""
+    text = line.decode("utf-8", "replace").rstrip("\r\n")
+    if not text.strip():
+        return None
+    fields: list[object] = text.split(delimiter)  # type: ignore[assignment]
+    if order is not None and len(fields) == len(order):
+        fields = [fields[i] for i in order]
+    return f"{path}:{next_line - 1}", fields, {"offset": end, "line": next_line}
+
+
+def _parse_text(
+    f: IO[bytes], path: str, delimiter: str, parser: RecordParser, offset: int, line_no: int
+) -> Iterator[Record | ParsedBlock]:
+    """Blocks of whole lines to the C++ parser; each line it leaves, as a record.
+    ``offset`` and ``line_no``: where ``f`` is, in bytes and in lines."""
+    import torch
+
+    from recis.ops import parse_criteo_lines
+
+    buf = bytearray()
+    while True:
+        data = f.read(TEXT_BLOCK_BYTES)
+        buf += data
+        cut = len(buf) if not data else buf.rfind(b"\n") + 1
+        if data and cut == 0:
+            continue  # a line longer than the block: read on
+        pos = 0
+        while pos < cut:
+            text = torch.frombuffer(buf, dtype=torch.uint8, offset=pos, count=cut - pos)
+            parsed = parse_criteo_lines(text, delimiter, parser.table_sizes, parser.missing)
+            del text  # buf is resized below
+            used, lines = parsed.stop.tolist()
+            if parsed.labels.numel():
+                ends = parsed.ends.numpy() + np.array([offset + pos, line_no])
+                rows = (parsed.labels.numpy(), parsed.dense.numpy(), parsed.ids.numpy())
+                yield ParsedBlock(rows, ("offset", "line"), ends)
+            pos += used
+            line_no += lines
+            if pos < cut:  # a line the C++ parser leaves to RecordParser
+                end = buf.find(b"\n", pos, cut)
+                end = cut if end < 0 else end + 1
+                line_no += 1
+                record = _text_record(
+                    path, bytes(buf[pos:end]), delimiter, None, offset + end, line_no
+                )
+                if record is not None:
+                    yield record
+                pos = end
+        buf = buf[cut:]
+        offset += cut
+        if not data:
+            return
 
 
 def read_parquet(path: str, position: dict[str, int] | None = None) -> Iterator[Record]:
@@ -132,12 +214,18 @@ def _read_parquet_file(
         first_row += n
 
 
-def open_reader(path: str, fmt: str, position: dict[str, int] | None = None) -> Iterator[Record]:
-    """The record reader of ``path`` in format ``fmt`` (see :data:`FORMATS`)."""
+def open_reader(
+    path: str,
+    fmt: str,
+    position: dict[str, int] | None = None,
+    parser: RecordParser | None = None,
+) -> Iterator[Record | ParsedBlock]:
+    """The record reader of ``path`` in format ``fmt`` (see :data:`FORMATS`); with
+    ``parser``, text records come parsed in blocks where they can."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; expected one of {FORMATS}")
     if fmt == "auto":
         fmt = detect_format(path)
     if fmt == "parquet":
         return read_parquet(path, position)
-    return read_text(path, "\t" if fmt == "tsv" else ",", position)
+    return read_text(path, "\t" if fmt == "tsv" else ",", position, parser)

@@ -6,6 +6,7 @@ the tests compare the two on random inputs.
 
 from recis.ops.bucketize import Buckets, bucketize
 from recis.ops.cpu_isa import available_cpu_isas
+from recis.ops.criteo_text import ParsedLines, parse_criteo_lines
 from recis.ops.dot_interaction import dot_interaction
 from recis.ops.pooled_lookup import MEAN, SUM, pooled_lookup, pooled_lookup_tables
 from recis.ops.sparse_update import (
@@ -21,10 +22,12 @@ __all__ = [
     "MEAN",
     "SUM",
     "Buckets",
+    "ParsedLines",
     "available_cpu_isas",
     "bucketize",
     "dot_interaction",
     "empty_table",
+    "parse_criteo_lines",
     "pooled_lookup",
     "pooled_lookup_tables",
     "sparse_adagrad_update",

@@ -307,3 +307,58 @@ def dot_interaction(dense: Tensor, embeddings: Tensor) -> Tensor:
     rows, cols = torch.triu_indices(n, n, offset=1, device=x.device)
     dots = torch.bmm(x, x.transpose(1, 2))[:, rows, cols]
     return torch.cat([dense, dots], dim=1)
+
+
+def parse_criteo_lines(
+    text: Tensor, delimiter: str, table_sizes: Sequence[int], missing_id: int
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Reference of :func:`recis.ops.criteo_text.parse_criteo_lines`: line by line, with
+    Python's ``int`` and ``float`` on the fields the rules call plain."""
+    data = bytes(text.tolist())
+    labels: list[float] = []
+    dense: list[list[float]] = []
+    ids: list[list[int]] = []
+    ends: list[list[int]] = []
+    pos = lines = 0
+    hex_digits = set(b"0123456789abcdefABCDEF")
+
+    def count(field: bytes) -> float | None:
+        digits = field[1:] if field[:1] == b"-" else field
+        if field == b"":
+            return 0.0
+        if not 1 <= len(digits) <= 18 or not all(48 <= c <= 57 for c in digits):
+            return None
+        return float(int(field))
+
+    while pos < len(data):
+        nl = data.find(b"\n", pos)
+        nxt = len(data) if nl < 0 else nl + 1
+        line = data[pos : len(data) if nl < 0 else nl].rstrip(b"\r")
+        if line.strip(b" \t\r\v\f"):
+            fields = line.split(delimiter.encode())
+            if len(fields) != 40 or fields[0] not in (b"0", b"1"):
+                break
+            counts = [count(f) for f in fields[1:14]]
+            cats = fields[14:]
+            if any(c is None for c in counts) or any(
+                len(c) > 16 or not set(c) <= hex_digits for c in cats
+            ):
+                break
+            labels.append(float(fields[0]))
+            dense.append(counts)  # type: ignore[arg-type]
+            ids.append(
+                [
+                    int(c, 16) % s if c else missing_id
+                    for c, s in zip(cats, table_sizes, strict=True)
+                ]
+            )
+            ends.append([nxt, lines + 1])
+        lines += 1
+        pos = nxt
+    return (
+        torch.tensor(labels, dtype=torch.float64),
+        torch.tensor(dense, dtype=torch.float64).reshape(-1, 13),
+        torch.tensor(ids, dtype=torch.int64).reshape(-1, 26),
+        torch.tensor(ends, dtype=torch.int64).reshape(-1, 2),
+        torch.tensor([pos, lines], dtype=torch.int64),
+    )

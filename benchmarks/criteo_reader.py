@@ -1,0 +1,152 @@
+"""Criteo reader throughput: CriteoDataset (C++ parse of plain text lines) against the
+per-record Python pipeline it replaces, on the same files in one process.
+
+Writes random Criteo-like rows as TSV, gzipped TSV and Parquet into a temporary folder,
+then for each file alternates, ``--repeats`` times:
+
+- **recis**: ``CriteoDataset(path, batch_size, prefetch=0)``, iterated to the end;
+- **python**: the previous pipeline: ``open_reader`` without a parser (one record per
+  line: ``readline``, decode, split), ``RecordParser.parse_many`` per batch (per record
+  where that declines), ``rows_to_batch``: what ``CriteoDataset`` did before the C++
+  parser.
+
+Reports rows/s (best of the repeats), the ratio, and the text's bytes/s as a fraction of
+the rate at which this process reads the same file from the page cache (``read``
+of 4 MiB blocks, best of the repeats): the limit a parser could reach.
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/criteo_reader.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+
+import numpy as np
+
+from recis.io import CriteoDataset, RecordParser
+from recis.io.batch import rows_to_batch
+from recis.io.criteo import COLUMNS
+from recis.io.readers import open_reader
+
+SIZES = [100_000] * 26
+
+
+def random_rows(n: int, seed: int) -> list[list[str]]:
+    rng = np.random.default_rng(seed)
+    label = rng.integers(0, 2, n).astype(str)
+    dense = rng.integers(-3, 5000, (n, 13)).astype(str)
+    dense[rng.random((n, 13)) < 0.2] = ""
+    cats = np.char.mod("%08x", rng.integers(0, 2**32, (n, 26), dtype=np.uint64))
+    cats = cats.astype(object)
+    cats[rng.random((n, 26)) < 0.15] = ""
+    return [[label[i], *dense[i], *cats[i]] for i in range(n)]
+
+
+def write_files(folder: str, rows: list[list[str]]) -> dict[str, str]:
+    import gzip
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    text = "".join("\t".join(r) + "\n" for r in rows).encode()
+    paths = {"tsv": os.path.join(folder, "day.tsv"), "tsv.gz": os.path.join(folder, "day.tsv.gz")}
+    with open(paths["tsv"], "wb") as f:
+        f.write(text)
+    with gzip.open(paths["tsv.gz"], "wb", compresslevel=6) as f:
+        f.write(text)
+    columns = list(zip(*rows, strict=True))
+    table = {"label": pa.array(np.array(columns[0], dtype=np.int64))}
+    for name, col in zip(COLUMNS[1:14], columns[1:14], strict=True):
+        table[name] = pa.array([float(v) if v else None for v in col], pa.float64())
+    for name, col in zip(COLUMNS[14:], columns[14:], strict=True):
+        table[name] = pa.array([v or None for v in col], pa.string())
+    paths["parquet"] = os.path.join(folder, "day.parquet")
+    pq.write_table(pa.table(table), paths["parquet"], row_group_size=65536)
+    return paths
+
+
+def recis_rows(path: str, batch_size: int) -> int:
+    ds = CriteoDataset(path, batch_size, SIZES, prefetch=0)
+    return sum(int(b["label"].numel()) for b in ds)
+
+
+def python_rows(path: str, batch_size: int) -> int:
+    parser = RecordParser(SIZES)
+    n, pending = 0, []
+    for record in open_reader(path, "auto"):
+        pending.append(record[1])
+        if len(pending) == batch_size:
+            n += _python_batch(parser, pending)
+            pending = []
+    return n + (_python_batch(parser, pending) if pending else 0)
+
+
+def _python_batch(parser: RecordParser, fields: list[list[object]]) -> int:
+    rows = parser.parse_many(fields)
+    if rows is None:
+        parsed = [parser.parse(f) for f in fields]
+        rows = (
+            np.array([p[0] for p in parsed]),
+            np.array([p[1] for p in parsed]),
+            np.array([p[2] for p in parsed]),
+        )
+    return int(rows_to_batch(*rows)["label"].numel())
+
+
+def read_rate(path: str) -> float:
+    """Bytes/s of reading the (uncompressed) file from the page cache."""
+    start = time.perf_counter()
+    with open(path, "rb") as f:
+        while f.read(1 << 22):
+            pass
+    return os.path.getsize(path) / (time.perf_counter() - start)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--rows", type=int, default=200_000)
+    p.add_argument("--batch_size", type=int, default=4096)
+    p.add_argument("--repeats", type=int, default=3)
+    args = p.parse_args()
+    with tempfile.TemporaryDirectory() as folder:
+        paths = write_files(folder, random_rows(args.rows, seed=0))
+        text_bytes = os.path.getsize(paths["tsv"])
+        limit = max(read_rate(paths["tsv"]) for _ in range(args.repeats))
+        results = []
+        for fmt, path in paths.items():
+            times: dict[str, list[float]] = {"recis": [], "python": []}
+            for _ in range(args.repeats):  # alternating
+                for name, fn in (("recis", recis_rows), ("python", python_rows)):
+                    start = time.perf_counter()
+                    n = fn(path, args.batch_size)
+                    times[name].append(time.perf_counter() - start)
+                    assert n == args.rows, (name, fmt, n)
+            recis_s, python_s = min(times["recis"]), min(times["python"])
+            rec = {
+                "bench": "criteo_reader",
+                "format": fmt,
+                "rows": args.rows,
+                "recis_rows_per_s": round(args.rows / recis_s),
+                "python_rows_per_s": round(args.rows / python_s),
+                "x_python": round(python_s / recis_s, 2),
+                "text_MB_per_s": round(text_bytes / recis_s / 1e6, 1),
+                "of_page_cache_read": round(text_bytes / recis_s / limit, 3),
+            }
+            results.append(rec)
+            print(json.dumps(rec), flush=True)
+    print(f"\npage-cache read of the TSV: {limit / 1e6:.0f} MB/s ({text_bytes / 1e6:.1f} MB)\n")
+    print("| format | recis rows/s | python rows/s | x python | text MB/s | of page-cache read |")
+    print("|---|---|---|---|---|---|")
+    for r in results:
+        print(
+            f"| {r['format']} | {r['recis_rows_per_s']:,} | {r['python_rows_per_s']:,} | "
+            f"{r['x_python']} | {r['text_MB_per_s']} | {r['of_page_cache_read']:.1%} |"
+        )
+
+
+if __name__ == "__main__":
+    main()

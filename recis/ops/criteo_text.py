@@ -1,0 +1,52 @@
+"""Criteo text lines parsed in C++ (``recis::parse_criteo_lines``): the fast path of
+:mod:`recis.io`'s TSV/CSV reader."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+import recis  # noqa: F401  (loads the kernels)
+
+
+class ParsedLines(NamedTuple):
+    """The plain records at the start of a text block (see :func:`parse_criteo_lines`)."""
+
+    labels: Tensor  # float64 [n]
+    dense: Tensor  # float64 [n, 13], missing counts 0
+    ids: Tensor  # int64 [n, 26], missing categoricals missing_id
+    ends: Tensor  # int64 [n, 2]: byte offset after each record's line, lines read through it
+    stop: Tensor  # int64 [2]: byte offset and lines read where parsing stopped
+
+
+def parse_criteo_lines(
+    text: Tensor, delimiter: str, table_sizes: Sequence[int], missing_id: int
+) -> ParsedLines:
+    """Parses Criteo records (``label, I1..I13, C1..C26``) from the start of ``text``
+    (uint8, CPU) up to the first line that is not plain.
+
+    Plain: exactly 40 fields split by ``delimiter``; the label ``0`` or ``1``; each
+    count empty (missing: 0) or an optional ``-`` and at most 18 decimal digits; each
+    categorical empty (missing: ``missing_id``) or at most 16 hex digits, taken modulo
+    its table size. Lines of only blanks are skipped. Such lines parse to exactly what
+    :class:`recis.io.criteo.RecordParser` gives; any other line stops the parse there
+    (``stop``), for the caller to handle in Python.
+
+    Example::
+
+        >>> line = "1\\t5" + "\\t" * 12 + "\\t1f" * 26 + "\\n"
+        >>> out = parse_criteo_lines(torch.frombuffer(bytearray(line.encode()), dtype=torch.uint8),
+        ...                          "\\t", [10] * 26, -1)
+        >>> out.labels, out.dense[0, 0], out.ids[0, 0], out.stop
+        (tensor([1.], dtype=torch.float64), tensor(5., dtype=torch.float64), tensor(1), tensor([94,  1]))
+    """
+    if len(delimiter.encode()) != 1:
+        raise ValueError(f"delimiter must be one byte, got {delimiter!r}")
+    return ParsedLines(
+        *torch.ops.recis.parse_criteo_lines(
+            text, ord(delimiter.encode()), list(table_sizes), missing_id
+        )
+    )

@@ -1,0 +1,148 @@
+"""recis.ops.parse_criteo_lines: the C++ fast path of the Criteo text reader, against its
+reference and against the RecordParser that parses every line it leaves."""
+
+import random
+
+import pytest
+import torch
+
+from recis.io.criteo import RecordParser
+from recis.ops import parse_criteo_lines, reference
+
+SIZES = [1 + 97 * i for i in range(26)]
+
+
+def plain_fields(rng):
+    label = rng.choice("01")
+    dense = [
+        "" if rng.random() < 0.2 else str(rng.randint(-5, 10 ** rng.randint(1, 18) - 1))
+        for _ in range(13)
+    ]
+    hexes = [
+        "" if rng.random() < 0.15 else f"{rng.getrandbits(4 * rng.randint(1, 16)):x}"
+        for _ in range(26)
+    ]
+    if rng.random() < 0.3:
+        hexes = [h.upper() for h in hexes]
+    return [label, *dense, *hexes]
+
+
+# Lines the C++ parser must leave to Python (RecordParser may still accept them).
+QUIRKS = [
+    lambda f: f.__setitem__(0, "1.0"),
+    lambda f: f.__setitem__(0, " 1"),
+    lambda f: f.__setitem__(0, "2"),
+    lambda f: f.__setitem__(0, ""),
+    lambda f: f.__setitem__(3, "1e3"),
+    lambda f: f.__setitem__(3, "-"),
+    lambda f: f.__setitem__(3, "1" * 19),
+    lambda f: f.__setitem__(20, "f" * 17),
+    lambda f: f.__setitem__(20, "0x1f"),
+    lambda f: f.__setitem__(20, "1f "),
+    lambda f: f.__setitem__(20, "zz"),
+    lambda f: f.__setitem__(20, "é"),
+    lambda f: f.pop(),
+    lambda f: f.append("1"),
+]
+
+
+def random_text(rng, n, delimiter):
+    lines = []
+    for _ in range(n):
+        r = rng.random()
+        if r < 0.05:
+            lines.append(rng.choice(["", "  ", "\t\t", " \r", delimiter * 39]))
+            continue
+        fields = plain_fields(rng)
+        if r < 0.15:
+            rng.choice(QUIRKS)(fields)
+        lines.append(delimiter.join(fields) + ("\r" if rng.random() < 0.1 else ""))
+    text = "\n".join(lines)
+    if rng.random() < 0.7:
+        text += "\n"
+    return text.encode()
+
+
+def as_tensor(data):
+    return (
+        torch.frombuffer(bytearray(data), dtype=torch.uint8)
+        if data
+        else torch.empty(0, dtype=torch.uint8)
+    )
+
+
+def parse_all(fn, data, delimiter, missing_id):
+    """Every block fn parses in data, resuming after each line it leaves (as the reader
+    does); returns those blocks and the offsets of the lines left."""
+    blocks, left, pos = [], [], 0
+    while pos < len(data):
+        out = fn(as_tensor(data[pos:]), delimiter, SIZES, missing_id)
+        blocks.append((pos, out))
+        pos += int(out[4][0])
+        if pos < len(data):
+            left.append(pos)
+            nl = data.find(b"\n", pos)
+            pos = len(data) if nl < 0 else nl + 1
+    return blocks, left
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("delimiter", ["\t", ","])
+def test_matches_the_reference_on_random_lines(seed, delimiter):
+    rng = random.Random(seed)
+    data = random_text(rng, rng.choice([1, 7, 300]), delimiter)
+    missing_id = rng.choice([-1, 0])
+    got, got_left = parse_all(parse_criteo_lines, data, delimiter, missing_id)
+    want, want_left = parse_all(reference.parse_criteo_lines, data, delimiter, missing_id)
+    assert got_left == want_left
+    assert len(got) == len(want)
+    for (_, g), (_, w) in zip(got, want, strict=True):
+        for a, b in zip(g, w, strict=True):
+            assert a.dtype == b.dtype
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+        assert len(g.labels) == len(g.ends) == len(g.dense) == len(g.ids)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_parsed_lines_are_what_record_parser_gives(seed):
+    rng = random.Random(100 + seed)
+    data = random_text(rng, 300, "\t")
+    parser = RecordParser(SIZES, missing_id=None)
+    blocks, _ = parse_all(parse_criteo_lines, data, "\t", parser.missing)
+    checked = 0
+    for pos, out in blocks:
+        starts = [pos, *(pos + int(e) for e in out.ends[:-1, 0])]
+        for i, start in enumerate(starts[: len(out.labels)]):
+            end = pos + int(out.ends[i, 0])
+            lines = data[start:end].decode().split("\n")
+            line = next(x for x in lines if x.strip())  # blank lines come before a record
+            label, dense, ids = parser.parse(line.rstrip("\r").split("\t"))
+            assert float(out.labels[i]) == label
+            assert out.dense[i].tolist() == dense
+            assert out.ids[i].tolist() == ids
+            checked += 1
+    assert checked > 200
+
+
+def test_edge_sizes_and_line_ends():
+    line = "\t".join(["1", "-" + "9" * 18, *[""] * 13, "F" * 16, *[""] * 24])
+    for data in (b"", b"\n", line.encode(), (line + "\r\r\n").encode(), (line + "\n\n").encode()):
+        out = parse_criteo_lines(as_tensor(data), "\t", SIZES, -1)
+        ref = reference.parse_criteo_lines(as_tensor(data), "\t", SIZES, -1)
+        for a, b in zip(out, ref, strict=True):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+        assert int(out.stop[0]) == len(data)
+    assert out.dense[0, 0] == -float("9" * 18) and out.ids[0, 0] == -1  # C1 missing
+    assert out.ids[0, 1] == (16**16 - 1) % SIZES[1]
+
+
+def test_bad_arguments_raise():
+    text = as_tensor(b"1\n")
+    with pytest.raises(RuntimeError, match="need 26 table sizes"):
+        parse_criteo_lines(text, "\t", [5] * 25, -1)
+    with pytest.raises(RuntimeError, match="table size of feature C3 must be > 0"):
+        parse_criteo_lines(text, "\t", [5, 5, 0] + [5] * 23, -1)
+    with pytest.raises(RuntimeError, match="1-D uint8"):
+        parse_criteo_lines(text.int(), "\t", SIZES, -1)
+    with pytest.raises(ValueError, match="one byte"):
+        parse_criteo_lines(text, "ab", SIZES, -1)
