@@ -15,8 +15,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 NUM_DENSE = 13
 NUM_SPARSE = 26
@@ -150,6 +154,50 @@ class RecordParser:
         ids[~present[..., 0]] = self.missing
         return labels, dense.T.copy(), ids.T.copy()
 
+    def parse_arrow(self, table: pa.Table) -> ParsedRows | None:
+        """Vectorised :meth:`parse` of a pyarrow table with the :data:`COLUMNS` (a Parquet
+        row group).
+
+        Takes numeric labels and counts, integer or hex-string categoricals, nulls (and
+        NaN counts) as missing values. Returns ``None`` when a column has another type
+        or a value is not plain (a label other than 0 and 1, an infinite count, a
+        categorical string other than 1 to 16 hex digits): the caller then parses row
+        by row with :meth:`parse`, which gives the exact result or error.
+        """
+        import pyarrow as pa
+
+        label = table.column("label")
+        if not _is_number(label.type) or label.null_count:
+            return None
+        labels = label.cast(pa.float64(), safe=False).to_numpy()
+        if not np.all((labels == 0) | (labels == 1)):
+            return None
+        dense = np.empty((table.num_rows, NUM_DENSE), dtype=np.float64)
+        for f, name in enumerate(DENSE_NAMES):
+            column = table.column(name)
+            if not _is_number(column.type):
+                return None
+            values = column.cast(pa.float64(), safe=False).fill_null(np.nan).to_numpy()
+            if np.any(np.isinf(values)):
+                return None
+            dense[:, f] = np.where(np.isnan(values), 0.0, values)
+        ids = np.empty((table.num_rows, NUM_SPARSE), dtype=np.int64)
+        for f, (name, size) in enumerate(zip(SPARSE_NAMES, self.table_sizes, strict=True)):
+            column = table.column(name).combine_chunks()
+            if pa.types.is_integer(column.type) and column.type != pa.uint64():
+                values = column.fill_null(0).cast(pa.int64()).to_numpy() % size
+                present = column.is_valid().to_numpy(zero_copy_only=False)
+            elif pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+                parsed = _hex_strings(column)
+                if parsed is None:
+                    return None
+                values, present = parsed
+                values = (values % np.uint64(size)).astype(np.int64)
+            else:
+                return None
+            ids[:, f] = np.where(present, values, self.missing)
+        return labels, dense, ids
+
     @staticmethod
     def _label(v: object) -> float:
         try:
@@ -181,3 +229,36 @@ class RecordParser:
             return int(v, 16) % size  # type: ignore[arg-type]
         except (TypeError, ValueError):
             raise ValueError(f"column {name!r}: expected a hex string, got {v!r}") from None
+
+
+def _is_number(t: pa.DataType) -> bool:
+    import pyarrow as pa
+
+    return (pa.types.is_integer(t) or pa.types.is_floating(t)) and t != pa.uint64()
+
+
+def _hex_strings(column: pa.Array) -> tuple[np.ndarray, np.ndarray] | None:
+    """The values (uint64) of a string array of hex numbers and where one is present
+    (not null, not empty); None if a present one is not 1 to 16 hex digits."""
+    import pyarrow as pa
+
+    n = len(column)
+    wide = pa.types.is_large_string(column.type)
+    _, offsets_buf, data_buf = column.buffers()
+    offsets = np.frombuffer(offsets_buf, dtype=np.int64 if wide else np.int32)
+    offsets = offsets[column.offset : column.offset + n + 1].astype(np.int64)
+    data = (
+        np.frombuffer(data_buf, dtype=np.uint8) if data_buf is not None else np.empty(0, np.uint8)
+    )
+    lengths = np.diff(offsets)
+    present = column.is_valid().to_numpy(zero_copy_only=False) & (lengths > 0)
+    if np.any(lengths[present] > 16):
+        return None
+    values = np.zeros(n, dtype=np.uint64)
+    for j in range(int(lengths[present].max(initial=0))):
+        rows = np.flatnonzero(present & (lengths > j))
+        digits = _HEX_DIGIT[data[offsets[rows] + j]]
+        if np.any(digits == 255):
+            return None
+        values[rows] = values[rows] * np.uint64(16) + digits.astype(np.uint64)
+    return values, present

@@ -4,9 +4,10 @@ A reader yields ``(location, fields, position)`` per data record: ``location`` n
 the record for error messages (``"file:line"`` or ``"file: row n"``), ``fields`` are
 the raw values in :data:`recis.io.criteo.COLUMNS` order, ``position`` is a small
 dict of ints from which :func:`open_reader` resumes right after that record. Given a
-:class:`~recis.io.criteo.RecordParser`, the text reader yields most records already
-parsed instead, many at a time, as :class:`ParsedBlock` (the C++ parser,
-``recis.ops.parse_criteo_lines``); the lines that parser leaves come as records.
+:class:`~recis.io.criteo.RecordParser`, the readers yield most records already parsed,
+many at a time, as :class:`ParsedBlock`: text through the C++ parser
+(``recis.ops.parse_criteo_lines``), Parquet row groups through
+:meth:`~recis.io.criteo.RecordParser.parse_arrow`; what those leave comes as records.
 """
 
 from __future__ import annotations
@@ -180,21 +181,25 @@ def _parse_text(
             return
 
 
-def read_parquet(path: str, position: dict[str, int] | None = None) -> Iterator[Record]:
+def read_parquet(
+    path: str, position: dict[str, int] | None = None, parser: RecordParser | None = None
+) -> Iterator[Record | ParsedBlock]:
     """Records of a Parquet file with the Criteo column names (any extra columns ignored).
 
     Dense columns may be numeric or strings, categorical ones hex strings or
     integers; nulls are missing values. Position: ``{"row": n}`` rows already read.
+    With ``parser``, a row group comes parsed as one :class:`ParsedBlock` when
+    :meth:`RecordParser.parse_arrow` takes it, else record by record.
     """
     import pyarrow.parquet as pq
 
     with _open_binary(path) as f:
-        yield from _read_parquet_file(pq.ParquetFile(f), path, position)
+        yield from _read_parquet_file(pq.ParquetFile(f), path, position, parser)
 
 
 def _read_parquet_file(
-    pf: pq.ParquetFile, path: str, position: dict[str, int] | None
-) -> Iterator[Record]:
+    pf: pq.ParquetFile, path: str, position: dict[str, int] | None, parser: RecordParser | None
+) -> Iterator[Record | ParsedBlock]:
     names = pf.schema_arrow.names
     missing = [c for c in COLUMNS if c not in names]
     if missing:
@@ -206,11 +211,17 @@ def _read_parquet_file(
         if first_row + n <= start:  # whole row group already read: skip without decoding
             first_row += n
             continue
-        table = pf.read_row_group(g, columns=COLUMNS)
-        columns = [table.column(c).to_pylist() for c in COLUMNS]
-        for i in range(max(0, start - first_row), n):
-            row = first_row + i
-            yield f"{path}: row {row + 1}", [col[i] for col in columns], {"row": row + 1}
+        skip = max(0, start - first_row)
+        table = pf.read_row_group(g, columns=COLUMNS).slice(skip)
+        rows = parser.parse_arrow(table) if parser is not None else None
+        if rows is not None:
+            after = np.arange(first_row + skip + 1, first_row + n + 1, dtype=np.int64)
+            yield ParsedBlock(rows, ("row",), after[:, None])
+        else:
+            columns = [table.column(c).to_pylist() for c in COLUMNS]
+            for i in range(n - skip):
+                row = first_row + skip + i
+                yield f"{path}: row {row + 1}", [col[i] for col in columns], {"row": row + 1}
         first_row += n
 
 
@@ -221,11 +232,11 @@ def open_reader(
     parser: RecordParser | None = None,
 ) -> Iterator[Record | ParsedBlock]:
     """The record reader of ``path`` in format ``fmt`` (see :data:`FORMATS`); with
-    ``parser``, text records come parsed in blocks where they can."""
+    ``parser``, records come parsed in blocks where they can."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; expected one of {FORMATS}")
     if fmt == "auto":
         fmt = detect_format(path)
     if fmt == "parquet":
-        return read_parquet(path, position)
+        return read_parquet(path, position, parser)
     return read_text(path, "\t" if fmt == "tsv" else ",", position, parser)

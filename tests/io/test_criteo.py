@@ -148,6 +148,90 @@ def test_vectorised_parse_agrees_with_per_record_parse(missing_id):
     assert parser.parse_many([[1, *rows[0][1:]]]) is None
 
 
+def arrow_table(rows, dense_type="float64", cat_type="string", label_type="int64"):
+    """Criteo rows as a pyarrow table: nulls for missing values, the given column types
+    (categoricals as hex strings, or their integer values)."""
+    import pyarrow as pa
+
+    cols = {"label": pa.array([int(r[0]) for r in rows]).cast(label_type)}
+    for j, name in enumerate(COLUMNS[1:14], start=1):
+        values = [None if r[j] == "" else int(r[j]) for r in rows]
+        cols[name] = pa.array(values, pa.int64()).cast(dense_type)
+    for j, name in enumerate(COLUMNS[14:], start=14):
+        if cat_type in ("string", "large_string"):
+            cols[name] = pa.array([r[j] or None for r in rows], cat_type)
+        else:
+            # Integer ids kept within 31 bits, so that int32 holds them too.
+            ids = [int(r[j], 16) & 0x7FFFFFFF if r[j] else None for r in rows]
+            cols[name] = pa.array(ids, cat_type)
+    return pa.table(cols)
+
+
+def per_record(parser, table):
+    columns = [table.column(c).to_pylist() for c in COLUMNS]
+    return [parser.parse([col[i] for col in columns]) for i in range(table.num_rows)]
+
+
+@pytest.mark.parametrize("missing_id", [None, 3])
+@pytest.mark.parametrize(
+    "types",
+    [
+        ("float64", "string", "int64"),
+        ("int32", "large_string", "float32"),
+        ("int64", "int64", "int8"),
+        ("float32", "int32", "int64"),
+    ],
+)
+def test_arrow_parse_agrees_with_per_record_parse(missing_id, types):
+    import pyarrow as pa
+
+    rows = random_rows(40, seed=10)
+    rows[3][20] = rows[3][20].upper()
+    rows[4][2] = "-7"
+    table = arrow_table(rows, *types)
+    parser = RecordParser(SIZES, missing_id)
+    # A slice of one chunk (an offset into its Arrow buffers, as a resumed row group
+    # has), and two chunks per column.
+    two = pa.concat_tables([table, arrow_table(random_rows(9, seed=11), *types)]).slice(5)
+    for t in (table, table.slice(7), two):
+        labels, dense, ids = parser.parse_arrow(t)
+        want = per_record(parser, t)
+        assert labels.tolist() == [r[0] for r in want]
+        assert dense.tolist() == [r[1] for r in want]
+        assert ids.tolist() == [r[2] for r in want]
+    # NaN counts are missing, as per record.
+    nan = table.set_column(3, "I3", pa.array([float("nan")] * table.num_rows))
+    assert parser.parse_arrow(nan)[1][:, 2].tolist() == [0.0] * table.num_rows
+
+
+def test_arrow_parse_leaves_anything_unusual_to_the_per_record_parse():
+    import pyarrow as pa
+
+    rows = random_rows(6, seed=12)
+    parser = RecordParser(SIZES)
+    base = arrow_table(rows)
+
+    def with_column(name, values, type_=None):
+        return base.set_column(COLUMNS.index(name), name, pa.array(values, type_))
+
+    n = len(rows)
+    for odd in [
+        with_column("label", [2] * n),
+        with_column("label", [None] * n, pa.int64()),
+        with_column("label", [True] * n),
+        with_column("I2", [float("inf")] * n),
+        with_column("I2", ["5"] * n),
+        with_column("C5", ["1" * 17] * n),
+        with_column("C5", ["0x1f"] * n),
+        with_column("C5", [" 1f"] * n),
+        with_column("C5", ["é"] * n),
+        with_column("C5", [1.0] * n),
+        with_column("C5", [2**63] * n, pa.uint64()),
+    ]:
+        assert parser.parse_arrow(odd) is None
+    assert parser.parse_arrow(base) is not None
+
+
 def test_sample_missing_id_and_drop_last():
     rows = sample_rows()
     ds = CriteoDataset(SAMPLE, 64, SIZES, missing_id=0, drop_last=True, prefetch=0)
