@@ -289,8 +289,12 @@ class CriteoDataset:
 
         def state(file: int, position: dict[str, int], record: int) -> dict[str, Any]:
             # The epoch's fields are shared, never changed: state_dict() copies.
-            return {**epoch_fields, "file": file, "position": dict(position), "record": record} | {
-                "malformed": malformed
+            return {
+                **epoch_fields,
+                "file": file,
+                "position": dict(position),
+                "record": record,
+                "malformed": malformed,
             }
 
         parts: list[ParsedRows] = []
