@@ -119,7 +119,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainingArguments, RunCon
     add_dataclass_options(parser, RunConfig)
     ns = vars(parser.parse_args(argv))
     pick = lambda cls: cls(**{f.name: ns[f.name] for f in dataclasses.fields(cls)})  # noqa: E731
-    return pick(TrainingArguments), pick(RunConfig)
+    try:
+        return pick(TrainingArguments), pick(RunConfig)
+    except ValueError as e:  # a bad value: argparse's usage line and exit status 2
+        parser.error(str(e))
 
 
 def build_datasets(run: RunConfig, seed: int) -> tuple[Any, Any]:

@@ -116,15 +116,21 @@ def load_train_module():
     return module
 
 
-def test_command_line_covers_training_arguments_and_rejects_bad_values():
+def test_command_line_covers_training_arguments_and_rejects_bad_values(capsys):
     train = load_train_module()
     args, run = train.parse_args(
         ["--train_steps", "7", "--save_steps", "none", "--model", "deepfm", "--bf16", "true"]
     )
     assert (args.train_steps, args.save_steps, args.bf16, run.model) == (7, None, True, "deepfm")
-    with pytest.raises(ValueError, match="--model must be one of"):
-        train.parse_args(["--model", "nope"])
-    with pytest.raises(ValueError, match="--sharding must be auto or one of"):
-        train.parse_args(["--sharding", "diagonal"])
-    with pytest.raises(ValueError, match="gradient_accumulation_steps"):
-        train.parse_args(["--gradient_accumulation_steps", "0"])
+    # A bad value is a usage error (exit status 2, the message on stderr), no traceback.
+    for argv, message in [
+        (["--model", "nope"], "--model must be one of"),
+        (["--sharding", "diagonal"], "--sharding must be auto or one of"),
+        (["--gradient_accumulation_steps", "0"], "gradient_accumulation_steps"),
+        (["--save_steps", "0"], "save_steps must be None or an int >= 1, got 0"),
+    ]:
+        with pytest.raises(SystemExit) as exit_:
+            train.parse_args(argv)
+        assert exit_.value.code == 2
+        err = capsys.readouterr().err
+        assert "error: " in err and message in err and "Traceback" not in err
