@@ -12,6 +12,7 @@ import numpy as np
 
 from recis.io.batch import Batch, rows_to_batch
 from recis.io.criteo import NUM_DENSE, NUM_SPARSE, ParsedRows, RecordParser, resolve_table_sizes
+from recis.io.position import epoch_start, epoch_work, keep_rows, read_position, reshard
 from recis.io.prefetch import prefetch
 from recis.io.readers import FORMATS, ParsedBlock, Record, open_reader
 from recis.io.split import expand_paths, resolve_rank, split_files
@@ -79,28 +80,10 @@ class CriteoDataset:
         self.rank, self.world_size = resolve_rank(rank, world_size)
         self.all_files = expand_paths(paths)
         self.files = split_files(self.all_files, self.rank, self.world_size)[0]
-        self._state = self._epoch_start(0, 0)
+        self._state = epoch_start(0, 0)
         self._active: Iterator[Batch] | None = None
 
-    # -- position ------------------------------------------------------------------
-    @staticmethod
-    def _epoch_start(epoch: int, malformed: int) -> dict[str, Any]:
-        # "work" is None for the epoch's usual split (split_files); after a change of
-        # world size it lists the files left to this rank, [[index in all_files, start
-        # position], ...], with "split_rows" and "consumed" (load_resharded_state_dict).
-        # "record" counts the records scanned this epoch (the row split's index);
-        # "position" is the reader's resume point in work item "file".
-        return {
-            "epoch": epoch,
-            "work": None,
-            "split_rows": False,
-            "consumed": [],
-            "file": 0,
-            "position": {},
-            "record": 0,
-            "malformed": malformed,
-        }
-
+    # -- position (recis.io.position) ---------------------------------------------
     @property
     def epoch(self) -> int:
         return self._state["epoch"]
@@ -135,7 +118,7 @@ class CriteoDataset:
                     "of every saved rank to another world size)"
                 )
         self.close()
-        self._state = _read_state(state)
+        self._state = read_position(state)
 
     def load_resharded_state_dict(
         self, states: Sequence[dict[str, Any]], rank: int, world_size: int
@@ -144,84 +127,17 @@ class CriteoDataset:
         saved rank (a checkpoint loaded on another number of ranks calls this).
 
         This rank takes its share of what the saved ranks had left of their epoch, so
-        that every record of that epoch is still read exactly once over the new ranks:
-        the files the saved ranks had not finished are dealt out whole (the first ones
-        from where their rank stopped) when there are at least ``world_size`` of them,
-        else every rank scans them and keeps every ``world_size``-th record. When the
-        saved ranks split rows, the new ranks scan on from the earliest of their
-        positions, skipping the records a saved rank had read. The next epoch is split
-        as usual.
+        that every record of that epoch is still read exactly once over the new ranks
+        (see :func:`recis.io.position.reshard`). The next epoch is split as usual.
         """
         if (rank, world_size) != (self.rank, self.world_size):
             raise ValueError(
                 f"CriteoDataset is rank {self.rank} of {self.world_size}, "
                 f"asked to load as rank {rank} of {world_size}"
             )
-        saved = sorted((_read_state(s) | {"rank": int(s["rank"])} for s in states), key=_rank)
-        old_world = int(states[0]["world_size"]) if states else 0
-        if [s["rank"] for s in saved] != list(range(old_world)) or any(
-            int(s["world_size"]) != old_world for s in states
-        ):
-            raise ValueError(
-                "CriteoDataset: resharding a read position needs the state of every saved "
-                f"rank, got ranks {[s['rank'] for s in saved]} of world_size {old_world}"
-            )
-        for s in states:
-            if int(s["num_files"]) != len(self.all_files):
-                raise ValueError(
-                    f"CriteoDataset state of rank {s['rank']} was saved with "
-                    f"num_files={s['num_files']} but this dataset has {len(self.all_files)}"
-                )
-        epoch = max(s["epoch"] for s in saved)
-        # A rank still in an earlier epoch has read nothing of this one yet.
-        saved = [
-            s if s["epoch"] == epoch else self._epoch_start(epoch, 0) | {"rank": s["rank"]}
-            for s in saved
-        ]
-        works = [self._work(s, r, old_world) for r, s in enumerate(saved)]
-        state = self._epoch_start(epoch, sum(s["malformed"] for s in saved) if rank == 0 else 0)
-        if works[0][1]:
-            # The saved ranks split the rows of one scan: go on from the earliest
-            # position; the records between it and each rank's own were read by
-            # those ranks with index % old_world == rank.
-            first = min(saved, key=lambda s: s["record"])
-            records = [s["record"] for s in saved]
-            state.update(
-                work=[[i, p] for i, p in works[0][0]],
-                split_rows=True,
-                consumed=[
-                    *(c for c in first["consumed"] if max(c[1]) > first["record"]),
-                    [old_world, records],
-                ],
-                file=first["file"],
-                position=first["position"],
-                record=first["record"],
-            )
-        else:
-            left = sorted(
-                (
-                    (i, s["position"] if k == s["file"] and s["position"] else start)
-                    for (work, _), s in zip(works, saved, strict=True)
-                    for k, (i, start) in enumerate(work)
-                    if k >= s["file"]
-                ),
-                key=lambda item: item[0],
-            )
-            split_rows = len(left) < world_size
-            mine = left if split_rows else left[rank::world_size]
-            state.update(work=[[i, p] for i, p in mine], split_rows=split_rows)
+        state = reshard(states, len(self.all_files), rank, world_size)
         self.close()
         self._state = state
-
-    def _work(
-        self, state: dict[str, Any], rank: int, world_size: int
-    ) -> tuple[list[tuple[int, dict[str, int]]], bool]:
-        """The files of ``rank``'s epoch in ``state`` (indices in all_files, each with its
-        start position) and whether their rows are split over the ranks."""
-        if state["work"] is None:
-            files, split_rows = split_files(range(len(self.all_files)), rank, world_size)
-            return [(i, {}) for i in files], split_rows
-        return [(int(i), dict(p)) for i, p in state["work"]], state["split_rows"]
 
     # -- iteration -----------------------------------------------------------------
     def _parse(self, records: list[Record]) -> tuple[ParsedRows, int]:
@@ -248,18 +164,11 @@ class CriteoDataset:
         )
         return rows, len(records) - len(labels)
 
-    def _keep(self, index: np.ndarray, consumed: list[list[Any]]) -> np.ndarray:
-        """Which records (by index in the epoch's scan) are this rank's under a row split:
-        every world_size-th, less those a saved rank read before a resize."""
-        keep = index % self.world_size == self.rank
-        for world, records in consumed:
-            keep &= index >= np.asarray(records, dtype=np.int64)[index % world]
-        return keep
-
     def _scan(self, start: dict[str, Any]) -> Iterator[_Scanned]:
         """This rank's records from ``start``: raw records one by one, parsed ones in
         blocks, then the end."""
-        work, split_rows = self._work(start, self.rank, self.world_size)
+        work, split_rows = epoch_work(start, len(self.all_files), self.rank, self.world_size)
+        consumed = start["consumed"]
         record = start["record"]
         for k in range(start["file"], len(work)):
             file_index, first = work[k]
@@ -270,14 +179,19 @@ class CriteoDataset:
                     index = record + np.arange(len(item), dtype=np.int64)
                     record += len(item)
                     if split_rows:
-                        keep = self._keep(index, start["consumed"])
+                        keep = keep_rows(index, self.rank, self.world_size, consumed)
                         rows = tuple(a[keep] for a in item.rows)
                         item = ParsedBlock(rows, item.keys, item.positions[keep])  # type: ignore[arg-type]
                         index = index[keep]
                     yield _Scanned(k, record, index + 1, block=item)
                 else:
                     record += 1
-                    if not split_rows or self._keep(np.array([record - 1]), start["consumed"])[0]:
+                    if (
+                        not split_rows
+                        or keep_rows(np.array([record - 1]), self.rank, self.world_size, consumed)[
+                            0
+                        ]
+                    ):
                         yield _Scanned(k, record, raw=item)
         yield _Scanned(len(work), record)
 
@@ -359,37 +273,13 @@ class CriteoDataset:
             self._state = state
             if batch is not None:
                 yield batch
-        self._state = self._epoch_start(self._state["epoch"] + 1, self._state["malformed"])
+        self._state = epoch_start(self._state["epoch"] + 1, self._state["malformed"])
 
     def close(self) -> None:
         """Stops a running iteration (and its prefetch thread); the position is kept."""
         if self._active is not None:
             self._active.close()  # type: ignore[attr-defined]
             self._active = None
-
-
-def _rank(state: dict[str, Any]) -> int:
-    return state["rank"]
-
-
-def _read_state(state: dict[str, Any]) -> dict[str, Any]:
-    """The position fields of a saved state, as plain ints (states saved before the
-    resharding fields existed read as the usual split)."""
-    work = state.get("work")
-    return {
-        "epoch": int(state["epoch"]),
-        "work": None if work is None else [[int(i), _ints(p)] for i, p in work],
-        "split_rows": bool(state.get("split_rows", False)),
-        "consumed": [[int(w), [int(r) for r in rs]] for w, rs in state.get("consumed", [])],
-        "file": int(state["file"]),
-        "position": _ints(state["position"]),
-        "record": int(state["record"]),
-        "malformed": int(state["malformed"]),
-    }
-
-
-def _ints(position: dict[str, Any]) -> dict[str, int]:
-    return {k: int(v) for k, v in dict(position).items()}
 
 
 @dataclass

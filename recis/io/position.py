@@ -1,0 +1,148 @@
+"""A :class:`~recis.io.CriteoDataset` read position: where a rank is in its epoch, and
+how the positions of every saved rank become new ones on another number of ranks.
+
+A position is a dict of plain ints and lists (it goes into checkpoints as JSON):
+``epoch``; ``work``, None for the epoch's usual split (:func:`recis.io.split.split_files`)
+or, after a change of world size, the files left to this rank as ``[[index in all
+files, start position], ...]`` with ``split_rows`` and ``consumed`` (see
+:func:`reshard`); ``file``, the work item being read and ``position``, the reader's
+resume point in it; ``record``, the records scanned this epoch (the row split's
+index); ``malformed``, the records skipped so far.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from recis.io.split import split_files
+
+Position = dict[str, Any]
+
+
+def epoch_start(epoch: int, malformed: int) -> Position:
+    """The position at the start of ``epoch``, split the usual way."""
+    return {
+        "epoch": epoch,
+        "work": None,
+        "split_rows": False,
+        "consumed": [],
+        "file": 0,
+        "position": {},
+        "record": 0,
+        "malformed": malformed,
+    }
+
+
+def read_position(state: dict[str, Any]) -> Position:
+    """The position fields of a saved state, as plain ints (states saved before the
+    resharding fields existed read as the usual split)."""
+    work = state.get("work")
+    return {
+        "epoch": int(state["epoch"]),
+        "work": None if work is None else [[int(i), _ints(p)] for i, p in work],
+        "split_rows": bool(state.get("split_rows", False)),
+        "consumed": [[int(w), [int(r) for r in rs]] for w, rs in state.get("consumed", [])],
+        "file": int(state["file"]),
+        "position": _ints(state["position"]),
+        "record": int(state["record"]),
+        "malformed": int(state["malformed"]),
+    }
+
+
+def epoch_work(
+    position: Position, num_files: int, rank: int, world_size: int
+) -> tuple[list[tuple[int, dict[str, int]]], bool]:
+    """The files of ``rank``'s epoch at ``position`` (indices among all files, each
+    with its start position) and whether their rows are split over the ranks."""
+    if position["work"] is None:
+        files, split_rows = split_files(range(num_files), rank, world_size)
+        return [(i, {}) for i in files], split_rows
+    return [(int(i), dict(p)) for i, p in position["work"]], position["split_rows"]
+
+
+def keep_rows(
+    index: np.ndarray, rank: int, world_size: int, consumed: list[list[Any]]
+) -> np.ndarray:
+    """Which records (by index in the epoch's scan) are ``rank``'s under a row split:
+    every ``world_size``-th, less those a saved rank read before a resize."""
+    keep = index % world_size == rank
+    for world, records in consumed:
+        keep &= index >= np.asarray(records, dtype=np.int64)[index % world]
+    return keep
+
+
+def reshard(
+    states: Sequence[dict[str, Any]], num_files: int, rank: int, world_size: int
+) -> Position:
+    """``rank``'s position on ``world_size`` ranks from the state of every saved rank,
+    so that each record the saved ranks had not read of their epoch is read once.
+
+    The files the saved ranks had not finished are dealt out whole (each from where its
+    rank stopped) when there are at least ``world_size`` of them, else every rank scans
+    them and keeps every ``world_size``-th record. When the saved ranks split rows, the
+    new ranks scan on from the earliest of their positions and skip the records a
+    saved rank had read (``consumed``: record ``i`` is skipped when ``i <
+    records[i % world]`` for a saved ``[world, records]``). A rank still in an earlier
+    epoch has read nothing of the latest one.
+    """
+    saved = sorted((read_position(s) | {"rank": int(s["rank"])} for s in states), key=_rank)
+    old_world = int(states[0]["world_size"]) if states else 0
+    if [s["rank"] for s in saved] != list(range(old_world)) or any(
+        int(s["world_size"]) != old_world for s in states
+    ):
+        raise ValueError(
+            "CriteoDataset: resharding a read position needs the state of every saved "
+            f"rank, got ranks {[s['rank'] for s in saved]} of world_size {old_world}"
+        )
+    for s in states:
+        if int(s["num_files"]) != num_files:
+            raise ValueError(
+                f"CriteoDataset state of rank {s['rank']} was saved with "
+                f"num_files={s['num_files']} but this dataset has {num_files}"
+            )
+    epoch = max(s["epoch"] for s in saved)
+    saved = [
+        s if s["epoch"] == epoch else epoch_start(epoch, 0) | {"rank": s["rank"]} for s in saved
+    ]
+    works = [epoch_work(s, num_files, r, old_world) for r, s in enumerate(saved)]
+    position = epoch_start(epoch, sum(s["malformed"] for s in saved) if rank == 0 else 0)
+    if works[0][1]:
+        # The saved ranks split the rows of one scan: go on from the earliest position;
+        # the records between it and each rank's own were read by that rank.
+        first = min(saved, key=lambda s: s["record"])
+        position.update(
+            work=[[i, p] for i, p in works[0][0]],
+            split_rows=True,
+            consumed=[
+                *(c for c in first["consumed"] if max(c[1]) > first["record"]),
+                [old_world, [s["record"] for s in saved]],
+            ],
+            file=first["file"],
+            position=first["position"],
+            record=first["record"],
+        )
+    else:
+        left = sorted(
+            (
+                (i, s["position"] if k == s["file"] and s["position"] else start)
+                for (work, _), s in zip(works, saved, strict=True)
+                for k, (i, start) in enumerate(work)
+                if k >= s["file"]
+            ),
+            key=lambda item: item[0],
+        )
+        split_rows = len(left) < world_size
+        mine = left if split_rows else left[rank::world_size]
+        position.update(work=[[i, p] for i, p in mine], split_rows=split_rows)
+    return position
+
+
+def _rank(state: dict[str, Any]) -> int:
+    return state["rank"]
+
+
+def _ints(position: dict[str, Any]) -> dict[str, int]:
+    return {k: int(v) for k, v in dict(position).items()}
