@@ -185,13 +185,9 @@ class CriteoDataset:
                         index = index[keep]
                     yield _Scanned(k, record, index + 1, block=item)
                 else:
+                    index = np.array([record])
                     record += 1
-                    if (
-                        not split_rows
-                        or keep_rows(np.array([record - 1]), self.rank, self.world_size, consumed)[
-                            0
-                        ]
-                    ):
+                    if not split_rows or keep_rows(index, self.rank, self.world_size, consumed)[0]:
                         yield _Scanned(k, record, raw=item)
         yield _Scanned(len(work), record)
 

@@ -157,7 +157,6 @@ def _parse_text(
         while pos < cut:
             text = torch.frombuffer(buf, dtype=torch.uint8, offset=pos, count=cut - pos)
             parsed = parse_criteo_lines(text, delimiter, parser.table_sizes, parser.missing)
-            del text  # buf is resized below
             used, lines = parsed.stop.tolist()
             if parsed.labels.numel():
                 ends = parsed.ends.numpy() + np.array([offset + pos, line_no])
