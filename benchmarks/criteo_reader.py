@@ -14,6 +14,12 @@ Reports rows/s (best of the repeats), the ratio, and the text's bytes/s as a fra
 the rate at which this process reads the same file from the page cache (``read``
 of 4 MiB blocks, best of the repeats): the limit a parser could reach.
 
+Then rank 0's share of each one-file dataset on ``--world_sizes`` ranks (``rank=0,
+world_size=W`` in this process, best of the repeats): the seconds it takes against
+one rank reading the whole file, whose ideal is ``1/W``. TSV and Parquet are cut
+between the ranks; a ``.gz`` file cannot be, so each rank scans all of it and keeps
+every W-th record (how every format was split before 2026-12-06).
+
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/criteo_reader.py
 """
 
@@ -97,6 +103,17 @@ def _python_batch(parser: RecordParser, fields: list[list[object]]) -> int:
     return int(rows_to_batch(*rows)["label"].numel())
 
 
+def share_seconds(path: str, world_size: int, batch_size: int, repeats: int) -> tuple[int, float]:
+    """Rows of rank 0's share of ``path`` on ``world_size`` ranks, best seconds to read it."""
+    best, rows = float("inf"), 0
+    for _ in range(repeats):
+        ds = CriteoDataset(path, batch_size, SIZES, rank=0, world_size=world_size, prefetch=0)
+        start = time.perf_counter()
+        rows = sum(int(b["label"].numel()) for b in ds)
+        best = min(best, time.perf_counter() - start)
+    return rows, best
+
+
 def read_rate(path: str) -> float:
     """Bytes/s of reading the (uncompressed) file from the page cache."""
     start = time.perf_counter()
@@ -111,7 +128,9 @@ def main() -> None:
     p.add_argument("--rows", type=int, default=200_000)
     p.add_argument("--batch_size", type=int, default=4096)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--world_sizes", default="2,4,8", help="rank shares to time")
     args = p.parse_args()
+    world_sizes = [int(w) for w in args.world_sizes.split(",") if w]
     with tempfile.TemporaryDirectory() as folder:
         paths = write_files(folder, random_rows(args.rows, seed=0))
         text_bytes = os.path.getsize(paths["tsv"])
@@ -138,6 +157,22 @@ def main() -> None:
             }
             results.append(rec)
             print(json.dumps(rec), flush=True)
+        shares = []
+        for fmt, path in paths.items():
+            _, whole = share_seconds(path, 1, args.batch_size, args.repeats)
+            for w in world_sizes:
+                rows, seconds = share_seconds(path, w, args.batch_size, args.repeats)
+                rec = {
+                    "bench": "criteo_reader_share",
+                    "format": fmt,
+                    "world_size": w,
+                    "rank0_rows": rows,
+                    "rank0_s": round(seconds, 3),
+                    "whole_file_s": round(whole, 3),
+                    "of_whole": round(seconds / whole, 3),
+                }
+                shares.append(rec)
+                print(json.dumps(rec), flush=True)
     print(f"\npage-cache read of the TSV: {limit / 1e6:.0f} MB/s ({text_bytes / 1e6:.1f} MB)\n")
     print("| format | recis rows/s | python rows/s | x python | text MB/s | of page-cache read |")
     print("|---|---|---|---|---|---|")
@@ -145,6 +180,15 @@ def main() -> None:
         print(
             f"| {r['format']} | {r['recis_rows_per_s']:,} | {r['python_rows_per_s']:,} | "
             f"{r['x_python']} | {r['text_MB_per_s']} | {r['of_page_cache_read']:.1%} |"
+        )
+    print(
+        "\n| format | ranks | rank 0 rows | rank 0 s | one rank, whole file s | of whole | ideal |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for r in shares:
+        print(
+            f"| {r['format']} | {r['world_size']} | {r['rank0_rows']:,} | {r['rank0_s']} | "
+            f"{r['whole_file_s']} | {r['of_whole']} | {1 / r['world_size']:.3f} |"
         )
 
 

@@ -18,7 +18,7 @@ from recis.io.criteo import (
 )
 from recis.io.dataset import CriteoDataset
 from recis.io.prefetch import Prefetcher, prefetch
-from recis.io.split import expand_paths, resolve_rank, split_files
+from recis.io.split import Span, balance_spans, expand_paths, resolve_rank, split_files
 from recis.io.synthetic import SyntheticCriteoDataset
 
 __all__ = [
@@ -31,7 +31,9 @@ __all__ = [
     "CriteoDataset",
     "Prefetcher",
     "RecordParser",
+    "Span",
     "SyntheticCriteoDataset",
+    "balance_spans",
     "default_table_sizes",
     "dense_transform",
     "expand_paths",

@@ -12,10 +12,17 @@ import numpy as np
 
 from recis.io.batch import Batch, rows_to_batch
 from recis.io.criteo import NUM_DENSE, NUM_SPARSE, ParsedRows, RecordParser, resolve_table_sizes
-from recis.io.position import epoch_start, epoch_work, keep_rows, read_position, reshard
+from recis.io.position import (
+    WorkItem,
+    epoch_start,
+    epoch_work,
+    keep_rows,
+    read_position,
+    reshard,
+)
 from recis.io.prefetch import prefetch
-from recis.io.readers import FORMATS, ParsedBlock, Record, open_reader
-from recis.io.split import expand_paths, resolve_rank, split_files
+from recis.io.readers import FORMATS, ParsedBlock, Record, measure, open_reader
+from recis.io.split import balance_spans, expand_paths, resolve_rank
 
 
 class CriteoDataset:
@@ -28,9 +35,13 @@ class CriteoDataset:
     values become model inputs (missing categoricals are empty bags unless
     ``missing_id``).
 
-    Each rank reads whole files when there are at least ``world_size`` of them,
-    else rows ``i % world_size == rank`` (see :func:`recis.io.split.split_files`).
-    ``rank``/``world_size`` default to the initialised process group.
+    Each rank reads an equal share of the bytes: plain text and Parquet files are laid
+    end to end and cut where the ranks' shares meet (at a line, at a row), so one big
+    file or files of any sizes keep every rank equally busy and no record unread at
+    the epoch's end (see :func:`recis.io.split.balance_spans`). Files that can only be
+    read whole (``.gz``) are dealt out whole, or, when there are fewer than
+    ``world_size`` of them, every rank scans them and keeps rows ``i % world_size ==
+    rank``. ``rank``/``world_size`` default to the initialised process group.
 
     Iterating yields batches ``{"dense": [B, 13], "sparse": KJT C1..C26, "label": [B]}``
     from the current read position to the end of this rank's data; the last batch
@@ -79,7 +90,6 @@ class CriteoDataset:
         self._parser = RecordParser(self.table_sizes, missing_id)
         self.rank, self.world_size = resolve_rank(rank, world_size)
         self.all_files = expand_paths(paths)
-        self.files = split_files(self.all_files, self.rank, self.world_size)[0]
         self._state = epoch_start(0, 0)
         self._active: Iterator[Batch] | None = None
 
@@ -135,11 +145,19 @@ class CriteoDataset:
                 f"CriteoDataset is rank {self.rank} of {self.world_size}, "
                 f"asked to load as rank {rank} of {world_size}"
             )
-        state = reshard(states, len(self.all_files), rank, world_size)
+        state = reshard(states, len(self.all_files), rank, world_size, self._deal)
         self.close()
         self._state = state
 
     # -- iteration -----------------------------------------------------------------
+    def _deal(
+        self, items: list[WorkItem], rank: int, world_size: int
+    ) -> tuple[list[WorkItem], bool]:
+        """``rank``'s share of the work ``items`` (see :func:`recis.io.split.balance_spans`)."""
+        spans = [measure(self.all_files[i], self.format, i, start, end) for i, start, end in items]
+        mine, split_rows = balance_spans(spans, rank, world_size)
+        return [[s.file, s.start, s.end] for s in mine], split_rows
+
     def _parse(self, records: list[Record]) -> tuple[ParsedRows, int]:
         """Parses records, vectorised when they are well-formed, else one by one;
         returns the rows and how many records were malformed (and skipped)."""
@@ -165,16 +183,17 @@ class CriteoDataset:
         return rows, len(records) - len(labels)
 
     def _scan(self, start: dict[str, Any]) -> Iterator[_Scanned]:
-        """This rank's records from ``start``: raw records one by one, parsed ones in
-        blocks, then the end."""
-        work, split_rows = epoch_work(start, len(self.all_files), self.rank, self.world_size)
+        """This rank's records from ``start`` (its work dealt out already): raw records
+        one by one, parsed ones in blocks, then the end."""
+        work, split_rows = start["work"], start["split_rows"]
         consumed = start["consumed"]
         record = start["record"]
         for k in range(start["file"], len(work)):
-            file_index, first = work[k]
+            file_index, first, end = work[k]
             position = start["position"] if k == start["file"] and start["position"] else first
             path = self.all_files[file_index]
-            for item in open_reader(path, self.format, position or None, self._parser):
+            reader = open_reader(path, self.format, position or None, self._parser, end)
+            for item in reader:
                 if isinstance(item, ParsedBlock):
                     index = record + np.arange(len(item), dtype=np.int64)
                     record += len(item)
@@ -194,6 +213,11 @@ class CriteoDataset:
     def _produce(self, start: dict[str, Any]) -> Iterator[tuple[Batch | None, dict[str, Any]]]:
         """(batch, position after it) from ``start`` to the end of this rank's data,
         then ``(None, final state)``."""
+        if start["work"] is None:  # a new epoch: deal it out (reads the files' sizes)
+            work, split_rows = epoch_work(
+                start, len(self.all_files), self.rank, self.world_size, self._deal
+            )
+            start = {**start, "work": work, "split_rows": split_rows}
         epoch_fields = {k: start[k] for k in ("epoch", "work", "split_rows", "consumed")}
         malformed = start["malformed"]
 

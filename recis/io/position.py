@@ -2,17 +2,17 @@
 how the positions of every saved rank become new ones on another number of ranks.
 
 A position is a dict of plain ints and lists (it goes into checkpoints as JSON):
-``epoch``; ``work``, None for the epoch's usual split (:func:`recis.io.split.split_files`)
-or, after a change of world size, the files left to this rank as ``[[index in all
-files, start position], ...]`` with ``split_rows`` and ``consumed`` (see
-:func:`reshard`); ``file``, the work item being read and ``position``, the reader's
-resume point in it; ``record``, the records scanned this epoch (the row split's
-index); ``malformed``, the records skipped so far.
+``epoch``; ``work``, the parts of files this rank reads this epoch as ``[[index in all
+files, start position, end], ...]`` (see :class:`recis.io.split.Span`; None at the
+start of an epoch, before the epoch is dealt out), with ``split_rows`` and
+``consumed`` (see :func:`reshard`); ``file``, the work item being read and
+``position``, the reader's resume point in it; ``record``, the records scanned this
+epoch (the row split's index); ``malformed``, the records skipped so far.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -20,6 +20,10 @@ import numpy as np
 from recis.io.split import split_files
 
 Position = dict[str, Any]
+WorkItem = list[Any]  # [index in all files, start position, end or None]
+Deal = Callable[[list[WorkItem], int, int], tuple[list[WorkItem], bool]]
+"""``deal(items, rank, world_size)``: ``rank``'s share of ``items`` and whether rows
+must be split too (:meth:`recis.io.CriteoDataset._deal`)."""
 
 
 def epoch_start(epoch: int, malformed: int) -> Position:
@@ -37,13 +41,22 @@ def epoch_start(epoch: int, malformed: int) -> Position:
 
 
 def read_position(state: dict[str, Any]) -> Position:
-    """The position fields of a saved state, as plain ints (states saved before the
-    resharding fields existed read as the usual split)."""
+    """The position fields of a saved state, as plain ints.
+
+    States saved before the work list was kept (recis before 2026-12-06) leave it out
+    mid-epoch: their epoch was split by whole files, which this re-derives.
+    """
     work = state.get("work")
+    split_rows = bool(state.get("split_rows", False))
+    if work is None and (int(state["file"]) or state["position"] or int(state["record"])):
+        files, split_rows = split_files(
+            range(int(state["num_files"])), int(state["rank"]), int(state["world_size"])
+        )
+        work = [[i, {}, None] for i in files]
     return {
         "epoch": int(state["epoch"]),
-        "work": None if work is None else [[int(i), _ints(p)] for i, p in work],
-        "split_rows": bool(state.get("split_rows", False)),
+        "work": None if work is None else [_work_item(w) for w in work],
+        "split_rows": split_rows,
         "consumed": [[int(w), [int(r) for r in rs]] for w, rs in state.get("consumed", [])],
         "file": int(state["file"]),
         "position": _ints(state["position"]),
@@ -53,14 +66,13 @@ def read_position(state: dict[str, Any]) -> Position:
 
 
 def epoch_work(
-    position: Position, num_files: int, rank: int, world_size: int
-) -> tuple[list[tuple[int, dict[str, int]]], bool]:
-    """The files of ``rank``'s epoch at ``position`` (indices among all files, each
-    with its start position) and whether their rows are split over the ranks."""
+    position: Position, num_files: int, rank: int, world_size: int, deal: Deal
+) -> tuple[list[WorkItem], bool]:
+    """The work items of ``rank``'s epoch at ``position`` and whether their rows are
+    split over the ranks: the position's own, else the epoch dealt out afresh."""
     if position["work"] is None:
-        files, split_rows = split_files(range(num_files), rank, world_size)
-        return [(i, {}) for i in files], split_rows
-    return [(int(i), dict(p)) for i, p in position["work"]], position["split_rows"]
+        return deal([[i, {}, None] for i in range(num_files)], rank, world_size)
+    return [list(w) for w in position["work"]], position["split_rows"]
 
 
 def keep_rows(
@@ -75,14 +87,15 @@ def keep_rows(
 
 
 def reshard(
-    states: Sequence[dict[str, Any]], num_files: int, rank: int, world_size: int
+    states: Sequence[dict[str, Any]], num_files: int, rank: int, world_size: int, deal: Deal
 ) -> Position:
     """``rank``'s position on ``world_size`` ranks from the state of every saved rank,
     so that each record the saved ranks had not read of their epoch is read once.
 
-    The files the saved ranks had not finished are dealt out whole (each from where its
-    rank stopped) when there are at least ``world_size`` of them, else every rank scans
-    them and keeps every ``world_size``-th record. When the saved ranks split rows, the
+    What the saved ranks had not read (each work item from where its rank stopped) is
+    dealt out again by ``deal``: shared by bytes, or as whole files when some can only
+    be read whole (then, with fewer of them than ranks, every rank scans them and keeps
+    every ``world_size``-th record). When the saved ranks split rows, the
     new ranks scan on from the earliest of their positions and skip the records a
     saved rank had read (``consumed``: record ``i`` is skipped when ``i <
     records[i % world]`` for a saved ``[world, records]``). A rank still in an earlier
@@ -107,14 +120,14 @@ def reshard(
     saved = [
         s if s["epoch"] == epoch else epoch_start(epoch, 0) | {"rank": s["rank"]} for s in saved
     ]
-    works = [epoch_work(s, num_files, r, old_world) for r, s in enumerate(saved)]
+    works = [epoch_work(s, num_files, r, old_world, deal) for r, s in enumerate(saved)]
     position = epoch_start(epoch, sum(s["malformed"] for s in saved) if rank == 0 else 0)
     if works[0][1]:
         # The saved ranks split the rows of one scan: go on from the earliest position;
         # the records between it and each rank's own were read by that rank.
         first = min(saved, key=lambda s: s["record"])
         position.update(
-            work=[[i, p] for i, p in works[0][0]],
+            work=works[0][0],
             split_rows=True,
             consumed=[
                 *(c for c in first["consumed"] if max(c[1]) > first["record"]),
@@ -125,23 +138,29 @@ def reshard(
             record=first["record"],
         )
     else:
+        # In file order; the parts of one file stay in rank order (the sort is stable).
         left = sorted(
             (
-                (i, s["position"] if k == s["file"] and s["position"] else start)
+                [i, s["position"] if k == s["file"] and s["position"] else start, end]
                 for (work, _), s in zip(works, saved, strict=True)
-                for k, (i, start) in enumerate(work)
+                for k, (i, start, end) in enumerate(work)
                 if k >= s["file"]
             ),
             key=lambda item: item[0],
         )
-        split_rows = len(left) < world_size
-        mine = left if split_rows else left[rank::world_size]
-        position.update(work=[[i, p] for i, p in mine], split_rows=split_rows)
+        mine, split_rows = deal(left, rank, world_size)
+        position.update(work=mine, split_rows=split_rows)
     return position
 
 
 def _rank(state: dict[str, Any]) -> int:
     return state["rank"]
+
+
+def _work_item(item: Sequence[Any]) -> WorkItem:
+    # [index, start] items (states of 2026-12-05) read to the end of their file.
+    end = item[2] if len(item) > 2 else None
+    return [int(item[0]), _ints(item[1]), None if end is None else int(end)]
 
 
 def _ints(position: dict[str, Any]) -> dict[str, int]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING
@@ -21,6 +22,7 @@ from typing import IO, TYPE_CHECKING
 import numpy as np
 
 from recis.io.criteo import COLUMNS, ParsedRows, RecordParser
+from recis.io.split import Span
 
 if TYPE_CHECKING:
     import pyarrow.parquet as pq
@@ -89,69 +91,103 @@ def read_text(
     delimiter: str,
     position: dict[str, int] | None = None,
     parser: RecordParser | None = None,
+    end: int | None = None,
 ) -> Iterator[Record | ParsedBlock]:
     """Records of a delimited text file, Criteo TSV (no header) or CSV (optional header).
 
     A first line whose first field is ``label`` is a header: columns are then matched
     by name. Empty lines are ignored. Position: ``{"offset": byte, "line": n}`` of the
-    next line to read. With ``parser`` (and columns in the usual order) records come
-    parsed in :class:`ParsedBlock` s, except the lines the C++ parser leaves.
+    next line to read (``"line"`` absent where the line number is not known), or
+    ``{"from": byte}``: the first line that starts at or after that byte. ``end``: read
+    only the lines that start before that byte. With ``parser`` (and columns in the
+    usual order) records come parsed in :class:`ParsedBlock` s, except the lines the
+    C++ parser leaves.
     """
     with _open_binary(path) as f:
         order: list[int] | None = None
         first = f.readline()
-        line_no = 1
+        line_no: int | None = 1
         if first.decode("utf-8", "replace").split(delimiter)[0].strip() == "label":
             order = _column_order(first.decode("utf-8").rstrip("\r\n").split(delimiter), path)
             line_no = 2
         else:
             f.seek(0)
-        if position:
+        if position and "from" in position:
+            if position["from"] > f.tell():  # a cut inside the file: on to the next line
+                f.seek(position["from"] - 1)
+                f.readline()
+                line_no = None
+        elif position:
             f.seek(position["offset"])
-            line_no = position["line"]
+            line_no = position.get("line")
         offset = f.tell()
         if order == list(range(len(COLUMNS))):
             order = None
         if parser is None or order is not None:
             for line in iter(f.readline, b""):
+                if end is not None and offset >= end:
+                    return
                 offset += len(line)
-                line_no += 1
+                line_no = None if line_no is None else line_no + 1
                 record = _text_record(path, line, delimiter, order, offset, line_no)
                 if record is not None:
                     yield record
             return
-        yield from _parse_text(f, path, delimiter, parser, offset, line_no)
+        yield from _parse_text(f, path, delimiter, parser, offset, line_no, end)
 
 
 def _text_record(
-    path: str, line: bytes, delimiter: str, order: list[int] | None, end: int, next_line: int
+    path: str,
+    line: bytes,
+    delimiter: str,
+    order: list[int] | None,
+    end: int,
+    next_line: int | None,
 ) -> Record | None:
-    """The record of one line (ending at byte ``end``, followed by line ``next_line``),
-    or None for a blank line."""
+    """The record of one line (ending at byte ``end``, followed by line ``next_line``
+    when the line number is known), or None for a blank line."""
     text = line.decode("utf-8", "replace").rstrip("\r\n")
     if not text.strip():
         return None
     fields: list[object] = text.split(delimiter)  # type: ignore[assignment]
     if order is not None and len(fields) == len(order):
         fields = [fields[i] for i in order]
+    if next_line is None:
+        return f"{path}: line at byte {end - len(line)}", fields, {"offset": end}
     return f"{path}:{next_line - 1}", fields, {"offset": end, "line": next_line}
 
 
 def _parse_text(
-    f: IO[bytes], path: str, delimiter: str, parser: RecordParser, offset: int, line_no: int
+    f: IO[bytes],
+    path: str,
+    delimiter: str,
+    parser: RecordParser,
+    offset: int,
+    line_no: int | None,
+    end: int | None,
 ) -> Iterator[Record | ParsedBlock]:
     """Blocks of whole lines to the C++ parser; each line it leaves, as a record.
-    ``offset`` and ``line_no``: where ``f`` is, in bytes and in lines."""
+    ``offset`` and ``line_no``: where ``f`` is, in bytes and in lines (None: not
+    known); only lines that start before byte ``end`` are read."""
     import torch
 
     from recis.ops import parse_criteo_lines
 
+    keys = ("offset",) if line_no is None else ("offset", "line")
     buf = bytearray()
     while True:
         data = f.read(TEXT_BLOCK_BYTES)
         buf += data
-        cut = len(buf) if not data else buf.rfind(b"\n") + 1
-        if data and cut == 0:
+        last = not data
+        cut = len(buf) if last else buf.rfind(b"\n") + 1
+        if end is not None:
+            # The line holding byte end - 1 is the last one: its newline ends the read.
+            newline = buf.find(b"\n", max(end - offset - 1, 0))
+            if end <= offset:
+                cut, last = 0, True
+            elif newline >= 0:
+                cut, last = newline + 1, True
+        if not last and cut == 0:
             continue  # a line longer than the block: read on
         pos = 0
         while pos < cut:
@@ -159,66 +195,84 @@ def _parse_text(
             parsed = parse_criteo_lines(text, delimiter, parser.table_sizes, parser.missing)
             used, lines = parsed.stop.tolist()
             if parsed.labels.numel():
-                ends = parsed.ends.numpy() + np.array([offset + pos, line_no])
+                ends = parsed.ends.numpy()[:, : len(keys)] + np.array(
+                    [offset + pos, line_no or 0][: len(keys)]
+                )
                 rows = (parsed.labels.numpy(), parsed.dense.numpy(), parsed.ids.numpy())
-                yield ParsedBlock(rows, ("offset", "line"), ends)
+                yield ParsedBlock(rows, keys, ends)
             pos += used
-            line_no += lines
+            if line_no is not None:
+                line_no += lines
             if pos < cut:  # a line the C++ parser leaves to RecordParser
-                end = buf.find(b"\n", pos, cut)
-                end = cut if end < 0 else end + 1
-                line_no += 1
+                stop = buf.find(b"\n", pos, cut)
+                stop = cut if stop < 0 else stop + 1
+                if line_no is not None:
+                    line_no += 1
                 record = _text_record(
-                    path, bytes(buf[pos:end]), delimiter, None, offset + end, line_no
+                    path, bytes(buf[pos:stop]), delimiter, None, offset + stop, line_no
                 )
                 if record is not None:
                     yield record
-                pos = end
+                pos = stop
         buf = buf[cut:]
         offset += cut
-        if not data:
+        if last:
             return
 
 
 def read_parquet(
-    path: str, position: dict[str, int] | None = None, parser: RecordParser | None = None
+    path: str,
+    position: dict[str, int] | None = None,
+    parser: RecordParser | None = None,
+    end: int | None = None,
 ) -> Iterator[Record | ParsedBlock]:
     """Records of a Parquet file with the Criteo column names (any extra columns ignored).
 
     Dense columns may be numeric or strings, categorical ones hex strings or
-    integers; nulls are missing values. Position: ``{"row": n}`` rows already read.
-    With ``parser``, a row group comes parsed as one :class:`ParsedBlock` when
-    :meth:`RecordParser.parse_arrow` takes it, else record by record.
+    integers; nulls are missing values. Position: ``{"row": n}`` rows already read;
+    ``end``: the row to stop before. With ``parser``, a row group comes parsed as one
+    :class:`ParsedBlock` when :meth:`RecordParser.parse_arrow` takes it, else record by
+    record.
     """
     import pyarrow.parquet as pq
 
     with _open_binary(path) as f:
-        yield from _read_parquet_file(pq.ParquetFile(f), path, position, parser)
+        yield from _read_parquet_file(pq.ParquetFile(f), path, position, parser, end)
 
 
 def _read_parquet_file(
-    pf: pq.ParquetFile, path: str, position: dict[str, int] | None, parser: RecordParser | None
+    pf: pq.ParquetFile,
+    path: str,
+    position: dict[str, int] | None,
+    parser: RecordParser | None,
+    end: int | None,
 ) -> Iterator[Record | ParsedBlock]:
     names = pf.schema_arrow.names
     missing = [c for c in COLUMNS if c not in names]
     if missing:
         raise ValueError(f"{path}: Parquet file lacks column(s) {missing} (has {names})")
     start = position["row"] if position else 0
+    stop = pf.metadata.num_rows if end is None else end
     first_row = 0
     for g in range(pf.num_row_groups):
+        if first_row >= stop:
+            return
         n = pf.metadata.row_group(g).num_rows
         if first_row + n <= start:  # whole row group already read: skip without decoding
             first_row += n
             continue
         skip = max(0, start - first_row)
-        table = pf.read_row_group(g, columns=COLUMNS).slice(skip)
+        take = min(n, stop - first_row) - skip
+        if take <= 0:
+            return
+        table = pf.read_row_group(g, columns=COLUMNS).slice(skip, take)
         rows = parser.parse_arrow(table) if parser is not None else None
         if rows is not None:
-            after = np.arange(first_row + skip + 1, first_row + n + 1, dtype=np.int64)
+            after = np.arange(first_row + skip + 1, first_row + skip + take + 1, dtype=np.int64)
             yield ParsedBlock(rows, ("row",), after[:, None])
         else:
             columns = [table.column(c).to_pylist() for c in COLUMNS]
-            for i in range(n - skip):
+            for i in range(take):
                 row = first_row + skip + i
                 yield f"{path}: row {row + 1}", [col[i] for col in columns], {"row": row + 1}
         first_row += n
@@ -229,13 +283,47 @@ def open_reader(
     fmt: str,
     position: dict[str, int] | None = None,
     parser: RecordParser | None = None,
+    end: int | None = None,
 ) -> Iterator[Record | ParsedBlock]:
-    """The record reader of ``path`` in format ``fmt`` (see :data:`FORMATS`); with
-    ``parser``, records come parsed in blocks where they can."""
+    """The record reader of ``path`` in format ``fmt`` (see :data:`FORMATS`) from
+    ``position`` to ``end`` (see :func:`measure`); with ``parser``, records come parsed
+    in blocks where they can."""
+    fmt = _resolve_format(path, fmt)
+    if fmt == "parquet":
+        return read_parquet(path, position, parser, end)
+    return read_text(path, "\t" if fmt == "tsv" else ",", position, parser, end)
+
+
+def measure(path: str, fmt: str, file: int, start: dict[str, int], end: int | None) -> Span:
+    """The :class:`~recis.io.split.Span` of ``path`` from reader position ``start`` to
+    ``end``: in bytes for plain text, in rows for Parquet (its footer read for the row
+    count), whole for ``.gz`` (no I/O)."""
+    if path.lower().endswith(".gz"):
+        return Span(file, start, end)
+    if _resolve_format(path, fmt) == "parquet":
+        import pyarrow.parquet as pq
+
+        with _open_binary(path) as f:
+            rows = pq.ParquetFile(f).metadata.num_rows
+        lo = start.get("row", 0)
+        hi = rows if end is None else end
+        weight = 0 if hi <= lo else max(1, _file_size(path) * (hi - lo) // rows)
+        return Span(file, start, end, lo, hi, weight, "rows")
+    lo = start.get("offset", start.get("from", 0))
+    hi = _file_size(path) if end is None else end
+    return Span(file, start, end, lo, hi, max(hi - lo, 0), "bytes")
+
+
+def _resolve_format(path: str, fmt: str) -> str:
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; expected one of {FORMATS}")
-    if fmt == "auto":
-        fmt = detect_format(path)
-    if fmt == "parquet":
-        return read_parquet(path, position, parser)
-    return read_text(path, "\t" if fmt == "tsv" else ",", position, parser)
+    return detect_format(path) if fmt == "auto" else fmt
+
+
+def _file_size(path: str) -> int:
+    if "://" in path:
+        import fsspec
+
+        fs, p = fsspec.core.url_to_fs(path)
+        return int(fs.size(p))
+    return os.path.getsize(path)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import glob
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TypeVar
 
@@ -107,3 +108,64 @@ def split_files(files: Sequence[T], rank: int, world_size: int) -> tuple[list[T]
     if len(files) >= world_size:
         return list(files[rank::world_size]), False
     return list(files), True
+
+
+@dataclass(frozen=True)
+class Span:
+    """A part of one data file to read: from reader position ``start`` (``{}``: the
+    file's beginning) to ``end`` (``None``: the file's end).
+
+    ``lo``/``hi`` are where it starts and ends in the file's own ``unit``: ``"bytes"`` for
+    plain text (a line belongs to the span its first byte lies in), ``"rows"`` for
+    Parquet, ``""`` for a file that can only be read whole (``.gz``). ``weight`` is the
+    bytes it covers (estimated for Parquet rows), what :func:`balance_spans` shares out.
+    """
+
+    file: int
+    start: dict[str, int]
+    end: int | None
+    lo: int = 0
+    hi: int = 0
+    weight: int = 0
+    unit: str = ""
+
+    def part(self, a: int, b: int) -> Span | None:
+        """The part between ``a`` and ``b`` bytes into the span (``0 <= a < b <=
+        weight``), or None when it holds no row. A cut at ``x`` bytes falls at unit
+        ``lo + (hi - lo) * x / weight`` rounded to the nearest, the same for the parts
+        on both sides of it, so they meet exactly."""
+        if a == 0 and b == self.weight:
+            return self
+        lo, hi = self._unit_at(a), self._unit_at(b)
+        if hi <= lo:
+            return None
+        start = self.start if a == 0 else ({"from": lo} if self.unit == "bytes" else {"row": lo})
+        end = self.end if b == self.weight else hi
+        return replace(self, start=start, end=end, lo=lo, hi=hi, weight=b - a)
+
+    def _unit_at(self, x: int) -> int:
+        return self.lo + ((self.hi - self.lo) * x + self.weight // 2) // self.weight
+
+
+def balance_spans(spans: Sequence[Span], rank: int, world_size: int) -> tuple[list[Span], bool]:
+    """This rank's part of ``spans`` and whether rows must be split too.
+
+    When every span can be cut (plain text, Parquet), the spans are laid end to end
+    and rank r takes bytes ``[r * T // W, (r + 1) * T // W)`` of their ``T``, cutting
+    spans where the shares meet: every rank reads about the same amount, whatever the
+    number and sizes of the files. With any span that can only be read whole (``.gz``),
+    the spans are dealt as files by :func:`split_files`.
+    """
+    total = sum(s.weight for s in spans)
+    if total == 0 or any(not s.unit for s in spans):
+        return split_files(spans, rank, world_size)
+    lo, hi = rank * total // world_size, (rank + 1) * total // world_size
+    mine: list[Span] = []
+    at = 0
+    for s in spans:
+        a, b = max(lo - at, 0), min(hi - at, s.weight)
+        part = s.part(a, b) if a < b else None
+        if part is not None:
+            mine.append(part)
+        at += s.weight
+    return mine, False

@@ -352,7 +352,11 @@ def test_fsspec_urls_read_and_resume_like_local_files(tmp_path):
         local = list(CriteoDataset(tmp_path, 7, SIZES, prefetch=0))
         assert_rows_equal(batches_to_rows(local), expected_rows(rows))
         remote = CriteoDataset(url, 7, SIZES, prefetch=2)
-        assert [f.rsplit("/", 1)[-1] for f in remote.files] == ["a.tsv.gz", "b.parquet", "c.tsv"]
+        assert [f.rsplit("/", 1)[-1] for f in remote.all_files] == [
+            "a.tsv.gz",
+            "b.parquet",
+            "c.tsv",
+        ]
         assert all(batch_equal(a, b) for a, b in zip(remote, local, strict=True))
         for stop in (2, 5):  # inside the .gz file, inside the Parquet file
             ds = CriteoDataset(url, 7, SIZES)
@@ -371,6 +375,158 @@ def test_fsspec_urls_read_and_resume_like_local_files(tmp_path):
             list(CriteoDataset(f"{url}/c.tsv", 7, SIZES))
     finally:
         fs.rm(root, recursive=True)
+
+
+# -- ranks share the bytes -------------------------------------------------------------
+def rank_batches(paths, world_size, batch_size=5, **kwargs):
+    """Each rank's batches of ``paths``, read in this process."""
+    return [
+        list(CriteoDataset(paths, batch_size, SIZES, rank=r, world_size=world_size, **kwargs))
+        for r in range(world_size)
+    ]
+
+
+def quirky_text(rows, header=False, delimiter="\t"):
+    """``rows`` as text with blank lines, CR line ends and some lines only RecordParser
+    takes (so the C++ and Python paths alternate)."""
+    lines = [delimiter.join(r) for r in rows]
+    for i in range(0, len(rows), 5):
+        quirky = list(rows[i])
+        quirky[0] = " " + quirky[0]  # float(" 1") accepts it
+        lines[i] = delimiter.join(quirky) + "\r"
+    lines[len(lines) // 2 : len(lines) // 2] = ["", "  "]
+    return (delimiter.join(COLUMNS) + "\n" if header else "") + "\n".join(lines)
+
+
+@pytest.mark.parametrize("block_bytes", [100, 1 << 22])
+@pytest.mark.parametrize("fmt", ["tsv", "csv"])
+def test_ranks_cut_one_text_file_at_lines_in_order(tmp_path, monkeypatch, fmt, block_bytes):
+    monkeypatch.setattr(readers, "TEXT_BLOCK_BYTES", block_bytes)
+    rows = random_rows(60, seed=9)
+    path = tmp_path / f"one.{fmt}"
+    path.write_text(quirky_text(rows, header=fmt == "csv", delimiter="," if fmt == "csv" else "\t"))
+    for world_size in (2, 3, 7, 16):
+        per_rank = rank_batches(path, world_size, prefetch=0)
+        # Ranks in order read the file in order: each line once, at a line boundary.
+        got = [row for batches in per_rank for row in batches_to_rows(batches)]
+        assert_rows_equal(got, expected_rows(rows))
+        counts = [sum(b["label"].numel() for b in batches) for batches in per_rank]
+        assert max(counts) - min(counts) <= 2, counts  # lines differ in length a little
+
+
+def read_c1(path, fmt, position, end, parser):
+    """The C1 (row index) of every record a reader yields from ``position`` to ``end``."""
+    out = []
+    for item in readers.open_reader(str(path), fmt, position, parser, end):
+        if isinstance(item, readers.ParsedBlock):
+            out += item.rows[2][:, 0].tolist()
+        else:
+            out.append(int(item[1][14], 16))
+    return out
+
+
+@pytest.mark.parametrize(
+    ("parsed", "block_bytes"),
+    [(True, 1 << 22), (True, 64), (False, 1 << 22)],
+    ids=["blocks", "short-blocks", "records"],
+)
+@pytest.mark.parametrize("fmt", ["tsv", "csv"])
+def test_a_cut_at_any_byte_gives_each_line_to_one_side(
+    tmp_path, monkeypatch, fmt, parsed, block_bytes
+):
+    monkeypatch.setattr(readers, "TEXT_BLOCK_BYTES", block_bytes)
+    rows = random_rows(6, seed=12)
+    path = tmp_path / f"few.{fmt}"
+    path.write_text(quirky_text(rows, header=fmt == "csv", delimiter="," if fmt == "csv" else "\t"))
+    parser = RecordParser(SIZES) if parsed else None
+    size = path.stat().st_size
+    for cut in range(1, size):
+        before = read_c1(path, fmt, None, cut, parser)
+        after = read_c1(path, fmt, {"from": cut}, None, parser)
+        assert before + after == list(range(6)), cut
+
+
+def test_ranks_cut_a_parquet_file_at_rows(tmp_path):
+    rows = random_rows(40, seed=10)
+    write_parquet(tmp_path / "one.parquet", rows, row_group_size=7)
+    for world_size in (2, 3, 40, 41):
+        per_rank = rank_batches(tmp_path / "one.parquet", world_size, prefetch=0)
+        got = [row for batches in per_rank for row in batches_to_rows(batches)]
+        assert_rows_equal(got, expected_rows(rows))
+        counts = [sum(b["label"].numel() for b in batches) for batches in per_rank]
+        assert max(counts) - min(counts) <= 1, counts
+
+
+def test_files_of_uneven_sizes_give_every_rank_as_much(tmp_path):
+    # Dealt as files, rank 0 would read 43 rows and rank 1 three: the epoch (which ends
+    # when any rank runs out) would leave 40 unread.
+    paths, n = write_parts(tmp_path, [40, 2, 3, 1])
+    per_rank = rank_batches(paths, 2)
+    assert sorted(c1 for batches in per_rank for b in batches for c1 in c1_rows(b)) == list(
+        range(n)
+    )
+    counts = [sum(b["label"].numel() for b in batches) for batches in per_rank]
+    assert abs(counts[0] - counts[1]) <= 2, counts
+
+
+def test_a_rank_resumes_exactly_inside_its_part_and_names_lines_by_byte(tmp_path):
+    rows = random_rows(90, seed=11)
+    path = tmp_path / "one.tsv"
+    write_tsv(path, rows)
+    full = rank_batches(path, 3)[1]
+    for stop in (1, 3, len(full) - 1):
+        ds = CriteoDataset(path, 5, SIZES, rank=1, world_size=3)
+        it = iter(ds)
+        for _ in range(stop):
+            next(it)
+        state = ds.state_dict()
+        ds.close()
+        resumed = CriteoDataset(path, 5, SIZES, rank=1, world_size=3)
+        resumed.load_state_dict(state)
+        rest = list(resumed)
+        assert len(rest) == len(full) - stop
+        assert all(batch_equal(a, b) for a, b in zip(rest, full[stop:], strict=True))
+    # A rank that starts inside a file does not know its line numbers: it names the
+    # malformed line by the byte it starts at.
+    lines = path.read_bytes().split(b"\n")
+    bad = 50
+    lines[bad] = b"zz" + lines[bad]
+    path.write_bytes(b"\n".join(lines))
+    at = sum(len(line) + 1 for line in lines[:bad])
+    with pytest.raises(ValueError, match=rf"one\.tsv: line at byte {at}: malformed"):
+        list(CriteoDataset(path, 5, SIZES, rank=1, world_size=3))
+
+
+def test_a_position_saved_before_work_lists_resumes_as_its_file_split(tmp_path):
+    # recis before 2026-12-06 split 4 files over 2 ranks as files 0, 2 and 1, 3 and saved
+    # no work list; each rank here stopped after the second line of its second file.
+    paths, n = write_parts(tmp_path, [4, 5, 6, 7])
+    first = [0, 4, 9, 15]  # the C1 of each file's first row
+    states = []
+    for rank, file in ((0, 2), (1, 3)):
+        second_line = len(Path(paths[file]).read_text().splitlines(keepends=True)[0])
+        states.append(
+            {
+                "rank": rank,
+                "world_size": 2,
+                "num_files": 4,
+                "batch_size": 5,
+                "epoch": 0,
+                "file": 1,
+                "position": {"offset": second_line, "line": 2},
+                "record": 0,
+                "malformed": 0,
+            }
+        )
+    ds = CriteoDataset(paths, 5, SIZES, rank=0, world_size=2)
+    ds.load_state_dict(states[0])
+    assert [c for b in ds for c in c1_rows(b)] == list(range(first[2] + 1, first[3]))
+    ds = CriteoDataset(paths, 5, SIZES, rank=0, world_size=1)
+    ds.load_resharded_state_dict(states, 0, 1)
+    assert sorted(c for b in ds for c in c1_rows(b)) == [
+        *range(first[2] + 1, first[3]),
+        *range(first[3] + 1, n),
+    ]
 
 
 # -- a read position resumed on another number of ranks --------------------------------
@@ -398,11 +554,13 @@ def read_through_resizes(paths, plan, batch_size=5):
     return rows, states
 
 
-def write_parts(tmp_path, sizes):
+def write_parts(tmp_path, sizes, compress=False):
+    """Files of ``sizes`` rows, numbered through in C1: plain TSV (shared out by bytes)
+    or ``.gz`` (dealt out whole)."""
     paths, start = [], 0
     for k, n in enumerate(sizes):
-        paths.append(str(tmp_path / f"part{k}.tsv"))
-        write_tsv(paths[-1], random_rows(n, seed=k, first_c1=start))
+        paths.append(str(tmp_path / f"part{k}.tsv{'.gz' if compress else ''}"))
+        write_tsv(paths[-1], random_rows(n, seed=k, first_c1=start), compress)
         start += n
     return paths, start
 
@@ -410,15 +568,16 @@ def write_parts(tmp_path, sizes):
 @pytest.mark.parametrize(
     "plan",
     [
-        [(2, 3), (1, None)],  # whole files: the rest to one rank
+        [(2, 3), (1, None)],  # the rest to one rank
         [(2, 3), (2, None)],  # the same size: dealt again
-        [(2, 1), (3, None)],  # whole files dealt over more ranks
-        [(2, 3), (5, None)],  # fewer files left than ranks: their rows are split
-        [(3, 1), (5, 1), (2, None)],  # whole files, then split rows, then fewer ranks
+        [(2, 1), (3, None)],  # over more ranks
+        [(2, 3), (5, None)],  # .gz: fewer files left than ranks, their rows are split
+        [(3, 1), (5, 1), (2, None)],  # .gz: whole files, then split rows, then fewer ranks
     ],
 )
-def test_resized_ranks_read_the_rest_of_a_file_split_epoch_once(tmp_path, plan):
-    paths, n = write_parts(tmp_path, [9, 14, 3, 11, 8, 6])
+@pytest.mark.parametrize("compress", [False, True], ids=["bytes", "whole-gz"])
+def test_resized_ranks_read_the_rest_of_a_file_split_epoch_once(tmp_path, plan, compress):
+    paths, n = write_parts(tmp_path, [9, 14, 3, 11, 8, 6], compress)
     rows, states = read_through_resizes(paths, plan)
     assert sorted(rows) == list(range(n))
     # The next epoch is split the usual way again.
@@ -435,8 +594,8 @@ def test_resized_ranks_read_the_rest_of_a_file_split_epoch_once(tmp_path, plan):
     ],
 )
 def test_resized_ranks_read_the_rest_of_a_row_split_epoch_once(tmp_path, plan):
-    # Fewer files than ranks: every rank scans both and keeps every world_size-th row.
-    paths, n = write_parts(tmp_path, [23, 24])
+    # Fewer .gz files than ranks: every rank scans both and keeps every world_size-th row.
+    paths, n = write_parts(tmp_path, [23, 24], compress=True)
     rows, states = read_through_resizes(paths, plan)
     assert sorted(rows) == list(range(n))
     assert all(s["epoch"] == 1 and s["work"] is None for s in states)
@@ -530,7 +689,8 @@ def _rank_rows(paths):
 def _check_split(results, n):
     every = sorted(i for r in results for i in r)
     assert every == list(range(n))  # every row exactly once
-    assert all(len(r) > 0 for r in results)
+    counts = [len(r) for r in results]
+    assert max(counts) - min(counts) <= 2, counts  # equal shares of the bytes
 
 
 def _rank_rows_all(*paths):
@@ -540,9 +700,9 @@ def _rank_rows_all(*paths):
 @pytest.mark.parametrize("world_size", [2, 3])
 def test_ranks_read_every_row_exactly_once(tmp_path, world_size):
     rows = random_rows(47, seed=5)
-    write_tsv(tmp_path / "one.tsv", rows)  # one file: split by row
+    write_tsv(tmp_path / "one.tsv", rows)  # one file, cut between the ranks
     start, files = 0, []
-    for k, n in enumerate([9, 14, 3, 11]):  # four files: split by file
+    for k, n in enumerate([9, 14, 3, 11]):  # four files of uneven sizes
         write_tsv(tmp_path / f"part{k}.tsv", random_rows(n, seed=k, first_c1=start))
         files.append(str(tmp_path / f"part{k}.tsv"))
         start += n

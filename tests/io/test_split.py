@@ -1,9 +1,10 @@
+import itertools
 import uuid
 
 import fsspec
 import pytest
 
-from recis.io import expand_paths, split_files
+from recis.io import Span, balance_spans, expand_paths, split_files
 
 
 @pytest.fixture(params=["local", "memory"])
@@ -59,3 +60,60 @@ def test_split_files_deals_whole_files_or_rows():
     files = [f"f{i}" for i in range(5)]
     assert split_files(files, 1, 2) == (["f1", "f3"], False)
     assert split_files(files[:1], 1, 2) == (["f0"], True)
+
+
+# -- shares by bytes ----------------------------------------------------------------
+def text_span(file, size):
+    return Span(file, {}, None, 0, size, size, "bytes")
+
+
+def shares(spans, world_size):
+    return [balance_spans(spans, r, world_size) for r in range(world_size)]
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 3, 7, 64])
+def test_byte_shares_are_equal_and_meet_exactly(world_size):
+    sizes = [1000, 17, 0, 250, 3333]
+    spans = [text_span(i, n) for i, n in enumerate(sizes)]
+    total = sum(sizes)
+    covered = {i: [] for i in range(len(sizes))}
+    for r, (mine, split_rows) in enumerate(shares(spans, world_size)):
+        assert not split_rows
+        # Each rank's share is its exact slice of the total, in file order.
+        assert (
+            sum(s.hi - s.lo for s in mine)
+            == (r + 1) * total // world_size - r * total // world_size
+        )
+        assert [s.file for s in mine] == sorted(s.file for s in mine)
+        for s in mine:
+            covered[s.file].append((s.lo, s.hi, s.start, s.end))
+    for i, size in enumerate(sizes):
+        parts = sorted(covered[i])
+        if size == 0:
+            assert parts == []
+            continue
+        # The parts of a file tile it: a cut starts the next part where the last ended.
+        assert parts[0][:3] == (0, parts[0][1], {})
+        assert parts[-1][1] == size and parts[-1][3] is None
+        for (_, hi, _, end), (lo, _, start, _) in itertools.pairwise(parts):
+            assert hi == lo == end and start == {"from": lo}
+
+
+def test_row_shares_cut_rows_in_proportion_to_bytes():
+    # A Parquet file of 10 rows in 1000 bytes after a text file of 500 bytes.
+    spans = [text_span(0, 500), Span(1, {}, None, 0, 10, 1000, "rows")]
+    got = [[(s.file, s.start, s.end) for s in mine] for mine, _ in shares(spans, 3)]
+    assert got == [
+        [(0, {}, None)],
+        [(1, {}, 5)],  # bytes 500-1000 of the 1500 are the file's first 500: rows 0-4
+        [(1, {"row": 5}, None)],
+    ]
+    # More ranks than rows: the ranks whose share holds no row get nothing.
+    parts = [mine for mine, _ in shares([Span(0, {"row": 2}, 5, 2, 5, 90, "rows")], 5)]
+    assert [[(s.lo, s.hi) for s in p] for p in parts] == [[(2, 3)], [], [(3, 4)], [], [(4, 5)]]
+
+
+def test_a_file_read_only_whole_makes_every_file_whole():
+    spans = [text_span(0, 100), Span(1, {}, None), text_span(2, 5)]
+    assert shares(spans, 2) == [([spans[0], spans[2]], False), ([spans[1]], False)]
+    assert shares(spans, 4)[3] == (spans, True)
