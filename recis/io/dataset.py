@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import logging
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -22,7 +23,9 @@ from recis.io.position import (
 )
 from recis.io.prefetch import prefetch
 from recis.io.readers import FORMATS, ParsedBlock, Record, measure, open_reader
-from recis.io.split import balance_spans, expand_paths, resolve_rank
+from recis.io.split import balance_spans, expand_paths, resolve_rank, whole_file_warning
+
+logger = logging.getLogger(__name__)
 
 
 class CriteoDataset:
@@ -92,6 +95,7 @@ class CriteoDataset:
         self.all_files = expand_paths(paths)
         self._state = epoch_start(0, 0)
         self._active: Iterator[Batch] | None = None
+        self._warned = False  # about files read whole: once per dataset
 
     # -- position (recis.io.position) ---------------------------------------------
     @property
@@ -156,6 +160,11 @@ class CriteoDataset:
         """``rank``'s share of the work ``items`` (see :func:`recis.io.split.balance_spans`)."""
         spans = [measure(self.all_files[i], self.format, i, start, end) for i, start, end in items]
         mine, split_rows = balance_spans(spans, rank, world_size)
+        if self.rank == 0 and world_size == self.world_size and not self._warned:
+            warning = whole_file_warning(spans, world_size)
+            if warning is not None:
+                logger.warning("CriteoDataset: %s", warning)
+                self._warned = True
         return [[s.file, s.start, s.end] for s in mine], split_rows
 
     def _parse(self, records: list[Record]) -> tuple[ParsedRows, int]:

@@ -297,9 +297,9 @@ def open_reader(
 def measure(path: str, fmt: str, file: int, start: dict[str, int], end: int | None) -> Span:
     """The :class:`~recis.io.split.Span` of ``path`` from reader position ``start`` to
     ``end``: in bytes for plain text, in rows for Parquet (its footer read for the row
-    count), whole for ``.gz`` (no I/O)."""
+    count), whole for ``.gz`` (its compressed size as its weight)."""
     if path.lower().endswith(".gz"):
-        return Span(file, start, end)
+        return Span(file, start, end, weight=_file_size(path))
     if _resolve_format(path, fmt) == "parquet":
         import pyarrow.parquet as pq
 

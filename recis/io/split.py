@@ -147,6 +147,35 @@ class Span:
         return self.lo + ((self.hi - self.lo) * x + self.weight // 2) // self.weight
 
 
+def whole_file_warning(spans: Sequence[Span], world_size: int) -> str | None:
+    """What reading ``spans`` dealt as whole files costs, when some can only be read
+    whole (``.gz``) and the ranks' shares come out unequal; None when they do not."""
+    whole = [s for s in spans if not s.unit]
+    if not whole:
+        return None
+    advice = "decompress them so that the ranks can cut them"
+    if len(spans) < world_size:
+        return (
+            f"{len(whole)} of {len(spans)} data files can only be read whole (.gz) and "
+            f"there are {world_size} ranks: every rank reads all of them and keeps one "
+            f"record in {world_size}; {advice}, or use at least {world_size} files"
+        )
+    shares = [
+        sum(s.weight for s in split_files(spans, r, world_size)[0]) for r in range(world_size)
+    ]
+    total = sum(shares)
+    if total == 0 or min(shares) >= 0.9 * max(shares):
+        return None
+    unread = 1 - world_size * min(shares) / total
+    return (
+        f"{len(whole)} of {len(spans)} data files can only be read whole (.gz), so the "
+        f"ranks' shares run from {min(shares) / 2**20:.1f} to {max(shares) / 2**20:.1f} MiB "
+        f"(compressed): an epoch ends when the smallest runs out, leaving about {unread:.0%} "
+        f"of its records unread; {advice}, or use a multiple of {world_size} files of "
+        "similar size"
+    )
+
+
 def balance_spans(spans: Sequence[Span], rank: int, world_size: int) -> tuple[list[Span], bool]:
     """This rank's part of ``spans`` and whether rows must be split too.
 

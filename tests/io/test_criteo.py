@@ -469,6 +469,15 @@ def test_files_of_uneven_sizes_give_every_rank_as_much(tmp_path):
     assert abs(counts[0] - counts[1]) <= 2, counts
 
 
+def test_gz_files_of_uneven_sizes_are_read_whole_with_a_warning(tmp_path, caplog):
+    paths, _ = write_parts(tmp_path, [400, 2, 3, 1], compress=True)
+    with caplog.at_level("WARNING", logger="recis.io.dataset"):
+        per_rank = rank_batches(paths, 2)
+    assert [sum(b["label"].numel() for b in batches) for batches in per_rank] == [403, 3]
+    (warning,) = [r.getMessage() for r in caplog.records]  # rank 0 only, once
+    assert "can only be read whole (.gz)" in warning and "unread" in warning
+
+
 def test_a_rank_resumes_exactly_inside_its_part_and_names_lines_by_byte(tmp_path):
     rows = random_rows(90, seed=11)
     path = tmp_path / "one.tsv"

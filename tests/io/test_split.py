@@ -4,7 +4,7 @@ import uuid
 import fsspec
 import pytest
 
-from recis.io import Span, balance_spans, expand_paths, split_files
+from recis.io.split import Span, balance_spans, expand_paths, split_files, whole_file_warning
 
 
 @pytest.fixture(params=["local", "memory"])
@@ -117,3 +117,16 @@ def test_a_file_read_only_whole_makes_every_file_whole():
     spans = [text_span(0, 100), Span(1, {}, None), text_span(2, 5)]
     assert shares(spans, 2) == [([spans[0], spans[2]], False), ([spans[1]], False)]
     assert shares(spans, 4)[3] == (spans, True)
+
+
+def test_files_read_whole_warn_when_the_shares_come_out_unequal():
+    mib = 2**20
+    even = [Span(i, {}, None, weight=mib) for i in range(4)]
+    assert whole_file_warning(even, 2) is None
+    assert whole_file_warning([text_span(0, 10), text_span(1, 99)], 2) is None  # cut
+    uneven = [Span(0, {}, None, weight=40 * mib), *even[1:]]
+    message = whole_file_warning(uneven, 2)
+    # Rank 0 holds 41 MiB, rank 1 2 MiB: both stop after ~2, of 43 in all.
+    assert "from 2.0 to 41.0 MiB" in message and "about 91% of its records unread" in message
+    message = whole_file_warning([even[0], text_span(1, 5)], 3)
+    assert "every rank reads all of them and keeps one record in 3" in message
