@@ -18,7 +18,7 @@ Then rank 0's share of each one-file dataset on ``--world_sizes`` ranks (``rank=
 world_size=W`` in this process, best of the repeats): the seconds it takes against
 one rank reading the whole file, whose ideal is ``1/W``. TSV and Parquet are cut
 between the ranks; a ``.gz`` file cannot be, so each rank scans all of it and keeps
-every W-th record (how every format was split before 2026-12-06).
+every W-th record (how every format was split before session 20).
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/criteo_reader.py
 """

@@ -6,6 +6,7 @@ import copy
 import logging
 import os
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,6 +15,7 @@ import numpy as np
 from recis.io.batch import Batch, rows_to_batch
 from recis.io.criteo import NUM_DENSE, NUM_SPARSE, ParsedRows, RecordParser, resolve_table_sizes
 from recis.io.position import (
+    POSITION_FORMAT,
     WorkItem,
     epoch_start,
     epoch_work,
@@ -23,9 +25,12 @@ from recis.io.position import (
 )
 from recis.io.prefetch import prefetch
 from recis.io.readers import FORMATS, ParsedBlock, Record, measure, open_reader
-from recis.io.split import balance_spans, expand_paths, resolve_rank, whole_file_warning
+from recis.io.split import Span, balance_spans, expand_paths, resolve_rank, whole_file_warning
 
 logger = logging.getLogger(__name__)
+
+# Files measured at once when an epoch is shared out.
+MEASURE_THREADS = 16
 
 
 class CriteoDataset:
@@ -40,11 +45,12 @@ class CriteoDataset:
 
     Each rank reads an equal share of the bytes: plain text and Parquet files are laid
     end to end and cut where the ranks' shares meet (at a line, at a row), so one big
-    file or files of any sizes keep every rank equally busy and no record unread at
-    the epoch's end (see :func:`recis.io.split.balance_spans`). Files that can only be
-    read whole (``.gz``) are dealt out whole, or, when there are fewer than
-    ``world_size`` of them, every rank scans them and keeps rows ``i % world_size ==
-    rank``. ``rank``/``world_size`` default to the initialised process group.
+    file, or files of any sizes, is read once over the ranks in equal parts (see
+    :func:`recis.io.split.balance_spans`). Files that can only be read whole (``.gz``,
+    or of unknown size) make every file be dealt out whole, or, when there are fewer
+    than ``world_size`` of them, every rank scan them all and keep rows ``i %
+    world_size == rank`` (rank 0 warns of what that costs). ``rank``/``world_size``
+    default to the initialised process group.
 
     Iterating yields batches ``{"dense": [B, 13], "sparse": KJT C1..C26, "label": [B]}``
     from the current read position to the end of this rank's data; the last batch
@@ -96,6 +102,7 @@ class CriteoDataset:
         self._state = epoch_start(0, 0)
         self._active: Iterator[Batch] | None = None
         self._warned = False  # about files read whole: once per dataset
+        self._whole_spans: dict[int, Span] = {}
 
     # -- position (recis.io.position) ---------------------------------------------
     @property
@@ -110,6 +117,7 @@ class CriteoDataset:
     def state_dict(self) -> dict[str, Any]:
         """The read position after the last batch handed out (plain ints, JSON-able)."""
         return {
+            "position_format": POSITION_FORMAT,
             "rank": self.rank,
             "world_size": self.world_size,
             "num_files": len(self.all_files),
@@ -158,7 +166,7 @@ class CriteoDataset:
         self, items: list[WorkItem], rank: int, world_size: int
     ) -> tuple[list[WorkItem], bool]:
         """``rank``'s share of the work ``items`` (see :func:`recis.io.split.balance_spans`)."""
-        spans = [measure(self.all_files[i], self.format, i, start, end) for i, start, end in items]
+        spans = self._measure(items)
         mine, split_rows = balance_spans(spans, rank, world_size)
         if self.rank == 0 and world_size == self.world_size and not self._warned:
             warning = whole_file_warning(spans, world_size)
@@ -166,6 +174,25 @@ class CriteoDataset:
                 logger.warning("CriteoDataset: %s", warning)
                 self._warned = True
         return [[s.file, s.start, s.end] for s in mine], split_rows
+
+    def _measure(self, items: list[WorkItem]) -> list[Span]:
+        """The spans of work ``items``, measured on threads (remote files take a request
+        or two each); a whole file's is measured once per dataset."""
+
+        def span(item: WorkItem) -> Span:
+            i, start, end = item
+            whole = not start and end is None
+            if whole and i in self._whole_spans:
+                return self._whole_spans[i]
+            result = measure(self.all_files[i], self.format, i, start, end)
+            if whole:
+                self._whole_spans[i] = result
+            return result
+
+        if len(items) < 2:
+            return [span(item) for item in items]
+        with ThreadPoolExecutor(min(len(items), MEASURE_THREADS)) as pool:
+            return list(pool.map(span, items))
 
     def _parse(self, records: list[Record]) -> tuple[ParsedRows, int]:
         """Parses records, vectorised when they are well-formed, else one by one;

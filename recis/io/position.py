@@ -20,6 +20,9 @@ import numpy as np
 from recis.io.split import split_files
 
 Position = dict[str, Any]
+# 2: epochs shared out by bytes, each rank's work list kept in its position. A state
+# without it was saved when epochs were dealt as whole files (recis before commit cf0b052).
+POSITION_FORMAT = 2
 WorkItem = list[Any]  # [index in all files, start position, end or None]
 Deal = Callable[[list[WorkItem], int, int], tuple[list[WorkItem], bool]]
 """``deal(items, rank, world_size)``: ``rank``'s share of ``items`` and whether rows
@@ -43,12 +46,13 @@ def epoch_start(epoch: int, malformed: int) -> Position:
 def read_position(state: dict[str, Any]) -> Position:
     """The position fields of a saved state, as plain ints.
 
-    States saved before the work list was kept (recis before 2026-12-06) leave it out
-    mid-epoch: their epoch was split by whole files, which this re-derives.
+    A state of an older format without a work list had its epoch dealt as whole files
+    (see :data:`POSITION_FORMAT`), which this re-derives, so that it resumes, alone or
+    with its peers, on the split they were saved under.
     """
     work = state.get("work")
     split_rows = bool(state.get("split_rows", False))
-    if work is None and (int(state["file"]) or state["position"] or int(state["record"])):
+    if work is None and "position_format" not in state:
         files, split_rows = split_files(
             range(int(state["num_files"])), int(state["rank"]), int(state["world_size"])
         )
@@ -158,7 +162,7 @@ def _rank(state: dict[str, Any]) -> int:
 
 
 def _work_item(item: Sequence[Any]) -> WorkItem:
-    # [index, start] items (states of 2026-12-05) read to the end of their file.
+    # [index, start] items (format 1, after a resize) read to the end of their file.
     end = item[2] if len(item) > 2 else None
     return [int(item[0]), _ints(item[1]), None if end is None else int(end)]
 

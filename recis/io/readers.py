@@ -50,15 +50,12 @@ FORMATS = ("auto", "tsv", "csv", "parquet")
 
 
 def detect_format(path: str) -> str:
-    """``"parquet"`` (by extension or magic bytes), ``"csv"`` or ``"tsv"`` (by the first line)."""
-    lower = path.lower()
-    if lower.endswith((".parquet", ".pq")):
+    """``"parquet"`` (by extension or magic bytes), ``"csv"`` or ``"tsv"`` (by the first
+    line that is not blank)."""
+    if _is_parquet(path, "auto"):
         return "parquet"
     with _open_binary(path) as f:
-        head = f.read(4)
-        if head == b"PAR1":
-            return "parquet"
-        first = head + f.readline()
+        first = next((line for line in f if line.strip()), b"")
     return "tsv" if b"\t" in first else "csv"
 
 
@@ -294,24 +291,29 @@ def open_reader(
     return read_text(path, "\t" if fmt == "tsv" else ",", position, parser, end)
 
 
-def measure(path: str, fmt: str, file: int, start: dict[str, int], end: int | None) -> Span:
-    """The :class:`~recis.io.split.Span` of ``path`` from reader position ``start`` to
-    ``end``: in bytes for plain text, in rows for Parquet (its footer read for the row
-    count), whole for ``.gz`` (its compressed size as its weight)."""
-    if path.lower().endswith(".gz"):
-        return Span(file, start, end, weight=_file_size(path))
-    if _resolve_format(path, fmt) == "parquet":
-        import pyarrow.parquet as pq
+def measure(path: str, fmt: str, index: int, start: dict[str, int], end: int | None) -> Span:
+    """The :class:`~recis.io.split.Span` of file ``index`` (``path``) from reader position
+    ``start`` to ``end``: in bytes for plain text, in rows for Parquet (its footer read
+    for the row count), whole for ``.gz`` and for a file whose size the file system does
+    not report (some HTTP servers). Raises ``ValueError`` naming the file."""
+    try:
+        size = _file_size(path)
+        if path.lower().endswith(".gz") or size is None:
+            return Span(index, start, end, weight=size or 0)
+        if _is_parquet(path, fmt):
+            import pyarrow.parquet as pq
 
-        with _open_binary(path) as f:
-            rows = pq.ParquetFile(f).metadata.num_rows
-        lo = start.get("row", 0)
-        hi = rows if end is None else end
-        weight = 0 if hi <= lo else max(1, _file_size(path) * (hi - lo) // rows)
-        return Span(file, start, end, lo, hi, weight, "rows")
+            with _open_binary(path) as f:
+                rows = pq.ParquetFile(f).metadata.num_rows
+            lo = start.get("row", 0)
+            hi = rows if end is None else end
+            weight = 0 if hi <= lo else max(1, size * (hi - lo) // rows)
+            return Span(index, start, end, lo, hi, weight, "rows")
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: cannot read it to share it over the ranks: {e}") from e
     lo = start.get("offset", start.get("from", 0))
-    hi = _file_size(path) if end is None else end
-    return Span(file, start, end, lo, hi, max(hi - lo, 0), "bytes")
+    hi = size if end is None else end
+    return Span(index, start, end, lo, hi, max(hi - lo, 0), "bytes")
 
 
 def _resolve_format(path: str, fmt: str) -> str:
@@ -320,10 +322,22 @@ def _resolve_format(path: str, fmt: str) -> str:
     return detect_format(path) if fmt == "auto" else fmt
 
 
-def _file_size(path: str) -> int:
+def _is_parquet(path: str, fmt: str) -> bool:
+    """Whether ``path`` is Parquet: ``fmt`` says so, or (``"auto"``) its extension or
+    its magic bytes do."""
+    if fmt != "auto":
+        return fmt == "parquet"
+    if path.lower().endswith((".parquet", ".pq")):
+        return True
+    with _open_binary(path) as f:
+        return f.read(4) == b"PAR1"
+
+
+def _file_size(path: str) -> int | None:
     if "://" in path:
         import fsspec
 
         fs, p = fsspec.core.url_to_fs(path)
-        return int(fs.size(p))
+        size = fs.size(p)
+        return None if size is None else int(size)
     return os.path.getsize(path)

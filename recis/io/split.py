@@ -115,10 +115,12 @@ class Span:
     """A part of one data file to read: from reader position ``start`` (``{}``: the
     file's beginning) to ``end`` (``None``: the file's end).
 
-    ``lo``/``hi`` are where it starts and ends in the file's own ``unit``: ``"bytes"`` for
-    plain text (a line belongs to the span its first byte lies in), ``"rows"`` for
-    Parquet, ``""`` for a file that can only be read whole (``.gz``). ``weight`` is the
-    bytes it covers (estimated for Parquet rows), what :func:`balance_spans` shares out.
+    ``file`` is the file's index among all files. ``lo``/``hi`` are where the span
+    starts and ends in the file's own ``unit``: ``"bytes"`` for plain text (a line
+    belongs to the span its first byte lies in), ``"rows"`` for Parquet, ``""`` for a
+    file that can only be read whole (``.gz``, or of unknown size). ``weight`` is the
+    bytes it covers (estimated for Parquet rows; a whole file's compressed size), what
+    :func:`balance_spans` shares out.
     """
 
     file: int
@@ -131,7 +133,8 @@ class Span:
 
     def part(self, a: int, b: int) -> Span | None:
         """The part between ``a`` and ``b`` bytes into the span (``0 <= a < b <=
-        weight``), or None when it holds no row. A cut at ``x`` bytes falls at unit
+        weight``), or None when it is empty in the file's unit (a part of text may
+        still hold no line: one that starts in it). A cut at ``x`` bytes falls at unit
         ``lo + (hi - lo) * x / weight`` rounded to the nearest, the same for the parts
         on both sides of it, so they meet exactly."""
         if a == 0 and b == self.weight:
@@ -149,16 +152,18 @@ class Span:
 
 def whole_file_warning(spans: Sequence[Span], world_size: int) -> str | None:
     """What reading ``spans`` dealt as whole files costs, when some can only be read
-    whole (``.gz``) and the ranks' shares come out unequal; None when they do not."""
+    whole and the ranks' shares come out unequal; None when they do not."""
     whole = [s for s in spans if not s.unit]
     if not whole:
         return None
-    advice = "decompress them so that the ranks can cut them"
+    what = (
+        f"{len(whole)} of {len(spans)} data files can only be read whole (.gz, or of unknown size)"
+    )
+    advice = "plain text or Parquet files of known size can be cut between the ranks"
     if len(spans) < world_size:
         return (
-            f"{len(whole)} of {len(spans)} data files can only be read whole (.gz) and "
-            f"there are {world_size} ranks: every rank reads all of them and keeps one "
-            f"record in {world_size}; {advice}, or use at least {world_size} files"
+            f"{what} and there are {world_size} ranks: every rank reads all of them and "
+            f"keeps one record in {world_size}; {advice}, or use at least {world_size} files"
         )
     shares = [
         sum(s.weight for s in split_files(spans, r, world_size)[0]) for r in range(world_size)
@@ -168,12 +173,19 @@ def whole_file_warning(spans: Sequence[Span], world_size: int) -> str | None:
         return None
     unread = 1 - world_size * min(shares) / total
     return (
-        f"{len(whole)} of {len(spans)} data files can only be read whole (.gz), so the "
-        f"ranks' shares run from {min(shares) / 2**20:.1f} to {max(shares) / 2**20:.1f} MiB "
-        f"(compressed): an epoch ends when the smallest runs out, leaving about {unread:.0%} "
-        f"of its records unread; {advice}, or use a multiple of {world_size} files of "
-        "similar size"
+        f"{what}, so the ranks' shares run from {_bytes_text(min(shares))} to "
+        f"{_bytes_text(max(shares))} on disk: an epoch ends when the smallest runs out, "
+        f"leaving about {unread:.0%} of its records unread; {advice}, or use a multiple of "
+        f"{world_size} files of similar size"
     )
+
+
+def _bytes_text(n: int) -> str:
+    for unit in ("B", "KiB", "MiB"):
+        if n < 1024:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return f"{n:.1f} GiB"
 
 
 def balance_spans(spans: Sequence[Span], rank: int, world_size: int) -> tuple[list[Span], bool]:
@@ -183,8 +195,11 @@ def balance_spans(spans: Sequence[Span], rank: int, world_size: int) -> tuple[li
     and rank r takes bytes ``[r * T // W, (r + 1) * T // W)`` of their ``T``, cutting
     spans where the shares meet: every rank reads about the same amount, whatever the
     number and sizes of the files. With any span that can only be read whole (``.gz``),
-    the spans are dealt as files by :func:`split_files`.
+    the spans are dealt as files by :func:`split_files`. Parquet alone is shared by
+    rows, which its footers count exactly, instead of bytes.
     """
+    if spans and all(s.unit == "rows" for s in spans):
+        spans = [replace(s, weight=s.hi - s.lo) for s in spans]
     total = sum(s.weight for s in spans)
     if total == 0 or any(not s.unit for s in spans):
         return split_files(spans, rank, world_size)

@@ -11,6 +11,7 @@ import fsspec
 import pytest
 import torch
 import torch.distributed as dist
+from fsspec.implementations.memory import MemoryFileSystem
 
 from recis.io import COLUMNS, SPARSE_NAMES, CriteoDataset, RecordParser, readers
 from recis.testing import run_distributed
@@ -253,6 +254,15 @@ def test_tsv_without_header(tmp_path, compress):
     assert_rows_equal(batches_to_rows(batches), expected_rows(rows))
 
 
+def test_format_is_told_by_the_first_line_that_is_not_blank(tmp_path):
+    rows = random_rows(5, seed=14)
+    (tmp_path / "day_1").write_text("\n  \n" + "".join("\t".join(r) + "\n" for r in rows))
+    assert readers.detect_format(str(tmp_path / "day_1")) == "tsv"
+    assert_rows_equal(
+        batches_to_rows(CriteoDataset(tmp_path / "day_1", 8, SIZES)), expected_rows(rows)
+    )
+
+
 @pytest.mark.parametrize("block_bytes", [100, 1 << 22])
 def test_text_lines_python_must_parse_mixed_with_plain_ones(tmp_path, monkeypatch, block_bytes):
     # Most lines go through the C++ parser in blocks; these, valid for RecordParser
@@ -475,7 +485,29 @@ def test_gz_files_of_uneven_sizes_are_read_whole_with_a_warning(tmp_path, caplog
         per_rank = rank_batches(paths, 2)
     assert [sum(b["label"].numel() for b in batches) for batches in per_rank] == [403, 3]
     (warning,) = [r.getMessage() for r in caplog.records]  # rank 0 only, once
-    assert "can only be read whole (.gz)" in warning and "unread" in warning
+    assert "can only be read whole (.gz" in warning and "unread" in warning
+
+
+def test_a_file_of_unknown_size_is_read_whole(tmp_path, monkeypatch, caplog):
+    # Some file systems (HTTP without Content-Length) do not report a file's size.
+    monkeypatch.setattr(MemoryFileSystem, "size", lambda self, path: None)
+    fs, root = fsspec.core.url_to_fs(f"memory://recis-nosize-{uuid.uuid4().hex}")
+    rows = random_rows(10, seed=13)
+    fs.pipe(f"{root}/a.tsv", "".join("\t".join(r) + "\n" for r in rows).encode())
+    try:
+        with caplog.at_level("WARNING", logger="recis.io.dataset"):
+            per_rank = rank_batches(fs.unstrip_protocol(f"{root}/a.tsv"), 2)
+    finally:
+        fs.rm(root, recursive=True)
+    assert [c for b in per_rank[0] for c in c1_rows(b)] == [0, 2, 4, 6, 8]  # a row split
+    assert [c for b in per_rank[1] for c in c1_rows(b)] == [1, 3, 5, 7, 9]
+    assert "unknown size" in caplog.records[0].getMessage()
+
+
+def test_a_file_that_cannot_be_measured_is_named(tmp_path):
+    (tmp_path / "broken.parquet").write_bytes(b"PAR1 but not Parquet")
+    with pytest.raises(ValueError, match=r"broken\.parquet: cannot read it to share it"):
+        list(CriteoDataset(tmp_path / "broken.parquet", 5, SIZES))
 
 
 def test_a_rank_resumes_exactly_inside_its_part_and_names_lines_by_byte(tmp_path):
@@ -506,34 +538,36 @@ def test_a_rank_resumes_exactly_inside_its_part_and_names_lines_by_byte(tmp_path
         list(CriteoDataset(path, 5, SIZES, rank=1, world_size=3))
 
 
-def test_a_position_saved_before_work_lists_resumes_as_its_file_split(tmp_path):
-    # recis before 2026-12-06 split 4 files over 2 ranks as files 0, 2 and 1, 3 and saved
-    # no work list; each rank here stopped after the second line of its second file.
+def test_a_position_of_the_file_split_format_resumes_as_its_file_split(tmp_path):
+    # Positions without "position_format" come from when 4 files over 2 ranks were dealt
+    # as files 0, 2 and 1, 3, with no work list saved. Rank 0 here had read nothing,
+    # rank 1 file 1 and the first line of file 3.
     paths, n = write_parts(tmp_path, [4, 5, 6, 7])
     first = [0, 4, 9, 15]  # the C1 of each file's first row
-    states = []
-    for rank, file in ((0, 2), (1, 3)):
-        second_line = len(Path(paths[file]).read_text().splitlines(keepends=True)[0])
-        states.append(
-            {
-                "rank": rank,
-                "world_size": 2,
-                "num_files": 4,
-                "batch_size": 5,
-                "epoch": 0,
-                "file": 1,
-                "position": {"offset": second_line, "line": 2},
-                "record": 0,
-                "malformed": 0,
-            }
-        )
-    ds = CriteoDataset(paths, 5, SIZES, rank=0, world_size=2)
-    ds.load_state_dict(states[0])
-    assert [c for b in ds for c in c1_rows(b)] == list(range(first[2] + 1, first[3]))
+    second_line = len(Path(paths[3]).read_text().splitlines(keepends=True)[0])
+    common = {"world_size": 2, "num_files": 4, "batch_size": 5, "epoch": 0, "malformed": 0}
+    states = [
+        {**common, "rank": 0, "file": 0, "position": {}, "record": 0},
+        {
+            **common,
+            "rank": 1,
+            "file": 1,
+            "position": {"offset": second_line, "line": 2},
+            "record": 6,
+        },
+    ]
+    for rank, want in (
+        (0, [*range(first[0], first[1]), *range(first[2], first[3])]),
+        (1, range(first[3] + 1, n)),
+    ):
+        ds = CriteoDataset(paths, 5, SIZES, rank=rank, world_size=2)
+        ds.load_state_dict(states[rank])
+        assert [c for b in ds for c in c1_rows(b)] == list(want)
     ds = CriteoDataset(paths, 5, SIZES, rank=0, world_size=1)
     ds.load_resharded_state_dict(states, 0, 1)
     assert sorted(c for b in ds for c in c1_rows(b)) == [
-        *range(first[2] + 1, first[3]),
+        *range(first[0], first[1]),
+        *range(first[2], first[3]),
         *range(first[3] + 1, n),
     ]
 

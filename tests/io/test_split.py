@@ -108,9 +108,16 @@ def test_row_shares_cut_rows_in_proportion_to_bytes():
         [(1, {}, 5)],  # bytes 500-1000 of the 1500 are the file's first 500: rows 0-4
         [(1, {"row": 5}, None)],
     ]
+
+
+def test_parquet_alone_is_shared_by_rows():
+    # Rows 0-9 and rows 2-4 of two files whose rows differ in size: 13 rows, not bytes.
+    spans = [Span(0, {}, None, 0, 10, 1000, "rows"), Span(1, {"row": 2}, 5, 2, 5, 9000, "rows")]
+    got = [[(s.file, s.lo, s.hi) for s in mine] for mine, _ in shares(spans, 2)]
+    assert got == [[(0, 0, 6)], [(0, 6, 10), (1, 2, 5)]]
     # More ranks than rows: the ranks whose share holds no row get nothing.
-    parts = [mine for mine, _ in shares([Span(0, {"row": 2}, 5, 2, 5, 90, "rows")], 5)]
-    assert [[(s.lo, s.hi) for s in p] for p in parts] == [[(2, 3)], [], [(3, 4)], [], [(4, 5)]]
+    parts = [mine for mine, _ in shares([spans[1]], 5)]
+    assert [[(s.lo, s.hi) for s in p] for p in parts] == [[], [(2, 3)], [], [(3, 4)], [(4, 5)]]
 
 
 def test_a_file_read_only_whole_makes_every_file_whole():
@@ -127,6 +134,6 @@ def test_files_read_whole_warn_when_the_shares_come_out_unequal():
     uneven = [Span(0, {}, None, weight=40 * mib), *even[1:]]
     message = whole_file_warning(uneven, 2)
     # Rank 0 holds 41 MiB, rank 1 2 MiB: both stop after ~2, of 43 in all.
-    assert "from 2.0 to 41.0 MiB" in message and "about 91% of its records unread" in message
+    assert "from 2.0 MiB to 41.0 MiB" in message and "about 91% of its records unread" in message
     message = whole_file_warning([even[0], text_span(1, 5)], 3)
     assert "every rank reads all of them and keeps one record in 3" in message
