@@ -14,6 +14,9 @@ Reports rows/s (best of the repeats), the ratio, and the text's bytes/s as a fra
 the rate at which this process reads the same file from the page cache (``read``
 of 4 MiB blocks, best of the repeats): the limit a parser could reach.
 
+``.gz`` is read with python-isal when it is installed (``recis[gzip]``); the
+standard library's gzip is then timed too, as the row "tsv.gz, stdlib gzip".
+
 Then rank 0's share of each one-file dataset on ``--world_sizes`` ranks (``rank=0,
 world_size=W`` in this process, best of the repeats): the seconds it takes against
 one rank reading the whole file, whose ideal is ``1/W``. TSV and Parquet are cut
@@ -26,6 +29,7 @@ every W-th record (how every format was split before session 20).
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import os
 import tempfile
@@ -33,7 +37,7 @@ import time
 
 import numpy as np
 
-from recis.io import CriteoDataset, RecordParser
+from recis.io import CriteoDataset, RecordParser, readers
 from recis.io.batch import rows_to_batch
 from recis.io.criteo import COLUMNS
 from recis.io.readers import open_reader
@@ -53,8 +57,6 @@ def random_rows(n: int, seed: int) -> list[list[str]]:
 
 
 def write_files(folder: str, rows: list[list[str]]) -> dict[str, str]:
-    import gzip
-
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -136,7 +138,11 @@ def main() -> None:
         text_bytes = os.path.getsize(paths["tsv"])
         limit = max(read_rate(paths["tsv"]) for _ in range(args.repeats))
         results = []
-        for fmt, path in paths.items():
+        cases = [(fmt, path, readers.GZIP_FILE) for fmt, path in paths.items()]
+        if readers.GZIP_FILE is not gzip.GzipFile:  # python-isal installed: the stdlib too
+            cases.insert(2, ("tsv.gz, stdlib gzip", paths["tsv.gz"], gzip.GzipFile))
+        for fmt, path, gzip_file in cases:
+            readers.GZIP_FILE = gzip_file
             times: dict[str, list[float]] = {"recis": [], "python": []}
             for _ in range(args.repeats):  # alternating
                 for name, fn in (("recis", recis_rows), ("python", python_rows)):
@@ -144,6 +150,7 @@ def main() -> None:
                     n = fn(path, args.batch_size)
                     times[name].append(time.perf_counter() - start)
                     assert n == args.rows, (name, fmt, n)
+            readers.GZIP_FILE = cases[0][2]
             recis_s, python_s = min(times["recis"]), min(times["python"])
             rec = {
                 "bench": "criteo_reader",

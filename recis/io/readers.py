@@ -33,6 +33,20 @@ Record = tuple[str, list[object], dict[str, int]]
 TEXT_BLOCK_BYTES = 1 << 22
 
 
+def _gzip_file_class() -> type[gzip.GzipFile]:
+    """python-isal's ``GzipFile`` (3-4x faster to decompress) when it is installed
+    (``pip install recis[gzip]``), else the standard library's."""
+    try:
+        from isal.igzip import IGzipFile
+    except ImportError:
+        return gzip.GzipFile
+    return IGzipFile
+
+
+# What .gz files are read with.
+GZIP_FILE = _gzip_file_class()
+
+
 @dataclass
 class ParsedBlock:
     """Consecutive records of one file, parsed: ``rows`` as RecordParser gives them, and
@@ -70,7 +84,7 @@ def _open_binary(path: str) -> Iterator[IO[bytes]]:
         else:
             f = stack.enter_context(open(path, "rb"))
         if path.lower().endswith(".gz"):
-            f = stack.enter_context(gzip.GzipFile(fileobj=f, mode="rb"))  # type: ignore[arg-type]
+            f = stack.enter_context(GZIP_FILE(fileobj=f, mode="rb"))  # type: ignore[arg-type]
         yield f
 
 

@@ -205,6 +205,22 @@ def test_arrow_parse_agrees_with_per_record_parse(missing_id, types):
     assert parser.parse_arrow(nan)[1][:, 2].tolist() == [0.0] * table.num_rows
 
 
+@pytest.mark.parametrize("large", [False, True])
+def test_hex_strings_read_a_sliced_arrow_array_from_its_offset(large):
+    import pyarrow as pa
+
+    from recis.io.criteo import _hex_strings
+
+    strings = ["zz", "1f", None, "", "ffffffffffffffff", "A0", "not hex"]
+    array = pa.array(strings, pa.large_string() if large else pa.string()).slice(1, 5)
+    assert array.offset == 1  # what combine_chunks() never hands the parser
+    values, present = _hex_strings(array)
+    assert values.tolist() == [0x1F, 0, 0, 2**64 - 1, 0xA0]
+    assert present.tolist() == [True, False, False, True, True]
+    assert _hex_strings(array.slice(3)) is not None
+    assert _hex_strings(pa.array(strings).slice(5)) is None  # "not hex" is in view
+
+
 def test_arrow_parse_leaves_anything_unusual_to_the_per_record_parse():
     import pyarrow as pa
 
@@ -261,6 +277,28 @@ def test_format_is_told_by_the_first_line_that_is_not_blank(tmp_path):
     assert_rows_equal(
         batches_to_rows(CriteoDataset(tmp_path / "day_1", 8, SIZES)), expected_rows(rows)
     )
+
+
+@pytest.mark.parametrize("decompressor", ["isal", "stdlib"])
+def test_gz_reads_and_resumes_with_either_decompressor(tmp_path, monkeypatch, decompressor):
+    if decompressor == "isal":
+        igzip = pytest.importorskip("isal.igzip")
+        assert readers.GZIP_FILE is igzip.IGzipFile  # the faster one when installed
+        monkeypatch.setattr(readers, "GZIP_FILE", igzip.IGzipFile)
+    else:
+        monkeypatch.setattr(readers, "GZIP_FILE", gzip.GzipFile)
+    rows = random_rows(50, seed=15)
+    write_tsv(tmp_path / "day.tsv.gz", rows, compress=True)
+    full = list(CriteoDataset(tmp_path / "day.tsv.gz", 8, SIZES, prefetch=0))
+    assert_rows_equal(batches_to_rows(full), expected_rows(rows))
+    ds = CriteoDataset(tmp_path / "day.tsv.gz", 8, SIZES, prefetch=0)
+    it = iter(ds)
+    next(it), next(it)
+    state = ds.state_dict()
+    ds.close()
+    resumed = CriteoDataset(tmp_path / "day.tsv.gz", 8, SIZES, prefetch=0)
+    resumed.load_state_dict(state)  # seeks inside the decompressed stream
+    assert all(batch_equal(a, b) for a, b in zip(resumed, full[2:], strict=True))
 
 
 @pytest.mark.parametrize("block_bytes", [100, 1 << 22])
