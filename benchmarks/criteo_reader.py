@@ -138,8 +138,9 @@ def main() -> None:
         text_bytes = os.path.getsize(paths["tsv"])
         limit = max(read_rate(paths["tsv"]) for _ in range(args.repeats))
         results = []
-        cases = [(fmt, path, readers.GZIP_FILE) for fmt, path in paths.items()]
-        if readers.GZIP_FILE is not gzip.GzipFile:  # python-isal installed: the stdlib too
+        default_gzip = readers.GZIP_FILE
+        cases = [(fmt, path, default_gzip) for fmt, path in paths.items()]
+        if default_gzip is not gzip.GzipFile:  # python-isal installed: the stdlib too
             cases.insert(2, ("tsv.gz, stdlib gzip", paths["tsv.gz"], gzip.GzipFile))
         for fmt, path, gzip_file in cases:
             readers.GZIP_FILE = gzip_file
@@ -150,7 +151,7 @@ def main() -> None:
                     n = fn(path, args.batch_size)
                     times[name].append(time.perf_counter() - start)
                     assert n == args.rows, (name, fmt, n)
-            readers.GZIP_FILE = cases[0][2]
+            readers.GZIP_FILE = default_gzip
             recis_s, python_s = min(times["recis"]), min(times["python"])
             rec = {
                 "bench": "criteo_reader",

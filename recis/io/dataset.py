@@ -168,6 +168,7 @@ class CriteoDataset:
         """``rank``'s share of the work ``items`` (see :func:`recis.io.split.balance_spans`)."""
         spans = self._measure(items)
         mine, split_rows = balance_spans(spans, rank, world_size)
+        # Warn about this layout only: a reshard also deals the saved ranks' epochs.
         if self.rank == 0 and world_size == self.world_size and not self._warned:
             warning = whole_file_warning(spans, world_size)
             if warning is not None:
@@ -249,11 +250,11 @@ class CriteoDataset:
     def _produce(self, start: dict[str, Any]) -> Iterator[tuple[Batch | None, dict[str, Any]]]:
         """(batch, position after it) from ``start`` to the end of this rank's data,
         then ``(None, final state)``."""
-        if start["work"] is None:  # a new epoch: deal it out (reads the files' sizes)
-            work, split_rows = epoch_work(
-                start, len(self.all_files), self.rank, self.world_size, self._deal
-            )
-            start = {**start, "work": work, "split_rows": split_rows}
+        # A new epoch (no work list yet) is dealt out here: that reads the files' sizes.
+        work, split_rows = epoch_work(
+            start, len(self.all_files), self.rank, self.world_size, self._deal
+        )
+        start = {**start, "work": work, "split_rows": split_rows}
         epoch_fields = {k: start[k] for k in ("epoch", "work", "split_rows", "consumed")}
         malformed = start["malformed"]
 

@@ -173,19 +173,11 @@ def whole_file_warning(spans: Sequence[Span], world_size: int) -> str | None:
         return None
     unread = 1 - world_size * min(shares) / total
     return (
-        f"{what}, so the ranks' shares run from {_bytes_text(min(shares))} to "
-        f"{_bytes_text(max(shares))} on disk: an epoch ends when the smallest runs out, "
+        f"{what}, so the ranks' shares run from {min(shares) / 2**20:.1f} MiB to "
+        f"{max(shares) / 2**20:.1f} MiB on disk: an epoch ends when the smallest runs out, "
         f"leaving about {unread:.0%} of its records unread; {advice}, or use a multiple of "
         f"{world_size} files of similar size"
     )
-
-
-def _bytes_text(n: int) -> str:
-    for unit in ("B", "KiB", "MiB"):
-        if n < 1024:
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024  # type: ignore[assignment]
-    return f"{n:.1f} GiB"
 
 
 def balance_spans(spans: Sequence[Span], rank: int, world_size: int) -> tuple[list[Span], bool]:
