@@ -53,6 +53,13 @@ TORCH_LIBRARY(recis, m) {
   m.def(
       "parse_criteo_lines(Tensor text, int delimiter, int[] table_sizes, int missing_id) -> "
       "(Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // A column of n categorical strings in Arrow's layout (string i: data[offsets[i],
+  // offsets[i + 1]), int32 or int64 offsets; valid[i] false for a null), CPU only: ids
+  // i64 [n], hex % table_size, null or empty -> missing_id; and the first string that is
+  // not 1 to 16 hex digits (its id and the rest's missing_id), or -1.
+  m.def(
+      "parse_hex_column(Tensor offsets, Tensor data, Tensor? valid, int table_size, "
+      "int missing_id) -> (Tensor, int)");
   // DLRM's interaction of dense [B, D] and embeddings [B, F * D]: [dense, x_i . x_j for
   // i < j] over x = (dense, embedding_1 .. embedding_F), pairs row-major; and its gradient.
   m.def("dot_interaction(Tensor dense, Tensor embeddings) -> Tensor");

@@ -1,12 +1,15 @@
-// Criteo text lines into model inputs (see the parse_criteo_lines schema in
-// csrc/ops.cpp): the fast path of recis.io's TSV/CSV reader. It accepts only lines it
-// parses exactly as Python's RecordParser does (plain decimal counts, plain hex
-// categoricals, labels "0" and "1"); at any other line it stops and leaves that line to
-// Python, which parses it, skips it or raises naming it. So both paths always agree.
+// Criteo text into model inputs (see the parse_criteo_lines and parse_hex_column
+// schemas in csrc/ops.cpp): the fast paths of recis.io's TSV/CSV reader and of its
+// Parquet reader's hex-string categoricals. They accept only what they parse exactly as
+// Python's RecordParser does (plain decimal counts, plain hex categoricals, labels "0"
+// and "1"); at anything else they stop and leave it to Python, which parses it, skips it
+// or raises naming it. So both paths always agree.
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cstring>
+#include <optional>
 #include <tuple>
 
 namespace recis {
@@ -169,8 +172,72 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> parse_cri
           ends.narrow(0, 0, n), stop};
 }
 
+// Each of n strings (string i: data[offsets[i], offsets[i + 1])) into its id in `out`:
+// missing for a null (valid[i] false) or empty one, its hex value % size otherwise.
+// Returns the first string that is not 1 to 16 hex digits (it and the rest: missing),
+// or -1.
+int64_t parse_hex_strings(const int64_t* offsets, int64_t n, const uint8_t* data,
+                          const bool* valid, int64_t size, int64_t missing, int64_t* out) {
+  for (int64_t i = 0; i < n; ++i) {
+    if (valid != nullptr && !valid[i]) {
+      out[i] = missing;
+      continue;
+    }
+    const uint8_t* p = data + offsets[i];
+    const uint8_t* end = data + offsets[i + 1];
+    // '\n' is not a hex digit: a string holding one stops short of its end.
+    if (!parse_hex(&p, end, '\n', size, missing, out + i) || p != end) {
+      std::fill(out + i, out + n, missing);
+      return i;
+    }
+  }
+  return -1;
+}
+
+std::tuple<at::Tensor, int64_t> parse_hex_column_cpu(const at::Tensor& offsets,
+                                                     const at::Tensor& data,
+                                                     const std::optional<at::Tensor>& valid,
+                                                     int64_t table_size, int64_t missing_id) {
+  constexpr const char* op = "recis.parse_hex_column";
+  TORCH_CHECK((offsets.scalar_type() == at::kInt || offsets.scalar_type() == at::kLong) &&
+                  offsets.dim() == 1 && offsets.numel() >= 1,
+              op, ": offsets must be a 1-D int32 or int64 tensor of n + 1 entries, got ",
+              offsets.scalar_type(), " of shape ", offsets.sizes());
+  TORCH_CHECK(data.scalar_type() == at::kByte && data.dim() == 1, op,
+              ": data must be a 1-D uint8 tensor, got ", data.scalar_type(), " of shape ",
+              data.sizes());
+  TORCH_CHECK(table_size > 0, op, ": table_size must be > 0, got ", table_size);
+  const int64_t n = offsets.numel() - 1;
+  at::Tensor valid_bytes;
+  if (valid.has_value()) {
+    TORCH_CHECK(valid->scalar_type() == at::kBool && valid->dim() == 1 && valid->numel() == n,
+                op, ": valid must be a 1-D bool tensor of ", n, " entries, got ",
+                valid->scalar_type(), " of shape ", valid->sizes());
+    valid_bytes = valid->contiguous();
+  }
+  const at::Tensor bounds = offsets.contiguous().to(at::kLong);
+  const int64_t* b = bounds.data_ptr<int64_t>();
+  // Bounds read out of data are a crash, not a parse failure: check them all first.
+  for (int64_t i = 0; i < n; ++i) {
+    TORCH_CHECK(b[i] >= 0 && b[i] <= b[i + 1], op, ": offsets must be non-negative and ",
+                "non-decreasing, got offsets[", i, "] = ", b[i], " and offsets[", i + 1,
+                "] = ", b[i + 1]);
+  }
+  TORCH_CHECK(b[n] <= data.numel(), op, ": offsets reach byte ", b[n], " of ", data.numel(),
+              " bytes of data");
+  const at::Tensor bytes = data.contiguous();
+  at::Tensor ids = at::empty({n}, at::TensorOptions().dtype(at::kLong));
+  const bool* v = valid.has_value() ? valid_bytes.data_ptr<bool>() : nullptr;
+  const int64_t bad = parse_hex_strings(b, n, bytes.data_ptr<uint8_t>(), v, table_size,
+                                        missing_id, ids.data_ptr<int64_t>());
+  return {ids, bad};
+}
+
 }  // namespace
 
-TORCH_LIBRARY_IMPL(recis, CPU, m) { m.impl("parse_criteo_lines", &parse_criteo_lines_cpu); }
+TORCH_LIBRARY_IMPL(recis, CPU, m) {
+  m.impl("parse_criteo_lines", &parse_criteo_lines_cpu);
+  m.impl("parse_hex_column", &parse_hex_column_cpu);
+}
 
 }  // namespace recis

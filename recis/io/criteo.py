@@ -14,10 +14,14 @@ missing). Model inputs are derived as follows:
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
+import torch
+
+from recis.ops import parse_hex_column
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -187,15 +191,14 @@ class RecordParser:
             if pa.types.is_integer(column.type) and column.type != pa.uint64():
                 values = column.fill_null(0).cast(pa.int64()).to_numpy() % size
                 present = column.is_valid().to_numpy(zero_copy_only=False)
+                ids[:, f] = np.where(present, values, self.missing)
             elif pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
-                parsed = _hex_strings(column)
+                parsed = _hex_ids(column, size, self.missing)
                 if parsed is None:
                     return None
-                values, present = parsed
-                values = (values % np.uint64(size)).astype(np.int64)
+                ids[:, f] = parsed
             else:
                 return None
-            ids[:, f] = np.where(present, values, self.missing)
         return labels, dense, ids
 
     @staticmethod
@@ -237,28 +240,31 @@ def _is_number(t: pa.DataType) -> bool:
     return (pa.types.is_integer(t) or pa.types.is_floating(t)) and t != pa.uint64()
 
 
-def _hex_strings(column: pa.Array) -> tuple[np.ndarray, np.ndarray] | None:
-    """The values (uint64) of a string array of hex numbers and where one is present
-    (not null, not empty); None if a present one is not 1 to 16 hex digits."""
+def _hex_ids(column: pa.Array, size: int, missing: int) -> np.ndarray | None:
+    """The ids of a string array of hex numbers (:func:`recis.ops.parse_hex_column`:
+    value % ``size``, ``missing`` for a null or empty string); None if a present one is
+    not 1 to 16 hex digits."""
     import pyarrow as pa
 
     n = len(column)
+    if n == 0:
+        return np.empty(0, dtype=np.int64)
     wide = pa.types.is_large_string(column.type)
     _, offsets_buf, data_buf = column.buffers()
     offsets = np.frombuffer(offsets_buf, dtype=np.int64 if wide else np.int32)
-    offsets = offsets[column.offset : column.offset + n + 1].astype(np.int64)
+    offsets = offsets[column.offset : column.offset + n + 1]
     data = (
         np.frombuffer(data_buf, dtype=np.uint8) if data_buf is not None else np.empty(0, np.uint8)
     )
-    lengths = np.diff(offsets)
-    present = column.is_valid().to_numpy(zero_copy_only=False) & (lengths > 0)
-    if np.any(lengths[present] > 16):
-        return None
-    values = np.zeros(n, dtype=np.uint64)
-    for j in range(int(lengths[present].max(initial=0))):
-        rows = np.flatnonzero(present & (lengths > j))
-        digits = _HEX_DIGIT[data[offsets[rows] + j]]
-        if np.any(digits == 255):
-            return None
-        values[rows] = values[rows] * np.uint64(16) + digits.astype(np.uint64)
-    return values, present
+    valid = column.is_valid().to_numpy(zero_copy_only=False) if column.null_count else None
+    with warnings.catch_warnings():
+        # Arrow's buffers are read-only, and the op only reads them.
+        warnings.filterwarnings("ignore", "The given NumPy array is not writable")
+        ids, first_bad = parse_hex_column(
+            torch.from_numpy(offsets),
+            torch.from_numpy(data),
+            None if valid is None else torch.from_numpy(valid),
+            size,
+            missing,
+        )
+    return None if first_bad >= 0 else ids.numpy()

@@ -6,7 +6,7 @@ the tests compare the two on random inputs.
 
 from recis.ops.bucketize import Buckets, bucketize
 from recis.ops.cpu_isa import available_cpu_isas
-from recis.ops.criteo_text import ParsedLines, parse_criteo_lines
+from recis.ops.criteo_text import ParsedLines, parse_criteo_lines, parse_hex_column
 from recis.ops.dot_interaction import dot_interaction
 from recis.ops.pooled_lookup import MEAN, SUM, pooled_lookup, pooled_lookup_tables
 from recis.ops.sparse_update import (
@@ -28,6 +28,7 @@ __all__ = [
     "dot_interaction",
     "empty_table",
     "parse_criteo_lines",
+    "parse_hex_column",
     "pooled_lookup",
     "pooled_lookup_tables",
     "sparse_adagrad_update",

@@ -1,5 +1,6 @@
-"""Criteo text lines parsed in C++ (``recis::parse_criteo_lines``): the fast path of
-:mod:`recis.io`'s TSV/CSV reader."""
+"""Criteo text parsed in C++: lines (``recis::parse_criteo_lines``), the fast path of
+:mod:`recis.io`'s TSV/CSV reader, and Arrow string columns of hex categoricals
+(``recis::parse_hex_column``), that of its Parquet reader."""
 
 from __future__ import annotations
 
@@ -50,3 +51,27 @@ def parse_criteo_lines(
             text, ord(delimiter.encode()), list(table_sizes), missing_id
         )
     )
+
+
+def parse_hex_column(
+    offsets: Tensor, data: Tensor, valid: Tensor | None, table_size: int, missing_id: int
+) -> tuple[Tensor, int]:
+    """The ids of a column of categorical strings in Arrow's layout: string ``i`` is
+    bytes ``data[offsets[i]:offsets[i + 1]]`` (``offsets`` int32 or int64, ``n + 1``
+    entries; ``data`` uint8, CPU), null where ``valid[i]`` is False (``valid``: bool
+    ``[n]``, or None for no nulls).
+
+    Returns ``(ids, first_bad)``: ``ids`` int64 ``[n]``, each string's hex value modulo
+    ``table_size``, ``missing_id`` for a null or empty one, as
+    :class:`recis.io.criteo.RecordParser` gives them; ``first_bad`` the first string
+    that is not 1 to 16 hex digits (its id and the rest's are then ``missing_id``), or
+    -1. Offsets
+    out of order or past ``data`` raise ``RuntimeError``.
+
+    Example::
+
+        >>> data = torch.tensor(list(b"1fzzA"), dtype=torch.uint8)
+        >>> parse_hex_column(torch.tensor([0, 2, 2, 5]), data, None, 10, -1)
+        (tensor([ 1, -1, -1]), 2)
+    """
+    return torch.ops.recis.parse_hex_column(offsets, data, valid, table_size, missing_id)

@@ -362,3 +362,23 @@ def parse_criteo_lines(
         torch.tensor(ends, dtype=torch.int64).reshape(-1, 2),
         torch.tensor([pos, lines], dtype=torch.int64),
     )
+
+
+def parse_hex_column(
+    offsets: Tensor, data: Tensor, valid: Tensor | None, table_size: int, missing_id: int
+) -> tuple[Tensor, int]:
+    """Reference of :func:`recis.ops.criteo_text.parse_hex_column`: string by string, with
+    Python's ``int``, up to the first string that is not 1 to 16 hex digits."""
+    raw = bytes(data.tolist())
+    bounds = offsets.tolist()
+    n = len(bounds) - 1
+    ids = [missing_id] * n
+    hex_digits = set(b"0123456789abcdefABCDEF")
+    for i in range(n):
+        s = raw[bounds[i] : bounds[i + 1]]
+        if (valid is not None and not bool(valid[i])) or not s:
+            continue
+        if len(s) > 16 or not set(s) <= hex_digits:
+            return torch.tensor(ids, dtype=torch.int64), i
+        ids[i] = int(s, 16) % table_size
+    return torch.tensor(ids, dtype=torch.int64), -1

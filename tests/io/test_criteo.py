@@ -206,19 +206,18 @@ def test_arrow_parse_agrees_with_per_record_parse(missing_id, types):
 
 
 @pytest.mark.parametrize("large", [False, True])
-def test_hex_strings_read_a_sliced_arrow_array_from_its_offset(large):
+def test_hex_ids_read_a_sliced_arrow_array_from_its_offset(large):
     import pyarrow as pa
 
-    from recis.io.criteo import _hex_strings
+    from recis.io.criteo import _hex_ids
 
     strings = ["zz", "1f", None, "", "ffffffffffffffff", "A0", "not hex"]
     array = pa.array(strings, pa.large_string() if large else pa.string()).slice(1, 5)
     assert array.offset == 1  # what combine_chunks() never hands the parser
-    values, present = _hex_strings(array)
-    assert values.tolist() == [0x1F, 0, 0, 2**64 - 1, 0xA0]
-    assert present.tolist() == [True, False, False, True, True]
-    assert _hex_strings(array.slice(3)) is not None
-    assert _hex_strings(pa.array(strings).slice(5)) is None  # "not hex" is in view
+    assert _hex_ids(array, 1000, -1).tolist() == [0x1F % 1000, -1, -1, (2**64 - 1) % 1000, 0xA0]
+    assert _hex_ids(array.slice(3), 1000, -1) is not None
+    assert _hex_ids(pa.array(strings).slice(5), 1000, -1) is None  # "not hex" is in view
+    assert _hex_ids(array.slice(5), 1000, -1).tolist() == []
 
 
 def test_arrow_parse_leaves_anything_unusual_to_the_per_record_parse():

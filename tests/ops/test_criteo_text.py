@@ -1,5 +1,6 @@
-"""recis.ops.parse_criteo_lines: the C++ fast path of the Criteo text reader, against its
-reference and against the RecordParser that parses every line it leaves."""
+"""recis.ops.parse_criteo_lines and parse_hex_column: the C++ fast paths of the Criteo text
+and Parquet readers, against their references and against the RecordParser that parses
+everything they leave."""
 
 import random
 
@@ -7,7 +8,7 @@ import pytest
 import torch
 
 from recis.io.criteo import RecordParser
-from recis.ops import parse_criteo_lines, reference
+from recis.ops import parse_criteo_lines, parse_hex_column, reference
 
 SIZES = [1 + 97 * i for i in range(26)]
 
@@ -146,3 +147,79 @@ def test_bad_arguments_raise():
         parse_criteo_lines(text.int(), "\t", SIZES, -1)
     with pytest.raises(ValueError, match="one byte"):
         parse_criteo_lines(text, "ab", SIZES, -1)
+
+
+def random_column(rng, n, bad_at=None):
+    """n categorical strings (None: null) as Arrow lays them out: offsets, data, valid."""
+    strings = []
+    for _ in range(n):
+        r = rng.random()
+        if r < 0.1:
+            strings.append(None)
+        elif r < 0.2:
+            strings.append("")
+        else:
+            s = f"{rng.getrandbits(4 * rng.randint(1, 16)):0{rng.randint(1, 16)}x}"
+            strings.append(s.upper() if rng.random() < 0.3 else s)
+    if bad_at is not None:
+        strings[bad_at] = rng.choice(["f" * 17, "0x1f", "1f ", "zz", "é", "1\n", "-1"])
+    data = b"".join((s or "").encode() for s in strings)
+    offsets = [0]
+    for s in strings:
+        offsets.append(offsets[-1] + len((s or "").encode()))
+    valid = torch.tensor([s is not None for s in strings], dtype=torch.bool)
+    return strings, torch.tensor(offsets), as_tensor(data), valid
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_hex_column_matches_the_reference_on_random_strings(seed):
+    rng = random.Random(200 + seed)
+    n = rng.choice([0, 1, 2, 127, 1000])
+    bad_at = rng.randrange(n) if n and rng.random() < 0.5 else None
+    strings, offsets, data, valid = random_column(rng, n, bad_at)
+    size, missing_id = rng.choice([1, 3, 2**31 - 1, 2**40]), rng.choice([-1, 0])
+    offset_dtype = rng.choice([torch.int32, torch.int64])
+    for v in (valid, None) if None not in strings else (valid,):
+        got = parse_hex_column(offsets.to(offset_dtype), data, v, size, missing_id)
+        want = reference.parse_hex_column(offsets.to(offset_dtype), data, v, size, missing_id)
+        assert got[1] == want[1] == (-1 if bad_at is None else bad_at)
+        torch.testing.assert_close(got[0], want[0], rtol=0, atol=0)
+
+
+def test_hex_column_ids_are_what_record_parser_gives():
+    rng = random.Random(300)
+    strings, offsets, data, valid = random_column(rng, 500)
+    parser = RecordParser(SIZES, missing_id=None)
+    ids, first_bad = parse_hex_column(offsets, data, valid, SIZES[7], parser.missing)
+    assert first_bad == -1
+    assert ids.tolist() == [parser._categorical("C8", s, SIZES[7]) for s in strings]
+
+
+def test_hex_column_edge_values_and_offsets_not_from_zero():
+    data = as_tensor(b"xx" + b"F" * 16 + b"0" + b"1f")
+    offsets = torch.tensor([2, 18, 19, 19, 21])  # a slice: the first bytes belong to others
+    ids, first_bad = parse_hex_column(offsets, data, None, 2**63 - 1, -1)
+    assert first_bad == -1
+    assert ids.tolist() == [(16**16 - 1) % (2**63 - 1), 0, -1, 0x1F]
+
+
+def test_hex_column_bad_arguments_raise():
+    data = as_tensor(b"1f2")
+    with pytest.raises(
+        RuntimeError, match=r"non-decreasing.*offsets\[1\] = 2 and offsets\[2\] = 1"
+    ):
+        parse_hex_column(torch.tensor([0, 2, 1]), data, None, 10, -1)
+    with pytest.raises(RuntimeError, match="non-negative"):
+        parse_hex_column(torch.tensor([-1, 2]), data, None, 10, -1)
+    with pytest.raises(RuntimeError, match="reach byte 4 of 3 bytes"):
+        parse_hex_column(torch.tensor([0, 4]), data, None, 10, -1)
+    with pytest.raises(RuntimeError, match="int32 or int64"):
+        parse_hex_column(torch.tensor([0.0, 2.0]), data, None, 10, -1)
+    with pytest.raises(RuntimeError, match=r"n \+ 1 entries"):
+        parse_hex_column(torch.empty(0, dtype=torch.int64), data, None, 10, -1)
+    with pytest.raises(RuntimeError, match="1-D uint8"):
+        parse_hex_column(torch.tensor([0, 2]), data.int(), None, 10, -1)
+    with pytest.raises(RuntimeError, match="bool tensor of 1 entries"):
+        parse_hex_column(torch.tensor([0, 2]), data, torch.ones(2, dtype=torch.bool), 10, -1)
+    with pytest.raises(RuntimeError, match="table_size must be > 0"):
+        parse_hex_column(torch.tensor([0, 2]), data, None, 0, -1)
