@@ -1,8 +1,9 @@
 """Criteo reader throughput: CriteoDataset (C++ parse of plain text lines) against the
 per-record Python pipeline it replaces, on the same files in one process.
 
-Writes random Criteo-like rows as TSV, gzipped TSV and Parquet into a temporary folder,
-then for each file alternates, ``--repeats`` times:
+Writes random Criteo-like rows as TSV, gzipped TSV and Parquet (categoricals as strings,
+and as dictionaries: pandas' category columns) into a temporary folder, then for each
+file alternates, ``--repeats`` times:
 
 - **recis**: ``CriteoDataset(path, batch_size, prefetch=0)``, iterated to the end;
 - **python**: the previous pipeline: ``open_reader`` without a parser (one record per
@@ -74,6 +75,11 @@ def write_files(folder: str, rows: list[list[str]]) -> dict[str, str]:
         table[name] = pa.array([v or None for v in col], pa.string())
     paths["parquet"] = os.path.join(folder, "day.parquet")
     pq.write_table(pa.table(table), paths["parquet"], row_group_size=65536)
+    # The categoricals as pandas' category columns are written (Arrow dictionaries).
+    for name in COLUMNS[14:]:
+        table[name] = table[name].dictionary_encode()
+    paths["parquet, dictionary"] = os.path.join(folder, "day_dictionary.parquet")
+    pq.write_table(pa.table(table), paths["parquet, dictionary"], row_group_size=65536)
     return paths
 
 

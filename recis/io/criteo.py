@@ -162,9 +162,10 @@ class RecordParser:
         """Vectorised :meth:`parse` of a pyarrow table with the :data:`COLUMNS` (a Parquet
         row group).
 
-        Takes numeric labels and counts, integer or hex-string categoricals, nulls (and
-        NaN counts) as missing values. Returns ``None`` when a column has another type
-        or a value is not plain (a label other than 0 and 1, an infinite count, a
+        Takes numeric labels and counts, integer or hex-string categoricals (plain
+        strings, or dictionary-encoded ones as pandas' categoricals come back), nulls
+        (and NaN counts) as missing values. Returns ``None`` when a column has another
+        type or a value is not plain (a label other than 0 and 1, an infinite count, a
         categorical string other than 1 to 16 hex digits): the caller then parses row
         by row with :meth:`parse`, which gives the exact result or error.
         """
@@ -192,11 +193,24 @@ class RecordParser:
                 values = column.fill_null(0).cast(pa.int64()).to_numpy() % size
                 present = column.is_valid().to_numpy(zero_copy_only=False)
                 ids[:, f] = np.where(present, values, self.missing)
-            elif pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+            elif _is_string(column.type):
                 parsed = _hex_ids(column, size, self.missing)
                 if parsed is None:
                     return None
                 ids[:, f] = parsed
+            elif pa.types.is_dictionary(column.type) and _is_string(column.type.value_type):
+                # (pandas' categoricals): each distinct string parsed once.
+                words = _hex_ids(column.dictionary, size, self.missing)
+                if words is None:
+                    return None
+                # The slot after the dictionary's holds the missing id for a null code
+                # (codes widened first: len(words) may not fit their type).
+                codes = column.indices.fill_null(0).to_numpy().astype(np.int64)
+                if column.null_count:
+                    codes = np.where(
+                        column.is_valid().to_numpy(zero_copy_only=False), codes, len(words)
+                    )
+                ids[:, f] = np.append(words, self.missing)[codes]
             else:
                 return None
         return labels, dense, ids
@@ -238,6 +252,12 @@ def _is_number(t: pa.DataType) -> bool:
     import pyarrow as pa
 
     return (pa.types.is_integer(t) or pa.types.is_floating(t)) and t != pa.uint64()
+
+
+def _is_string(t: pa.DataType) -> bool:
+    import pyarrow as pa
+
+    return pa.types.is_string(t) or pa.types.is_large_string(t)
 
 
 def _hex_ids(column: pa.Array, size: int, missing: int) -> np.ndarray | None:

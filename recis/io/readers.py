@@ -240,8 +240,9 @@ def read_parquet(
 ) -> Iterator[Record | ParsedBlock]:
     """Records of a Parquet file with the Criteo column names (any extra columns ignored).
 
-    Dense columns may be numeric or strings, categorical ones hex strings or
-    integers; nulls are missing values. Position: ``{"row": n}`` rows already read;
+    Dense columns may be numeric or strings, categorical ones hex strings (plain or
+    dictionary-encoded, as pandas writes category columns) or integers; nulls are
+    missing values. Position: ``{"row": n}`` rows already read;
     ``end``: the row to stop before. With ``parser``, a row group comes parsed as one
     :class:`ParsedBlock` when :meth:`RecordParser.parse_arrow` takes it, else record by
     record.

@@ -161,6 +161,8 @@ def arrow_table(rows, dense_type="float64", cat_type="string", label_type="int64
     for j, name in enumerate(COLUMNS[14:], start=14):
         if cat_type in ("string", "large_string"):
             cols[name] = pa.array([r[j] or None for r in rows], cat_type)
+        elif cat_type == "dictionary":  # pandas' categoricals come back so
+            cols[name] = pa.array([r[j] or None for r in rows]).dictionary_encode()
         else:
             # Integer ids kept within 31 bits, so that int32 holds them too.
             ids = [int(r[j], 16) & 0x7FFFFFFF if r[j] else None for r in rows]
@@ -181,6 +183,7 @@ def per_record(parser, table):
         ("int32", "large_string", "float32"),
         ("int64", "int64", "int8"),
         ("float32", "int32", "int64"),
+        ("float64", "dictionary", "int64"),
     ],
 )
 def test_arrow_parse_agrees_with_per_record_parse(missing_id, types):
@@ -243,9 +246,20 @@ def test_arrow_parse_leaves_anything_unusual_to_the_per_record_parse():
         with_column("C5", ["é"] * n),
         with_column("C5", [1.0] * n),
         with_column("C5", [2**63] * n, pa.uint64()),
+        with_column("C5", pa.array(["zz"] * n).dictionary_encode()),
+        with_column("C5", pa.array([1] * n).dictionary_encode()),
     ]:
         assert parser.parse_arrow(odd) is None
     assert parser.parse_arrow(base) is not None
+    # A dictionary column of nulls only (an empty dictionary) is all missing.
+    nulls = with_column("C5", pa.array([None] * n, pa.string()).dictionary_encode())
+    assert parser.parse_arrow(nulls)[2][:, 4].tolist() == [parser.missing] * n
+    # int8 codes with a full 128-word dictionary: a null code still reads as missing.
+    words = pa.array([format(i + 1, "x") for i in range(128)])
+    codes = pa.array([127, None] + [0] * (n - 2), pa.int8())
+    full = with_column("C5", pa.DictionaryArray.from_arrays(codes, words))
+    got = parser.parse_arrow(full)[2][:, 4].tolist()
+    assert got[:3] == [128 % parser.table_sizes[4], parser.missing, 1]
 
 
 def test_sample_missing_id_and_drop_last():
