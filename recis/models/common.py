@@ -70,6 +70,14 @@ def build_ebc(
     return EmbeddingBagCollection(configs, device=device)
 
 
+def shared_embedding_dim(ebc: EmbeddingBagCollection, model: str) -> int:
+    """The one embedding dim of all of ``ebc``'s tables (``model`` needs them equal)."""
+    dims = {c.name: c.embedding_dim for c in ebc.embedding_bag_configs()}
+    if len(set(dims.values())) != 1:
+        raise ValueError(f"{model} needs one embedding dim for all tables, got {dims}")
+    return next(iter(dims.values()))
+
+
 def check_dense(batch: dict, num_dense: int) -> Tensor:
     for key in ("dense", "sparse", "label"):
         if key not in batch:

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from recis.io.criteo import NUM_DENSE
-from recis.models.common import build_ebc, check_dense, ctr_loss, mlp
+from recis.models.common import build_ebc, check_dense, ctr_loss, mlp, shared_embedding_dim
 from recis.nn import EmbeddingBagConfig
 
 
@@ -41,10 +41,7 @@ class DeepFM(nn.Module):
         super().__init__()
         self.num_dense = num_dense
         self.sparse_arch = build_ebc(tables, table_sizes, embedding_dim, embedding_device)
-        dims = {c.embedding_dim for c in self.sparse_arch.embedding_bag_configs()}
-        if len(dims) != 1:
-            raise ValueError(f"DeepFM needs one embedding dim for all tables, got {sorted(dims)}")
-        self.dim = dims.pop()
+        self.dim = shared_embedding_dim(self.sparse_arch, "DeepFM")
         width = (len(self.sparse_arch.feature_names()) + 1) * self.dim
         self.dense_proj = nn.Linear(num_dense, self.dim)
         self.first_order = nn.Linear(width, 1)

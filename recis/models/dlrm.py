@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from recis.io.criteo import NUM_DENSE
-from recis.models.common import build_ebc, check_dense, ctr_loss, mlp
+from recis.models.common import build_ebc, check_dense, ctr_loss, mlp, shared_embedding_dim
 from recis.nn import EmbeddingBagConfig
 from recis.ops import dot_interaction
 
@@ -42,10 +42,7 @@ class DLRM(nn.Module):
         super().__init__()
         self.num_dense = num_dense
         self.sparse_arch = build_ebc(tables, table_sizes, embedding_dim, embedding_device)
-        dims = {c.embedding_dim for c in self.sparse_arch.embedding_bag_configs()}
-        if len(dims) != 1:
-            raise ValueError(f"DLRM needs one embedding dim for all tables, got {sorted(dims)}")
-        dim = dims.pop()
+        dim = shared_embedding_dim(self.sparse_arch, "DLRM")
         if not bottom_mlp or bottom_mlp[-1] != dim:
             raise ValueError(f"bottom_mlp must end with the embedding dim {dim}, got {bottom_mlp}")
         self.bottom = mlp(num_dense, bottom_mlp)

@@ -29,6 +29,10 @@ class SparseAdagrad(SparseOptimizer):
         >>> opt = SparseAdagrad(filter_out_sparse_param(model), lr=0.01)
     """
 
+    # One accumulator per element; the row-wise subclass keeps one per row.
+    _state_layout = ELEMENT
+    _apply = staticmethod(ops.sparse_adagrad_update)
+
     def __init__(
         self,
         tables: Mapping[str, EmbeddingTable],
@@ -53,7 +57,7 @@ class SparseAdagrad(SparseOptimizer):
         super().__init__(tables, defaults)
 
     def _state_spec(self, group: dict[str, Any]) -> dict[str, tuple[str, float]]:
-        return {"state_sum": (ELEMENT, float(group["initial_accumulator_value"]))}
+        return {"state_sum": (self._state_layout, float(group["initial_accumulator_value"]))}
 
     def _update(
         self,
@@ -62,7 +66,7 @@ class SparseAdagrad(SparseOptimizer):
         states: list[dict[str, Tensor]],
         group: dict[str, Any],
     ) -> None:
-        ops.sparse_adagrad_update(
+        self._apply(
             weights,
             [state["state_sum"] for state in states],
             *grad_lists(grads),
@@ -83,6 +87,9 @@ class SparseRowWiseAdagrad(SparseAdagrad):
         >>> opt = SparseRowWiseAdagrad(filter_out_sparse_param(model), lr=0.01)
     """
 
+    _state_layout = ROW
+    _apply = staticmethod(ops.sparse_rowwise_adagrad_update)
+
     def __init__(
         self,
         tables: Mapping[str, EmbeddingTable],
@@ -92,22 +99,3 @@ class SparseRowWiseAdagrad(SparseAdagrad):
         initial_accumulator_value: float = 0.0,
     ) -> None:
         super().__init__(tables, lr, eps, weight_decay, initial_accumulator_value)
-
-    def _state_spec(self, group: dict[str, Any]) -> dict[str, tuple[str, float]]:
-        return {"state_sum": (ROW, float(group["initial_accumulator_value"]))}
-
-    def _update(
-        self,
-        weights: list[Tensor],
-        grads: list[SparseGrad],
-        states: list[dict[str, Tensor]],
-        group: dict[str, Any],
-    ) -> None:
-        ops.sparse_rowwise_adagrad_update(
-            weights,
-            [state["state_sum"] for state in states],
-            *grad_lists(grads),
-            float(group["lr"]),
-            float(group["eps"]),
-            float(group["weight_decay"]),
-        )

@@ -107,8 +107,11 @@ def test_input_checks():
         DLRM(table_sizes=SIZE, embedding_dim=DIM, bottom_mlp=(16, 4))
     mixed = criteo_tables(SIZE, DIM)
     mixed[0] = criteo_tables(SIZE, 4)[0]
-    with pytest.raises(ValueError, match="embedding dim"):
-        DeepFM(tables=mixed)
+    for model_class in (DLRM, DeepFM):  # the error names the model and each table's dim
+        with pytest.raises(
+            ValueError, match=rf"{model_class.__name__} needs one embedding dim.*'t_C1': 4"
+        ):
+            model_class(tables=mixed)
     # DCNv2 accepts tables of different dims.
     model = DCNv2(tables=mixed, num_cross_layers=1, low_rank=4, deep_mlp=(8,))
     assert math.isfinite(model(batch).item())
