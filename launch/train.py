@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
 import json
 import logging
+import re
 import types
 import typing
 from dataclasses import dataclass
@@ -48,21 +50,43 @@ SPARSE_OPTIMIZERS = {
     "adamw": SparseAdamW,
     "sgd": SparseSGD,
 }
+# The values of the options that name one of a few things (checked by RunConfig).
+CHOICES = {
+    "model": list(MODELS),
+    "sharding": ["auto", *SHARDING_TYPES],
+    "sparse_optimizer": list(SPARSE_OPTIMIZERS),
+}
 SYNTHETIC_DEFAULT_STEPS = 300
 EVAL_FIRST_BATCH = 1 << 40  # synthetic eval: a range of batch indices training never reaches
 
 
 @dataclass
 class RunConfig:
-    """What to train on what: the options of train.py besides TrainingArguments."""
+    """What to train on what: the options of train.py besides TrainingArguments.
+
+    - ``model``: the CTR model (see ``recis.models``).
+    - ``data``: ``synthetic`` (an endless stream of Criteo-shaped batches), or Criteo
+      TSV/CSV/Parquet data: a file, folder, glob or fsspec URL.
+    - ``eval_data``: evaluation data, as ``data``; with synthetic ``data``, a held-out
+      synthetic split by default.
+    - ``eval_batches``: batches per rank of the synthetic evaluation.
+    - ``sharding``: ``auto`` (the planner chooses for each table), or one sharding type
+      for every table.
+    - ``batch_size``: samples per rank in each (micro-)batch.
+    - ``table_size``: cap on each table's rows (the Criteo Kaggle cardinalities).
+    - ``embedding_dim``: every table's embedding dim.
+    - ``sparse_optimizer``: the embedding tables' optimizer.
+    - ``sparse_lr``: the sparse optimizer's learning rate.
+    - ``dense_lr``: the learning rate of AdamW on the dense parameters.
+    """
 
     model: str = "dlrm"
-    data: str = "synthetic"  # or Criteo TSV/CSV/Parquet file(s): path, folder, glob or URL
-    eval_data: str | None = None  # defaults to a held-out synthetic split
-    eval_batches: int = 20  # per rank, synthetic eval only
-    sharding: str = "auto"  # or one sharding type for every table
-    batch_size: int = 2048  # per rank
-    table_size: int = 100_000  # cap on each table's rows (Criteo Kaggle cardinalities)
+    data: str = "synthetic"
+    eval_data: str | None = None
+    eval_batches: int = 20
+    sharding: str = "auto"
+    batch_size: int = 2048
+    table_size: int = 100_000
     embedding_dim: int = 16
     sparse_optimizer: str = "rowwise_adagrad"
     sparse_lr: float = 0.05
@@ -98,8 +122,35 @@ def _option_type(annotation: Any) -> tuple[Any, bool]:
     return json.loads, False  # lists and dicts (e.g. model_bank) as JSON
 
 
+def field_docs(cls: type) -> dict[str, str]:
+    """Each field's description: the first bullet of ``cls``'s docstring (``- ``name``:
+    ...``) that names it, as plain text."""
+    bullets: list[str] = []
+    for line in inspect.cleandoc(cls.__doc__ or "").splitlines():
+        if line.startswith("- "):
+            bullets.append(line[2:])
+        elif bullets and line.startswith("  "):
+            bullets[-1] += " " + line.strip()
+        elif bullets and line.strip():
+            bullets.append("")  # the list ended
+    docs: dict[str, str] = {}
+    for field in dataclasses.fields(cls):
+        named = [b for b in bullets if f"``{field.name}``" in b]
+        if named:
+            text = named[0].removeprefix(f"``{field.name}``: ")
+            docs[field.name] = _plain(" ".join(text.split()))
+    return docs
+
+
+def _plain(rst: str) -> str:
+    """``rst`` without its markup: ``code`` and :role:`~target` as plain words."""
+    return re.sub(r":\w+:`~?([^`]+)`", r"\1", rst).replace("``", "")
+
+
 def add_dataclass_options(parser: argparse.ArgumentParser, cls: type) -> None:
+    """One ``--field`` option per field of dataclass ``cls``, described by its docstring."""
     hints = typing.get_type_hints(cls)
+    docs = field_docs(cls)
     group = parser.add_argument_group(cls.__name__)
     for field in dataclasses.fields(cls):
         kind, optional = _option_type(hints[field.name])
@@ -108,15 +159,27 @@ def add_dataclass_options(parser: argparse.ArgumentParser, cls: type) -> None:
             return None if optional and text.lower() == "none" else kind(text)
 
         default = field.default if field.default is not dataclasses.MISSING else None
+        choices = CHOICES.get(field.name)
         group.add_argument(
-            f"--{field.name}", type=parse, default=default, help=f"default: {default}"
+            f"--{field.name}",
+            type=parse,
+            default=default,
+            metavar="{" + ",".join(choices) + "}" if choices else None,
+            # argparse formats help with %: a literal one is doubled.
+            help=f"{docs.get(field.name, '')} (default: {default})".replace("%", "%%"),
         )
 
 
-def parse_args(argv: list[str] | None = None) -> tuple[TrainingArguments, RunConfig]:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def build_parser() -> argparse.ArgumentParser:
+    """train.py's options: every TrainingArguments and RunConfig field."""
+    parser = argparse.ArgumentParser(description=_plain(__doc__.split("\n\n")[0]))
     add_dataclass_options(parser, TrainingArguments)
     add_dataclass_options(parser, RunConfig)
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[TrainingArguments, RunConfig]:
+    parser = build_parser()
     ns = vars(parser.parse_args(argv))
     pick = lambda cls: cls(**{f.name: ns[f.name] for f in dataclasses.fields(cls)})  # noqa: E731
     try:

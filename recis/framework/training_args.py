@@ -18,6 +18,8 @@ def positive_or_none(name: str, value: Any) -> None:
 class TrainingArguments:
     """What to train for how long, and where to save it.
 
+    - ``output_dir``: where checkpoints are written (a local path or an fsspec URL);
+      training resumes from the newest one there.
     - ``train_steps``: stop after exactly this many optimizer steps (counting the
       steps of a restored checkpoint), going over the dataset as often as needed.
     - ``train_epoch``: number of passes over ``train_dataset``. With both set,

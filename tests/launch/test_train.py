@@ -116,6 +116,25 @@ def load_train_module():
     return module
 
 
+def test_every_option_is_described_by_its_dataclass_docstring():
+    train = load_train_module()
+    options = {
+        a.option_strings[0][2:]: a for a in train.build_parser()._actions if a.dest != "help"
+    }
+    fields = [
+        *train.dataclasses.fields(train.TrainingArguments),
+        *train.dataclasses.fields(train.RunConfig),
+    ]
+    assert sorted(options) == sorted(f.name for f in fields)
+    for name, action in options.items():
+        description, default = action.help.rsplit(" (default: ", 1)
+        assert len(description) > 20 and "``" not in description, (name, action.help)
+        assert default == f"{action.default})", name
+    assert options["output_dir"].help.startswith("where checkpoints are written")
+    assert "recis.hooks.LoggerHook prints" in options["log_steps"].help
+    assert options["model"].metavar == "{dlrm,deepfm,dcnv2}"
+
+
 def test_command_line_covers_training_arguments_and_rejects_bad_values(capsys):
     train = load_train_module()
     args, run = train.parse_args(
