@@ -69,6 +69,9 @@ class RunConfig:
       TSV/CSV/Parquet data: a file, folder, glob or fsspec URL.
     - ``eval_data``: evaluation data, as ``data``; with synthetic ``data``, a held-out
       synthetic split by default.
+    - ``skip_malformed``: skip (and count) the records of ``data`` and ``eval_data``
+      that cannot be parsed, instead of stopping with an error naming the first; each
+      rank warns of the count at the end of an epoch.
     - ``eval_batches``: batches per rank of the synthetic evaluation.
     - ``sharding``: ``auto`` (the planner chooses for each table), or one sharding type
       for every table.
@@ -83,6 +86,7 @@ class RunConfig:
     model: str = "dlrm"
     data: str = "synthetic"
     eval_data: str | None = None
+    skip_malformed: bool = False
     eval_batches: int = 20
     sharding: str = "auto"
     batch_size: int = 2048
@@ -190,12 +194,13 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainingArguments, RunCon
 
 def build_datasets(run: RunConfig, seed: int) -> tuple[Any, Any]:
     sizes = _table_sizes(run)
+    skip = run.skip_malformed
     if run.data == "synthetic":
         train = SyntheticCriteoDataset(run.batch_size, sizes, seed=seed)
     else:
-        train = CriteoDataset(run.data, run.batch_size, sizes)
+        train = CriteoDataset(run.data, run.batch_size, sizes, skip_malformed=skip)
     if run.eval_data is not None:
-        evaluation = CriteoDataset(run.eval_data, run.batch_size, sizes)
+        evaluation = CriteoDataset(run.eval_data, run.batch_size, sizes, skip_malformed=skip)
     elif run.data == "synthetic":
         evaluation = SyntheticCriteoDataset(
             run.batch_size, sizes, run.eval_batches, seed=seed, first_batch=EVAL_FIRST_BATCH

@@ -62,7 +62,8 @@ class CriteoDataset:
     thread.
 
     A malformed record raises ``ValueError`` naming its file and line, or, with
-    ``skip_malformed=True``, is skipped and counted in :attr:`num_malformed`.
+    ``skip_malformed=True``, is skipped and counted in :attr:`num_malformed` (a
+    warning at the end of an epoch that skipped any gives the count and the first).
 
     Example::
 
@@ -103,6 +104,7 @@ class CriteoDataset:
         self._active: Iterator[Batch] | None = None
         self._warned = False  # about files read whole: once per dataset
         self._whole_spans: dict[int, Span] = {}
+        self._first_malformed: str | None = None  # where and why, for the epoch's warning
 
     # -- position (recis.io.position) ---------------------------------------------
     @property
@@ -208,6 +210,8 @@ class CriteoDataset:
             except ValueError as e:
                 if not self.skip_malformed:
                     raise ValueError(f"{location}: malformed record: {e}") from None
+                if self._first_malformed is None:
+                    self._first_malformed = f"{location}: {e}"
                 continue
             labels.append(label)
             dense.append(d)
@@ -326,10 +330,20 @@ class CriteoDataset:
         return self._active
 
     def _iterate(self) -> Iterator[Batch]:
+        skipped_before = self._state["malformed"]
         for batch, state in prefetch(self._produce(self._state), self.prefetch):
             self._state = state
             if batch is not None:
                 yield batch
+        if self._state["malformed"] > skipped_before:
+            logger.warning(
+                "CriteoDataset rank %d: %d malformed records skipped by the end of epoch %d "
+                "(the first: %s)",
+                self.rank,
+                self._state["malformed"],
+                self._state["epoch"],
+                self._first_malformed,
+            )
         self._state = epoch_start(self._state["epoch"] + 1, self._state["malformed"])
 
     def close(self) -> None:

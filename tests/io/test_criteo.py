@@ -1,6 +1,7 @@
 import csv
 import gzip
 import itertools
+import logging
 import math
 import random
 import threading
@@ -725,7 +726,7 @@ def test_state_rejects_other_layout():
         CriteoDataset(SAMPLE, 8, SIZES, rank=0, world_size=3).load_state_dict(state)
 
 
-def test_malformed_lines(tmp_path):
+def test_malformed_lines(tmp_path, caplog):
     rows = random_rows(10, seed=4)
     lines = ["\t".join(r) for r in rows]
     lines[3] = "\t".join(rows[3][:20])  # too few fields: line 4
@@ -741,8 +742,13 @@ def test_malformed_lines(tmp_path):
         list(CriteoDataset(path, 4, SIZES, prefetch=2))
     ds = CriteoDataset(tmp_path / "bad.tsv", 4, SIZES, skip_malformed=True)
     path.write_text("\n".join(lines) + "\n")
-    batches = list(ds)
+    with caplog.at_level(logging.WARNING, logger="recis.io.dataset"):
+        batches = list(ds)
     assert [b["label"].numel() for b in batches] == [4, 3]  # skipped rows leave no gaps
+    # The epoch's end says how many were skipped, and where the first was.
+    (warning,) = [r.getMessage() for r in caplog.records if "malformed" in r.getMessage()]
+    assert "4 malformed records skipped by the end of epoch 0" in warning
+    assert "bad.tsv:4: expected 40 fields, got 20" in warning
     got = batches_to_rows(batches)
     assert ds.num_malformed == 4
     good = [r for i, r in enumerate(rows) if i not in (3, 6, 8)]

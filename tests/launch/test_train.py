@@ -141,6 +141,14 @@ def test_command_line_covers_training_arguments_and_rejects_bad_values(capsys):
         ["--train_steps", "7", "--save_steps", "none", "--model", "deepfm", "--bf16", "true"]
     )
     assert (args.train_steps, args.save_steps, args.bf16, run.model) == (7, None, True, "deepfm")
+    # Real data: both datasets skip malformed records when asked to.
+    _, run = train.parse_args(
+        ["--data", str(CRITEO_SAMPLE), "--eval_data", str(CRITEO_SAMPLE), "--skip_malformed", "1"]
+    )
+    datasets = train.build_datasets(run, seed=0)
+    assert [ds.skip_malformed for ds in datasets] == [True, True]
+    _, run = train.parse_args(["--data", str(CRITEO_SAMPLE)])
+    assert train.build_datasets(run, seed=0)[0].skip_malformed is False
     # A bad value is a usage error (exit status 2, the message on stderr), no traceback.
     for argv, message in [
         (["--model", "nope"], "--model must be one of"),
