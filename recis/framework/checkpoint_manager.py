@@ -23,7 +23,14 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from recis.framework.checkpoint.commit import commit, read_ids, remove_stale, temp_name, validate_id
+from recis.framework.checkpoint.commit import (
+    commit,
+    find_checkpoint,
+    read_ids,
+    remove_stale,
+    temp_name,
+    validate_id,
+)
 from recis.framework.checkpoint.dense import dense_state_dict
 from recis.framework.checkpoint.integrity import DEFAULT_BLOCK_SIZE
 from recis.framework.checkpoint.layout import (
@@ -475,18 +482,9 @@ class Saver:
 
     def _resolve(self, ckpt_path: str | None, ckpt_id: str | None) -> tuple[Storage, str]:
         if ckpt_path is None:
-            storage, root = self._storage, self._root
-        else:
-            storage, root = storage_for(ckpt_path)
-        if ckpt_id is not None:
-            validate_id(ckpt_id)
-            return storage, storage.join(root, ckpt_id)
-        if ckpt_path is not None and storage.exists(storage.join(root, MANIFEST)):
-            return storage, root
-        ids = read_ids(storage, root)
-        if not ids:
-            raise FileNotFoundError(f"no committed checkpoint in {storage.url(root)}")
-        return storage, storage.join(root, ids[-1])
+            return self._storage, find_checkpoint(self._storage, self._root, ckpt_id, False)
+        storage, root = storage_for(ckpt_path)
+        return storage, find_checkpoint(storage, root, ckpt_id)
 
     def _load(
         self, ckpt_path: str | None, ckpt_id: str | None, categories: set[str], strict: bool

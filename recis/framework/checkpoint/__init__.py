@@ -4,5 +4,6 @@ One job per module: ``storage`` (local paths and fsspec URLs), ``integrity``
 (block checksums), ``tensor_file`` (safetensors files written and read by slices),
 ``tree`` (nested state to JSON + tensors), ``layout`` (which rank writes which
 box of which table), ``writer`` (parallel writer threads), ``reader`` (resharding
-reads), ``manifest`` (the commit record) and ``commit`` (atomic publish, pruning).
+reads), ``manifest`` (the commit record), ``commit`` (atomic publish, pruning) and
+``summary`` (``python -m recis.framework.checkpoint PATH [--verify]``).
 """

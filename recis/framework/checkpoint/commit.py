@@ -40,6 +40,23 @@ def read_ids(storage: Storage, root: str) -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 
+def find_checkpoint(
+    storage: Storage, root: str, ckpt_id: str | None = None, folder_ok: bool = True
+) -> str:
+    """The checkpoint folder that ``root`` names: ``root/ckpt_id`` when an id is given,
+    ``root`` itself when it is a checkpoint folder (and ``folder_ok``), else the newest
+    checkpoint committed in ``root`` (an output directory)."""
+    if ckpt_id is not None:
+        validate_id(ckpt_id)
+        return storage.join(root, ckpt_id)
+    if folder_ok and storage.exists(storage.join(root, MANIFEST)):
+        return root
+    ids = read_ids(storage, root)
+    if not ids:
+        raise FileNotFoundError(f"no committed checkpoint in {storage.url(root)}")
+    return storage.join(root, ids[-1])
+
+
 def write_ids(storage: Storage, root: str, ids: list[str], nonce: str) -> None:
     data = "".join(f"{i}\n" for i in ids).encode()
     # A hidden temporary like every other one: a crash leaves it where remove_stale

@@ -14,6 +14,7 @@ import json
 import math
 import struct
 import threading
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -97,6 +98,10 @@ def write_tensor_file(
     }
 
 
+def _missing_tensor(name: str, key: str) -> ChecksumError:
+    return ChecksumError(f"{name}: has no tensor {key!r} although the manifest lists it")
+
+
 class TensorFileReader:
     """Reads tensors, or row ranges of them, from one checkpoint file, verified.
 
@@ -134,6 +139,26 @@ class TensorFileReader:
         except ValueError as e:
             raise ChecksumError(f"{name}: unreadable safetensors header ({e})") from None
         self.data_start = 8 + hlen
+        for key, info in self.header.items():
+            if key == "__metadata__":
+                continue
+            offsets = info.get("data_offsets") if isinstance(info, dict) else None
+            if not (
+                isinstance(offsets, list)
+                and len(offsets) == 2
+                and 0 <= offsets[0] <= offsets[1] <= self.size - self.data_start
+            ):
+                raise ChecksumError(f"{name}: tensor {key!r} lies outside the file")
+
+    def verify(self, keys: Iterable[str] = ()) -> None:
+        """Reads the whole file, checking every checksum block, and that it holds every
+        tensor in ``keys`` (opening it checked its size and that each tensor lies within
+        it)."""
+        for start in range(0, self.size, self.block_size):
+            self._read_verified(start, min(start + self.block_size, self.size))
+        for key in keys:
+            if key not in self.header:
+                raise _missing_tensor(self.name, key)
 
     def _read_verified(self, start: int, stop: int) -> memoryview:
         """Bytes ``[start, stop)``, after verifying every checksum block they touch."""
@@ -169,9 +194,7 @@ class TensorFileReader:
         are read straight into it, which saves a copy of every byte.
         """
         if key not in self.header:
-            raise ChecksumError(
-                f"{self.name}: has no tensor {key!r} although the manifest lists it"
-            )
+            raise _missing_tensor(self.name, key)
         info = self.header[key]
         dtype = dtype_from_name(info["dtype"])
         shape = list(info["shape"])
@@ -210,9 +233,7 @@ class ReaderCache:
         """The stored dtype of the tensor at ``ref``."""
         reader = self.get(ref[0])
         if ref[1] not in reader.header:
-            raise ChecksumError(
-                f"{reader.name}: has no tensor {ref[1]!r} although the manifest lists it"
-            )
+            raise _missing_tensor(reader.name, ref[1])
         return dtype_from_name(reader.header[ref[1]]["dtype"])
 
     def get(self, file: str) -> TensorFileReader:
