@@ -104,18 +104,31 @@ def test_paths_without_a_checkpoint_are_usage_errors(tmp_path, capsys):
     assert status == 2 and "not valid JSON" in err
 
 
-def test_verify_finds_a_tensor_outside_its_file_even_when_the_checksums_match(tmp_path, capsys):
+@pytest.mark.parametrize(
+    "fault, message",
+    [
+        ("end offset past the file", "lies outside the file"),
+        ("shape of other size", "holds 260 bytes, not the 280 of its F32 [14, 5]"),
+    ],
+)
+def test_a_header_entry_that_does_not_fit_is_named_even_when_the_checksums_match(
+    tmp_path, capsys, fault, message
+):
     import struct
 
     from recis.framework.checkpoint.integrity import BlockChecksum
 
     _saved(tmp_path, block_size=64)
-    target = _shard_files(tmp_path)[0]
+    target = next(p for p in _shard_files(tmp_path) if b"sparse/a/weight" in p.read_bytes())
     data = target.read_bytes()
     (hlen,) = struct.unpack("<Q", data[:8])
     header = json.loads(data[8 : 8 + hlen])
-    key = next(k for k in header if k != "__metadata__")
-    header[key]["data_offsets"][1] += 10**6  # as a faulty writer could record it
+    key = "sparse/a/weight/0-13.0-5"
+    # As a faulty writer could record it.
+    if fault == "end offset past the file":
+        header[key]["data_offsets"][1] += 10**6
+    else:
+        header[key]["shape"] = [14, 5]
     raw = json.dumps(header).encode()
     data = struct.pack("<Q", len(raw)) + raw + data[8 + hlen :]
     target.write_bytes(data)
@@ -128,7 +141,7 @@ def test_verify_finds_a_tensor_outside_its_file_even_when_the_checksums_match(tm
     checksum.update(data)
     body["files"][target.name].update(size=len(data), checksums=checksum.finish())
     manifest_path.write_bytes(dumps(body))
-    message = f"{target.name}: tensor {key!r} lies outside the file"
+    message = f"{target.name}: tensor {key!r} {message}"
     status, _, err = run_main(capsys, tmp_path, "--verify")
     assert status == 1 and message in err, err
     with pytest.raises(ChecksumError, match=re.escape(message)):  # loading says the same

@@ -142,13 +142,29 @@ class TensorFileReader:
         for key, info in self.header.items():
             if key == "__metadata__":
                 continue
-            offsets = info.get("data_offsets") if isinstance(info, dict) else None
-            if not (
-                isinstance(offsets, list)
-                and len(offsets) == 2
-                and 0 <= offsets[0] <= offsets[1] <= self.size - self.data_start
-            ):
-                raise ChecksumError(f"{name}: tensor {key!r} lies outside the file")
+            self._check_entry(key, info)
+
+    def _check_entry(self, key: str, info: Any) -> None:
+        """A header entry must lie within the file and hold exactly its shape's bytes
+        (reads of row ranges rely on both)."""
+        offsets = info.get("data_offsets") if isinstance(info, dict) else None
+        if not (
+            isinstance(offsets, list)
+            and len(offsets) == 2
+            and 0 <= offsets[0] <= offsets[1] <= self.size - self.data_start
+        ):
+            raise ChecksumError(f"{self.name}: tensor {key!r} lies outside the file")
+        try:
+            dtype = dtype_from_name(info.get("dtype"))
+        except ValueError as e:
+            raise ChecksumError(f"{self.name}: tensor {key!r}: {e}") from None
+        shape = info.get("shape")
+        want = math.prod(shape) * dtype.itemsize if isinstance(shape, list) else None
+        if want != offsets[1] - offsets[0]:
+            raise ChecksumError(
+                f"{self.name}: tensor {key!r} holds {offsets[1] - offsets[0]} bytes, not the "
+                f"{want} of its {info.get('dtype')} {shape}"
+            )
 
     def verify(self, keys: Iterable[str] = ()) -> None:
         """Reads the whole file, checking every checksum block, and that it holds every
