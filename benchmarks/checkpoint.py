@@ -8,7 +8,9 @@ sync_files=True)``; torch.save: one file per rank, then fsync). Methods alternat
 ``--repeats`` times. Before each load the files are evicted from the page cache
 (``posix_fadvise(DONTNEED)`` on clean, fsync'ed pages), so loads read the disk when
 the kernel honours it. Throughput is reported in GB/s and as a fraction of the
-machine's fsync'ed sequential write bandwidth, measured here first.
+machine's fsync'ed sequential write bandwidth, measured here first. recis also times
+``verify`` (``python -m recis.framework.checkpoint PATH --verify``: rank 0 reads and
+checks every file with the same number of threads, from the disk after an eviction).
 
 Prints one JSON line per result and a markdown table.
 
@@ -31,6 +33,10 @@ import torch
 import torch.distributed as dist
 from machine import available_memory
 
+from recis.framework.checkpoint.commit import find_checkpoint
+from recis.framework.checkpoint.manifest import read_manifest
+from recis.framework.checkpoint.storage import storage_for
+from recis.framework.checkpoint.summary import verify
 from recis.framework.checkpoint_manager import Saver
 from recis.nn import EmbeddingBagConfig, filter_out_sparse_param
 from recis.nn.table import EmbeddingTable
@@ -96,6 +102,12 @@ class MomentState:
 
     def set_table_state(self, name: str, state: dict[str, torch.Tensor]) -> None:
         self.state[name] = state
+
+
+def verify_checkpoint(root: str, threads: int) -> None:
+    storage, root = storage_for(root)
+    ckpt_dir = find_checkpoint(storage, root)
+    verify(storage, ckpt_dir, read_manifest(storage, ckpt_dir), threads)
 
 
 def _evict(directory: str) -> None:
@@ -212,6 +224,13 @@ def _bench(directory: str, bytes_per_rank: int, threads: int, repeats: int) -> d
             if rank == 0:
                 _evict(path)
             times[name]["load"].append(_timed(lambda load=load, path=path: load(path)))
+            if name == "recis":
+                # `python -m recis.framework.checkpoint PATH --verify`: rank 0 reads all.
+                if rank == 0:
+                    _evict(path)
+                times[name].setdefault("verify", []).append(
+                    _timed(lambda path=path: rank == 0 and verify_checkpoint(path, threads))
+                )
             dist.barrier()
             if rank == 0:
                 shutil.rmtree(path, ignore_errors=True)
@@ -282,10 +301,10 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|")
     for r in rows:
         extra = f" (blocks {r['blocked_seconds']:.2f} s)" if "blocked_seconds" in r else ""
+        vs_dcp = f"{base[r['phase']] / r['seconds']:.2f}x" if r["phase"] in base else "-"
         print(
             f"| {r['method']} | {r['phase']}{extra} | {r['seconds']:.2f} | {r['GB_per_s']:.2f} | "
-            f"{r['fraction_of_disk_write_bw']:.0%} | {r['fraction_of_raw_write']:.0%} | "
-            f"{base[r['phase']] / r['seconds']:.2f}x |"
+            f"{r['fraction_of_disk_write_bw']:.0%} | {r['fraction_of_raw_write']:.0%} | {vs_dcp} |"
         )
 
 
