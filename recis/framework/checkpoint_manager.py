@@ -494,10 +494,13 @@ class Saver:
         rank, world = _rank_world(group)
         error: BaseException | None = None
         path = ""
+        start = time.monotonic()
+        saved_world = 0
         try:
             storage, ckpt_dir = self._resolve(ckpt_path, ckpt_id)
             path = storage.url(ckpt_dir)
             manifest = read_manifest(storage, ckpt_dir)
+            saved_world = int(manifest["world_size"])
             cache = ReaderCache(storage, ckpt_dir, manifest["files"])
             loader = CheckpointLoader(self.model, self.sparse_optimizer, self._objects)
             with ThreadPoolExecutor(self.concurrency, thread_name_prefix="recis-ckpt-read") as pool:
@@ -521,6 +524,14 @@ class Saver:
         failed = [(r, m) for r, m in enumerate(outcomes) if m is not None]
         if failed:
             raise CheckpointError(f"loading {path} failed on rank {failed[0][0]}: {failed[0][1]}")
+        if rank == 0:
+            logger.info(
+                "checkpoint loaded: %s (saved by %d ranks, loaded on %d, %.2f s)",
+                path,
+                saved_world,
+                world,
+                time.monotonic() - start,
+            )
         return path
 
 

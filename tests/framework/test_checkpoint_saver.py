@@ -134,17 +134,21 @@ def test_checkpoint_manager(tmp_path):
     assert fresh.global_step == 7
 
 
-def test_each_save_logs_its_path_and_size(tmp_path, caplog):
+def test_each_save_and_load_logs_its_path(tmp_path, caplog):
     model, opt = _model()
     saver = Saver(model, opt, str(tmp_path))
     with caplog.at_level(logging.INFO, logger="recis.framework.checkpoint_manager"):
         path = saver.save("c1")
-    (record,) = [r for r in caplog.records if r.getMessage().startswith("checkpoint saved")]
+        saver.load()
+    messages = [r.getMessage() for r in caplog.records]
+    (saved,) = [m for m in messages if m.startswith("checkpoint saved")]
     files = [f for f in os.listdir(path) if f.startswith("rank")]
     mib = sum(os.path.getsize(os.path.join(path, f)) for f in files) / 2**20
-    assert record.getMessage().startswith(
+    assert saved.startswith(
         f"checkpoint saved: {path} ({len(files)} files, {mib:.1f} MiB from 1 ranks, "
     )
+    (loaded,) = [m for m in messages if m.startswith("checkpoint loaded")]
+    assert loaded.startswith(f"checkpoint loaded: {path} (saved by 1 ranks, loaded on 1, ")
 
 
 def _concurrency_job(out_dir: str) -> None:

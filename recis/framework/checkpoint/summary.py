@@ -90,8 +90,14 @@ def verify(
 
     start = time.perf_counter()
     with ThreadPoolExecutor(max(1, threads), thread_name_prefix="recis-ckpt-verify") as pool:
-        for future in [pool.submit(check, name) for name in sorted(files)]:
-            future.result()
+        futures = [pool.submit(check, name) for name in sorted(files)]
+        try:
+            for future in futures:
+                future.result()
+        except BaseException:
+            for future in futures:  # report the first bad file without reading the rest
+                future.cancel()
+            raise
     total = sum(int(f["size"]) for f in files.values())
     return VerifyReport(len(files), total, time.perf_counter() - start)
 
@@ -119,7 +125,7 @@ def describe(manifest: dict[str, Any], location: str, committed: list[str]) -> s
     plan = manifest.get("plan") or {}
     sharding = {t["name"]: t for t in plan.get("tables", [])}
     tables = manifest["tables"]
-    lines.append(f"  {len(tables)} tables (state: the sparse optimizer's, per element or row):")
+    lines.append(f"  {len(tables)} tables:")
     rows = [("table", "rows", "dim", "dtype", "state", "sharding", "ranks")]
     for name, table in tables.items():
         shape = table["global_shape"]
