@@ -47,7 +47,8 @@ class CriteoDataset:
     end to end and cut where the ranks' shares meet (at a line, at a row), so one big
     file, or files of any sizes, is read once over the ranks in equal parts (see
     :func:`recis.io.split.balance_spans`). Files that can only be read whole (``.gz``,
-    or of unknown size) make every file be dealt out whole, or, when there are fewer
+    or of unknown size) make every file be dealt out whole (by size, see
+    :func:`recis.io.split.deal_whole_files`), or, when there are fewer
     than ``world_size`` of them, every rank scan them all and keep rows ``i %
     world_size == rank`` (rank 0 warns of what that costs). ``rank``/``world_size``
     default to the initialised process group.

@@ -150,6 +150,28 @@ class Span:
         return self.lo + ((self.hi - self.lo) * x + self.weight // 2) // self.weight
 
 
+def deal_whole_files(spans: Sequence[Span], rank: int, world_size: int) -> tuple[list[Span], bool]:
+    """This rank's spans, each read whole, and whether rows must be split too.
+
+    With at least ``world_size`` spans, they are dealt by weight, the heaviest first,
+    each to the rank with the least so far (the lowest rank on a tie), so that the
+    shares come out as equal as whole files allow; each rank reads its own in file
+    order. A span of unknown size (weight 0) counts as the mean of the others. With
+    fewer spans than ranks, every rank scans them all and keeps rows ``i % W == r``.
+    """
+    if len(spans) < world_size:
+        return list(spans), True
+    known = [s.weight for s in spans if s.weight > 0]
+    unknown = sum(known) // len(known) if known else 1
+    load = [0] * world_size
+    owner: dict[int, int] = {}
+    for k in sorted(range(len(spans)), key=lambda k: (-(spans[k].weight or unknown), k)):
+        r = min(range(world_size), key=lambda r: (load[r], r))
+        owner[k] = r
+        load[r] += spans[k].weight or unknown
+    return [s for k, s in enumerate(spans) if owner[k] == rank], False
+
+
 def whole_file_warning(spans: Sequence[Span], world_size: int) -> str | None:
     """What reading ``spans`` dealt as whole files costs, when some can only be read
     whole and the ranks' shares come out unequal; None when they do not."""
@@ -166,7 +188,7 @@ def whole_file_warning(spans: Sequence[Span], world_size: int) -> str | None:
             f"keeps one record in {world_size}; {advice}, or use at least {world_size} files"
         )
     shares = [
-        sum(s.weight for s in split_files(spans, r, world_size)[0]) for r in range(world_size)
+        sum(s.weight for s in deal_whole_files(spans, r, world_size)[0]) for r in range(world_size)
     ]
     total = sum(shares)
     if total == 0 or min(shares) >= 0.9 * max(shares):
@@ -187,14 +209,14 @@ def balance_spans(spans: Sequence[Span], rank: int, world_size: int) -> tuple[li
     and rank r takes bytes ``[r * T // W, (r + 1) * T // W)`` of their ``T``, cutting
     spans where the shares meet: every rank reads about the same amount, whatever the
     number and sizes of the files. With any span that can only be read whole (``.gz``),
-    the spans are dealt as files by :func:`split_files`. Parquet alone is shared by
-    rows, which its footers count exactly, instead of bytes.
+    the spans are dealt as whole files by :func:`deal_whole_files`. Parquet alone is
+    shared by rows, which its footers count exactly, instead of bytes.
     """
     if spans and all(s.unit == "rows" for s in spans):
         spans = [replace(s, weight=s.hi - s.lo) for s in spans]
     total = sum(s.weight for s in spans)
     if total == 0 or any(not s.unit for s in spans):
-        return split_files(spans, rank, world_size)
+        return deal_whole_files(spans, rank, world_size)
     lo, hi = rank * total // world_size, (rank + 1) * total // world_size
     mine: list[Span] = []
     at = 0

@@ -535,9 +535,19 @@ def test_gz_files_of_uneven_sizes_are_read_whole_with_a_warning(tmp_path, caplog
     paths, _ = write_parts(tmp_path, [400, 2, 3, 1], compress=True)
     with caplog.at_level("WARNING", logger="recis.io.dataset"):
         per_rank = rank_batches(paths, 2)
-    assert [sum(b["label"].numel() for b in batches) for batches in per_rank] == [403, 3]
+    # The big file alone on rank 0, the three small ones on rank 1.
+    assert [sum(b["label"].numel() for b in batches) for batches in per_rank] == [400, 6]
     (warning,) = [r.getMessage() for r in caplog.records]  # rank 0 only, once
     assert "can only be read whole (.gz" in warning and "unread" in warning
+
+
+def test_gz_files_are_dealt_by_size(tmp_path, caplog):
+    # Dealt in turn, rank 0 would get 220 rows and rank 1 40.
+    paths, _ = write_parts(tmp_path, [100, 10, 100, 10, 20, 20], compress=True)
+    with caplog.at_level("WARNING", logger="recis.io.dataset"):
+        per_rank = rank_batches(paths, 2)
+    assert [sum(b["label"].numel() for b in batches) for batches in per_rank] == [130, 130]
+    assert not caplog.records
 
 
 def test_a_file_of_unknown_size_is_read_whole(tmp_path, monkeypatch, caplog):

@@ -4,7 +4,14 @@ import uuid
 import fsspec
 import pytest
 
-from recis.io.split import Span, balance_spans, expand_paths, split_files, whole_file_warning
+from recis.io.split import (
+    Span,
+    balance_spans,
+    deal_whole_files,
+    expand_paths,
+    split_files,
+    whole_file_warning,
+)
 
 
 @pytest.fixture(params=["local", "memory"])
@@ -121,9 +128,24 @@ def test_parquet_alone_is_shared_by_rows():
 
 
 def test_a_file_read_only_whole_makes_every_file_whole():
+    # File 1's size is unknown (weight 0): it counts as the mean of the others, 52.
     spans = [text_span(0, 100), Span(1, {}, None), text_span(2, 5)]
-    assert shares(spans, 2) == [([spans[0], spans[2]], False), ([spans[1]], False)]
+    assert shares(spans, 2) == [([spans[0]], False), ([spans[1], spans[2]], False)]
     assert shares(spans, 4)[3] == (spans, True)
+
+
+def test_whole_files_are_dealt_heaviest_first_to_the_lightest_share():
+    sizes = [100, 10, 100, 10, 20, 20]  # every other file to each rank: 220 against 40
+    spans = [Span(i, {}, None, weight=w) for i, w in enumerate(sizes)]
+    parts = [deal_whole_files(spans, r, 2) for r in range(2)]
+    assert [[s.file for s in mine] for mine, _ in parts] == [[0, 1, 4], [2, 3, 5]]
+    assert [sum(s.weight for s in mine) for mine, _ in parts] == [130, 130]
+    assert not any(split for _, split in parts)
+    assert whole_file_warning(spans, 2) is None
+    # Every span once, whatever the world size.
+    for world in (2, 3, 5, 6):
+        dealt = [s.file for r in range(world) for s in deal_whole_files(spans, r, world)[0]]
+        assert sorted(dealt) == list(range(6))
 
 
 def test_files_read_whole_warn_when_the_shares_come_out_unequal():
@@ -133,7 +155,7 @@ def test_files_read_whole_warn_when_the_shares_come_out_unequal():
     assert whole_file_warning([text_span(0, 10), text_span(1, 99)], 2) is None  # cut
     uneven = [Span(0, {}, None, weight=40 * mib), *even[1:]]
     message = whole_file_warning(uneven, 2)
-    # Rank 0 holds 41 MiB, rank 1 2 MiB: both stop after ~2, of 43 in all.
-    assert "from 2.0 MiB to 41.0 MiB" in message and "about 91% of its records unread" in message
+    # Rank 0 holds 40 MiB, rank 1 3 MiB: both stop after ~3, of 43 in all.
+    assert "from 3.0 MiB to 40.0 MiB" in message and "about 86% of its records unread" in message
     message = whole_file_warning([even[0], text_span(1, 5)], 3)
     assert "every rank reads all of them and keeps one record in 3" in message
