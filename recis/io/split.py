@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import heapq
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -153,23 +154,30 @@ class Span:
 def deal_whole_files(spans: Sequence[Span], rank: int, world_size: int) -> tuple[list[Span], bool]:
     """This rank's spans, each read whole, and whether rows must be split too.
 
-    With at least ``world_size`` spans, they are dealt by weight, the heaviest first,
-    each to the rank with the least so far (the lowest rank on a tie), so that the
-    shares come out as equal as whole files allow; each rank reads its own in file
-    order. A span of unknown size (weight 0) counts as the mean of the others. With
-    fewer spans than ranks, every rank scans them all and keeps rows ``i % W == r``.
+    With at least ``world_size`` spans, they are dealt by weight (see
+    :func:`_whole_file_shares`). With fewer spans than ranks, every rank scans them all
+    and keeps rows ``i % W == r``.
     """
     if len(spans) < world_size:
         return list(spans), True
+    return _whole_file_shares(spans, world_size)[rank], False
+
+
+def _whole_file_shares(spans: Sequence[Span], world_size: int) -> list[list[Span]]:
+    """Every rank's spans: the heaviest first, each to the rank with the least so far
+    (the lowest rank on a tie), so that the shares come out as equal as whole files
+    allow; each rank reads its own in file order. A span of unknown size (weight 0)
+    counts as the mean of the others."""
     known = [s.weight for s in spans if s.weight > 0]
     unknown = sum(known) // len(known) if known else 1
-    load = [0] * world_size
-    owner: dict[int, int] = {}
-    for k in sorted(range(len(spans)), key=lambda k: (-(spans[k].weight or unknown), k)):
-        r = min(range(world_size), key=lambda r: (load[r], r))
-        owner[k] = r
-        load[r] += spans[k].weight or unknown
-    return [s for k, s in enumerate(spans) if owner[k] == rank], False
+    weights = [s.weight or unknown for s in spans]
+    loads = [(0, r) for r in range(world_size)]  # a heap of (load, rank)
+    owners: list[list[int]] = [[] for _ in range(world_size)]
+    for k in sorted(range(len(spans)), key=lambda k: (-weights[k], k)):
+        load, r = heapq.heappop(loads)
+        owners[r].append(k)
+        heapq.heappush(loads, (load + weights[k], r))
+    return [[spans[k] for k in sorted(mine)] for mine in owners]
 
 
 def whole_file_warning(spans: Sequence[Span], world_size: int) -> str | None:
@@ -187,9 +195,7 @@ def whole_file_warning(spans: Sequence[Span], world_size: int) -> str | None:
             f"{what} and there are {world_size} ranks: every rank reads all of them and "
             f"keeps one record in {world_size}; {advice}, or use at least {world_size} files"
         )
-    shares = [
-        sum(s.weight for s in deal_whole_files(spans, r, world_size)[0]) for r in range(world_size)
-    ]
+    shares = [sum(s.weight for s in mine) for mine in _whole_file_shares(spans, world_size)]
     total = sum(shares)
     if total == 0 or min(shares) >= 0.9 * max(shares):
         return None
