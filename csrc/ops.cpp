@@ -49,9 +49,12 @@ TORCH_LIBRARY(recis, m) {
   // skipped, up to the first other line. Returns (labels f64 [n], dense f64 [n, 13],
   // missing counts 0; ids i64 [n, 26], hex % table_sizes[f], missing -> missing_id;
   // ends i64 [n, 2]: byte offset after each record's line and lines read through it;
-  // stop i64 [2]: offset and lines read where parsing stopped).
+  // stop i64 [2]: offset and lines read where parsing stopped). Only lines whose number
+  // (first_line + lines before it in text) n has phase_lo <= n % modulus < phase_hi are
+  // parsed; the others are passed over like blank ones.
   m.def(
-      "parse_criteo_lines(Tensor text, int delimiter, int[] table_sizes, int missing_id) -> "
+      "parse_criteo_lines(Tensor text, int delimiter, int[] table_sizes, int missing_id, "
+      "int first_line=0, int modulus=1, int phase_lo=0, int phase_hi=1) -> "
       "(Tensor, Tensor, Tensor, Tensor, Tensor)");
   // A column of n categorical strings in Arrow's layout (string i: data[offsets[i],
   // offsets[i + 1]), int32 or int64 offsets; valid[i] false for a null), CPU only: ids

@@ -109,7 +109,8 @@ bool parse_record(const uint8_t* p, const uint8_t* end, uint8_t delimiter, const
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> parse_criteo_lines_cpu(
-    const at::Tensor& text, int64_t delimiter, at::IntArrayRef table_sizes, int64_t missing_id) {
+    const at::Tensor& text, int64_t delimiter, at::IntArrayRef table_sizes, int64_t missing_id,
+    int64_t first_line, int64_t modulus, int64_t phase_lo, int64_t phase_hi) {
   TORCH_CHECK(text.scalar_type() == at::kByte && text.dim() == 1,
               "recis.parse_criteo_lines: text must be a 1-D uint8 tensor, got ",
               text.scalar_type(), " of shape ", text.sizes());
@@ -123,14 +124,25 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> parse_cri
     TORCH_CHECK(table_sizes[f] > 0, "recis.parse_criteo_lines: table size of feature C", f + 1,
                 " must be > 0, got ", table_sizes[f]);
   }
+  TORCH_CHECK(first_line >= 0 && modulus >= 1 && 0 <= phase_lo && phase_lo <= phase_hi &&
+                  phase_hi <= modulus,
+              "recis.parse_criteo_lines: lines kept must be first_line >= 0 and phases 0 <= ",
+              "lo <= hi <= modulus, got first_line ", first_line, ", modulus ", modulus,
+              ", phases [", phase_lo, ", ", phase_hi, ")");
   const at::Tensor bytes = text.contiguous();
   const uint8_t* data = bytes.data_ptr<uint8_t>();
   const int64_t size = bytes.numel();
-  // At most one record per line: count the lines for the outputs' size.
+  const bool every_line = phase_hi - phase_lo == modulus;
+  auto kept = [&](int64_t line) {
+    const int64_t phase = (first_line + line) % modulus;
+    return every_line || (phase >= phase_lo && phase < phase_hi);
+  };
+  // At most one record per line kept: count them for the outputs' size.
   int64_t max_records = 0;
-  for (const uint8_t* q = data; q < data + size;) {
+  int64_t line_count = 0;
+  for (const uint8_t* q = data; q < data + size; ++line_count) {
     const void* nl = std::memchr(q, '\n', static_cast<size_t>(data + size - q));
-    ++max_records;
+    max_records += kept(line_count);
     q = nl == nullptr ? data + size : static_cast<const uint8_t*>(nl) + 1;
   }
   auto f64 = at::TensorOptions().dtype(at::kDouble);
@@ -153,9 +165,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> parse_cri
     const uint8_t* content_end = nl == nullptr ? data + size : static_cast<const uint8_t*>(nl);
     const int64_t next = nl == nullptr ? size : (content_end - data) + 1;
     while (content_end > line && content_end[-1] == '\r') --content_end;
+    // A line of another phase is passed over unread, like a blank one: another rank's.
+    const bool mine = kept(lines);
     bool blank = true;
-    for (const uint8_t* q = line; q < content_end && blank; ++q) blank = is_blank(*q);
-    if (!blank) {
+    for (const uint8_t* q = line; mine && q < content_end && blank; ++q) blank = is_blank(*q);
+    if (mine && !blank) {
       if (!parse_record(line, content_end, delim, sizes, missing_id, label_out + n,
                         dense_out + n * kDense, ids_out + n * kSparse)) {
         break;  // Python takes this line

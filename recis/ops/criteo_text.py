@@ -24,10 +24,20 @@ class ParsedLines(NamedTuple):
 
 
 def parse_criteo_lines(
-    text: Tensor, delimiter: str, table_sizes: Sequence[int], missing_id: int
+    text: Tensor,
+    delimiter: str,
+    table_sizes: Sequence[int],
+    missing_id: int,
+    *,
+    first_line: int = 0,
+    phases: tuple[int, int, int] = (1, 0, 1),
 ) -> ParsedLines:
     """Parses Criteo records (``label, I1..I13, C1..C26``) from the start of ``text``
     (uint8, CPU) up to the first line that is not plain.
+
+    ``phases = (modulus, lo, hi)`` keeps only the lines whose number ``n`` (``first_line``
+    plus the lines before it in ``text``) has ``lo <= n % modulus < hi``; the others are
+    passed over unread, like blank lines (they are other ranks' records).
 
     Plain: exactly 40 fields split by ``delimiter``; the label ``0`` or ``1``; each
     count empty (missing: 0) or an optional ``-`` and at most 18 decimal digits; each
@@ -48,7 +58,7 @@ def parse_criteo_lines(
         raise ValueError(f"delimiter must be one byte, got {delimiter!r}")
     return ParsedLines(
         *torch.ops.recis.parse_criteo_lines(
-            text, ord(delimiter.encode()), list(table_sizes), missing_id
+            text, ord(delimiter.encode()), list(table_sizes), missing_id, first_line, *phases
         )
     )
 

@@ -310,7 +310,13 @@ def dot_interaction(dense: Tensor, embeddings: Tensor) -> Tensor:
 
 
 def parse_criteo_lines(
-    text: Tensor, delimiter: str, table_sizes: Sequence[int], missing_id: int
+    text: Tensor,
+    delimiter: str,
+    table_sizes: Sequence[int],
+    missing_id: int,
+    *,
+    first_line: int = 0,
+    phases: tuple[int, int, int] = (1, 0, 1),
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Reference of :func:`recis.ops.criteo_text.parse_criteo_lines`: line by line, with
     Python's ``int`` and ``float`` on the fields the rules call plain."""
@@ -334,7 +340,8 @@ def parse_criteo_lines(
         nl = data.find(b"\n", pos)
         nxt = len(data) if nl < 0 else nl + 1
         line = data[pos : len(data) if nl < 0 else nl].rstrip(b"\r")
-        if line.strip(b" \t\r\v\f"):
+        modulus, lo, hi = phases
+        if lo <= (first_line + lines) % modulus < hi and line.strip(b" \t\r\v\f"):
             fields = line.split(delimiter.encode())
             if len(fields) != 40 or fields[0] not in (b"0", b"1"):
                 break

@@ -72,29 +72,41 @@ def as_tensor(data):
     )
 
 
-def parse_all(fn, data, delimiter, missing_id):
+def parse_all(fn, data, delimiter, missing_id, first_line=0, phases=(1, 0, 1)):
     """Every block fn parses in data, resuming after each line it leaves (as the reader
     does); returns those blocks and the offsets of the lines left."""
     blocks, left, pos = [], [], 0
+    line = first_line
     while pos < len(data):
-        out = fn(as_tensor(data[pos:]), delimiter, SIZES, missing_id)
+        out = fn(
+            as_tensor(data[pos:]), delimiter, SIZES, missing_id, first_line=line, phases=phases
+        )
         blocks.append((pos, out))
         pos += int(out[4][0])
+        line += int(out[4][1])
         if pos < len(data):
             left.append(pos)
             nl = data.find(b"\n", pos)
             pos = len(data) if nl < 0 else nl + 1
+            line += 1
     return blocks, left
 
 
 @pytest.mark.parametrize("seed", range(6))
 @pytest.mark.parametrize("delimiter", ["\t", ","])
-def test_matches_the_reference_on_random_lines(seed, delimiter):
+@pytest.mark.parametrize(
+    ("first_line", "phases"),
+    [(0, (1, 0, 1)), (5, (3, 1, 2)), (2, (7, 0, 4)), (1, (4, 2, 2))],
+    ids=["every-line", "one-phase-of-3", "four-of-7", "no-phase"],
+)
+def test_matches_the_reference_on_random_lines(seed, delimiter, first_line, phases):
     rng = random.Random(seed)
     data = random_text(rng, rng.choice([1, 7, 300]), delimiter)
     missing_id = rng.choice([-1, 0])
-    got, got_left = parse_all(parse_criteo_lines, data, delimiter, missing_id)
-    want, want_left = parse_all(reference.parse_criteo_lines, data, delimiter, missing_id)
+    got, got_left = parse_all(parse_criteo_lines, data, delimiter, missing_id, first_line, phases)
+    want, want_left = parse_all(
+        reference.parse_criteo_lines, data, delimiter, missing_id, first_line, phases
+    )
     assert got_left == want_left
     assert len(got) == len(want)
     for (_, g), (_, w) in zip(got, want, strict=True):
@@ -125,6 +137,22 @@ def test_parsed_lines_are_what_record_parser_gives(seed):
     assert checked > 200
 
 
+def test_lines_of_other_phases_are_passed_over_even_when_malformed():
+    plain = "\t".join(["1", *[""] * 13, *[f"{i:x}" for i in range(26)]])
+    text = "\n".join([plain, "not a record", plain, "  ", plain, "zz\tzz"]) + "\n"
+    # Lines 10..15: phases 2 to 4 of 5 are lines 12, 13 and 14.
+    out = parse_criteo_lines(
+        as_tensor(text.encode()), "\t", SIZES, -1, first_line=10, phases=(5, 2, 5)
+    )
+    assert out.ends[:, 1].tolist() == [3, 5]  # lines 12 and 14; 11 and 15 passed over
+    assert out.stop.tolist() == [len(text), 6]
+    # Phases 0 and 1: lines 10, 11 and 15; line 11 is malformed, the parse stops there.
+    out = parse_criteo_lines(
+        as_tensor(text.encode()), "\t", SIZES, -1, first_line=10, phases=(5, 0, 2)
+    )
+    assert out.ends[:, 1].tolist() == [1] and out.stop.tolist()[1] == 1
+
+
 def test_edge_sizes_and_line_ends():
     line = "\t".join(["1", "-" + "9" * 18, *[""] * 13, "F" * 16, *[""] * 24])
     for data in (b"", b"\n", line.encode(), (line + "\r\r\n").encode(), (line + "\n\n").encode()):
@@ -147,6 +175,9 @@ def test_bad_arguments_raise():
         parse_criteo_lines(text.int(), "\t", SIZES, -1)
     with pytest.raises(ValueError, match="one byte"):
         parse_criteo_lines(text, "ab", SIZES, -1)
+    for first_line, phases in ((-1, (1, 0, 1)), (0, (0, 0, 0)), (0, (3, 2, 1)), (0, (3, 0, 4))):
+        with pytest.raises(RuntimeError, match="phases 0 <= lo <= hi <= modulus"):
+            parse_criteo_lines(text, "\t", SIZES, -1, first_line=first_line, phases=phases)
 
 
 def random_column(rng, n, bad_at=None):
