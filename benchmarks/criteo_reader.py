@@ -21,8 +21,9 @@ standard library's gzip is then timed too, as the row "tsv.gz, stdlib gzip".
 Then rank 0's share of each one-file dataset on ``--world_sizes`` ranks (``rank=0,
 world_size=W`` in this process, best of the repeats): the seconds it takes against
 one rank reading the whole file, whose ideal is ``1/W``. TSV and Parquet are cut
-between the ranks; a ``.gz`` file cannot be, so each rank scans all of it and keeps
-every W-th record (how every format was split before session 20).
+between the ranks; a ``.gz`` file cannot be, so each rank decompresses all of it and
+parses only its own lines (every W-th; before session 23 it parsed every line and kept
+every W-th record).
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/criteo_reader.py
 """

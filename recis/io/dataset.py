@@ -47,11 +47,10 @@ class CriteoDataset:
     end to end and cut where the ranks' shares meet (at a line, at a row), so one big
     file, or files of any sizes, is read once over the ranks in equal parts (see
     :func:`recis.io.split.balance_spans`). Files that can only be read whole (``.gz``,
-    or of unknown size) make every file be dealt out whole (by size, see
-    :func:`recis.io.split.deal_whole_files`), or, when there are fewer
-    than ``world_size`` of them, every rank scan them all and keep rows ``i %
-    world_size == rank`` (rank 0 warns of what that costs). ``rank``/``world_size``
-    default to the initialised process group.
+    or of unknown size) go whole to ranks where they fit; the ranks that share one
+    left over each read all of it and keep the lines ``i % world_size`` of their share
+    (passing over the others unparsed; rank 0 warns when that reading costs much).
+    ``rank``/``world_size`` default to the initialised process group.
 
     Iterating yields batches ``{"dense": [B, 13], "sparse": KJT C1..C26, "label": [B]}``
     from the current read position to the end of this rank's data; the last batch
@@ -165,30 +164,28 @@ class CriteoDataset:
         self._state = state
 
     # -- iteration -----------------------------------------------------------------
-    def _deal(
-        self, items: list[WorkItem], rank: int, world_size: int
-    ) -> tuple[list[WorkItem], bool]:
+    def _deal(self, items: list[WorkItem], rank: int, world_size: int) -> list[WorkItem]:
         """``rank``'s share of the work ``items`` (see :func:`recis.io.split.balance_spans`)."""
         spans = self._measure(items)
-        mine, split_rows = balance_spans(spans, rank, world_size)
+        shares = balance_spans(spans, world_size)
         # Warn about this layout only: a reshard also deals the saved ranks' epochs.
         if self.rank == 0 and world_size == self.world_size and not self._warned:
-            warning = whole_file_warning(spans, world_size)
+            warning = whole_file_warning(spans, shares)
             if warning is not None:
                 logger.warning("CriteoDataset: %s", warning)
                 self._warned = True
-        return [[s.file, s.start, s.end] for s in mine], split_rows
+        return [[s.file, s.start, s.end, *([s.phases] if s.phases else [])] for s in shares[rank]]
 
     def _measure(self, items: list[WorkItem]) -> list[Span]:
         """The spans of work ``items``, measured on threads (remote files take a request
         or two each); a whole file's is measured once per dataset."""
 
         def span(item: WorkItem) -> Span:
-            i, start, end = item
-            whole = not start and end is None
+            i, start, end, *phases = item
+            whole = not start and end is None and not phases
             if whole and i in self._whole_spans:
                 return self._whole_spans[i]
-            result = measure(self.all_files[i], self.format, i, start, end)
+            result = measure(self.all_files[i], self.format, i, start, end, *phases)
             if whole:
                 self._whole_spans[i] = result
             return result
@@ -231,10 +228,10 @@ class CriteoDataset:
         consumed = start["consumed"]
         record = start["record"]
         for k in range(start["file"], len(work)):
-            file_index, first, end = work[k]
+            file_index, first, end, *phases = work[k]
             position = start["position"] if k == start["file"] and start["position"] else first
             path = self.all_files[file_index]
-            reader = open_reader(path, self.format, position or None, self._parser, end)
+            reader = open_reader(path, self.format, position or None, self._parser, end, *phases)
             for item in reader:
                 if isinstance(item, ParsedBlock):
                     index = record + np.arange(len(item), dtype=np.int64)

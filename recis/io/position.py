@@ -3,9 +3,11 @@ how the positions of every saved rank become new ones on another number of ranks
 
 A position is a dict of plain ints and lists (it goes into checkpoints as JSON):
 ``epoch``; ``work``, the parts of files this rank reads this epoch as ``[[index in all
-files, start position, end], ...]`` (see :class:`recis.io.split.Span`; None at the
-start of an epoch, before the epoch is dealt out), with ``split_rows`` and
-``consumed`` (see :func:`reshard`); ``file``, the work item being read and
+files, start position, end], ...]``, with a fourth element ``[modulus, lo, hi]`` for
+a file read whole of which the rank keeps some phases of the records (see
+:class:`recis.io.split.Span`; None at the start of an epoch, before the epoch is dealt
+out), with ``split_rows`` and ``consumed`` (a row split of every file, from positions
+of format 2 or older: see :func:`reshard`); ``file``, the work item being read and
 ``position``, the reader's resume point in it; ``record``, the records scanned this
 epoch (the row split's index); ``malformed``, the records skipped so far.
 """
@@ -20,13 +22,15 @@ import numpy as np
 from recis.io.split import split_files
 
 Position = dict[str, Any]
+# 3: files read whole are shared between ranks by phases of their records (work items
+# of 4 elements); a rank no longer splits the rows of every file with the others.
 # 2: epochs shared out by bytes, each rank's work list kept in its position. A state
 # without it was saved when epochs were dealt as whole files (recis before commit cf0b052).
-POSITION_FORMAT = 2
-WorkItem = list[Any]  # [index in all files, start position, end or None]
-Deal = Callable[[list[WorkItem], int, int], tuple[list[WorkItem], bool]]
-"""``deal(items, rank, world_size)``: ``rank``'s share of ``items`` and whether rows
-must be split too (:meth:`recis.io.CriteoDataset._deal`)."""
+POSITION_FORMAT = 3
+WorkItem = list[Any]  # [index in all files, start position, end or None(, phases)]
+Deal = Callable[[list[WorkItem], int, int], list[WorkItem]]
+"""``deal(items, rank, world_size)``: ``rank``'s share of ``items``
+(:meth:`recis.io.CriteoDataset._deal`)."""
 
 
 def epoch_start(epoch: int, malformed: int) -> Position:
@@ -73,9 +77,10 @@ def epoch_work(
     position: Position, num_files: int, rank: int, world_size: int, deal: Deal
 ) -> tuple[list[WorkItem], bool]:
     """The work items of ``rank``'s epoch at ``position`` and whether their rows are
-    split over the ranks: the position's own, else the epoch dealt out afresh."""
+    split over the ranks (format 2 or older): the position's own, else the epoch dealt
+    out afresh."""
     if position["work"] is None:
-        return deal([[i, {}, None] for i in range(num_files)], rank, world_size)
+        return deal([[i, {}, None] for i in range(num_files)], rank, world_size), False
     return [list(w) for w in position["work"]], position["split_rows"]
 
 
@@ -96,14 +101,13 @@ def reshard(
     """``rank``'s position on ``world_size`` ranks from the state of every saved rank,
     so that each record the saved ranks had not read of their epoch is read once.
 
-    What the saved ranks had not read (each work item from where its rank stopped) is
-    dealt out again by ``deal``: shared by bytes, or as whole files when some can only
-    be read whole (then, with fewer of them than ranks, every rank scans them and keeps
-    every ``world_size``-th record). When the saved ranks split rows, the
-    new ranks scan on from the earliest of their positions and skip the records a
-    saved rank had read (``consumed``: record ``i`` is skipped when ``i <
-    records[i % world]`` for a saved ``[world, records]``). A rank still in an earlier
-    epoch has read nothing of the latest one.
+    What the saved ranks had not read (each work item from where its rank stopped, with
+    its phases) is dealt out again by ``deal``, as an epoch is (a file read whole is
+    shared at the phases of its item). When the saved ranks split rows (positions of
+    format 2 or older), the new ranks scan on from the earliest of their positions and
+    skip the records a saved rank had read (``consumed``: record ``i`` is skipped when
+    ``i < records[i % world]`` for a saved ``[world, records]``). A rank still in an
+    earlier epoch has read nothing of the latest one.
     """
     saved = sorted((read_position(s) | {"rank": int(s["rank"])} for s in states), key=_rank)
     old_world = int(states[0]["world_size"]) if states else 0
@@ -145,15 +149,14 @@ def reshard(
         # In file order; the parts of one file stay in rank order (the sort is stable).
         left = sorted(
             (
-                [i, s["position"] if k == s["file"] and s["position"] else start, end]
+                [i, s["position"] if k == s["file"] and s["position"] else start, end, *phases]
                 for (work, _), s in zip(works, saved, strict=True)
-                for k, (i, start, end) in enumerate(work)
+                for k, (i, start, end, *phases) in enumerate(work)
                 if k >= s["file"]
             ),
             key=lambda item: item[0],
         )
-        mine, split_rows = deal(left, rank, world_size)
-        position.update(work=mine, split_rows=split_rows)
+        position.update(work=deal(left, rank, world_size))
     return position
 
 
@@ -164,7 +167,8 @@ def _rank(state: dict[str, Any]) -> int:
 def _work_item(item: Sequence[Any]) -> WorkItem:
     # [index, start] items (format 1, after a resize) read to the end of their file.
     end = item[2] if len(item) > 2 else None
-    return [int(item[0]), _ints(item[1]), None if end is None else int(end)]
+    phases = [[int(p) for p in item[3]]] if len(item) > 3 else []
+    return [int(item[0]), _ints(item[1]), None if end is None else int(end), *phases]
 
 
 def _ints(position: dict[str, Any]) -> dict[str, int]:

@@ -15,9 +15,9 @@ from __future__ import annotations
 import contextlib
 import gzip
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import IO, TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -28,6 +28,9 @@ if TYPE_CHECKING:
     import pyarrow.parquet as pq
 
 Record = tuple[str, list[object], dict[str, int]]
+Phases = Sequence[int]
+"""``[modulus, lo, hi]``: a reader keeps the records ``i`` (0-based line, or row, in the
+file) with ``lo <= i % modulus < hi`` (see :class:`recis.io.split.Span`)."""
 
 # Bytes of text handed to the C++ parser at a time.
 TEXT_BLOCK_BYTES = 1 << 22
@@ -104,6 +107,7 @@ def read_text(
     position: dict[str, int] | None = None,
     parser: RecordParser | None = None,
     end: int | None = None,
+    phases: Phases | None = None,
 ) -> Iterator[Record | ParsedBlock]:
     """Records of a delimited text file, Criteo TSV (no header) or CSV (optional header).
 
@@ -111,9 +115,10 @@ def read_text(
     by name. Empty lines are ignored. Position: ``{"offset": byte, "line": n}`` of the
     next line to read (``"line"`` absent where the line number is not known), or
     ``{"from": byte}``: the first line that starts at or after that byte. ``end``: read
-    only the lines that start before that byte. With ``parser`` (and columns in the
-    usual order) records come parsed in :class:`ParsedBlock` s, except the lines the
-    C++ parser leaves.
+    only the lines that start before that byte. ``phases``: only the lines of those
+    phases (the others are not parsed), from a position that knows its line. With
+    ``parser`` (and columns in the usual order) records come parsed in
+    :class:`ParsedBlock` s, except the lines the C++ parser leaves.
     """
     with _open_binary(path) as f:
         order: list[int] | None = None
@@ -133,6 +138,10 @@ def read_text(
             f.seek(position["offset"])
             line_no = position.get("line")
         offset = f.tell()
+        if phases is not None and line_no is None:
+            raise ValueError(
+                f"{path}: keeping phases of its lines needs a line number, got {position}"
+            )
         if order == list(range(len(COLUMNS))):
             order = None
         if parser is None or order is not None:
@@ -140,12 +149,15 @@ def read_text(
                 if end is not None and offset >= end:
                     return
                 offset += len(line)
+                mine = line_no is None or _kept(line_no - 1, phases)
                 line_no = None if line_no is None else line_no + 1
-                record = _text_record(path, line, delimiter, order, offset, line_no)
+                record = (
+                    _text_record(path, line, delimiter, order, offset, line_no) if mine else None
+                )
                 if record is not None:
                     yield record
             return
-        yield from _parse_text(f, path, delimiter, parser, offset, line_no, end)
+        yield from _parse_text(f, path, delimiter, parser, offset, line_no, end, phases)
 
 
 def _text_record(
@@ -177,10 +189,11 @@ def _parse_text(
     offset: int,
     line_no: int | None,
     end: int | None,
+    phases: Phases | None,
 ) -> Iterator[Record | ParsedBlock]:
     """Blocks of whole lines to the C++ parser; each line it leaves, as a record.
     ``offset`` and ``line_no``: where ``f`` is, in bytes and in lines (None: not
-    known); only lines that start before byte ``end`` are read."""
+    known); only lines that start before byte ``end`` are read, and of ``phases``."""
     import torch
 
     from recis.ops import parse_criteo_lines
@@ -204,7 +217,15 @@ def _parse_text(
         pos = 0
         while pos < cut:
             text = torch.frombuffer(buf, dtype=torch.uint8, offset=pos, count=cut - pos)
-            parsed = parse_criteo_lines(text, delimiter, parser.table_sizes, parser.missing)
+            # The C++ parser passes over other phases' lines; a line it leaves is a kept one.
+            parsed = parse_criteo_lines(
+                text,
+                delimiter,
+                parser.table_sizes,
+                parser.missing,
+                first_line=0 if line_no is None else line_no - 1,
+                phases=(1, 0, 1) if phases is None else tuple(phases),  # type: ignore[arg-type]
+            )
             used, lines = parsed.stop.tolist()
             if parsed.labels.numel():
                 ends = parsed.ends.numpy()[:, : len(keys)] + np.array(
@@ -237,20 +258,22 @@ def read_parquet(
     position: dict[str, int] | None = None,
     parser: RecordParser | None = None,
     end: int | None = None,
+    phases: Phases | None = None,
 ) -> Iterator[Record | ParsedBlock]:
     """Records of a Parquet file with the Criteo column names (any extra columns ignored).
 
     Dense columns may be numeric or strings, categorical ones hex strings (plain or
     dictionary-encoded, as pandas writes category columns) or integers; nulls are
     missing values. Position: ``{"row": n}`` rows already read;
-    ``end``: the row to stop before. With ``parser``, a row group comes parsed as one
+    ``end``: the row to stop before; ``phases``: only the rows of those phases. With
+    ``parser``, a row group comes parsed as one
     :class:`ParsedBlock` when :meth:`RecordParser.parse_arrow` takes it, else record by
     record.
     """
     import pyarrow.parquet as pq
 
     with _open_binary(path) as f:
-        yield from _read_parquet_file(pq.ParquetFile(f), path, position, parser, end)
+        yield from _read_parquet_file(pq.ParquetFile(f), path, position, parser, end, phases)
 
 
 def _read_parquet_file(
@@ -259,6 +282,7 @@ def _read_parquet_file(
     position: dict[str, int] | None,
     parser: RecordParser | None,
     end: int | None,
+    phases: Phases | None,
 ) -> Iterator[Record | ParsedBlock]:
     names = pf.schema_arrow.names
     missing = [c for c in COLUMNS if c not in names]
@@ -282,12 +306,16 @@ def _read_parquet_file(
         rows = parser.parse_arrow(table) if parser is not None else None
         if rows is not None:
             after = np.arange(first_row + skip + 1, first_row + skip + take + 1, dtype=np.int64)
+            if phases is not None:
+                keep = _kept(after - 1, phases)
+                rows, after = tuple(a[keep] for a in rows), after[keep]  # type: ignore[assignment]
             yield ParsedBlock(rows, ("row",), after[:, None])
         else:
             columns = [table.column(c).to_pylist() for c in COLUMNS]
             for i in range(take):
                 row = first_row + skip + i
-                yield f"{path}: row {row + 1}", [col[i] for col in columns], {"row": row + 1}
+                if _kept(row, phases):
+                    yield f"{path}: row {row + 1}", [col[i] for col in columns], {"row": row + 1}
         first_row += n
 
 
@@ -297,25 +325,43 @@ def open_reader(
     position: dict[str, int] | None = None,
     parser: RecordParser | None = None,
     end: int | None = None,
+    phases: Phases | None = None,
 ) -> Iterator[Record | ParsedBlock]:
     """The record reader of ``path`` in format ``fmt`` (see :data:`FORMATS`) from
-    ``position`` to ``end`` (see :func:`measure`); with ``parser``, records come parsed
-    in blocks where they can."""
+    ``position`` to ``end`` (see :func:`measure`), of the records of ``phases`` only
+    when given; with ``parser``, records come parsed in blocks where they can."""
     fmt = _resolve_format(path, fmt)
     if fmt == "parquet":
-        return read_parquet(path, position, parser, end)
-    return read_text(path, "\t" if fmt == "tsv" else ",", position, parser, end)
+        return read_parquet(path, position, parser, end, phases)
+    return read_text(path, "\t" if fmt == "tsv" else ",", position, parser, end, phases)
 
 
-def measure(path: str, fmt: str, index: int, start: dict[str, int], end: int | None) -> Span:
+def _kept(index: Any, phases: Phases | None) -> Any:
+    """Whether record ``index`` (an int or an int array) is of ``phases``."""
+    if phases is None:
+        return True
+    modulus, lo, hi = phases
+    phase = index % modulus
+    return (lo <= phase) & (phase < hi)
+
+
+def measure(
+    path: str,
+    fmt: str,
+    index: int,
+    start: dict[str, int],
+    end: int | None,
+    phases: Phases | None = None,
+) -> Span:
     """The :class:`~recis.io.split.Span` of file ``index`` (``path``) from reader position
     ``start`` to ``end``: in bytes for plain text, in rows for Parquet (its footer read
-    for the row count), whole for ``.gz`` and for a file whose size the file system does
-    not report (some HTTP servers). Raises ``ValueError`` naming the file."""
+    for the row count), in ``phases`` (all when None) of the records for a file read
+    whole: ``.gz`` and a file whose size the file system does not report (some HTTP
+    servers). Raises ``ValueError`` naming the file."""
     try:
         size = _file_size(path)
         if path.lower().endswith(".gz") or size is None:
-            return Span(index, start, end, weight=size or 0)
+            return _whole_file_span(index, start, end, size or 0, phases)
         if _is_parquet(path, fmt):
             import pyarrow.parquet as pq
 
@@ -330,6 +376,19 @@ def measure(path: str, fmt: str, index: int, start: dict[str, int], end: int | N
     lo = start.get("offset", start.get("from", 0))
     hi = size if end is None else end
     return Span(index, start, end, lo, hi, max(hi - lo, 0), "bytes")
+
+
+def _whole_file_span(
+    index: int, start: dict[str, int], end: int | None, size: int, phases: Phases | None
+) -> Span:
+    if phases is not None:
+        modulus, lo, hi = phases
+        weight = max(size * (hi - lo) // modulus, 1) if size else 0
+        return Span(index, start, end, lo, hi, weight, "phases", modulus)
+    if start and "line" not in start and "row" not in start:
+        # Resumed where its records' numbers are not known: one phase, for one rank.
+        return Span(index, start, end, 0, 1, size, "phases", 1)
+    return Span(index, start, end, weight=size)
 
 
 def _resolve_format(path: str, fmt: str) -> str:

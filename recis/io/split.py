@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import glob
 import heapq
+import itertools
 import os
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -118,10 +120,13 @@ class Span:
 
     ``file`` is the file's index among all files. ``lo``/``hi`` are where the span
     starts and ends in the file's own ``unit``: ``"bytes"`` for plain text (a line
-    belongs to the span its first byte lies in), ``"rows"`` for Parquet, ``""`` for a
-    file that can only be read whole (``.gz``, or of unknown size). ``weight`` is the
-    bytes it covers (estimated for Parquet rows; a whole file's compressed size), what
-    :func:`balance_spans` shares out.
+    belongs to the span its first byte lies in), ``"rows"`` for Parquet. A file that can
+    only be read whole (``.gz``, or of unknown size) has unit ``"phases"``: its reader
+    goes from ``start`` to the file's end and the span holds the records ``i`` (the
+    record's 0-based line, or row, in the file) with ``lo <= i % modulus < hi``
+    (``modulus`` 0: not laid out yet, every record). ``weight`` is the bytes it covers
+    (estimated for Parquet rows; for phases, the file's compressed size times the
+    fraction of phases), what :func:`balance_spans` shares out.
     """
 
     file: int
@@ -130,19 +135,31 @@ class Span:
     lo: int = 0
     hi: int = 0
     weight: int = 0
-    unit: str = ""
+    unit: str = "phases"
+    modulus: int = 0
+
+    @property
+    def phases(self) -> list[int] | None:
+        """``[modulus, lo, hi]`` when the span holds only some phases of its file's
+        records, else None."""
+        if self.unit != "phases" or self.modulus == 0 or self.hi - self.lo == self.modulus:
+            return None
+        return [self.modulus, self.lo, self.hi]
 
     def part(self, a: int, b: int) -> Span | None:
         """The part between ``a`` and ``b`` bytes into the span (``0 <= a < b <=
         weight``), or None when it is empty in the file's unit (a part of text may
         still hold no line: one that starts in it). A cut at ``x`` bytes falls at unit
         ``lo + (hi - lo) * x / weight`` rounded to the nearest, the same for the parts
-        on both sides of it, so they meet exactly."""
+        on both sides of it, so they meet exactly. A part of phases is read from the
+        same start to the same end, keeping fewer phases."""
         if a == 0 and b == self.weight:
             return self
         lo, hi = self._unit_at(a), self._unit_at(b)
         if hi <= lo:
             return None
+        if self.unit == "phases":
+            return replace(self, lo=lo, hi=hi, weight=b - a)
         start = self.start if a == 0 else ({"from": lo} if self.unit == "bytes" else {"row": lo})
         end = self.end if b == self.weight else hi
         return replace(self, start=start, end=end, lo=lo, hi=hi, weight=b - a)
@@ -151,85 +168,104 @@ class Span:
         return self.lo + ((self.hi - self.lo) * x + self.weight // 2) // self.weight
 
 
-def deal_whole_files(spans: Sequence[Span], rank: int, world_size: int) -> tuple[list[Span], bool]:
-    """This rank's spans, each read whole, and whether rows must be split too.
+def balance_spans(spans: Sequence[Span], world_size: int) -> list[list[Span]]:
+    """Every rank's part of ``spans``, each about ``1 / world_size`` of their bytes.
 
-    With at least ``world_size`` spans, they are dealt by weight (see
-    :func:`_whole_file_shares`). With fewer spans than ranks, every rank scans them all
-    and keeps rows ``i % W == r``.
+    Files that can only be read whole (unit ``"phases"``) go first, heaviest first, each
+    whole to the rank with the most room left, when it fits that room (to half a phase
+    of it). The rest is laid end to end and cut where the ranks' rooms meet: plain text
+    at bytes (lines), Parquet at rows (in proportion to its bytes; Parquet alone is
+    shared by the rows its footers count), a file read whole into ``world_size``
+    phases of its records (``i % world_size``), of which a rank whose room holds some
+    reads all of the file and keeps its own. So plain text and Parquet of any sizes are
+    cut in equal shares, ``.gz`` files go whole where they can, and the files left over
+    are shared, as few as possible per rank. A file of unknown size counts as the mean
+    of the others. Each rank's parts come in file order.
+
+    Example::
+
+        >>> gz = [Span(i, {}, None, weight=100) for i in range(3)]  # three .gz files
+        >>> [[(s.file, s.lo, s.hi) for s in mine] for mine in balance_spans(gz, 2)]
+        [[(0, 0, 2), (2, 0, 1)], [(1, 0, 2), (2, 1, 2)]]
     """
-    if len(spans) < world_size:
-        return list(spans), True
-    return _whole_file_shares(spans, world_size)[rank], False
+    laid = _lay_out(spans, world_size)
+    total = sum(s.weight for s in laid)
+    shares: list[list[Span]] = [[] for _ in range(world_size)]
+    rooms = [(r + 1) * total // world_size - r * total // world_size for r in range(world_size)]
+    most_room = [(-room, r) for r, room in enumerate(rooms)]
+    heapq.heapify(most_room)
+    placed = set()
+    for k in sorted(range(len(laid)), key=lambda k: -laid[k].weight):  # stable among equals
+        s = laid[k]
+        room, r = -most_room[0][0], most_room[0][1]
+        if s.unit == "phases" and 2 * (s.hi - s.lo) * (s.weight - room) <= s.weight:
+            shares[r].append(s)
+            placed.add(k)
+            rooms[r] = room - s.weight
+            heapq.heapreplace(most_room, (s.weight - room, r))
+    rest = [s for k, s in enumerate(laid) if k not in placed]
+    _cut(rest, [max(room, 0) for room in rooms], shares)
+    return [sorted(mine, key=lambda s: (s.file, s.lo)) for mine in shares]
 
 
-def _whole_file_shares(spans: Sequence[Span], world_size: int) -> list[list[Span]]:
-    """Every rank's spans: the heaviest first, each to the rank with the least so far
-    (the lowest rank on a tie), so that the shares come out as equal as whole files
-    allow; each rank reads its own in file order. A span of unknown size (weight 0)
-    counts as the mean of the others."""
+def _cut(spans: list[Span], rooms: list[int], shares: list[list[Span]]) -> None:
+    """Lays ``spans`` end to end and adds to each rank's share the part of them that
+    falls in its room (the rooms scaled to the spans' total, in rank order)."""
+    total, room_total = sum(s.weight for s in spans), sum(rooms)
+    if total == 0 or room_total == 0:
+        return
+    bounds = [total * x // room_total for x in itertools.accumulate(rooms, initial=0)]
+    r, at = 0, 0
+    for s in spans:
+        while bounds[r + 1] <= at:
+            r += 1
+        q = r
+        while q < len(rooms) and bounds[q] < at + s.weight:
+            a, b = max(bounds[q] - at, 0), min(bounds[q + 1] - at, s.weight)
+            part = s.part(a, b) if a < b else None
+            if part is not None:
+                shares[q].append(part)
+            q += 1
+        at += s.weight
+
+
+def _lay_out(spans: Sequence[Span], world_size: int) -> list[Span]:
+    """``spans`` weighed for :func:`balance_spans` (by rows when all are Parquet; a file
+    of unknown size as the mean), files read whole cut into ``world_size`` phases."""
+    if spans and all(s.unit == "rows" for s in spans):
+        return [replace(s, weight=s.hi - s.lo) for s in spans]
     known = [s.weight for s in spans if s.weight > 0]
-    unknown = sum(known) // len(known) if known else 1
-    weights = [s.weight or unknown for s in spans]
-    loads = [(0, r) for r in range(world_size)]  # a heap of (load, rank)
-    owners: list[list[int]] = [[] for _ in range(world_size)]
-    for k in sorted(range(len(spans)), key=lambda k: (-weights[k], k)):
-        load, r = heapq.heappop(loads)
-        owners[r].append(k)
-        heapq.heappush(loads, (load + weights[k], r))
-    return [[spans[k] for k in sorted(mine)] for mine in owners]
+    mean = sum(known) // len(known) if known else 1 << 20  # all unknown: any equal weight
+    laid = []
+    for s in spans:
+        if s.unit == "phases":
+            if s.modulus == 0:
+                s = replace(s, lo=0, hi=world_size, modulus=world_size)
+            if s.weight == 0:
+                s = replace(s, weight=max(mean * (s.hi - s.lo) // s.modulus, 1))
+        laid.append(s)
+    return laid
 
 
-def whole_file_warning(spans: Sequence[Span], world_size: int) -> str | None:
-    """What reading ``spans`` dealt as whole files costs, when some can only be read
-    whole and the ranks' shares come out unequal; None when they do not."""
-    whole = [s for s in spans if not s.unit]
+def whole_file_warning(spans: Sequence[Span], shares: Sequence[Sequence[Span]]) -> str | None:
+    """What sharing files that can only be read whole costs, when it is much: each rank
+    whose share holds phases of such a file reads all of it. None when the reading
+    comes to less than 1.1 times the data's bytes."""
+    world_size = len(shares)
+    laid = _lay_out(spans, world_size)
+    whole = {s.file: s.weight * s.modulus // (s.hi - s.lo) for s in laid if s.unit == "phases"}
     if not whole:
         return None
-    what = (
-        f"{len(whole)} of {len(spans)} data files can only be read whole (.gz, or of unknown size)"
-    )
-    advice = "plain text or Parquet files of known size can be cut between the ranks"
-    if len(spans) < world_size:
-        return (
-            f"{what} and there are {world_size} ranks: every rank reads all of them and "
-            f"keeps one record in {world_size}; {advice}, or use at least {world_size} files"
-        )
-    shares = [sum(s.weight for s in mine) for mine in _whole_file_shares(spans, world_size)]
-    total = sum(shares)
-    if total == 0 or min(shares) >= 0.9 * max(shares):
+    readers = Counter(p.file for mine in shares for p in mine if p.unit == "phases")
+    total = sum(s.weight for s in laid)
+    read = total + sum((readers[f] - 1) * w for f, w in whole.items() if readers[f] > 1)
+    if read < 1.1 * total:
         return None
-    unread = 1 - world_size * min(shares) / total
+    shared = sum(1 for f in whole if readers[f] > 1)
     return (
-        f"{what}, so the ranks' shares run from {min(shares) / 2**20:.1f} MiB to "
-        f"{max(shares) / 2**20:.1f} MiB on disk: an epoch ends when the smallest runs out, "
-        f"leaving about {unread:.0%} of its records unread; {advice}, or use a multiple of "
-        f"{world_size} files of similar size"
+        f"{len(whole)} of {len(spans)} data files can only be read whole (.gz, or of unknown "
+        f"size); to give the ranks equal shares, {shared} of them are split between ranks "
+        f"by lines (line % {world_size}), and each of those ranks reads through the whole "
+        f"file for its own: the ranks read {read / total:.2f}x the data's bytes; plain text "
+        "or Parquet files can be cut between the ranks without that"
     )
-
-
-def balance_spans(spans: Sequence[Span], rank: int, world_size: int) -> tuple[list[Span], bool]:
-    """This rank's part of ``spans`` and whether rows must be split too.
-
-    When every span can be cut (plain text, Parquet), the spans are laid end to end
-    and rank r takes bytes ``[r * T // W, (r + 1) * T // W)`` of their ``T``, cutting
-    spans where the shares meet: every rank reads about the same amount, whatever the
-    number and sizes of the files. With any span that can only be read whole (``.gz``),
-    the spans are dealt as whole files by :func:`deal_whole_files`. Parquet alone is
-    shared by rows, which its footers count exactly, instead of bytes.
-    """
-    if spans and all(s.unit == "rows" for s in spans):
-        spans = [replace(s, weight=s.hi - s.lo) for s in spans]
-    total = sum(s.weight for s in spans)
-    if total == 0 or any(not s.unit for s in spans):
-        return deal_whole_files(spans, rank, world_size)
-    lo, hi = rank * total // world_size, (rank + 1) * total // world_size
-    mine: list[Span] = []
-    at = 0
-    for s in spans:
-        a, b = max(lo - at, 0), min(hi - at, s.weight)
-        part = s.part(a, b) if a < b else None
-        if part is not None:
-            mine.append(part)
-        at += s.weight
-    return mine, False

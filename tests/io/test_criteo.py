@@ -487,6 +487,51 @@ def read_c1(path, fmt, position, end, parser):
     return out
 
 
+def read_items(path, fmt, position, parser, phases):
+    """(C1, position after it) of every record a reader yields."""
+    out = []
+    for item in readers.open_reader(str(path), fmt, position, parser, None, phases):
+        if isinstance(item, readers.ParsedBlock):
+            after = [dict(zip(item.keys, p, strict=True)) for p in item.positions.tolist()]
+            out += zip(item.rows[2][:, 0].tolist(), after, strict=True)
+        else:
+            out.append((int(item[1][14], 16), item[2]))
+    return out
+
+
+@pytest.mark.parametrize("parsed", [True, False], ids=["parsed", "records"])
+@pytest.mark.parametrize("fmt", ["tsv", "csv-reordered", "parquet"])
+def test_a_reader_keeps_the_records_of_its_phases_and_resumes_in_them(tmp_path, fmt, parsed):
+    rows = random_rows(30, seed=14)
+    path = tmp_path / "data"
+    if fmt == "parquet":
+        write_parquet(path, rows, row_group_size=4)
+        first = 0  # row i is record i
+    elif fmt == "tsv":
+        write_tsv(path, rows)
+        first = 0  # line i
+    else:  # a header (line 0) naming the columns in another order: read record by record
+        order = [0, *reversed(range(1, len(COLUMNS)))]  # a header starts with "label"
+        lines = [",".join(COLUMNS[i] for i in order)]
+        lines += [",".join(r[i] for i in order) for r in rows]
+        path.write_text("\n".join(lines) + "\n")
+        first = 1
+    fmt = fmt.split("-")[0]
+    parser = RecordParser(SIZES) if parsed else None
+    for phases in ([3, 1, 2], [4, 0, 3], [30, 29, 30]):
+        modulus, lo, hi = phases
+        got = read_items(path, fmt, None, parser, phases)
+        want = [c for c in range(30) if lo <= (c + first) % modulus < hi]
+        assert [c for c, _ in got] == want
+        # From the position after any record, the rest of the same phases.
+        for k in range(len(got)):
+            rest = read_items(path, fmt, got[k][1], parser, phases)
+            assert [c for c, _ in rest] == want[k + 1 :]
+    if fmt == "tsv":  # after a cut inside the file, the line numbers are not known
+        with pytest.raises(ValueError, match="phases of its lines needs a line number"):
+            read_items(path, fmt, {"from": 5}, parser, [2, 0, 1])
+
+
 @pytest.mark.parametrize(
     ("parsed", "block_bytes"),
     [(True, 1 << 22), (True, 64), (False, 1 << 22)],
@@ -531,23 +576,41 @@ def test_files_of_uneven_sizes_give_every_rank_as_much(tmp_path):
     assert abs(counts[0] - counts[1]) <= 2, counts
 
 
-def test_gz_files_of_uneven_sizes_are_read_whole_with_a_warning(tmp_path, caplog):
-    paths, _ = write_parts(tmp_path, [400, 2, 3, 1], compress=True)
+def test_a_gz_file_too_big_for_one_share_is_split_by_lines_with_a_warning(tmp_path, caplog):
+    paths, n = write_parts(tmp_path, [400, 2, 3, 1], compress=True)
     with caplog.at_level("WARNING", logger="recis.io.dataset"):
         per_rank = rank_batches(paths, 2)
-    # The big file alone on rank 0, the three small ones on rank 1.
-    assert [sum(b["label"].numel() for b in batches) for batches in per_rank] == [400, 6]
+    # Whole, the big file would leave rank 1 six rows and the epoch 400 unread: both
+    # ranks read all of it, keeping alternate lines, and the small files fill the gap.
+    assert sorted(c for batches in per_rank for b in batches for c in c1_rows(b)) == list(range(n))
+    assert [sum(b["label"].numel() for b in batches) for batches in per_rank] == [203, 203]
     (warning,) = [r.getMessage() for r in caplog.records]  # rank 0 only, once
-    assert "can only be read whole (.gz" in warning and "unread" in warning
+    assert "can only be read whole (.gz" in warning and "1 of them are split" in warning
+    assert "the ranks read 1.98x the data's bytes" in warning
 
 
-def test_gz_files_are_dealt_by_size(tmp_path, caplog):
+def test_gz_files_go_whole_where_they_make_equal_shares(tmp_path, caplog):
     # Dealt in turn, rank 0 would get 220 rows and rank 1 40.
     paths, _ = write_parts(tmp_path, [100, 10, 100, 10, 20, 20], compress=True)
     with caplog.at_level("WARNING", logger="recis.io.dataset"):
         per_rank = rank_batches(paths, 2)
     assert [sum(b["label"].numel() for b in batches) for batches in per_rank] == [130, 130]
+    # Each file whole, by one rank: 100 + 10 + 20 rows each.
+    _, states = read_through_resizes(paths, [(2, 1)])
+    assert sorted(s["work"] for s in states) == [
+        [[0, {}, None], [3, {}, None], [4, {}, None]],
+        [[1, {}, None], [2, {}, None], [5, {}, None]],
+    ]
     assert not caplog.records
+
+
+@pytest.mark.parametrize("world_size", [3, 4, 7])
+def test_fewer_gz_files_than_ranks_are_split_by_lines(tmp_path, world_size):
+    paths, n = write_parts(tmp_path, [40, 41, 39], compress=True)
+    per_rank = rank_batches(paths, world_size)
+    assert sorted(c for batches in per_rank for b in batches for c in c1_rows(b)) == list(range(n))
+    counts = [sum(b["label"].numel() for b in batches) for batches in per_rank]
+    assert max(counts) - min(counts) <= 6, counts
 
 
 def test_a_file_of_unknown_size_is_read_whole(tmp_path, monkeypatch, caplog):
@@ -561,7 +624,7 @@ def test_a_file_of_unknown_size_is_read_whole(tmp_path, monkeypatch, caplog):
             per_rank = rank_batches(fs.unstrip_protocol(f"{root}/a.tsv"), 2)
     finally:
         fs.rm(root, recursive=True)
-    assert [c for b in per_rank[0] for c in c1_rows(b)] == [0, 2, 4, 6, 8]  # a row split
+    assert [c for b in per_rank[0] for c in c1_rows(b)] == [0, 2, 4, 6, 8]  # split by lines
     assert [c for b in per_rank[1] for c in c1_rows(b)] == [1, 3, 5, 7, 9]
     assert "unknown size" in caplog.records[0].getMessage()
 
@@ -661,7 +724,7 @@ def read_through_resizes(paths, plan, batch_size=5):
 
 def write_parts(tmp_path, sizes, compress=False):
     """Files of ``sizes`` rows, numbered through in C1: plain TSV (shared out by bytes)
-    or ``.gz`` (dealt out whole)."""
+    or ``.gz`` (read whole, split by lines where they must be)."""
     paths, start = [], 0
     for k, n in enumerate(sizes):
         paths.append(str(tmp_path / f"part{k}.tsv{'.gz' if compress else ''}"))
@@ -676,8 +739,8 @@ def write_parts(tmp_path, sizes, compress=False):
         [(2, 3), (1, None)],  # the rest to one rank
         [(2, 3), (2, None)],  # the same size: dealt again
         [(2, 1), (3, None)],  # over more ranks
-        [(2, 3), (5, None)],  # .gz: fewer files left than ranks, their rows are split
-        [(3, 1), (5, 1), (2, None)],  # .gz: whole files, then split rows, then fewer ranks
+        [(2, 3), (5, None)],  # .gz: fewer files left than ranks, split by lines
+        [(3, 1), (5, 1), (2, None)],  # .gz: split by lines, again, then fewer ranks
     ],
 )
 @pytest.mark.parametrize("compress", [False, True], ids=["bytes", "whole-gz"])
@@ -698,12 +761,52 @@ def test_resized_ranks_read_the_rest_of_a_file_split_epoch_once(tmp_path, plan, 
         [(3, 2), (3, 0), (2, None)],  # resized again before reading anything
     ],
 )
-def test_resized_ranks_read_the_rest_of_a_row_split_epoch_once(tmp_path, plan):
-    # Fewer .gz files than ranks: every rank scans both and keeps every world_size-th row.
+def test_resized_ranks_read_the_rest_of_gz_files_split_by_lines_once(tmp_path, plan):
+    # Fewer .gz files than ranks: each is split by lines between ranks.
     paths, n = write_parts(tmp_path, [23, 24], compress=True)
     rows, states = read_through_resizes(paths, plan)
     assert sorted(rows) == list(range(n))
     assert all(s["epoch"] == 1 and s["work"] is None for s in states)
+
+
+@pytest.mark.parametrize("world_size", [3, 2, 4])
+def test_a_row_split_position_of_format_2_resumes(tmp_path, world_size):
+    # Before position format 3, fewer .gz files than ranks made every rank scan every
+    # file and keep records i % 3 == rank (i counts records over all files). Here each
+    # of 3 ranks had read 10: rank r's last was record 27 + r, row 4 + r of file 1.
+    paths, n = write_parts(tmp_path, [23, 24], compress=True)
+    with gzip.open(paths[1], "rb") as f:
+        lines = f.read().splitlines(keepends=True)
+    states = [
+        {
+            "position_format": 2,
+            "rank": r,
+            "world_size": 3,
+            "num_files": 2,
+            "batch_size": 5,
+            "epoch": 0,
+            "work": [[0, {}, None], [1, {}, None]],
+            "split_rows": True,
+            "consumed": [],
+            "file": 1,
+            "position": {"offset": sum(map(len, lines[: 5 + r])), "line": 6 + r},
+            "record": 28 + r,
+            "malformed": 0,
+        }
+        for r in range(3)
+    ]
+    rows = []
+    for r in range(world_size):
+        ds = CriteoDataset(paths, 5, SIZES, rank=r, world_size=world_size, prefetch=0)
+        if world_size == 3:
+            ds.load_state_dict(states[r])
+        else:
+            ds.load_resharded_state_dict(states, r, world_size)
+        mine = [c for b in ds for c in c1_rows(b)]
+        if world_size == 3:  # each rank goes on with its own records
+            assert all(c % 3 == r for c in mine)
+        rows += mine
+    assert sorted(rows) == list(range(30, n))
 
 
 def test_a_resized_position_saves_and_resumes_on_the_same_ranks(tmp_path):
@@ -817,7 +920,12 @@ def test_ranks_read_every_row_exactly_once(tmp_path, world_size):
         files.append(str(tmp_path / f"part{k}.tsv"))
         start += n
     parts = f"file://{tmp_path}/part*.tsv"  # the same four files as an fsspec URL glob
-    results = run_distributed(_rank_rows_all, world_size, str(tmp_path / "one.tsv"), files, parts)
+    (tmp_path / "gz").mkdir()
+    gz, n_gz = write_parts(tmp_path / "gz", [30, 7, 12], compress=True)  # some split by lines
+    results = run_distributed(
+        _rank_rows_all, world_size, str(tmp_path / "one.tsv"), files, parts, gz
+    )
     _check_split([r[0] for r in results], 47)
     _check_split([r[1] for r in results], start)
     _check_split([r[2] for r in results], start)
+    assert sorted(i for r in results for i in r[3]) == list(range(n_gz))

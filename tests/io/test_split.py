@@ -1,17 +1,11 @@
 import itertools
+import random
 import uuid
 
 import fsspec
 import pytest
 
-from recis.io.split import (
-    Span,
-    balance_spans,
-    deal_whole_files,
-    expand_paths,
-    split_files,
-    whole_file_warning,
-)
+from recis.io.split import Span, balance_spans, expand_paths, split_files, whole_file_warning
 
 
 @pytest.fixture(params=["local", "memory"])
@@ -74,8 +68,12 @@ def text_span(file, size):
     return Span(file, {}, None, 0, size, size, "bytes")
 
 
-def shares(spans, world_size):
-    return [balance_spans(spans, r, world_size) for r in range(world_size)]
+def gz_span(file, size):
+    return Span(file, {}, None, weight=size)
+
+
+def files_and_phases(shares):
+    return [[(s.file, s.lo, s.hi) for s in mine] for mine in shares]
 
 
 @pytest.mark.parametrize("world_size", [1, 2, 3, 7, 64])
@@ -84,8 +82,7 @@ def test_byte_shares_are_equal_and_meet_exactly(world_size):
     spans = [text_span(i, n) for i, n in enumerate(sizes)]
     total = sum(sizes)
     covered = {i: [] for i in range(len(sizes))}
-    for r, (mine, split_rows) in enumerate(shares(spans, world_size)):
-        assert not split_rows
+    for r, mine in enumerate(balance_spans(spans, world_size)):
         # Each rank's share is its exact slice of the total, in file order.
         assert (
             sum(s.hi - s.lo for s in mine)
@@ -109,7 +106,7 @@ def test_byte_shares_are_equal_and_meet_exactly(world_size):
 def test_row_shares_cut_rows_in_proportion_to_bytes():
     # A Parquet file of 10 rows in 1000 bytes after a text file of 500 bytes.
     spans = [text_span(0, 500), Span(1, {}, None, 0, 10, 1000, "rows")]
-    got = [[(s.file, s.start, s.end) for s in mine] for mine, _ in shares(spans, 3)]
+    got = [[(s.file, s.start, s.end) for s in mine] for mine in balance_spans(spans, 3)]
     assert got == [
         [(0, {}, None)],
         [(1, {}, 5)],  # bytes 500-1000 of the 1500 are the file's first 500: rows 0-4
@@ -120,42 +117,81 @@ def test_row_shares_cut_rows_in_proportion_to_bytes():
 def test_parquet_alone_is_shared_by_rows():
     # Rows 0-9 and rows 2-4 of two files whose rows differ in size: 13 rows, not bytes.
     spans = [Span(0, {}, None, 0, 10, 1000, "rows"), Span(1, {"row": 2}, 5, 2, 5, 9000, "rows")]
-    got = [[(s.file, s.lo, s.hi) for s in mine] for mine, _ in shares(spans, 2)]
-    assert got == [[(0, 0, 6)], [(0, 6, 10), (1, 2, 5)]]
+    assert files_and_phases(balance_spans(spans, 2)) == [[(0, 0, 6)], [(0, 6, 10), (1, 2, 5)]]
     # More ranks than rows: the ranks whose share holds no row get nothing.
-    parts = [mine for mine, _ in shares([spans[1]], 5)]
+    parts = balance_spans([spans[1]], 5)
     assert [[(s.lo, s.hi) for s in p] for p in parts] == [[], [(2, 3)], [], [(3, 4)], [(4, 5)]]
 
 
-def test_a_file_read_only_whole_makes_every_file_whole():
-    # File 1's size is unknown (weight 0): it counts as the mean of the others, 52.
-    spans = [text_span(0, 100), Span(1, {}, None), text_span(2, 5)]
-    assert shares(spans, 2) == [([spans[0]], False), ([spans[1], spans[2]], False)]
-    assert shares(spans, 4)[3] == (spans, True)
-
-
-def test_whole_files_are_dealt_heaviest_first_to_the_lightest_share():
+def test_whole_files_go_whole_heaviest_first_to_the_most_room():
     sizes = [100, 10, 100, 10, 20, 20]  # every other file to each rank: 220 against 40
-    spans = [Span(i, {}, None, weight=w) for i, w in enumerate(sizes)]
-    parts = [deal_whole_files(spans, r, 2) for r in range(2)]
-    assert [[s.file for s in mine] for mine, _ in parts] == [[0, 1, 4], [2, 3, 5]]
-    assert [sum(s.weight for s in mine) for mine, _ in parts] == [130, 130]
-    assert not any(split for _, split in parts)
-    assert whole_file_warning(spans, 2) is None
-    # Every span once, whatever the world size.
-    for world in (2, 3, 5, 6):
-        dealt = [s.file for r in range(world) for s in deal_whole_files(spans, r, world)[0]]
-        assert sorted(dealt) == list(range(6))
+    spans = [gz_span(i, w) for i, w in enumerate(sizes)]
+    shares = balance_spans(spans, 2)
+    assert [[s.file for s in mine] for mine in shares] == [[0, 1, 4], [2, 3, 5]]
+    assert all(s.phases is None for mine in shares for s in mine)  # every record
+    assert whole_file_warning(spans, shares) is None
 
 
-def test_files_read_whole_warn_when_the_shares_come_out_unequal():
-    mib = 2**20
-    even = [Span(i, {}, None, weight=mib) for i in range(4)]
-    assert whole_file_warning(even, 2) is None
-    assert whole_file_warning([text_span(0, 10), text_span(1, 99)], 2) is None  # cut
-    uneven = [Span(0, {}, None, weight=40 * mib), *even[1:]]
-    message = whole_file_warning(uneven, 2)
-    # Rank 0 holds 40 MiB, rank 1 3 MiB: both stop after ~3, of 43 in all.
-    assert "from 3.0 MiB to 40.0 MiB" in message and "about 86% of its records unread" in message
-    message = whole_file_warning([even[0], text_span(1, 5)], 3)
-    assert "every rank reads all of them and keeps one record in 3" in message
+def test_files_that_do_not_fit_whole_are_split_by_phases():
+    three = [gz_span(i, 100) for i in range(3)]
+    assert files_and_phases(balance_spans(three, 2)) == [
+        [(0, 0, 2), (2, 0, 1)],  # file 2's records 0, 2, 4, ... on rank 0
+        [(1, 0, 2), (2, 1, 2)],
+    ]
+    assert balance_spans(three, 2)[0][1].phases == [2, 0, 1]
+    # Fewer files than ranks: each rank reads at most two, not all three.
+    assert files_and_phases(balance_spans(three, 4)) == [
+        [(0, 0, 3)],
+        [(0, 3, 4), (1, 0, 2)],
+        [(1, 2, 4), (2, 0, 1)],
+        [(2, 1, 4)],
+    ]
+    # Text fills the room whole files leave; a file of unknown size (weight 0) counts
+    # as the mean of the others (52) and goes whole to the rank with the most room.
+    mixed = [text_span(0, 100), Span(1, {}, None), text_span(2, 5)]
+    assert files_and_phases(balance_spans(mixed, 2)) == [
+        [(0, 0, 78)],
+        [(0, 78, 100), (1, 0, 2), (2, 0, 5)],
+    ]
+
+
+def test_a_resumed_part_keeps_its_phases_and_a_single_phase_is_not_cut():
+    resumed = Span(0, {"offset": 9, "line": 3}, None, 1, 3, 200, "phases", 4)
+    shares = balance_spans([resumed], 2)
+    assert files_and_phases(shares) == [[(0, 1, 2)], [(0, 2, 3)]]
+    assert shares[1][0].start == resumed.start and shares[1][0].phases == [4, 2, 3]
+    single = Span(0, {"offset": 9}, None, 0, 1, 200, "phases", 1)
+    assert files_and_phases(balance_spans([single, text_span(1, 10)], 3)) == [
+        [],
+        [(0, 0, 1)],
+        [(1, 0, 10)],
+    ]
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_every_record_of_every_file_goes_to_one_rank(seed):
+    rng = random.Random(seed)
+    world_size = rng.choice([1, 2, 3, 5, 8, 16, 24])
+    spans = [
+        gz_span(i, rng.randint(50, 5000))
+        if rng.random() < 0.7
+        else text_span(i, rng.randint(0, 5000))
+        for i in range(rng.randint(1, 30))
+    ]
+    shares = balance_spans(spans, world_size)
+    for span in spans:
+        parts = sorted((s.lo, s.hi) for mine in shares for s in mine if s.file == span.file)
+        if span.unit == "bytes" and span.weight == 0:
+            assert parts == []
+            continue
+        # The parts tile the file: its bytes if text, its world_size phases if whole.
+        assert parts[0][0] == 0
+        assert parts[-1][1] == (span.hi if span.unit == "bytes" else world_size)
+        assert all(a[1] == b[0] for a, b in itertools.pairwise(parts))
+    # Shares come out equal to a phase of the biggest file, and a rank reads through
+    # at most two files of which it keeps only some records.
+    total = sum(s.weight for s in spans)
+    phase = max(s.weight for s in spans) // world_size + 1
+    for mine in shares:
+        assert abs(sum(s.weight for s in mine) - total / world_size) <= phase
+        assert sum(s.phases is not None for s in mine) <= 2
