@@ -25,6 +25,13 @@ between the ranks; a ``.gz`` file cannot be, so each rank decompresses all of it
 parses only its own lines (every W-th; before session 23 it parsed every line and kept
 every W-th record).
 
+Last, the same rows as ``--gz_files`` (``FILES:RANKS,...``) equal ``.gz`` files on that
+many ranks, each rank read in this process: the records an epoch reads (the ranks in
+step stop when the first runs out: ``RANKS`` times the smallest share) and the slowest
+rank's seconds against the ideal, one rank's time for all the files over ``RANKS``.
+Before session 23 whole files were dealt whole, so 3 files on 2 ranks read 2 of them
+per epoch.
+
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/criteo_reader.py
 """
 
@@ -33,6 +40,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+import logging
 import os
 import tempfile
 import time
@@ -112,15 +120,47 @@ def _python_batch(parser: RecordParser, fields: list[list[object]]) -> int:
     return int(rows_to_batch(*rows)["label"].numel())
 
 
-def share_seconds(path: str, world_size: int, batch_size: int, repeats: int) -> tuple[int, float]:
-    """Rows of rank 0's share of ``path`` on ``world_size`` ranks, best seconds to read it."""
+def share_seconds(
+    path: str, world_size: int, batch_size: int, repeats: int, rank: int = 0
+) -> tuple[int, float]:
+    """Rows of ``rank``'s share of ``path`` on ``world_size`` ranks, best seconds to read
+    it: of ``repeats`` epochs of one dataset, as in a job (the first also measures the
+    files, which a dataset does once for files read whole)."""
     best, rows = float("inf"), 0
+    ds = CriteoDataset(path, batch_size, SIZES, rank=rank, world_size=world_size, prefetch=0)
     for _ in range(repeats):
-        ds = CriteoDataset(path, batch_size, SIZES, rank=0, world_size=world_size, prefetch=0)
         start = time.perf_counter()
         rows = sum(int(b["label"].numel()) for b in ds)
         best = min(best, time.perf_counter() - start)
     return rows, best
+
+
+def gz_files_case(
+    folder: str, rows: list[list[str]], files: int, world_size: int, batch_size: int, repeats: int
+) -> dict[str, object]:
+    """``rows`` as ``files`` equal .gz files, read on ``world_size`` ranks (in turn)."""
+    sub = os.path.join(folder, f"gz{files}")
+    os.makedirs(sub, exist_ok=True)
+    for k in range(files):
+        part = rows[k * len(rows) // files : (k + 1) * len(rows) // files]
+        with gzip.open(os.path.join(sub, f"part{k:03d}.tsv.gz"), "wb", compresslevel=6) as f:
+            f.write("".join("\t".join(r) + "\n" for r in part).encode())
+    _, whole = share_seconds(sub, 1, batch_size, repeats, rank=0)
+    shares = [
+        share_seconds(sub, world_size, batch_size, repeats, rank=r) for r in range(world_size)
+    ]
+    epoch_rows = world_size * min(n for n, _ in shares)
+    slowest = max(t for _, t in shares)
+    return {
+        "bench": "criteo_reader_gz_files",
+        "files": files,
+        "world_size": world_size,
+        "epoch_rows": epoch_rows,
+        "of_records": round(epoch_rows / len(rows), 3),
+        "slowest_rank_s": round(slowest, 3),
+        "ideal_s": round(whole / world_size, 3),
+        "x_ideal": round(slowest * world_size / whole, 2),
+    }
 
 
 def read_rate(path: str) -> float:
@@ -138,10 +178,14 @@ def main() -> None:
     p.add_argument("--batch_size", type=int, default=4096)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--world_sizes", default="2,4,8", help="rank shares to time")
+    p.add_argument("--gz_files", default="3:2,24:16,4:8", help="FILES:RANKS cases of .gz files")
     args = p.parse_args()
     world_sizes = [int(w) for w in args.world_sizes.split(",") if w]
+    gz_cases = [tuple(int(x) for x in c.split(":")) for c in args.gz_files.split(",") if c]
+    logging.getLogger("recis.io.dataset").setLevel(logging.ERROR)  # the split warnings
     with tempfile.TemporaryDirectory() as folder:
-        paths = write_files(folder, random_rows(args.rows, seed=0))
+        records = random_rows(args.rows, seed=0)
+        paths = write_files(folder, records)
         text_bytes = os.path.getsize(paths["tsv"])
         limit = max(read_rate(paths["tsv"]) for _ in range(args.repeats))
         results = []
@@ -188,6 +232,11 @@ def main() -> None:
                 }
                 shares.append(rec)
                 print(json.dumps(rec), flush=True)
+        gz_files = []
+        for files, world_size in gz_cases:
+            rec = gz_files_case(folder, records, files, world_size, args.batch_size, args.repeats)
+            gz_files.append(rec)
+            print(json.dumps(rec), flush=True)
     print(f"\npage-cache read of the TSV: {limit / 1e6:.0f} MB/s ({text_bytes / 1e6:.1f} MB)\n")
     print("| format | recis rows/s | python rows/s | x python | text MB/s | of page-cache read |")
     print("|---|---|---|---|---|---|")
@@ -204,6 +253,13 @@ def main() -> None:
         print(
             f"| {r['format']} | {r['world_size']} | {r['rank0_rows']:,} | {r['rank0_s']} | "
             f"{r['whole_file_s']} | {r['of_whole']} | {1 / r['world_size']:.3f} |"
+        )
+    print("\n| .gz files | ranks | epoch reads | of records | slowest rank s | ideal s | x ideal |")
+    print("|---|---|---|---|---|---|---|")
+    for r in gz_files:
+        print(
+            f"| {r['files']} | {r['world_size']} | {r['epoch_rows']:,} | {r['of_records']:.1%} | "
+            f"{r['slowest_rank_s']} | {r['ideal_s']} | {r['x_ideal']} |"
         )
 
 
