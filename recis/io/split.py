@@ -217,6 +217,8 @@ def _cut(spans: list[Span], rooms: list[int], shares: list[list[Span]]) -> None:
     bounds = [total * x // room_total for x in itertools.accumulate(rooms, initial=0)]
     r, at = 0, 0
     for s in spans:
+        if s.weight == 0:  # an empty file: nothing to read
+            continue
         while bounds[r + 1] <= at:
             r += 1
         q = r

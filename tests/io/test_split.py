@@ -78,7 +78,7 @@ def files_and_phases(shares):
 
 @pytest.mark.parametrize("world_size", [1, 2, 3, 7, 64])
 def test_byte_shares_are_equal_and_meet_exactly(world_size):
-    sizes = [1000, 17, 0, 250, 3333]
+    sizes = [0, 1000, 17, 0, 250, 3333, 0]  # empty files first, among and last
     spans = [text_span(i, n) for i, n in enumerate(sizes)]
     total = sum(sizes)
     covered = {i: [] for i in range(len(sizes))}
