@@ -25,6 +25,9 @@ between the ranks; a ``.gz`` file cannot be, so each rank decompresses all of it
 parses only its own lines (every W-th; before session 23 it parsed every line and kept
 every W-th record).
 
+Then the TSV read in order against read shuffled in windows of ``--shuffle_window``
+batches (``CriteoDataset(shuffle_window=K)``), alternating: what the permutation costs.
+
 Last, the same rows as ``--gz_files`` (``FILES:RANKS,...``) equal ``.gz`` files on that
 many ranks, each rank read in this process: the records an epoch reads (the ranks in
 step stop when the first runs out: ``RANKS`` times the smallest share) and the slowest
@@ -92,8 +95,8 @@ def write_files(folder: str, rows: list[list[str]]) -> dict[str, str]:
     return paths
 
 
-def recis_rows(path: str, batch_size: int) -> int:
-    ds = CriteoDataset(path, batch_size, SIZES, prefetch=0)
+def recis_rows(path: str, batch_size: int, shuffle_window: int = 0) -> int:
+    ds = CriteoDataset(path, batch_size, SIZES, prefetch=0, shuffle_window=shuffle_window)
     return sum(int(b["label"].numel()) for b in ds)
 
 
@@ -178,6 +181,7 @@ def main() -> None:
     p.add_argument("--batch_size", type=int, default=4096)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--world_sizes", default="2,4,8", help="rank shares to time")
+    p.add_argument("--shuffle_window", type=int, default=16, help="batches per window")
     p.add_argument("--gz_files", default="3:2,24:16,4:8", help="FILES:RANKS cases of .gz files")
     args = p.parse_args()
     world_sizes = [int(w) for w in args.world_sizes.split(",") if w]
@@ -232,6 +236,19 @@ def main() -> None:
                 }
                 shares.append(rec)
                 print(json.dumps(rec), flush=True)
+        shuffle: dict[int, list[float]] = {0: [], args.shuffle_window: []}
+        for _ in range(args.repeats):  # alternating
+            for window in shuffle:
+                start = time.perf_counter()
+                assert recis_rows(paths["tsv"], args.batch_size, window) == args.rows
+                shuffle[window].append(time.perf_counter() - start)
+        shuffled = {
+            "bench": "criteo_reader_shuffle",
+            "shuffle_window": args.shuffle_window,
+            "in_order_rows_per_s": round(args.rows / min(shuffle[0])),
+            "shuffled_rows_per_s": round(args.rows / min(shuffle[args.shuffle_window])),
+        }
+        print(json.dumps(shuffled), flush=True)
         gz_files = []
         for files, world_size in gz_cases:
             rec = gz_files_case(folder, records, files, world_size, args.batch_size, args.repeats)
@@ -254,6 +271,11 @@ def main() -> None:
             f"| {r['format']} | {r['world_size']} | {r['rank0_rows']:,} | {r['rank0_s']} | "
             f"{r['whole_file_s']} | {r['of_whole']} | {1 / r['world_size']:.3f} |"
         )
+    print(
+        f"\nTSV in order: {shuffled['in_order_rows_per_s']:,} rows/s; shuffled in windows "
+        f"of {shuffled['shuffle_window']} batches: {shuffled['shuffled_rows_per_s']:,} rows/s "
+        f"({shuffled['shuffled_rows_per_s'] / shuffled['in_order_rows_per_s']:.2f}x)"
+    )
     print("\n| .gz files | ranks | epoch reads | of records | slowest rank s | ideal s | x ideal |")
     print("|---|---|---|---|---|---|---|")
     for r in gz_files:

@@ -72,6 +72,9 @@ class RunConfig:
     - ``skip_malformed``: skip (and count) the records of ``data`` and ``eval_data``
       that cannot be parsed, instead of stopping with an error naming the first; each
       rank warns of the count at the end of an epoch.
+    - ``shuffle_window``: with Criteo ``data``, each rank permutes its records in
+      windows of this many batches (seeded by ``seed`` and the epoch; 0: read in file
+      order). Resumes exactly, on any number of ranks.
     - ``eval_batches``: batches per rank of the synthetic evaluation.
     - ``sharding``: ``auto`` (the planner chooses for each table), or one sharding type
       for every table.
@@ -87,6 +90,7 @@ class RunConfig:
     data: str = "synthetic"
     eval_data: str | None = None
     skip_malformed: bool = False
+    shuffle_window: int = 0
     eval_batches: int = 20
     sharding: str = "auto"
     batch_size: int = 2048
@@ -111,6 +115,8 @@ class RunConfig:
         for name in ("batch_size", "table_size", "embedding_dim", "eval_batches"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}")
+        if self.shuffle_window < 0:
+            raise ValueError(f"--shuffle_window must be >= 0, got {self.shuffle_window}")
 
 
 def _option_type(annotation: Any) -> tuple[Any, bool]:
@@ -198,7 +204,14 @@ def build_datasets(run: RunConfig, seed: int) -> tuple[Any, Any]:
     if run.data == "synthetic":
         train = SyntheticCriteoDataset(run.batch_size, sizes, seed=seed)
     else:
-        train = CriteoDataset(run.data, run.batch_size, sizes, skip_malformed=skip)
+        train = CriteoDataset(
+            run.data,
+            run.batch_size,
+            sizes,
+            skip_malformed=skip,
+            shuffle_window=run.shuffle_window,
+            seed=seed,
+        )
     if run.eval_data is not None:
         evaluation = CriteoDataset(run.eval_data, run.batch_size, sizes, skip_malformed=skip)
     elif run.data == "synthetic":

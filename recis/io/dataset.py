@@ -25,6 +25,7 @@ from recis.io.position import (
 )
 from recis.io.prefetch import prefetch
 from recis.io.readers import FORMATS, ParsedBlock, Record, measure, open_reader
+from recis.io.shuffle import is_window, permuted, shuffle_windows
 from recis.io.split import Span, balance_spans, expand_paths, resolve_rank, whole_file_warning
 
 logger = logging.getLogger(__name__)
@@ -58,8 +59,16 @@ class CriteoDataset:
     ``state_dict()`` is the position after the last batch handed out, so
     ``load_state_dict`` (before iterating) makes the next batch exactly the one
     that would have come next; on another number of ranks,
-    ``load_resharded_state_dict`` resumes the epoch from every saved rank's state. A ``prefetch`` > 0 reads that many batches ahead on a
-    thread.
+    ``load_resharded_state_dict`` resumes the epoch from every saved rank's state. A
+    ``prefetch`` > 0 reads that many batches ahead on a thread.
+
+    ``shuffle_window=K`` permutes each rank's records in windows of ``K`` batches
+    (``K * batch_size`` records held at once, about 320 bytes each, twice), seeded by
+    ``seed``, the epoch, the rank and the window's place: the same seed gives the same
+    order, each epoch another. A position inside a window resumes exactly (the window
+    is read again; same ``batch_size`` and ``shuffle_window`` needed), and on another
+    number of ranks each new rank takes an equal part of every window's records not
+    yet handed out (see :mod:`recis.io.shuffle`). 0, the default, reads in file order.
 
     A malformed record raises ``ValueError`` naming its file and line, or, with
     ``skip_malformed=True``, is skipped and counted in :attr:`num_malformed` (a
@@ -67,7 +76,8 @@ class CriteoDataset:
 
     Example::
 
-        >>> ds = CriteoDataset("day_0.tsv", batch_size=4096, table_sizes=100_000)
+        >>> ds = CriteoDataset("day_0.tsv", batch_size=4096, table_sizes=100_000,
+        ...                    shuffle_window=16)
         >>> for batch in ds:
         ...     loss = model(batch)
         >>> state = ds.state_dict()  # save with the checkpoint (per rank)
@@ -86,9 +96,13 @@ class CriteoDataset:
         rank: int | None = None,
         world_size: int | None = None,
         prefetch: int = 2,
+        shuffle_window: int = 0,
+        seed: int = 0,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if shuffle_window < 0:
+            raise ValueError(f"shuffle_window must be >= 0 batches, got {shuffle_window}")
         if format not in FORMATS:
             raise ValueError(f"unknown format {format!r}; expected one of {FORMATS}")
         self.batch_size = batch_size
@@ -96,6 +110,8 @@ class CriteoDataset:
         self.drop_last = drop_last
         self.skip_malformed = skip_malformed
         self.prefetch = prefetch
+        self.shuffle_window = shuffle_window
+        self.seed = seed
         self.table_sizes = resolve_table_sizes(table_sizes)
         self._parser = RecordParser(self.table_sizes, missing_id)
         self.rank, self.world_size = resolve_rank(rank, world_size)
@@ -141,8 +157,20 @@ class CriteoDataset:
                     "rank layout and files (load_resharded_state_dict maps the states "
                     "of every saved rank to another world size)"
                 )
+        position = read_position(state)
+        window = position["window"]
+        if window is not None and (int(state["batch_size"]), window["batches"]) != (
+            self.batch_size,
+            self.shuffle_window,
+        ):
+            raise ValueError(
+                f"CriteoDataset state of rank {self.rank} is inside a shuffle window of "
+                f"{window['batches']} batches of {state['batch_size']}, which resumes only "
+                f"with that shuffle_window and batch_size (this dataset: "
+                f"{self.shuffle_window} and {self.batch_size})"
+            )
         self.close()
-        self._state = read_position(state)
+        self._state = position
 
     def load_resharded_state_dict(
         self, states: Sequence[dict[str, Any]], rank: int, world_size: int
@@ -228,6 +256,16 @@ class CriteoDataset:
         consumed = start["consumed"]
         record = start["record"]
         for k in range(start["file"], len(work)):
+            if is_window(work[k]):  # what a resize left of a shuffle window
+                taken = start["position"].get("taken", 0) if k == start["file"] else 0
+                rows = self._window_rows(work[k][1])
+                rows = tuple(a[taken:] for a in rows)  # type: ignore[assignment]
+                after = np.arange(taken + 1, taken + len(rows[0]) + 1, dtype=np.int64)
+                block = ParsedBlock(rows, ("taken",), after[:, None])
+                index = record + np.arange(len(block), dtype=np.int64)
+                record += len(block)
+                yield _Scanned(k, record, index + 1, block=block)
+                continue
             file_index, first, end, *phases = work[k]
             position = start["position"] if k == start["file"] and start["position"] else first
             path = self.all_files[file_index]
@@ -249,6 +287,38 @@ class CriteoDataset:
                         yield _Scanned(k, record, raw=item)
         yield _Scanned(len(work), record)
 
+    def _window_rows(self, window: dict[str, Any]) -> ParsedRows:
+        """The records of a window item (see :mod:`recis.io.shuffle`), parsed."""
+        parts: list[ParsedRows] = []
+        for item in window["items"]:
+            if is_window(item):
+                parts.append(self._window_rows(item[1]))
+                continue
+            file_index, start, end, *phases = item
+            path = self.all_files[file_index]
+            reader = open_reader(path, self.format, start or None, self._parser, end, *phases)
+            raw: list[Record] = []
+            for got in reader:
+                if isinstance(got, ParsedBlock):
+                    if raw:
+                        parts.append(self._parse(raw)[0])
+                        raw = []
+                    parts.append(got.rows)
+                else:
+                    raw.append(got)
+            if raw:
+                parts.append(self._parse(raw)[0])
+        columns = zip(*parts, strict=True)
+        rows = tuple(np.concatenate(c) for c in columns) if parts else _no_rows()
+        if len(rows[0]) != window["records"]:
+            files = sorted({self.all_files[i[0]] for i in window["items"] if not is_window(i)})
+            raise ValueError(
+                f"CriteoDataset rank {self.rank}: a shuffle window left by a resize holds "
+                f"{window['records']} records but {len(rows[0])} were read again from "
+                f"{files}: files must not change while a job runs"
+            )
+        return tuple(a[window["from"] : window["to"]] for a in permuted(rows, window["key"]))  # type: ignore[arg-type,return-value]
+
     def _produce(self, start: dict[str, Any]) -> Iterator[tuple[Batch | None, dict[str, Any]]]:
         """(batch, position after it) from ``start`` to the end of this rank's data,
         then ``(None, final state)``."""
@@ -257,6 +327,20 @@ class CriteoDataset:
             start, len(self.all_files), self.rank, self.world_size, self._deal
         )
         start = {**start, "work": work, "split_rows": split_rows}
+        if self.shuffle_window and not split_rows:
+            rows = shuffle_windows(self._rows, start, self.shuffle_window, self._window_key)
+        else:  # a row split of format 2 or older stays in order
+            rows = self._rows(start)
+        for chunk, state in rows:
+            yield (None if chunk is None else rows_to_batch(*chunk)), state
+
+    def _window_key(self, position: dict[str, Any]) -> list[int]:
+        """The key of the shuffle window that starts at ``position`` of the ordered stream."""
+        return [self.seed, position["epoch"], self.world_size, self.rank, position["record"]]
+
+    def _rows(self, start: dict[str, Any]) -> Iterator[tuple[ParsedRows | None, dict[str, Any]]]:
+        """The rows of each batch in file order and the position after it, from ``start``
+        (its work dealt out already), then ``(None, final state)``."""
         epoch_fields = {k: start[k] for k in ("epoch", "work", "split_rows", "consumed")}
         malformed = start["malformed"]
 
@@ -281,11 +365,11 @@ class CriteoDataset:
             parts.append(rows)
             have += len(rows[0])
 
-        def batch() -> Batch:
+        def batch() -> ParsedRows:
             nonlocal parts, have
-            columns = (np.concatenate(c) for c in zip(*parts, strict=True))
+            columns = tuple(np.concatenate(c) for c in zip(*parts, strict=True))
             parts, have = [], 0
-            return rows_to_batch(*columns)
+            return columns  # type: ignore[return-value]
 
         for item in self._scan(start):
             if item.raw is not None:
@@ -349,6 +433,14 @@ class CriteoDataset:
         if self._active is not None:
             self._active.close()  # type: ignore[attr-defined]
             self._active = None
+
+
+def _no_rows() -> ParsedRows:
+    return (
+        np.zeros(0, dtype=np.float64),
+        np.zeros((0, NUM_DENSE), dtype=np.float64),
+        np.zeros((0, NUM_SPARSE), dtype=np.int64),
+    )
 
 
 @dataclass

@@ -6,10 +6,12 @@ A position is a dict of plain ints and lists (it goes into checkpoints as JSON):
 files, start position, end], ...]``, with a fourth element ``[modulus, lo, hi]`` for
 a file read whole of which the rank keeps some phases of the records (see
 :class:`recis.io.split.Span`; None at the start of an epoch, before the epoch is dealt
-out), with ``split_rows`` and ``consumed`` (a row split of every file, from positions
-of format 2 or older: see :func:`reshard`); ``file``, the work item being read and
+out; a work item may also be a window item, see :mod:`recis.io.shuffle`), with
+``split_rows`` and ``consumed`` (a row split of every file, from positions of format 2
+or older: see :func:`reshard`); ``file``, the work item being read and
 ``position``, the reader's resume point in it; ``record``, the records scanned this
-epoch (the row split's index); ``malformed``, the records skipped so far.
+epoch (the row split's index); ``malformed``, the records skipped so far; ``window``,
+where the shuffle window being handed out started (None outside one).
 """
 
 from __future__ import annotations
@@ -19,14 +21,17 @@ from typing import Any
 
 import numpy as np
 
+from recis.io.shuffle import is_window, segment, split_window, window_rest
 from recis.io.split import split_files
 
 Position = dict[str, Any]
+# 4: shuffle windows: "window" (a position inside one) and window items (what a resize
+# left of one).
 # 3: files read whole are shared between ranks by phases of their records (work items
 # of 4 elements); a rank no longer splits the rows of every file with the others.
 # 2: epochs shared out by bytes, each rank's work list kept in its position. A state
 # without it was saved when epochs were dealt as whole files (recis before commit cf0b052).
-POSITION_FORMAT = 3
+POSITION_FORMAT = 4
 WorkItem = list[Any]  # [index in all files, start position, end or None(, phases)]
 Deal = Callable[[list[WorkItem], int, int], list[WorkItem]]
 """``deal(items, rank, world_size)``: ``rank``'s share of ``items``
@@ -44,6 +49,7 @@ def epoch_start(epoch: int, malformed: int) -> Position:
         "position": {},
         "record": 0,
         "malformed": malformed,
+        "window": None,
     }
 
 
@@ -70,6 +76,7 @@ def read_position(state: dict[str, Any]) -> Position:
         "position": _ints(state["position"]),
         "record": int(state["record"]),
         "malformed": int(state["malformed"]),
+        "window": _window_position(state.get("window")),
     }
 
 
@@ -103,7 +110,8 @@ def reshard(
 
     What the saved ranks had not read (each work item from where its rank stopped, with
     its phases) is dealt out again by ``deal``, as an epoch is (a file read whole is
-    shared at the phases of its item). When the saved ranks split rows (positions of
+    shared at the phases of its item); what a shuffle window had not handed out, and
+    the window items left, each new rank takes an equal part of. When the saved ranks split rows (positions of
     format 2 or older), the new ranks scan on from the earliest of their positions and
     skip the records a saved rank had read (``consumed``: record ``i`` is skipped when
     ``i < records[i % world]`` for a saved ``[world, records]``). A rank still in an
@@ -146,17 +154,18 @@ def reshard(
             record=first["record"],
         )
     else:
+        windows, left = [], []
+        batch_size = {int(s["rank"]): int(s["batch_size"]) for s in states}
+        for (work, _), s in zip(works, saved, strict=True):
+            if s["window"] is not None:  # inside a shuffle window: its records not handed out
+                windows.append(window_rest(work, s, batch_size[s["rank"]]))
+            for k in range(s["file"], len(work)):
+                item = segment(work[k], s["position"] if k == s["file"] else {}, {})
+                (windows if is_window(item) else left).append(item)
         # In file order; the parts of one file stay in rank order (the sort is stable).
-        left = sorted(
-            (
-                [i, s["position"] if k == s["file"] and s["position"] else start, end, *phases]
-                for (work, _), s in zip(works, saved, strict=True)
-                for k, (i, start, end, *phases) in enumerate(work)
-                if k >= s["file"]
-            ),
-            key=lambda item: item[0],
-        )
-        position.update(work=deal(left, rank, world_size))
+        left.sort(key=lambda item: item[0])
+        mine = [split_window(w, rank, world_size) for w in windows]
+        position.update(work=[*(w for w in mine if w is not None), *deal(left, rank, world_size)])
     return position
 
 
@@ -165,10 +174,40 @@ def _rank(state: dict[str, Any]) -> int:
 
 
 def _work_item(item: Sequence[Any]) -> WorkItem:
+    if is_window(item):  # type: ignore[arg-type]
+        window = item[1]
+        return [
+            "window",
+            {
+                "items": [_work_item(i) for i in window["items"]],
+                "key": [int(k) for k in window["key"]],
+                "records": int(window["records"]),
+                "from": int(window["from"]),
+                "to": int(window["to"]),
+            },
+        ]
     # [index, start] items (format 1, after a resize) read to the end of their file.
     end = item[2] if len(item) > 2 else None
     phases = [[int(p) for p in item[3]]] if len(item) > 3 else []
     return [int(item[0]), _ints(item[1]), None if end is None else int(end), *phases]
+
+
+def _window_position(window: dict[str, Any] | None) -> dict[str, Any] | None:
+    if window is None:
+        return None
+    start = window["start"]
+    return {
+        "start": {
+            "file": int(start["file"]),
+            "position": _ints(start["position"]),
+            "record": int(start["record"]),
+            "malformed": int(start["malformed"]),
+        },
+        "key": [int(k) for k in window["key"]],
+        "batches": int(window["batches"]),
+        "records": int(window["records"]),
+        "emitted": int(window["emitted"]),
+    }
 
 
 def _ints(position: dict[str, Any]) -> dict[str, int]:

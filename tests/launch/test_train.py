@@ -73,6 +73,25 @@ def test_trains_on_real_criteo_rows(tmp_path):
     assert "evaluation at step" in log and "'count': 200" in log
 
 
+@pytest.mark.skipif(not CRITEO_SAMPLE.exists(), reason="needs ../shared/data/criteo_sample.txt")
+def test_shuffled_real_rows_resume_mid_window_on_another_world_size(tmp_path):
+    out = str(tmp_path / "run")
+    data = ["--data", str(CRITEO_SAMPLE), "--batch_size", "16", "--shuffle_window", "3"]
+    # 2 ranks stop after 4 batches each: inside their second window of 3.
+    log = torchrun(
+        ["--standalone", "--nproc_per_node=2"],
+        [*data, "--output_dir", out, "--train_steps", "4", "--save_steps", "4"],
+    )
+    assert committed(out) == ["ckpt-4"]
+    # 3 ranks read what the 2 had left of the epoch: 200 - 2 * 4 * 16 = 72 records,
+    # 24 each, in 2 batches of 16 and 8.
+    log = torchrun(
+        ["--standalone", "--nproc_per_node=3"],
+        [*data, "--output_dir", out, "--train_epoch", "1", "--sharding", "row_wise"],
+    )
+    assert "at step 4" in log and "step 6" in log and "step 7" not in log
+
+
 def test_two_torchrun_agents_form_one_two_node_job(tmp_path):
     port = free_port()
     agent = [
