@@ -288,7 +288,8 @@ class CriteoDataset:
         yield _Scanned(len(work), record)
 
     def _window_rows(self, window: dict[str, Any]) -> ParsedRows:
-        """The records of a window item (see :mod:`recis.io.shuffle`), parsed."""
+        """The records of a window item (see :mod:`recis.io.shuffle`), parsed. Malformed
+        ones are skipped uncounted: the rank that first read the window counted them."""
         parts: list[ParsedRows] = []
         for item in window["items"]:
             if is_window(item):

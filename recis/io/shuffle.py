@@ -12,8 +12,9 @@ checks).
 When the world size changes mid-window, the window's records not yet handed out
 become a *window item* of the new ranks' work: ``["window", {"items": [...], "key":
 [...], "records": n, "from": a, "to": b}]``, the ``n`` records of ``items`` (work
-items, window items among them) in order, permuted by ``key``, ``[a:b]`` of them. Each new rank takes an
-equal part of each such item (reading the whole window for it: a window is small).
+items, window items among them) in order, permuted by ``key``, ``[a:b]`` of them.
+Each new rank takes an equal part of each such item (reading the whole window for
+it: a window is small).
 """
 
 from __future__ import annotations
@@ -118,8 +119,8 @@ def window_rest(work: list[list[Any]], position: State, batch_size: int) -> list
         )
         for k in range(first["file"], min(position["file"] + 1, len(work)))
     ]
-    records, first = window["records"], window["emitted"] * batch_size
-    rest = {"items": items, "key": window["key"], "records": records, "from": first}
+    records, handed_out = window["records"], window["emitted"] * batch_size
+    rest = {"items": items, "key": window["key"], "records": records, "from": handed_out}
     return ["window", {**rest, "to": records}]
 
 
