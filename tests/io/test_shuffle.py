@@ -2,6 +2,7 @@
 batches, resumed exactly at any batch, and read once over a change of world size."""
 
 import itertools
+from pathlib import Path
 
 import pytest
 
@@ -48,6 +49,25 @@ def test_a_position_inside_a_window_resumes_exactly(tmp_path, compress):
             rest = list(resumed)
             assert len(got) + len(rest) == len(full)
             assert all(map(batch_equal, got + rest, full)), stop
+
+
+def test_skipped_malformed_records_resume_inside_a_window(tmp_path):
+    paths, n = write_parts(tmp_path, [23, 9, 14])
+    lines = Path(paths[0]).read_text().splitlines()
+    lines[3], lines[17] = "garbage", "1\tzz"
+    Path(paths[0]).write_text("\n".join(lines) + "\n")
+    kwargs = {"shuffle_window": 3, "skip_malformed": True, "prefetch": 0}
+    full = list(CriteoDataset(paths, 5, SIZES, **kwargs))
+    assert sorted(c for b in full for c in c1_rows(b)) == sorted(set(range(n)) - {3, 17})
+    for stop in range(len(full)):
+        ds = CriteoDataset(paths, 5, SIZES, **kwargs)
+        got = list(itertools.islice(iter(ds), stop))
+        state = ds.state_dict()
+        ds.close()
+        resumed = CriteoDataset(paths, 5, SIZES, **kwargs)
+        resumed.load_state_dict(state)
+        assert all(map(batch_equal, got + list(resumed), full)), stop
+        assert resumed.num_malformed == 2  # each counted once, read again or not
 
 
 def read_through_resizes(paths, plan, shuffle_window):
