@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import logging
 import os
+import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -32,6 +33,8 @@ logger = logging.getLogger(__name__)
 
 # Files measured at once when an epoch is shared out.
 MEASURE_THREADS = 16
+# A progress line while measuring many files, at most this often (seconds).
+MEASURE_PROGRESS_EVERY = 10.0
 
 
 class CriteoDataset:
@@ -220,8 +223,19 @@ class CriteoDataset:
 
         if len(items) < 2:
             return [span(item) for item in items]
+        spans = []
+        last = time.monotonic()
         with ThreadPoolExecutor(min(len(items), MEASURE_THREADS)) as pool:
-            return list(pool.map(span, items))
+            for done, result in enumerate(pool.map(span, items), 1):
+                spans.append(result)
+                if self.rank == 0 and time.monotonic() - last >= MEASURE_PROGRESS_EVERY:
+                    last = time.monotonic()
+                    logger.info(
+                        "CriteoDataset: measured %d of %d data files (sizes, Parquet footers)",
+                        done,
+                        len(items),
+                    )
+        return spans
 
     def _parse(self, records: list[Record]) -> tuple[ParsedRows, int]:
         """Parses records, vectorised when they are well-formed, else one by one;

@@ -629,6 +629,20 @@ def test_a_file_of_unknown_size_is_read_whole(tmp_path, monkeypatch, caplog):
     assert "unknown size" in caplog.records[0].getMessage()
 
 
+def test_measuring_many_files_prints_progress(tmp_path, monkeypatch, caplog):
+    from recis.io import dataset
+
+    monkeypatch.setattr(dataset, "MEASURE_PROGRESS_EVERY", 0.0)  # a line per file
+    paths, _ = write_parts(tmp_path, [3, 4, 5])
+    with caplog.at_level("INFO", logger="recis.io.dataset"):
+        list(CriteoDataset(paths, 5, SIZES, rank=0, world_size=2))
+        list(CriteoDataset(paths, 5, SIZES, rank=1, world_size=2))  # rank 0 alone says
+    lines = [r.getMessage() for r in caplog.records if "measured" in r.getMessage()]
+    assert lines == [
+        f"CriteoDataset: measured {k} of 3 data files (sizes, Parquet footers)" for k in (1, 2, 3)
+    ]
+
+
 def test_a_file_that_cannot_be_measured_is_named(tmp_path):
     (tmp_path / "broken.parquet").write_bytes(b"PAR1 but not Parquet")
     with pytest.raises(ValueError, match=r"broken\.parquet: cannot read it to share it"):
