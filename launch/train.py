@@ -72,9 +72,10 @@ class RunConfig:
     - ``skip_malformed``: skip (and count) the records of ``data`` and ``eval_data``
       that cannot be parsed, instead of stopping with an error naming the first; each
       rank warns of the count at the end of an epoch.
-    - ``shuffle_window``: with Criteo ``data``, each rank permutes its records in
-      windows of this many batches (seeded by ``seed`` and the epoch; 0: read in file
-      order). Resumes exactly, on any number of ranks.
+    - ``shuffle_window``: with Criteo ``data``, each epoch shares the files out in
+      another order and each rank permutes its records in windows of this many
+      batches (seeded by ``seed`` and the epoch; 0: read in file order). Resumes
+      exactly, on any number of ranks.
     - ``eval_batches``: batches per rank of the synthetic evaluation.
     - ``sharding``: ``auto`` (the planner chooses for each table), or one sharding type
       for every table.

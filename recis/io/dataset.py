@@ -67,7 +67,9 @@ class CriteoDataset:
 
     ``shuffle_window=K`` permutes each rank's records in windows of ``K`` batches
     (``K * batch_size`` records held at once, about 320 bytes each, twice), seeded by
-    ``seed``, the epoch, the rank and the window's place: the same seed gives the same
+    ``seed``, the epoch, the rank and the window's place, and lays the files out in an
+    order drawn from ``seed`` and the epoch before they are shared out (so each epoch
+    a rank reads other files, or other parts of them): the same seed gives the same
     order, each epoch another. A position inside a window resumes exactly (the window
     is read again; same ``batch_size`` and ``shuffle_window`` needed), and on another
     number of ranks each new rank takes an equal part of every window's records not
@@ -119,13 +121,18 @@ class CriteoDataset:
         self._parser = RecordParser(self.table_sizes, missing_id)
         self.rank, self.world_size = resolve_rank(rank, world_size)
         self.all_files = expand_paths(paths)
-        self._state = epoch_start(0, 0)
+        self._state = epoch_start(0, 0, self._file_order_seed)
         self._active: Iterator[Batch] | None = None
         self._warned = False  # about files read whole: once per dataset
         self._whole_spans: dict[int, Span] = {}
         self._first_malformed: str | None = None  # where and why, for the epoch's warning
 
     # -- position (recis.io.position) ---------------------------------------------
+    @property
+    def _file_order_seed(self) -> int | None:
+        """Shuffling draws each epoch's order of the files too (from the seed)."""
+        return self.seed if self.shuffle_window else None
+
     @property
     def epoch(self) -> int:
         return self._state["epoch"]
@@ -441,7 +448,9 @@ class CriteoDataset:
                 self._state["epoch"],
                 self._first_malformed,
             )
-        self._state = epoch_start(self._state["epoch"] + 1, self._state["malformed"])
+        self._state = epoch_start(
+            self._state["epoch"] + 1, self._state["malformed"], self._file_order_seed
+        )
 
     def close(self) -> None:
         """Stops a running iteration (and its prefetch thread); the position is kept."""

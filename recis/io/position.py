@@ -11,7 +11,9 @@ out; a work item may also be a window item, see :mod:`recis.io.shuffle`), with
 or older: see :func:`reshard`); ``file``, the work item being read and
 ``position``, the reader's resume point in it; ``record``, the records scanned this
 epoch (the row split's index); ``malformed``, the records skipped so far; ``window``,
-where the shuffle window being handed out started (None outside one).
+where the shuffle window being handed out started (None outside one);
+``file_order_seed``, whence the order of the files of an epoch not dealt out yet
+(None: their own order; see :func:`file_order`).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from recis.io.split import split_files
 
 Position = dict[str, Any]
 # 4: shuffle windows: "window" (a position inside one) and window items (what a resize
-# left of one).
+# left of one); "file_order_seed", the order of the files in an epoch not dealt yet.
 # 3: files read whole are shared between ranks by phases of their records (work items
 # of 4 elements); a rank no longer splits the rows of every file with the others.
 # 2: epochs shared out by bytes, each rank's work list kept in its position. A state
@@ -38,8 +40,9 @@ Deal = Callable[[list[WorkItem], int, int], list[WorkItem]]
 (:meth:`recis.io.CriteoDataset._deal`)."""
 
 
-def epoch_start(epoch: int, malformed: int) -> Position:
-    """The position at the start of ``epoch``, split the usual way."""
+def epoch_start(epoch: int, malformed: int, file_order_seed: int | None = None) -> Position:
+    """The position at the start of ``epoch``, split the usual way: the files laid out
+    in their order, or in one drawn from ``file_order_seed`` and the epoch."""
     return {
         "epoch": epoch,
         "work": None,
@@ -50,6 +53,7 @@ def epoch_start(epoch: int, malformed: int) -> Position:
         "record": 0,
         "malformed": malformed,
         "window": None,
+        "file_order_seed": file_order_seed,
     }
 
 
@@ -62,6 +66,7 @@ def read_position(state: dict[str, Any]) -> Position:
     """
     work = state.get("work")
     split_rows = bool(state.get("split_rows", False))
+    seed = state.get("file_order_seed")
     if work is None and "position_format" not in state:
         files, split_rows = split_files(
             range(int(state["num_files"])), int(state["rank"]), int(state["world_size"])
@@ -77,6 +82,7 @@ def read_position(state: dict[str, Any]) -> Position:
         "record": int(state["record"]),
         "malformed": int(state["malformed"]),
         "window": _window_position(state.get("window")),
+        "file_order_seed": None if seed is None else int(seed),
     }
 
 
@@ -87,8 +93,17 @@ def epoch_work(
     split over the ranks (format 2 or older): the position's own, else the epoch dealt
     out afresh."""
     if position["work"] is None:
-        return deal([[i, {}, None] for i in range(num_files)], rank, world_size), False
+        order = file_order(num_files, position["epoch"], position["file_order_seed"])
+        return deal([[i, {}, None] for i in order], rank, world_size), False
     return [list(w) for w in position["work"]], position["split_rows"]
+
+
+def file_order(num_files: int, epoch: int, seed: int | None) -> list[int]:
+    """The order in which an epoch lays out its files: theirs, or (``seed`` given) a
+    permutation drawn from ``seed`` and ``epoch``, another each epoch."""
+    if seed is None:
+        return list(range(num_files))
+    return np.random.default_rng([seed, epoch]).permutation(num_files).tolist()
 
 
 def keep_rows(
@@ -134,7 +149,10 @@ def reshard(
             )
     epoch = max(s["epoch"] for s in saved)
     saved = [
-        s if s["epoch"] == epoch else epoch_start(epoch, 0) | {"rank": s["rank"]} for s in saved
+        s
+        if s["epoch"] == epoch
+        else epoch_start(epoch, 0, s["file_order_seed"]) | {"rank": s["rank"]}
+        for s in saved
     ]
     works = [epoch_work(s, num_files, r, old_world, deal) for r, s in enumerate(saved)]
     position = epoch_start(epoch, sum(s["malformed"] for s in saved) if rank == 0 else 0)

@@ -180,7 +180,7 @@ def balance_spans(spans: Sequence[Span], world_size: int) -> list[list[Span]]:
     reads all of the file and keeps its own. So plain text and Parquet of any sizes are
     cut in equal shares, ``.gz`` files go whole where they can, and the files left over
     are shared, as few as possible per rank. A file of unknown size counts as the mean
-    of the others. Each rank's parts come in file order.
+    of the others. Each rank's parts come in the order of ``spans``.
 
     Example::
 
@@ -205,7 +205,8 @@ def balance_spans(spans: Sequence[Span], world_size: int) -> list[list[Span]]:
             heapq.heapreplace(most_room, (s.weight - room, r))
     rest = [s for k, s in enumerate(laid) if k not in placed]
     _cut(rest, [max(room, 0) for room in rooms], shares)
-    return [sorted(mine, key=lambda s: (s.file, s.lo)) for mine in shares]
+    order = {s.file: k for k, s in enumerate(laid)}
+    return [sorted(mine, key=lambda s: (order[s.file], s.lo)) for mine in shares]
 
 
 def _cut(spans: list[Span], rooms: list[int], shares: list[list[Span]]) -> None:

@@ -33,6 +33,48 @@ def test_a_window_permutes_the_records_of_its_batches_and_keeps_their_sizes(tmp_
     assert sorted(epoch1) == list(range(n))
 
 
+def test_each_epoch_lays_the_files_out_in_another_order(tmp_path):
+    paths, _ = write_parts(tmp_path, [5] * 8)
+    ds = CriteoDataset(paths, 5, SIZES, rank=0, world_size=2, prefetch=0, shuffle_window=2)
+    orders = []
+    for _ in range(3):
+        it = iter(ds)
+        next(it)
+        orders.append([w[0] for w in ds.state_dict()["work"]])
+        list(it)
+    assert len({tuple(o) for o in orders}) == 3, orders  # about 4 of 8 files, drawn anew
+    assert any(o != sorted(o) for o in orders)
+    in_order = [w[0] for w in read_work(paths, shuffle_window=0)]
+    assert in_order == sorted(in_order) and in_order[0] == 0
+
+
+def read_work(paths, **kwargs):
+    ds = CriteoDataset(paths, 5, SIZES, rank=0, world_size=2, prefetch=0, **kwargs)
+    next(iter(ds))
+    return ds.state_dict()["work"]
+
+
+def test_a_rank_that_had_not_started_the_epoch_reshards_in_its_file_order(tmp_path):
+    # Rank 1 finished epoch 0 (its next epoch not dealt yet) while rank 0 read a batch
+    # of epoch 1: what rank 1 would have read of epoch 1 is dealt in the order it would
+    # have used, whatever the new ranks' own settings.
+    paths, n = write_parts(tmp_path, [5] * 8)
+    kwargs = {"prefetch": 0, "shuffle_window": 2, "seed": 3}
+    ranks = [CriteoDataset(paths, 5, SIZES, rank=r, world_size=2, **kwargs) for r in range(2)]
+    for ds in ranks:
+        list(ds)
+    it = iter(ranks[0])
+    read = c1_rows(next(it))
+    states = [ds.state_dict() for ds in ranks]
+    assert states[1]["epoch"] == 1 and states[1]["work"] is None
+    rows = list(read)
+    for r in range(3):
+        ds = CriteoDataset(paths, 5, SIZES, rank=r, world_size=3, prefetch=0)  # no shuffle
+        ds.load_resharded_state_dict(states, r, 3)
+        rows += [c for b in ds for c in c1_rows(b)]
+    assert sorted(rows) == list(range(n))
+
+
 @pytest.mark.parametrize("compress", [False, True], ids=["text", "gz"])
 def test_a_position_inside_a_window_resumes_exactly(tmp_path, compress):
     paths, _ = write_parts(tmp_path, [23, 9, 14], compress)
