@@ -125,12 +125,13 @@ def reshard(
 
     What the saved ranks had not read (each work item from where its rank stopped, with
     its phases) is dealt out again by ``deal``, as an epoch is (a file read whole is
-    shared at the phases of its item); what a shuffle window had not handed out, and
-    the window items left, each new rank takes an equal part of. When the saved ranks split rows (positions of
-    format 2 or older), the new ranks scan on from the earliest of their positions and
-    skip the records a saved rank had read (``consumed``: record ``i`` is skipped when
-    ``i < records[i % world]`` for a saved ``[world, records]``). A rank still in an
-    earlier epoch has read nothing of the latest one.
+    shared at the phases of its item); of what a shuffle window had not handed out, and
+    of each window item left, every new rank takes an equal part. When the saved ranks
+    split rows (positions of format 2 or older), the new ranks scan on from the
+    earliest of their positions and skip the records a saved rank had read
+    (``consumed``: record ``i`` is skipped when ``i < records[i % world]`` for a saved
+    ``[world, records]``). A rank still in an earlier epoch has read nothing of the
+    latest one; one that had not started it is dealt it as it would have been.
     """
     saved = sorted((read_position(s) | {"rank": int(s["rank"])} for s in states), key=_rank)
     old_world = int(states[0]["world_size"]) if states else 0
