@@ -146,3 +146,27 @@ def test_a_header_entry_that_does_not_fit_is_named_even_when_the_checksums_match
     assert status == 1 and message in err, err
     with pytest.raises(ChecksumError, match=re.escape(message)):  # loading says the same
         _fresh(tmp_path)[2].load()
+
+
+def test_describes_where_each_dataset_was():
+    criteo = {"epoch": 1, "record": 96, "window": None, "work": [[0, {}, None]]}
+    manifest = {
+        "files": {},
+        "created_unix": 0,
+        "world_size": 3,
+        "format_version": 1,
+        "tables": {},
+        "io_state": {
+            "0": {"train": criteo, "other": {"custom": 7}},
+            "1": {"train": {**criteo, "record": 1200, "window": {"emitted": 1}}},
+            "2": {"train": {**criteo, "record": 100}, "eval": {"epoch": 0, "batch": 12}},
+        },
+    }
+    lines = summary.describe(manifest, "here", []).splitlines()
+    assert "  io state of 3 ranks:" in lines
+    assert (
+        "    train: epoch 1; 96 to 1,200 records read of it; 1 of 3 ranks inside a shuffle window"
+        in lines
+    )
+    assert "    eval: epoch 0; next batch 12" in lines
+    assert '    other: {"custom": 7}' in lines

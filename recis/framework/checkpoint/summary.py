@@ -3,7 +3,7 @@
 Before a job resumes from a checkpoint after a failure, or before one is copied away
 or deleted, ``python -m recis.framework.checkpoint PATH`` says what it is (when and
 by how many ranks it was saved, its tables and their sharding, the state saved
-beside them) and ``--verify`` reads every file once, checking sizes, checksums and
+beside them, where the ranks' datasets were in their epoch) and ``--verify`` reads every file once, checking sizes, checksums and
 that every tensor the manifest lists is there. ``PATH`` is a checkpoint folder or an
 output directory (its newest checkpoint, or ``--id``), local or an fsspec URL.
 
@@ -121,7 +121,10 @@ def describe(manifest: dict[str, Any], location: str, committed: list[str]) -> s
     io_state = manifest.get("io_state", {})
     names = sorted({n for per_rank in io_state.values() for n in per_rank})
     if names:
-        lines.append(f"  io state of {len(io_state)} ranks: {', '.join(names)}")
+        lines.append(f"  io state of {len(io_state)} ranks:")
+        for name in names:
+            states = [per_rank[name] for per_rank in io_state.values() if name in per_rank]
+            lines.append(f"    {name}: {_position_summary(states)}")
     plan = manifest.get("plan") or {}
     sharding = {t["name"]: t for t in plan.get("tables", [])}
     tables = manifest["tables"]
@@ -149,6 +152,26 @@ def describe(manifest: dict[str, Any], location: str, committed: list[str]) -> s
             "    " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
         )
     return "\n".join(lines)
+
+
+def _position_summary(states: list[Any]) -> str:
+    """Where the ranks' datasets were, from the fields recis's datasets keep: the
+    epochs, the records (or the next batch) of the epoch over the ranks, and how many
+    ranks were inside a shuffle window; any other state as a tree."""
+    plain = [s for s in states if isinstance(s, dict)]
+    parts = []
+    epochs = sorted({int(s["epoch"]) for s in plain if "epoch" in s})
+    if epochs:
+        parts.append(f"epoch {', '.join(map(str, epochs))}")
+    for key, template in (("record", "{} records read of it"), ("batch", "next batch {}")):
+        values = [int(s[key]) for s in plain if key in s]
+        if values:
+            low, high = min(values), max(values)
+            parts.append(template.format(f"{low:,}" + (f" to {high:,}" if high != low else "")))
+    inside = sum(1 for s in plain if s.get("window"))
+    if inside:
+        parts.append(f"{inside} of {len(states)} ranks inside a shuffle window")
+    return "; ".join(parts) if parts else _tree_summary(states[0])
 
 
 def _tree_summary(tree: Any) -> str:
