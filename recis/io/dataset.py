@@ -312,26 +312,17 @@ class CriteoDataset:
         """The records of a window item (see :mod:`recis.io.shuffle`), parsed. Malformed
         ones are skipped uncounted: the rank that first read the window counted them."""
         parts: list[ParsedRows] = []
-        for item in window["items"]:
-            if is_window(item):
-                parts.append(self._window_rows(item[1]))
+        raw: list[Record] = []
+        for item in self._scan({**epoch_start(0, 0), "work": window["items"]}):
+            if item.raw is not None:
+                raw.append(item.raw)
                 continue
-            file_index, start, end, *phases = item
-            path = self.all_files[file_index]
-            reader = open_reader(path, self.format, start or None, self._parser, end, *phases)
-            raw: list[Record] = []
-            for got in reader:
-                if isinstance(got, ParsedBlock):
-                    if raw:
-                        parts.append(self._parse(raw)[0])
-                        raw = []
-                    parts.append(got.rows)
-                else:
-                    raw.append(got)
-            if raw:
+            if raw:  # in their place among the parsed blocks
                 parts.append(self._parse(raw)[0])
-        columns = zip(*parts, strict=True)
-        rows = tuple(np.concatenate(c) for c in columns) if parts else _no_rows()
+                raw = []
+            if item.block is not None:
+                parts.append(item.block.rows)
+        rows = tuple(np.concatenate(c) for c in zip(*parts, strict=True)) if parts else _no_rows()
         if len(rows[0]) != window["records"]:
             files = sorted({self.all_files[i[0]] for i in window["items"] if not is_window(i)})
             raise ValueError(

@@ -101,7 +101,8 @@ def _ignored(name: str) -> bool:
 
 
 def split_files(files: Sequence[T], rank: int, world_size: int) -> tuple[list[T], bool]:
-    """This rank's files and whether rows must be split too.
+    """This rank's files and whether rows must be split too, as epochs were split before
+    commit cf0b052 (positions saved then resume with it: :mod:`recis.io.position`).
 
     With at least ``world_size`` files, rank r reads files ``r, r + W, r + 2W, ...``
     whole. With fewer, every rank scans every file and keeps rows ``i`` with
