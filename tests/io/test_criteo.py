@@ -596,7 +596,7 @@ def test_gz_files_go_whole_where_they_make_equal_shares(tmp_path, caplog):
         per_rank = rank_batches(paths, 2)
     assert [sum(b["label"].numel() for b in batches) for batches in per_rank] == [130, 130]
     # Each file whole, by one rank: 100 + 10 + 20 rows each.
-    _, states = read_through_resizes(paths, [(2, 1)])
+    _, states, _ = read_through_resizes(paths, [(2, 1)])
     assert sorted(s["work"] for s in states) == [
         [[0, {}, None], [3, {}, None], [4, {}, None]],
         [[1, {}, None], [2, {}, None], [5, {}, None]],
@@ -717,23 +717,27 @@ def c1_rows(batch):
     return batch["sparse"]["C1"].values().tolist()
 
 
-def read_through_resizes(paths, plan, batch_size=5):
+def read_through_resizes(paths, plan, **dataset_kwargs):
     """Reads ``paths`` with each ``(world_size, batches)`` of ``plan`` in turn: every rank
     takes ``batches`` batches (None: the rest of the epoch), then the next world size
-    resumes from all their states. Returns the rows read, and the last states."""
-    rows, states = [], None
-    for world, batches in plan:
-        new_states = []
+    resumes from all their states. A step may add a dict of CriteoDataset arguments for
+    itself. Returns the rows read, the last states and how many rows each rank of the
+    last step read."""
+    rows, states, counts = [], None, []
+    for world, batches, *step_kwargs in plan:
+        kwargs = {"prefetch": 0, **dataset_kwargs, **(step_kwargs[0] if step_kwargs else {})}
+        new_states, counts = [], []
         for r in range(world):
-            ds = CriteoDataset(paths, batch_size, SIZES, rank=r, world_size=world, prefetch=0)
+            ds = CriteoDataset(paths, 5, SIZES, rank=r, world_size=world, **kwargs)
             if states is not None:
                 ds.load_resharded_state_dict(states, r, world)
-            for b in itertools.islice(iter(ds), batches):
-                rows += c1_rows(b)
+            mine = [c for b in itertools.islice(iter(ds), batches) for c in c1_rows(b)]
+            rows += mine
+            counts.append(len(mine))
             new_states.append(ds.state_dict())
             ds.close()
         states = new_states
-    return rows, states
+    return rows, states, counts
 
 
 def write_parts(tmp_path, sizes, compress=False):
@@ -760,7 +764,7 @@ def write_parts(tmp_path, sizes, compress=False):
 @pytest.mark.parametrize("compress", [False, True], ids=["bytes", "whole-gz"])
 def test_resized_ranks_read_the_rest_of_a_file_split_epoch_once(tmp_path, plan, compress):
     paths, n = write_parts(tmp_path, [9, 14, 3, 11, 8, 6], compress)
-    rows, states = read_through_resizes(paths, plan)
+    rows, states, _ = read_through_resizes(paths, plan)
     assert sorted(rows) == list(range(n))
     # The next epoch is split the usual way again.
     assert all(s["epoch"] == 1 and s["work"] is None for s in states)
@@ -778,7 +782,7 @@ def test_resized_ranks_read_the_rest_of_a_file_split_epoch_once(tmp_path, plan, 
 def test_resized_ranks_read_the_rest_of_gz_files_split_by_lines_once(tmp_path, plan):
     # Fewer .gz files than ranks: each is split by lines between ranks.
     paths, n = write_parts(tmp_path, [23, 24], compress=True)
-    rows, states = read_through_resizes(paths, plan)
+    rows, states, _ = read_through_resizes(paths, plan)
     assert sorted(rows) == list(range(n))
     assert all(s["epoch"] == 1 and s["work"] is None for s in states)
 
@@ -825,7 +829,7 @@ def test_a_row_split_position_of_format_2_resumes(tmp_path, world_size):
 
 def test_a_resized_position_saves_and_resumes_on_the_same_ranks(tmp_path):
     paths, n = write_parts(tmp_path, [9, 14, 3, 11, 8, 6])
-    rows, states = read_through_resizes(paths, [(2, 3), (3, 1)])
+    rows, states, _ = read_through_resizes(paths, [(2, 3), (3, 1)])
     # Three ranks, each resumed from its own state of the resized layout.
     for r in range(3):
         ds = CriteoDataset(paths, 5, SIZES, rank=r, world_size=3, prefetch=0)
@@ -836,7 +840,7 @@ def test_a_resized_position_saves_and_resumes_on_the_same_ranks(tmp_path):
 
 def test_resharding_needs_every_saved_rank(tmp_path):
     paths, _ = write_parts(tmp_path, [9, 14, 3])
-    _, states = read_through_resizes(paths, [(2, 1)])
+    _, states, _ = read_through_resizes(paths, [(2, 1)])
     ds = CriteoDataset(paths, 5, SIZES, rank=0, world_size=3)
     with pytest.raises(ValueError, match=r"every saved rank, got ranks \[1\] of world_size 2"):
         ds.load_resharded_state_dict(states[1:], 0, 3)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from recis.io import CriteoDataset
-from tests.io.test_criteo import SIZES, batch_equal, c1_rows, write_parts
+from tests.io.test_criteo import SIZES, batch_equal, c1_rows, read_through_resizes, write_parts
 
 
 def read(paths, batch_size=5, **kwargs):
@@ -112,29 +112,6 @@ def test_skipped_malformed_records_resume_inside_a_window(tmp_path):
         assert resumed.num_malformed == 2  # each counted once, read again or not
 
 
-def read_through_resizes(paths, plan, shuffle_window):
-    """As tests/io/test_criteo.py's, with shuffle windows; a plan's step may give its
-    own window size as a third element."""
-    rows, states = [], None
-    for world, batches, *window in plan:
-        new_states, counts = [], []
-        for r in range(world):
-            ds = CriteoDataset(
-                paths, 5, SIZES, rank=r, world_size=world, prefetch=0,
-                shuffle_window=window[0] if window else shuffle_window,
-            )  # fmt: skip
-            if states is not None:
-                ds.load_resharded_state_dict(states, r, world)
-            mine = [c for b in itertools.islice(iter(ds), batches) for c in c1_rows(b)]
-            rows += mine
-            counts.append(len(mine))
-            new_states.append(ds.state_dict())
-            ds.close()
-        states = new_states
-    read_through_resizes.last_counts = counts
-    return rows, states
-
-
 @pytest.mark.parametrize(
     "plan",
     [
@@ -144,27 +121,27 @@ def read_through_resizes(paths, plan, shuffle_window):
         [(2, 1), (3, 1), (2, 1), (1, None)],
         [(2, 3), (2, None)],  # at a window's end: nothing left of it
         # One rank inside a window that started and ended inside what a resize left of
-        # a window (of 8 batches, the whole share: 4 records short of 5 batches).
-        [(2, 1, 8), (1, 3, 2), (2, None)],
-        [(2, 1, 8), (1, 2, 2), (3, None)],  # ... and after one such window
+        # a window (of 8 batches, the whole share: 4 records short of 5 batches), and
+        # one just after such a window.
+        [(2, 1, {"shuffle_window": 8}), (1, 3, {"shuffle_window": 2}), (2, None)],
+        [(2, 1, {"shuffle_window": 8}), (1, 2, {"shuffle_window": 2}), (3, None)],
     ],
 )
 @pytest.mark.parametrize("compress", [False, True], ids=["text", "gz"])
 def test_resized_ranks_read_the_rest_of_a_shuffled_epoch_once(tmp_path, plan, compress):
     paths, n = write_parts(tmp_path, [9, 14, 3, 11, 8, 6], compress)
-    rows, states = read_through_resizes(paths, plan, shuffle_window=3)
+    rows, states, counts = read_through_resizes(paths, plan, shuffle_window=3)
     assert sorted(rows) == list(range(n))
     assert all(s["epoch"] == 1 and s["work"] is None for s in states)
     # The new ranks' shares stay about equal (an epoch ends when the first runs out):
     # each takes an equal part of every window left, and bytes of the rest. (A .gz file
     # read in part weighs as much as a whole one: its rest's size is not known.)
-    counts = read_through_resizes.last_counts
     assert compress or max(counts) - min(counts) <= 4, counts
 
 
 def test_a_window_whose_files_changed_is_named(tmp_path):
     paths, _ = write_parts(tmp_path, [9, 14, 3, 11, 8, 6])
-    _, states = read_through_resizes(paths, [(2, 1)], shuffle_window=3)
+    _, states, _ = read_through_resizes(paths, [(2, 1)], shuffle_window=3)
     write_parts(tmp_path, [8, 14, 3, 11, 8, 6])  # part0.tsv loses a row
     ds = CriteoDataset(paths, 5, SIZES, rank=0, world_size=1, shuffle_window=3)
     ds.load_resharded_state_dict(states, 0, 1)
@@ -174,7 +151,7 @@ def test_a_window_whose_files_changed_is_named(tmp_path):
 
 def test_a_resized_shuffled_position_resumes_on_the_same_ranks(tmp_path):
     paths, n = write_parts(tmp_path, [9, 14, 3, 11, 8, 6])
-    rows, states = read_through_resizes(paths, [(2, 1), (3, 1)], shuffle_window=3)
+    rows, states, _ = read_through_resizes(paths, [(2, 1), (3, 1)], shuffle_window=3)
     # Each of the 3 ranks inside what the resize left of a window: resumed from its state.
     for r in range(3):
         ds = CriteoDataset(paths, 5, SIZES, rank=r, world_size=3, prefetch=0, shuffle_window=3)
@@ -186,7 +163,9 @@ def test_a_resized_shuffled_position_resumes_on_the_same_ranks(tmp_path):
 def test_a_position_inside_what_a_resize_left_resumes_on_the_same_ranks(tmp_path):
     paths, n = write_parts(tmp_path, [9, 14, 3, 11, 8, 6])
     # One rank, windows of 1 batch, inside what a resize left of a window.
-    rows, states = read_through_resizes(paths, [(2, 1, 8), (1, 2, 1)], shuffle_window=1)
+    rows, states, _ = read_through_resizes(
+        paths, [(2, 1, {"shuffle_window": 8}), (1, 2, {"shuffle_window": 1})], shuffle_window=1
+    )
     assert states[0]["position"] == {"taken": 10} and states[0]["window"] is None
     ds = CriteoDataset(paths, 5, SIZES, rank=0, world_size=1, prefetch=0, shuffle_window=1)
     ds.load_state_dict(states[0])
