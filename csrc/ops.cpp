@@ -3,6 +3,7 @@
 #include <Python.h>
 #include <torch/library.h>
 
+#include "cpu/cache_size.h"
 #include "cpu/isa.h"
 #include "cpu/table_memory.h"
 
@@ -10,6 +11,11 @@ TORCH_LIBRARY(recis, m) {
   // The instruction set of the CPU kernels (csrc/cpu/isa.h): "" reads it, "auto",
   // "base", "avx2" or "avx512" sets it; returns the one in use.
   m.def("cpu_isa(str set=\"\") -> str", &recis::set_cpu_isa);
+  // The CPU's last-level cache in bytes (0: unknown), and the bytes of tables and state
+  // of an update call above which it also prefetches rows into L2: -1 reads it, >= 0
+  // sets it; returns the one in use (csrc/cpu/cache_size.h).
+  m.def("last_level_cache_bytes() -> int", &recis::last_level_cache_bytes);
+  m.def("l2_prefetch_threshold(int set=-1) -> int", &recis::l2_prefetch_threshold);
   // Uninitialised CPU memory for a table or its optimizer state, on huge pages when
   // it is 2 MiB or more (csrc/cpu/table_memory.h).
   m.def("empty_table(int[] size, ScalarType dtype) -> Tensor", &recis::empty_table);

@@ -24,6 +24,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "cpu/cache_size.h"
 #include "cpu/isa.h"
 #include "cpu/prefetch.h"
 #include "cpu/row_dedup.h"
@@ -175,6 +176,7 @@ struct Table {
   at::Tensor weight;
   Prepared p;
   bool mean = false;
+  int64_t state_bytes = 0;     // of its optimizer state
   bool by_occurrence = false;  // SGD applies each occurrence: no dedup (sgd_path)
   const RowSegments* segments = nullptr;  // its dedup (dedup_tables)
   int64_t nnz() const { return p.ids.numel(); }
@@ -182,13 +184,14 @@ struct Table {
 };
 
 // The tables of a call, checked: every list holds one entry per weight; each table's
-// gradient fits it (check_state(op, t) adds the optimizer's checks of table t's state).
-template <typename CheckState>
+// gradient fits it (state_bytes(op, t) checks table t's optimizer state, returning its
+// bytes).
+template <typename StateBytes>
 std::vector<Table> check_tables(const char* op, at::TensorList weights, at::TensorList ids,
                                 at::TensorList offsets,
                                 const c10::List<std::optional<at::Tensor>>& per_sample_weights,
                                 at::TensorList grad_outs, const c10::List<bool>& mean,
-                                const CheckState& check_state) {
+                                const StateBytes& state_bytes) {
   const size_t n = weights.size();
   check_one_per_table(op, n,
                       {{"ids", ids.size()}, {"offsets", offsets.size()},
@@ -202,7 +205,7 @@ std::vector<Table> check_tables(const char* op, at::TensorList weights, at::Tens
     const char* top = table.op.c_str();
     const at::Tensor& weight = weights[t];
     check_table(top, weight, grad_outs[t]);
-    check_state(top, t);
+    table.state_bytes = state_bytes(top, t);
     const std::optional<at::Tensor> psw = per_sample_weights.get(t);
     check_sparse_grad(top, ids[t], offsets[t], psw, grad_outs[t], weight.size(1));
     TORCH_CHECK(weight.device().is_cpu(), top, ": CPU kernel got a ", weight.device(), " weight");
@@ -276,11 +279,16 @@ void dedup_tables(std::vector<Table>& tables) {
 // Deduplicates the checked tables (dedup_tables), then applies
 // make_opt.template operator()<scalar_t, Kernels>(table) (built inside the ISA
 // dispatch) to every unique row of each table in turn, over all threads. Tables marked
-// by_occurrence (SGD) are updated by apply_by_occurrence(table) instead.
+// by_occurrence (SGD) are updated by apply_by_occurrence(table) instead. Rows are also
+// prefetched into L2 when the call's tables and state outgrow the cache
+// (cpu/cache_size.h).
 template <typename MakeOpt, typename ApplyByOccurrence = std::nullptr_t>
 void update_tables(std::vector<Table>& tables, const MakeOpt& make_opt,
                    const ApplyByOccurrence& apply_by_occurrence = nullptr) {
   dedup_tables(tables);
+  int64_t call_bytes = 0;
+  for (const Table& table : tables) call_bytes += table.weight.nbytes() + table.state_bytes;
+  const bool prefetch_to_l2 = call_bytes > l2_prefetch_threshold();
   for (const Table& table : tables) {
     if (table.nnz() == 0 || table.weight.size(1) == 0) continue;
     if constexpr (!std::is_same_v<ApplyByOccurrence, std::nullptr_t>) {
@@ -297,8 +305,7 @@ void update_tables(std::vector<Table>& tables, const MakeOpt& make_opt,
             table.p.psw.defined() ? table.p.psw.data_ptr<scalar_t>() : nullptr, table.mean,
             table.p.grad_out);
         with_kernels([&]<typename K>() {
-          K::update(r, grad, make_opt.template operator()<scalar_t, K>(table),
-                    table.weight.numel() * table.weight.element_size());
+          K::update(r, grad, make_opt.template operator()<scalar_t, K>(table), prefetch_to_l2);
         });
       });
     });
@@ -396,7 +403,8 @@ void sparse_sgd_update_cpu(at::TensorList weights, at::TensorList ids, at::Tenso
   constexpr const char* op = "recis.sparse_sgd_update";
   check_hyper(op, {{"lr", lr}, {"weight_decay", weight_decay}});
   std::vector<Table> tables = check_tables(op, weights, ids, offsets, per_sample_weights,
-                                           grad_outs, mean, [](const char*, size_t) {});
+                                           grad_outs, mean,
+                                           [](const char*, size_t) { return int64_t{0}; });
   std::vector<SgdPath> paths(tables.size());
   for (Table& t : tables) {
     AT_DISPATCH_INDEX_TYPES(t.p.ids.scalar_type(), "recis_sgd_path", [&] {
@@ -441,6 +449,7 @@ void adagrad_like_cpu(const char* op, at::TensorList weights,
       op, weights, ids, offsets, per_sample_weights, grad_outs, mean,
       [&](const char* top, size_t t) {
         check_state(top, "state_sum", state_sums[t], weights[t], kPerRow);
+        return static_cast<int64_t>(state_sums[t].nbytes());
       });
   update_tables(tables, [&]<typename T, typename K>(const Table& t) {
     using Row = std::conditional_t<kPerRow, typename K::template RowWiseAdagrad<T>,
@@ -480,6 +489,7 @@ void sparse_adam_update_cpu(at::TensorList weights, at::TensorList exp_avgs,
       op, weights, ids, offsets, per_sample_weights, grad_outs, mean,
       [&](const char* top, size_t t) {
         check_adam_table(top, steps[t], exp_avgs[t], exp_avg_sqs[t], weights[t]);
+        return static_cast<int64_t>(exp_avgs[t].nbytes() + exp_avg_sqs[t].nbytes());
       });
   update_tables(tables, [&]<typename T, typename K>(const Table& t) {
     const auto step = static_cast<double>(steps[t.index]);

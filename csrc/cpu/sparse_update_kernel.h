@@ -11,15 +11,17 @@
 // Updates are bound by the latency of reading random rows: request every cache
 // line of the row (and its state) a few unique rows ahead so that several misses
 // are in flight at once. perf shows the loop stalled on those prefetches (the core's
-// L1 miss buffers are full), so the rows of a table larger than the caches are also
-// requested into L2 further ahead. A/B in one process (the order of the two rotated
-// per step; row-wise Adagrad, step with dedup, dim 64, Intel host, session 10): 1M rows
-// 0.945x the time with 8192 bags of ~20 Zipf ids (SGD 0.931x; 2 threads 0.953x) and
-// 0.884x with 1024 bags; 300k rows 0.948x with 1024 bags. On 100k rows (25 MiB) it lost
-// 1.05-1.07x with 1024-2048 bags (0.961x with 8192). Adam (8192 bags, 4 tables): 0.92x.
+// L1 miss buffers are full), so when the call's tables outgrow the cache
+// (cpu/cache_size.h) their rows are also requested into L2 further ahead. A/B in one
+// process (the order of the two rotated per step; row-wise Adagrad, step with dedup,
+// dim 64, Intel host, session 10): 1M rows 0.945x the time with 8192 bags of ~20 Zipf
+// ids (SGD 0.931x; 2 threads 0.953x) and 0.884x with 1024 bags; 300k rows 0.948x with
+// 1024 bags. On 100k rows (25 MiB) it lost 1.05-1.07x with 1024-2048 bags (0.961x with
+// 8192). Adam (8192 bags, 4 tables): 0.92x. On an AMD EPYC (Zen 4, 32 MiB L3, session
+// 24; docs/DECISIONS.md) with 2048 bags of ~10 uniform ids it gained from 20 MiB of
+// tables on (4 x 20k-100k rows: 0.80-0.92x; 8 x 100k: 0.75x) and lost 1.05x on 10 MiB.
 constexpr int64_t kPrefetchRows = 8;
 constexpr int64_t kPrefetchRowsToL2 = 64;
-constexpr int64_t kTableBytesToPrefetchToL2 = int64_t{64} << 20;
 constexpr int64_t kPrefetchGrads = 16;
 
 // x[d] = sqrt(x[d]). A plain loop over std::sqrt is not vectorised (the build keeps
@@ -132,8 +134,7 @@ void update_rows(const RowSegments& r, const SortedGrad<scalar_t>& grad, const O
 // over rows; the common widths are compiled with their width as a constant.
 template <typename scalar_t, typename Opt>
 void for_each_unique_row(const RowSegments& r, const SortedGrad<scalar_t>& grad, const Opt& opt,
-                         int64_t table_bytes) {
-  const bool to_l2 = table_bytes > kTableBytesToPrefetchToL2;
+                         bool to_l2) {
   switch (grad.dim) {
     case 16: return update_rows(r, grad, opt, Dim<16>{}, to_l2);
     case 32: return update_rows(r, grad, opt, Dim<32>{}, to_l2);
@@ -339,8 +340,8 @@ struct Kernels {
 
   template <typename scalar_t, typename Opt>
   static void update(const RowSegments& r, const SortedGrad<scalar_t>& grad, const Opt& opt,
-                     int64_t table_bytes) {
-    for_each_unique_row(r, grad, opt, table_bytes);
+                     bool prefetch_to_l2) {
+    for_each_unique_row(r, grad, opt, prefetch_to_l2);
   }
 
   template <typename scalar_t, typename index_t>

@@ -5,7 +5,7 @@ import torch
 
 from recis import ops
 from recis.ops import reference
-from tests.ops.helpers import torch_threads
+from tests.ops.helpers import l2_prefetch_threshold, torch_threads
 
 
 def random_grad(
@@ -102,6 +102,25 @@ def test_update_matches_reference(name, dim, mean, weighted):
     ids, offsets, psw, grad_out = random_grad(25, 40, 6, dim, weighted=weighted)
     ours, ref = _run_both(name, weight, (ids, offsets, psw, grad_out, mean))
     _assert_same(ours, ref, weight, ids)
+
+
+@pytest.mark.parametrize("name", list(UPDATES))
+@pytest.mark.parametrize("dim", [3, 64, 129])
+def test_rows_prefetched_into_l2_or_not_update_alike(name, dim):
+    # Whether an update call also prefetches rows into L2 depends on its tables' bytes
+    # against the cache (cpu/cache_size.h); the tables of the other tests are small, so
+    # this runs both ways on each. Prefetches change no value.
+    weight = torch.randn(300, dim, dtype=torch.float64)
+    grad = (*random_grad(120, 300, 9, dim), False)
+    states = [_state_like(weight, k) for k in UPDATES[name][0]]
+    results = []
+    for threshold in (0, 1 << 62):
+        with l2_prefetch_threshold(threshold):
+            results.append(_run_both(name, weight, grad, states))
+    (always, ref), (never, _) = results
+    _assert_same(always, ref, weight, grad[0])
+    assert torch.equal(always[0], never[0])
+    assert all(torch.equal(a, b) for a, b in zip(always[1], never[1], strict=True))
 
 
 @pytest.mark.parametrize("name", list(UPDATES))
