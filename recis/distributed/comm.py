@@ -78,8 +78,34 @@ class AllToAll:
         return self.recv
 
 
+class GradArrival:
+    """Hands the gradients' all-to-all of a pooled exchange, issued in backward but not
+    waited for, to whoever reads the gradients: the sparse optimizer, long after. The
+    exchange then runs behind the rest of backward (the dense layers, DDP's all-reduce)
+    and the dense optimizer step, instead of stopping backward until it lands.
+
+    Example::
+
+        >>> arrival = GradArrival()
+        >>> # lookup(..., arrival) and OutputDist.start(..., arrival) share it; the
+        >>> # lookup's backward records gradients that call arrival.wait() when read.
+    """
+
+    def __init__(self) -> None:
+        self._op: AllToAll | None = None
+
+    def expect(self, op: AllToAll) -> None:
+        self._op = op
+
+    def wait(self) -> None:
+        if self._op is not None:
+            self._op.wait()
+            self._op = None
+
+
 class PooledAllToAll:
-    """State shared by the two autograd halves of one pooled all-to-all."""
+    """State shared by the two autograd halves of one pooled all-to-all; backward leaves
+    the wait for the gradients to the reader of ``arrival``."""
 
     def __init__(
         self,
@@ -90,8 +116,10 @@ class PooledAllToAll:
         grad_scale: float,
         stats: dict[str, int],
         self_rank: int,
+        arrival: GradArrival,
     ) -> None:
         self.send_splits, self.recv_splits = send_splits, recv_splits
+        self.arrival = arrival
         self.group, self.world_size = group, world_size
         self.grad_scale, self.stats, self.rank = grad_scale, stats, self_rank
         self.forward_op: AllToAll | None = None
@@ -116,8 +144,11 @@ class _Start(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, _placeholder: Tensor) -> tuple[Tensor, None, None]:
-        # The reverse all-to-all was issued by _Wait.backward; only wait for it here.
-        return ctx.state.backward_op.wait(), None, None
+        # The reverse all-to-all was issued by _Wait.backward: pass its buffer on
+        # unread; the arrival's reader waits for it.
+        op = ctx.state.backward_op
+        ctx.state.arrival.expect(op)
+        return op.recv, None, None
 
 
 class _Wait(torch.autograd.Function):

@@ -7,7 +7,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from recis.distributed.comm import rank_and_world
+from recis.distributed.comm import GradArrival, rank_and_world
 from recis.distributed.plan import ShardingPlan
 from recis.distributed.sharding.data_parallel import ReplicaGradSync, replica_lookup
 from recis.distributed.sharding.input_dist import InputDist, Prepared
@@ -115,8 +115,12 @@ class ShardedEmbeddingBagCollection(nn.Module):
         replicated = self._replicated_blocks(prep, header)
         sharded = None
         if pending is not None:
-            send, sizes = self.lookup(pending.wait())
-            sharded = self.output_dist.start(send, sizes, prep.batch, self._stats).wait()
+            # The gradients' all-to-all lands behind the rest of backward; the sparse
+            # optimizer reading them waits for it.
+            arrival = GradArrival()
+            send, sizes = self.lookup(pending.wait(), arrival)
+            sharded = self.output_dist.start(send, sizes, prep.batch, self._stats, arrival)
+            sharded = sharded.wait()
         return KeyedTensor(
             self.layout.features, self.layout.dims, self._join(sharded, replicated, prep.batch)
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -79,7 +80,7 @@ class EmbeddingTable(nn.Module):
         self.register_buffer("weight", weight)
         self.row_offset = row_offset
         self.col_offset = col_offset
-        self._grads: list[SparseGrad] = []
+        self._grads: list[SparseGrad | Callable[[], SparseGrad]] = []
         # Autograd calls backward only for outputs that require grad, and the weight
         # does not; lookups take this leaf as an input so that their output does.
         self.grad_anchor = torch.zeros((), requires_grad=True)
@@ -92,19 +93,27 @@ class EmbeddingTable(nn.Module):
     def global_shape(self) -> tuple[int, int]:
         return (self.config.num_embeddings, self.config.embedding_dim)
 
-    def record_grad(self, grad: SparseGrad) -> None:
+    def record_grad(self, grad: SparseGrad | Callable[[], SparseGrad]) -> None:
+        """Adds a gradient, or a function that makes it when it is first read (a sharded
+        lookup's, whose all-to-all may still be landing)."""
         self._grads.append(grad)
 
     def sparse_grad(self) -> SparseGrad | None:
         """All gradient recorded since :meth:`zero_grad`, joined; ``None`` if none."""
         if not self._grads:
             return None
-        joined = SparseGrad.cat(self._grads)
+        joined = SparseGrad.cat(self._resolved())
         self._grads = [joined]
         return joined
 
     def zero_grad(self) -> None:
+        # Waits for gradients still landing: an exchange is never left unwaited.
+        self._resolved()
         self._grads = []
+
+    def _resolved(self) -> list[SparseGrad]:
+        self._grads = [g if isinstance(g, SparseGrad) else g() for g in self._grads]
+        return self._grads
 
     def extra_repr(self) -> str:
         rows, dim = self.weight.shape

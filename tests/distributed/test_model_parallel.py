@@ -62,9 +62,11 @@ def _assert_same_tables(dmp, ref, plan, compare_state=None):
             compare_state(name, mine)
 
 
-def train_and_compare(plans, make_sparse_opt=None, steps=3):
+def train_and_compare(plans, make_sparse_opt=None, steps=3, dropped_backward=False):
     """Trains a sharded copy on this rank's slice and a 1-rank reference on the whole
-    batch, for each plan; checks tables (and optimizer state) are the same."""
+    batch, for each plan; checks tables (and optimizer state) are the same. With
+    ``dropped_backward``, each step first runs a backward whose gradients are cleared
+    unread (the sharded lookup's gradient all-to-all is still landing then)."""
     rank, world = dist.get_rank(), dist.get_world_size()
     for constraints in plans:
         torch.manual_seed(3)
@@ -80,6 +82,12 @@ def train_and_compare(plans, make_sparse_opt=None, steps=3):
         for step in range(steps):
             kjt, label = _step_batch(step, world)
             lo, hi = rank * BATCH, (rank + 1) * BATCH
+            if dropped_backward:
+                other, other_label = _step_batch(50 + step, world)
+                dmp(slice_batch(other, lo, hi), other_label[lo:hi]).backward()
+                dense_opt.zero_grad()
+                for table in filter_out_sparse_param(dmp).values():
+                    table.zero_grad()
             dmp(slice_batch(kjt, lo, hi), label[lo:hi]).backward()
             ref(kjt, label).backward()
             dense_opt.step()
@@ -155,6 +163,13 @@ def dmp_properties():
 def test_training_matches_single_rank_with_reference_sgd(world_size):
     plans = _plans() if world_size == 2 else [MIXED]
     run_distributed(train_and_compare, world_size, plans, timeout=120)
+
+
+def test_gradients_cleared_unread_change_nothing():
+    # A backward's sharded gradients are still landing when zero_grad drops them;
+    # training goes on exactly as if that backward had not run (that zero_grad waits
+    # for them: tests/nn/test_table.py).
+    run_distributed(train_and_compare, 2, _plans(), None, 2, True, timeout=120)
 
 
 def test_dmp_structure_and_meta_init():

@@ -11,6 +11,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from recis.distributed.comm import (
+    GradArrival,
     PooledAllToAll,
     pooled_all_to_all_start,
     pooled_all_to_all_wait,
@@ -36,8 +37,15 @@ class OutputDist:
         self._assemblies: dict[tuple[int, torch.device], Assembly] = {}
 
     def start(
-        self, send: Tensor, send_sizes: list[int], batch: int, stats: dict[str, int]
+        self,
+        send: Tensor,
+        send_sizes: list[int],
+        batch: int,
+        stats: dict[str, int],
+        arrival: GradArrival,
     ) -> OutputAwaitable:
+        """Starts sending the pooled rows; in backward their gradients are sent back and
+        waited for by the reader of ``arrival``."""
         key = (batch, send.device)
         assembly = self._assemblies.get(key)
         if assembly is None:
@@ -52,6 +60,7 @@ class OutputDist:
             self.grad_scale,
             stats,
             self.rank,
+            arrival,
         )
         return OutputAwaitable(assembly, state, pooled_all_to_all_start(send, self.anchor, state))
 
