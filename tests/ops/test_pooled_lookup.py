@@ -26,6 +26,19 @@ def test_matches_reference_on_random_bags(dim, pooling, weighted):
     torch.testing.assert_close(out, reference.pooled_lookup(weight, ids, offsets, psw, pooling))
 
 
+@pytest.mark.parametrize("dim", [16, 32, 64, 128, 256])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_rows_that_do_not_start_on_a_cache_line_match_the_reference(dim, weighted):
+    # Rows of whole cache lines are prefetched line by line without a loop when they
+    # start on a line; here the table starts one float into one (a view of a buffer).
+    weight = torch.randn(50 * dim + 1)[1:].view(50, dim)
+    assert weight.data_ptr() % 64 != 0
+    ids, offsets = random_bags(300, 50, 30)
+    psw = torch.rand(ids.numel()) if weighted else None
+    out = ops.pooled_lookup(weight, ids, offsets, psw, ops.SUM)
+    torch.testing.assert_close(out, reference.pooled_lookup(weight, ids, offsets, psw, ops.SUM))
+
+
 @pytest.mark.parametrize("dtype", [torch.int32, torch.int64])
 def test_duplicates_and_a_single_row_table(dtype):
     weight = torch.randn(1, 5)
