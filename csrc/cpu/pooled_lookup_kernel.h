@@ -22,7 +22,8 @@ inline int64_t prefetch_ids_ahead(int64_t row_bytes) {
 // Pools columns [c0, c0 + kWidth) of one bag of n ids (kWidth == 0: the runtime
 // `width` < kBlock), times psw[j] when kWeighted. ids[j + ahead] is prefetched while it
 // is below `prefetch_limit` (the ids left in this thread's range from the bag's first;
-// 0: none). kLineRows: every row starts on a cache line and spans whole lines.
+// 0: none). kLineRows: every row starts on a cache line, spans whole lines and fits one
+// block, so that a block of compile-time width is the whole row.
 // An id outside [0, rows) is skipped and sets `bad` (a prefetch of it cannot fault).
 template <int64_t kWidth, bool kWeighted, bool kLineRows, typename scalar_t, typename index_t,
           typename acc_t>
@@ -42,11 +43,7 @@ inline void pool_columns(const scalar_t* weight, int64_t rows, int64_t dim, int6
       // in cache 0.89x (AMD EPYC Zen 4, session 24, two builds in alternating processes).
       constexpr int64_t kRowBytes = kWidth * static_cast<int64_t>(sizeof(scalar_t));
       if constexpr (kLineRows && kWidth > 0 && kRowBytes % 64 == 0) {
-        if (dim == kWidth) {
-          prefetch_aligned_row<kRowBytes>(next);
-        } else {
-          prefetch_row(next, dim);
-        }
+        prefetch_aligned_row<kRowBytes>(next);
       } else {
         prefetch_row(next, dim);
       }
@@ -129,7 +126,7 @@ bool lookup_bags(const scalar_t* weight, int64_t rows, int64_t dim, const index_
                  const index_t* offsets, const float* psw, bool mean, scalar_t* out,
                  int64_t out_stride, int64_t begin, int64_t end) {
   const bool line_rows = reinterpret_cast<uintptr_t>(weight) % 64 == 0 &&
-                         dim * static_cast<int64_t>(sizeof(scalar_t)) % 64 == 0;
+                         dim * static_cast<int64_t>(sizeof(scalar_t)) % 64 == 0 && dim <= kBlock;
   const auto run = [&]<bool kWeighted, bool kLineRows>() {
     return lookup_bags_as<kWeighted, kLineRows>(weight, rows, dim, ids, offsets, psw, mean, out,
                                                 out_stride, begin, end);
