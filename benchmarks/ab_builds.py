@@ -1,5 +1,5 @@
-"""A/B of two builds of recis on the sparse optimizer step (or the dedup alone), in
-processes that step alternately.
+"""A/B of two builds of recis on the sparse optimizer step (or the dedup, or the pooled
+lookup, alone), in processes that step alternately.
 
 A shared host's speed can move by 2x within minutes, so two builds timed one after the
 other compare the host's phases as much as the builds. Here each build runs in its own
@@ -12,7 +12,9 @@ step time over A's. The result is the median of the per-round ratios B / A and t
 step time of each build. `--part dedup` times the step's sort and grouping of the ids
 alone instead (the row-wise Adagrad op on zero-width tables, as kernels.py's dedup
 column): no rows are made, so it needs little memory. It calls the update op with a list
-of tables, so both builds must have that form (session 15 on).
+of tables, so both builds must have that form (session 15 on). `--part lookup` times
+`recis.ops.pooled_lookup` over each table of a batch (tables on huge pages, one call per
+table, `--zipf 0` for uniform ids).
 
 A and B are directories that hold a built `recis` package, e.g. an older commit:
 
@@ -43,7 +45,7 @@ BENCHMARKS = Path(__file__).resolve().parent
 # Runs in each process: argv = [package_dir, json_args]. Prints "ready" once set up, then
 # one time (seconds) of the part measured per line read from stdin.
 WORKER = r"""
-import argparse, json, sys
+import argparse, json, sys, time
 sys.path.insert(0, sys.argv[1])
 sys.path.insert(1, sys.argv[3])
 import torch
@@ -59,12 +61,20 @@ if a.part == "step":
     init = [torch.empty(a.rows, a.dim).uniform_(-0.01, 0.01) for _ in range(a.tables)]
     impl = kernels.Recis(a, a.dim, a.optimizer, init)
     del init
+elif a.part == "lookup":
+    tables = [recis.ops.empty_table((a.rows, a.dim), torch.float32).uniform_(-0.01, 0.01)
+              for _ in range(a.tables)]
 print("ready", recis.__file__, flush=True)
 for i, _ in enumerate(sys.stdin):
     batch = batches[i % len(batches)]
     if a.part == "step":
         impl.run(batch)  # forward + backward + the timed step
         print(impl.step_times[-1], flush=True)
+    elif a.part == "lookup":
+        t0 = time.perf_counter()
+        for table, (ids, offsets) in zip(tables, batch["tables"]):
+            recis.ops.pooled_lookup(table, ids, offsets)
+        print(time.perf_counter() - t0, flush=True)
     else:
         # Twice, the first untimed, as forward + backward precede a timed step: the
         # process that ran just before leaves its OpenMP threads spinning for a while.
@@ -108,9 +118,10 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("a", type=Path, help="directory holding build A's recis package")
     p.add_argument("b", type=Path, help="directory holding build B's recis package")
-    p.add_argument("--part", choices=["step", "dedup"], default="step",
-                   help="what is timed: the optimizer step, or the dedup alone "
-                        "(the update op on zero-width tables)")  # fmt: skip
+    p.add_argument("--part", choices=["step", "dedup", "lookup"], default="step",
+                   help="what is timed: the optimizer step, the dedup alone "
+                        "(the update op on zero-width tables), or the pooled lookups "
+                        "of a batch (one op call per table)")  # fmt: skip
     p.add_argument("--optimizer", choices=["rowwise_adagrad", "adam", "sgd"],
                    default="rowwise_adagrad")  # fmt: skip
     p.add_argument("--dim", type=int, default=64)
@@ -132,7 +143,8 @@ def main(argv: list[str] | None = None) -> None:
     # Each process: its tables and state, and the initial copy they are made from.
     one_process, _ = needed_memory(argparse.Namespace(**vars(args), device="cpu"), args.dim,
                                    args.optimizer, implementations=1)  # fmt: skip
-    need = 2 * args.processes * one_process if args.part == "step" else 0
+    table_bytes = 4 * args.tables * args.rows * args.dim
+    need = {"step": one_process, "lookup": table_bytes}.get(args.part, 0) * 2 * args.processes
     have = available_memory()
     if have is not None and need > 0.9 * have:
         p.error(
@@ -173,7 +185,9 @@ def main(argv: list[str] | None = None) -> None:
         "b_over_a_quartiles": [round(q, 3) for q in statistics.quantiles(ratios, n=4)[::2]],
     }
     print(json.dumps(result))
-    what = f"{args.optimizer} dim {args.dim}" if args.part == "step" else "dedup"
+    what = {"step": f"{args.optimizer} dim {args.dim}", "lookup": f"lookup dim {args.dim}"}.get(
+        args.part, "dedup"
+    )
     print(
         f"\n{what}, {args.threads} thread(s): {args.part} A "
         f"{result['a_ms']} ms, B {result['b_ms']} ms; B / A {result['b_over_a']} "

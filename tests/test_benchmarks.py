@@ -20,6 +20,11 @@ CASES = {
         *("ab_builds.py", str(ROOT), str(ROOT), "--rounds", "2", "--warmup", "0"),
         *("--processes", "1", "--tables", "2", "--rows", "1000", "--batch", "64"),
     ],
+    "ab_builds_lookup": [
+        *("ab_builds.py", str(ROOT), str(ROOT), "--rounds", "2", "--warmup", "0"),
+        *("--processes", "1", "--tables", "2", "--rows", "1000", "--batch", "64"),
+        *("--part", "lookup"),
+    ],
     "criteo_reader": [
         "criteo_reader.py",
         *("--rows", "2000", "--repeats", "1", "--world_sizes", "2", "--gz_files", "3:2"),

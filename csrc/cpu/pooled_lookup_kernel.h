@@ -38,9 +38,9 @@ inline void pool_columns(const scalar_t* weight, int64_t rows, int64_t dim, int6
       const scalar_t* next = weight + ids[j + ahead] * dim;
       // When the block is the whole row of whole lines, the line count is a constant
       // and the prefetches unroll. With a row's start anywhere in a line they were a
-      // loop with a branch per line; without it (and with the weights' test decided per
-      // call, lookup_bags), 64-float rows of Zipf ids took 0.53-0.73x the time and rows
-      // in cache 0.89x (AMD EPYC Zen 4, session 24, two builds in alternating processes).
+      // loop with a branch per line; without it (and with the weights' and width's tests
+      // decided per call, lookup_bags), a batch of 64-float rows of Zipf ids took 0.74x
+      // the time (AMD EPYC Zen 4, session 24; docs/DECISIONS.md).
       constexpr int64_t kRowBytes = kWidth * static_cast<int64_t>(sizeof(scalar_t));
       if constexpr (kLineRows && kWidth > 0 && kRowBytes % 64 == 0) {
         prefetch_aligned_row<kRowBytes>(next);
