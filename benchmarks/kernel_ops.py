@@ -12,11 +12,14 @@
   forward + backward, ms per call.
 - the fused updates (row-wise Adagrad, SGD) on eight 100k x 64 tables, 2048 bags of
   0-20 uniform ids, fresh ids every step: ms per table.
-- the dedup, through ``unique_row_grads`` with a gradient of dim 1 (so that little
-  but the sort is timed), on kernels.py's ids (8192 bags of ~20 Zipf ids over 1M
-  rows): ns per id for the two-digit sort of 32-bit values that a table of up to
-  2^22 rows gets, against the 64-bit keys that a larger one gets (the same ids,
-  declared to come from a table of 2^22 + 1 rows), alternating.
+- the dedup, through ``unique_row_grads`` with a gradient of dim 1, on kernels.py's
+  ids (8192 bags of ~20 Zipf ids over 1M rows): ns per id for the two-digit sort of
+  32-bit values that a table of up to 2^22 rows gets, against the 64-bit keys that a
+  larger one gets (the same ids, declared to come from a table of 2^22 + 1 rows),
+  alternating. Both include the reduce of a one-float gradient per id, which is not
+  negligible: under ``perf record`` (1 thread, AMD EPYC Zen 4, session 25) it took
+  about as many samples as the sort's passes together, so a change to the sort moves
+  the figure by about half its own effect.
 
 Medians; the ISAs alternate within one run. Prints one JSON line per result.
 """
