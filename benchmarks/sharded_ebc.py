@@ -12,8 +12,9 @@ recis row_wise is reported against recis table_wise. TorchRec fuses row-wise Ada
 into its backward (apply_optimizer_in_backward + FBGEMM's CPU TBE); recis runs
 ``recis.optim.SparseRowWiseAdagrad`` after it. Each is timed in blocks of ``--steps``
 steps (samples/s: the median block) and step by step (the median step). Prints one JSON
-line per result, then a markdown table (rank 0). ``--phases`` adds, per rank, the median milliseconds of each
-phase of a recis step (forward, loss, backward, optimizer step), timed on their own.
+line per result, then a markdown table (rank 0). ``--phases`` adds, per rank, the
+median milliseconds of each phase of a recis step (forward, loss, backward, optimizer
+step), timed on their own.
 """
 
 from __future__ import annotations
