@@ -21,6 +21,10 @@ TORCH_LIBRARY(recis, m) {
   m.def("empty_table(int[] size, ScalarType dtype) -> Tensor", &recis::empty_table);
   // Bytes of freed empty_table buffers held for reuse (bounded).
   m.def("table_memory_cached_bytes() -> int", &recis::table_memory_cached_bytes);
+  // Process-wide malloc policy: keep freed host memory for reuse (glibc only; returns
+  // whether it was applied).
+  m.def("keep_freed_host_memory(int trim_threshold_bytes) -> bool",
+        &recis::keep_freed_host_memory);
   // Pooled embedding lookup of one table: out[b] = pool_{j in bag b} w_j * weight[ids[j]].
   // offsets has num_bags + 1 entries (CSR). pooling: 0 = sum, 1 = mean (empty bag -> 0).
   m.def(

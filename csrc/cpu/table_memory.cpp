@@ -4,10 +4,14 @@
 
 #include <cstdlib>
 #include <deque>
+#include <limits>
 #include <mutex>
 #include <utility>
 #if defined(__linux__)
 #include <sys/mman.h>
+#endif
+#if defined(__GLIBC__)
+#include <malloc.h>
 #endif
 
 namespace recis {
@@ -91,5 +95,21 @@ at::Tensor empty_table(at::IntArrayRef size, at::ScalarType dtype) {
 }
 
 int64_t table_memory_cached_bytes() { return free_buffers().bytes(); }
+
+bool keep_freed_host_memory(int64_t trim_threshold_bytes) {
+  TORCH_CHECK(trim_threshold_bytes > 0 &&
+                  trim_threshold_bytes <= std::numeric_limits<int>::max(),
+              "recis.keep_freed_host_memory: trim_threshold_bytes must be in [1, 2^31 - 1], got ",
+              trim_threshold_bytes);
+#if defined(__GLIBC__)
+  // glibc's largest mmap threshold on 64-bit (DEFAULT_MMAP_THRESHOLD_MAX): larger
+  // blocks are mapped and unmapped per request whatever is set here.
+  constexpr int kMmapThreshold = 32 << 20;
+  return mallopt(M_MMAP_THRESHOLD, kMmapThreshold) == 1 &&
+         mallopt(M_TRIM_THRESHOLD, static_cast<int>(trim_threshold_bytes)) == 1;
+#else
+  return false;
+#endif
+}
 
 }  // namespace recis

@@ -14,4 +14,11 @@ at::Tensor empty_table(at::IntArrayRef size, at::ScalarType dtype);
 // Bytes of freed buffers held for reuse.
 int64_t table_memory_cached_bytes();
 
+// Makes glibc's malloc keep what a training step frees for the next step instead of
+// returning it to the OS, which then faults it in and zeroes it again: blocks up to
+// 32 MiB come from the heap (not a fresh mapping each), and up to
+// trim_threshold_bytes of free heap top stay mapped. Returns false, changing nothing,
+// where the C library is not glibc.
+bool keep_freed_host_memory(int64_t trim_threshold_bytes);
+
 }  // namespace recis

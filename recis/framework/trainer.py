@@ -26,6 +26,7 @@ from recis.framework.rank_sync import RankSync
 from recis.framework.training_args import TrainingArguments, positive_or_none
 from recis.hooks import Hook, LoggerHook
 from recis.nn import filter_out_sparse_param
+from recis.ops import keep_freed_host_memory
 
 __all__ = ["Trainer", "TrainerState", "TrainingArguments"]
 
@@ -125,6 +126,8 @@ class Trainer:
             raise TypeError(f"args must be TrainingArguments, got {type(self.args).__name__}")
         if not isinstance(dense_optimizers, (tuple, list)) or len(dense_optimizers) != 2:
             raise TypeError("dense_optimizers must be a pair (optimizer, lr_scheduler)")
+        if self.args.keep_freed_host_memory:
+            keep_freed_host_memory()
         init_distributed(self.args.backend, self.args.device)
         self.device = resolve_device(self.args.device)
         self.rank, self.world_size = rank(), world_size()

@@ -41,6 +41,9 @@ class TrainingArguments:
       embedding lookups stay float32). Ignored with a warning on CPU.
     - ``device`` / ``backend``: ``"auto"`` picks ``cuda:LOCAL_RANK`` + nccl when
       CUDA is available, else CPU + gloo.
+    - ``keep_freed_host_memory``: the Trainer makes malloc keep the host memory each
+      step frees for the next one (:func:`recis.ops.keep_freed_host_memory`) instead
+      of the OS faulting it in again every step; False leaves malloc's defaults.
 
     Example::
 
@@ -62,6 +65,7 @@ class TrainingArguments:
     bf16: bool = False
     device: str = "auto"
     backend: str = "auto"
+    keep_freed_host_memory: bool = True
 
     def __post_init__(self) -> None:
         for name in ("train_steps", "train_epoch", "eval_steps", "log_steps", "save_steps"):
@@ -73,6 +77,11 @@ class TrainingArguments:
         if not isinstance(self.output_dir, str) or not self.output_dir:
             raise ValueError(
                 f"TrainingArguments.output_dir must be a path, got {self.output_dir!r}"
+            )
+        if not isinstance(self.keep_freed_host_memory, bool):
+            raise ValueError(
+                "TrainingArguments.keep_freed_host_memory must be a bool, "
+                f"got {self.keep_freed_host_memory!r}"
             )
         if not isinstance(self.seed, int):
             raise ValueError(f"TrainingArguments.seed must be an int, got {self.seed!r}")

@@ -16,7 +16,7 @@ from recis.ops.sparse_update import (
     sparse_sgd_update,
     unique_row_grads,
 )
-from recis.ops.table_memory import empty_table
+from recis.ops.table_memory import empty_table, keep_freed_host_memory
 
 __all__ = [
     "MEAN",
@@ -27,6 +27,7 @@ __all__ = [
     "bucketize",
     "dot_interaction",
     "empty_table",
+    "keep_freed_host_memory",
     "parse_criteo_lines",
     "parse_hex_column",
     "pooled_lookup",

@@ -1,4 +1,5 @@
-"""Memory for embedding tables and their optimizer state."""
+"""Memory for embedding tables and their optimizer state, and the process's malloc policy
+for the buffers a training step allocates and frees."""
 
 from __future__ import annotations
 
@@ -33,3 +34,32 @@ def empty_table(
     if device.type != "cpu":
         return torch.empty(tuple(shape), dtype=dtype, device=device)
     return torch.ops.recis.empty_table([int(s) for s in shape], dtype)
+
+
+def keep_freed_host_memory(trim_threshold_bytes: int = 256 << 20) -> bool:
+    """Makes the C library's malloc keep the host memory a training step frees for the
+    next step, instead of returning it to the OS, which faults it in and zeroes it again
+    page by page (on a VM each fault costs several microseconds).
+
+    Process-wide, for every later allocation: blocks up to 32 MiB come from malloc's
+    heap rather than a mapping of their own, and up to ``trim_threshold_bytes`` of free
+    memory at the top of a heap stay mapped. glibc only: elsewhere nothing changes and
+    it returns False. The :class:`~recis.framework.trainer.Trainer` calls it unless
+    ``TrainingArguments.keep_freed_host_memory`` is False.
+
+    Example::
+
+        >>> keep_freed_host_memory()  # before building the model and training
+        True
+    """
+    if isinstance(trim_threshold_bytes, bool) or not isinstance(trim_threshold_bytes, int):
+        raise TypeError(
+            f"keep_freed_host_memory: trim_threshold_bytes must be an int, "
+            f"got {trim_threshold_bytes!r}"
+        )
+    if not 1 <= trim_threshold_bytes <= 2**31 - 1:
+        raise ValueError(
+            f"keep_freed_host_memory: trim_threshold_bytes must be in [1, 2**31 - 1], "
+            f"got {trim_threshold_bytes}"
+        )
+    return bool(torch.ops.recis.keep_freed_host_memory(trim_threshold_bytes))

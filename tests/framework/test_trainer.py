@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import os
+import platform
 
 import pytest
 import torch
@@ -27,6 +28,7 @@ from recis.ops import MEAN, SUM
 from recis.ops.reference import bag_row_grads
 from recis.sparse import KeyedJaggedTensor
 from recis.testing import run_distributed
+from tests.ops.helpers import step_buffers
 
 FEATURES = [f"C{i}" for i in range(1, 27)]
 N_DENSE = 13
@@ -407,8 +409,26 @@ def test_bad_model_output_and_missing_pieces(tmp_path):
         ({"model_bank": [{"load": ["dense"]}]}, r"model_bank\[0\]"),
         ({"device": "tpu:7"}, "device"),
         ({"backend": "mpich"}, "backend"),
+        ({"keep_freed_host_memory": "yes"}, "keep_freed_host_memory"),
     ],
 )
 def test_training_arguments_validation(kwargs, message):
     with pytest.raises(ValueError, match=message):
         TrainingArguments(**kwargs)
+
+
+@pytest.mark.skipif(
+    platform.libc_ver()[0] != "glibc", reason="malloc's policy is set on glibc only"
+)
+@pytest.mark.parametrize("keep", [True, False])
+def test_the_trainer_keeps_freed_host_memory_unless_told_not_to(tmp_path, keep):
+    # A block that glibc maps on its own by default comes from the kept heap instead
+    # (tests/ops/test_table_memory.py shows what that saves).
+    setup = (
+        "from torch import nn\n"
+        "from recis.framework.trainer import Trainer, TrainingArguments\n"
+        f"args = TrainingArguments(output_dir={str(tmp_path)!r}, keep_freed_host_memory={keep})\n"
+        "Trainer(nn.Linear(2, 1), args)"
+    )
+    in_heap, _ = step_buffers(setup)
+    assert in_heap == keep

@@ -1,5 +1,7 @@
-"""empty_table: table memory on huge pages when it is large enough."""
+"""empty_table: table memory on huge pages when it is large enough; keep_freed_host_memory:
+malloc keeps what each step frees."""
 
+import platform
 import re
 from pathlib import Path
 
@@ -7,6 +9,7 @@ import pytest
 import torch
 
 from recis import ops
+from tests.ops.helpers import PAGES_PER_BUFFER, step_buffers
 
 HUGE_PAGE = 2 << 20
 THP = Path("/sys/kernel/mm/transparent_hugepage/enabled")
@@ -88,3 +91,31 @@ def test_the_reuse_cache_is_bounded():
     before = torch.ops.recis.table_memory_cached_bytes()
     del big
     assert torch.ops.recis.table_memory_cached_bytes() == before
+
+
+GLIBC = platform.libc_ver()[0] == "glibc"
+
+
+@pytest.mark.skipif(not GLIBC, reason="malloc's policy is set on glibc only")
+def test_kept_host_memory_is_not_faulted_in_again_every_step():
+    default_in_heap, _ = step_buffers("import recis")
+    kept_in_heap, kept_faults = step_buffers(
+        "from recis import ops\nassert ops.keep_freed_host_memory()"
+    )
+    # By default a fresh process maps a block this large on its own (and unmaps it when
+    # freed); kept, it comes from the heap, whose freed top stays mapped.
+    assert not default_in_heap
+    assert kept_in_heap
+    assert kept_faults < PAGES_PER_BUFFER, kept_faults
+
+
+@pytest.mark.parametrize("bad", [0, -1, 2**31])
+def test_keep_freed_host_memory_rejects_a_bad_threshold(bad):
+    with pytest.raises(ValueError, match="trim_threshold_bytes must be in"):
+        ops.keep_freed_host_memory(bad)
+
+
+@pytest.mark.parametrize("bad", [1.5, True, "256"])
+def test_keep_freed_host_memory_wants_an_int(bad):
+    with pytest.raises(TypeError, match="trim_threshold_bytes must be an int"):
+        ops.keep_freed_host_memory(bad)
