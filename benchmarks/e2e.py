@@ -17,6 +17,10 @@ embeddings and torch Adagrad on the dense part. One step:
 - TorchRec: ``logits = dmp(dense, kjt)``, BCE-with-logits, ``backward()`` (row-wise
   Adagrad fused into backward by ``apply_optimizer_in_backward``), dense step, zero grads.
 
+Like the Trainer, the job first makes malloc keep the memory each step frees
+(``recis.ops.keep_freed_host_memory``; ``--malloc_defaults`` leaves it out): the
+process's setting, so TorchRec's steps get it too.
+
 Blocks of ``--steps`` steps alternate between the two in one job (``--blocks`` of
 each); the median block gives samples/s per rank. Prints one JSON line per result,
 then a markdown table (rank 0), plus the time per step phase (forward, backward,
@@ -49,6 +53,7 @@ from recis.framework.metrics import clear_metrics
 from recis.io import SyntheticCriteoDataset, default_table_sizes
 from recis.models import DLRM, criteo_tables
 from recis.nn import filter_out_sparse_param
+from recis.ops import keep_freed_host_memory
 from recis.optim import SparseRowWiseAdagrad
 
 LR, EPS = 0.01, 1e-8
@@ -209,7 +214,16 @@ def main() -> None:
     p.add_argument("--batches", type=int, default=4, help="pre-generated batches per rank")
     p.add_argument("--profile", action="store_true", help="print top ops per impl (rank 0)")
     p.add_argument("--small", action="store_true", help="quick run (~30 s)")
+    p.add_argument(
+        "--malloc_defaults",
+        action="store_true",
+        help="leave malloc's policy as it is (by default recis.ops.keep_freed_host_memory() "
+        "is called first, as the Trainer does; the setting is the process's, so it applies "
+        "to both implementations)",
+    )
     args = p.parse_args()
+    if not args.malloc_defaults:
+        keep_freed_host_memory()
     if args.small:
         args.table_size, args.batch_size, args.steps, args.blocks = 10_000, 256, 10, 3
     args.bottom, args.top = (64, args.dim), (64, 32)
