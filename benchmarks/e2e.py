@@ -280,6 +280,7 @@ def main() -> None:
                 "impl": name,
                 "rank": rank,
                 "world_size": world,
+                "keep_freed_host_memory": not args.malloc_defaults,
                 "batch_per_rank": args.batch_size,
                 "tables": len(configs),
                 "table_cap": args.table_size,

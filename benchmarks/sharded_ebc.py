@@ -14,7 +14,9 @@ into its backward (apply_optimizer_in_backward + FBGEMM's CPU TBE); recis runs
 steps (samples/s: the median block) and step by step (the median step). Prints one JSON
 line per result, then a markdown table (rank 0). ``--phases`` adds, per rank, the
 median milliseconds of each phase of a recis step (forward, loss, backward, optimizer
-step), timed on their own.
+step), timed on their own. Like the Trainer, the job first makes malloc keep the memory
+each step frees (``recis.ops.keep_freed_host_memory``; ``--malloc_defaults`` leaves it
+out): the process's setting, so TorchRec's steps get it too.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from recis.distributed import (
     shutdown_distributed,
 )
 from recis.nn import EmbeddingBagCollection, EmbeddingBagConfig, filter_out_sparse_param
+from recis.ops import keep_freed_host_memory
 from recis.optim import SparseRowWiseAdagrad
 from recis.sparse import KeyedJaggedTensor
 
@@ -248,7 +251,15 @@ def main() -> None:
     p.add_argument(
         "--phases", action="store_true", help="time each phase of a recis step, per rank"
     )
+    p.add_argument(
+        "--malloc_defaults",
+        action="store_true",
+        help="leave malloc's policy as it is (by default keep_freed_host_memory() is "
+        "called first, as the Trainer does; it applies to both implementations)",
+    )
     args = p.parse_args()
+    if not args.malloc_defaults:
+        keep_freed_host_memory()
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     pg = dist.group.WORLD
@@ -323,6 +334,7 @@ def main() -> None:
             "sharding": kind,
             "peer": peer_name,
             "world_size": world,
+            "keep_freed_host_memory": not args.malloc_defaults,
             "rank": rank,
             "tables": args.tables,
             "rows": args.rows,
