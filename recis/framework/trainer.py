@@ -126,11 +126,14 @@ class Trainer:
             raise TypeError(f"args must be TrainingArguments, got {type(self.args).__name__}")
         if not isinstance(dense_optimizers, (tuple, list)) or len(dense_optimizers) != 2:
             raise TypeError("dense_optimizers must be a pair (optimizer, lr_scheduler)")
-        if self.args.keep_freed_host_memory:
-            keep_freed_host_memory()
         init_distributed(self.args.backend, self.args.device)
         self.device = resolve_device(self.args.device)
         self.rank, self.world_size = rank(), world_size()
+        if self.args.keep_freed_host_memory and keep_freed_host_memory() and self.rank == 0:
+            logger.info(
+                "malloc keeps the host memory each step frees "
+                "(TrainingArguments.keep_freed_host_memory=False leaves its defaults)"
+            )
         self._sync = RankSync(self.rank, self.world_size, self.device)
         set_seed(self.args.seed)
         self.model = model
