@@ -22,6 +22,9 @@
 // tables on (4 x 20k-100k rows: 0.80-0.92x; 8 x 100k: 0.75x) and lost 1.05x on 10 MiB.
 constexpr int64_t kPrefetchRows = 8;
 constexpr int64_t kPrefetchRowsToL2 = 64;
+// grad_out rows: 8 or 32 ahead instead of 16 made no difference (0.995x, 1.01x), and
+// also requesting them into L2 32 or 64 ahead cost 1.07x (SGD, 2 threads, kernels
+// shape; ab_builds.py, Intel host, session 26).
 constexpr int64_t kPrefetchGrads = 16;
 
 // x[d] = sqrt(x[d]). A plain loop over std::sqrt is not vectorised (the build keeps
