@@ -40,6 +40,7 @@ from collections import defaultdict
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from machine import add_malloc_option, apply_malloc_option
 
 from recis.distributed import (
     TABLE_WISE,
@@ -53,7 +54,6 @@ from recis.framework.metrics import clear_metrics
 from recis.io import SyntheticCriteoDataset, default_table_sizes
 from recis.models import DLRM, criteo_tables
 from recis.nn import filter_out_sparse_param
-from recis.ops import keep_freed_host_memory
 from recis.optim import SparseRowWiseAdagrad
 
 LR, EPS = 0.01, 1e-8
@@ -214,16 +214,9 @@ def main() -> None:
     p.add_argument("--batches", type=int, default=4, help="pre-generated batches per rank")
     p.add_argument("--profile", action="store_true", help="print top ops per impl (rank 0)")
     p.add_argument("--small", action="store_true", help="quick run (~30 s)")
-    p.add_argument(
-        "--malloc_defaults",
-        action="store_true",
-        help="leave malloc's policy as it is (by default recis.ops.keep_freed_host_memory() "
-        "is called first, as the Trainer does; the setting is the process's, so it applies "
-        "to both implementations)",
-    )
+    add_malloc_option(p)
     args = p.parse_args()
-    if not args.malloc_defaults:
-        keep_freed_host_memory()
+    kept_freed_memory = apply_malloc_option(args)
     if args.small:
         args.table_size, args.batch_size, args.steps, args.blocks = 10_000, 256, 10, 3
     args.bottom, args.top = (64, args.dim), (64, 32)
@@ -280,7 +273,7 @@ def main() -> None:
                 "impl": name,
                 "rank": rank,
                 "world_size": world,
-                "keep_freed_host_memory": not args.malloc_defaults,
+                "keep_freed_host_memory": kept_freed_memory,
                 "batch_per_rank": args.batch_size,
                 "tables": len(configs),
                 "table_cap": args.table_size,

@@ -1,12 +1,16 @@
-"""What the benchmarks read off the machine they run on."""
+"""What the benchmarks read off the machine they run on, and the malloc policy they
+share with the Trainer."""
 
 from __future__ import annotations
 
+import argparse
 import itertools
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+
+from recis.ops import keep_freed_host_memory
 
 
 def available_memory() -> int | None:
@@ -43,3 +47,20 @@ def memcpy_bandwidth(threads: int, mib: int = 1024, repeats: int = 5) -> float:
             )
             best = min(best, time.perf_counter() - t0)
     return 2 * src.nbytes / best
+
+
+def add_malloc_option(parser: argparse.ArgumentParser) -> None:
+    """``--malloc_defaults``: see :func:`apply_malloc_option`."""
+    parser.add_argument(
+        "--malloc_defaults",
+        action="store_true",
+        help="leave malloc's policy as it is (by default recis.ops.keep_freed_host_memory() "
+        "is called first, as the Trainer does; the setting is the process's, so every "
+        "implementation in the job gets it)",
+    )
+
+
+def apply_malloc_option(args: argparse.Namespace) -> bool:
+    """Calls ``keep_freed_host_memory()`` unless ``--malloc_defaults`` was given; returns
+    whether malloc now keeps freed memory (False off glibc), for the results to record."""
+    return not args.malloc_defaults and keep_freed_host_memory()

@@ -29,6 +29,7 @@ import time
 
 import torch
 import torch.distributed as dist
+from machine import add_malloc_option, apply_malloc_option
 from torch import nn
 
 from recis.distributed import (
@@ -44,7 +45,6 @@ from recis.distributed import (
     shutdown_distributed,
 )
 from recis.nn import EmbeddingBagCollection, EmbeddingBagConfig, filter_out_sparse_param
-from recis.ops import keep_freed_host_memory
 from recis.optim import SparseRowWiseAdagrad
 from recis.sparse import KeyedJaggedTensor
 
@@ -251,15 +251,9 @@ def main() -> None:
     p.add_argument(
         "--phases", action="store_true", help="time each phase of a recis step, per rank"
     )
-    p.add_argument(
-        "--malloc_defaults",
-        action="store_true",
-        help="leave malloc's policy as it is (by default keep_freed_host_memory() is "
-        "called first, as the Trainer does; it applies to both implementations)",
-    )
+    add_malloc_option(p)
     args = p.parse_args()
-    if not args.malloc_defaults:
-        keep_freed_host_memory()
+    kept_freed_memory = apply_malloc_option(args)
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     pg = dist.group.WORLD
@@ -334,7 +328,7 @@ def main() -> None:
             "sharding": kind,
             "peer": peer_name,
             "world_size": world,
-            "keep_freed_host_memory": not args.malloc_defaults,
+            "keep_freed_host_memory": kept_freed_memory,
             "rank": rank,
             "tables": args.tables,
             "rows": args.rows,

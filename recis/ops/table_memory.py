@@ -44,7 +44,8 @@ def keep_freed_host_memory(trim_threshold_bytes: int = 256 << 20) -> bool:
     Process-wide, for every later allocation: blocks up to 32 MiB come from malloc's
     heap rather than a mapping of their own, and up to ``trim_threshold_bytes`` of free
     memory at the top of a heap stay mapped. glibc only: elsewhere nothing changes and
-    it returns False. The :class:`~recis.framework.trainer.Trainer` calls it unless
+    it returns False. A threshold outside [1, 2**31 - 1] (glibc takes an int) raises
+    RuntimeError. The :class:`~recis.framework.trainer.Trainer` calls it unless
     ``TrainingArguments.keep_freed_host_memory`` is False.
 
     Example::
@@ -56,10 +57,5 @@ def keep_freed_host_memory(trim_threshold_bytes: int = 256 << 20) -> bool:
         raise TypeError(
             f"keep_freed_host_memory: trim_threshold_bytes must be an int, "
             f"got {trim_threshold_bytes!r}"
-        )
-    if not 1 <= trim_threshold_bytes <= 2**31 - 1:
-        raise ValueError(
-            f"keep_freed_host_memory: trim_threshold_bytes must be in [1, 2**31 - 1], "
-            f"got {trim_threshold_bytes}"
         )
     return bool(torch.ops.recis.keep_freed_host_memory(trim_threshold_bytes))
