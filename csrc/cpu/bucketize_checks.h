@@ -50,10 +50,11 @@ inline void check_bucketize_layout(const int64_t* lengths, int64_t num_bags,
   TORCH_CHECK(sum == n, "recis.bucketize: lengths sum to ", sum, " but there are ", n, " ids");
 }
 
-// The error for id v at position j outside [lo, hi).
+// The error for id v at position j outside [lo, hi): a ValueError in Python, as bad
+// input data is everywhere in recis (the sharded input dist relays it to every rank).
 [[noreturn]] inline void raise_id_outside_boundaries(int64_t v, int64_t j, int64_t lo,
                                                      int64_t hi) {
-  TORCH_CHECK(false, "recis.bucketize: id ", v, " at position ", j, " is outside [", lo, ", ", hi,
+  TORCH_CHECK_VALUE(false, "recis.bucketize: id ", v, " at position ", j, " is outside [", lo, ", ", hi,
               ")");
   __builtin_unreachable();
 }

@@ -25,7 +25,8 @@ def bucketize(ids: Tensor, lengths: Tensor, weights: Tensor | None, boundaries: 
     Bucket ``k`` owns global rows ``[boundaries[k], boundaries[k+1])``; its ids are
     made local (``id - boundaries[k]``). Within a bucket, bags keep their order and
     so do the ids within a bag. ``permutation`` undoes the reordering:
-    ``ids[permutation]`` equals the global ids in bucket order.
+    ``ids[permutation]`` equals the global ids in bucket order. An id outside
+    ``[boundaries[0], boundaries[-1])`` raises ``ValueError`` naming it and its position.
 
     Example::
 
@@ -36,11 +37,5 @@ def bucketize(ids: Tensor, lengths: Tensor, weights: Tensor | None, boundaries: 
     """
     if boundaries.dtype != torch.int64:
         boundaries = boundaries.to(torch.int64)
-    if ids.numel():
-        low, high = torch.aminmax(ids)
-        lo, hi = int(boundaries[0]), int(boundaries[-1])
-        if int(low) < lo or int(high) >= hi:
-            bad = ids[(ids < lo) | (ids >= hi)][0]
-            raise ValueError(f"bucketize: id {int(bad)} is outside [{lo}, {hi})")
     out_lengths, out_ids, out_w, perm = torch.ops.recis.bucketize(ids, lengths, weights, boundaries)
     return Buckets(out_lengths, out_ids, out_w if weights is not None else None, perm)

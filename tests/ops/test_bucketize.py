@@ -21,7 +21,7 @@ def _random_case(num_bags: int, rows: int, num_buckets: int, weighted: bool, dty
 
 
 @pytest.mark.parametrize("weighted", [False, True])
-@pytest.mark.parametrize("num_buckets", [1, 3, 4])
+@pytest.mark.parametrize("num_buckets", [1, 2, 3, 4, 8, 17])
 @pytest.mark.parametrize("dtype", [torch.int64, torch.int32])
 def test_bucketize_matches_reference(weighted, num_buckets, dtype):
     for num_bags in (0, 1, 7, 40):
@@ -43,8 +43,18 @@ def test_bucketize_matches_reference(weighted, num_buckets, dtype):
         assert torch.equal(ids[got.permutation].long(), got.ids.long() + starts)
 
 
+def test_ids_on_a_boundary_go_to_the_last_bucket_starting_there():
+    # Buckets 1-3 are empty (they start where bucket 4 does): id 4 is bucket 4's.
+    boundaries = torch.tensor([0, 4, 4, 4, 4, 6, 8])
+    ids = torch.tensor([0, 3, 4, 5, 6, 7])
+    got = ops.bucketize(ids, torch.tensor([6]), None, boundaries)
+    assert got.lengths.tolist() == [2, 0, 0, 0, 2, 2]
+    assert got.ids.tolist() == [0, 3, 0, 1, 0, 1]
+    assert got.permutation.tolist() == [0, 1, 2, 3, 4, 5]
+
+
 def test_bucketize_rejects_out_of_range_ids():
-    with pytest.raises(ValueError, match="id 9 is outside"):
+    with pytest.raises(ValueError, match=r"id 9 at position 1 is outside \[0, 8\)"):
         ops.bucketize(torch.tensor([1, 9]), torch.tensor([2]), None, torch.tensor([0, 4, 8]))
     with pytest.raises(RuntimeError, match="lengths sum"):
         ops.bucketize(torch.tensor([1, 2]), torch.tensor([3]), None, torch.tensor([0, 4, 8]))
@@ -52,20 +62,20 @@ def test_bucketize_rejects_out_of_range_ids():
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
 @pytest.mark.parametrize(
-    "ids, lengths, boundaries, error",
+    "ids, lengths, boundaries, error, message",
     [
-        ([1, 9], [2], [0, 4, 8], r"id 9 at position 1 is outside \[0, 8\)"),
-        ([1, -1], [2], [0, 4, 8], r"id -1 at position 1 is outside \[0, 8\)"),
-        ([1, 2], [3], [0, 4, 8], "lengths sum to 3 but there are 2 ids"),
-        ([1, 2], [3, -1], [0, 4, 8], r"lengths\[1\] is negative"),
-        ([1, 2], [2], [0, 5, 4, 8], "boundaries must be non-decreasing"),
+        ([1, 9], [2], [0, 4, 8], ValueError, r"id 9 at position 1 is outside \[0, 8\)"),
+        ([1, -1], [2], [0, 4, 8], ValueError, r"id -1 at position 1 is outside \[0, 8\)"),
+        ([1, 2], [3], [0, 4, 8], RuntimeError, "lengths sum to 3 but there are 2 ids"),
+        ([1, 2], [3, -1], [0, 4, 8], RuntimeError, r"lengths\[1\] is negative"),
+        ([1, 2], [2], [0, 5, 4, 8], RuntimeError, "boundaries must be non-decreasing"),
     ],
     ids=["id_above", "id_below", "lengths_sum", "negative_length", "decreasing_boundaries"],
 )
-def test_the_op_names_bad_values_on_every_device(device, ids, lengths, boundaries, error):
-    # The op itself, without the Python wrapper's range check: the CUDA kernels would
-    # write outside their buffers on any of these.
-    with pytest.raises(RuntimeError, match=error):
+def test_the_op_names_bad_values_on_every_device(device, ids, lengths, boundaries, error, message):
+    # The kernels would write outside their buffers on any of these. A bad id is bad
+    # data (ValueError, as everywhere in recis); the rest are bad arguments.
+    with pytest.raises(error, match=message):
         torch.ops.recis.bucketize(
             torch.tensor(ids, device=device),
             torch.tensor(lengths, device=device),
