@@ -31,10 +31,10 @@ def l2_prefetch_threshold(nbytes: int) -> Iterator[None]:
         torch.ops.recis.l2_prefetch_threshold(before)
 
 
-# After `setup`, in a fresh interpreter: page faults of 50 steps (after 10 warm-up
-# steps) that each allocate and free two 4 MiB tensors, and whether a 16 MiB tensor
-# lies in malloc's main heap ([heap] in /proc/self/maps) rather than a mapping of its
-# own.
+# After `setup`, in a fresh interpreter: whether a 16 MiB tensor lies in malloc's main
+# heap ([heap] in /proc/self/maps) rather than a mapping of its own, and the page
+# faults of `steps` steps (after 10 warm-up steps) that each allocate and free two
+# 4 MiB tensors.
 _STEP_BUFFERS_SCRIPT = """
 import resource, torch
 {setup}
@@ -50,10 +50,10 @@ del big
 def step():
     bufs = [torch.ones(1 << 20) for _ in range(2)]
     return sum(float(b[-1]) for b in bufs)
-for _ in range(10):
+for _ in range(10 if {steps} else 0):
     step()
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(50):
+for _ in range({steps}):
     step()
 print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
@@ -62,12 +62,12 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 PAGES_PER_BUFFER = 1024
 
 
-def step_buffers(setup: str) -> tuple[bool, int]:
+def step_buffers(setup: str, steps: int = 50) -> tuple[bool, int]:
     """Runs `setup` (Python source) in a fresh interpreter, then returns whether a
-    16 MiB tensor is placed in malloc's main heap, and the page faults of 50 steps that
-    each allocate and free two 4 MiB tensors."""
+    16 MiB tensor is placed in malloc's main heap, and the page faults of `steps` steps
+    that each allocate and free two 4 MiB tensors."""
     out = subprocess.run(
-        [sys.executable, "-c", _STEP_BUFFERS_SCRIPT.format(setup=setup)],
+        [sys.executable, "-c", _STEP_BUFFERS_SCRIPT.format(setup=setup, steps=steps)],
         capture_output=True,
         text=True,
         timeout=120,
