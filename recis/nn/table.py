@@ -103,17 +103,20 @@ class EmbeddingTable(nn.Module):
         if not self._grads:
             return None
         joined = SparseGrad.cat(self._resolved())
-        self._grads = [joined]
+        self._grads[:] = [joined]
         return joined
 
     def zero_grad(self) -> None:
         # Waits for gradients still landing: an exchange is never left unwaited.
         self._resolved()
-        self._grads = []
+        self._grads.clear()
 
     def _resolved(self) -> list[SparseGrad]:
-        self._grads = [g if isinstance(g, SparseGrad) else g() for g in self._grads]
-        return self._grads
+        # The list is changed in place: assigning a module attribute goes through
+        # nn.Module.__setattr__, a few microseconds per table and step.
+        grads = self._grads
+        grads[:] = [g if isinstance(g, SparseGrad) else g() for g in grads]
+        return grads  # type: ignore[return-value]
 
     def extra_repr(self) -> str:
         rows, dim = self.weight.shape
