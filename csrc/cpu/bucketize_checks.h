@@ -54,8 +54,8 @@ inline void check_bucketize_layout(const int64_t* lengths, int64_t num_bags,
 // input data is everywhere in recis (the sharded input dist relays it to every rank).
 [[noreturn]] inline void raise_id_outside_boundaries(int64_t v, int64_t j, int64_t lo,
                                                      int64_t hi) {
-  TORCH_CHECK_VALUE(false, "recis.bucketize: id ", v, " at position ", j, " is outside [", lo, ", ", hi,
-              ")");
+  TORCH_CHECK_VALUE(false, "recis.bucketize: id ", v, " at position ", j, " is outside [", lo,
+                    ", ", hi, ")");
   __builtin_unreachable();
 }
 

@@ -114,9 +114,9 @@ class EmbeddingTable(nn.Module):
     def _resolved(self) -> list[SparseGrad]:
         # The list is changed in place: assigning a module attribute goes through
         # nn.Module.__setattr__, a few microseconds per table and step.
-        grads = self._grads
-        grads[:] = [g if isinstance(g, SparseGrad) else g() for g in grads]
-        return grads  # type: ignore[return-value]
+        resolved = [g if isinstance(g, SparseGrad) else g() for g in self._grads]
+        self._grads[:] = resolved
+        return resolved
 
     def extra_repr(self) -> str:
         rows, dim = self.weight.shape
