@@ -1,5 +1,5 @@
-"""A/B of two builds of recis on the sparse optimizer step (or the dedup, or the pooled
-lookup, alone), in processes that step alternately.
+"""A/B of two builds of recis on the sparse optimizer step (or the dedup, the pooled
+lookup or the row bucketization, alone), in processes that step alternately.
 
 A shared host's speed can move by 2x within minutes, so two builds timed one after the
 other compare the host's phases as much as the builds. Here each build runs in its own
@@ -14,7 +14,9 @@ alone instead (the row-wise Adagrad op on zero-width tables, as kernels.py's ded
 column): no rows are made, so it needs little memory. It calls the update op with a list
 of tables, so both builds must have that form (session 15 on). `--part lookup` times
 `recis.ops.pooled_lookup` over each table of a batch (tables on huge pages, one call per
-table, `--zipf 0` for uniform ids).
+table, `--zipf 0` for uniform ids). `--part bucketize` times `recis.ops.bucketize` of
+each table's ids into `--buckets` even row blocks (the row-wise input dist's routing;
+`--batch 1024 --pooling 10 --zipf 0` are sharded_ebc.py's bags).
 
 A and B are directories that hold a built `recis` package, e.g. an older commit:
 
@@ -64,6 +66,10 @@ if a.part == "step":
 elif a.part == "lookup":
     tables = [recis.ops.empty_table((a.rows, a.dim), torch.float32).uniform_(-0.01, 0.01)
               for _ in range(a.tables)]
+elif a.part == "bucketize":
+    boundaries = torch.linspace(0, a.rows, a.buckets + 1).long()
+    for b in batches:
+        b["lengths"] = [offsets.diff() for _, offsets in b["tables"]]
 print("ready", recis.__file__, flush=True)
 for i, _ in enumerate(sys.stdin):
     batch = batches[i % len(batches)]
@@ -74,6 +80,11 @@ for i, _ in enumerate(sys.stdin):
         t0 = time.perf_counter()
         for table, (ids, offsets) in zip(tables, batch["tables"]):
             recis.ops.pooled_lookup(table, ids, offsets)
+        print(time.perf_counter() - t0, flush=True)
+    elif a.part == "bucketize":
+        t0 = time.perf_counter()
+        for (ids, _), lengths in zip(batch["tables"], batch["lengths"]):
+            recis.ops.bucketize(ids, lengths, None, boundaries)
         print(time.perf_counter() - t0, flush=True)
     else:
         # Twice, the first untimed, as forward + backward precede a timed step: the
@@ -118,10 +129,13 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("a", type=Path, help="directory holding build A's recis package")
     p.add_argument("b", type=Path, help="directory holding build B's recis package")
-    p.add_argument("--part", choices=["step", "dedup", "lookup"], default="step",
+    p.add_argument("--part", choices=["step", "dedup", "lookup", "bucketize"], default="step",
                    help="what is timed: the optimizer step, the dedup alone "
-                        "(the update op on zero-width tables), or the pooled lookups "
-                        "of a batch (one op call per table)")  # fmt: skip
+                        "(the update op on zero-width tables), the pooled lookups "
+                        "of a batch (one op call per table), or the row-wise input "
+                        "dist's routing of a batch (ops.bucketize per table into "
+                        "--buckets even row blocks)")  # fmt: skip
+    p.add_argument("--buckets", type=int, default=2, help="row blocks for --part bucketize")
     p.add_argument("--optimizer", choices=["rowwise_adagrad", "adam", "sgd"],
                    default="rowwise_adagrad")  # fmt: skip
     p.add_argument("--dim", type=int, default=64)
@@ -185,9 +199,11 @@ def main(argv: list[str] | None = None) -> None:
         "b_over_a_quartiles": [round(q, 3) for q in statistics.quantiles(ratios, n=4)[::2]],
     }
     print(json.dumps(result))
-    what = {"step": f"{args.optimizer} dim {args.dim}", "lookup": f"lookup dim {args.dim}"}.get(
-        args.part, "dedup"
-    )
+    what = {
+        "step": f"{args.optimizer} dim {args.dim}",
+        "lookup": f"lookup dim {args.dim}",
+        "bucketize": f"bucketize into {args.buckets} blocks",
+    }.get(args.part, "dedup")
     print(
         f"\n{what}, {args.threads} thread(s): {args.part} A "
         f"{result['a_ms']} ms, B {result['b_ms']} ms; B / A {result['b_over_a']} "

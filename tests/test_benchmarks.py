@@ -25,6 +25,11 @@ CASES = {
         *("--processes", "1", "--tables", "2", "--rows", "1000", "--batch", "64"),
         *("--part", "lookup"),
     ],
+    "ab_builds_bucketize": [
+        *("ab_builds.py", str(ROOT), str(ROOT), "--rounds", "2", "--warmup", "0"),
+        *("--processes", "1", "--tables", "2", "--rows", "1000", "--batch", "64"),
+        *("--part", "bucketize", "--buckets", "3"),
+    ],
     "criteo_reader": [
         "criteo_reader.py",
         *("--rows", "2000", "--repeats", "1", "--world_sizes", "2", "--gz_files", "3:2"),
