@@ -1,5 +1,5 @@
 """A/B of two builds of recis on the sparse optimizer step (or the dedup, the pooled
-lookup or the row bucketization, alone), in processes that step alternately.
+lookup or the input dist's routing, alone), in processes that step alternately.
 
 A shared host's speed can move by 2x within minutes, so two builds timed one after the
 other compare the host's phases as much as the builds. Here each build runs in its own
@@ -14,9 +14,10 @@ alone instead (the row-wise Adagrad op on zero-width tables, as kernels.py's ded
 column): no rows are made, so it needs little memory. It calls the update op with a list
 of tables, so both builds must have that form (session 15 on). `--part lookup` times
 `recis.ops.pooled_lookup` over each table of a batch (tables on huge pages, one call per
-table, `--zipf 0` for uniform ids). `--part bucketize` times `recis.ops.bucketize` of
-each table's ids into `--buckets` even row blocks (the row-wise input dist's routing;
-`--batch 1024 --pooling 10 --zipf 0` are sharded_ebc.py's bags).
+table, `--zipf 0` for uniform ids). `--part route` times `recis.ops.route` of a batch's
+tables, each split into `--blocks` even row blocks on as many dests (the row-wise input
+dist's routing into its send buffer; `--batch 1024 --pooling 10 --zipf 0` are
+sharded_ebc.py's bags); both builds must have that op (session 28 on).
 
 A and B are directories that hold a built `recis` package, e.g. an older commit:
 
@@ -66,10 +67,17 @@ if a.part == "step":
 elif a.part == "lookup":
     tables = [recis.ops.empty_table((a.rows, a.dim), torch.float32).uniform_(-0.01, 0.01)
               for _ in range(a.tables)]
-elif a.part == "bucketize":
-    boundaries = torch.linspace(0, a.rows, a.buckets + 1).long()
+elif a.part == "route":
+    bounds = torch.linspace(0, a.rows, a.blocks + 1).long().tolist()
+    # Block k of table t on dest k; slots numbered dest-major.
+    plan = recis.ops.routing_plan(
+        [(t, 0) for t in range(a.tables)],
+        [recis.ops.TableRoute(bounds, [[k * a.tables + t] for k in range(a.blocks)])
+         for t in range(a.tables)],
+        [1] * (a.tables * a.blocks), [k for k in range(a.blocks) for _ in range(a.tables)])
     for b in batches:
-        b["lengths"] = [offsets.diff() for _, offsets in b["tables"]]
+        b["values"] = torch.cat([ids for ids, _ in b["tables"]])
+        b["lengths"] = torch.cat([offsets.diff() for _, offsets in b["tables"]])
 print("ready", recis.__file__, flush=True)
 for i, _ in enumerate(sys.stdin):
     batch = batches[i % len(batches)]
@@ -81,10 +89,9 @@ for i, _ in enumerate(sys.stdin):
         for table, (ids, offsets) in zip(tables, batch["tables"]):
             recis.ops.pooled_lookup(table, ids, offsets)
         print(time.perf_counter() - t0, flush=True)
-    elif a.part == "bucketize":
+    elif a.part == "route":
         t0 = time.perf_counter()
-        for (ids, _), lengths in zip(batch["tables"], batch["lengths"]):
-            recis.ops.bucketize(ids, lengths, None, boundaries)
+        recis.ops.route(batch["values"], batch["lengths"], None, a.batch, plan)
         print(time.perf_counter() - t0, flush=True)
     else:
         # Twice, the first untimed, as forward + backward precede a timed step: the
@@ -129,13 +136,13 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("a", type=Path, help="directory holding build A's recis package")
     p.add_argument("b", type=Path, help="directory holding build B's recis package")
-    p.add_argument("--part", choices=["step", "dedup", "lookup", "bucketize"], default="step",
+    p.add_argument("--part", choices=["step", "dedup", "lookup", "route"], default="step",
                    help="what is timed: the optimizer step, the dedup alone "
                         "(the update op on zero-width tables), the pooled lookups "
                         "of a batch (one op call per table), or the row-wise input "
-                        "dist's routing of a batch (ops.bucketize per table into "
-                        "--buckets even row blocks)")  # fmt: skip
-    p.add_argument("--buckets", type=int, default=2, help="row blocks for --part bucketize")
+                        "dist's routing of a batch (one ops.route call, every table "
+                        "in --blocks even row blocks)")  # fmt: skip
+    p.add_argument("--blocks", type=int, default=2, help="row blocks for --part route")
     p.add_argument("--optimizer", choices=["rowwise_adagrad", "adam", "sgd"],
                    default="rowwise_adagrad")  # fmt: skip
     p.add_argument("--dim", type=int, default=64)
@@ -202,7 +209,7 @@ def main(argv: list[str] | None = None) -> None:
     what = {
         "step": f"{args.optimizer} dim {args.dim}",
         "lookup": f"lookup dim {args.dim}",
-        "bucketize": f"bucketize into {args.buckets} blocks",
+        "route": f"route into {args.blocks} blocks",
     }.get(args.part, "dedup")
     print(
         f"\n{what}, {args.threads} thread(s): {args.part} A "

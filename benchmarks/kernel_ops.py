@@ -20,10 +20,12 @@
   negligible: under ``perf record`` (1 thread, AMD EPYC Zen 4, session 25) it took
   about as many samples as the sort's passes together, so a change to the sort moves
   the figure by about half its own effect.
-- ``bucketize`` (the row-wise input dist's routing) against the same result from
-  plain torch ops (``searchsorted`` + a stable sort by bucket and bag), which the run
-  also checks it equals: ns per id over 100k rows in 2 or 8 even blocks, 1024 bags of
-  0-20 ids (sharded_ebc.py's shape) and 8192 bags of 15-25.
+- ``route`` (the sharded input dist's routing of a batch into its send buffer) against
+  the same buffer from plain torch ops (``searchsorted``, a stable sort of the ids by
+  the place of their bag, then each dest's lengths and ids), which the run also checks
+  it equals: ns per id, every table of 100k rows split in 2 or 8 even row blocks on as
+  many dests: DLRM's 26 features of one id, 1024 samples; sharded_ebc.py's 8 tables of
+  0-20 ids per bag, 1024 samples; 8 tables of 15-25 ids, 8192 samples.
 
 Medians; the ISAs alternate within one run. Prints one JSON line per result.
 """
@@ -194,35 +196,76 @@ def dedup_results() -> list[dict]:
     return [result]
 
 
-def torch_bucketize(ids: torch.Tensor, lengths: torch.Tensor, boundaries: torch.Tensor):
-    """``ops.bucketize``'s lengths, ids and permutation in plain torch ops: each id's
-    owner by ``searchsorted``, then a stable sort of the ids by (bucket, bag)."""
-    bucket = torch.searchsorted(boundaries, ids, right=True) - 1
-    bags = lengths.numel()
-    bag = torch.repeat_interleave(torch.arange(bags), lengths, output_size=ids.numel())
-    slot = bucket * bags + bag
-    perm = torch.sort(slot, stable=True).indices
-    out_lengths = torch.bincount(slot, minlength=(boundaries.numel() - 1) * bags)
-    return out_lengths, ids[perm] - boundaries[bucket[perm]], perm
+def torch_route(values: torch.Tensor, lengths: torch.Tensor, batch: int, plan: ops.RoutingPlan):
+    """``ops.route``'s send_ints in plain torch ops, for plans of one slot per block:
+    each id's block by ``searchsorted``, its bag's place among all slots' bags, a stable
+    sort of the ids by that place, then every dest's lengths and ids gathered."""
+    keys = plan.key_table.numel()
+    table, feature = (
+        plan.key_table.repeat_interleave(batch),
+        plan.key_feature.repeat_interleave(batch),
+    )
+    key_of_id = torch.repeat_interleave(
+        torch.arange(keys * batch), lengths, output_size=values.numel()
+    )
+    t = table[key_of_id]
+    bounds = plan.table_bounds[t]
+    block = torch.searchsorted(bounds, values.unsqueeze(1), right=True).squeeze(1) - 1
+    slot = plan.table_slots[t, block, 0]
+    bag_base = torch.cat(
+        [torch.zeros(1, dtype=torch.int64), (plan.slot_features * batch).cumsum(0)]
+    )
+    place = bag_base[slot] + feature[key_of_id] * batch + key_of_id % batch
+    order = torch.sort(place, stable=True).indices
+    counts = torch.bincount(place, minlength=int(bag_base[-1]))
+    local = (values - bounds.gather(1, block.unsqueeze(1)).squeeze(1))[order]
+    slot_ids = torch.zeros(plan.slot_features.numel(), dtype=torch.int64).index_add_(
+        0, slot, torch.ones_like(slot)
+    )
+    dests = plan.slot_dest
+    parts, id_start = [], 0
+    for d in dests.unique().tolist():
+        mine = (dests == d).nonzero().squeeze(1)
+        first, last = int(mine[0]), int(mine[-1]) + 1
+        n = int(slot_ids[first:last].sum())
+        parts += [counts[bag_base[first] : bag_base[last]], local[id_start : id_start + n]]
+        id_start += n
+    return torch.cat(parts)
 
 
-def bucketize_results() -> list[dict]:
+def route_results() -> list[dict]:
     rows, out = 100_000, []
-    for bags, (low, high), buckets in [(1024, (0, 20), 2), (1024, (0, 20), 8), (8192, (15, 25), 8)]:
-        lengths = torch.randint(low, high + 1, (bags,))
-        ids = torch.randint(0, rows, (int(lengths.sum()),))
-        boundaries = torch.linspace(0, rows, buckets + 1).long()
-        got = ops.bucketize(ids, lengths, None, boundaries)
-        want = torch_bucketize(ids, lengths, boundaries)
-        assert all(torch.equal(a, b) for a, b in zip(want, got[:2] + got[3:], strict=True))
-        case = (ids, lengths, boundaries)
+    cases = [
+        ("DLRM", 26, 1024, (1, 1), 2),
+        ("sharded_ebc", 8, 1024, (0, 20), 2),
+        ("sharded_ebc", 8, 1024, (0, 20), 8),
+        ("long bags", 8, 8192, (15, 25), 8),
+    ]
+    for name, tables, batch, (low, high), blocks in cases:
+        lengths = torch.randint(low, high + 1, (tables * batch,))
+        values = torch.randint(0, rows, (int(lengths.sum()),))
+        bounds = torch.linspace(0, rows, blocks + 1).long().tolist()
+        # Block k of table t on dest k; slots numbered dest-major (k * tables + t).
+        plan = ops.routing_plan(
+            [(t, 0) for t in range(tables)],
+            [
+                ops.TableRoute(bounds, [[k * tables + t] for k in range(blocks)])
+                for t in range(tables)
+            ],
+            [1] * (tables * blocks),
+            [k for k in range(blocks) for _ in range(tables)],
+        )
+        got = ops.route(values, lengths, None, batch, plan).send_ints
+        assert torch.equal(got, torch_route(values, lengths, batch, plan))
+        case = (values, lengths, batch, plan)
         timings = {
-            "recis": median_seconds(lambda _, c=case: ops.bucketize(c[0], c[1], None, c[2]), 20),
-            "torch": median_seconds(lambda _, c=case: torch_bucketize(*c), 20),
+            "recis": median_seconds(lambda _, c=case: ops.route(c[0], c[1], None, c[2], c[3]), 20),
+            "torch": median_seconds(lambda _, c=case: torch_route(*c), 20),
         }
         out.append(
-            {"op": "bucketize", "bags": bags, "ids": ids.numel(), "buckets": buckets}
-            | {f"{k}_ns_per_id": round(v * 1e9 / ids.numel(), 2) for k, v in timings.items()}
+            {"op": "route", "shape": name, "tables": tables, "batch": batch}
+            | {"ids": values.numel(), "blocks": blocks}
+            | {f"{k}_ns_per_id": round(v * 1e9 / values.numel(), 2) for k, v in timings.items()}
             | {"ratio": round(timings["recis"] / timings["torch"], 3)}
         )
     return out
@@ -240,7 +283,7 @@ def main() -> None:
             + interaction_results(isas)
             + update_results(isas)
             + dedup_results()
-            + bucketize_results()
+            + route_results()
         )
         for result in results:
             print(json.dumps(result), flush=True)

@@ -44,13 +44,26 @@ TORCH_LIBRARY(recis, m) {
   m.def(
       "pooled_lookup_tables(Tensor[] weights, Tensor[] ids, Tensor[] offsets, "
       "Tensor?[] per_sample_weights, bool[] mean, int[] features, Tensor(a!) out) -> ()");
-  // Row bucketization for row-wise sharding: bucket k owns global rows
-  // [boundaries[k], boundaries[k+1]). Returns (bucket_lengths [K * num_bags], bucket-major;
-  // bucket_ids: ids made local to their bucket, ordered bucket, bag, original position;
-  // bucket_weights: weights in the same order, or an empty tensor when weights is None;
-  // permutation: bucket_ids[j] came from ids[permutation[j]]).
+  // Input-dist routing of a batch (the values and lengths of a KeyedJaggedTensor with
+  // `batch` samples: key f's bags are lengths[f * batch, (f + 1) * batch)) to the slots
+  // of a sharded collection. The plan is host int64 tensors: key f is feature
+  // key_feature[f] of table key_table[f] (-1: routed nowhere). Table t's rows are split
+  // in blocks [table_bounds[t][i], table_bounds[t][i + 1]) (bounds padded with the last
+  // one); a value v of block i goes, as v - table_bounds[t][i], to every slot
+  // table_slots[t][i][r] (padded with -1): one per block for row-split tables, one per
+  // column chunk otherwise. table_divide[t]: its weights become (weight or 1) / bag
+  // length (mean pooling over row blocks). Slot s serves slot_features[s] features of
+  // its table and is on dest slot_dest[s] (non-decreasing). Returns (send_ints i64: for
+  // each dest, its slots' bag lengths in (slot, feature, sample) order, then their
+  // values in the same order, the order within a bag kept; send_weights f32: each dest's
+  // values' weights, or empty when there are no weights and no table divides;
+  // slot_values i64 [slots], on the host: values sent to each slot; positions: the position in
+  // `values` of each sent value, in send_weights' order, or empty unless
+  // with_positions). A value outside its table's rows raises ValueError.
   m.def(
-      "bucketize(Tensor ids, Tensor lengths, Tensor? weights, Tensor boundaries) -> "
+      "route(Tensor values, Tensor lengths, Tensor? weights, int batch, Tensor key_table, "
+      "Tensor key_feature, Tensor table_bounds, Tensor table_slots, Tensor table_divide, "
+      "Tensor slot_features, Tensor slot_dest, bool with_positions=False) -> "
       "(Tensor, Tensor, Tensor, Tensor)");
   // Criteo records of text lines (label, I1..I13, C1..C26 split by `delimiter`) for
   // recis.io, CPU only: from the start of `text` (uint8), every line that is plain (labels

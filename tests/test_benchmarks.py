@@ -25,10 +25,10 @@ CASES = {
         *("--processes", "1", "--tables", "2", "--rows", "1000", "--batch", "64"),
         *("--part", "lookup"),
     ],
-    "ab_builds_bucketize": [
+    "ab_builds_route": [
         *("ab_builds.py", str(ROOT), str(ROOT), "--rounds", "2", "--warmup", "0"),
         *("--processes", "1", "--tables", "2", "--rows", "1000", "--batch", "64"),
-        *("--part", "bucketize", "--buckets", "3"),
+        *("--part", "route", "--blocks", "3"),
     ],
     "criteo_reader": [
         "criteo_reader.py",

@@ -26,19 +26,34 @@ void pooled_lookup_f32(const float* weight, int64_t rows, int64_t dim, const int
                        const int64_t* offsets, const float* per_sample_weights, int64_t num_bags,
                        bool mean, float* out, int64_t out_stride, cudaStream_t stream);
 
-// Row bucketization (see the bucketize schema in csrc/ops.cpp), in two launches around
-// an exclusive scan done by the binding. bag_start has num_bags + 1 entries; ids must lie
-// in [boundaries[0], boundaries[num_buckets]) (the binding checks them first).
-// counts ([num_buckets * num_bags], zeroed by the caller) gets ids per (bucket, bag).
-void bucketize_count(const int64_t* ids, const int64_t* bag_start, int64_t num_bags,
-                     const int64_t* boundaries, int64_t num_buckets, int32_t* bucket,
-                     int64_t* counts, cudaStream_t stream);
-// slot_cursor: exclusive scan of counts, consumed (each entry ends at the next one's
-// start). weights / out_weights may be null.
-void bucketize_write(const int64_t* ids, const float* weights, const int64_t* bag_start,
-                     int64_t num_bags, const int64_t* boundaries, const int32_t* bucket,
-                     int64_t* slot_cursor, int64_t* out_ids, float* out_weights,
-                     int64_t* permutation, cudaStream_t stream);
+// Routing of a batch to the slots of a sharded collection (see the route schema in
+// csrc/ops.cpp), in two launches around an exclusive scan done by the binding. One
+// thread per bag (key f = bag / batch); the plan's arrays are on the device.
+struct RoutePlan {
+  const int64_t* key_table;    // [keys]
+  const int64_t* key_feature;  // [keys]
+  const int64_t* bounds;       // [tables, blocks + 1]
+  const int64_t* slots;        // [tables, blocks, copies], -1 padded
+  const int64_t* divide;       // [tables], 0 or 1
+  const int64_t* bag_base;     // [slots + 1]: first count of each slot
+  int64_t blocks, copies, batch;
+};
+// counts (zeroed by the caller) gets the values per (slot, feature, sample); block the
+// row block of each value. A value outside its table's rows is left out and the lowest
+// such position is written to bad[0] (set to n by the caller). bag_start has num_bags +
+// 1 entries; bags outside [0, n) are clipped (the binding then raises on the lengths).
+void route_count(const int64_t* values, int64_t n, const int64_t* bag_start, int64_t num_bags,
+                 const RoutePlan& plan, int32_t* block, int64_t* counts,
+                 unsigned long long* bad, cudaStream_t stream);
+// cursor: exclusive scan of counts, consumed. Writes each bag's lengths (from counts)
+// at send_ints[count index + bag_shift[slot]] and its values at send_ints[cursor +
+// id_shift[slot]], weights (may be null: none sent; in_weights null: 1) and positions
+// (may be null) at [cursor].
+void route_write(const int64_t* values, const float* in_weights, const int64_t* lengths,
+                 const int64_t* bag_start, int64_t num_bags, const RoutePlan& plan,
+                 const int32_t* block, const int64_t* counts, int64_t* cursor,
+                 const int64_t* id_shift, const int64_t* bag_shift, int64_t* send_ints,
+                 float* send_weights, int64_t* positions, cudaStream_t stream);
 // --- sparse gradients and fused sparse-optimizer updates (sparse_update.cu) ---
 enum class SparseOptim { kSgd, kAdagrad, kRowWiseAdagrad, kAdam };
 

@@ -81,6 +81,11 @@ class BatchReader:
             out.append(parts[0] if len(parts) == 1 else _cat(parts))
         return out
 
+    def feature_keys(self, kjt: KeyedJaggedTensor) -> list[list[int]]:
+        """Per table, the index in ``kjt.keys()`` of each of its features; a missing
+        feature raises ``ValueError`` naming it and its table."""
+        return self._key_order(kjt).positions
+
     def check_ids(self, kjt: KeyedJaggedTensor) -> None:
         """Raises ``ValueError`` naming the feature and table of the first id outside
         its table's rows (and of a missing feature); returns when all are in range."""

@@ -4,11 +4,11 @@ Each kernel ``recis.ops.X`` has ``recis.ops.reference.X`` with the same signatur
 the tests compare the two on random inputs.
 """
 
-from recis.ops.bucketize import Buckets, bucketize
 from recis.ops.cpu_isa import available_cpu_isas
 from recis.ops.criteo_text import ParsedLines, parse_criteo_lines, parse_hex_column
 from recis.ops.dot_interaction import dot_interaction
 from recis.ops.pooled_lookup import MEAN, SUM, pooled_lookup, pooled_lookup_tables
+from recis.ops.route import Routes, RoutingPlan, TableRoute, route, routing_plan
 from recis.ops.sparse_update import (
     sparse_adagrad_update,
     sparse_adam_update,
@@ -21,10 +21,11 @@ from recis.ops.table_memory import empty_table, keep_freed_host_memory
 __all__ = [
     "MEAN",
     "SUM",
-    "Buckets",
     "ParsedLines",
+    "Routes",
+    "RoutingPlan",
+    "TableRoute",
     "available_cpu_isas",
-    "bucketize",
     "dot_interaction",
     "empty_table",
     "keep_freed_host_memory",
@@ -32,6 +33,8 @@ __all__ = [
     "parse_hex_column",
     "pooled_lookup",
     "pooled_lookup_tables",
+    "route",
+    "routing_plan",
     "sparse_adagrad_update",
     "sparse_adam_update",
     "sparse_rowwise_adagrad_update",

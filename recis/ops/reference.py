@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from recis.ops.pooled_lookup import MEAN
+from recis.ops.route import Routes, RoutingPlan
 
 
 def pooled_lookup(
@@ -270,33 +271,55 @@ def bag_row_grads(
     return grad.to(grad_out.dtype)
 
 
-def bucketize(
-    ids: Tensor, lengths: Tensor, weights: Tensor | None, boundaries: Tensor
-) -> tuple[Tensor, Tensor, Tensor | None, Tensor]:
-    """Reference of :func:`recis.ops.bucketize`: one id at a time."""
-    num_buckets, num_bags = boundaries.numel() - 1, lengths.numel()
-    slots: list[list[list[int]]] = [[[] for _ in range(num_bags)] for _ in range(num_buckets)]
+def route(
+    values: Tensor,
+    lengths: Tensor,
+    weights: Tensor | None,
+    batch: int,
+    plan: RoutingPlan,
+    with_positions: bool = False,
+) -> Routes:
+    """Reference of :func:`recis.ops.route`: one id at a time, slot by slot."""
+    key_table, key_feature = plan.key_table.tolist(), plan.key_feature.tolist()
+    bounds, slots = plan.table_bounds.tolist(), plan.table_slots.tolist()
+    divide = plan.table_divide.tolist()
+    num_slots = plan.slot_features.numel()
+    # bags[s][feature][b]: (position, local id, weight) of each id sent to slot s.
+    bags = [[[[] for _ in range(batch)] for _ in range(n)] for n in plan.slot_features.tolist()]
     pos = 0
-    for b in range(num_bags):
-        for _ in range(int(lengths[b])):
-            v = int(ids[pos])
-            k = max(i for i in range(num_buckets) if int(boundaries[i]) <= v)
-            if v >= int(boundaries[-1]) or v < int(boundaries[0]):
-                raise ValueError(f"id {v} outside the boundaries")
-            slots[k][b].append(pos)
+    for bag, length in enumerate(lengths.tolist()):
+        f, b = divmod(bag, batch)
+        t = key_table[f]
+        for _ in range(length):
+            v = int(values[pos])
+            if t >= 0:
+                bnd = bounds[t]
+                if not bnd[0] <= v < bnd[-1]:
+                    raise ValueError(f"value {v} at position {pos} is outside table {t}'s rows")
+                i = max(k for k in range(len(bnd) - 1) if bnd[k] <= v)
+                w = 1.0 if weights is None else float(weights[pos])
+                if divide[t]:
+                    w = float(torch.tensor(w, dtype=torch.float32) / max(length, 1))
+                for s in slots[t][i]:
+                    if s >= 0:
+                        bags[s][key_feature[f]][b].append((pos, v - bnd[i], w))
             pos += 1
-    order = [j for k in range(num_buckets) for b in range(num_bags) for j in slots[k][b]]
-    bucket_of = {j: k for k in range(num_buckets) for b in range(num_bags) for j in slots[k][b]}
-    perm = torch.tensor(order, dtype=torch.int64)
-    out_lengths = torch.tensor(
-        [len(slots[k][b]) for k in range(num_buckets) for b in range(num_bags)],
-        dtype=lengths.dtype,
+    ints: list[int] = []
+    sent: list[tuple[int, int, float]] = []
+    dests = plan.slot_dest.tolist()
+    for d in dict.fromkeys(dests):
+        mine = [s for s in range(num_slots) if dests[s] == d]
+        ints += [len(bag) for s in mine for feature in bags[s] for bag in feature]
+        ids = [e for s in mine for feature in bags[s] for bag in feature for e in bag]
+        ints += [e[1] for e in ids]
+        sent += ids
+    want_w = weights is not None or any(divide)
+    return Routes(
+        torch.tensor(ints, dtype=torch.int64),
+        torch.tensor([e[2] for e in sent], dtype=torch.float32) if want_w else None,
+        [sum(len(bag) for feature in bags[s] for bag in feature) for s in range(num_slots)],
+        torch.tensor([e[0] for e in sent], dtype=torch.int64) if with_positions else None,
     )
-    out_ids = torch.tensor(
-        [int(ids[j]) - int(boundaries[bucket_of[j]]) for j in order], dtype=ids.dtype
-    )
-    out_w = None if weights is None else weights[perm].float()
-    return out_lengths, out_ids, out_w, perm
 
 
 def dot_interaction(dense: Tensor, embeddings: Tensor) -> Tensor:

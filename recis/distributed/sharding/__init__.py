@@ -1,6 +1,6 @@
-"""One module per sharding type: its placement (``place``), and for the all-to-all types
-its input routing (``route``, see ``routing.py``); plus the static ``layout`` and the
-three stages every sharded collection runs: input_dist, lookup, output_dist."""
+"""One module per sharding type: its placement (``place``); plus the static ``layout``,
+the input ``routing`` of every type, and the three stages every sharded collection
+runs: input_dist, lookup, output_dist."""
 
 from recis.distributed.sharding import (
     column_wise,

@@ -3,11 +3,8 @@ distinct ranks; every chunk sees all ids and the pooled chunks are concatenated.
 
 from __future__ import annotations
 
-from torch import Tensor
-
 from recis.distributed.plan import shard_bytes
 from recis.distributed.sharding.base import PlacementContext
-from recis.distributed.sharding.layout import Routed, ShardedTable
 from recis.distributed.types import Shard, ShardingError
 from recis.nn.config import EmbeddingBagConfig
 
@@ -48,8 +45,3 @@ def place(cfg: EmbeddingBagConfig, ctx: PlacementContext) -> list[Shard]:
         shards.append(shard)
         col += w
     return shards
-
-
-def route(table: ShardedTable, ids: Tensor, lengths: Tensor, w: Tensor | None) -> list[Routed]:
-    """Input dist: every chunk needs every id."""
-    return [Routed(lengths, ids, w) for _ in table.shards]

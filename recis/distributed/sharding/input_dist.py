@@ -1,7 +1,8 @@
-"""Input dist: read and validate a batch, route each table's ids to its shards
-(bucketized by row block for row-split tables), exchange sizes and error flags, then
-send lengths + ids and weights with asynchronous all-to-alls. The receiving side
-regroups what arrived by local slot, with every slot's bag offsets."""
+"""Input dist: route a batch's ids to the shards that serve them (by row block for
+row-split tables, in one ``recis.ops.route`` call that fills the send buffers), exchange
+sizes and error flags, then send lengths + ids and weights with asynchronous
+all-to-alls. The receiving side regroups what arrived by local slot, with every slot's
+bag offsets."""
 
 from __future__ import annotations
 
@@ -12,9 +13,10 @@ import torch.distributed as dist
 from torch import Tensor
 
 from recis.distributed.comm import AllToAll, exchange_header
-from recis.distributed.sharding.layout import Layout, Routed
-from recis.distributed.sharding.routing import ROUTERS
+from recis.distributed.sharding.layout import Layout
+from recis.distributed.sharding.routing import Router
 from recis.nn.batch_inputs import BatchReader, TableInput
+from recis.ops import Routes
 from recis.sparse import KeyedJaggedTensor
 
 # Header of one rank: [batch, has_weights, then the ids it sends to each (rank, slot),
@@ -27,7 +29,7 @@ class Prepared:
     batch: int
     error: str | None
     has_weights: bool
-    routed: list[list[Routed]] = field(default_factory=list)  # [sharded table][shard]
+    routes: Routes | None = None  # the sharded tables' send buffers
     replicated: list[TableInput] = field(default_factory=list)
 
 
@@ -53,7 +55,10 @@ class InputDist:
     ) -> None:
         self.layout, self.rank, self.world_size, self.group = layout, rank, world_size, group
         self.device = device
-        self._read = BatchReader([t.config for t in layout.sharded] + layout.replicated)
+        self._route = Router(
+            layout, BatchReader([t.config for t in layout.sharded] + layout.replicated)
+        )
+        self._read_replicated = BatchReader(layout.replicated)
         self.slot_column: list[int] = []  # header column of each (rank, slot), rank-major
         for d in range(world_size):
             self.slot_column.append(_FIXED + sum(len(s) for s in layout.slots_on[:d]))
@@ -65,39 +70,23 @@ class InputDist:
         header exchange can tell every rank (no rank is left waiting)."""
         prep = Prepared(kjt.stride(), None, kjt.weights_or_none() is not None)
         try:
-            inputs = self._read(kjt)
-            num_sharded = len(self.layout.sharded)
-            for table, (ids, lengths, w) in zip(
-                self.layout.sharded, inputs[:num_sharded], strict=True
-            ):
-                ids, lengths = ids.long(), lengths.long()
-                if w is not None:
-                    w = w.float()
-                if table.splits_rows and table.mean:
-                    # Each shard sees part of a bag: divide by the FULL length here and
-                    # let the shards pool with sum.
-                    full = lengths.clamp(min=1).to(torch.float32).repeat_interleave(lengths)
-                    w = (w if w is not None else torch.ones_like(full)) / full
-                prep.routed.append(ROUTERS[table.plan.sharding_type](table, ids, lengths, w))
-            prep.replicated = [
-                TableInput(ids.long(), lengths.long(), None if w is None else w.float())
-                for ids, lengths, w in inputs[num_sharded:]
-            ]
+            prep.routes = self._route(kjt)
+            if self.layout.replicated:
+                prep.replicated = [
+                    TableInput(ids.long(), lengths.long(), None if w is None else w.float())
+                    for ids, lengths, w in self._read_replicated(kjt)
+                ]
         except ValueError as e:
             prep.error = str(e)
-            prep.routed, prep.replicated = [], []
+            prep.routes, prep.replicated = None, []
         return prep
-
-    def _parts(self, prep: Prepared, dest: int) -> list[Routed]:
-        return [prep.routed[s.table][s.index] for s in self.layout.slots_on[dest]]
 
     def header(self, prep: Prepared) -> Tensor:
         values = [prep.batch, int(prep.has_weights)]
-        if prep.error:  # sizes are never used: every rank raises after the exchange
+        if prep.routes is None:  # sizes are never used: every rank raises after the exchange
             values.extend([0] * (self.replicated_column - _FIXED + len(self.layout.replicated)))
         else:
-            for d in range(self.world_size):
-                values.extend(p.ids.numel() for p in self._parts(prep, d))
+            values.extend(prep.routes.slot_ids)
             values.extend(r.ids.numel() for r in prep.replicated)
         return torch.tensor(values, dtype=torch.int64, device=self.device)
 
@@ -109,40 +98,34 @@ class InputDist:
         self, prep: Prepared, header: list[list[int]], stats: dict[str, int]
     ) -> InputAwaitable:
         """Issues the all-to-alls of lengths + ids and of weights (when any rank needs them)."""
+        assert prep.routes is not None  # exchange() raised on every rank otherwise
         weighted = self.layout.needs_weights or any(row[1] for row in header)
-        ints, floats, int_splits, float_splits = [], [], [], []
-        for d in range(self.world_size):
-            parts = self._parts(prep, d)
-            chunk = [p.lengths for p in parts] + [p.ids for p in parts]
-            ints.extend(chunk)
-            int_splits.append(sum(c.numel() for c in chunk))
-            if weighted:
-                ws = [
-                    p.weights
-                    if p.weights is not None
-                    else torch.ones(p.ids.numel(), device=p.ids.device)
-                    for p in parts
-                ]
-                floats.extend(ws)
-                float_splits.append(sum(w.numel() for w in ws))
+        routes, world = prep.routes, range(self.world_size)
+        # Ids this rank sends to each dest (its slots' columns of the header).
+        sent = [
+            sum(routes.slot_ids[c - _FIXED : c - _FIXED + len(self.layout.slots_on[d])])
+            for d, c in zip(world, self.slot_column, strict=True)
+        ]
+        int_splits = [
+            self.layout.bags(self.layout.slots_on[d], prep.batch) + sent[d] for d in world
+        ]
         batches = [row[0] for row in header]
         # bags[s][j], counts[s][j]: bags and ids that source s sends to local slot j.
         bags = [[n * b for n in self.local_features] for b in batches]
         first = self.slot_column[self.rank]
         counts = [row[first : first + len(self.local_features)] for row in header]
         from_src = [sum(b) + sum(c) for b, c in zip(bags, counts, strict=True)]
-        send_ints = (
-            torch.cat(ints) if ints else torch.empty(0, dtype=torch.int64, device=self.device)
-        )
-        ops_ = [AllToAll(send_ints, int_splits, from_src, self.group, self.world_size)]
+        ops_ = [AllToAll(routes.send_ints, int_splits, from_src, self.group, self.world_size)]
         stats["input_dist"] = (self.world_size - 1) * len(header[0]) * 8 + 8 * sum(
             n for d, n in enumerate(int_splits) if d != self.rank
         )
         if weighted:
-            send_w = torch.cat(floats) if floats else torch.empty(0, device=self.device)
+            send_w = routes.send_weights
+            if send_w is None:  # this batch has no weights but another rank's has
+                send_w = torch.ones(sum(sent), device=routes.send_ints.device)
             w_from = [sum(c) for c in counts]
-            ops_.append(AllToAll(send_w, float_splits, w_from, self.group, self.world_size))
-            stats["input_dist"] += 4 * sum(n for d, n in enumerate(float_splits) if d != self.rank)
+            ops_.append(AllToAll(send_w, sent, w_from, self.group, self.world_size))
+            stats["input_dist"] += 4 * sum(n for d, n in enumerate(sent) if d != self.rank)
         return InputAwaitable(batches, bags, counts, ops_)
 
 

@@ -7,21 +7,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from torch import Tensor
-
 from recis.distributed.plan import ShardingPlan
 from recis.distributed.types import DATA_PARALLEL, Shard, ShardingError, TablePlan
 from recis.nn.config import EmbeddingBagConfig
-
-
-@dataclass
-class Routed:
-    """One shard's part of the local batch: bag lengths, ids (local to the shard's
-    rows), per-id weights."""
-
-    lengths: Tensor
-    ids: Tensor
-    weights: Tensor | None
 
 
 @dataclass(frozen=True)

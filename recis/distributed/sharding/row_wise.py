@@ -5,12 +5,7 @@ length: the input dist turns it into sum pooling with per-id weights 1/len."""
 
 from __future__ import annotations
 
-import torch
-from torch import Tensor
-
-from recis import ops
 from recis.distributed.sharding.base import PlacementContext, even_splits
-from recis.distributed.sharding.layout import Routed, ShardedTable
 from recis.distributed.types import Shard
 from recis.nn.config import EmbeddingBagConfig
 
@@ -30,15 +25,3 @@ def place(cfg: EmbeddingBagConfig, ctx: PlacementContext) -> list[Shard]:
     for s in shards:
         ctx.add(cfg, s)
     return shards
-
-
-def route(table: ShardedTable, ids: Tensor, lengths: Tensor, w: Tensor | None) -> list[Routed]:
-    """Input dist: ids bucketized by row block, made local to the block's owner."""
-    bounds = [s.row_offset for s in table.shards] + [table.config.num_embeddings]
-    b = ops.bucketize(ids, lengths, w, torch.tensor(bounds, dtype=torch.int64, device=ids.device))
-    k = len(table.shards)
-    lens = b.lengths.view(k, -1)
-    counts = lens.sum(1).tolist()
-    ids_parts = b.ids.split(counts)
-    w_parts = b.weights.split(counts) if b.weights is not None else [None] * k
-    return [Routed(lens[i], ids_parts[i], w_parts[i]) for i in range(k)]

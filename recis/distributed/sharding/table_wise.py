@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-from torch import Tensor
-
 from recis.distributed.plan import shard_bytes
 from recis.distributed.sharding.base import PlacementContext
-from recis.distributed.sharding.layout import Routed, ShardedTable
 from recis.distributed.types import Shard
 from recis.nn.config import EmbeddingBagConfig
 
@@ -22,8 +19,3 @@ def place(cfg: EmbeddingBagConfig, ctx: PlacementContext) -> list[Shard]:
     shard = Shard(rank, 0, rows, 0, cols)
     ctx.add(cfg, shard)
     return [shard]
-
-
-def route(table: ShardedTable, ids: Tensor, lengths: Tensor, w: Tensor | None) -> list[Routed]:
-    """Input dist: every id goes to the one shard."""
-    return [Routed(lengths, ids, w)]
