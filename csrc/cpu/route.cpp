@@ -9,6 +9,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <numeric>
 #include <vector>
 
 #include "cpu/common.h"
@@ -39,6 +40,13 @@ struct Plan {
   const bool* divide;     // [tables]
   int64_t tables, blocks, copies;
 };
+
+// A table whose values all go to block 0 (whole or column-split, or row-split in one
+// block) and keep their weights: its keys' values are copied as they are, in runs.
+inline bool whole_table(const Plan& p, int64_t t) {
+  const int64_t* bnd = p.bounds + t * (p.blocks + 1);
+  return bnd[1] == bnd[p.blocks] && !p.divide[t];
+}
 
 template <typename index_t>
 std::vector<at::Tensor> route_impl(const at::Tensor& values, const at::Tensor& lengths64,
@@ -90,6 +98,18 @@ std::vector<at::Tensor> route_impl(const at::Tensor& values, const at::Tensor& l
       const int64_t lo = bnd[0], hi = bnd[nb];
       key_cells(f, t, base, count, row);
       const int64_t* first = starts + f * bsz;
+      if (whole_table(p, t)) {
+        // Every value goes to block 0's slots: the counts are the bag lengths.
+        for (int64_t r = 0; r < nc && row[r] != nullptr; ++r) {
+          std::copy(len + f * bsz + b0, len + f * bsz + b1, row[r] + b0);
+        }
+        bool bad = false;
+        for (int64_t j = first[b0]; j < first[b1]; ++j) bad |= (val[j] < lo) | (val[j] >= hi);
+        for (int64_t j = first[b0]; bad; ++j) {
+          if (val[j] < lo || val[j] >= hi) raise_value_outside_table(val[j], j, f, t, lo, hi);
+        }
+        continue;
+      }
       for (int64_t b = b0; b < b1; ++b) {
         for (int64_t j = first[b], stop = first[b + 1]; j < stop; ++j) {
           const int64_t v = val[j];
@@ -151,6 +171,19 @@ std::vector<at::Tensor> route_impl(const at::Tensor& values, const at::Tensor& l
         ids_at[i] = s < 0 ? nullptr : out + id_shift[s];
       }
       const int64_t* first = starts + f * bsz;
+      if (whole_table(p, t)) {
+        // The key's values, in order, to the run's place in each of block 0's slots.
+        const int64_t j0 = first[b0], n_run = first[b1] - j0, lo = bnd[0];
+        for (int64_t r = 0; r < nc && row[r] != nullptr; ++r) {
+          const int64_t pos = row[r][b0];
+          int64_t* ids = ids_at[r] + pos;
+          for (int64_t i = 0; i < n_run; ++i) ids[i] = val[j0 + i] - lo;
+          if (ow != nullptr && w != nullptr) std::copy(w + j0, w + j0 + n_run, ow + pos);
+          if (ow != nullptr && w == nullptr) std::fill(ow + pos, ow + pos + n_run, 1.0f);
+          if (op != nullptr) std::iota(op + pos, op + pos + n_run, j0);
+        }
+        continue;
+      }
       const int64_t* bag_len = len + f * bsz;
       const bool divide = p.divide[t];
       for (int64_t b = b0; b < b1; ++b) {

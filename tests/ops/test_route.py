@@ -119,6 +119,16 @@ def test_ids_on_a_boundary_go_to_the_last_block_starting_there():
     assert got.slot_ids == [2, 2, 2]
 
 
+def test_a_table_whose_rows_start_above_zero_sends_ids_local_to_its_first_row():
+    # Rows [3, 8) in one block, sent whole to two column chunks (slots 0 and 1).
+    plan = routing_plan([(0, 0)], [TableRoute([3, 8], [[0, 1]])], [1, 1], [0, 1])
+    got = ops.route(torch.tensor([3, 7, 5]), torch.tensor([2, 1]), None, 2, plan, True)
+    assert got.send_ints.tolist() == [2, 1, 0, 4, 2, 2, 1, 0, 4, 2]
+    assert got.positions.tolist() == [0, 1, 2, 0, 1, 2]
+    with pytest.raises(ValueError, match=r"value 2 at position 0 \(key 0\) is outside"):
+        ops.route(torch.tensor([2]), torch.tensor([1, 0]), None, 2, plan)
+
+
 def _one_table(bounds=(0, 4, 8), keys=((0, 0),), slots=((0,), (1,))):
     return routing_plan(
         list(keys), [TableRoute(list(bounds), [list(s) for s in slots])], [1, 1], [0, 1]
@@ -137,6 +147,13 @@ def _one_table(bounds=(0, 4, 8), keys=((0, 0),), slots=((0,), (1,))):
             r"value 9 at position 1 \(key 0\) is outside table 0's rows \[0, 8\)",
         ),
         ([1, -1], [2], _one_table(), ValueError, r"value -1 at position 1 \(key 0\)"),
+        (
+            [1, 9],
+            [2],
+            _one_table(bounds=(0, 8), slots=((0, 1),)),
+            ValueError,
+            r"value 9 at position 1 \(key 0\) is outside table 0's rows \[0, 8\)",
+        ),
         ([1, 2], [3], _one_table(), RuntimeError, "lengths sum to 3 but there are 2 values"),
         (
             [1, 2],
@@ -162,6 +179,7 @@ def _one_table(bounds=(0, 4, 8), keys=((0, 0),), slots=((0,), (1,))):
     ids=[
         "id_above",
         "id_below",
+        "id_above_whole_table",
         "lengths_sum",
         "negative_length",
         "bags",
