@@ -256,3 +256,27 @@ def test_long_bags_keep_their_order_in_every_block(device):
     got = ops.route(values.to(device), lengths.to(device), weights.to(device), 5, plan, True)
     want = reference.route(values, lengths, weights, 5, plan, True)
     _assert_routes_equal(got, want)
+
+
+def test_bags_split_between_threads_mid_key_match_the_reference():
+    # 3 keys x 700 samples: the kernels' threads take runs of bags that start and end
+    # inside a key's bags (a whole table's runs are copied as blocks).
+    # Table 1 (key 0) in three row blocks, mean pooled; table 0 (keys 1, 2) whole in two
+    # column chunks.
+    plan = routing_plan(
+        [(1, 0), (0, 0), (0, 1)],
+        [TableRoute([0, 50], [[1, 3]]), TableRoute([0, 20, 40, 50], [[0], [2], [4]], True)],
+        [1, 2, 1, 2, 1],
+        [0, 0, 1, 1, 2],
+    )
+    generator = torch.Generator().manual_seed(3)
+    lengths = torch.randint(0, 4, (3 * 700,), generator=generator)
+    values = torch.randint(0, 50, (int(lengths.sum()),), generator=generator)
+    weights = torch.rand(values.numel(), generator=generator)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        got = ops.route(values, lengths, weights, 700, plan, with_positions=True)
+    finally:
+        torch.set_num_threads(threads)
+    _assert_routes_equal(got, reference.route(values, lengths, weights, 700, plan, True))
