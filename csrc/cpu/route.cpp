@@ -3,12 +3,14 @@
 // row block (binary search in its table's bounds) and count values per (slot, feature,
 // sample); (2) after an exclusive scan of the counts, every bag writes its values into
 // its own places, so no two threads write the same place and the order within a bag
-// is kept.
+// is kept. A table whose values all go to one block skips the search: its counts are
+// the bag lengths and its values are copied in runs.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <memory>
 #include <numeric>
 #include <vector>
 
@@ -60,7 +62,9 @@ std::vector<at::Tensor> route_impl(const at::Tensor& values, const at::Tensor& l
   std::vector<int64_t> bag_starts(num_bags + 1);
   check_route_lengths(len, num_bags, n, bag_starts.data());
   std::vector<int64_t> bag_base = route_bag_base(slot_features, num_slots, batch);
-  std::vector<int32_t> block_of(n);
+  // Uninitialised (no memset of 4 bytes per value): only row-split keys' values are
+  // written and read.
+  std::unique_ptr<int32_t[]> block_of(new int32_t[n]);
   // counts[bag_base[s] + feature * batch + b]: values of sample b's bag of that feature
   // that go to slot s.
   std::vector<int64_t> counts(bag_base[num_slots], 0);
@@ -71,7 +75,7 @@ std::vector<at::Tensor> route_impl(const at::Tensor& values, const at::Tensor& l
   // key: what a key's values need (its table's blocks, the rows of counts they add to)
   // is looked up once per run of its bags, not per bag.
   const int64_t* starts = bag_starts.data();
-  int32_t* block = block_of.data();
+  int32_t* block = block_of.get();
   int64_t* count = counts.data();
   const Plan p = plan;
   const int64_t cells = p.blocks * p.copies;
