@@ -120,7 +120,11 @@ std::vector<at::Tensor> route_impl(const at::Tensor& values, const at::Tensor& l
           if (v < lo || v >= hi) raise_value_outside_table(v, j, f, t, lo, hi);
           const int64_t k = owning_block(bnd, nb, v);
           block[j] = static_cast<int32_t>(k);
-          for (int64_t r = 0; r < nc && row[k * nc + r] != nullptr; ++r) row[k * nc + r][b] += 1;
+          // Copy 0 of the block that owns a value always exists (check_route_plan):
+          // row-split tables, the common case, have no other.
+          int64_t r = 0;
+          do row[k * nc + r][b] += 1;
+          while (++r < nc && row[k * nc + r] != nullptr);
         }
       }
     }
@@ -196,12 +200,13 @@ std::vector<at::Tensor> route_impl(const at::Tensor& values, const at::Tensor& l
         for (int64_t j = first[b], stop = first[b + 1]; j < stop; ++j) {
           const int32_t k = block[j];
           const int64_t local = val[j] - bnd[k];
-          for (int64_t r = 0; r < nc && row[k * nc + r] != nullptr; ++r) {
+          int64_t r = 0;
+          do {
             const int64_t pos = row[k * nc + r][b]++;
             ids_at[k * nc + r][pos] = local;
             if (ow != nullptr) ow[pos] = (w != nullptr ? w[j] : 1.0f) / length;
             if (op != nullptr) op[pos] = j;
-          }
+          } while (++r < nc && row[k * nc + r] != nullptr);
         }
       }
     }
