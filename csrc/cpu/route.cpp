@@ -229,9 +229,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> route_cpu(
                   divide.data_ptr<bool>(), table_divide.numel(), table_slots.size(1),
                   table_slots.size(2)};
   const int64_t num_slots = slot_features.numel();
-  check_route_plan(plan.key_table, plan.key_feature, key_table.numel(), plan.bounds, plan.slots,
-                   plan.tables, plan.blocks, plan.copies, slot_features.data_ptr<int64_t>(),
-                   slot_dest.data_ptr<int64_t>(), num_slots);
   const auto vals = values.contiguous();
   const auto len = lengths.to(at::kLong).contiguous();
   at::Tensor w;

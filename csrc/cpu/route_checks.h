@@ -11,52 +11,6 @@
 
 namespace recis {
 
-// Shapes, dtypes and devices of the batch and the plan (the plan lives on the host).
-inline void check_route(const at::Tensor& values, const at::Tensor& lengths,
-                        const std::optional<at::Tensor>& weights, int64_t batch,
-                        const at::Tensor& key_table, const at::Tensor& key_feature,
-                        const at::Tensor& table_bounds, const at::Tensor& table_slots,
-                        const at::Tensor& table_divide, const at::Tensor& slot_features,
-                        const at::Tensor& slot_dest) {
-  TORCH_CHECK(values.dim() == 1 && lengths.dim() == 1, "recis.route: values and lengths must be 1-D");
-  TORCH_CHECK(values.scalar_type() == at::kLong || values.scalar_type() == at::kInt,
-              "recis.route: values must be int32 or int64, got ", values.scalar_type());
-  TORCH_CHECK(lengths.scalar_type() == at::kLong || lengths.scalar_type() == at::kInt,
-              "recis.route: lengths must be int32 or int64");
-  TORCH_CHECK(lengths.device() == values.device(), "recis.route: lengths must be on the values' ",
-              "device (", values.device(), "), got ", lengths.device());
-  if (weights.has_value()) {
-    TORCH_CHECK(weights->dim() == 1 && weights->numel() == values.numel(),
-                "recis.route: weights must be 1-D with one weight per value");
-    TORCH_CHECK(weights->is_floating_point(), "recis.route: weights must be floating point");
-    TORCH_CHECK(weights->device() == values.device(), "recis.route: weights must be on the ",
-                "values' device (", values.device(), "), got ", weights->device());
-  }
-  TORCH_CHECK(batch >= 0, "recis.route: batch must be >= 0, got ", batch);
-  const at::Tensor* plan[] = {&key_table, &key_feature, &table_bounds, &table_slots,
-                              &slot_features, &slot_dest};
-  for (const at::Tensor* t : plan) {
-    TORCH_CHECK(t->device().is_cpu() && t->scalar_type() == at::kLong && t->is_contiguous(),
-                "recis.route: the plan's tensors must be contiguous int64 host tensors");
-  }
-  TORCH_CHECK(table_divide.device().is_cpu() && table_divide.scalar_type() == at::kBool &&
-                  table_divide.dim() == 1,
-              "recis.route: table_divide must be a 1-D bool host tensor");
-  const int64_t keys = key_table.numel(), tables = table_divide.numel();
-  TORCH_CHECK(key_table.dim() == 1 && key_feature.dim() == 1 && key_feature.numel() == keys,
-              "recis.route: key_table and key_feature need one entry per key");
-  TORCH_CHECK(lengths.numel() == keys * batch, "recis.route: lengths has ", lengths.numel(),
-              " bags but ", keys, " keys x batch ", batch, " = ", keys * batch);
-  TORCH_CHECK(table_bounds.dim() == 2 && table_bounds.size(0) == tables && table_bounds.size(1) >= 2,
-              "recis.route: table_bounds must be [tables, blocks + 1]");
-  TORCH_CHECK(table_slots.dim() == 3 && table_slots.size(0) == tables &&
-                  table_slots.size(1) == table_bounds.size(1) - 1,
-              "recis.route: table_slots must be [tables, blocks, copies]");
-  TORCH_CHECK(slot_features.dim() == 1 && slot_dest.dim() == 1 &&
-                  slot_dest.numel() == slot_features.numel(),
-              "recis.route: slot_features and slot_dest need one entry per slot");
-}
-
 // Where each slot's bags and ids go in the send buffers, worked out on the host.
 // Counts are kept per (slot, feature, sample), slots in order: slot s's bags start at
 // bag_base[s]. Dests are runs of slots; each dest sends its slots' bag lengths, then
@@ -111,6 +65,57 @@ inline void check_route_plan(const int64_t* key_table, const int64_t* key_featur
   const auto twice = std::adjacent_find(fed.begin(), fed.end());
   TORCH_CHECK(twice == fed.end(), "recis.route: two keys are feature ", twice->second,
               " of table ", twice->first);
+}
+
+// Shapes, dtypes and devices of the batch and the plan (the plan lives on the host), and
+// the plan's consistency.
+inline void check_route(const at::Tensor& values, const at::Tensor& lengths,
+                        const std::optional<at::Tensor>& weights, int64_t batch,
+                        const at::Tensor& key_table, const at::Tensor& key_feature,
+                        const at::Tensor& table_bounds, const at::Tensor& table_slots,
+                        const at::Tensor& table_divide, const at::Tensor& slot_features,
+                        const at::Tensor& slot_dest) {
+  TORCH_CHECK(values.dim() == 1 && lengths.dim() == 1, "recis.route: values and lengths must be 1-D");
+  TORCH_CHECK(values.scalar_type() == at::kLong || values.scalar_type() == at::kInt,
+              "recis.route: values must be int32 or int64, got ", values.scalar_type());
+  TORCH_CHECK(lengths.scalar_type() == at::kLong || lengths.scalar_type() == at::kInt,
+              "recis.route: lengths must be int32 or int64");
+  TORCH_CHECK(lengths.device() == values.device(), "recis.route: lengths must be on the values' ",
+              "device (", values.device(), "), got ", lengths.device());
+  if (weights.has_value()) {
+    TORCH_CHECK(weights->dim() == 1 && weights->numel() == values.numel(),
+                "recis.route: weights must be 1-D with one weight per value");
+    TORCH_CHECK(weights->is_floating_point(), "recis.route: weights must be floating point");
+    TORCH_CHECK(weights->device() == values.device(), "recis.route: weights must be on the ",
+                "values' device (", values.device(), "), got ", weights->device());
+  }
+  TORCH_CHECK(batch >= 0, "recis.route: batch must be >= 0, got ", batch);
+  const at::Tensor* plan[] = {&key_table, &key_feature, &table_bounds, &table_slots,
+                              &slot_features, &slot_dest};
+  for (const at::Tensor* t : plan) {
+    TORCH_CHECK(t->device().is_cpu() && t->scalar_type() == at::kLong && t->is_contiguous(),
+                "recis.route: the plan's tensors must be contiguous int64 host tensors");
+  }
+  TORCH_CHECK(table_divide.device().is_cpu() && table_divide.scalar_type() == at::kBool &&
+                  table_divide.dim() == 1,
+              "recis.route: table_divide must be a 1-D bool host tensor");
+  const int64_t keys = key_table.numel(), tables = table_divide.numel();
+  TORCH_CHECK(key_table.dim() == 1 && key_feature.dim() == 1 && key_feature.numel() == keys,
+              "recis.route: key_table and key_feature need one entry per key");
+  TORCH_CHECK(lengths.numel() == keys * batch, "recis.route: lengths has ", lengths.numel(),
+              " bags but ", keys, " keys x batch ", batch, " = ", keys * batch);
+  TORCH_CHECK(table_bounds.dim() == 2 && table_bounds.size(0) == tables && table_bounds.size(1) >= 2,
+              "recis.route: table_bounds must be [tables, blocks + 1]");
+  TORCH_CHECK(table_slots.dim() == 3 && table_slots.size(0) == tables &&
+                  table_slots.size(1) == table_bounds.size(1) - 1,
+              "recis.route: table_slots must be [tables, blocks, copies]");
+  TORCH_CHECK(slot_features.dim() == 1 && slot_dest.dim() == 1 &&
+                  slot_dest.numel() == slot_features.numel(),
+              "recis.route: slot_features and slot_dest need one entry per slot");
+  check_route_plan(key_table.data_ptr<int64_t>(), key_feature.data_ptr<int64_t>(), keys,
+                   table_bounds.data_ptr<int64_t>(), table_slots.data_ptr<int64_t>(), tables,
+                   table_slots.size(1), table_slots.size(2), slot_features.data_ptr<int64_t>(),
+                   slot_dest.data_ptr<int64_t>(), slot_features.numel());
 }
 
 // Lengths non-negative and summing to the n values; bag_start (num_bags + 1) receives

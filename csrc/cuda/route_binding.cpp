@@ -46,13 +46,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> route_cuda(
               table_divide, slot_features, slot_dest);
   TORCH_CHECK(values.is_cuda(), "recis.route: values, lengths and weights must be on one device ",
               "(the plan on the host), got values on ", values.device());
-  const int64_t tables = table_divide.numel(), blocks = table_slots.size(1);
+  const int64_t blocks = table_slots.size(1);
   const int64_t copies = table_slots.size(2), num_slots = slot_features.numel();
   const int64_t* sf = slot_features.data_ptr<int64_t>();
   const int64_t* sd = slot_dest.data_ptr<int64_t>();
-  check_route_plan(key_table.data_ptr<int64_t>(), key_feature.data_ptr<int64_t>(),
-                   key_table.numel(), table_bounds.data_ptr<int64_t>(),
-                   table_slots.data_ptr<int64_t>(), tables, blocks, copies, sf, sd, num_slots);
   const c10::cuda::CUDAGuard guard(values.device());
   auto stream = at::cuda::getCurrentCUDAStream();
   const auto vals = values.to(at::kLong).contiguous();
