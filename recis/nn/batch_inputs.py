@@ -16,8 +16,9 @@ from recis.sparse import KeyedJaggedTensor
 
 # Row limit of a key no table reads: every id passes.
 _NO_LIMIT = torch.iinfo(torch.int64).max
-# Key orders remembered per reader; more than this is not a training loop.
-_MAX_KEY_ORDERS = 16
+# Key orders remembered per reader (and per input-dist router); more than this is not
+# a training loop.
+MAX_KEY_ORDERS = 16
 
 
 class TableInput(NamedTuple):
@@ -95,7 +96,7 @@ class BatchReader:
         cache_key = (tuple(kjt.keys()), kjt.values().device)
         order = self._orders.get(cache_key)
         if order is None:
-            if len(self._orders) >= _MAX_KEY_ORDERS:
+            if len(self._orders) >= MAX_KEY_ORDERS:
                 self._orders.clear()
             order = self._orders[cache_key] = self._locate(kjt)
         return order

@@ -55,9 +55,7 @@ class InputDist:
     ) -> None:
         self.layout, self.rank, self.world_size, self.group = layout, rank, world_size, group
         self.device = device
-        self._route = Router(
-            layout, BatchReader([t.config for t in layout.sharded] + layout.replicated)
-        )
+        self._route = Router(layout)
         self._read_replicated = BatchReader(layout.replicated)
         self.slot_column: list[int] = []  # header column of each (rank, slot), rank-major
         for d in range(world_size):

@@ -7,11 +7,8 @@ from __future__ import annotations
 
 from recis import ops
 from recis.distributed.sharding.layout import Layout, ShardedTable
-from recis.nn.batch_inputs import BatchReader
+from recis.nn.batch_inputs import MAX_KEY_ORDERS, BatchReader
 from recis.sparse import KeyedJaggedTensor
-
-# Key orders remembered; more than this is not a training loop.
-_MAX_KEY_ORDERS = 16
 
 
 def table_route(table: ShardedTable, slots: list[int]) -> ops.TableRoute:
@@ -28,14 +25,13 @@ def table_route(table: ShardedTable, slots: list[int]) -> ops.TableRoute:
 
 class Router:
     """Routes a batch to the slots of ``layout`` (data-parallel tables excluded) in one
-    :func:`recis.ops.route` call: the send buffers of the input dist's all-to-alls.
-
-    ``reader`` reads the layout's configs, sharded first: it locates each table's
-    features among the batch's keys and names the feature of a bad id.
+    :func:`recis.ops.route` call: the send buffers of the input dist's all-to-alls. A
+    reader of the sharded tables locates their features among the batch's keys and
+    names the feature of a bad id.
     """
 
-    def __init__(self, layout: Layout, reader: BatchReader) -> None:
-        self.reader = reader
+    def __init__(self, layout: Layout) -> None:
+        self.reader = BatchReader([t.config for t in layout.sharded])
         send_order = [(s.table, s.index) for slots in layout.slots_on for s in slots]
         slot_of = {slot: n for n, slot in enumerate(send_order)}
         self._tables = [
@@ -59,10 +55,10 @@ class Router:
         key_order = tuple(kjt.keys())
         plan = self._plans.get(key_order)
         if plan is None:
-            if len(self._plans) >= _MAX_KEY_ORDERS:
+            if len(self._plans) >= MAX_KEY_ORDERS:
                 self._plans.clear()
             keys: list[tuple[int, int] | None] = [None] * len(key_order)
-            for t, features in enumerate(self.reader.feature_keys(kjt)[: len(self._tables)]):
+            for t, features in enumerate(self.reader.feature_keys(kjt)):
                 for f, key in enumerate(features):
                     keys[key] = (t, f)
             plan = ops.routing_plan(keys, self._tables, self._slot_features, self._slot_dest)
