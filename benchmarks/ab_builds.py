@@ -68,13 +68,8 @@ elif a.part == "lookup":
     tables = [recis.ops.empty_table((a.rows, a.dim), torch.float32).uniform_(-0.01, 0.01)
               for _ in range(a.tables)]
 elif a.part == "route":
-    bounds = torch.linspace(0, a.rows, a.blocks + 1).long().tolist()
-    # Block k of table t on dest k; slots numbered dest-major.
-    plan = recis.ops.routing_plan(
-        [(t, 0) for t in range(a.tables)],
-        [recis.ops.TableRoute(bounds, [[k * a.tables + t] for k in range(a.blocks)])
-         for t in range(a.tables)],
-        [1] * (a.tables * a.blocks), [k for k in range(a.blocks) for _ in range(a.tables)])
+    from kernel_ops import row_blocks_plan
+    plan = row_blocks_plan(a.tables, a.rows, a.blocks)
     for b in batches:
         b["values"] = torch.cat([ids for ids, _ in b["tables"]])
         b["lengths"] = torch.cat([offsets.diff() for _, offsets in b["tables"]])

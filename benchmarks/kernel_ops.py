@@ -233,6 +233,18 @@ def torch_route(values: torch.Tensor, lengths: torch.Tensor, batch: int, plan: o
     return torch.cat(parts)
 
 
+def row_blocks_plan(tables: int, rows: int, blocks: int) -> ops.RoutingPlan:
+    """``tables`` one-feature tables of ``rows`` rows (key t feeds table t), each split
+    in ``blocks`` even row blocks, block k on dest k (slots numbered dest-major)."""
+    bounds = torch.linspace(0, rows, blocks + 1).long().tolist()
+    return ops.routing_plan(
+        [(t, 0) for t in range(tables)],
+        [ops.TableRoute(bounds, [[k * tables + t] for k in range(blocks)]) for t in range(tables)],
+        [1] * (tables * blocks),
+        [k for k in range(blocks) for _ in range(tables)],
+    )
+
+
 def route_results() -> list[dict]:
     rows, out = 100_000, []
     cases = [
@@ -244,17 +256,7 @@ def route_results() -> list[dict]:
     for name, tables, batch, (low, high), blocks in cases:
         lengths = torch.randint(low, high + 1, (tables * batch,))
         values = torch.randint(0, rows, (int(lengths.sum()),))
-        bounds = torch.linspace(0, rows, blocks + 1).long().tolist()
-        # Block k of table t on dest k; slots numbered dest-major (k * tables + t).
-        plan = ops.routing_plan(
-            [(t, 0) for t in range(tables)],
-            [
-                ops.TableRoute(bounds, [[k * tables + t] for k in range(blocks)])
-                for t in range(tables)
-            ],
-            [1] * (tables * blocks),
-            [k for k in range(blocks) for _ in range(tables)],
-        )
+        plan = row_blocks_plan(tables, rows, blocks)
         got = ops.route(values, lengths, None, batch, plan).send_ints
         assert torch.equal(got, torch_route(values, lengths, batch, plan))
         case = (values, lengths, batch, plan)
