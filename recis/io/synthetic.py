@@ -18,7 +18,7 @@ from recis.sparse import KeyedJaggedTensor
 
 # Ids below this Zipf rank carry their own hidden effect; rarer ids share effects by
 # rank modulo this, so the hidden model never needs a table-sized array.
-_HIDDEN_IDS = 4096
+_HIDDEN_IDS = 4096  # a power of two
 
 
 def _seed(*parts: int) -> int:
@@ -35,12 +35,25 @@ def zipf_ranks(size: int, alpha: float, n: int, generator: torch.Generator) -> T
     near 1 gives the long tail of real categorical features.
     """
     u = torch.rand(n, generator=generator, dtype=torch.float64)
+    return _zipf_ranks_of(u, _zipf_scale(size, alpha), size, alpha)
+
+
+def _zipf_scale(size: int, alpha: float) -> float:
+    """The constant of the inverse CDF over ``[1, size + 1)``."""
     if abs(alpha - 1.0) < 1e-9:
-        x = torch.exp(u * math.log(size + 1))
+        return math.log(size + 1)
+    return math.pow(size + 1, 1.0 - alpha) - 1.0
+
+
+def _zipf_ranks_of(u: Tensor, scale: float | Tensor, size: int | Tensor, alpha: float) -> Tensor:
+    """The Zipf ranks of uniform draws ``u``; ``scale`` (:func:`_zipf_scale`) and
+    ``size`` are one value, or one per draw."""
+    if abs(alpha - 1.0) < 1e-9:
+        x = torch.exp(u * scale)
     else:
-        e = 1.0 - alpha
-        x = ((math.pow(size + 1, e) - 1.0) * u + 1.0).pow(1.0 / e)
-    return (x.floor().to(torch.int64) - 1).clamp_(0, size - 1)
+        x = (u * scale + 1.0).pow(1.0 / (1.0 - alpha))
+    ranks = (x.floor().to(torch.int64) - 1).clamp_(min=0)
+    return ranks.clamp_(max=size - 1) if isinstance(size, int) else torch.minimum(ranks, size - 1)
 
 
 def _scatter_multiplier(size: int) -> int:
@@ -107,13 +120,23 @@ class SyntheticCriteoDataset:
         # is another range of indices (e.g. eval from 2**40) under the same seed.
         self.first_batch = first_batch
         self.rank, self.world_size = resolve_rank(rank, world_size)
-        self._multipliers = [_scatter_multiplier(s) for s in self.table_sizes]
+        # Per table, repeated for each of its drawn ids: every table's ids are drawn in
+        # one call. _zipf_scale is computed in Python, as zipf_ranks does.
+        self._sizes = torch.tensor(self.table_sizes, dtype=torch.int64)
+        self._scales = torch.tensor(
+            [_zipf_scale(s, zipf_alpha) for s in self.table_sizes], dtype=torch.float64
+        )
+        self._multipliers = torch.tensor(
+            [_scatter_multiplier(s) for s in self.table_sizes], dtype=torch.int64
+        )
         # The hidden model: the same on every rank (depends on the seed only).
         g = torch.Generator().manual_seed(_seed(seed, 0x5EED))
         self._dense_mu = torch.rand(NUM_DENSE, generator=g, dtype=torch.float64) * 4
         self._dense_w = torch.randn(NUM_DENSE, generator=g, dtype=torch.float64) * 0.3
         self._effects = torch.randn(NUM_SPARSE, _HIDDEN_IDS, generator=g, dtype=torch.float64)
         self._feature_w = torch.rand(NUM_SPARSE, generator=g, dtype=torch.float64) * 0.4
+        self._first_effects = torch.arange(NUM_SPARSE) * _HIDDEN_IDS  # each table's in _effects
+        self._per_id_cache: tuple[Tensor, ...] | None = None
         self.signal_scale = signal_scale
         self._bias = -1.0  # about 25-30% positives, close to Criteo's CTR
         self._state = {"epoch": 0, "batch": 0}
@@ -131,24 +154,45 @@ class SyntheticCriteoDataset:
         dense = dense_transform(raw)
         standardized = (dense.double() - self._dense_mu * 0.8) / 1.5
         logit = standardized @ self._dense_w + self._bias
-        values, lengths = [], []
-        for f, size in enumerate(self.table_sizes):
-            if self.max_ids_per_feature == 1:
-                n = torch.ones(b, dtype=torch.int64)
-            else:
-                n = torch.randint(1, self.max_ids_per_feature + 1, (b,), generator=g)
-            ranks = zipf_ranks(size, self.zipf_alpha, int(n.sum()), g)
-            pooled = self._effects[f, ranks % _HIDDEN_IDS]
-            if self.max_ids_per_feature > 1:  # mean effect of each bag's ids
-                bag = torch.repeat_interleave(torch.arange(b), n)
-                pooled = torch.zeros(b, dtype=torch.float64).index_add_(0, bag, pooled) / n
-            logit = logit + self._feature_w[f] * pooled
-            values.append(ranks * self._multipliers[f] % size)
-            lengths.append(n)
+        # Every table's bag lengths, then every id, each in one draw (with one id per bag
+        # the same numbers as drawing table by table): one op per step of the recipe
+        # instead of one per table per step took 0.6x the time (1,024 samples).
+        tables = len(self.table_sizes)
+        if self.max_ids_per_feature == 1:
+            lengths = torch.ones(tables * b, dtype=torch.int64)
+        else:
+            lengths = torch.randint(1, self.max_ids_per_feature + 1, (tables * b,), generator=g)
+        ids_per_table = lengths.view(tables, b).sum(1)
+        u = torch.rand(int(ids_per_table.sum()), generator=g, dtype=torch.float64)
+        sizes, scales, multipliers, first_effects = self._per_id(ids_per_table)
+        ranks = _zipf_ranks_of(u, scales, sizes, self.zipf_alpha)
+        # The effect of (table, rank % _HIDDEN_IDS), a power of two.
+        effects = self._effects.view(-1).index_select(
+            0, first_effects + (ranks & (_HIDDEN_IDS - 1))
+        )
+        if self.max_ids_per_feature > 1:  # mean effect of each bag's ids
+            bag = torch.repeat_interleave(torch.arange(tables * b), lengths)
+            zeros = torch.zeros(tables * b, dtype=torch.float64)
+            effects = zeros.index_add_(0, bag, effects) / lengths
+        # Added table by table: the order the labels have always been drawn in.
+        for table_logit in self._feature_w[:, None] * effects.view(tables, b):
+            logit += table_logit
         logit = logit * self.signal_scale
         labels = (torch.rand(b, generator=g, dtype=torch.float64) < torch.sigmoid(logit)).float()
-        kjt = KeyedJaggedTensor(SPARSE_NAMES, torch.cat(values), torch.cat(lengths), stride=b)
+        values = ranks * multipliers % sizes
+        kjt = KeyedJaggedTensor(SPARSE_NAMES, values, lengths, stride=b)
         return make_batch(labels, dense, kjt), logit
+
+    def _per_id(self, ids_per_table: Tensor) -> tuple[Tensor, ...]:
+        """Each table's size, Zipf scale, scatter multiplier and first row of hidden
+        effects, repeated for each of its ids (the last ones made are kept: with one id
+        per bag every batch has the same)."""
+        cache = self._per_id_cache  # read once: the prefetch thread may replace it
+        if cache is None or not torch.equal(cache[0], ids_per_table):
+            per_table = (self._sizes, self._scales, self._multipliers, self._first_effects)
+            cache = (ids_per_table, *(t.repeat_interleave(ids_per_table) for t in per_table))
+            self._per_id_cache = cache
+        return cache[1:]
 
     # -- position ------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
