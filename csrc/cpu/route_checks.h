@@ -33,17 +33,29 @@ inline void check_route_plan(const int64_t* key_table, const int64_t* key_featur
     TORCH_CHECK(s == 0 || slot_dest[s] >= slot_dest[s - 1],
                 "recis.route: slot_dest must be non-decreasing (slots grouped by dest)");
   }
+  // Every cell is read (an empty block's too: the kernels look up each cell's counts),
+  // and a slot's counts belong to one cell: named twice, two threads would count into
+  // them at once.
+  std::vector<char> named(num_slots, 0);
   for (int64_t t = 0; t < tables; ++t) {
     const int64_t* bnd = bounds + t * (blocks + 1);
     for (int64_t i = 0; i < blocks; ++i) {
       TORCH_CHECK(bnd[i] <= bnd[i + 1], "recis.route: table ", t,
                   "'s bounds must be non-decreasing");
-      if (bnd[i] == bnd[i + 1]) continue;  // an empty block gets no ids
       for (int64_t r = 0; r < copies; ++r) {
         const int64_t s = slots[(t * blocks + i) * copies + r];
         TORCH_CHECK(s >= -1 && s < num_slots, "recis.route: table ", t, " block ", i,
                     " names slot ", s, " of ", num_slots);
-        TORCH_CHECK(r > 0 || s >= 0, "recis.route: table ", t, " block ", i, " has no slot");
+        // An empty block gets no ids and may name no slot.
+        TORCH_CHECK(r > 0 || s >= 0 || bnd[i] == bnd[i + 1], "recis.route: table ", t,
+                    " block ", i, " has no slot");
+        TORCH_CHECK(r == 0 || s < 0 || slots[(t * blocks + i) * copies + r - 1] >= 0,
+                    "recis.route: table ", t, " block ", i, " names slot ", s,
+                    " after a -1 (a block's slots come first, then -1 padding)");
+        if (s < 0) continue;
+        TORCH_CHECK(!named[s], "recis.route: slot ", s, " is named twice (table ", t, " block ",
+                    i, " and an earlier cell)");
+        named[s] = 1;
       }
     }
   }
