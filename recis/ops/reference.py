@@ -173,9 +173,12 @@ def _adam_table(
 
 
 def _table_by_table(update_table: Callable[..., None], lists: list[Sequence], *hyper) -> None:
-    """Calls ``update_table(*table_t, *hyper)`` for each table ``t`` of the per-table lists."""
+    """Calls ``update_table(*table_t, *hyper)`` for each table ``t`` of the per-table lists.
+    A table of width 0 has nothing to update, its state included (row-wise Adagrad's
+    mean of no squares would be NaN)."""
     for table in zip(*lists, strict=True):
-        update_table(*table, *hyper)
+        if table[0].shape[1] > 0:
+            update_table(*table, *hyper)
 
 
 def sparse_sgd_update(
