@@ -12,8 +12,8 @@ namespace recis {
 
 enum class Pooling : int64_t { kSum = 0, kMean = 1 };
 
-inline Pooling to_pooling(int64_t pooling) {
-  TORCH_CHECK(pooling == 0 || pooling == 1, "recis: pooling must be 0 (sum) or 1 (mean), got ",
+inline Pooling to_pooling(const char* op, int64_t pooling) {
+  TORCH_CHECK(pooling == 0 || pooling == 1, op, ": pooling must be 0 (sum) or 1 (mean), got ",
               pooling);
   return static_cast<Pooling>(pooling);
 }
@@ -21,8 +21,7 @@ inline Pooling to_pooling(int64_t pooling) {
 // Shape and dtype checks shared by every bag-shaped kernel (CPU and CUDA bindings);
 // errors start with `op` (a batched op names the table there).
 inline void check_bags(const at::Tensor& weight, const at::Tensor& ids, const at::Tensor& offsets,
-                       const std::optional<at::Tensor>& per_sample_weights,
-                       const char* op = "recis") {
+                       const std::optional<at::Tensor>& per_sample_weights, const char* op) {
   TORCH_CHECK(weight.dim() == 2, op, ": weight must be 2-D [rows, dim], got ", weight.sizes());
   TORCH_CHECK(ids.dim() == 1 && offsets.dim() == 1, op, ": ids and offsets must be 1-D");
   TORCH_CHECK(ids.scalar_type() == at::kLong || ids.scalar_type() == at::kInt, op,
@@ -99,9 +98,8 @@ inline std::vector<int64_t> check_lookup_tables(
 
 // The `out` of pooled_lookup_into: [num_bags, dim] of the weight's dtype and device,
 // any row stride, contiguous columns (e.g. a column block of a collection's output).
-inline void check_pooled_out(const at::Tensor& weight, const at::Tensor& offsets,
+inline void check_pooled_out(const char* op, const at::Tensor& weight, const at::Tensor& offsets,
                              const at::Tensor& out) {
-  constexpr const char* op = "recis.pooled_lookup";
   const int64_t num_bags = offsets.numel() - 1, dim = weight.size(1);
   TORCH_CHECK(out.dim() == 2 && out.size(0) == num_bags && out.size(1) == dim, op,
               ": out must be [num_bags, dim] = [", num_bags, ", ", dim, "], got ", out.sizes());

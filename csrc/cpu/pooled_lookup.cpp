@@ -89,17 +89,18 @@ void pooled_lookup_into_cpu(const at::Tensor& weight, const at::Tensor& ids,
                             const at::Tensor& offsets,
                             const std::optional<at::Tensor>& per_sample_weights, int64_t pooling,
                             at::Tensor& out) {
-  check_bags(weight, ids, offsets, per_sample_weights);
-  check_pooled_out(weight, offsets, out);
-  const bool mean = to_pooling(pooling) == Pooling::kMean;
-  pool_bags("recis.pooled_lookup", weight, ids, offsets, per_sample_weights, mean, 1, out);
+  constexpr const char* op = "recis.pooled_lookup";
+  check_bags(weight, ids, offsets, per_sample_weights, op);
+  check_pooled_out(op, weight, offsets, out);
+  const bool mean = to_pooling(op, pooling) == Pooling::kMean;
+  pool_bags(op, weight, ids, offsets, per_sample_weights, mean, 1, out);
 }
 
 at::Tensor pooled_lookup_cpu(const at::Tensor& weight, const at::Tensor& ids,
                              const at::Tensor& offsets,
                              const std::optional<at::Tensor>& per_sample_weights,
                              int64_t pooling) {
-  check_bags(weight, ids, offsets, per_sample_weights);
+  check_bags(weight, ids, offsets, per_sample_weights, "recis.pooled_lookup");
   auto out = at::empty({offsets.numel() - 1, weight.size(1)}, weight.options());
   pooled_lookup_into_cpu(weight, ids, offsets, per_sample_weights, pooling, out);
   return out;

@@ -81,9 +81,9 @@ void pooled_lookup_into_cuda(const at::Tensor& weight, const at::Tensor& ids,
                              const std::optional<at::Tensor>& per_sample_weights,
                              int64_t pooling, at::Tensor& out) {
   constexpr const char* op = "recis.pooled_lookup";
-  check_bags(weight, ids, offsets, per_sample_weights);
-  check_pooled_out(weight, offsets, out);
-  const bool mean = to_pooling(pooling) == Pooling::kMean;
+  check_bags(weight, ids, offsets, per_sample_weights, op);
+  check_pooled_out(op, weight, offsets, out);
+  const bool mean = to_pooling(op, pooling) == Pooling::kMean;
   const c10::cuda::CUDAGuard guard(weight.device());
   pool_tables(op, {to_lookup_table(op, weight, ids, offsets, per_sample_weights, mean, 1, 0)},
               out);
@@ -93,7 +93,7 @@ at::Tensor pooled_lookup_cuda(const at::Tensor& weight, const at::Tensor& ids,
                               const at::Tensor& offsets,
                               const std::optional<at::Tensor>& per_sample_weights,
                               int64_t pooling) {
-  check_bags(weight, ids, offsets, per_sample_weights);
+  check_bags(weight, ids, offsets, per_sample_weights, "recis.pooled_lookup");
   auto out = at::empty({offsets.numel() - 1, weight.size(1)}, weight.options());
   pooled_lookup_into_cuda(weight, ids, offsets, per_sample_weights, pooling, out);
   return out;

@@ -110,8 +110,10 @@ def test_bad_inputs_raise_instead_of_crashing():
         ops.pooled_lookup(weight, torch.tensor([1, 2]), torch.tensor([0, 1]))
     with pytest.raises(RuntimeError, match="decrease"):
         ops.pooled_lookup(weight, torch.tensor([1, 2]), torch.tensor([0, 2, 1, 2]))
-    with pytest.raises(RuntimeError, match="dtype of ids"):
+    with pytest.raises(RuntimeError, match=r"recis\.pooled_lookup: offsets must have the dtype"):
         ops.pooled_lookup(weight, torch.tensor([1]), torch.tensor([0, 1], dtype=torch.int32))
+    with pytest.raises(RuntimeError, match=r"recis\.pooled_lookup: pooling must be 0 \(sum\)"):
+        ops.pooled_lookup(weight, torch.tensor([1]), torch.tensor([0, 1]), pooling=7)
     # Nothing to pool does not skip the checks.
     with pytest.raises(RuntimeError, match=r"end at ids\.numel"):
         ops.pooled_lookup(weight, torch.tensor([5]), torch.tensor([0]))
