@@ -3,7 +3,7 @@ import torch
 
 from recis.framework.metrics import binary_auc
 from recis.io import SPARSE_NAMES, SyntheticCriteoDataset
-from recis.io.synthetic import zipf_ranks
+from recis.io.synthetic import _HIDDEN_IDS, zipf_ranks
 
 SIZES = [50 + 10 * i for i in range(26)]
 
@@ -48,8 +48,28 @@ def test_deterministic_per_seed_and_rank():
     assert not batch_equal(a[0], other_seed)
 
 
-def test_labels_follow_the_hidden_model():
-    ds = make(batch_size=512, table_sizes=1000)
+@pytest.mark.parametrize("max_ids", [1, 3])
+def test_hidden_logits_are_the_model_of_the_batch_features(max_ids):
+    # logit = scale * (w . standardized dense + bias + sum over tables of w_t * the mean
+    # hidden effect of the bag's ids), the effect of an id being that of its Zipf rank
+    # (the id scattered back) modulo the hidden ids.
+    ds = make(max_ids_per_feature=max_ids, signal_scale=0.7)
+    batch, logit = ds.make_batch(3)
+    dense = (batch["dense"].double() - ds._dense_mu * 0.8) / 1.5
+    want = dense @ ds._dense_w + ds._bias
+    for t, (key, size) in enumerate(zip(SPARSE_NAMES, SIZES, strict=True)):
+        bags = batch["sparse"][key]
+        ranks = bags.values() * pow(int(ds._multipliers[t]), -1, size) % size
+        effects = ds._effects[t, ranks % _HIDDEN_IDS]
+        sample = torch.repeat_interleave(torch.arange(64), bags.lengths())
+        mean_effect = torch.zeros(64, dtype=torch.float64).index_add_(0, sample, effects)
+        want += ds._feature_w[t] * mean_effect / bags.lengths()
+    torch.testing.assert_close(logit, want * 0.7)
+
+
+@pytest.mark.parametrize("max_ids", [1, 3])
+def test_labels_follow_the_hidden_model(max_ids):
+    ds = make(batch_size=512, table_sizes=1000, max_ids_per_feature=max_ids)
     made = [ds.make_batch(i) for i in range(4)]
     labels = torch.cat([batch["label"] for batch, _ in made])
     hidden_logits = torch.cat([logit for _, logit in made])
