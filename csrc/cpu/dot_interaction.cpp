@@ -42,7 +42,8 @@ int64_t check_inputs(const char* op, const at::Tensor& dense, const at::Tensor& 
   TORCH_CHECK(dense.size(0) == emb.size(0), op, ": dense has ", dense.size(0),
               " samples but embeddings has ", emb.size(0));
   const int64_t dim = dense.size(1);
-  TORCH_CHECK(dim > 0 && emb.size(1) % dim == 0, op, ": embeddings width ", emb.size(1),
+  TORCH_CHECK(dim > 0, op, ": dense needs at least one column, got ", dense.sizes());
+  TORCH_CHECK(emb.size(1) % dim == 0, op, ": embeddings width ", emb.size(1),
               " is not a multiple of the dense width ", dim);
   TORCH_CHECK(dense.scalar_type() == emb.scalar_type(), op, ": dense is ", dense.scalar_type(),
               " but embeddings is ", emb.scalar_type());

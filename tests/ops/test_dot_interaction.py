@@ -66,6 +66,8 @@ def test_several_threads_give_the_single_thread_result():
 def test_bad_shapes_and_dtypes_raise():
     with pytest.raises(RuntimeError, match="not a multiple of the dense width 4"):
         ops.dot_interaction(torch.randn(2, 4), torch.randn(2, 10))
+    with pytest.raises(RuntimeError, match="dense needs at least one column"):
+        ops.dot_interaction(torch.randn(2, 0), torch.randn(2, 0))
     with pytest.raises(RuntimeError, match="dense has 2 samples but embeddings has 3"):
         ops.dot_interaction(torch.randn(2, 4), torch.randn(3, 8))
     with pytest.raises(RuntimeError, match="dense is Float but embeddings is Double"):
