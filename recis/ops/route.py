@@ -18,8 +18,9 @@ class TableRoute:
     """Where one table's ids go: its rows split in blocks ``[bounds[i], bounds[i+1])``;
     an id of block ``i`` goes, made local to the block (``id - bounds[i]``), to every
     slot in ``slots[i]``. A row-split table has one slot per block; a whole or
-    column-split table one block with a slot per column chunk. ``divide``: the ids'
-    weights become ``weight / bag length`` (mean pooling over row blocks)."""
+    column-split table one block with a slot per column chunk. A slot is named once
+    in a plan; an empty block may name none. ``divide``: the ids' weights become
+    ``weight / bag length`` (mean pooling over row blocks)."""
 
     bounds: Sequence[int]
     slots: Sequence[Sequence[int]]
