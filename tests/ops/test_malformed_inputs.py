@@ -1,6 +1,7 @@
 """Every op on random, often malformed input: it raises a RuntimeError or ValueError that
-names the op, or returns what its reference returns. Never a crash, never a silently
-wrong result. (Each case is small; the seeds make every run the same.)"""
+names the op, or returns what its reference returns (on the CPU, from the same inputs).
+Never a crash, never a silently wrong result. (Each case is small; the seeds make every
+run the same.)"""
 
 import random
 from functools import partial
@@ -10,6 +11,17 @@ import torch
 
 from recis import ops
 from recis.ops import RoutingPlan, reference
+
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
+
+
+def _to(device, x):
+    """``x`` with every tensor in it (lists and tuples too) on ``device``."""
+    if isinstance(x, torch.Tensor):
+        return x.to(device)
+    if isinstance(x, (list, tuple)):
+        return type(x)(_to(device, v) for v in x)
+    return x
 
 
 def _assert_named_error_or_equal(call, call_reference, compare, op):
@@ -53,14 +65,16 @@ def _random_plan(rng):
 
 
 def _same_routes(got, want):
+    got = got._replace(**{k: _to("cpu", v) for k, v in got._asdict().items()})
     assert torch.equal(got.send_ints, want.send_ints)
     assert list(got.slot_ids) == list(want.slot_ids)
     for a, b in ((got.send_weights, want.send_weights), (got.positions, want.positions)):
         assert (a is None) == (b is None) and (a is None or torch.equal(a, b))
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("seed", range(4))
-def test_route_on_random_plans_and_batches(seed):
+def test_route_on_random_plans_and_batches(device, seed):
     rng = random.Random(seed)
     for _ in range(500):
         plan = _random_plan(rng)
@@ -78,8 +92,9 @@ def test_route_on_random_plans_and_batches(seed):
             plan,
         )
         positions = rng.random() < 0.5
+        batch_on_device = _to(device, args[:3])  # the plan stays on the host
         _assert_named_error_or_equal(
-            partial(ops.route, *args, with_positions=positions),
+            partial(ops.route, *batch_on_device, *args[3:], with_positions=positions),
             partial(reference.route, *args, with_positions=positions),
             _same_routes,
             "recis.route",
@@ -118,7 +133,7 @@ def _close(got, want):
     tol = {torch.float16: 1e-2, torch.bfloat16: 5e-2, torch.float32: 1e-4, torch.float64: 1e-9}
     assert got.shape == want.shape
     t = tol[got.dtype]
-    torch.testing.assert_close(got.double(), want.double(), rtol=t, atol=t, equal_nan=True)
+    torch.testing.assert_close(got.cpu().double(), want.double(), rtol=t, atol=t, equal_nan=True)
 
 
 STATES = {
@@ -173,8 +188,8 @@ def _close_all(got, want):
         _close(a, b)
 
 
-def _case(rng, op):
-    """One random call of ``op``: (run it, run its reference, compare the results)."""
+def _case(rng, op, device):
+    """One random call of ``op`` on ``device``: (run it, run its reference, compare)."""
     dtype = rng.choice([torch.float32, torch.float32, torch.float64, torch.float16])
     index = rng.choice([torch.int64, torch.int64, torch.int32, torch.int16, torch.float32])
     batch = rng.randint(0, 4)
@@ -184,7 +199,7 @@ def _case(rng, op):
     if op == "pooled_lookup":
         args = (weights[0], ids[0], offsets[0], psw[0], int(mean[0]))
         return (
-            lambda: ops.pooled_lookup(*args),
+            lambda: ops.pooled_lookup(*_to(device, args)),
             lambda: reference.pooled_lookup(*args),
             _close,
         )
@@ -195,24 +210,25 @@ def _case(rng, op):
         # A table of another dtype than out's pools in its own: compared at float32.
         same_dtype = all(w.dtype == out.dtype for w in weights)
         return (
-            lambda: ops.pooled_lookup_tables(*args, out),
+            lambda: ops.pooled_lookup_tables(*_to(device, args), out.to(device)),
             lambda: reference.pooled_lookup_tables(*args, out.clone()),
             _close if same_dtype else lambda a, b: _close(a.float(), b.float()),
         )
     grad_lists = (ids, offsets, psw, grads, mean)
-    mine = ([w.clone() for w in weights], [[s.clone() for s in st] for st in states])
+    mine = _to(device, ([w.clone() for w in weights], [[s.clone() for s in st] for st in states]))
     return (
-        lambda: _update(ops, op, *mine, grad_lists),
+        lambda: _update(ops, op, *mine, _to(device, grad_lists)),
         lambda: _update(reference, op, weights, states, grad_lists),
         _close_all,
     )
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("op", ["pooled_lookup", "pooled_lookup_tables", *STATES])
 @pytest.mark.parametrize("seed", range(2))
-def test_lookups_and_updates_on_random_tables_and_bags(op, seed):
+def test_lookups_and_updates_on_random_tables_and_bags(device, op, seed):
     rng = random.Random(seed)
     torch.manual_seed(seed)
     for _ in range(300):
-        run, run_reference, compare = _case(rng, op)
+        run, run_reference, compare = _case(rng, op, device)
         _assert_named_error_or_equal(run, run_reference, compare, f"recis.{op}")
