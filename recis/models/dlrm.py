@@ -17,7 +17,7 @@ class DLRM(nn.Module):
     """DLRM: ``top_mlp([bottom, dot products of every pair of (bottom, embeddings)])``.
 
     The bottom MLP maps the dense features to the embedding dimension (its last width
-    must equal it; every table must share that dimension). ``model(batch)`` returns
+    must equal it; every table must share that dimension; default ``(64, dim)``). ``model(batch)`` returns
     the mean BCE loss and reports ``loss`` and ``auc``. Embeddings live in
     ``self.sparse_arch`` (an :class:`EmbeddingBagCollection`; built on
     ``embedding_device="meta"`` they take no memory until sharded).
@@ -35,7 +35,7 @@ class DLRM(nn.Module):
         *,
         table_sizes: int | Sequence[int] | None = None,
         embedding_dim: int = 16,
-        bottom_mlp: Sequence[int] = (64, 16),
+        bottom_mlp: Sequence[int] | None = None,
         top_mlp: Sequence[int] = (64, 32),
         embedding_device: torch.device | str | None = None,
     ) -> None:
@@ -43,6 +43,8 @@ class DLRM(nn.Module):
         self.num_dense = num_dense
         self.sparse_arch = build_ebc(tables, table_sizes, embedding_dim, embedding_device)
         dim = shared_embedding_dim(self.sparse_arch, "DLRM")
+        if bottom_mlp is None:
+            bottom_mlp = (64, dim)
         if not bottom_mlp or bottom_mlp[-1] != dim:
             raise ValueError(f"bottom_mlp must end with the embedding dim {dim}, got {bottom_mlp}")
         self.bottom = mlp(num_dense, bottom_mlp)

@@ -34,20 +34,22 @@ def committed(output_dir):
 
 
 def test_two_ranks_train_evaluate_checkpoint_and_resume_on_another_world_size(tmp_path):
+    # DLRM (the default model) with another embedding dim than its default 16.
     out = str(tmp_path / "run")
+    job = ["--output_dir", out, "--embedding_dim", "8"]
     two_ranks = ["--standalone", "--nproc_per_node=2"]
-    log = torchrun(two_ranks, ["--output_dir", out, "--train_steps", "6", "--save_steps", "3"])
+    log = torchrun(two_ranks, [*job, "--train_steps", "6", "--save_steps", "3"])
     assert "step 6/6" in log
     assert "evaluation at step 6" in log and "'auc'" in log
     assert committed(out) == ["ckpt-3", "ckpt-6"]
 
-    log = torchrun(two_ranks, ["--output_dir", out, "--train_steps", "8", "--save_steps", "3"])
+    log = torchrun(two_ranks, [*job, "--train_steps", "8", "--save_steps", "3"])
     assert "resumed from" in log and "at step 6" in log
     assert committed(out)[-1] == "ckpt-8"
 
     # The 2-rank checkpoint reshards onto 1 rank (row-wise now) and goes on.
     one_rank = ["--standalone", "--nproc_per_node=1"]
-    log = torchrun(one_rank, ["--output_dir", out, "--train_steps", "9", "--sharding", "row_wise"])
+    log = torchrun(one_rank, [*job, "--train_steps", "9", "--sharding", "row_wise"])
     assert "at step 8" in log and "evaluation at step 9" in log
 
 

@@ -105,6 +105,8 @@ def test_input_checks():
         build("dlrm")(bad)
     with pytest.raises(ValueError, match="bottom_mlp"):
         DLRM(table_sizes=SIZE, embedding_dim=DIM, bottom_mlp=(16, 4))
+    # The default bottom MLP ends at whatever the embedding dim is.
+    assert DLRM(table_sizes=SIZE, embedding_dim=24).bottom[-2].out_features == 24
     mixed = criteo_tables(SIZE, DIM)
     mixed[0] = criteo_tables(SIZE, 4)[0]
     for model_class in (DLRM, DeepFM):  # the error names the model and each table's dim
