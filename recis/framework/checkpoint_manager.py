@@ -52,7 +52,7 @@ from recis.framework.checkpoint.manifest import MANIFEST, dumps, read_manifest
 from recis.framework.checkpoint.storage import Storage, storage_for
 from recis.framework.checkpoint.tensor_file import ReaderCache, dtype_name
 from recis.framework.checkpoint.tree import encode, map_refs
-from recis.framework.checkpoint.writer import write_files
+from recis.framework.checkpoint.writer import WriteProgress, write_files
 from recis.nn.sparse_params import filter_out_sparse_param
 
 logger = logging.getLogger(__name__)
@@ -236,7 +236,7 @@ class Saver:
             if any(err for _, err in gathered):
                 raise CheckpointError("another rank failed")
             merged = merge_table_metas([metas for metas, _ in gathered])
-            result = self._write_rank(tmp, merged, rank, snapshot)
+            result = self._write_rank(tmp, merged, rank, snapshot, f"saving {ckpt_id}")
         except CheckpointError as e:
             result = {"error": str(e)}
         except Exception as e:
@@ -343,9 +343,15 @@ class Saver:
             return {"error": f"rank {rank}: {type(e).__name__}: {e}", "metas": {}, "plan": None}
 
     def _write_rank(
-        self, tmp: str, merged: dict[str, dict[str, Any]], rank: int, snapshot: dict[str, Any]
+        self,
+        tmp: str,
+        merged: dict[str, dict[str, Any]],
+        rank: int,
+        snapshot: dict[str, Any],
+        what: str,
     ) -> dict[str, Any]:
-        """Writes this rank's files into ``tmp``; returns what the manifest needs from it."""
+        """Writes this rank's files into ``tmp``; returns what the manifest needs from it.
+        Rank 0 reports the progress of a long write (``what``: e.g. "saving ckpt-600")."""
         tables = snapshot["tables"]
         items: dict[str, Tensor] = dict(snapshot["items"])
         pieces: list[dict[str, Any]] = []
@@ -391,8 +397,18 @@ class Saver:
                         item = f"sparse/{piece.table}/{key}/scalar"
                         items[item] = state[key]
                         scalars.setdefault(piece.table, {})[key] = item
+        progress = None
+        if rank == 0:  # ranks hold about equal shares: one rank's lines tell the job's
+            nbytes = sum(t.numel() * t.element_size() for t in items.values())
+            progress = WriteProgress(f"{what}: rank 0", nbytes).add
         location, files = write_files(
-            self._storage, tmp, f"rank{rank:05d}", items, self.concurrency, self.block_size
+            self._storage,
+            tmp,
+            f"rank{rank:05d}",
+            items,
+            self.concurrency,
+            self.block_size,
+            progress,
         )
 
         def ref(key: str) -> list[str]:

@@ -14,7 +14,7 @@ import json
 import math
 import struct
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -61,10 +61,15 @@ def _as_bytes(t: Tensor) -> memoryview:
 
 
 def write_tensor_file(
-    storage: Storage, path: str, tensors: list[tuple[str, Tensor]], block_size: int
+    storage: Storage,
+    path: str,
+    tensors: list[tuple[str, Tensor]],
+    block_size: int,
+    progress: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
     """Writes ``tensors`` (key, tensor) as one safetensors file; returns its record
-    ``{"size", "block_size", "algorithm", "checksums"}`` for the manifest."""
+    ``{"size", "block_size", "algorithm", "checksums"}`` for the manifest.
+    ``progress(nbytes)`` is called after each slice of tensor data written."""
     header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
     offset = 0
     for key, t in tensors:
@@ -90,6 +95,8 @@ def write_tensor_file(
                 chunk = data[start : start + step]
                 checksum.update(chunk)
                 f.write(chunk)
+                if progress is not None:
+                    progress(len(chunk))
     return {
         "size": len(prefix) + offset,
         "block_size": block_size,
