@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import logging
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -40,6 +41,7 @@ class TrainerState:
     global_step: int = 0
     epoch: int = 0
     samples: int = 0  # this rank's samples trained by this process (for throughput)
+    checkpoint_seconds: float = 0.0  # this process's time in checkpoint saves (likewise)
 
     def state_dict(self) -> dict[str, int]:
         return {"global_step": self.global_step, "epoch": self.epoch}
@@ -270,14 +272,16 @@ class Trainer:
         if manager is None:
             return
         step = self.state.global_step
+        start = time.monotonic()
         if final:
             if step != self._last_saved_step:
                 manager.save()
                 self._last_saved_step = step
-            return
-        manager.step()  # saves when step is a multiple of save_steps
-        if self.args.save_steps and step % self.args.save_steps == 0:
-            self._last_saved_step = step
+        else:
+            manager.step()  # saves when step is a multiple of save_steps
+            if self.args.save_steps and step % self.args.save_steps == 0:
+                self._last_saved_step = step
+        self.state.checkpoint_seconds += time.monotonic() - start
 
     # ------------------------------------------------------------------- helpers
     def _to_device(self, data: Any) -> Any:

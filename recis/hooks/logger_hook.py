@@ -30,7 +30,9 @@ class LoggerHook(Hook):
     """Every ``log_steps`` optimizer steps, rank 0 prints one line of progress.
 
     The line holds the step (of the total when known), the loss, samples/s over all
-    ranks (this rank's samples times the world size), the ETA, the other scalar
+    ranks (this rank's samples times the world size, over the time not spent saving
+    checkpoints; a save since the previous line shows as ``checkpoint 22.9 s``), the
+    ETA, the other scalar
     metrics of that step and, for each :class:`Predictions` metric, the AUC of rank
     0's predictions since the previous line (``auc(rank 0)``: no collective, so the
     hook may be added on rank 0 only; ``Trainer.evaluate`` gives the exact AUC over
@@ -83,6 +85,7 @@ class LoggerHook(Hook):
         self._start_time = self._last_time = time.monotonic()
         self._start_step = state.global_step if state else 0
         self._last_samples = state.samples if state else 0
+        self._last_checkpoint_seconds = state.checkpoint_seconds if state else 0.0
         self._window = {}
         self._unlogged = None
 
@@ -132,12 +135,15 @@ class LoggerHook(Hook):
         if "loss" in metrics:
             parts[0] += f" loss {float(metrics['loss']):.4f}"
         if trainer is not None:
-            samples = trainer.state.samples
-            elapsed = now - self._last_time
+            samples, saving = trainer.state.samples, trainer.state.checkpoint_seconds
+            spent_saving = saving - self._last_checkpoint_seconds
+            elapsed = now - self._last_time - spent_saving
             if elapsed > 0:
                 rate = (samples - self._last_samples) * trainer.world_size / elapsed
                 parts.append(f"{rate:.0f} samples/s")
-            self._last_samples = samples
+            if spent_saving >= 0.05:
+                parts.append(f"checkpoint {spent_saving:.1f} s")
+            self._last_samples, self._last_checkpoint_seconds = samples, saving
             done = global_step - self._start_step
             if total and done > 0:
                 eta = (total - global_step) * (now - self._start_time) / done

@@ -6,9 +6,11 @@ import io
 import json
 import os
 import sys
+import time
 
 import pytest
 
+from recis.framework.checkpoint_manager import Saver
 from recis.framework.metrics import BinaryClassificationMetric
 from recis.hooks import Hook, LoggerHook, ProfilerHook, TensorBoardHook
 from tests.framework.test_trainer import ToyModel, build_trainer, make_batches
@@ -55,6 +57,35 @@ def test_logger_hook_plain_lines(tmp_path):
             window.update(*rec.metrics[s]["auc"])
         assert line.endswith(f" | auc(rank 0) {window.compute()['auc']:.4f}")
     assert lines[3].startswith("eval: auc ") and "logloss" in lines[3] and "loss" in lines[3]
+
+
+def test_logger_hook_rate_leaves_out_checkpoint_saves(tmp_path, monkeypatch):
+    # Every save takes 0.3 s more; the lines after one show it and a rate of the
+    # training time alone.
+    save = Saver.save
+
+    def slow_save(self, *args, **kwargs):
+        time.sleep(0.3)
+        return save(self, *args, **kwargs)
+
+    monkeypatch.setattr(Saver, "save", slow_save)
+    out = io.StringIO()
+    trainer = build_trainer(
+        ToyModel(),
+        make_batches(4, 4, 0),
+        str(tmp_path),
+        hooks=[LoggerHook(log_steps=2, stream=out)],
+        train_steps=4,
+        save_steps=2,
+    )
+    trainer.train()
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 2, lines
+    assert trainer.state.checkpoint_seconds >= 0.6
+    for line in lines:
+        assert float(line.split(" | checkpoint ")[1].split(" s")[0]) >= 0.3, line
+        rate = float(line.split(" samples/s")[0].rsplit(" ", 1)[1])
+        assert rate > 2 * 4 / 0.3, line  # two steps of 4 samples, not over the 0.3 s sleep
 
 
 def test_logger_hook_progress_bar_on_tty(tmp_path):
