@@ -49,10 +49,11 @@ from recis.framework.checkpoint.load import (
     parse_load_conf,
 )
 from recis.framework.checkpoint.manifest import MANIFEST, dumps, read_manifest
+from recis.framework.checkpoint.progress import Progress
 from recis.framework.checkpoint.storage import Storage, storage_for
 from recis.framework.checkpoint.tensor_file import ReaderCache, dtype_name
 from recis.framework.checkpoint.tree import encode, map_refs
-from recis.framework.checkpoint.writer import WriteProgress, write_files
+from recis.framework.checkpoint.writer import write_files
 from recis.nn.sparse_params import filter_out_sparse_param
 
 logger = logging.getLogger(__name__)
@@ -400,7 +401,7 @@ class Saver:
         progress = None
         if rank == 0:  # ranks hold about equal shares: one rank's lines tell the job's
             nbytes = sum(t.numel() * t.element_size() for t in items.values())
-            progress = WriteProgress(f"{what}: rank 0", nbytes).add
+            progress = Progress(f"{what}: rank 0", "written", nbytes).add
         location, files = write_files(
             self._storage,
             tmp,
@@ -517,7 +518,8 @@ class Saver:
             path = storage.url(ckpt_dir)
             manifest = read_manifest(storage, ckpt_dir)
             saved_world = int(manifest["world_size"])
-            cache = ReaderCache(storage, ckpt_dir, manifest["files"])
+            progress = Progress(f"loading {path}: rank 0", "read") if rank == 0 else None
+            cache = ReaderCache(storage, ckpt_dir, manifest["files"], progress and progress.add)
             loader = CheckpointLoader(self.model, self.sparse_optimizer, self._objects)
             with ThreadPoolExecutor(self.concurrency, thread_name_prefix="recis-ckpt-read") as pool:
                 if categories & {"sparse", "sparse_opt"}:

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from recis.framework.checkpoint import writer
+from recis.framework.checkpoint import progress
 from recis.framework.checkpoint_manager import CheckpointManager, Saver, parse_load_conf
 from recis.nn import filter_out_sparse_param
 from recis.testing import run_distributed
@@ -152,15 +152,20 @@ def test_each_save_and_load_logs_its_path(tmp_path, caplog):
     assert loaded.startswith(f"checkpoint loaded: {path} (saved by 1 ranks, loaded on 1, ")
 
 
-def test_a_long_save_reports_its_progress(tmp_path, caplog, monkeypatch):
-    # A line at most every PROGRESS_SECONDS: at 0, one per slice written.
-    monkeypatch.setattr(writer, "PROGRESS_SECONDS", 0.0)
+def test_long_saves_and_loads_report_their_progress(tmp_path, caplog, monkeypatch):
+    # A line at most every PROGRESS_SECONDS: at 0, one per slice written or tensor read.
+    monkeypatch.setattr(progress, "PROGRESS_SECONDS", 0.0)
     model, opt = _model()
-    with caplog.at_level(logging.INFO, logger="recis.framework.checkpoint.writer"):
-        Saver(model, opt, str(tmp_path), concurrency=2).save("c1")
-    lines = [r.getMessage() for r in caplog.records if r.name.endswith("writer")]
-    assert lines and all(m.startswith("saving c1: rank 0: ") for m in lines), lines
-    assert " GiB written (100%, " in lines[-1]
+    saver = Saver(model, opt, str(tmp_path), concurrency=2)
+    with caplog.at_level(logging.INFO, logger="recis.framework.checkpoint.progress"):
+        path = saver.save("c1")
+        saver.load()
+    lines = [r.getMessage() for r in caplog.records if r.name.endswith("progress")]
+    saving = [m for m in lines if m.startswith("saving c1: rank 0: ")]
+    loading = [m for m in lines if m.startswith(f"loading {path}: rank 0: ")]
+    assert saving and loading and len(saving) + len(loading) == len(lines), lines
+    assert " GiB written (100%, " in saving[-1]
+    assert all(" GiB read (" in m and "MiB/s)" in m for m in loading)
 
 
 def _concurrency_job(out_dir: str) -> None:

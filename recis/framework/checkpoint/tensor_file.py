@@ -245,10 +245,18 @@ class TensorFileReader:
 
 
 class ReaderCache:
-    """One :class:`TensorFileReader` per file of a checkpoint, opened on first use."""
+    """One :class:`TensorFileReader` per file of a checkpoint, opened on first use;
+    ``progress(nbytes)`` (from any thread) after each tensor read."""
 
-    def __init__(self, storage: Storage, ckpt_dir: str, files: dict[str, dict[str, Any]]) -> None:
+    def __init__(
+        self,
+        storage: Storage,
+        ckpt_dir: str,
+        files: dict[str, dict[str, Any]],
+        progress: Callable[[int], None] | None = None,
+    ) -> None:
         self.storage, self.ckpt_dir, self.files = storage, ckpt_dir, files
+        self.progress = progress
         self._readers: dict[str, TensorFileReader] = {}
         self._lock = threading.Lock()
 
@@ -278,4 +286,7 @@ class ReaderCache:
         out: Tensor | None = None,
     ) -> Tensor:
         """The tensor at ``ref = [file, key]`` (optionally a row range, into ``out``)."""
-        return self.get(ref[0]).read(ref[1], rows, out)
+        tensor = self.get(ref[0]).read(ref[1], rows, out)
+        if self.progress is not None:
+            self.progress(tensor.numel() * tensor.element_size())
+        return tensor

@@ -3,16 +3,12 @@
 The tensors are packed into ``min(concurrency, #tensors)`` files of about equal
 size (largest first, each into the emptiest file), and each file is written by its
 own thread. File I/O, ``fsync`` and CRC-32 all release the GIL, so the threads
-overlap for real. A rank with no tensors writes no file. A long write reports its
-progress (:class:`WriteProgress`).
+overlap for real. A rank with no tensors writes no file.
 """
 
 from __future__ import annotations
 
 import heapq
-import logging
-import threading
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -21,45 +17,6 @@ from torch import Tensor
 
 from recis.framework.checkpoint.storage import Storage
 from recis.framework.checkpoint.tensor_file import write_tensor_file
-
-logger = logging.getLogger(__name__)
-
-# A progress line at most this often (seconds): a write shorter than this logs none.
-PROGRESS_SECONDS = 10.0
-
-
-class WriteProgress:
-    """Counts the bytes the writer threads of one rank wrote and logs a line at most
-    every :data:`PROGRESS_SECONDS`: what, how much of ``total`` bytes, and the rate.
-
-    Example::
-
-        >>> progress = WriteProgress("saving ckpt-600: rank 0", total=8 << 30)
-        >>> write_files(storage, tmp, "rank00000", items, 4, 1 << 20, progress.add)
-    """
-
-    def __init__(self, what: str, total: int) -> None:
-        self.what, self.total = what, total
-        self.done = 0
-        self._start = self._last = time.monotonic()
-        self._lock = threading.Lock()
-
-    def add(self, nbytes: int) -> None:
-        with self._lock:
-            self.done += nbytes
-            now = time.monotonic()
-            if now - self._last < PROGRESS_SECONDS:
-                return
-            self._last = now
-            done, elapsed = self.done, now - self._start
-        logger.info(
-            "%s: %.2f of %.2f GiB written (%d%%, %.0f MiB/s)",
-            self.what,
-            done / 2**30,
-            self.total / 2**30,
-            100 * done // max(self.total, 1),
-            done / 2**20 / max(elapsed, 1e-9),
-        )
 
 
 def pack(items: dict[str, Tensor], num_files: int) -> list[list[str]]:
