@@ -41,15 +41,18 @@ from recis.io import CriteoDataset, SyntheticCriteoDataset, default_table_sizes
 from recis.models import DLRM, DCNv2, DeepFM
 from recis.models.common import criteo_tables
 from recis.nn import filter_out_sparse_param
-from recis.optim import SparseAdam, SparseAdamW, SparseRowWiseAdagrad, SparseSGD
+from recis.optim import SparseAdagrad, SparseAdam, SparseAdamW, SparseRowWiseAdagrad, SparseSGD
 
 MODELS = {"dlrm": DLRM, "deepfm": DeepFM, "dcnv2": DCNv2}
 SPARSE_OPTIMIZERS = {
     "rowwise_adagrad": SparseRowWiseAdagrad,
+    "adagrad": SparseAdagrad,
     "adam": SparseAdam,
     "adamw": SparseAdamW,
     "sgd": SparseSGD,
 }
+# Each one's name in the planner's estimate of a shard's memory (weights + state).
+PLANNER_OPTIMIZER = {"rowwise_adagrad": "row_wise_adagrad"}
 # The values of the options that name one of a few things (checked by RunConfig).
 CHOICES = {
     "model": list(MODELS),
@@ -233,7 +236,10 @@ def build_model(run: RunConfig, device: torch.device) -> DistributedModelParalle
     # Tables start on meta and are initialised shard by shard: none exists whole.
     model = MODELS[run.model](tables=tables, embedding_device="meta")
     constraints = None if run.sharding == "auto" else {t.name: run.sharding for t in tables}
-    plan = plan_sharding(model, world_size=world_size(), constraints=constraints)
+    optimizer = PLANNER_OPTIMIZER.get(run.sparse_optimizer, run.sparse_optimizer)
+    plan = plan_sharding(
+        model, world_size=world_size(), constraints=constraints, optimizer=optimizer
+    )
     if rank() == 0:
         print(plan, flush=True)
     return DistributedModelParallel(model, plan=plan, device=device)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from recis.distributed.plan import OPTIMIZER_STATE
 from recis.testing import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -154,6 +155,14 @@ def test_every_option_is_described_by_its_dataclass_docstring():
     assert options["output_dir"].help.startswith("where checkpoints are written")
     assert "recis.hooks.LoggerHook prints" in options["log_steps"].help
     assert options["model"].metavar == "{dlrm,deepfm,dcnv2}"
+
+
+@pytest.mark.parametrize("optimizer", ["rowwise_adagrad", "adagrad", "adam", "adamw", "sgd"])
+def test_the_plan_counts_the_state_of_the_chosen_sparse_optimizer(optimizer):
+    train = load_train_module()
+    model = train.build_model(train.RunConfig(sparse_optimizer=optimizer, table_size=100), "cpu")
+    assert model.plan.optimizer == train.PLANNER_OPTIMIZER.get(optimizer, optimizer)
+    assert set(train.SPARSE_OPTIMIZERS) <= {*OPTIMIZER_STATE, *train.PLANNER_OPTIMIZER}
 
 
 def test_command_line_covers_training_arguments_and_rejects_bad_values(capsys):
