@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import threading
 import time
 import uuid
@@ -35,11 +34,8 @@ from recis.framework.checkpoint.dense import dense_state_dict
 from recis.framework.checkpoint.integrity import DEFAULT_BLOCK_SIZE
 from recis.framework.checkpoint.layout import (
     ELEMENT,
-    SCALAR,
-    Piece,
     merge_table_metas,
-    pieces_for_rank,
-    split_rows,
+    rank_table_items,
     state_kind,
 )
 from recis.framework.checkpoint.load import (
@@ -57,9 +53,6 @@ from recis.framework.checkpoint.writer import write_files
 from recis.nn.sparse_params import filter_out_sparse_param
 
 logger = logging.getLogger(__name__)
-
-# Below this size a table piece is not cut further to feed more writer threads.
-_MIN_CHUNK_BYTES = 16 << 20
 
 
 class CheckpointError(RuntimeError):
@@ -353,51 +346,10 @@ class Saver:
     ) -> dict[str, Any]:
         """Writes this rank's files into ``tmp``; returns what the manifest needs from it.
         Rank 0 reports the progress of a long write (``what``: e.g. "saving ckpt-600")."""
-        tables = snapshot["tables"]
-        items: dict[str, Tensor] = dict(snapshot["items"])
-        pieces: list[dict[str, Any]] = []
-        scalars: dict[str, dict[str, str]] = {}
-        mine = pieces_for_rank(merged, rank)
-
-        def row_bytes(p: Piece) -> int:
-            return sum(
-                v[:1].numel() * v.element_size()
-                for v in tables[p.table]["tensors"].values()
-                if v.dim()
-            )
-
-        total = sum(p.num_rows * row_bytes(p) for p in mine)
-        # Cut big pieces so that every writer thread has a share of the bytes.
-        chunk_bytes = max(_MIN_CHUNK_BYTES, math.ceil(total / self.concurrency))
-        for piece in mine:
-            offset, state = tables[piece.table]["row_offset"], tables[piece.table]["tensors"]
-            kinds = merged[piece.table]["state"]
-            max_rows = max(1, chunk_bytes // max(1, row_bytes(piece)))
-            for chunk in split_rows(piece, max_rows):
-                lo, hi = chunk.rows[0] - offset, chunk.rows[1] - offset
-                tag = f"{chunk.rows[0]}-{chunk.rows[1]}.{chunk.cols[0]}-{chunk.cols[1]}"
-                refs = {}
-                for key, kind in kinds.items():
-                    if kind != SCALAR:
-                        item = f"sparse/{piece.table}/{key}/{tag}"
-                        items[item] = state[key][lo:hi]
-                        refs[key] = item
-                pieces.append(
-                    {
-                        "table": piece.table,
-                        "rows": list(chunk.rows),
-                        "cols": list(chunk.cols),
-                        "tensors": refs,
-                    }
-                )
-            if piece.rows[0] == 0 and piece.cols[0] == 0:
-                # Scalars are the same on every shard: the shard holding element
-                # (0, 0) of the table writes them, once.
-                for key, kind in kinds.items():
-                    if kind == SCALAR:
-                        item = f"sparse/{piece.table}/{key}/scalar"
-                        items[item] = state[key]
-                        scalars.setdefault(piece.table, {})[key] = item
+        sparse, pieces, scalars = rank_table_items(
+            merged, rank, snapshot["tables"], self.concurrency
+        )
+        items: dict[str, Tensor] = {**snapshot["items"], **sparse}
         progress = None
         if rank == 0:  # ranks hold about equal shares: one rank's lines tell the job's
             nbytes = sum(t.numel() * t.element_size() for t in items.values())
@@ -519,7 +471,9 @@ class Saver:
             manifest = read_manifest(storage, ckpt_dir)
             saved_world = int(manifest["world_size"])
             progress = Progress(f"loading {path}: rank 0", "read") if rank == 0 else None
-            cache = ReaderCache(storage, ckpt_dir, manifest["files"], progress and progress.add)
+            cache = ReaderCache(
+                storage, ckpt_dir, manifest["files"], progress.add if progress else None
+            )
             loader = CheckpointLoader(self.model, self.sparse_optimizer, self._objects)
             with ThreadPoolExecutor(self.concurrency, thread_name_prefix="recis-ckpt-read") as pool:
                 if categories & {"sparse", "sparse_opt"}:

@@ -1,4 +1,4 @@
-"""Which rank writes which part of which embedding table.
+"""Which rank writes which part of which embedding table, and under which keys.
 
 Every rank describes the boxes it holds (a box is a row range x column range of a
 table's global shape). Boxes held by several ranks (data-parallel replicas) are
@@ -9,8 +9,11 @@ cover the table, so every element is stored exactly once.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
+
+from torch import Tensor
 
 # Kinds of per-table state, by the shape of the tensor relative to the local shard.
 ELEMENT, ROW, SCALAR = "element", "row", "scalar"
@@ -119,3 +122,60 @@ def split_rows(piece: Piece, max_rows: int) -> list[Piece]:
         Piece(piece.table, (lo, min(lo + max_rows, r1)), piece.cols)
         for lo in range(r0, r1, max_rows)
     ]
+
+
+# Below this size a table piece is not cut further to feed more writer threads.
+MIN_CHUNK_BYTES = 16 << 20
+
+
+def rank_table_items(
+    merged: dict[str, dict[str, Any]],
+    rank: int,
+    tables: dict[str, dict[str, Any]],
+    writers: int,
+) -> tuple[dict[str, Tensor], list[dict[str, Any]], dict[str, dict[str, str]]]:
+    """What ``rank`` writes of its table shards (``tables``: name -> ``row_offset`` and
+    state ``tensors``, the weight among them): ``(items, pieces, scalars)``, the
+    tensors by unique key; the manifest pieces (table, rows, cols, state key -> item
+    key); each table's scalar state keys. Big pieces are cut in row chunks so that
+    each of the ``writers`` threads gets a share of the bytes; a scalar is written
+    once, by the piece holding element (0, 0) of its table (identical on every shard).
+    """
+    items: dict[str, Tensor] = {}
+    pieces: list[dict[str, Any]] = []
+    scalars: dict[str, dict[str, str]] = {}
+    mine = pieces_for_rank(merged, rank)
+
+    def row_bytes(p: Piece) -> int:
+        state = tables[p.table]["tensors"].values()
+        return sum(v[:1].numel() * v.element_size() for v in state if v.dim())
+
+    total = sum(p.num_rows * row_bytes(p) for p in mine)
+    chunk_bytes = max(MIN_CHUNK_BYTES, math.ceil(total / writers))
+    for piece in mine:
+        offset, state = tables[piece.table]["row_offset"], tables[piece.table]["tensors"]
+        kinds = merged[piece.table]["state"]
+        max_rows = max(1, chunk_bytes // max(1, row_bytes(piece)))
+        for chunk in split_rows(piece, max_rows):
+            lo, hi = chunk.rows[0] - offset, chunk.rows[1] - offset
+            tag = f"{chunk.rows[0]}-{chunk.rows[1]}.{chunk.cols[0]}-{chunk.cols[1]}"
+            refs = {}
+            for key, kind in kinds.items():
+                if kind != SCALAR:
+                    refs[key] = f"sparse/{piece.table}/{key}/{tag}"
+                    items[refs[key]] = state[key][lo:hi]
+            pieces.append(
+                {
+                    "table": piece.table,
+                    "rows": list(chunk.rows),
+                    "cols": list(chunk.cols),
+                    "tensors": refs,
+                }
+            )
+        if piece.rows[0] == 0 and piece.cols[0] == 0:
+            for key, kind in kinds.items():
+                if kind == SCALAR:
+                    item = f"sparse/{piece.table}/{key}/scalar"
+                    items[item] = state[key]
+                    scalars.setdefault(piece.table, {})[key] = item
+    return items, pieces, scalars
