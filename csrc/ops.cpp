@@ -52,8 +52,8 @@ TORCH_LIBRARY(recis, m) {
   // one); a value v of block i goes, as v - table_bounds[t][i], to every slot
   // table_slots[t][i][r] (padded with -1): one per block for row-split tables, one per
   // column chunk otherwise; every slot in at most one place (an empty block may name
-  // none). table_divide[t]: its weights become (weight or 1) / bag
-  // length (mean pooling over row blocks). Slot s serves slot_features[s] features of
+  // none). table_divide[t]: its weights become (weight or 1) / bag length (mean
+  // pooling over row blocks). Slot s serves slot_features[s] features of
   // its table and is on dest slot_dest[s] (non-decreasing). Returns (send_ints i64: for
   // each dest, its slots' bag lengths in (slot, feature, sample) order, then their
   // values in the same order, the order within a bag kept; send_weights f32: each dest's

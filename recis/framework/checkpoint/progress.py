@@ -20,7 +20,8 @@ class Progress:
 
         >>> progress = Progress("saving ckpt-600: rank 0", "written", total=8 << 30)
         >>> write_files(storage, tmp, "rank00000", items, 4, 1 << 20, progress.add)
-        saving ckpt-600: rank 0: 1.97 of 8.00 GiB written (24%, 202 MiB/s)
+        >>> # after 10 s of writing, and every 10 s on, a line such as
+        >>> # saving ckpt-600: rank 0: 1.97 of 8.00 GiB written (24%, 202 MiB/s)
     """
 
     def __init__(self, what: str, verb: str, total: int | None = None) -> None:
