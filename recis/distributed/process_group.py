@@ -26,6 +26,8 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     """``"auto"``: this process's GPU (``cuda:LOCAL_RANK``) when CUDA is available, else CPU.
 
     Any other value is taken as a torch device; asking for CUDA without it raises.
+    ``"cuda"`` without an index is this process's GPU too, so that each of torchrun's
+    ranks on a machine gets its own rather than all sharing GPU 0.
 
     Example::
 
@@ -33,15 +35,17 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         device(type='cpu')
     """
     if isinstance(device, str) and device == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", local_rank() % torch.cuda.device_count())
-        return torch.device("cpu")
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         resolved = torch.device(device)
     except (RuntimeError, TypeError) as e:
         raise ValueError(f"device must be 'auto' or a torch device, got {device!r}") from e
-    if resolved.type == "cuda" and not torch.cuda.is_available():
+    if resolved.type != "cuda":
+        return resolved
+    if not torch.cuda.is_available():
         raise ValueError(f"device {device!r} was asked for but CUDA is not available")
+    if resolved.index is None:
+        return torch.device("cuda", local_rank() % torch.cuda.device_count())
     return resolved
 
 

@@ -36,6 +36,17 @@ def test_resolve_device_and_backend():
         resolve_device("abacus")
 
 
+@pytest.mark.parametrize("device", ["auto", "cuda"])
+def test_each_local_rank_gets_its_own_gpu(monkeypatch, device):
+    # Only which index is chosen is under test, so two GPUs are pretended on CPU.
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    for local_rank, index in [("0", 0), ("1", 1), ("3", 1)]:
+        monkeypatch.setenv("LOCAL_RANK", local_rank)
+        assert resolve_device(device) == torch.device("cuda", index)
+    assert resolve_device("cuda:0") == torch.device("cuda", 0)  # an index is kept
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error without CUDA")
 def test_cuda_without_cuda_is_a_clear_error():
     with pytest.raises(ValueError, match="CUDA is not available"):
