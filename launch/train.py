@@ -137,8 +137,8 @@ def _option_type(annotation: Any) -> tuple[Any, bool]:
 
 
 def field_docs(cls: type) -> dict[str, str]:
-    """Each field's description: the first bullet of ``cls``'s docstring (``- ``name``:
-    ...``) that names it, as plain text."""
+    """Each field's description: the bullet of ``cls``'s docstring that starts with its
+    name (``- ``name``: ...``), as plain text."""
     bullets: list[str] = []
     for line in inspect.cleandoc(cls.__doc__ or "").splitlines():
         if line.startswith("- "):
@@ -149,10 +149,10 @@ def field_docs(cls: type) -> dict[str, str]:
             bullets.append("")  # the list ended
     docs: dict[str, str] = {}
     for field in dataclasses.fields(cls):
-        named = [b for b in bullets if f"``{field.name}``" in b]
+        prefix = f"``{field.name}``: "
+        named = [b for b in bullets if b.startswith(prefix)]
         if named:
-            text = named[0].removeprefix(f"``{field.name}``: ")
-            docs[field.name] = _plain(" ".join(text.split()))
+            docs[field.name] = _plain(" ".join(named[0].removeprefix(prefix).split()))
     return docs
 
 

@@ -28,10 +28,12 @@ class TrainingArguments:
     - ``log_steps``: a :class:`~recis.hooks.LoggerHook` prints every that many
       steps (``None``: no default logger).
     - ``save_steps``: checkpoint every that many optimizer steps (``None``: only at
-      the end). ``max_to_keep`` checkpoints are kept, each rank writing with
-      ``save_concurrency_per_rank`` threads.
-    - ``gradient_accumulation_steps`` (k): each optimizer step averages the
-      gradients of k micro-batches (the loss is scaled by 1/k; DDP syncs once).
+      the end).
+    - ``max_to_keep``: how many of the newest checkpoints are kept; older ones are
+      deleted once a newer one is committed.
+    - ``save_concurrency_per_rank``: threads with which each rank writes its shards.
+    - ``gradient_accumulation_steps``: k; each optimizer step averages the gradients
+      of k micro-batches (the loss is scaled by 1/k; DDP syncs once).
     - ``model_bank``: checkpoints to warm-start from when ``output_dir`` has none
       to resume: a list of ``{"path": ..., "load": [...], "exclude": [...],
       "strict": bool}``; each is loaded with ``Saver.load_by_config(path, conf)``
@@ -39,8 +41,10 @@ class TrainingArguments:
     - ``seed``: seeds Python, NumPy and torch when the Trainer is built.
     - ``bf16``: run the model's forward under bfloat16 autocast (CUDA only; the
       embedding lookups stay float32). Ignored with a warning on CPU.
-    - ``device`` / ``backend``: ``"auto"`` picks ``cuda:LOCAL_RANK`` + nccl when
-      CUDA is available, else CPU + gloo.
+    - ``device``: ``"auto"`` picks ``cuda:LOCAL_RANK`` when CUDA is available, else
+      CPU; or ``"cpu"``, ``"cuda"`` (``cuda:LOCAL_RANK``), ``"cuda:N"``.
+    - ``backend``: the process group's backend; ``"auto"`` picks nccl on CUDA, gloo
+      on CPU.
     - ``keep_freed_host_memory``: the Trainer makes malloc keep the host memory each
       step frees for the next one (:func:`recis.ops.keep_freed_host_memory`) instead
       of the OS faulting it in again every step; False leaves malloc's defaults.

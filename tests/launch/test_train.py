@@ -148,10 +148,13 @@ def test_every_option_is_described_by_its_dataclass_docstring():
         *train.dataclasses.fields(train.RunConfig),
     ]
     assert sorted(options) == sorted(f.name for f in fields)
+    descriptions = set()
     for name, action in options.items():
         description, default = action.help.rsplit(" (default: ", 1)
         assert len(description) > 20 and "``" not in description, (name, action.help)
         assert default == f"{action.default})", name
+        descriptions.add(description)
+    assert len(descriptions) == len(options)  # each option says what it alone does
     assert options["output_dir"].help.startswith("where checkpoints are written")
     assert "recis.hooks.LoggerHook prints" in options["log_steps"].help
     assert options["model"].metavar == "{dlrm,deepfm,dcnv2}"
