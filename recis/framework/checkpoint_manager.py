@@ -45,11 +45,11 @@ from recis.framework.checkpoint.load import (
     parse_load_conf,
 )
 from recis.framework.checkpoint.manifest import MANIFEST, dumps, read_manifest
-from recis.framework.checkpoint.progress import Progress
 from recis.framework.checkpoint.storage import Storage, storage_for
 from recis.framework.checkpoint.tensor_file import ReaderCache, dtype_name
 from recis.framework.checkpoint.tree import encode, map_refs
 from recis.framework.checkpoint.writer import write_files
+from recis.framework.progress import Progress
 from recis.nn.sparse_params import filter_out_sparse_param
 
 logger = logging.getLogger(__name__)

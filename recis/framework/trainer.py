@@ -23,6 +23,7 @@ from recis.distributed.process_group import (
 )
 from recis.framework.evaluation import EvalMetrics, eval_batches, without_samples
 from recis.framework.metrics import clear_metrics, get_global_metrics
+from recis.framework.progress import Progress
 from recis.framework.rank_sync import RankSync
 from recis.framework.training_args import TrainingArguments, positive_or_none
 from recis.hooks import Hook, LoggerHook
@@ -479,7 +480,8 @@ class Trainer:
         data ended before the others' runs its last batch cut to zero samples, so
         that the model's collectives still meet on every rank, and reports nothing
         from it. With several ranks, each needs at least one eval batch. The model's
-        train/eval mode is restored afterwards.
+        train/eval mode is restored afterwards. A long evaluation logs its progress
+        from rank 0 every 10 s (:class:`recis.framework.progress.Progress`).
         """
         dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
         if dataset is None:
@@ -491,6 +493,8 @@ class Trainer:
         self._call_hooks("before_evaluate")
         metrics = EvalMetrics()
         self.model.eval()
+        what = f"evaluation at step {self.state.global_step}"
+        progress = Progress(what, "evaluated", steps, unit="batches")
         try:
             it = iter(eval_batches(dataset, self.rank, self.world_size))
             done, data, ended = 0, None, False
@@ -510,6 +514,8 @@ class Trainer:
                     except Exception as e:
                         raise self._sync.fail(e, self.state.global_step) from e
                     done += 1
+                    if self.is_main_process:
+                        progress.add(1)
             # Every rank ran the same number of batches of the same model, so the
             # metric names match and the reduction's collectives line up.
             results = metrics.reduce(self.world_size, self._sync.comm_device())

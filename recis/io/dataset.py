@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import logging
 import os
-import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -13,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from recis.framework.progress import Progress
 from recis.io.batch import Batch, rows_to_batch
 from recis.io.criteo import NUM_DENSE, NUM_SPARSE, ParsedRows, RecordParser, resolve_table_sizes
 from recis.io.position import (
@@ -34,7 +34,6 @@ logger = logging.getLogger(__name__)
 # Files measured at once when an epoch is shared out.
 MEASURE_THREADS = 16
 # A progress line while measuring many files, at most this often (seconds).
-MEASURE_PROGRESS_EVERY = 10.0
 
 
 class CriteoDataset:
@@ -231,17 +230,13 @@ class CriteoDataset:
         if len(items) < 2:
             return [span(item) for item in items]
         spans = []
-        last = time.monotonic()
+        what = "CriteoDataset: measuring the data files (sizes, Parquet footers)"
+        progress = Progress(what, "measured", len(items), unit="files")
         with ThreadPoolExecutor(min(len(items), MEASURE_THREADS)) as pool:
-            for done, result in enumerate(pool.map(span, items), 1):
+            for result in pool.map(span, items):
                 spans.append(result)
-                if self.rank == 0 and time.monotonic() - last >= MEASURE_PROGRESS_EVERY:
-                    last = time.monotonic()
-                    logger.info(
-                        "CriteoDataset: measured %d of %d data files (sizes, Parquet footers)",
-                        done,
-                        len(items),
-                    )
+                if self.rank == 0:
+                    progress.add(1)
         return spans
 
     def _parse(self, records: list[Record]) -> tuple[ParsedRows, int]:

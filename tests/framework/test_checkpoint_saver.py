@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from recis.framework.checkpoint import progress
+from recis.framework import progress
 from recis.framework.checkpoint_manager import CheckpointManager, Saver, parse_load_conf
 from recis.nn import filter_out_sparse_param
 from recis.testing import run_distributed
@@ -157,7 +157,7 @@ def test_long_saves_and_loads_report_their_progress(tmp_path, caplog, monkeypatc
     monkeypatch.setattr(progress, "PROGRESS_SECONDS", 0.0)
     model, opt = _model()
     saver = Saver(model, opt, str(tmp_path), concurrency=2)
-    with caplog.at_level(logging.INFO, logger="recis.framework.checkpoint.progress"):
+    with caplog.at_level(logging.INFO, logger="recis.framework.progress"):
         path = saver.save("c1")
         saver.load()
     lines = [r.getMessage() for r in caplog.records if r.name.endswith("progress")]

@@ -124,3 +124,18 @@ def test_a_rank_without_eval_data_fails_every_rank_clearly(tmp_path):
     errors = run_distributed(_dist_evaluate_without_data_on_one_rank, 2, str(tmp_path), timeout=90)
     assert "rank 1 failed to read its evaluation data" in errors[0]
     assert "rank 1 has no evaluation data; with 2 ranks each needs at least one" in errors[1]
+
+
+def test_a_long_evaluation_reports_its_progress(tmp_path, monkeypatch, caplog):
+    from recis.framework import progress
+
+    monkeypatch.setattr(progress, "PROGRESS_SECONDS", 0.0)  # a line per batch
+    trainer = build_trainer(ToyModel(), make_batches(1, 4, 0), str(tmp_path))
+    with caplog.at_level("INFO", logger="recis.framework.progress"):
+        trainer.evaluate(make_batches(3, 6, 100))
+        trainer.evaluate(make_batches(3, 6, 100), eval_steps=2)
+    lines = [r.getMessage().rsplit(" (", 1)[0] for r in caplog.records]
+    assert lines == [
+        *(f"evaluation at step 0: {k} batches evaluated" for k in (1, 2, 3)),
+        *(f"evaluation at step 0: {k} of 2 batches evaluated" for k in (1, 2)),
+    ]

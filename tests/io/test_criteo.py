@@ -630,17 +630,19 @@ def test_a_file_of_unknown_size_is_read_whole(tmp_path, monkeypatch, caplog):
 
 
 def test_measuring_many_files_prints_progress(tmp_path, monkeypatch, caplog):
-    from recis.io import dataset
+    from recis.framework import progress
 
-    monkeypatch.setattr(dataset, "MEASURE_PROGRESS_EVERY", 0.0)  # a line per file
+    monkeypatch.setattr(progress, "PROGRESS_SECONDS", 0.0)  # a line per file
     paths, _ = write_parts(tmp_path, [3, 4, 5])
-    with caplog.at_level("INFO", logger="recis.io.dataset"):
+    with caplog.at_level("INFO", logger="recis.framework.progress"):
         list(CriteoDataset(paths, 5, SIZES, rank=0, world_size=2))
         list(CriteoDataset(paths, 5, SIZES, rank=1, world_size=2))  # rank 0 alone says
     lines = [r.getMessage() for r in caplog.records if "measured" in r.getMessage()]
-    assert lines == [
-        f"CriteoDataset: measured {k} of 3 data files (sizes, Parquet footers)" for k in (1, 2, 3)
+    what = "CriteoDataset: measuring the data files (sizes, Parquet footers)"
+    assert [line.rsplit(" (", 1)[0] for line in lines] == [
+        f"{what}: {k} of 3 files measured" for k in (1, 2, 3)
     ]
+    assert lines[-1].endswith(" files/s)") and " (100%, " in lines[-1]
 
 
 def test_a_file_that_cannot_be_measured_is_named(tmp_path):
