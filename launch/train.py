@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch.distributed.elastic.multiprocessing.errors import record
 
 from recis.distributed import SHARDING_TYPES, DistributedModelParallel, plan_sharding
 from recis.distributed.process_group import (
@@ -245,6 +246,8 @@ def build_model(run: RunConfig, device: torch.device) -> DistributedModelParalle
     return DistributedModelParallel(model, plan=plan, device=device)
 
 
+# torchrun's failure summary shows the first failed rank's exception, not "<N/A>".
+@record
 def main(argv: list[str] | None = None) -> dict[str, float]:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     args, run = parse_args(argv)
