@@ -21,6 +21,7 @@ import inspect
 import json
 import logging
 import re
+import signal
 import types
 import typing
 from dataclasses import dataclass
@@ -270,12 +271,17 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         dense_optimizers=(dense_opt, None),
         sparse_optimizer=sparse_opt,
     )
-    trainer.train()
-    metrics = trainer.evaluate() if eval_ds is not None else {}  # the Trainer logs them
-    for ds in (train_ds, eval_ds):
-        if ds is not None:
-            ds.close()
-    return metrics
+    try:
+        state = trainer.train()
+        if state.stopped_by_signal:
+            # 128 + SIGTERM, as if the signal had ended the process: schedulers treat
+            # it as retryable, where 0 would mark the unfinished job as succeeded.
+            raise SystemExit(128 + signal.SIGTERM)
+        return trainer.evaluate() if eval_ds is not None else {}  # the Trainer logs them
+    finally:
+        for ds in (train_ds, eval_ds):
+            if ds is not None:
+                ds.close()
 
 
 if __name__ == "__main__":

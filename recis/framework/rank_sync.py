@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -20,17 +20,18 @@ class RankSync:
 
     :meth:`next_window` reads this rank's next batches and tells every rank whether
     any of them ran out of data (all stop at the same step, so uneven data never
-    hangs) or failed to read it (all raise, the failing rank its own error, the
-    others one naming it). :meth:`next_batch` goes on instead until every rank's data
-    ended (evaluation covers every batch). :meth:`fail` handles an error raised inside a step,
-    where the other ranks may wait in a collective of the model.
+    hangs), asked to stop (on SIGTERM: all checkpoint at the same step) or failed to
+    read it (all raise, the failing rank its own error, the others one naming it).
+    :meth:`next_batch` goes on instead until every rank's data ended (evaluation
+    covers every batch). :meth:`fail` handles an error raised inside a step, where
+    the other ranks may wait in a collective of the model.
 
     Example::
 
         >>> sync = RankSync(dist.get_rank(), dist.get_world_size(), torch.device("cpu"))
-        >>> window = sync.next_window(iterator, k=2, what="training", step=0)
-        >>> window is None   # some rank has no 2 more batches
-        False
+        >>> window, stop = sync.next_window(iterator, k=2, what="training", step=0)
+        >>> window is None, stop   # some rank has no 2 more batches; some rank got SIGTERM
+        (False, False)
     """
 
     def __init__(self, rank: int, world_size: int, device: torch.device) -> None:
@@ -43,21 +44,33 @@ class RankSync:
             return torch.device("cpu")
         return self.device if dist.get_backend() == "nccl" else torch.device("cpu")
 
-    def agree(self, flag: bool, failed: bool, step: int) -> tuple[bool, int | None]:
-        """Across ranks: is ``flag`` set on any rank (e.g. "ran out of data"), and which
-        rank (if any) failed?"""
+    def agree(
+        self, flags: Sequence[bool], failed: bool, step: int
+    ) -> tuple[list[bool], int | None]:
+        """Across ranks: which of ``flags`` are set on any rank (e.g. "ran out of data"),
+        and which rank (if any) failed?"""
         if self.world_size == 1:
-            return flag, self.rank if failed else None
-        flags = torch.tensor([int(flag), self.rank + 1 if failed else 0], device=self.comm_device())
+            return list(flags), self.rank if failed else None
+        values = [*(int(f) for f in flags), self.rank + 1 if failed else 0]
+        reduced = torch.tensor(values, device=self.comm_device())
         try:
-            dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+            dist.all_reduce(reduced, op=dist.ReduceOp.MAX)
         except RuntimeError as e:
             raise self.fail(e, step, in_collective=True) from e
-        any_set, failed_plus_one = (int(v) for v in flags.tolist())
-        return bool(any_set), (failed_plus_one - 1 if failed_plus_one else None)
+        *any_set, failed_plus_one = (int(v) for v in reduced.tolist())
+        return [bool(v) for v in any_set], (failed_plus_one - 1 if failed_plus_one else None)
 
-    def next_window(self, it: Iterator[Any], k: int, what: str, step: int) -> list[Any] | None:
-        """The next ``k`` batches of ``it``, or None when any rank ran out."""
+    def next_window(
+        self,
+        it: Iterator[Any],
+        k: int,
+        what: str,
+        step: int,
+        stop: Callable[[], bool] | None = None,
+    ) -> tuple[list[Any] | None, bool]:
+        """The next ``k`` batches of ``it``, or None when any rank ran out; and whether
+        ``stop()``, asked once the window is read, is true on any rank (the caller
+        stops after this window: its batches were read)."""
         batches: list[Any] = []
         exhausted, error = False, None
         try:
@@ -67,9 +80,12 @@ class RankSync:
             exhausted = True  # a partial window is dropped: steps always see k micro-batches
         except Exception as e:
             error = e
-        any_exhausted, failed_rank = self.agree(exhausted, error is not None, step)
+        stopping = stop is not None and stop()
+        (any_exhausted, any_stop), failed_rank = self.agree(
+            [exhausted, stopping], error is not None, step
+        )
         self._raise_on_failure(error, failed_rank, what, step)
-        return None if any_exhausted else batches
+        return (None if any_exhausted else batches), any_stop
 
     def next_batch(self, it: Iterator[Any], what: str, step: int) -> tuple[Any | None, bool]:
         """This rank's next batch of ``it`` (None once it ended), and whether any rank
@@ -81,7 +97,7 @@ class RankSync:
             pass
         except Exception as e:
             error = e
-        any_left, failed_rank = self.agree(batch is not None, error is not None, step)
+        (any_left,), failed_rank = self.agree([batch is not None], error is not None, step)
         self._raise_on_failure(error, failed_rank, what, step)
         return batch, any_left
 

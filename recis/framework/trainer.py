@@ -25,6 +25,7 @@ from recis.framework.evaluation import EvalMetrics, eval_batches, without_sample
 from recis.framework.metrics import clear_metrics, get_global_metrics
 from recis.framework.progress import Progress
 from recis.framework.rank_sync import RankSync
+from recis.framework.stop_signal import StopSignal
 from recis.framework.training_args import TrainingArguments, positive_or_none
 from recis.hooks import Hook, LoggerHook
 from recis.nn import filter_out_sparse_param
@@ -43,6 +44,7 @@ class TrainerState:
     epoch: int = 0
     samples: int = 0  # this rank's samples trained by this process (for throughput)
     checkpoint_seconds: float = 0.0  # this process's time in checkpoint saves (likewise)
+    stopped_by_signal: bool = False  # train() stopped early on SIGTERM, after a checkpoint
 
     def state_dict(self) -> dict[str, int]:
         return {"global_step": self.global_step, "epoch": self.epoch}
@@ -169,6 +171,7 @@ class Trainer:
         self._checkpointing_checked = False
         self._restored = False
         self._last_saved_step = -1
+        self._stop_signal = StopSignal()
 
     # ----------------------------------------------------------------- properties
     @property
@@ -385,7 +388,12 @@ class Trainer:
         it = iter(self.train_dataset)
         steps = 0
         while self.args.train_steps is None or self.state.global_step < self.args.train_steps:
-            window = self._sync.next_window(it, k, "training", self.state.global_step)
+            # The ranks agree on a stop with the window's read, and stop after training
+            # it: its batches count as read in the checkpoint's data position.
+            window, stop = self._sync.next_window(
+                it, k, "training", self.state.global_step, lambda: self._stop_signal.requested
+            )
+            self.state.stopped_by_signal = stop
             if window is None:
                 return steps, True
             try:
@@ -396,6 +404,8 @@ class Trainer:
             except Exception as e:
                 raise self._sync.fail(e, self.state.global_step) from e
             steps += 1
+            if stop:
+                break
         return steps, False
 
     def _set_epoch(self, epoch: int) -> None:
@@ -415,11 +425,42 @@ class Trainer:
                 "DistributedModelParallel places it itself"
             )
 
+    def _train_epochs(self, max_epochs: int | None, resumed: bool) -> None:
+        """Epochs until ``train_steps``, ``max_epochs`` or a stop on SIGTERM."""
+        args = self.args
+        epoch = self.state.epoch
+        while max_epochs is None or epoch < max_epochs:
+            if args.train_steps is not None and self.state.global_step >= args.train_steps:
+                break
+            self.state.epoch = epoch
+            self._set_epoch(epoch)
+            self._call_hooks("before_epoch", epoch)
+            steps, exhausted = self._run_epoch(epoch)
+            self._call_hooks("after_epoch", epoch)
+            if exhausted:
+                epoch += 1
+                self.state.epoch = epoch
+            if self.state.stopped_by_signal:
+                break
+            # A resumed epoch may be at its end already; a fresh empty one means the
+            # dataset cannot be iterated again (e.g. a one-shot generator).
+            if steps == 0 and exhausted and not resumed:
+                logger.warning(
+                    "train_dataset yielded no full step in epoch %d; stopping at step %d",
+                    epoch - 1,
+                    self.state.global_step,
+                )
+                break
+            resumed = False
+
     def train(self) -> TrainerState:
         """Trains until ``train_steps`` or ``train_epoch`` (see :class:`TrainingArguments`).
 
         Restores the latest checkpoint first, saves every ``save_steps`` and at the
-        end, and returns the final :class:`TrainerState`.
+        end, and returns the final :class:`TrainerState`. With
+        ``args.save_on_sigterm`` (the default), a SIGTERM to any rank makes every rank
+        finish the step after it, save a checkpoint and return early with
+        ``state.stopped_by_signal`` set.
         """
         if self.train_dataset is None:
             raise ValueError("Trainer.train() needs a train_dataset")
@@ -429,38 +470,25 @@ class Trainer:
         max_epochs = args.train_epoch if args.train_epoch else (None if args.train_steps else 1)
         self._check_model_device()
         self.restore()
-        resumed = self.state.global_step > 0
+        self.state.stopped_by_signal = False
+        stop_signal = self._stop_signal if args.save_on_sigterm else contextlib.nullcontext()
         try:
-            self._call_hooks("before_train")
-            self.model.train()
-            self._zero_grad()
-            epoch = self.state.epoch
-            while max_epochs is None or epoch < max_epochs:
-                if args.train_steps is not None and self.state.global_step >= args.train_steps:
-                    break
-                self.state.epoch = epoch
-                self._set_epoch(epoch)
-                self._call_hooks("before_epoch", epoch)
-                steps, exhausted = self._run_epoch(epoch)
-                self._call_hooks("after_epoch", epoch)
-                if exhausted:
-                    epoch += 1
-                    self.state.epoch = epoch
-                # A resumed epoch may be at its end already; a fresh empty one means the
-                # dataset cannot be iterated again (e.g. a one-shot generator).
-                if steps == 0 and exhausted and not resumed:
+            with stop_signal:
+                self._call_hooks("before_train")
+                self.model.train()
+                self._zero_grad()
+                self._train_epochs(max_epochs, resumed=self.state.global_step > 0)
+                if self.state.stopped_by_signal and self.is_main_process:
                     logger.warning(
-                        "train_dataset yielded no full step in epoch %d; stopping at step %d",
-                        epoch - 1,
+                        "SIGTERM: saving a checkpoint at step %d and stopping; running the job "
+                        "again resumes it",
                         self.state.global_step,
                     )
-                    break
-                resumed = False
-            try:
-                self._save_if_due(final=True)
-            except Exception as e:
-                raise self._sync.fail(e, self.state.global_step) from e
-            self._call_hooks("after_train")
+                try:
+                    self._save_if_due(final=True)
+                except Exception as e:
+                    raise self._sync.fail(e, self.state.global_step) from e
+                self._call_hooks("after_train")
         finally:
             self._call_hooks("end")
         return self.state

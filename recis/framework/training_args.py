@@ -45,6 +45,12 @@ class TrainingArguments:
       CPU; or ``"cpu"``, ``"cuda"`` (``cuda:LOCAL_RANK``), ``"cuda:N"``.
     - ``backend``: the process group's backend; ``"auto"`` picks nccl on CUDA, gloo
       on CPU.
+    - ``save_on_sigterm``: on SIGTERM (Slurm preemption or time limit, a Kubernetes
+      eviction, torchrun stopping its workers), every rank finishes the step after
+      it, saves a checkpoint and ``train()`` returns early; False leaves SIGTERM's
+      action (the process ends at once). The save must fit in the grace period
+      before SIGKILL (torchrun's ``--shutdown-timeout``, 30 s by default; Slurm's
+      ``KillWait``; the pod's ``terminationGracePeriodSeconds``).
     - ``keep_freed_host_memory``: the Trainer makes malloc keep the host memory each
       step frees for the next one (:func:`recis.ops.keep_freed_host_memory`) instead
       of the OS faulting it in again every step; False leaves malloc's defaults.
@@ -69,6 +75,7 @@ class TrainingArguments:
     bf16: bool = False
     device: str = "auto"
     backend: str = "auto"
+    save_on_sigterm: bool = True
     keep_freed_host_memory: bool = True
 
     def __post_init__(self) -> None:
@@ -82,11 +89,11 @@ class TrainingArguments:
             raise ValueError(
                 f"TrainingArguments.output_dir must be a path, got {self.output_dir!r}"
             )
-        if not isinstance(self.keep_freed_host_memory, bool):
-            raise ValueError(
-                "TrainingArguments.keep_freed_host_memory must be a bool, "
-                f"got {self.keep_freed_host_memory!r}"
-            )
+        for name in ("keep_freed_host_memory", "save_on_sigterm"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(
+                    f"TrainingArguments.{name} must be a bool, got {getattr(self, name)!r}"
+                )
         if not isinstance(self.seed, int):
             raise ValueError(f"TrainingArguments.seed must be an int, got {self.seed!r}")
         if self.model_bank is not None:

@@ -23,6 +23,7 @@ class Hook:
                     after_step(metrics, global_step)  # global_step now counts this step
                 after_epoch(epoch)
             after_train()                             # only when training succeeded
+                                                      # (or stopped on SIGTERM)
             end()                                     # always, even after an error
         evaluate():
             before_evaluate()

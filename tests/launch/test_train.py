@@ -1,8 +1,11 @@
 """launch/train.py end to end under real torchrun agents (gloo, CPU)."""
 
 import importlib.util
+import re
+import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -194,3 +197,53 @@ def test_command_line_covers_training_arguments_and_rejects_bad_values(capsys):
         assert exit_.value.code == 2
         err = capsys.readouterr().err
         assert "error: " in err and message in err and "Traceback" not in err
+
+
+def sigterm_once_training(command: list[str], line: str) -> tuple[int, str]:
+    """Runs ``command``, sends it SIGTERM once it printed ``line``; (exit code, output)."""
+    process = subprocess.Popen(
+        command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    lines: list[str] = []
+    training = threading.Event()
+
+    def read() -> None:
+        for text in process.stdout:
+            lines.append(text)
+            if line in text:
+                training.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        assert training.wait(180), "".join(lines)[-3000:]
+        process.send_signal(signal.SIGTERM)
+        process.wait(120)
+    finally:
+        process.kill()
+    reader.join(10)
+    return process.returncode, "".join(lines)
+
+
+def test_sigterm_to_torchrun_checkpoints_the_job_which_then_resumes(tmp_path):
+    # What Slurm (preemption, time limit) and Kubernetes (eviction) do: SIGTERM to the
+    # agent, which passes it on to its workers and gives them 30 s before SIGKILL.
+    out = str(tmp_path / "run")
+    job = ["--output_dir", out, "--save_steps", "100000"]
+    command = [*TORCHRUN, "--standalone", "--nproc_per_node=2", str(TRAIN), *SMALL, *job]
+    returncode, log = sigterm_once_training([*command, "--train_steps", "100000"], "step 4/")
+    assert returncode != 0  # torchrun reports the signal it got
+    stops = re.findall(r"SIGTERM: saving a checkpoint at step (\d+) and stopping", log)
+    assert len(stops) == 1 and int(stops[0]) >= 4, log[-3000:]
+    assert committed(out) == [f"ckpt-{stops[0]}"]
+    step = int(stops[0])
+    log = torchrun(["--standalone", "--nproc_per_node=2"], [*job, "--train_steps", f"{step + 2}"])
+    assert f"at step {step}" in log and f"step {step + 2}/{step + 2}" in log
+
+
+def test_a_job_stopped_by_sigterm_exits_as_if_killed_by_it(tmp_path):
+    # 128 + 15, which schedulers retry; 0 would mark the unfinished job as succeeded.
+    command = [sys.executable, str(TRAIN), *SMALL, "--output_dir", str(tmp_path)]
+    returncode, log = sigterm_once_training([*command, "--train_steps", "100000"], "step 2/")
+    assert returncode == 143, log[-3000:]
+    assert "evaluation at step" not in log and len(committed(tmp_path)) == 1

@@ -1,0 +1,120 @@
+"""SIGTERM: every rank finishes the step after it, saves a checkpoint and stops; the
+job resumed from it ends exactly like one that was never stopped."""
+
+from __future__ import annotations
+
+import signal
+import threading
+
+import pytest
+import torch
+import torch.distributed as dist
+
+from recis.framework.stop_signal import StopSignal
+from recis.testing import run_distributed
+from tests.framework.test_trainer import Recorder, ToyModel, build_trainer, make_batches, weights
+from tests.framework.test_trainer_resume import ResumableBatches, assert_equal
+
+
+@pytest.fixture
+def recorded_sigterm():
+    """SIGTERM's handler during the test: records the signals instead of ending pytest."""
+    received: list[int] = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: received.append(signum))
+    yield received
+    signal.signal(signal.SIGTERM, previous)
+
+
+def test_sigterm_sets_a_flag_however_often_it_comes(recorded_sigterm):
+    # Slurm signals every process of a step and torchrun passes its own SIGTERM on: a
+    # worker may get two, and must still save.
+    with StopSignal() as stop:
+        assert not stop.requested
+        signal.raise_signal(signal.SIGTERM)
+        assert stop.requested
+        signal.raise_signal(signal.SIGTERM)
+        assert stop.requested and recorded_sigterm == []
+    signal.raise_signal(signal.SIGTERM)  # the handler from before is back
+    assert recorded_sigterm == [signal.SIGTERM]
+
+
+def test_outside_the_main_thread_sigterm_keeps_its_action(recorded_sigterm):
+    stops: list[StopSignal] = []
+
+    def enter() -> None:
+        with StopSignal() as stop:
+            stops.append(stop)
+
+    thread = threading.Thread(target=enter)
+    thread.start()
+    thread.join()
+    signal.raise_signal(signal.SIGTERM)
+    assert recorded_sigterm == [signal.SIGTERM] and not stops[0].requested
+
+
+class SigtermWhileReading(ResumableBatches):
+    """Sends SIGTERM to its own process as it yields batch ``at`` (0-based), once."""
+
+    def __init__(self, batches: list, at: int | None) -> None:
+        super().__init__(batches)
+        self.at = at
+
+    def __iter__(self):
+        for batch in super().__iter__():
+            if self.pos - 1 == self.at:
+                self.at = None
+                signal.raise_signal(signal.SIGTERM)
+            yield batch
+
+
+def _job(out_dir: str, sigterm_at: int | None, hooks=None, **args):
+    torch.manual_seed(5)
+    model = ToyModel()
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    data = SigtermWhileReading(make_batches(12, 4, rank), sigterm_at)
+    args.setdefault("train_steps", 6)
+    trainer = build_trainer(model, data, out_dir, hooks=hooks, save_steps=4, **args)
+    return trainer, model
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_sigterm_saves_and_stops_and_the_resumed_job_ends_as_if_never_stopped(tmp_path, k):
+    straight, model_a = _job(str(tmp_path / "a"), None, gradient_accumulation_steps=k)
+    straight.train()
+
+    # SIGTERM while the third step's batches are read: that step is trained, then saved.
+    rec = Recorder()
+    stopped, _ = _job(str(tmp_path / "b"), 2 * k, hooks=[rec], gradient_accumulation_steps=k)
+    before = signal.getsignal(signal.SIGTERM)
+    state = stopped.train()
+    assert state.stopped_by_signal and state.global_step == 3
+    assert (tmp_path / "b" / "checkpoint").read_text().split() == ["ckpt-3"]
+    assert rec.calls[-2:] == [("after_train",), ("end",)]
+    assert signal.getsignal(signal.SIGTERM) is before
+
+    resumed, model_b = _job(str(tmp_path / "b"), None, gradient_accumulation_steps=k)
+    state = resumed.train()
+    assert not state.stopped_by_signal and state.global_step == 6
+    assert resumed.train_dataset.pos == 6 * k  # no batch skipped or read twice
+    assert_equal(weights(model_a), weights(model_b))
+
+
+def test_save_on_sigterm_false_leaves_sigterm_alone(tmp_path, recorded_sigterm):
+    trainer, _ = _job(str(tmp_path), 2, save_on_sigterm=False)
+    state = trainer.train()
+    assert recorded_sigterm == [signal.SIGTERM]  # reached the handler from before
+    assert not state.stopped_by_signal and state.global_step == 6
+
+
+def _stop_on_one_rank(out_dir: str) -> tuple[bool, int, list[str]]:
+    # Only rank 1 gets SIGTERM (at its second batch); both ranks stop at step 2.
+    trainer, _ = _job(out_dir, 1 if dist.get_rank() == 1 else None)
+    state = trainer.train()
+    with open(f"{out_dir}/checkpoint") as f:
+        committed = f.read().split()
+    return state.stopped_by_signal, state.global_step, committed
+
+
+def test_sigterm_on_one_rank_stops_every_rank_at_the_same_step(tmp_path):
+    results = run_distributed(_stop_on_one_rank, 2, str(tmp_path), timeout=90)
+    assert results == [(True, 2, ["ckpt-2"])] * 2
