@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import importlib
 import logging
 import time
 from collections.abc import Iterable, Sequence
@@ -21,6 +20,7 @@ from recis.distributed.process_group import (
     set_seed,
     world_size,
 )
+from recis.framework.checkpoint_manager import CheckpointManager, Saver
 from recis.framework.evaluation import EvalMetrics, eval_batches, without_samples
 from recis.framework.metrics import clear_metrics, get_global_metrics
 from recis.framework.progress import Progress
@@ -166,9 +166,8 @@ class Trainer:
             self.add_hook(LoggerHook(self.args.log_steps))
         if hooks:
             self.add_hooks(hooks)
-        self._saver: Any = None
-        self._checkpoints: Any = None
-        self._checkpointing_checked = False
+        self._saver: Saver | None = None
+        self._checkpoints: CheckpointManager | None = None
         self._restored = False
         self._last_saved_step = -1
         self._stop_signal = StopSignal()
@@ -208,22 +207,12 @@ class Trainer:
             getattr(hook, method)(*args)
 
     # -------------------------------------------------------------- checkpointing
-    def _checkpoint_manager(self) -> Any:
-        """The CheckpointManager over ``output_dir``, built on first use (None if unavailable)."""
-        if self._checkpointing_checked:
+    def _checkpoint_manager(self) -> CheckpointManager:
+        """The CheckpointManager over ``output_dir``, built on first use."""
+        if self._checkpoints is not None:
             return self._checkpoints
-        self._checkpointing_checked = True
-        try:
-            checkpoint_manager = importlib.import_module("recis.framework.checkpoint_manager")
-        except ModuleNotFoundError as e:
-            if e.name != "recis.framework.checkpoint_manager":
-                raise
-            logger.warning(
-                "recis.framework.checkpoint_manager is missing: training without checkpoints"
-            )
-            return None
         args = self.args
-        saver = checkpoint_manager.Saver(
+        saver = Saver(
             self.model,
             self.sparse_optimizer,
             args.output_dir,
@@ -238,9 +227,9 @@ class Trainer:
         ds = self.train_dataset
         if hasattr(ds, "state_dict") and hasattr(ds, "load_state_dict"):
             saver.register_for_checkpointing("train_dataset", ds, per_rank=True)
-        # save_interval 0: no periodic saves, only train()'s final one.
         self._saver = saver
-        self._checkpoints = checkpoint_manager.CheckpointManager(saver, args.save_steps or 0)
+        # save_interval 0: no periodic saves, only train()'s final one.
+        self._checkpoints = CheckpointManager(saver, args.save_steps or 0)
         return self._checkpoints
 
     def restore(self) -> int:
@@ -254,10 +243,7 @@ class Trainer:
         if self._restored:
             return self.state.global_step
         self._restored = True
-        manager = self._checkpoint_manager()
-        if manager is None:
-            return self.state.global_step
-        step = int(manager.restore())
+        step = int(self._checkpoint_manager().restore())
         if step:
             self.state.global_step = step
             self._last_saved_step = step
@@ -273,8 +259,6 @@ class Trainer:
 
     def _save_if_due(self, final: bool = False) -> None:
         manager = self._checkpoint_manager()
-        if manager is None:
-            return
         step = self.state.global_step
         start = time.monotonic()
         if final:

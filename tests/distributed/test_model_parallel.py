@@ -7,6 +7,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
+import recis.optim
 from recis.distributed import (
     COLUMN_WISE,
     DATA_PARALLEL,
@@ -186,11 +187,9 @@ def test_dmp_structure_and_meta_init():
 
 
 # --- with the sparse optimizers of recis.optim --------------------------------------
-# recis.optim is written in parallel on another branch; these tests run once it is
-# merged (importorskip is used for that reason only). Column-wise shards of a
-# row-wise-Adagrad table keep their own per-row state (mean of g^2 over the chunk's
-# columns, as FBGEMM/TorchRec do), which differs from the unsharded table's state; the
-# weights check for that pair is therefore skipped too.
+# Column-wise shards of a row-wise-Adagrad table keep their own per-row state (mean
+# of g^2 over the chunk's columns, as FBGEMM/TorchRec do), which differs from the
+# unsharded table's state: row-wise Adagrad is compared on the other plans only.
 
 OPTIMIZERS = {
     "SparseSGD": {},
@@ -202,8 +201,6 @@ OPTIMIZERS = {
 
 
 def _make_opt(name, kwargs):
-    import recis.optim
-
     cls = getattr(recis.optim, name)
     return lambda tables: cls(tables, lr=0.1, **kwargs)
 
@@ -219,7 +216,6 @@ def train_with_optimizers(names):
 
 
 def test_training_matches_single_rank_with_recis_optim():
-    pytest.importorskip("recis.optim")
     run_distributed(train_with_optimizers, 2, list(OPTIMIZERS), timeout=180)
 
 

@@ -1,9 +1,9 @@
 """Trainer: step counting, hook order, _train_step override, gradient accumulation, DDP.
 
 The toy model, data and sparse optimizer here are shared by the other trainer and
-hook tests. recis.optim is built in parallel, so sparse updates use a test-local
-SGD computed from each table's SparseGrad with the pure-torch reference
-``bag_row_grads``; across ranks it averages the gradient (what DMP's data-parallel
+hook tests. Sparse updates use a test-local SGD computed from each table's
+SparseGrad with the pure-torch reference ``bag_row_grads`` (the Trainer's tests do
+not lean on recis.optim's kernels, which have their own); across ranks it averages the gradient (what DMP's data-parallel
 tables do), so replicated tables stay identical.
 """
 

@@ -1,13 +1,8 @@
 """Trainer + checkpointing: an interrupted job resumed from output_dir ends exactly
-like an uninterrupted one; model_bank warm-starts a new job.
-
-recis.framework.checkpoint_manager is written on another branch; these tests run
-once it is merged and are skipped where it is absent.
-"""
+like an uninterrupted one; model_bank warm-starts a new job."""
 
 from __future__ import annotations
 
-import pytest
 import torch
 
 from tests.framework.test_trainer import (
@@ -17,8 +12,6 @@ from tests.framework.test_trainer import (
     make_batches,
     weights,
 )
-
-pytest.importorskip("recis.framework.checkpoint_manager")
 
 
 class ResumableBatches:
