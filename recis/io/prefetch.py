@@ -2,14 +2,26 @@
 
 from __future__ import annotations
 
+import atexit
 import queue
 import threading
+import weakref
 from collections.abc import Iterator
 from typing import Any, TypeVar
 
 T = TypeVar("T")
 
 _END = object()
+
+# Prefetchers still running: stopped at interpreter exit, before Python ends daemon
+# threads mid-call (a producer inside a C++ reader then aborts the process).
+_RUNNING: weakref.WeakSet[Prefetcher[Any]] = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_running() -> None:
+    for prefetcher in list(_RUNNING):
+        prefetcher.close()
 
 
 class _Failure:
@@ -41,6 +53,7 @@ class Prefetcher(Iterator[T]):
             target=self._run, args=(source,), name="recis-prefetch", daemon=True
         )
         self._thread.start()
+        _RUNNING.add(self)
 
     def _put(self, item: Any) -> bool:
         while not self._stop.is_set():
@@ -87,6 +100,7 @@ class Prefetcher(Iterator[T]):
             except queue.Empty:
                 break
         self._thread.join(timeout=10)
+        _RUNNING.discard(self)
 
     @property
     def alive(self) -> bool:
