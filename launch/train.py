@@ -277,7 +277,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             # 128 + SIGTERM, as if the signal had ended the process: schedulers treat
             # it as retryable, where 0 would mark the unfinished job as succeeded.
             raise SystemExit(128 + signal.SIGTERM)
-        return trainer.evaluate() if eval_ds is not None else {}  # the Trainer logs them
+        if eval_ds is None:
+            return {}
+        last = trainer.last_evaluation  # the Trainer logs evaluations
+        return last[1] if last and last[0] == state.global_step else trainer.evaluate()
     finally:
         for ds in (train_ds, eval_ds):
             if ds is not None:

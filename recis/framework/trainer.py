@@ -67,6 +67,12 @@ def _batch_size(data: Any) -> int:
     return 0
 
 
+def _has_position(dataset: Any) -> bool:
+    return callable(getattr(dataset, "state_dict", None)) and callable(
+        getattr(dataset, "load_state_dict", None)
+    )
+
+
 def _check_loss(loss: Any, source: str) -> Tensor:
     if not isinstance(loss, Tensor) or loss.numel() != 1:
         shape = f" of shape {tuple(loss.shape)}" if isinstance(loss, Tensor) else ""
@@ -171,6 +177,7 @@ class Trainer:
         self._restored = False
         self._last_saved_step = -1
         self._stop_signal = StopSignal()
+        self.last_evaluation: tuple[int, dict[str, float]] | None = None  # (step, metrics)
 
     # ----------------------------------------------------------------- properties
     @property
@@ -224,9 +231,8 @@ class Trainer:
         if self.dense_lr_scheduler is not None:
             saver.register_for_checkpointing("dense_lr_scheduler", self.dense_lr_scheduler)
         saver.register_for_checkpointing("trainer_state", self.state)
-        ds = self.train_dataset
-        if hasattr(ds, "state_dict") and hasattr(ds, "load_state_dict"):
-            saver.register_for_checkpointing("train_dataset", ds, per_rank=True)
+        if _has_position(self.train_dataset):
+            saver.register_for_checkpointing("train_dataset", self.train_dataset, per_rank=True)
         self._saver = saver
         # save_interval 0: no periodic saves, only train()'s final one.
         self._checkpoints = CheckpointManager(saver, args.save_steps or 0)
@@ -389,7 +395,10 @@ class Trainer:
                 raise self._sync.fail(e, self.state.global_step) from e
             steps += 1
             if stop:
-                break
+                break  # no evaluation: the grace period is for the checkpoint
+            every = self.args.eval_every_steps
+            if every and self.state.global_step % every == 0:
+                self.evaluate()  # handles its own failures, like a step
         return steps, False
 
     def _set_epoch(self, epoch: int) -> None:
@@ -441,7 +450,8 @@ class Trainer:
         """Trains until ``train_steps`` or ``train_epoch`` (see :class:`TrainingArguments`).
 
         Restores the latest checkpoint first, saves every ``save_steps`` and at the
-        end, and returns the final :class:`TrainerState`. With
+        end, evaluates every ``eval_every_steps``, and returns the final
+        :class:`TrainerState`. With
         ``args.save_on_sigterm`` (the default), a SIGTERM to any rank makes every rank
         finish the step after it, save a checkpoint and return early with
         ``state.stopped_by_signal`` set.
@@ -450,6 +460,8 @@ class Trainer:
             raise ValueError("Trainer.train() needs a train_dataset")
         if self.dense_optimizer is None and self.sparse_optimizer is None:
             raise ValueError("Trainer.train() needs a dense optimizer, a sparse optimizer or both")
+        if self.args.eval_every_steps and self.eval_dataset is None:
+            raise ValueError("TrainingArguments.eval_every_steps needs the Trainer's eval_dataset")
         args = self.args
         max_epochs = args.train_epoch if args.train_epoch else (None if args.train_steps else 1)
         self._check_model_device()
@@ -492,7 +504,9 @@ class Trainer:
         data ended before the others' runs its last batch cut to zero samples, so
         that the model's collectives still meet on every rank, and reports nothing
         from it. With several ranks, each needs at least one eval batch. The model's
-        train/eval mode is restored afterwards. A long evaluation logs its progress
+        train/eval mode is restored afterwards, and so is the read position of a
+        dataset that has one (``state_dict``/``load_state_dict``, as recis.io's
+        datasets): every evaluation starts at the same batch. A long evaluation logs its progress
         from rank 0 every 10 s (:class:`recis.framework.progress.Progress`).
         """
         dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
@@ -507,8 +521,11 @@ class Trainer:
         self.model.eval()
         what = f"evaluation at step {self.state.global_step}"
         progress = Progress(what, "evaluated", steps, unit="batches")
+        # A dataset with a read position is put back where it was, so that every
+        # evaluation starts at the same batch (whether it reads all or eval_steps).
+        position = dataset.state_dict() if _has_position(dataset) else None
+        it = eval_batches(dataset, self.rank, self.world_size)
         try:
-            it = iter(eval_batches(dataset, self.rank, self.world_size))
             done, data, ended = 0, None, False
             with torch.no_grad():
                 while steps is None or done < steps:
@@ -533,8 +550,12 @@ class Trainer:
             results = metrics.reduce(self.world_size, self._sync.comm_device())
         finally:
             self.model.train(was_training)
+            it.close()  # stops the dataset's read-ahead of batches not evaluated
+            if position is not None:
+                dataset.load_state_dict(position)
         if self.is_main_process:
             logger.info("evaluation at step %d: %s", self.state.global_step, results)
+        self.last_evaluation = (self.state.global_step, results)
         self._call_hooks("after_evaluate", results)
         return results
 

@@ -25,6 +25,8 @@ class TrainingArguments:
     - ``train_epoch``: number of passes over ``train_dataset``. With both set,
       training stops at whichever comes first; with neither, one epoch.
     - ``eval_steps``: batches per evaluation (``None``: the whole eval set).
+    - ``eval_every_steps``: ``train()`` evaluates ``eval_dataset`` every that many
+      optimizer steps (``None``: only when ``evaluate()`` is called).
     - ``log_steps``: a :class:`~recis.hooks.LoggerHook` prints every that many
       steps (``None``: no default logger).
     - ``save_steps``: checkpoint every that many optimizer steps (``None``: only at
@@ -65,6 +67,7 @@ class TrainingArguments:
     train_steps: int | None = None
     train_epoch: int | None = None
     eval_steps: int | None = None
+    eval_every_steps: int | None = None
     log_steps: int | None = 100
     save_steps: int | None = 1000
     max_to_keep: int = 5
@@ -79,7 +82,14 @@ class TrainingArguments:
     keep_freed_host_memory: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("train_steps", "train_epoch", "eval_steps", "log_steps", "save_steps"):
+        for name in (
+            "train_steps",
+            "train_epoch",
+            "eval_steps",
+            "eval_every_steps",
+            "log_steps",
+            "save_steps",
+        ):
             positive_or_none(name, getattr(self, name))
         for name in ("max_to_keep", "save_concurrency_per_rank", "gradient_accumulation_steps"):
             value = getattr(self, name)

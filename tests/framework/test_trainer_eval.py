@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 import torch.distributed as dist
 
@@ -139,3 +140,43 @@ def test_a_long_evaluation_reports_its_progress(tmp_path, monkeypatch, caplog):
         *(f"evaluation at step 0: {k} batches evaluated" for k in (1, 2, 3)),
         *(f"evaluation at step 0: {k} of 2 batches evaluated" for k in (1, 2)),
     ]
+
+
+def test_every_evaluation_starts_at_the_beginning_of_the_eval_set(tmp_path):
+    # A dataset with a read position (CriteoDataset, SyntheticCriteoDataset) is put
+    # back where it was: evaluating the first 2 batches twice sees the same 2 batches.
+    from recis.io import SyntheticCriteoDataset
+
+    torch.manual_seed(0)
+    trainer = build_trainer(ToyModel(), make_batches(1, 4, 0), str(tmp_path))
+    eval_set = SyntheticCriteoDataset(6, [30] * 13 + [20] * 13, num_batches=5, seed=1)
+    first = trainer.evaluate(eval_set, eval_steps=2)
+    assert trainer.evaluate(eval_set, eval_steps=2) == first
+    whole = trainer.evaluate(eval_set)
+    assert whole["count"] == 30 and trainer.evaluate(eval_set) == whole
+    assert trainer.evaluate(eval_set, eval_steps=2) == first
+
+
+def test_eval_every_steps_evaluates_during_training(tmp_path):
+    rec = Recorder()
+    trainer = build_trainer(
+        ToyModel(),
+        make_batches(5, 4, 0),
+        str(tmp_path),
+        hooks=[rec],
+        eval_data=make_batches(2, 6, 100),
+        eval_every_steps=2,
+    )
+    trainer.train()
+    calls = [c[0] if c[0] != "before_step" else c for c in rec.calls]
+    evaluations = [i for i, c in enumerate(calls) if c == "after_evaluate"]
+    # After steps 2 and 4 (of 5), between that step and the next; in train mode again.
+    assert [calls[i - 2 : i] for i in evaluations] == [["after_step", "before_evaluate"]] * 2
+    assert calls[evaluations[0] + 1] == ("before_step", 2)
+    assert calls[evaluations[1] + 1] == ("before_step", 4)
+    assert trainer.last_evaluation[0] == 4 and trainer.model.training
+
+    no_eval_set = build_trainer(ToyModel(), make_batches(1, 4, 0), str(tmp_path / "b"),
+                                eval_every_steps=2)  # fmt: skip
+    with pytest.raises(ValueError, match="eval_every_steps needs the Trainer's eval_dataset"):
+        no_eval_set.train()
