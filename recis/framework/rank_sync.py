@@ -87,9 +87,12 @@ class RankSync:
         self._raise_on_failure(error, failed_rank, what, step)
         return (None if any_exhausted else batches), any_stop
 
-    def next_batch(self, it: Iterator[Any], what: str, step: int) -> tuple[Any | None, bool]:
-        """This rank's next batch of ``it`` (None once it ended), and whether any rank
-        still has one: the ranks go on until every rank's data ended."""
+    def next_batch(
+        self, it: Iterator[Any], what: str, step: int, stop: Callable[[], bool] | None = None
+    ) -> tuple[Any | None, bool, bool]:
+        """This rank's next batch of ``it`` (None once it ended), whether any rank still
+        has one (the ranks go on until every rank's data ended), and whether ``stop()``
+        is true on any rank."""
         batch, error = None, None
         try:
             batch = next(it)
@@ -97,9 +100,12 @@ class RankSync:
             pass
         except Exception as e:
             error = e
-        (any_left,), failed_rank = self.agree([batch is not None], error is not None, step)
+        stopping = stop is not None and stop()
+        (any_left, any_stop), failed_rank = self.agree(
+            [batch is not None, stopping], error is not None, step
+        )
         self._raise_on_failure(error, failed_rank, what, step)
-        return batch, any_left
+        return batch, any_left, any_stop
 
     def _raise_on_failure(
         self, error: BaseException | None, failed_rank: int | None, what: str, step: int

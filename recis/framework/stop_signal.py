@@ -9,7 +9,8 @@ from typing import Any
 
 class StopSignal:
     """While entered, ``signum`` (SIGTERM) sets :attr:`requested` instead of ending the
-    process, however often it comes; on exit the previous handler is back.
+    process, however often it comes; on exit the flag is cleared and the previous
+    handler is back.
 
     Schedulers and launchers send SIGTERM before they kill: Slurm at preemption or the
     time limit, Kubernetes when it evicts a pod, torchrun to its workers when it is
@@ -51,6 +52,7 @@ class StopSignal:
         error: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
+        self.requested = False  # outside, nothing acts on it
         if self._installed:
             signal.signal(self.signum, self._previous)
             self._installed = False

@@ -381,7 +381,7 @@ class Trainer:
             # The ranks agree on a stop with the window's read, and stop after training
             # it: its batches count as read in the checkpoint's data position.
             window, stop = self._sync.next_window(
-                it, k, "training", self.state.global_step, lambda: self._stop_signal.requested
+                it, k, "training", self.state.global_step, self._stop_requested
             )
             self.state.stopped_by_signal = stop
             if window is None:
@@ -399,7 +399,12 @@ class Trainer:
             every = self.args.eval_every_steps
             if every and self.state.global_step % every == 0:
                 self.evaluate()  # handles its own failures, like a step
+                if self.state.stopped_by_signal:  # SIGTERM cut the evaluation short
+                    break
         return steps, False
+
+    def _stop_requested(self) -> bool:
+        return self._stop_signal.requested
 
     def _set_epoch(self, epoch: int) -> None:
         # Datasets (or a DataLoader's DistributedSampler) that shuffle per epoch.
@@ -506,8 +511,10 @@ class Trainer:
         from it. With several ranks, each needs at least one eval batch. The model's
         train/eval mode is restored afterwards, and so is the read position of a
         dataset that has one (``state_dict``/``load_state_dict``, as recis.io's
-        datasets): every evaluation starts at the same batch. A long evaluation logs its progress
-        from rank 0 every 10 s (:class:`recis.framework.progress.Progress`).
+        datasets): every evaluation starts at the same batch. A long evaluation logs
+        its progress from rank 0 every 10 s. Inside ``train()`` (``eval_every_steps``),
+        a SIGTERM stops the evaluation at once: it returns ``{}`` without calling
+        ``after_evaluate``, and training saves and stops.
         """
         dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
         if dataset is None:
@@ -526,12 +533,15 @@ class Trainer:
         position = dataset.state_dict() if _has_position(dataset) else None
         it = eval_batches(dataset, self.rank, self.world_size)
         try:
-            done, data, ended = 0, None, False
+            done, data, ended, stopped = 0, None, False, False
             with torch.no_grad():
                 while steps is None or done < steps:
-                    batch, any_left = self._sync.next_batch(
-                        it, "evaluation", self.state.global_step
+                    batch, any_left, stop = self._sync.next_batch(
+                        it, "evaluation", self.state.global_step, self._stop_requested
                     )
+                    if stop:  # SIGTERM inside train(): the checkpoint comes first
+                        stopped = self.state.stopped_by_signal = True
+                        break
                     if not any_left:
                         break
                     if batch is not None:
@@ -547,12 +557,17 @@ class Trainer:
                         progress.add(1)
             # Every rank ran the same number of batches of the same model, so the
             # metric names match and the reduction's collectives line up.
-            results = metrics.reduce(self.world_size, self._sync.comm_device())
+            if not stopped:
+                results = metrics.reduce(self.world_size, self._sync.comm_device())
         finally:
             self.model.train(was_training)
             it.close()  # stops the dataset's read-ahead of batches not evaluated
             if position is not None:
                 dataset.load_state_dict(position)
+        if stopped:
+            if self.is_main_process:
+                logger.warning("%s: stopped by SIGTERM after %d batches", what, done)
+            return {}
         if self.is_main_process:
             logger.info("evaluation at step %d: %s", self.state.global_step, results)
         self.last_evaluation = (self.state.global_step, results)

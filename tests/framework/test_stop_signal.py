@@ -67,13 +67,15 @@ class SigtermWhileReading(ResumableBatches):
             yield batch
 
 
-def _job(out_dir: str, sigterm_at: int | None, hooks=None, **args):
+def _job(out_dir: str, sigterm_at: int | None, hooks=None, eval_data=None, **args):
     torch.manual_seed(5)
     model = ToyModel()
     rank = dist.get_rank() if dist.is_initialized() else 0
     data = SigtermWhileReading(make_batches(12, 4, rank), sigterm_at)
     args.setdefault("train_steps", 6)
-    trainer = build_trainer(model, data, out_dir, hooks=hooks, save_steps=4, **args)
+    trainer = build_trainer(
+        model, data, out_dir, hooks=hooks, eval_data=eval_data, save_steps=4, **args
+    )
     return trainer, model
 
 
@@ -118,3 +120,16 @@ def _stop_on_one_rank(out_dir: str) -> tuple[bool, int, list[str]]:
 def test_sigterm_on_one_rank_stops_every_rank_at_the_same_step(tmp_path):
     results = run_distributed(_stop_on_one_rank, 2, str(tmp_path), timeout=90)
     assert results == [(True, 2, ["ckpt-2"])] * 2
+
+
+def test_sigterm_during_an_evaluation_inside_train_stops_it_and_saves(tmp_path):
+    rec = Recorder()
+    eval_data = SigtermWhileReading(make_batches(4, 6, 100), at=1)
+    trainer, _ = _job(str(tmp_path), None, hooks=[rec], eval_data=eval_data, eval_every_steps=2)
+    state = trainer.train()
+    # The evaluation after step 2 stops at its second batch; step 2 is saved.
+    assert state.stopped_by_signal and state.global_step == 2
+    assert (tmp_path / "checkpoint").read_text().split() == ["ckpt-2"]
+    assert ("before_evaluate",) in rec.calls and ("after_evaluate",) not in rec.calls
+    assert trainer.last_evaluation is None and trainer.model.training
+    assert trainer.evaluate()["count"] == 24  # outside train(), a whole evaluation again
