@@ -44,6 +44,7 @@ class TrainerState:
     epoch: int = 0
     samples: int = 0  # this rank's samples trained by this process (for throughput)
     checkpoint_seconds: float = 0.0  # this process's time in checkpoint saves (likewise)
+    evaluation_seconds: float = 0.0  # and in evaluations (likewise)
     stopped_by_signal: bool = False  # train() stopped early on SIGTERM, after a checkpoint
 
     def state_dict(self) -> dict[str, int]:
@@ -528,6 +529,7 @@ class Trainer:
         self.model.eval()
         what = f"evaluation at step {self.state.global_step}"
         progress = Progress(what, "evaluated", steps, unit="batches")
+        start = time.monotonic()
         # A dataset with a read position is put back where it was, so that every
         # evaluation starts at the same batch (whether it reads all or eval_steps).
         position = dataset.state_dict() if _has_position(dataset) else None
@@ -560,6 +562,7 @@ class Trainer:
             if not stopped:
                 results = metrics.reduce(self.world_size, self._sync.comm_device())
         finally:
+            self.state.evaluation_seconds += time.monotonic() - start
             self.model.train(was_training)
             it.close()  # stops the dataset's read-ahead of batches not evaluated
             if position is not None:

@@ -20,6 +20,14 @@ def _format_duration(seconds: float) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}"
 
 
+def _paused_seconds(state: Any) -> dict[str, float]:
+    """Time in checkpoint saves and evaluations so far, which the rate leaves out."""
+    return {
+        "checkpoint": state.checkpoint_seconds if state else 0.0,
+        "eval": state.evaluation_seconds if state else 0.0,
+    }
+
+
 def _format_value(value: Any) -> str:
     if isinstance(value, torch.Tensor) and value.numel() == 1:
         value = value.item()
@@ -31,8 +39,8 @@ class LoggerHook(Hook):
 
     The line holds the step (of the total when known), the loss, samples/s over all
     ranks (this rank's samples times the world size, over the time not spent saving
-    checkpoints; a save since the previous line shows as ``checkpoint 22.9 s``), the
-    ETA, the other scalar
+    checkpoints or evaluating; a save or evaluation since the previous line shows as
+    ``checkpoint 22.9 s`` or ``eval 41.0 s``), the ETA, the other scalar
     metrics of that step and, for each :class:`Predictions` metric, the AUC of rank
     0's predictions since the previous line (``auc(rank 0)``: no collective, so the
     hook may be added on rank 0 only; ``Trainer.evaluate`` gives the exact AUC over
@@ -85,7 +93,7 @@ class LoggerHook(Hook):
         self._start_time = self._last_time = time.monotonic()
         self._start_step = state.global_step if state else 0
         self._last_samples = state.samples if state else 0
-        self._last_checkpoint_seconds = state.checkpoint_seconds if state else 0.0
+        self._last_paused = _paused_seconds(state)
         self._window = {}
         self._unlogged = None
 
@@ -135,15 +143,16 @@ class LoggerHook(Hook):
         if "loss" in metrics:
             parts[0] += f" loss {float(metrics['loss']):.4f}"
         if trainer is not None:
-            samples, saving = trainer.state.samples, trainer.state.checkpoint_seconds
-            spent_saving = saving - self._last_checkpoint_seconds
-            elapsed = now - self._last_time - spent_saving
+            samples, paused = trainer.state.samples, _paused_seconds(trainer.state)
+            spent = {name: paused[name] - self._last_paused[name] for name in paused}
+            elapsed = now - self._last_time - sum(spent.values())
             if elapsed > 0:
                 rate = (samples - self._last_samples) * trainer.world_size / elapsed
                 parts.append(f"{rate:.0f} samples/s")
-            if spent_saving >= 0.05:
-                parts.append(f"checkpoint {spent_saving:.1f} s")
-            self._last_samples, self._last_checkpoint_seconds = samples, saving
+            parts += [
+                f"{name} {seconds:.1f} s" for name, seconds in spent.items() if seconds >= 0.05
+            ]
+            self._last_samples, self._last_paused = samples, paused
             done = global_step - self._start_step
             if total and done > 0:
                 eta = (total - global_step) * (now - self._start_time) / done

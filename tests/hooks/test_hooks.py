@@ -88,6 +88,35 @@ def test_logger_hook_rate_leaves_out_checkpoint_saves(tmp_path, monkeypatch):
         assert rate > 2 * 4 / 0.3, line  # two steps of 4 samples, not over the 0.3 s sleep
 
 
+class SlowBatches(list):
+    """Batches that take 0.3 s to read, all told."""
+
+    def __iter__(self):
+        time.sleep(0.3)
+        return super().__iter__()
+
+
+def test_logger_hook_rate_leaves_out_evaluations(tmp_path):
+    out = io.StringIO()
+    trainer = build_trainer(
+        ToyModel(),
+        make_batches(4, 4, 0),
+        str(tmp_path),
+        hooks=[LoggerHook(log_steps=2, stream=out)],
+        eval_data=SlowBatches(make_batches(2, 4, 9)),
+        train_steps=4,
+        eval_every_steps=2,
+    )
+    trainer.train()
+    lines = [line for line in out.getvalue().splitlines() if line.startswith("step")]
+    assert len(lines) == 2 and " | eval " not in lines[0], lines
+    # The evaluation after step 2 falls between the two lines.
+    assert float(lines[1].split(" | eval ")[1].split(" s")[0]) >= 0.3, lines[1]
+    rate = float(lines[1].split(" samples/s")[0].rsplit(" ", 1)[1])
+    assert rate > 2 * 4 / 0.3, lines[1]
+    assert trainer.state.evaluation_seconds >= 0.6
+
+
 def test_logger_hook_progress_bar_on_tty(tmp_path):
     out = TTY()
     trainer = build_trainer(
