@@ -457,10 +457,9 @@ class Trainer:
 
         Restores the latest checkpoint first, saves every ``save_steps`` and at the
         end, evaluates every ``eval_every_steps``, and returns the final
-        :class:`TrainerState`. With
-        ``args.save_on_sigterm`` (the default), a SIGTERM to any rank makes every rank
-        finish the step after it, save a checkpoint and return early with
-        ``state.stopped_by_signal`` set.
+        :class:`TrainerState`. With ``args.save_on_sigterm`` (the default), a SIGTERM
+        to any rank makes every rank finish the step after it, save a checkpoint and
+        return early with ``state.stopped_by_signal`` set.
         """
         if self.train_dataset is None:
             raise ValueError("Trainer.train() needs a train_dataset")

@@ -18,7 +18,8 @@ from tests.framework.test_trainer_resume import ResumableBatches, assert_equal
 
 @pytest.fixture
 def recorded_sigterm():
-    """SIGTERM's handler during the test: records the signals instead of ending pytest."""
+    """SIGTERM's handler during the test: records the signals that reach it instead of
+    ending pytest (the Trainer's own handler, while installed, comes first)."""
     received: list[int] = []
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: received.append(signum))
     yield received
@@ -80,7 +81,9 @@ def _job(out_dir: str, sigterm_at: int | None, hooks=None, eval_data=None, **arg
 
 
 @pytest.mark.parametrize("k", [1, 2])
-def test_sigterm_saves_and_stops_and_the_resumed_job_ends_as_if_never_stopped(tmp_path, k):
+def test_sigterm_saves_and_stops_and_the_resumed_job_ends_as_if_never_stopped(
+    tmp_path, k, recorded_sigterm
+):
     straight, model_a = _job(str(tmp_path / "a"), None, gradient_accumulation_steps=k)
     straight.train()
 
@@ -92,7 +95,7 @@ def test_sigterm_saves_and_stops_and_the_resumed_job_ends_as_if_never_stopped(tm
     assert state.stopped_by_signal and state.global_step == 3
     assert (tmp_path / "b" / "checkpoint").read_text().split() == ["ckpt-3"]
     assert rec.calls[-2:] == [("after_train",), ("end",)]
-    assert signal.getsignal(signal.SIGTERM) is before
+    assert signal.getsignal(signal.SIGTERM) is before and recorded_sigterm == []
 
     resumed, model_b = _job(str(tmp_path / "b"), None, gradient_accumulation_steps=k)
     state = resumed.train()
@@ -122,7 +125,7 @@ def test_sigterm_on_one_rank_stops_every_rank_at_the_same_step(tmp_path):
     assert results == [(True, 2, ["ckpt-2"])] * 2
 
 
-def test_sigterm_during_an_evaluation_inside_train_stops_it_and_saves(tmp_path):
+def test_sigterm_during_an_evaluation_inside_train_stops_it_and_saves(tmp_path, recorded_sigterm):
     rec = Recorder()
     eval_data = SigtermWhileReading(make_batches(4, 6, 100), at=1)
     trainer, _ = _job(str(tmp_path), None, hooks=[rec], eval_data=eval_data, eval_every_steps=2)
@@ -132,4 +135,5 @@ def test_sigterm_during_an_evaluation_inside_train_stops_it_and_saves(tmp_path):
     assert (tmp_path / "checkpoint").read_text().split() == ["ckpt-2"]
     assert ("before_evaluate",) in rec.calls and ("after_evaluate",) not in rec.calls
     assert trainer.last_evaluation is None and trainer.model.training
+    assert recorded_sigterm == []  # the Trainer's handler took it
     assert trainer.evaluate()["count"] == 24  # outside train(), a whole evaluation again
