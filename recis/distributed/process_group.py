@@ -90,6 +90,43 @@ def shutdown_distributed() -> None:
         gc.collect()
 
 
+def _restart_safe_store(timeout: timedelta) -> dist.Store | None:
+    """The store of this attempt of a torchrun job on one machine; None to let
+    ``init_process_group`` make its own.
+
+    torchrun's workers share its agent's TCPStore, which outlives a restart
+    (``--max_restarts``): the keys of the attempt before (gloo's peer addresses,
+    NCCL's unique id) are still in it, and the new workers can read them and connect
+    to peers that are gone, or hang (pytorch#135712). On one machine the restart
+    count names the attempt for every worker, so each attempt gets its own prefix.
+    Agents on several machines count their restarts each their own way, so there
+    rank 0 warns instead: ``TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1`` in torchrun's
+    environment (c10d rendezvous) gives every attempt a new store.
+    """
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    world = int(os.environ["WORLD_SIZE"])
+    if int(os.environ.get("LOCAL_WORLD_SIZE", world)) != world:
+        restarts = int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0"))
+        if restarts > 0 and os.environ["RANK"] == "0":
+            logger.warning(
+                "torchrun --max_restarts=%d over several machines with a shared TCPStore: a "
+                "restart can read the attempt before's keys and hang (pytorch#135712); set "
+                "TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 where torchrun runs (c10d rendezvous)",
+                restarts,
+            )
+        return None
+    store = dist.TCPStore(
+        os.environ["MASTER_ADDR"],
+        int(os.environ["MASTER_PORT"]),
+        world,
+        is_master=False,
+        timeout=timeout,
+    )
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    return dist.PrefixStore(f"recis/attempt_{attempt}", store)
+
+
 def init_distributed(
     backend: str = "auto",
     device: str | torch.device = "auto",
@@ -121,7 +158,13 @@ def init_distributed(
     dev = resolve_device(device)
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
-    dist.init_process_group(resolve_backend(backend, dev), timeout=timeout)
+    backend = resolve_backend(backend, dev)
+    store = _restart_safe_store(timeout)
+    if store is None:
+        dist.init_process_group(backend, timeout=timeout)
+    else:
+        rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        dist.init_process_group(backend, timeout=timeout, store=store, rank=rank, world_size=world)
     atexit.register(shutdown_distributed)
     logger.info("joined process group: rank %d of %d", dist.get_rank(), dist.get_world_size())
     return True
