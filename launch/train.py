@@ -125,6 +125,14 @@ class RunConfig:
             raise ValueError(f"--shuffle_window must be >= 0, got {self.shuffle_window}")
 
 
+def _parse_bool(text: str) -> bool:
+    """true/false, yes/no, 1/0 (any case); anything else is a usage error, not False."""
+    value = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
+    if text.lower() not in value:
+        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    return value[text.lower()]
+
+
 def _option_type(annotation: Any) -> tuple[Any, bool]:
     """The argparse type of a dataclass field, and whether it may be None."""
     args = typing.get_args(annotation)
@@ -132,7 +140,7 @@ def _option_type(annotation: Any) -> tuple[Any, bool]:
         inner = [a for a in args if a is not type(None)]
         return _option_type(inner[0])[0], True
     if annotation is bool:
-        return lambda s: s.lower() in ("1", "true", "yes"), False
+        return _parse_bool, False
     if annotation in (int, float, str):
         return annotation, False
     return json.loads, False  # lists and dicts (e.g. model_bank) as JSON

@@ -410,6 +410,8 @@ def test_bad_model_output_and_missing_pieces(tmp_path):
         ({"device": "tpu:7"}, "device"),
         ({"backend": "mpich"}, "backend"),
         ({"keep_freed_host_memory": "yes"}, "keep_freed_host_memory"),
+        ({"save_on_sigterm": 1}, "save_on_sigterm must be a bool"),
+        ({"eval_every_steps": 0}, "eval_every_steps must be None or an int >= 1"),
     ],
 )
 def test_training_arguments_validation(kwargs, message):

@@ -180,6 +180,8 @@ def test_command_line_covers_training_arguments_and_rejects_bad_values(capsys):
         ["--train_steps", "7", "--save_steps", "none", "--model", "deepfm", "--bf16", "true"]
     )
     assert (args.train_steps, args.save_steps, args.bf16, run.model) == (7, None, True, "deepfm")
+    args, _ = train.parse_args(["--save_on_sigterm", "No", "--bf16", "0"])
+    assert (args.save_on_sigterm, args.bf16) == (False, False)
     # Real data: both datasets skip malformed records when asked to.
     _, run = train.parse_args(
         ["--data", str(CRITEO_SAMPLE), "--eval_data", str(CRITEO_SAMPLE), "--skip_malformed", "1"]
@@ -194,6 +196,8 @@ def test_command_line_covers_training_arguments_and_rejects_bad_values(capsys):
         (["--sharding", "diagonal"], "--sharding must be auto or one of"),
         (["--gradient_accumulation_steps", "0"], "gradient_accumulation_steps"),
         (["--save_steps", "0"], "save_steps must be None or an int >= 1, got 0"),
+        (["--save_on_sigterm", "flase"], "expected true or false, got 'flase'"),
+        (["--eval_every_steps", "0"], "eval_every_steps must be None or an int >= 1"),
     ]:
         with pytest.raises(SystemExit) as exit_:
             train.parse_args(argv)
