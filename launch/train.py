@@ -125,6 +125,10 @@ class RunConfig:
             raise ValueError(f"--shuffle_window must be >= 0, got {self.shuffle_window}")
 
 
+# What a malformed option value should have been, by the option's parser.
+_EXPECTED: dict[Any, str] = {int: "an integer", float: "a number", json.loads: "JSON"}
+
+
 def _parse_bool(text: str) -> bool:
     """true/false, yes/no, 1/0 (any case); anything else is a usage error, not False."""
     value = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
@@ -180,7 +184,13 @@ def add_dataclass_options(parser: argparse.ArgumentParser, cls: type) -> None:
         kind, optional = _option_type(hints[field.name])
 
         def parse(text: str, kind: Any = kind, optional: bool = optional) -> Any:
-            return None if optional and text.lower() == "none" else kind(text)
+            if optional and text.lower() == "none":
+                return None
+            try:
+                return kind(text)
+            except ValueError as e:  # argparse would say "invalid parse value"
+                what = _EXPECTED.get(kind, "a valid value") + (" or none" if optional else "")
+                raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from e
 
         default = field.default if field.default is not dataclasses.MISSING else None
         choices = CHOICES.get(field.name)

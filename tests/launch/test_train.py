@@ -197,6 +197,10 @@ def test_command_line_covers_training_arguments_and_rejects_bad_values(capsys):
         (["--gradient_accumulation_steps", "0"], "gradient_accumulation_steps"),
         (["--save_steps", "0"], "save_steps must be None or an int >= 1, got 0"),
         (["--save_on_sigterm", "flase"], "expected true or false, got 'flase'"),
+        (["--batch_size", "1.5"], "--batch_size: expected an integer, got '1.5'"),
+        (["--train_steps", "x"], "--train_steps: expected an integer or none, got 'x'"),
+        (["--sparse_lr", "fast"], "--sparse_lr: expected a number, got 'fast'"),
+        (["--model_bank", "[oops"], "--model_bank: expected JSON or none, got '[oops'"),
         (["--eval_every_steps", "0"], "eval_every_steps must be None or an int >= 1"),
     ]:
         with pytest.raises(SystemExit) as exit_:
