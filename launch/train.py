@@ -275,12 +275,12 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     init_distributed(args.backend, args.device)
     device = resolve_device(args.device)
     set_seed(args.seed)
+    train_ds, eval_ds = build_datasets(run, args.seed)  # first: a bad path fails at once
     model = build_model(run, device)
     sparse_opt = SPARSE_OPTIMIZERS[run.sparse_optimizer](
         filter_out_sparse_param(model), lr=run.sparse_lr
     )
     dense_opt = torch.optim.AdamW(model.parameters(), lr=run.dense_lr)
-    train_ds, eval_ds = build_datasets(run, args.seed)
     trainer = Trainer(
         model=model,
         args=args,
