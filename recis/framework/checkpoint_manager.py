@@ -155,6 +155,28 @@ class Saver:
         return read_ids(self._storage, self._root)
 
     # ------------------------------------------------------------------ save
+    def check_writable(self) -> None:
+        """Raises :class:`CheckpointError` on every rank unless every rank can create
+        ``output_dir`` and write a file in it (all ranks call it together).
+
+        ``Trainer.train()`` calls it first, so that a job learns at its start, not at
+        its first save hours later, that its checkpoints cannot be written.
+        """
+        storage, root = self._storage, self._root
+        rank, world = _rank_world(self.process_group)
+        error = None
+        try:
+            storage.makedirs(root)
+            probe = storage.join(root, f".write-probe-rank{rank}-{uuid.uuid4().hex[:8]}")
+            with storage.open_write(probe) as f:
+                f.write(b"recis")
+            storage.remove(probe)
+        except Exception as e:
+            error = f"rank {rank} cannot write there: {type(e).__name__}: {e}"
+        errors = [e for e in _all_gather(error, self.process_group, world) if e]
+        if errors:
+            raise CheckpointError(f"output_dir {storage.url(root)}: {errors[0]}")
+
     def save(self, ckpt_id: str, blocking: bool = True) -> str:
         """Writes checkpoint ``ckpt_id`` (all ranks call it together); returns its path.
 

@@ -12,7 +12,12 @@ import torch
 import torch.distributed as dist
 
 from recis.framework import progress
-from recis.framework.checkpoint_manager import CheckpointManager, Saver, parse_load_conf
+from recis.framework.checkpoint_manager import (
+    CheckpointError,
+    CheckpointManager,
+    Saver,
+    parse_load_conf,
+)
 from recis.nn import filter_out_sparse_param
 from recis.testing import run_distributed
 from tests.framework.ckpt_helpers import (
@@ -166,6 +171,29 @@ def test_long_saves_and_loads_report_their_progress(tmp_path, caplog, monkeypatc
     assert saving and loading and len(saving) + len(loading) == len(lines), lines
     assert " GiB written (100%, " in saving[-1]
     assert all(" GiB read (" in m and "MiB/s)" in m for m in loading)
+
+
+def _check_writable_job(tmp: str) -> str:
+    # Rank 1's output_dir is a file: every rank hears of it, naming rank 1.
+    rank = dist.get_rank()
+    model, opt = _model([("only", 13, 5, "table_wise", 0)], rank, dist.get_world_size())
+    if rank == 1:
+        open(f"{tmp}/a-file", "w").close()
+    dist.barrier()
+    saver = Saver(model, opt, f"{tmp}/ckpt" if rank == 0 else f"{tmp}/a-file")
+    try:
+        saver.check_writable()
+    except CheckpointError as e:
+        return str(e)
+    return "no error"
+
+
+def test_check_writable_fails_every_rank_when_one_cannot_write(tmp_path):
+    errors = run_distributed(_check_writable_job, 2, str(tmp_path), timeout=60)
+    for error in errors:
+        assert "rank 1 cannot write there: FileExistsError" in error, error
+    assert errors[0].startswith(f"output_dir {tmp_path}/ckpt: ")
+    assert os.listdir(tmp_path / "ckpt") == []  # rank 0's probe is gone
 
 
 def _concurrency_job(out_dir: str) -> None:

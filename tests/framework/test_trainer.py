@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from recis.framework.checkpoint_manager import CheckpointError
 from recis.framework.metrics import Predictions, add_metric
 from recis.framework.trainer import Trainer, TrainingArguments
 from recis.hooks import Hook, LoggerHook
@@ -396,6 +397,17 @@ def test_bad_model_output_and_missing_pieces(tmp_path):
         Trainer(ToyModel(), TrainingArguments(output_dir=str(tmp_path)), train_dataset=[]).train()
     with pytest.raises(TypeError, match="pair"):
         Trainer(ToyModel(), dense_optimizers=None)
+
+
+def test_an_output_dir_that_cannot_be_written_stops_training_before_its_first_step(tmp_path):
+    (tmp_path / "a-file").write_text("")
+    rec = Recorder()
+    trainer = build_trainer(
+        ToyModel(), make_batches(2, 4, 0), str(tmp_path / "a-file"), hooks=[rec]
+    )
+    with pytest.raises(CheckpointError, match=r"output_dir .*a-file: rank 0 cannot write there"):
+        trainer.train()
+    assert not [c for c in rec.calls if c[0] == "before_step"]
 
 
 @pytest.mark.parametrize(
