@@ -217,9 +217,17 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainingArguments, RunCon
     ns = vars(parser.parse_args(argv))
     pick = lambda cls: cls(**{f.name: ns[f.name] for f in dataclasses.fields(cls)})  # noqa: E731
     try:
-        return pick(TrainingArguments), pick(RunConfig)
+        args, run = pick(TrainingArguments), pick(RunConfig)
     except ValueError as e:  # a bad value: argparse's usage line and exit status 2
         parser.error(str(e))
+    if run.data == "synthetic" and args.train_epoch is not None and args.train_steps is None:
+        parser.error(
+            "--train_epoch counts passes over --data, and synthetic data never ends: "
+            "give --train_steps"
+        )
+    if run.data == "synthetic" and args.train_steps is None:
+        args.train_steps = SYNTHETIC_DEFAULT_STEPS  # the synthetic stream never ends
+    return args, run
 
 
 def build_datasets(run: RunConfig, seed: int) -> tuple[Any, Any]:
@@ -270,8 +278,6 @@ def build_model(run: RunConfig, device: torch.device) -> DistributedModelParalle
 def main(argv: list[str] | None = None) -> dict[str, float]:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     args, run = parse_args(argv)
-    if run.data == "synthetic" and args.train_steps is None and args.train_epoch is None:
-        args.train_steps = SYNTHETIC_DEFAULT_STEPS  # the synthetic stream never ends
     init_distributed(args.backend, args.device)
     device = resolve_device(args.device)
     set_seed(args.seed)

@@ -182,6 +182,7 @@ def test_command_line_covers_training_arguments_and_rejects_bad_values(capsys):
     assert (args.train_steps, args.save_steps, args.bf16, run.model) == (7, None, True, "deepfm")
     args, _ = train.parse_args(["--save_on_sigterm", "No", "--bf16", "0"])
     assert (args.save_on_sigterm, args.bf16) == (False, False)
+    assert args.train_steps == train.SYNTHETIC_DEFAULT_STEPS  # synthetic data never ends
     # Real data: both datasets skip malformed records when asked to.
     _, run = train.parse_args(
         ["--data", str(CRITEO_SAMPLE), "--eval_data", str(CRITEO_SAMPLE), "--skip_malformed", "1"]
@@ -202,6 +203,7 @@ def test_command_line_covers_training_arguments_and_rejects_bad_values(capsys):
         (["--sparse_lr", "fast"], "--sparse_lr: expected a number, got 'fast'"),
         (["--model_bank", "[oops"], "--model_bank: expected JSON or none, got '[oops'"),
         (["--eval_every_steps", "0"], "eval_every_steps must be None or an int >= 1"),
+        (["--train_epoch", "1"], "synthetic data never ends: give --train_steps"),
     ]:
         with pytest.raises(SystemExit) as exit_:
             train.parse_args(argv)
