@@ -387,6 +387,10 @@ class Trainer:
             self.state.stopped_by_signal = stop
             if window is None:
                 return steps, True
+            if stop and self._last_saved_step == self.state.global_step:
+                # Just saved (or restored): the checkpoint's data position is before
+                # this window, so it is read again on resume; stop without training it.
+                return steps, False
             try:
                 self._call_hooks("before_step", self.state.global_step)
                 metrics = self._run_step(window, epoch)
@@ -481,9 +485,10 @@ class Trainer:
                 self._zero_grad()
                 self._train_epochs(max_epochs, resumed=self.state.global_step > 0)
                 if self.state.stopped_by_signal and self.is_main_process:
+                    saved = self._last_saved_step == self.state.global_step
                     logger.warning(
-                        "SIGTERM: saving a checkpoint at step %d and stopping; running the job "
-                        "again resumes it",
+                        "SIGTERM: %s at step %d and stopping; running the job again resumes it",
+                        "its checkpoint is saved" if saved else "saving a checkpoint",
                         self.state.global_step,
                     )
                 try:
