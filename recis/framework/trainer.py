@@ -379,8 +379,8 @@ class Trainer:
         it = iter(self.train_dataset)
         steps = 0
         while self.args.train_steps is None or self.state.global_step < self.args.train_steps:
-            # The ranks agree on a stop with the window's read, and stop after training
-            # it: its batches count as read in the checkpoint's data position.
+            # The ranks agree on a stop (SIGTERM) with the window's read and stop after
+            # training it, so that its batches count as read in the checkpoint saved.
             window, stop = self._sync.next_window(
                 it, k, "training", self.state.global_step, self._stop_requested
             )
@@ -569,7 +569,7 @@ class Trainer:
         finally:
             self.state.evaluation_seconds += time.monotonic() - start
             self.model.train(was_training)
-            it.close()  # stops the dataset's read-ahead of batches not evaluated
+            it.close()  # lets go of the dataset's iterator (a generator ends here)
             if position is not None:
                 dataset.load_state_dict(position)
         if stopped:

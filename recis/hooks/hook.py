@@ -21,7 +21,7 @@ class Hook:
                     before_step(global_step)          # steps done so far
                     ... k micro-batches, optimizer step ...
                     after_step(metrics, global_step)  # global_step now counts this step
-                    evaluate() every eval_every_steps   # its own two calls, below
+                    evaluate()                        # every eval_every_steps (below)
                 after_epoch(epoch)
             after_train()                             # only when training succeeded
                                                       # (or stopped on SIGTERM)

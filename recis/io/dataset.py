@@ -33,7 +33,6 @@ logger = logging.getLogger(__name__)
 
 # Files measured at once when an epoch is shared out.
 MEASURE_THREADS = 16
-# A progress line while measuring many files, at most this often (seconds).
 
 
 class CriteoDataset:

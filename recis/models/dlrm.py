@@ -17,8 +17,8 @@ class DLRM(nn.Module):
     """DLRM: ``top_mlp([bottom, dot products of every pair of (bottom, embeddings)])``.
 
     The bottom MLP maps the dense features to the embedding dimension (its last width
-    must equal it; every table must share that dimension; default ``(64, dim)``). ``model(batch)`` returns
-    the mean BCE loss and reports ``loss`` and ``auc``. Embeddings live in
+    must equal it, default ``(64, dim)``; every table must share that dimension).
+    ``model(batch)`` returns the mean BCE loss and reports ``loss`` and ``auc``. Embeddings live in
     ``self.sparse_arch`` (an :class:`EmbeddingBagCollection`; built on
     ``embedding_device="meta"`` they take no memory until sharded).
 
