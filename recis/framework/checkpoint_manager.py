@@ -23,6 +23,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from recis.framework.checkpoint.commit import (
+    LIST_FILE,
     commit,
     find_checkpoint,
     read_ids,
@@ -31,7 +32,7 @@ from recis.framework.checkpoint.commit import (
     validate_id,
 )
 from recis.framework.checkpoint.dense import dense_state_dict
-from recis.framework.checkpoint.integrity import DEFAULT_BLOCK_SIZE
+from recis.framework.checkpoint.integrity import DEFAULT_BLOCK_SIZE, ChecksumError
 from recis.framework.checkpoint.layout import (
     ELEMENT,
     merge_table_metas,
@@ -44,7 +45,12 @@ from recis.framework.checkpoint.load import (
     optimizer_table_state,
     parse_load_conf,
 )
-from recis.framework.checkpoint.manifest import MANIFEST, dumps, read_manifest
+from recis.framework.checkpoint.manifest import (
+    MANIFEST,
+    CheckpointFormatError,
+    dumps,
+    read_manifest,
+)
 from recis.framework.checkpoint.storage import Storage, storage_for
 from recis.framework.checkpoint.tensor_file import ReaderCache, dtype_name
 from recis.framework.checkpoint.tree import encode, map_refs
@@ -56,7 +62,25 @@ logger = logging.getLogger(__name__)
 
 
 class CheckpointError(RuntimeError):
-    """A save or load failed on some rank (the message names the rank and the cause)."""
+    """A save or load failed on some rank (the message names the rank and the cause).
+
+    ``damaged`` is true when a load failed because the checkpoint's files are
+    missing, truncated or corrupted, rather than because they do not fit the model.
+    """
+
+    def __init__(self, message: str, damaged: bool = False) -> None:
+        super().__init__(message)
+        self.damaged = damaged
+
+
+# What a load raises when the checkpoint itself is broken (a file missing, cut short or
+# changed), as opposed to a checkpoint that does not fit the model.
+_DAMAGE = (ChecksumError, CheckpointFormatError, FileNotFoundError)
+
+
+def is_damage(error: BaseException) -> bool:
+    """Whether a load failed because the checkpoint's files are missing or broken."""
+    return isinstance(error, _DAMAGE) or getattr(error, "damaged", False)
 
 
 def _rank_world(group: Any) -> tuple[int, int]:
@@ -276,11 +300,12 @@ class Saver:
         if rank == 0:
             files = [f for r in results for f in r["files"].values()]
             logger.info(
-                "checkpoint saved: %s (%d files, %.1f MiB from %d ranks, %.2f s)",
+                "checkpoint saved: %s (%d files, %.1f MiB from %d rank%s, %.2f s)",
                 path,
                 len(files),
                 sum(f["size"] for f in files) / 2**20,
                 world,
+                "" if world == 1 else "s",
                 time.monotonic() - start,
             )
         return path
@@ -511,18 +536,24 @@ class Saver:
         # Ranks agree on the outcome, so that one rank's failure never leaves the
         # others running into a collective that will not complete.
         outcomes = _all_gather(
-            None if error is None else f"{type(error).__name__}: {error}", group, world
+            None if error is None else (f"{type(error).__name__}: {error}", is_damage(error)),
+            group,
+            world,
         )
         if error is not None:
             raise error
         failed = [(r, m) for r, m in enumerate(outcomes) if m is not None]
         if failed:
-            raise CheckpointError(f"loading {path} failed on rank {failed[0][0]}: {failed[0][1]}")
+            rank_failed, (message, damaged) = failed[0]
+            raise CheckpointError(
+                f"loading {path} failed on rank {rank_failed}: {message}", damaged=damaged
+            )
         if rank == 0:
             logger.info(
-                "checkpoint loaded: %s (saved by %d ranks, loaded on %d, %.2f s)",
+                "checkpoint loaded: %s (saved by %d rank%s, loaded on %d, %.2f s)",
                 path,
                 saved_world,
+                "" if saved_world == 1 else "s",
                 world,
                 time.monotonic() - start,
             )
@@ -572,10 +603,33 @@ class CheckpointManager:
     def restore(self) -> int:
         """Loads the latest checkpoint of the saver's ``output_dir``; returns its global
         step (0, loading nothing, when there is none)."""
-        if self.saver.latest_checkpoint() is None:
+        ids = self.saver.checkpoints()
+        if not ids:
             return 0
-        self.saver.load()
+        try:
+            self.saver.load()
+        except Exception as e:
+            if is_damage(e) and len(ids) > 1 and _rank_world(self.saver.process_group)[0] == 0:
+                self._explain_fallback(ids)
+            raise
         return self._global_step
+
+    def _explain_fallback(self, ids: list[str]) -> None:
+        # The list only names complete checkpoints, so a listed one that is gone or
+        # broken was deleted or damaged after its save: going back to an older one
+        # loses steps, which only the user can agree to.
+        output_dir = self.saver.output_dir.rstrip("/")
+        logger.error(
+            "resuming from %s, the newest checkpoint that %s lists, failed: it is missing "
+            "or damaged. To resume from %s instead, delete the line %r from that file "
+            "(`python -m recis.framework.checkpoint %s --id %s --verify` checks it first).",
+            ids[-1],
+            f"{output_dir}/{LIST_FILE}",
+            ids[-2],
+            ids[-1],
+            output_dir,
+            ids[-2],
+        )
 
     def state_dict(self) -> dict[str, int]:
         return {"global_step": self._global_step}

@@ -1,8 +1,9 @@
-"""Integrity: damaged files, missing or newer checkpoints, changed tables (one process)."""
+"""Integrity: damaged files, missing or newer checkpoints, changed tables, resuming past damage."""
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 
 import pytest
@@ -10,8 +11,9 @@ import torch
 
 from recis.framework.checkpoint.integrity import ChecksumError
 from recis.framework.checkpoint.manifest import CheckpointFormatError
-from recis.framework.checkpoint_manager import Saver
+from recis.framework.checkpoint_manager import CheckpointError, CheckpointManager, Saver
 from recis.nn import filter_out_sparse_param
+from recis.testing import run_distributed
 from tests.framework.ckpt_helpers import FakeSparseOptimizer, ShardedTables, fill
 
 SPECS = [("a", 13, 5, "table_wise", 0), ("b", 17, 7, "table_wise", 0)]
@@ -134,3 +136,107 @@ def test_unpicklable_state_is_refused(tmp_path):
         saver.save("bad")
     assert saver.checkpoints() == []
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp")]
+
+
+def _saved_at_steps(tmp_path, steps=(3, 5), specs=SPECS):
+    """A job's output_dir holding ckpt-3 and ckpt-5; returns their weights of table 'a'."""
+    model = ShardedTables(specs, 0, 1)
+    opt = FakeSparseOptimizer(filter_out_sparse_param(model))
+    fill(model, opt)
+    manager = CheckpointManager(Saver(model, opt, str(tmp_path)), save_interval=0)
+    weights = {}
+    for step in range(1, max(steps) + 1):
+        model.tables["a"].weight.data += 1
+        manager.step()
+        if step in steps:
+            manager.save()
+            weights[step] = model.tables["a"].weight.clone()
+    return weights
+
+
+def _resume(tmp_path, caplog, specs=SPECS):
+    """A fresh job's CheckpointManager.restore(): (step, model, what it logged)."""
+    model, _, saver = _fresh(tmp_path, specs)
+    caplog.clear()
+    with caplog.at_level(logging.ERROR, logger="recis.framework.checkpoint_manager"):
+        try:
+            return CheckpointManager(saver, save_interval=0).restore(), model, caplog.text
+        except Exception as e:
+            e.logged = caplog.text
+            raise
+
+
+@pytest.mark.parametrize("damage", ["folder deleted", "file corrupted", "manifest cut"])
+def test_a_broken_newest_checkpoint_says_how_to_resume_from_the_one_before(
+    tmp_path, caplog, damage
+):
+    weights = _saved_at_steps(tmp_path)
+    newest = tmp_path / "ckpt-5"
+    if damage == "folder deleted":
+        for path in newest.iterdir():
+            path.unlink()
+        newest.rmdir()
+    elif damage == "file corrupted":
+        path = max(newest.glob("*.safetensors"), key=os.path.getsize)
+        data = bytearray(path.read_bytes())
+        data[-3] ^= 0x40
+        path.write_bytes(bytes(data))
+    else:
+        (newest / "manifest.json").write_text('{"format": "recis-checkpoint", ')
+    with pytest.raises((FileNotFoundError, ChecksumError, CheckpointFormatError)) as raised:
+        _resume(tmp_path, caplog)
+    listing = tmp_path / "checkpoint"
+    assert (
+        f"resuming from ckpt-5, the newest checkpoint that {listing} lists, failed"
+        in raised.value.logged
+    )
+    assert "To resume from ckpt-3 instead, delete the line 'ckpt-5' from that file" in (
+        raised.value.logged
+    )
+    # Doing what it says resumes from ckpt-3.
+    listing.write_text(listing.read_text().replace("ckpt-5\n", ""))
+    step, model, logged = _resume(tmp_path, caplog)
+    assert step == 3 and logged == ""
+    assert torch.equal(model.tables["a"].weight, weights[3])
+
+
+def test_no_fallback_advice_when_the_checkpoint_does_not_fit_or_is_the_only_one(tmp_path, caplog):
+    _saved_at_steps(tmp_path)
+    with pytest.raises(ValueError, match="global shape") as raised:
+        _resume(tmp_path, caplog, [SPECS[0], ("b", 18, 7, "table_wise", 0)])
+    assert raised.value.logged == ""
+    only = tmp_path / "only"
+    _saved_at_steps(only, steps=(2,))
+    for path in (only / "ckpt-2").glob("*.safetensors"):
+        path.unlink()
+    with pytest.raises(FileNotFoundError, match="is missing") as raised:
+        _resume(only, caplog)
+    assert raised.value.logged == ""
+
+
+def _load_with_rank1_file_missing(out: str) -> tuple[str, bool]:
+    import torch.distributed as dist
+
+    rank = dist.get_rank()
+    specs = [("a", 13, 5, "table_wise", 0), ("b", 17, 7, "table_wise", 1)]
+    model = ShardedTables(specs, rank, 2)
+    opt = FakeSparseOptimizer(filter_out_sparse_param(model))
+    fill(model, opt)
+    saver = Saver(model, opt, out)
+    saver.save("c1")
+    if rank == 0:
+        # Table 'b' lives on rank 1: only rank 1 reads this file.
+        for name in os.listdir(os.path.join(out, "c1")):
+            if name.startswith("rank00001"):
+                os.unlink(os.path.join(out, "c1", name))
+    dist.barrier()
+    try:
+        saver.load()
+    except Exception as e:
+        return type(e).__name__, isinstance(e, CheckpointError) and e.damaged
+    return "loaded", False
+
+
+def test_every_rank_learns_that_a_load_failed_on_damage(tmp_path):
+    results = run_distributed(_load_with_rank1_file_missing, 2, str(tmp_path))
+    assert results == [("CheckpointError", True), ("FileNotFoundError", False)]

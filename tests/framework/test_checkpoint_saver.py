@@ -151,10 +151,10 @@ def test_each_save_and_load_logs_its_path(tmp_path, caplog):
     files = [f for f in os.listdir(path) if f.startswith("rank")]
     mib = sum(os.path.getsize(os.path.join(path, f)) for f in files) / 2**20
     assert saved.startswith(
-        f"checkpoint saved: {path} ({len(files)} files, {mib:.1f} MiB from 1 ranks, "
+        f"checkpoint saved: {path} ({len(files)} files, {mib:.1f} MiB from 1 rank, "
     )
     (loaded,) = [m for m in messages if m.startswith("checkpoint loaded")]
-    assert loaded.startswith(f"checkpoint loaded: {path} (saved by 1 ranks, loaded on 1, ")
+    assert loaded.startswith(f"checkpoint loaded: {path} (saved by 1 rank, loaded on 1, ")
 
 
 def test_long_saves_and_loads_report_their_progress(tmp_path, caplog, monkeypatch):
