@@ -294,9 +294,9 @@ class Saver:
             if status is not None:
                 storage.remove(tmp)
         status = _broadcast(status, group, world)
-        if status is not None:
-            raise CheckpointError(f"checkpoint {ckpt_id!r} was not saved: {status}")
         path = storage.url(storage.join(root, ckpt_id))
+        if status is not None:
+            raise CheckpointError(f"checkpoint {path} was not saved: {status}")
         if rank == 0:
             files = [f for r in results for f in r["files"].values()]
             logger.info(
