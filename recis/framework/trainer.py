@@ -198,6 +198,30 @@ class Trainer:
         candidates = [s for s in (args.train_steps, by_epochs) if s is not None]
         return min(candidates) if candidates else None
 
+    @property
+    def progress(self) -> float | None:
+        """The fraction of this run's training done, from 0 to 1, when knowable.
+
+        By steps when :attr:`total_steps` is known; for epochs of a dataset of unknown
+        length, by the epochs done and how far this rank's ``train_dataset`` is
+        through the current one, when it says (``epoch_progress()``, as
+        :class:`recis.io.CriteoDataset` does, by bytes). Training stops at whichever
+        of ``train_steps`` and ``train_epoch`` comes first, so the larger fraction
+        counts.
+        """
+        args = self.args
+        fractions = []
+        total = self.total_steps
+        if total:
+            fractions.append(self.state.global_step / total)
+        epochs = args.train_epoch or (None if args.train_steps else 1)
+        epoch_progress = getattr(self.train_dataset, "epoch_progress", None)
+        if epochs and callable(epoch_progress):
+            done = epoch_progress()
+            if done is not None:
+                fractions.append((self.state.epoch + done) / epochs)
+        return min(1.0, max(fractions)) if fractions else None
+
     # ---------------------------------------------------------------------- hooks
     def add_hook(self, hook: Hook) -> None:
         """Adds a hook; hooks are called in the order they were added."""

@@ -37,7 +37,9 @@ def _format_value(value: Any) -> str:
 class LoggerHook(Hook):
     """Every ``log_steps`` optimizer steps, rank 0 prints one line of progress.
 
-    The line holds the step (of the total when known), the loss, samples/s over all
+    The line holds the step (of the total when known) and the fraction of the run done
+    (:attr:`Trainer.progress <recis.framework.trainer.Trainer.progress>`: for epochs of
+    a file dataset, by the bytes rank 0 has read), the loss, samples/s over all
     ranks (this rank's samples times the world size, over the time not spent saving
     checkpoints or evaluating; a save or evaluation since the previous line shows as
     ``checkpoint 22.9 s`` or ``eval 41.0 s``), the ETA, the other scalar
@@ -91,9 +93,9 @@ class LoggerHook(Hook):
     def before_train(self) -> None:
         state = self.trainer.state if self.trainer is not None else None
         self._start_time = self._last_time = time.monotonic()
-        self._start_step = state.global_step if state else 0
         self._last_samples = state.samples if state else 0
         self._last_paused = _paused_seconds(state)
+        self._start_progress = self._progress()
         self._window = {}
         self._unlogged = None
 
@@ -126,16 +128,19 @@ class LoggerHook(Hook):
         if self.is_main_process and self._unlogged is not None:
             self._log_progress(*self._unlogged)
 
+    def _progress(self) -> float | None:
+        return self.trainer.progress if self.trainer is not None else None
+
     def _log_progress(self, metrics: dict[str, Any], global_step: int) -> None:
         self._unlogged = None
         aucs = self._window_aucs()
         trainer = self.trainer
         now = time.monotonic()
         total = trainer.total_steps if trainer is not None else None
-        head = f"step {global_step}"
-        if total:
-            frac = min(1.0, global_step / total)
-            head += f"/{total} [{frac:.0%}]"
+        frac = self._progress()
+        head = f"step {global_step}" + (f"/{total}" if total else "")
+        if frac is not None:
+            head += f" [{frac:.0%}]"
             if self._is_tty():
                 filled = round(frac * self.BAR_WIDTH)
                 head = "[" + "#" * filled + "." * (self.BAR_WIDTH - filled) + "] " + head
@@ -153,9 +158,9 @@ class LoggerHook(Hook):
                 f"{name} {seconds:.1f} s" for name, seconds in spent.items() if seconds >= 0.05
             ]
             self._last_samples, self._last_paused = samples, paused
-            done = global_step - self._start_step
-            if total and done > 0:
-                eta = (total - global_step) * (now - self._start_time) / done
+            done = None if frac is None else frac - (self._start_progress or 0.0)
+            if done is not None and done > 0:
+                eta = (1.0 - frac) * (now - self._start_time) / done
                 parts.append(f"ETA {_format_duration(eta)}")
         self._last_time = now
         for name, value in metrics.items():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import os
 from collections.abc import Iterator, Sequence
@@ -123,6 +124,7 @@ class CriteoDataset:
         self._active: Iterator[Batch] | None = None
         self._warned = False  # about files read whole: once per dataset
         self._whole_spans: dict[int, Span] = {}
+        self._dealt_spans: dict[str, Span] = {}  # this rank's work items, for epoch_progress
         self._first_malformed: str | None = None  # where and why, for the epoch's warning
 
     # -- position (recis.io.position) ---------------------------------------------
@@ -199,6 +201,36 @@ class CriteoDataset:
         self.close()
         self._state = state
 
+    def epoch_progress(self) -> float | None:
+        """How much of this rank's share of the current epoch has been handed out, from
+        0 to 1, by bytes; None when unknown (no bytes to read).
+
+        A file read whole (``.gz``) counts once the reading has passed its end; what a resize
+        left of a shuffle window is not counted. The first call after a resume stats
+        the files of the rank's share.
+        """
+        work = self._state["work"]
+        if work is None:  # not dealt out yet: nothing read
+            return 0.0
+        spans = self._spans_of([item for item in work if not is_window(item)])
+        weights = [0 if is_window(item) else spans[_key(item)].weight for item in work]
+        total = sum(weights)
+        if total == 0:
+            return None
+        k = self._state["file"]
+        left = sum(weights[k + 1 :])
+        if k < len(work) and not is_window(work[k]):
+            left += spans[_key(work[k])].left_after(self._state["position"])
+        return 1.0 - left / total
+
+    def _spans_of(self, items: list[WorkItem]) -> dict[str, Span]:
+        """The spans of this rank's work ``items``, measured once."""
+        missing = [item for item in items if _key(item) not in self._dealt_spans]
+        if missing:
+            for item, span in zip(missing, self._measure(missing), strict=True):
+                self._dealt_spans[_key(item)] = span
+        return self._dealt_spans
+
     # -- iteration -----------------------------------------------------------------
     def _deal(self, items: list[WorkItem], rank: int, world_size: int) -> list[WorkItem]:
         """``rank``'s share of the work ``items`` (see :func:`recis.io.split.balance_spans`)."""
@@ -210,7 +242,10 @@ class CriteoDataset:
             if warning is not None:
                 logger.warning("CriteoDataset: %s", warning)
                 self._warned = True
-        return [[s.file, s.start, s.end, *([s.phases] if s.phases else [])] for s in shares[rank]]
+        work = [[s.file, s.start, s.end, *([s.phases] if s.phases else [])] for s in shares[rank]]
+        if (rank, world_size) == (self.rank, self.world_size):
+            self._dealt_spans = {_key(item): s for item, s in zip(work, shares[rank], strict=True)}
+        return work
 
     def _measure(self, items: list[WorkItem]) -> list[Span]:
         """The spans of work ``items``, measured on threads (remote files take a request
@@ -442,6 +477,10 @@ class CriteoDataset:
         if self._active is not None:
             self._active.close()  # type: ignore[attr-defined]
             self._active = None
+
+
+def _key(item: WorkItem) -> str:
+    return json.dumps(item, sort_keys=True)
 
 
 def _no_rows() -> ParsedRows:

@@ -165,6 +165,18 @@ class Span:
         end = self.end if b == self.weight else hi
         return replace(self, start=start, end=end, lo=lo, hi=hi, weight=b - a)
 
+    def left_after(self, position: dict[str, int]) -> int:
+        """The bytes of :attr:`weight` still to read from reader ``position`` (``{}``:
+        none read). A span of phases gives all of them until it is done: its reader's
+        position does not say how far into the compressed file it is."""
+        at = position.get("row") if self.unit == "rows" else position.get("offset")
+        if self.unit == "bytes" and at is None:
+            at = position.get("from")
+        if at is None or self.unit == "phases" or self.hi <= self.lo:
+            return self.weight
+        done = min(max(at - self.lo, 0), self.hi - self.lo)
+        return self.weight - self.weight * done // (self.hi - self.lo)
+
     def _unit_at(self, x: int) -> int:
         return self.lo + ((self.hi - self.lo) * x + self.weight // 2) // self.weight
 

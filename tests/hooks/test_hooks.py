@@ -117,6 +117,49 @@ def test_logger_hook_rate_leaves_out_evaluations(tmp_path):
     assert trainer.state.evaluation_seconds >= 0.6
 
 
+class StreamSayingItsProgress:
+    """Batches of unknown number that say how far into the epoch they are, as
+    recis.io.CriteoDataset does by bytes."""
+
+    def __init__(self, batches: list) -> None:
+        self.batches, self.handed_out = batches, 0
+
+    def __iter__(self):
+        for i, batch in enumerate(self.batches):
+            self.handed_out = i + 1
+            yield batch
+        self.handed_out = 0  # the next epoch
+
+    def epoch_progress(self) -> float:
+        return self.handed_out / len(self.batches)
+
+
+@pytest.mark.parametrize(
+    ("limits", "heads"),
+    [
+        ({"train_epoch": 2}, ["step 2 [25%]", "step 4 [50%]", "step 6 [75%]", "step 8 [100%]"]),
+        # Training ends at whichever limit comes first: the fraction is the larger.
+        (
+            {"train_epoch": 2, "train_steps": 6},
+            ["step 2/6 [33%]", "step 4/6 [67%]", "step 6/6 [100%]"],
+        ),
+    ],
+)
+def test_logger_hook_shows_the_progress_of_epochs_of_unknown_length(tmp_path, limits, heads):
+    out = io.StringIO()
+    data = StreamSayingItsProgress(make_batches(4, 4, 0))
+    trainer = build_trainer(
+        ToyModel(), data, str(tmp_path), hooks=[LoggerHook(log_steps=2, stream=out)], **limits
+    )
+    assert trainer.total_steps == limits.get("train_steps") and trainer.progress == 0.0
+    trainer.train()
+    lines = out.getvalue().splitlines()
+    assert len(lines) == len(heads)
+    for line, head in zip(lines, heads, strict=True):
+        assert line.startswith(head + " loss ") and "ETA " in line
+    assert trainer.progress == 1.0
+
+
 def test_logger_hook_progress_bar_on_tty(tmp_path):
     out = TTY()
     trainer = build_trainer(

@@ -3,6 +3,7 @@ import gzip
 import itertools
 import logging
 import math
+import os
 import random
 import threading
 import uuid
@@ -400,6 +401,38 @@ def test_exact_resume_mid_file(tmp_path, fmt):
         assert resumed.epoch == 1
         assert batch_equal(next(iter(resumed)), full[0])
         resumed.close()
+
+
+def test_epoch_progress_counts_the_bytes_handed_out(tmp_path):
+    rows = random_rows(80, seed=5)
+    write_tsv(tmp_path / "a.tsv", rows[:30])
+    write_tsv(tmp_path / "b.tsv.gz", rows[30:50], compress=True)
+    write_parquet(tmp_path / "c.parquet", rows[50:])
+    paths = [tmp_path / "a.tsv", tmp_path / "b.tsv.gz", tmp_path / "c.parquet"]
+    sizes = [os.path.getsize(p) for p in paths]
+    total = sum(sizes)
+    line_ends = list(itertools.accumulate(len("\t".join(r)) + 1 for r in rows[:30]))
+
+    def expected(rows_out: int) -> float:
+        if rows_out <= 30:  # text: the bytes of its lines handed out
+            return line_ends[rows_out - 1] / total
+        if rows_out <= 50:  # .gz is read whole, so it counts once it is done
+            return sizes[0] / total
+        # Parquet: its bytes in proportion to its rows.
+        return (sizes[0] + sizes[1] + sizes[2] * (rows_out - 50) // 30) / total
+
+    ds = CriteoDataset(paths, 5, SIZES, prefetch=2)
+    assert ds.epoch_progress() == 0.0
+    seen = []
+    for n, _ in enumerate(ds, start=1):
+        seen.append(ds.epoch_progress())
+        assert seen[-1] == pytest.approx(expected(5 * n)), n
+        if n == 3:  # resumes in another dataset with the same fraction
+            resumed = CriteoDataset(paths, 5, SIZES)
+            resumed.load_state_dict(ds.state_dict())
+            assert resumed.epoch_progress() == pytest.approx(seen[-1])
+    assert seen == sorted(seen) and seen[-1] == 1.0
+    assert ds.epoch == 1 and ds.epoch_progress() == 0.0  # the next epoch, not begun
 
 
 def test_fsspec_urls_read_and_resume_like_local_files(tmp_path):

@@ -195,3 +195,16 @@ def test_every_record_of_every_file_goes_to_one_rank(seed):
     for mine in shares:
         assert abs(sum(s.weight for s in mine) - total / world_size) <= phase
         assert sum(s.phases is not None for s in mine) <= 2
+
+
+def test_what_is_left_of_a_span_after_a_reader_position():
+    text = Span(0, {}, None, 100, 300, 200, "bytes")
+    assert text.left_after({}) == 200
+    assert text.left_after({"offset": 150, "line": 9}) == 150
+    assert text.left_after({"from": 100}) == 200
+    assert text.left_after({"offset": 300}) == 0
+    rows = Span(1, {}, None, 10, 20, 1000, "rows")
+    assert rows.left_after({"row": 15}) == 500 and rows.left_after({"row": 20}) == 0
+    # A file read whole says nothing of how far into it its reader is.
+    whole = Span(2, {}, None, 0, 4, 800, "phases", 8)
+    assert whole.left_after({"offset": 5000, "line": 12}) == 800

@@ -77,9 +77,13 @@ def test_trains_on_real_criteo_rows(tmp_path):
             "2",
             "--batch_size",
             "16",
+            "--log_steps",
+            "7",
         ],
     )
     assert "evaluation at step" in log and "'count': 200" in log
+    # 100 rows a rank, 7 steps an epoch: the progress of epochs of a file by its bytes.
+    assert "step 7 [50%]" in log and "step 14 [100%]" in log
 
 
 @pytest.mark.skipif(not CRITEO_SAMPLE.exists(), reason="needs ../shared/data/criteo_sample.txt")
