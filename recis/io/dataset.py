@@ -28,7 +28,14 @@ from recis.io.position import (
 from recis.io.prefetch import prefetch
 from recis.io.readers import FORMATS, ParsedBlock, Record, measure, open_reader
 from recis.io.shuffle import is_window, permuted, shuffle_windows
-from recis.io.split import Span, balance_spans, expand_paths, resolve_rank, whole_file_warning
+from recis.io.split import (
+    Span,
+    balance_spans,
+    expand_paths,
+    files_digest,
+    resolve_rank,
+    whole_file_warning,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -120,6 +127,7 @@ class CriteoDataset:
         self._parser = RecordParser(self.table_sizes, missing_id)
         self.rank, self.world_size = resolve_rank(rank, world_size)
         self.all_files = expand_paths(paths)
+        self._files_digest = files_digest(self.all_files)
         self._state = epoch_start(0, 0, self._file_order_seed)
         self._active: Iterator[Batch] | None = None
         self._warned = False  # about files read whole: once per dataset
@@ -149,23 +157,21 @@ class CriteoDataset:
             "rank": self.rank,
             "world_size": self.world_size,
             "num_files": len(self.all_files),
+            "files_digest": self._files_digest,
             "batch_size": self.batch_size,
             **copy.deepcopy(self._state),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Resumes from :meth:`state_dict` of the same rank with the same files."""
-        for key, mine in (
-            ("world_size", self.world_size),
-            ("rank", self.rank),
-            ("num_files", len(self.all_files)),
-        ):
+        self._check_same_files(state)
+        for key, mine in (("world_size", self.world_size), ("rank", self.rank)):
             if int(state[key]) != mine:
                 raise ValueError(
                     f"CriteoDataset state was saved with {key}={state[key]} but this "
                     f"dataset has {key}={mine}: a read position resumes only on the same "
-                    "rank layout and files (load_resharded_state_dict maps the states "
-                    "of every saved rank to another world size)"
+                    "rank layout (load_resharded_state_dict maps the states of every "
+                    "saved rank to another world size)"
                 )
         position = read_position(state)
         window = position["window"]
@@ -197,6 +203,8 @@ class CriteoDataset:
                 f"CriteoDataset is rank {self.rank} of {self.world_size}, "
                 f"asked to load as rank {rank} of {world_size}"
             )
+        for saved in states:
+            self._check_same_files(saved)
         state = reshard(states, len(self.all_files), rank, world_size, self._deal)
         self.close()
         self._state = state
@@ -230,6 +238,23 @@ class CriteoDataset:
             for item, span in zip(missing, self._measure(missing), strict=True):
                 self._dealt_spans[_key(item)] = span
         return self._dealt_spans
+
+    def _check_same_files(self, state: dict[str, Any]) -> None:
+        """Raises unless ``state`` was saved reading the files this dataset reads: a
+        position is an index into the list of files and an offset in one of them."""
+        saved, now = int(state["num_files"]), len(self.all_files)
+        # States saved before files_digest existed are checked by the count alone.
+        if saved == now and state.get("files_digest", self._files_digest) == self._files_digest:
+            return
+        change = f"{saved} files then, {now} now" if saved != now else "other names or order"
+        raise ValueError(
+            f"CriteoDataset rank {self.rank}: the data files are not those the read "
+            f"position of saved rank {state['rank']} was taken on ({change}), so it cannot "
+            "be resumed on them. Resume on the same files, or load the checkpoint without "
+            'its read position: Saver.load_by_config(path, {"exclude": ["io_state"]}); '
+            "with launch/train.py, a new --output_dir and "
+            """--model_bank '[{"path": "OLD_OUTPUT_DIR", "exclude": ["io_state"]}]'"""
+        )
 
     # -- iteration -----------------------------------------------------------------
     def _deal(self, items: list[WorkItem], rank: int, world_size: int) -> list[WorkItem]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import hashlib
 import heapq
 import itertools
 import os
@@ -55,6 +56,20 @@ def expand_paths(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> list
     if not files:
         raise ValueError(f"no data files in {list(paths)!r}")
     return files
+
+
+def files_digest(files: Sequence[str]) -> str:
+    """A fingerprint of the names and order of ``files``, each taken relative to the
+    folder that holds them all, so that it stays the same when that folder is mounted
+    or copied elsewhere."""
+    parts = [f.split("/") for f in files]
+    common = 0
+    for names in zip(*(p[:-1] for p in parts), strict=False):  # up to the shortest
+        if len(set(names)) > 1:
+            break
+        common += 1
+    relative = "\n".join("/".join(p[common:]) for p in parts)
+    return hashlib.sha1(relative.encode()).hexdigest()[:16]
 
 
 def _expand_local(p: str) -> list[str]:

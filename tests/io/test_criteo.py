@@ -882,8 +882,39 @@ def test_resharding_needs_every_saved_rank(tmp_path):
     with pytest.raises(ValueError, match="rank 0 of 3, asked to load as rank 1 of 3"):
         ds.load_resharded_state_dict(states, 1, 3)
     other = CriteoDataset(paths[:2], 5, SIZES, rank=0, world_size=3)
-    with pytest.raises(ValueError, match="num_files=3 but this dataset has 2"):
+    with pytest.raises(ValueError, match=r"rank 0: .* saved rank 0 .* \(3 files then, 2 now\)"):
         other.load_resharded_state_dict(states, 0, 3)
+
+
+def test_a_position_resumes_only_on_the_files_it_was_taken_on(tmp_path):
+    old, new = tmp_path / "old", tmp_path / "new"
+    old.mkdir()
+    new.mkdir()
+    for name, seed in (("day_1.tsv", 1), ("day_2.tsv", 2)):
+        write_tsv(old / name, random_rows(20, seed))
+    ds = CriteoDataset(old, 5, SIZES, prefetch=0)
+    next(iter(ds))
+    state = ds.state_dict()
+    ds.close()
+    # The folder moved (or mounted elsewhere): the same files, the same position.
+    moved = tmp_path / "moved"
+    old.rename(moved)
+    resumed = CriteoDataset(moved, 5, SIZES, prefetch=0)
+    resumed.load_state_dict(state)
+    assert batch_equal(next(iter(resumed)), list(CriteoDataset(moved, 5, SIZES))[1])
+    resumed.close()
+    # A rolling window of days: as many files, other ones. Without the check the
+    # position's offset would be read in another file.
+    for name, seed in (("day_2.tsv", 2), ("day_3.tsv", 3)):
+        write_tsv(new / name, random_rows(20, seed))
+    how = r"other names or order\), so it cannot be resumed on them.*exclude.*io_state"
+    with pytest.raises(ValueError, match=how):
+        CriteoDataset(new, 5, SIZES).load_state_dict(state)
+    with pytest.raises(ValueError, match=how):
+        CriteoDataset(new, 5, SIZES, rank=0, world_size=2).load_resharded_state_dict([state], 0, 2)
+    # A state saved before the fingerprint existed is checked by its count of files.
+    older = {k: v for k, v in state.items() if k != "files_digest"}
+    CriteoDataset(new, 5, SIZES).load_state_dict(older)
 
 
 def test_state_rejects_other_layout():

@@ -5,7 +5,14 @@ import uuid
 import fsspec
 import pytest
 
-from recis.io.split import Span, balance_spans, expand_paths, split_files, whole_file_warning
+from recis.io.split import (
+    Span,
+    balance_spans,
+    expand_paths,
+    files_digest,
+    split_files,
+    whole_file_warning,
+)
 
 
 @pytest.fixture(params=["local", "memory"])
@@ -208,3 +215,24 @@ def test_what_is_left_of_a_span_after_a_reader_position():
     # A file read whole says nothing of how far into it its reader is.
     whole = Span(2, {}, None, 0, 4, 800, "phases", 8)
     assert whole.left_after({"offset": 5000, "line": 12}) == 800
+
+
+def test_the_files_digest_names_the_files_wherever_their_folder_is():
+    days = ["/data/criteo/day_1.tsv", "/data/criteo/day_2.tsv"]
+    assert files_digest(days) == files_digest(["/mnt/copy/day_1.tsv", "/mnt/copy/day_2.tsv"])
+    assert files_digest(days) == files_digest(
+        ["s3://bucket/x/day_1.tsv", "s3://bucket/x/day_2.tsv"]
+    )
+    assert files_digest(["/a/day_1.tsv"]) == files_digest(["/b/c/day_1.tsv"])
+    others = [
+        ["/data/criteo/day_2.tsv", "/data/criteo/day_1.tsv"],  # order
+        ["/data/criteo/day_2.tsv", "/data/criteo/day_3.tsv"],  # a rolling window
+        ["/data/criteo/day_1.tsv", "/data/criteo/day_2.tsv.gz"],
+        ["/data/criteo/day_1.tsv"],
+    ]
+    assert len({files_digest(days), *(files_digest(f) for f in others)}) == 5
+    # Folders below the common one are part of the names.
+    parts = ["/d/day=1/part-0.parquet", "/d/day=2/part-0.parquet"]
+    assert files_digest(parts) != files_digest(
+        ["/d/day=2/part-0.parquet", "/d/day=3/part-0.parquet"]
+    )
