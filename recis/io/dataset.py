@@ -26,7 +26,14 @@ from recis.io.position import (
     reshard,
 )
 from recis.io.prefetch import prefetch
-from recis.io.readers import FORMATS, ParsedBlock, Record, measure, open_reader
+from recis.io.readers import (
+    FORMATS,
+    ParsedBlock,
+    Record,
+    expanded_size,
+    measure,
+    open_reader,
+)
 from recis.io.shuffle import is_window, permuted, shuffle_windows
 from recis.io.split import (
     Span,
@@ -133,6 +140,7 @@ class CriteoDataset:
         self._warned = False  # about files read whole: once per dataset
         self._whole_spans: dict[int, Span] = {}
         self._dealt_spans: dict[str, Span] = {}  # this rank's work items, for epoch_progress
+        self._expanded: dict[int, int | None] = {}  # .gz files' sizes decompressed, likewise
         self._first_malformed: str | None = None  # where and why, for the epoch's warning
 
     # -- position (recis.io.position) ---------------------------------------------
@@ -213,9 +221,11 @@ class CriteoDataset:
         """How much of this rank's share of the current epoch has been handed out, from
         0 to 1, by bytes; None when unknown (no bytes to read).
 
-        A file read whole (``.gz``) counts once the reading has passed its end; what a resize
-        left of a shuffle window is not counted. The first call after a resume stats
-        the files of the rank's share.
+        In a ``.gz`` file the reader's position is in decompressed bytes, weighed
+        against the file's size decompressed as estimated from its first 4 MiB (read
+        once, when the rank first gets to the file); what a resize left of a shuffle
+        window is not counted. The first call after a resume stats the files of the
+        rank's share.
         """
         work = self._state["work"]
         if work is None:  # not dealt out yet: nothing read
@@ -228,8 +238,20 @@ class CriteoDataset:
         k = self._state["file"]
         left = sum(weights[k + 1 :])
         if k < len(work) and not is_window(work[k]):
-            left += spans[_key(work[k])].left_after(self._state["position"])
+            span = spans[_key(work[k])]
+            expanded = self._expanded_size(span.file) if span.unit == "phases" else None
+            left += span.left_after(self._state["position"], expanded)
         return 1.0 - left / total
+
+    def _expanded_size(self, file: int) -> int | None:
+        if file not in self._expanded:
+            path = self.all_files[file]
+            try:
+                size = expanded_size(path) if path.lower().endswith(".gz") else None
+            except (OSError, EOFError, ValueError):  # progress never stops training
+                size = None
+            self._expanded[file] = size
+        return self._expanded[file]
 
     def _spans_of(self, items: list[WorkItem]) -> dict[str, Span]:
         """The spans of this rank's work ``items``, measured once."""

@@ -78,18 +78,49 @@ def detect_format(path: str) -> str:
 
 
 @contextlib.contextmanager
+def _open_raw(path: str) -> Iterator[IO[bytes]]:
+    """``path`` (a local path or an fsspec URL) for binary reading, as stored."""
+    if "://" in path:
+        import fsspec
+
+        with fsspec.open(path, "rb") as f:
+            yield f
+    else:
+        with open(path, "rb") as f:
+            yield f
+
+
+@contextlib.contextmanager
 def _open_binary(path: str) -> Iterator[IO[bytes]]:
     """``path`` (a local path or an fsspec URL) for binary reading, ``.gz`` decompressed."""
-    with contextlib.ExitStack() as stack:
-        if "://" in path:
-            import fsspec
-
-            f: IO[bytes] = stack.enter_context(fsspec.open(path, "rb"))
-        else:
-            f = stack.enter_context(open(path, "rb"))
+    with _open_raw(path) as f:
         if path.lower().endswith(".gz"):
-            f = stack.enter_context(GZIP_FILE(fileobj=f, mode="rb"))  # type: ignore[arg-type]
-        yield f
+            with GZIP_FILE(fileobj=f, mode="rb") as g:  # type: ignore[arg-type]
+                yield g
+        else:
+            yield f
+
+
+# How much of a .gz file expanded_size decompresses to estimate the whole.
+GZIP_SAMPLE_BYTES = 4 << 20
+
+
+def expanded_size(path: str) -> int | None:
+    """About how many bytes the ``.gz`` file ``path`` decompresses to, from its first
+    :data:`GZIP_SAMPLE_BYTES` (exact for a smaller file); None when its size is not
+    known. A reader's position in it counts decompressed bytes: this tells how far
+    through the file that is."""
+    size = _file_size(path)
+    if not size:
+        return None
+    with _open_raw(path) as raw, GZIP_FILE(fileobj=raw, mode="rb") as gz:  # type: ignore[arg-type]
+        out = 0
+        while raw.tell() < GZIP_SAMPLE_BYTES:
+            chunk = gz.read(1 << 20)
+            if not chunk:
+                return out
+            out += len(chunk)
+        return out * size // raw.tell()
 
 
 def _column_order(header: list[str], path: str) -> list[int]:

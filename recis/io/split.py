@@ -180,14 +180,21 @@ class Span:
         end = self.end if b == self.weight else hi
         return replace(self, start=start, end=end, lo=lo, hi=hi, weight=b - a)
 
-    def left_after(self, position: dict[str, int]) -> int:
+    def left_after(self, position: dict[str, int], expanded: int | None = None) -> int:
         """The bytes of :attr:`weight` still to read from reader ``position`` (``{}``:
-        none read). A span of phases gives all of them until it is done: its reader's
-        position does not say how far into the compressed file it is."""
+        none read). A span of phases is read through its whole file, whose reader
+        counts decompressed bytes: with ``expanded``, the file's size decompressed (an
+        estimate), the part passed is ``offset / expanded``, at most 99% until the
+        span is done; without it, all of the weight is left."""
+        if self.unit == "phases":
+            at = position.get("offset")
+            if not expanded or at is None:
+                return self.weight
+            return self.weight - int(self.weight * min(at / expanded, 0.99))
         at = position.get("row") if self.unit == "rows" else position.get("offset")
         if self.unit == "bytes" and at is None:
             at = position.get("from")
-        if at is None or self.unit == "phases" or self.hi <= self.lo:
+        if at is None or self.hi <= self.lo:
             return self.weight
         done = min(max(at - self.lo, 0), self.hi - self.lo)
         return self.weight - self.weight * done // (self.hi - self.lo)

@@ -411,13 +411,14 @@ def test_epoch_progress_counts_the_bytes_handed_out(tmp_path):
     paths = [tmp_path / "a.tsv", tmp_path / "b.tsv.gz", tmp_path / "c.parquet"]
     sizes = [os.path.getsize(p) for p in paths]
     total = sum(sizes)
-    line_ends = list(itertools.accumulate(len("\t".join(r)) + 1 for r in rows[:30]))
+    line_ends = list(itertools.accumulate(len("\t".join(r)) + 1 for r in rows[:50]))
 
     def expected(rows_out: int) -> float:
         if rows_out <= 30:  # text: the bytes of its lines handed out
             return line_ends[rows_out - 1] / total
-        if rows_out <= 50:  # .gz is read whole, so it counts once it is done
-            return sizes[0] / total
+        if rows_out <= 50:  # .gz: the part of its decompressed bytes, at most 99%
+            passed = (line_ends[rows_out - 1] - line_ends[29]) / (line_ends[49] - line_ends[29])
+            return (sizes[0] + int(sizes[1] * min(passed, 0.99))) / total
         # Parquet: its bytes in proportion to its rows.
         return (sizes[0] + sizes[1] + sizes[2] * (rows_out - 50) // 30) / total
 
@@ -427,12 +428,21 @@ def test_epoch_progress_counts_the_bytes_handed_out(tmp_path):
     for n, _ in enumerate(ds, start=1):
         seen.append(ds.epoch_progress())
         assert seen[-1] == pytest.approx(expected(5 * n)), n
-        if n == 3:  # resumes in another dataset with the same fraction
+        if n in (3, 8):  # resumes in another dataset with the same fraction
             resumed = CriteoDataset(paths, 5, SIZES)
             resumed.load_state_dict(ds.state_dict())
             assert resumed.epoch_progress() == pytest.approx(seen[-1])
     assert seen == sorted(seen) and seen[-1] == 1.0
     assert ds.epoch == 1 and ds.epoch_progress() == 0.0  # the next epoch, not begun
+
+
+def test_the_decompressed_size_of_a_gz_file_is_estimated_from_its_start(tmp_path, monkeypatch):
+    rows = random_rows(3000, seed=6)
+    write_tsv(tmp_path / "day.tsv.gz", rows, compress=True)
+    exact = sum(len("\t".join(r)) + 1 for r in rows)
+    assert readers.expanded_size(str(tmp_path / "day.tsv.gz")) == exact  # read whole
+    monkeypatch.setattr(readers, "GZIP_SAMPLE_BYTES", os.path.getsize(tmp_path / "day.tsv.gz") // 4)
+    assert readers.expanded_size(str(tmp_path / "day.tsv.gz")) == pytest.approx(exact, rel=0.05)
 
 
 def test_fsspec_urls_read_and_resume_like_local_files(tmp_path):

@@ -212,9 +212,12 @@ def test_what_is_left_of_a_span_after_a_reader_position():
     assert text.left_after({"offset": 300}) == 0
     rows = Span(1, {}, None, 10, 20, 1000, "rows")
     assert rows.left_after({"row": 15}) == 500 and rows.left_after({"row": 20}) == 0
-    # A file read whole says nothing of how far into it its reader is.
+    # A file read whole (for its phases 0-3 of 8) is passed through by decompressed
+    # bytes, weighed against its size decompressed when that is known.
     whole = Span(2, {}, None, 0, 4, 800, "phases", 8)
     assert whole.left_after({"offset": 5000, "line": 12}) == 800
+    assert whole.left_after({"offset": 5000, "line": 12}, expanded=20000) == 600
+    assert whole.left_after({"offset": 25000, "line": 99}, expanded=20000) == 8  # 99% at most
 
 
 def test_the_files_digest_names_the_files_wherever_their_folder_is():
