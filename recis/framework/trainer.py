@@ -470,8 +470,17 @@ class Trainer:
             if self.state.stopped_by_signal:
                 break
             # A resumed epoch may be at its end already; a fresh empty one means the
-            # dataset cannot be iterated again (e.g. a one-shot generator).
+            # dataset cannot be iterated again (e.g. a one-shot generator), or, before
+            # any step at all, that there is no data: a job must not pass as done.
             if steps == 0 and exhausted and not resumed:
+                if self.state.global_step == 0:
+                    raise ValueError(
+                        f"rank {self.rank}: train_dataset gave not one training step in "
+                        f"epoch {epoch - 1}: the data of a rank ended before its first step "
+                        f"({args.gradient_accumulation_steps} batch a step with "
+                        "gradient_accumulation_steps). Is the training data empty, or "
+                        "smaller than a batch for every rank?"
+                    )
                 logger.warning(
                     "train_dataset yielded no full step in epoch %d; stopping at step %d",
                     epoch - 1,

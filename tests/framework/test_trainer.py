@@ -354,6 +354,12 @@ def _dist_accumulation_and_uneven(tmp: str) -> dict:
     state = trainer.train()
     out["uneven"] = (state.global_step, trainer.dense_optimizer.steps, rec.calls[-3:])
     out["log_lines"] = log.getvalue().splitlines()
+    # No data at all on rank 1: every rank raises, none waits for the others.
+    empty = build_trainer(
+        _ddp_model(), make_batches(2, 4, rank) if rank == 0 else [], os.path.join(tmp, "empty")
+    )
+    with pytest.raises(ValueError, match=f"rank {rank}: train_dataset gave not one training step"):
+        empty.train()
     return out
 
 
@@ -397,6 +403,15 @@ def test_bad_model_output_and_missing_pieces(tmp_path):
         Trainer(ToyModel(), TrainingArguments(output_dir=str(tmp_path)), train_dataset=[]).train()
     with pytest.raises(TypeError, match="pair"):
         Trainer(ToyModel(), dense_optimizers=None)
+
+
+def test_no_data_at_all_is_an_error_not_a_finished_job(tmp_path):
+    # An upstream job that left an empty file must not give an untrained "success".
+    for data, k in (([], 1), (make_batches(1, 4, 0), 2)):
+        trainer = build_trainer(ToyModel(), data, str(tmp_path), gradient_accumulation_steps=k)
+        with pytest.raises(ValueError, match=r"rank 0: train_dataset gave not one training step"):
+            trainer.train()
+        assert not os.path.exists(tmp_path / "checkpoint")  # nothing saved as if trained
 
 
 def test_an_output_dir_that_cannot_be_written_stops_training_before_its_first_step(tmp_path):
