@@ -37,17 +37,15 @@ def without_samples(data: Any) -> Any:
 
 
 def eval_batches(dataset: Iterable[Any], rank: int, world_size: int) -> Iterator[Any]:
-    """The batches of ``dataset``; with several ranks, raises when this rank has none
-    (it could not take part in the other ranks' steps)."""
+    """The batches of ``dataset``; raises when this rank has none: it could not take
+    part in the other ranks' steps, and on one rank there would be nothing to report."""
     seen = False
     for batch in dataset:
         seen = True
         yield batch
-    if not seen and world_size > 1:
-        raise ValueError(
-            f"rank {rank} has no evaluation data; with {world_size} ranks each needs at "
-            "least one eval batch"
-        )
+    if not seen:
+        why = f"; with {world_size} ranks each needs at least one" if world_size > 1 else ""
+        raise ValueError(f"rank {rank} has no evaluation data (an empty eval set?){why}")
 
 
 def is_scalar(value: Any) -> bool:

@@ -124,7 +124,9 @@ def _dist_evaluate_without_data_on_one_rank(tmp: str) -> str:
 def test_a_rank_without_eval_data_fails_every_rank_clearly(tmp_path):
     errors = run_distributed(_dist_evaluate_without_data_on_one_rank, 2, str(tmp_path), timeout=90)
     assert "rank 1 failed to read its evaluation data" in errors[0]
-    assert "rank 1 has no evaluation data; with 2 ranks each needs at least one" in errors[1]
+    assert (
+        "rank 1 has no evaluation data (an empty eval set?); with 2 ranks each needs" in errors[1]
+    )
 
 
 def test_a_long_evaluation_reports_its_progress(tmp_path, monkeypatch, caplog):
