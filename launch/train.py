@@ -20,6 +20,7 @@ import dataclasses
 import inspect
 import json
 import logging
+import math
 import re
 import signal
 import types
@@ -123,6 +124,11 @@ class RunConfig:
                 raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}")
         if self.shuffle_window < 0:
             raise ValueError(f"--shuffle_window must be >= 0, got {self.shuffle_window}")
+        for name in ("sparse_lr", "dense_lr"):
+            if not 0.0 <= getattr(self, name) < math.inf:
+                raise ValueError(
+                    f"--{name} must be a finite number >= 0, got {getattr(self, name)}"
+                )
 
 
 # What a malformed option value should have been, by the option's parser.

@@ -4,6 +4,7 @@
 #include <ATen/ATen.h>
 #include <c10/util/Exception.h>
 
+#include <cmath>
 #include <initializer_list>
 #include <utility>
 
@@ -77,7 +78,8 @@ inline void check_state(const char* op, const char* name, const at::Tensor& stat
 
 inline void check_hyper(const char* op, std::initializer_list<std::pair<const char*, double>> hs) {
   for (const auto& [name, value] : hs) {
-    TORCH_CHECK(value >= 0.0, op, ": ", name, " must be >= 0, got ", value);
+    TORCH_CHECK(value >= 0.0 && std::isfinite(value), op, ": ", name,
+                " must be a finite number >= 0, got ", value);
   }
 }
 

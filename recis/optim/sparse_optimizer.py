@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -17,10 +18,11 @@ ELEMENT, ROW, SCALAR = "element", "row", "scalar"
 
 
 def check_non_negative(cls_name: str, **values: float) -> None:
-    """Raises ``ValueError`` naming the first negative hyper-parameter."""
+    """Raises ``ValueError`` naming the first hyper-parameter that is negative, NaN or
+    infinite."""
     for name, value in values.items():
-        if not value >= 0.0:  # also rejects NaN
-            raise ValueError(f"{cls_name}: {name} must be >= 0, got {value}")
+        if not 0.0 <= value < math.inf:  # also rejects NaN
+            raise ValueError(f"{cls_name}: {name} must be a finite number >= 0, got {value}")
 
 
 def grad_lists(grads: list[SparseGrad]) -> tuple[list, list, list, list, list]:

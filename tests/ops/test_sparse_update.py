@@ -390,8 +390,9 @@ def test_bad_inputs_raise_clear_errors_and_change_nothing():
         _sgd(weight, torch.tensor([1, 2]), offsets.int())
     with pytest.raises(RuntimeError, match="per_sample_weights must be 1-D with one weight per id"):
         _sgd(weight, torch.tensor([1, 2]), offsets, psw=torch.ones(3))
-    with pytest.raises(RuntimeError, match="lr must be >= 0"):
-        _sgd(weight, torch.tensor([1, 2]), offsets, lr=-1.0)
+    for lr in (-1.0, float("inf"), float("nan")):
+        with pytest.raises(RuntimeError, match="lr must be a finite number >= 0"):
+            _sgd(weight, torch.tensor([1, 2]), offsets, lr=lr)
     with pytest.raises(RuntimeError, match="weight must be contiguous"):
         _sgd(torch.randn(3, 5).t(), torch.tensor([1, 2]), offsets, grad_out=torch.ones(1, 3))
     with pytest.raises(RuntimeError, match="weight must be float32 or float64"):

@@ -257,18 +257,20 @@ def test_table_state_shapes_and_set_table_state_validation():
 
 def test_hyper_parameter_validation():
     t = {"t": make_table("t", 3, 2)}
-    with pytest.raises(ValueError, match="SparseSGD: lr must be >= 0, got -1"):
+    with pytest.raises(ValueError, match="SparseSGD: lr must be a finite number >= 0, got -1"):
         SparseSGD(t, lr=-1.0)
-    with pytest.raises(ValueError, match="SparseAdagrad: eps must be >= 0"):
+    with pytest.raises(ValueError, match="SparseAdagrad: eps must be a finite number >= 0"):
         SparseAdagrad(t, eps=-1e-3)
-    with pytest.raises(ValueError, match="weight_decay must be >= 0"):
+    with pytest.raises(ValueError, match="weight_decay must be a finite number >= 0"):
         SparseRowWiseAdagrad(t, weight_decay=-0.1)
     with pytest.raises(ValueError, match=r"SparseAdam: betas must be two values in \[0, 1\)"):
         SparseAdam(t, betas=(0.9, 1.0))
     with pytest.raises(ValueError, match="betas"):
         SparseAdamW(t, betas=(-0.1, 0.9))
-    with pytest.raises(ValueError, match="lr must be >= 0"):
+    with pytest.raises(ValueError, match="lr must be a finite number >= 0, got nan"):
         SparseAdam(t, lr=float("nan"))
+    with pytest.raises(ValueError, match="SparseRowWiseAdagrad: lr must be a finite number >= 0"):
+        SparseRowWiseAdagrad(t, lr=float("inf"))
     with pytest.raises(TypeError, match="must be a dict name -> EmbeddingTable"):
         SparseSGD([t["t"]], lr=0.1)
     with pytest.raises(TypeError, match="table 'x' is a Tensor"):
