@@ -60,6 +60,18 @@ class RankSync:
         *any_set, failed_plus_one = (int(v) for v in reduced.tolist())
         return [bool(v) for v in any_set], (failed_plus_one - 1 if failed_plus_one else None)
 
+    def gather(self, value: int, step: int) -> list[int]:
+        """``value`` of every rank, in rank order (one small all-gather)."""
+        if self.world_size == 1:
+            return [value]
+        mine = torch.tensor([value], device=self.comm_device())
+        values = [torch.zeros_like(mine) for _ in range(self.world_size)]
+        try:
+            dist.all_gather(values, mine)
+        except RuntimeError as e:
+            raise self.fail(e, step, in_collective=True) from e
+        return [int(v.item()) for v in values]
+
     def next_window(
         self,
         it: Iterator[Any],

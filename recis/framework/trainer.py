@@ -108,7 +108,9 @@ class Trainer:
     re-running a job resumes it), then saves every ``save_steps`` steps and at the
     end: the model, the sparse optimizer, the dense optimizer and scheduler, the
     trainer state and, per rank, the train dataset's read position when it has
-    ``state_dict``/``load_state_dict``.
+    ``state_dict``/``load_state_dict``. A save raises ``FloatingPointError`` instead
+    when any rank's loss has been NaN or infinite since the job started: a diverged
+    model must not push the good checkpoints out (``max_to_keep``).
 
     Example::
 
@@ -177,6 +179,9 @@ class Trainer:
         self._checkpoints: CheckpointManager | None = None
         self._restored = False
         self._last_saved_step = -1
+        # The first step whose loss was not finite (0: none), kept on the device so
+        # that watching it costs no sync; read when a checkpoint is due.
+        self._first_nonfinite_step = torch.zeros((), dtype=torch.int64, device=self.device)
         self._stop_signal = StopSignal()
         self.last_evaluation: tuple[int, dict[str, float]] | None = None  # (step, metrics)
 
@@ -294,13 +299,31 @@ class Trainer:
         start = time.monotonic()
         if final:
             if step != self._last_saved_step:
+                self._check_losses_finite()
                 manager.save()
                 self._last_saved_step = step
         else:
+            due = bool(self.args.save_steps) and step % self.args.save_steps == 0
+            if due:
+                self._check_losses_finite()
             manager.step()  # saves when step is a multiple of save_steps
-            if self.args.save_steps and step % self.args.save_steps == 0:
+            if due:
                 self._last_saved_step = step
         self.state.checkpoint_seconds += time.monotonic() - start
+
+    def _check_losses_finite(self) -> None:
+        """Raises on every rank when a rank's loss was NaN or inf at some step so far."""
+        firsts = self._sync.gather(int(self._first_nonfinite_step), self.state.global_step)
+        bad = [(step, rank) for rank, step in enumerate(firsts) if step]
+        if bad:
+            step, rank = min(bad)
+            newest = self._checkpoint_manager().saver.latest_checkpoint()
+            raise FloatingPointError(
+                f"the training loss of rank {rank} was NaN or infinite at step {step}; "
+                f"stopping at step {self.state.global_step} without a checkpoint, so that "
+                f"the last good one stays the newest ({newest or 'none yet'}). A learning "
+                "rate too high, or inputs out of range?"
+            )
 
     # ------------------------------------------------------------------- helpers
     def _to_device(self, data: Any) -> Any:
@@ -395,7 +418,12 @@ class Trainer:
             self.state.samples += _batch_size(data)
         self._optimizer_step()
         self.state.global_step += 1
-        return {**get_global_metrics(), "loss": torch.stack(losses).mean(), **metrics}
+        loss = torch.stack(losses).mean()
+        first = self._first_nonfinite_step
+        self._first_nonfinite_step = torch.where(
+            (first == 0) & ~torch.isfinite(loss), self.state.global_step, first
+        )
+        return {**get_global_metrics(), "loss": loss, **metrics}
 
     def _run_epoch(self, epoch: int) -> tuple[int, bool]:
         """Steps of one epoch until the data or ``train_steps`` ends; (steps, exhausted)."""

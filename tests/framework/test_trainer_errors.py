@@ -10,15 +10,21 @@ all-reduce) cannot be announced by a collective; the other rank's collective fai
 as soon as the failing rank lets go of its process group (its train() returns with
 the error and the process ends, as under torchrun), long before the group's 90 s
 timeout, and the trainer reports it as such.
+
+A loss that turns NaN or infinite on any rank stops every rank at the next save,
+before it writes, so that a diverged model never pushes the good checkpoints out.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import time
 
+import pytest
 import torch.distributed as dist
 
+from recis.framework.checkpoint_manager import Saver
 from recis.testing import run_distributed
 from tests.framework.test_trainer import ToyModel, _ddp_model, build_trainer, make_batches
 
@@ -101,3 +107,57 @@ def test_failing_rank_stops_the_others(tmp_path):
     assert r1["forward"]["error"] == "ValueError: bad feature value in forward"
     assert r0["forward"]["error"].startswith("RuntimeError: rank 0: a collective failed at step 2")
     assert r0["forward"]["seconds"] < 30
+
+
+def _diverging_batches(rank: int, bad_rank: int, bad_step: int) -> list[dict]:
+    """Five batches; on ``bad_rank`` the one of step ``bad_step`` has an infinite input."""
+    batches = make_batches(5, 4, rank)
+    if rank == bad_rank:
+        batches[bad_step - 1]["dense"][0, 0] = math.inf
+    return batches
+
+
+def _checkpoints(out: str) -> list[str]:
+    return Saver(ToyModel(), output_dir=out).checkpoints()
+
+
+def test_a_loss_that_turns_nan_stops_training_before_the_next_save(tmp_path):
+    out = str(tmp_path)
+    trainer = build_trainer(
+        ToyModel(), _diverging_batches(0, 0, bad_step=3), out, train_epoch=1, save_steps=2
+    )
+    message = (
+        r"the training loss of rank 0 was NaN or infinite at step 3; stopping at step 4 "
+        rf"without a checkpoint, so that the last good one stays the newest \({out}/ckpt-2\)"
+    )
+    with pytest.raises(FloatingPointError, match=message):
+        trainer.train()
+    assert _checkpoints(out) == ["ckpt-2"]
+    # The final save of a run checks as well.
+    trainer = build_trainer(
+        ToyModel(), _diverging_batches(0, 0, bad_step=2), str(tmp_path / "end"), train_steps=3
+    )
+    with pytest.raises(FloatingPointError, match=r"rank 0 .* at step 2; stopping at step 3"):
+        trainer.train()
+    assert _checkpoints(str(tmp_path / "end")) == []
+
+
+def _dist_nan(tmp: str) -> str:
+    rank = dist.get_rank()
+    trainer = build_trainer(
+        _ddp_model(), _diverging_batches(rank, 1, bad_step=3), tmp, train_epoch=1, save_steps=2
+    )
+    try:
+        trainer.train()
+    except FloatingPointError as e:
+        return str(e)
+    return "trained"
+
+
+def test_a_nan_loss_on_one_rank_stops_every_rank_before_the_save(tmp_path):
+    # Rank 1's loss is infinite at step 3 (and DDP's averaged gradients make every
+    # rank's loss NaN from step 4): both ranks stop at step 4, naming rank 1, step 3.
+    errors = run_distributed(_dist_nan, 2, str(tmp_path), timeout=90)
+    assert errors[0] == errors[1]
+    assert errors[0].startswith("the training loss of rank 1 was NaN or infinite at step 3;")
+    assert _checkpoints(str(tmp_path)) == ["ckpt-2"]
