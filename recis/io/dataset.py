@@ -245,12 +245,10 @@ class CriteoDataset:
 
     def _expanded_size(self, file: int) -> int | None:
         if file not in self._expanded:
-            path = self.all_files[file]
             try:
-                size = expanded_size(path) if path.lower().endswith(".gz") else None
+                self._expanded[file] = expanded_size(self.all_files[file])
             except (OSError, EOFError, ValueError):  # progress never stops training
-                size = None
-            self._expanded[file] = size
+                self._expanded[file] = None
         return self._expanded[file]
 
     def _spans_of(self, items: list[WorkItem]) -> dict[str, Span]:

@@ -109,8 +109,8 @@ def expanded_size(path: str) -> int | None:
     """About how many bytes the ``.gz`` file ``path`` decompresses to, from its first
     :data:`GZIP_SAMPLE_BYTES` (exact for a smaller file); None when its size is not
     known. A reader's position in it counts decompressed bytes: this tells how far
-    through the file that is."""
-    size = _file_size(path)
+    through the file that is. None too for a file that is not ``.gz``."""
+    size = _file_size(path) if path.lower().endswith(".gz") else None
     if not size:
         return None
     with _open_raw(path) as raw, GZIP_FILE(fileobj=raw, mode="rb") as gz:  # type: ignore[arg-type]

@@ -443,6 +443,8 @@ def test_the_decompressed_size_of_a_gz_file_is_estimated_from_its_start(tmp_path
     assert readers.expanded_size(str(tmp_path / "day.tsv.gz")) == exact  # read whole
     monkeypatch.setattr(readers, "GZIP_SAMPLE_BYTES", os.path.getsize(tmp_path / "day.tsv.gz") // 4)
     assert readers.expanded_size(str(tmp_path / "day.tsv.gz")) == pytest.approx(exact, rel=0.05)
+    write_tsv(tmp_path / "day.tsv", rows[:5])
+    assert readers.expanded_size(str(tmp_path / "day.tsv")) is None  # not compressed
 
 
 def test_fsspec_urls_read_and_resume_like_local_files(tmp_path):
