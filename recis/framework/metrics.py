@@ -77,7 +77,8 @@ def clear_metrics() -> None:
 def binary_auc(preds: Tensor, labels: Tensor) -> float:
     """Exact ROC AUC: the Mann-Whitney U statistic with tied scores counted as half.
 
-    Returns ``nan`` when all labels are equal (AUC is undefined then).
+    Returns ``nan`` when all labels are equal (AUC is undefined then) or a score is
+    NaN (a diverged model has no ranking to measure).
 
     Example::
 
@@ -89,7 +90,7 @@ def binary_auc(preds: Tensor, labels: Tensor) -> float:
     n = preds.numel()
     n_pos = float(labels.sum())
     n_neg = n - n_pos
-    if n_pos == 0 or n_neg == 0:
+    if n_pos == 0 or n_neg == 0 or bool(preds.isnan().any()):
         return float("nan")
     # Average rank (1-based) of each distinct score: tied scores share the mean of the
     # ranks they span, which is exactly the half-credit of the U statistic.

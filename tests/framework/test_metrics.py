@@ -63,6 +63,9 @@ def test_auc_edge_cases():
     assert binary_auc(torch.tensor([0.9, 0.1]), torch.tensor([0, 1])) == 0.0
     assert binary_auc(torch.tensor([0.5, 0.5]), torch.tensor([0, 1])) == 0.5
     assert math.isnan(binary_auc(torch.tensor([0.1, 0.9]), torch.tensor([1, 1])))
+    # A diverged model's NaN scores rank nothing (torch.unique sorts them last).
+    nan = float("nan")
+    assert math.isnan(binary_auc(torch.tensor([0.1, nan, 0.9]), torch.tensor([0, 0, 1])))
     with pytest.raises(ValueError, match="probabilities"):
         BinaryClassificationMetric().update(torch.tensor([1.5]), torch.tensor([1]))
     with pytest.raises(ValueError, match="labels"):
