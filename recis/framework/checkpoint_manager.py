@@ -78,7 +78,7 @@ class CheckpointError(RuntimeError):
 _DAMAGE = (ChecksumError, CheckpointFormatError, FileNotFoundError)
 
 
-def is_damage(error: BaseException) -> bool:
+def _is_damage(error: BaseException) -> bool:
     """Whether a load failed because the checkpoint's files are missing or broken."""
     return isinstance(error, _DAMAGE) or getattr(error, "damaged", False)
 
@@ -536,7 +536,7 @@ class Saver:
         # Ranks agree on the outcome, so that one rank's failure never leaves the
         # others running into a collective that will not complete.
         outcomes = _all_gather(
-            None if error is None else (f"{type(error).__name__}: {error}", is_damage(error)),
+            None if error is None else (f"{type(error).__name__}: {error}", _is_damage(error)),
             group,
             world,
         )
@@ -609,7 +609,7 @@ class CheckpointManager:
         try:
             self.saver.load()
         except Exception as e:
-            if is_damage(e) and len(ids) > 1 and _rank_world(self.saver.process_group)[0] == 0:
+            if _is_damage(e) and len(ids) > 1 and _rank_world(self.saver.process_group)[0] == 0:
                 self._explain_fallback(ids)
             raise
         return self._global_step
