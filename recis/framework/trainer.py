@@ -575,7 +575,7 @@ class Trainer:
         ``args.eval_steps``; ``None``: until every rank's data ends). A rank whose
         data ended before the others' runs its last batch cut to zero samples, so
         that the model's collectives still meet on every rank, and reports nothing
-        from it. With several ranks, each needs at least one eval batch. The model's
+        from it. Each rank needs at least one eval batch. The model's
         train/eval mode is restored afterwards, and so is the read position of a
         dataset that has one (``state_dict``/``load_state_dict``, as recis.io's
         datasets): every evaluation starts at the same batch. A long evaluation logs
