@@ -24,6 +24,8 @@ from torch import Tensor, nn
 
 from recis.framework.checkpoint.commit import (
     LIST_FILE,
+    check_claim,
+    claim,
     commit,
     find_checkpoint,
     read_ids,
@@ -158,6 +160,7 @@ class Saver:
         self._async_group: Any = None
         self._staging: dict[str, Tensor] = {}
         self._pending: tuple[threading.Thread, dict[str, Any]] | None = None
+        self._owner: dict[str, str] | None = None  # see claim()
 
     # ------------------------------------------------------------------ registry
     def register_for_checkpointing(self, name: str, obj: Any, per_rank: bool = False) -> None:
@@ -200,6 +203,18 @@ class Saver:
         errors = [e for e in _all_gather(error, self.process_group, world) if e]
         if errors:
             raise CheckpointError(f"output_dir {storage.url(root)}: {errors[0]}")
+
+    def claim(self) -> None:
+        """Marks ``output_dir`` as this job's (rank 0 writes ``.owner``; call it on every
+        rank). From then on a save raises :class:`CheckpointError` on every rank, and
+        writes nothing, if another job has claimed the directory since: two jobs
+        saving into one ``output_dir`` would delete each other's temporaries and
+        prune each other's checkpoints. ``Trainer.train()`` claims at its start, so
+        the job started last keeps the directory (a restarted job takes over from
+        its dead attempt).
+        """
+        if _rank_world(self.process_group)[0] == 0:
+            self._owner = claim(self._storage, self._root)
 
     def save(self, ckpt_id: str, blocking: bool = True) -> str:
         """Writes checkpoint ``ckpt_id`` (all ranks call it together); returns its path.
@@ -259,6 +274,8 @@ class Saver:
             try:
                 nonce = uuid.uuid4().hex[:12]
                 storage.makedirs(root)
+                if self._owner is not None:  # before touching another job's temporaries
+                    check_claim(storage, root, self._owner)
                 remove_stale(storage, root)
                 storage.makedirs(storage.join(root, temp_name(ckpt_id, nonce)))
             except Exception as e:
@@ -467,6 +484,8 @@ class Saver:
         with storage.open_write(storage.join(tmp, MANIFEST)) as f:
             f.write(dumps(body))
         storage.sync_dir(tmp)
+        if self._owner is not None:  # the list and the pruning are the directory's owner's
+            check_claim(storage, self._root, self._owner)
         commit(storage, self._root, tmp, ckpt_id, nonce, self.max_keep)
 
     # ------------------------------------------------------------------ load

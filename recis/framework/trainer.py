@@ -535,7 +535,9 @@ class Trainer:
         args = self.args
         max_epochs = args.train_epoch if args.train_epoch else (None if args.train_steps else 1)
         self._check_model_device()
-        self._checkpoint_manager().saver.check_writable()
+        saver = self._checkpoint_manager().saver
+        saver.check_writable()
+        saver.claim()
         self.restore()
         self.state.stopped_by_signal = False
         stop_signal = self._stop_signal if args.save_on_sigterm else contextlib.nullcontext()

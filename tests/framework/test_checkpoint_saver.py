@@ -1,8 +1,9 @@
 """Saver behaviour: max_keep, stale temporaries, load_by_config, fsspec, concurrency,
-background saves, CheckpointManager."""
+background saves, CheckpointManager, one job per output_dir."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import uuid
@@ -299,3 +300,41 @@ def test_manifest_records_the_layout_and_plan(tmp_path):
         assert record["algorithm"] == "crc32" and record["checksums"]
     assert set(manifest["dense"]) == {"dense.weight", "dense.bias", "dense_buf"}
     assert manifest["io_state"] == {"0": {}}
+
+
+def _job(out: str) -> Saver:
+    """A job's Saver that has claimed ``out``."""
+    saver = Saver(*_model(), out)
+    saver.claim()
+    return saver
+
+
+def test_the_job_that_claimed_an_output_dir_last_keeps_it(tmp_path):
+    out = str(tmp_path)
+    first = _job(out)
+    first.save("first-1")
+    second = _job(out)  # started later on the same output_dir, by mistake or as a rerun
+    second.save("second-1")
+    took_over = r"another job took over output_dir .* this one stops without saving"
+    with pytest.raises(CheckpointError, match=took_over):
+        first.save("first-2")
+    assert second.checkpoints() == ["first-1", "second-1"]
+    assert not [p for p in os.listdir(out) if p.startswith(".tmp")]
+    # A claim found deleted is written again.
+    os.remove(tmp_path / ".owner")
+    second.save("second-2")
+    assert json.loads((tmp_path / ".owner").read_text())["id"] == second._owner["id"]
+    # A takeover while a save is being written stops it before its commit.
+    write_rank = second._write_rank
+
+    def taken_over_meanwhile(*args, **kwargs):
+        result = write_rank(*args, **kwargs)
+        _job(out)
+        return result
+
+    second._write_rank = taken_over_meanwhile
+    with pytest.raises(CheckpointError, match=r"could not commit: .*" + took_over):
+        second.save("second-3")
+    assert second.checkpoints() == ["first-1", "second-1", "second-2"]
+    # A Saver that never claimed does not check.
+    Saver(*_model(), out).save("unclaimed")

@@ -414,6 +414,28 @@ def test_no_data_at_all_is_an_error_not_a_finished_job(tmp_path):
         assert not os.path.exists(tmp_path / "checkpoint")  # nothing saved as if trained
 
 
+def test_a_job_started_on_a_running_jobs_output_dir_stops_that_job_at_its_next_save(tmp_path):
+    class StartsAnotherJob(Hook):
+        def after_step(self, metrics, global_step):
+            if global_step == 1:  # the same command started again, by mistake
+                build_trainer(
+                    ToyModel(), make_batches(2, 4, 1), str(tmp_path), train_steps=1
+                ).train()
+
+    first = build_trainer(
+        ToyModel(),
+        make_batches(4, 4, 0),
+        str(tmp_path),
+        hooks=[StartsAnotherJob()],
+        train_steps=4,
+        save_steps=2,
+    )
+    with pytest.raises(CheckpointError, match=r"another job took over output_dir"):
+        first.train()
+    # The later job's checkpoint stands; the first wrote none.
+    assert first._saver.checkpoints() == ["ckpt-1"]
+
+
 def test_an_output_dir_that_cannot_be_written_stops_training_before_its_first_step(tmp_path):
     (tmp_path / "a-file").write_text("")
     rec = Recorder()

@@ -11,7 +11,12 @@ and a pruned folder leaves the list before it is deleted.
 
 from __future__ import annotations
 
+import datetime
+import json
+import os
 import re
+import socket
+import uuid
 
 from recis.framework.checkpoint.manifest import FORMAT, MANIFEST
 from recis.framework.checkpoint.storage import Storage
@@ -19,6 +24,7 @@ from recis.framework.checkpoint.storage import Storage
 LIST_FILE = "checkpoint"
 TMP_PREFIX = ".tmp-"
 TRASH_PREFIX = ".trash-"
+OWNER_FILE = ".owner"
 _ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.=+-]*$")
 
 
@@ -125,3 +131,45 @@ def commit(
         storage.remove(trash)
     remove_stale(storage, root)
     return keep
+
+
+def claim(storage: Storage, root: str) -> dict[str, str]:
+    """Marks ``root`` as the output directory of this job; returns the claim written.
+
+    Two jobs saving into one output directory would delete each other's temporaries
+    and prune each other's checkpoints: the job that claimed last keeps it, and
+    :func:`check_claim` stops the other at its next save.
+    """
+    owner = {
+        "id": uuid.uuid4().hex,
+        "host": socket.gethostname(),
+        "pid": str(os.getpid()),
+        "since": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    _write_owner(storage, root, owner)
+    return owner
+
+
+def _write_owner(storage: Storage, root: str, owner: dict[str, str]) -> None:
+    tmp = storage.join(root, f"{TMP_PREFIX}{OWNER_FILE[1:]}-{owner['id'][:12]}")
+    storage.write_atomic(storage.join(root, OWNER_FILE), json.dumps(owner).encode(), tmp)
+
+
+def check_claim(storage: Storage, root: str, owner: dict[str, str]) -> None:
+    """Raises ``RuntimeError`` when another job has claimed ``root`` since ``owner``
+    did (a claim found missing is written again)."""
+    try:
+        current = json.loads(storage.read_bytes(storage.join(root, OWNER_FILE)))
+    except FileNotFoundError:
+        _write_owner(storage, root, owner)
+        return
+    except ValueError:
+        current = {}
+    if current.get("id") != owner["id"]:
+        raise RuntimeError(
+            f"another job took over output_dir {storage.url(root)} (host "
+            f"{current.get('host', '?')}, pid {current.get('pid', '?')}, since "
+            f"{current.get('since', '?')}) after this one (host {owner['host']}, pid "
+            f"{owner['pid']}, since {owner['since']}): two jobs must not save into one "
+            "output_dir; this one stops without saving"
+        )
