@@ -14,6 +14,7 @@ from recis.distributed.comm import rank_and_world
 from recis.distributed.plan import ShardingPlan
 from recis.distributed.planner import plan_sharding
 from recis.distributed.sharded_ebc import ShardedEmbeddingBagCollection
+from recis.distributed.types import ShardingError
 from recis.nn.embedding_bag import EmbeddingBagCollection
 from recis.nn.table import EmbeddingTable
 
@@ -37,6 +38,26 @@ def _not_synced_by_ddp(model: nn.Module) -> list[str]:
             names.append(f"{prefix}weight")
         names.extend(f"{prefix}{b}" for b in m._non_persistent_buffers_set)
     return names
+
+
+def _check_same_plan(plan: ShardingPlan, group: dist.ProcessGroup | None) -> None:
+    """Raises on every rank unless every rank has this plan: ranks that built their
+    models from other options (a node with another config or code version) would
+    exchange lookups that do not fit, and fail later with a stranger error, or hang."""
+    _, world = rank_and_world(group)
+    if world == 1 or not dist.is_initialized():
+        return
+    plans: list[Any] = [None] * world
+    dist.all_gather_object(plans, plan.to_json(), group=group)
+    differing = [r for r, p in enumerate(plans) if p != plans[0]]
+    if differing:
+        first = ShardingPlan.from_json(plans[0])
+        what = first.difference(ShardingPlan.from_json(plans[differing[0]]))
+        raise ShardingError(
+            f"the sharding plan of rank(s) {differing} differs from rank 0's (rank "
+            f"{differing[0]}: {what}): every rank must build the same model with the same "
+            "options (another config or code version on some node?)"
+        )
 
 
 def _replace_collections(model: nn.Module, make: Any) -> nn.Module:
@@ -83,6 +104,7 @@ class DistributedModelParallel(nn.Module):
         device = torch.device(device) if device is not None else _default_device(process_group)
         if plan is None:
             plan = plan_sharding(model, world_size=world)
+        _check_same_plan(plan, process_group)
         self.plan = plan
 
         def shard(ebc: EmbeddingBagCollection) -> ShardedEmbeddingBagCollection:

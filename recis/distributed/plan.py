@@ -115,6 +115,26 @@ class ShardingPlan:
         plan.validate()
         return plan
 
+    def difference(self, other: ShardingPlan) -> str | None:
+        """The first way ``other`` differs from this plan, in words; None when equal."""
+        for name in ("world_size", "local_world_size", "optimizer"):
+            if getattr(self, name) != getattr(other, name):
+                return f"{name} {getattr(other, name)!r} instead of {getattr(self, name)!r}"
+        if list(self.tables) != list(other.tables):
+            missing = sorted(set(self.tables) - set(other.tables))
+            added = sorted(set(other.tables) - set(self.tables))
+            if missing or added:
+                return f"tables {missing} missing and {added} added"
+            return "the same tables in another order"
+        for name, mine in self.tables.items():
+            theirs = other.tables[name]
+            shape, their_shape = (f"{t.num_embeddings}x{t.embedding_dim}" for t in (mine, theirs))
+            if their_shape != shape:
+                return f"table {name!r} is {their_shape} instead of {shape}"
+            if theirs != mine:
+                return f"table {name!r} is sharded otherwise: {theirs} instead of {mine}"
+        return None
+
     def __str__(self) -> str:
         lines = [
             f"ShardingPlan(world_size={self.world_size}, local_world_size="

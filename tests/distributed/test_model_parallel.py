@@ -16,6 +16,7 @@ from recis.distributed import (
     TABLE_WISE,
     DistributedModelParallel,
     ShardedEmbeddingBagCollection,
+    ShardingError,
     plan_sharding,
 )
 from recis.nn import EmbeddingBagCollection, EmbeddingBagConfig, filter_out_sparse_param
@@ -249,3 +250,30 @@ def test_ddp_broadcasts_persistent_buffers_and_leaves_non_persistent_ones_alone(
     # (they are equal on every rank by construction, here deliberately not).
     assert [r[0] for r in results] == [[1.0, 1.0], [1.0, 1.0]]
     assert [r[1] for r in results] == [[1.0, 1.0], [2.0, 2.0]]
+
+
+def _model_of_another_config_on_rank_1() -> str:
+    """Rank 1 builds t_mean with 14 rows (another config on one node); returns the error."""
+    model = TinyModel(device="meta")
+    if dist.get_rank() == 1:
+        model.ebc = EmbeddingBagCollection(
+            [
+                EmbeddingBagConfig(c.name, 14, c.embedding_dim, c.feature_names, c.pooling)
+                if c.name == "t_mean"
+                else c
+                for c in configs()
+            ],
+            device="meta",
+        )
+    with pytest.raises(ShardingError) as raised:
+        DistributedModelParallel(model)
+    return str(raised.value)
+
+
+def test_ranks_that_built_different_models_stop_at_once_naming_the_difference():
+    errors = run_distributed(_model_of_another_config_on_rank_1, 2, timeout=60)
+    assert errors[0] == errors[1]
+    assert errors[0].startswith(
+        "the sharding plan of rank(s) [1] differs from rank 0's "
+        "(rank 1: table 't_mean' is 14x12 instead of 13x12)"
+    )

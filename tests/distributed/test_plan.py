@@ -98,3 +98,17 @@ def test_too_big_table_goes_row_wise_and_bad_json_plan_is_rejected():
     with pytest.raises(ShardingError, match="do not tile"):
         ShardingPlan.from_json(json.dumps(broken))
     assert set(SHARDING_TYPES) == {TABLE_WISE, ROW_WISE, COLUMN_WISE, TABLE_ROW_WISE, DATA_PARALLEL}
+
+
+def test_a_plan_says_how_another_differs_from_it():
+    plan = plan_sharding(_ebc(), world_size=2)
+    assert plan.difference(ShardingPlan.from_json(plan.to_json())) is None
+    assert plan.difference(plan_sharding(_ebc(), world_size=3)) == "world_size 3 instead of 2"
+    assert plan.difference(plan_sharding(_ebc(rows=99), world_size=2)) == (
+        "table 't0' is 99x16 instead of 100x16"
+    )
+    assert plan.difference(plan_sharding(_ebc(n_tables=5), world_size=2)) == (
+        "tables [] missing and ['t4'] added"
+    )
+    other = plan_sharding(_ebc(), world_size=2, constraints={"t1": ROW_WISE})
+    assert plan.difference(other).startswith("table 't1' is sharded otherwise: ")
