@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
@@ -471,6 +472,24 @@ class Trainer:
                 owner.set_epoch(epoch)
                 return
 
+    def _check_same_arguments(self) -> None:
+        """Raises on every rank unless the ranks agree on ``TrainingArguments.shared()``."""
+        if self.world_size == 1 or not dist.is_initialized():
+            return
+        everyone: list[Any] = [None] * self.world_size
+        dist.all_gather_object(everyone, self.args.shared())
+        for other, theirs in enumerate(everyone):
+            differing = [k for k, v in theirs.items() if v != everyone[0][k]]
+            if differing:
+                name = differing[0]
+                raise ValueError(
+                    f"TrainingArguments differ between ranks: {name}={theirs[name]!r} on rank "
+                    f"{other} but {everyone[0][name]!r} on rank 0"
+                    + (f" (and {differing[1:]})" if differing[1:] else "")
+                    + "; ranks that disagree on when to save, evaluate or stop would wait "
+                    "for each other for ever (another config on some node?)"
+                )
+
     def _check_model_device(self) -> None:
         param = next(iter(self.model.parameters()), None)
         if param is not None and param.device.type not in (self.device.type, "meta"):
@@ -535,6 +554,7 @@ class Trainer:
         args = self.args
         max_epochs = args.train_epoch if args.train_epoch else (None if args.train_steps else 1)
         self._check_model_device()
+        self._check_same_arguments()
         saver = self._checkpoint_manager().saver
         saver.check_writable()
         saver.claim()

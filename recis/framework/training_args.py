@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from recis.distributed.process_group import resolve_device
@@ -56,6 +56,10 @@ class TrainingArguments:
     - ``keep_freed_host_memory``: the Trainer makes malloc keep the host memory each
       step frees for the next one (:func:`recis.ops.keep_freed_host_memory`) instead
       of the OS faulting it in again every step; False leaves malloc's defaults.
+
+    Every rank of a job must have the same arguments but for ``device``, ``seed``,
+    ``log_steps``, ``save_concurrency_per_rank`` and ``keep_freed_host_memory``:
+    ``Trainer.train()`` checks (:meth:`shared`).
 
     Example::
 
@@ -121,3 +125,19 @@ class TrainingArguments:
                 f"TrainingArguments.backend must be 'auto', 'gloo', 'nccl', 'mpi' or 'ucc', "
                 f"got {self.backend!r}"
             )
+
+    def shared(self) -> dict[str, Any]:
+        """The fields every rank of a job must agree on: all but :data:`PER_RANK_FIELDS`
+        (ranks that disagree on when to save, evaluate or stop would meet in different
+        collectives and wait for each other for ever)."""
+        return {k: v for k, v in asdict(self).items() if k not in PER_RANK_FIELDS}
+
+
+# Fields a rank may set for itself: they change no collective.
+PER_RANK_FIELDS = (
+    "device",
+    "seed",
+    "log_steps",
+    "save_concurrency_per_rank",
+    "keep_freed_host_memory",
+)

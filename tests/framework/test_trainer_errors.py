@@ -161,3 +161,27 @@ def test_a_nan_loss_on_one_rank_stops_every_rank_before_the_save(tmp_path):
     assert errors[0] == errors[1]
     assert errors[0].startswith("the training loss of rank 1 was NaN or infinite at step 3;")
     assert _checkpoints(str(tmp_path)) == ["ckpt-2"]
+
+
+def _arguments_of_another_node(out: str) -> str:
+    rank = dist.get_rank()
+    trainer = build_trainer(
+        _ddp_model(),
+        make_batches(4, 4, rank),
+        out,
+        train_steps=4,
+        save_steps=2 if rank == 0 else 3,  # would save (a collective) at other steps
+        log_steps=1 if rank == 0 else None,  # a rank may log on its own
+    )
+    with pytest.raises(ValueError) as raised:
+        trainer.train()
+    return str(raised.value)
+
+
+def test_ranks_with_different_training_arguments_stop_at_once_instead_of_hanging(tmp_path):
+    errors = run_distributed(_arguments_of_another_node, 2, str(tmp_path), timeout=60)
+    assert errors[0] == errors[1]
+    assert errors[0].startswith(
+        "TrainingArguments differ between ranks: save_steps=3 on rank 1 but 2 on rank 0; "
+    )
+    assert not os.listdir(tmp_path)  # stopped before anything was written
