@@ -75,6 +75,20 @@ def _has_position(dataset: Any) -> bool:
     )
 
 
+def _hyper_parameters(what: str, optimizer: Any) -> dict[str, Any]:
+    """``{"<what> <name> (group i)": value}`` of each param group's hyper-parameters,
+    tensors as plain numbers (they live on each rank's own device)."""
+    found: dict[str, Any] = {}
+    for i, group in enumerate(getattr(optimizer, "param_groups", [])):
+        for name, value in group.items():
+            if name in ("params", "table_names"):
+                continue
+            if isinstance(value, Tensor):
+                value = value.tolist()
+            found[f"{what}'s {name} (param group {i})"] = value
+    return found
+
+
 def _check_loss(loss: Any, source: str) -> Tensor:
     if not isinstance(loss, Tensor) or loss.numel() != 1:
         shape = f" of shape {tuple(loss.shape)}" if isinstance(loss, Tensor) else ""
@@ -473,21 +487,26 @@ class Trainer:
                 return
 
     def _check_same_arguments(self) -> None:
-        """Raises on every rank unless the ranks agree on ``TrainingArguments.shared()``."""
+        """Raises on every rank unless the ranks agree on ``TrainingArguments.shared()``
+        and on the optimizers' hyper-parameters: ranks that disagree on when to save,
+        evaluate or stop meet in different collectives and wait for each other for
+        ever, and dense replicas stepped with different learning rates drift apart."""
         if self.world_size == 1 or not dist.is_initialized():
             return
+        mine = {f"TrainingArguments.{k}": v for k, v in self.args.shared().items()}
+        for role, optimizer in (("dense", self.dense_optimizer), ("sparse", self.sparse_optimizer)):
+            mine.update(_hyper_parameters(f"the {role} optimizer", optimizer))
         everyone: list[Any] = [None] * self.world_size
-        dist.all_gather_object(everyone, self.args.shared())
+        dist.all_gather_object(everyone, mine)
         for other, theirs in enumerate(everyone):
-            differing = [k for k, v in theirs.items() if v != everyone[0][k]]
+            differing = [k for k in set(theirs) | set(mine) if theirs.get(k) != everyone[0].get(k)]
             if differing:
-                name = differing[0]
+                name = sorted(differing)[0]
                 raise ValueError(
-                    f"TrainingArguments differ between ranks: {name}={theirs[name]!r} on rank "
-                    f"{other} but {everyone[0][name]!r} on rank 0"
-                    + (f" (and {differing[1:]})" if differing[1:] else "")
-                    + "; ranks that disagree on when to save, evaluate or stop would wait "
-                    "for each other for ever (another config on some node?)"
+                    f"ranks differ in {name}: {theirs.get(name)!r} on rank {other} but "
+                    f"{everyone[0].get(name)!r} on rank 0"
+                    + (f" (and {sorted(differing)[1:]})" if differing[1:] else "")
+                    + "; every rank must get the same options (another config on some node?)"
                 )
 
     def _check_model_device(self) -> None:

@@ -59,7 +59,7 @@ class TrainingArguments:
 
     Every rank of a job must have the same arguments but for ``device``, ``seed``,
     ``log_steps``, ``save_concurrency_per_rank`` and ``keep_freed_host_memory``:
-    ``Trainer.train()`` checks (:meth:`shared`).
+    ``Trainer.train()`` checks (:meth:`shared`), and the optimizers' hyper-parameters.
 
     Example::
 

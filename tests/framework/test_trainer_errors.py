@@ -25,6 +25,8 @@ import pytest
 import torch.distributed as dist
 
 from recis.framework.checkpoint_manager import Saver
+from recis.nn import filter_out_sparse_param
+from recis.optim import SparseSGD
 from recis.testing import run_distributed
 from tests.framework.test_trainer import ToyModel, _ddp_model, build_trainer, make_batches
 
@@ -173,15 +175,30 @@ def _arguments_of_another_node(out: str) -> str:
         save_steps=2 if rank == 0 else 3,  # would save (a collective) at other steps
         log_steps=1 if rank == 0 else None,  # a rank may log on its own
     )
+    errors = []
     with pytest.raises(ValueError) as raised:
         trainer.train()
-    return str(raised.value)
+    errors.append(str(raised.value))
+    # Dense replicas stepped with other learning rates would drift apart silently.
+    lr = 0.1 if rank == 0 else 0.2
+    model = _ddp_model()
+    trainer = build_trainer(model, make_batches(4, 4, rank), out, lr=lr, train_steps=4)
+    trainer.sparse_optimizer = SparseSGD(filter_out_sparse_param(model), lr=lr)
+    with pytest.raises(ValueError) as raised:
+        trainer.train()
+    errors.append(str(raised.value))
+    return errors
 
 
-def test_ranks_with_different_training_arguments_stop_at_once_instead_of_hanging(tmp_path):
+def test_ranks_with_different_options_stop_at_once_instead_of_hanging_or_drifting(tmp_path):
     errors = run_distributed(_arguments_of_another_node, 2, str(tmp_path), timeout=60)
     assert errors[0] == errors[1]
-    assert errors[0].startswith(
-        "TrainingArguments differ between ranks: save_steps=3 on rank 1 but 2 on rank 0; "
+    steps, lr = errors[0]
+    assert steps.startswith(
+        "ranks differ in TrainingArguments.save_steps: 3 on rank 1 but 2 on rank 0; "
+    )
+    assert lr.startswith(
+        "ranks differ in the dense optimizer's lr (param group 0): 0.2 on rank 1 but 0.1 on "
+        'rank 0 (and ["the sparse optimizer\'s lr (param group 0)"])'
     )
     assert not os.listdir(tmp_path)  # stopped before anything was written
