@@ -486,16 +486,22 @@ class Trainer:
                 owner.set_epoch(epoch)
                 return
 
-    def _check_same_arguments(self) -> None:
-        """Raises on every rank unless the ranks agree on ``TrainingArguments.shared()``
-        and on the optimizers' hyper-parameters: ranks that disagree on when to save,
-        evaluate or stop meet in different collectives and wait for each other for
-        ever, and dense replicas stepped with different learning rates drift apart."""
+    def _check_same_setup(self) -> None:
+        """Raises on every rank unless the ranks agree on ``TrainingArguments.shared()``,
+        the optimizers' hyper-parameters and the datasets' files (``files_digest``):
+        ranks that disagree on when to save, evaluate or stop meet in different
+        collectives and wait for each other for ever, dense replicas stepped with
+        different learning rates drift apart, and ranks sharing out different lists
+        of files read some records twice and others never."""
         if self.world_size == 1 or not dist.is_initialized():
             return
         mine = {f"TrainingArguments.{k}": v for k, v in self.args.shared().items()}
         for role, optimizer in (("dense", self.dense_optimizer), ("sparse", self.sparse_optimizer)):
             mine.update(_hyper_parameters(f"the {role} optimizer", optimizer))
+        for role, dataset in (("train", self.train_dataset), ("eval", self.eval_dataset)):
+            digest = getattr(dataset, "files_digest", None)
+            if digest is not None:
+                mine[f"the {role} dataset's files (their fingerprint)"] = digest
         everyone: list[Any] = [None] * self.world_size
         dist.all_gather_object(everyone, mine)
         for other, theirs in enumerate(everyone):
@@ -573,7 +579,7 @@ class Trainer:
         args = self.args
         max_epochs = args.train_epoch if args.train_epoch else (None if args.train_steps else 1)
         self._check_model_device()
-        self._check_same_arguments()
+        self._check_same_setup()
         saver = self._checkpoint_manager().saver
         saver.check_writable()
         saver.claim()

@@ -67,7 +67,9 @@ class CriteoDataset:
     or of unknown size) go whole to ranks where they fit; the ranks that share one
     left over each read all of it and keep the lines ``i % world_size`` of their share
     (passing over the others unparsed; rank 0 warns when that reading costs much).
-    ``rank``/``world_size`` default to the initialised process group.
+    ``rank``/``world_size`` default to the initialised process group. Every rank must
+    be given the same files: :attr:`files_digest` fingerprints their names and order
+    (``Trainer.train()`` checks that the ranks agree).
 
     Iterating yields batches ``{"dense": [B, 13], "sparse": KJT C1..C26, "label": [B]}``
     from the current read position to the end of this rank's data; the last batch
@@ -134,7 +136,7 @@ class CriteoDataset:
         self._parser = RecordParser(self.table_sizes, missing_id)
         self.rank, self.world_size = resolve_rank(rank, world_size)
         self.all_files = expand_paths(paths)
-        self._files_digest = files_digest(self.all_files)
+        self.files_digest = files_digest(self.all_files)
         self._state = epoch_start(0, 0, self._file_order_seed)
         self._active: Iterator[Batch] | None = None
         self._warned = False  # about files read whole: once per dataset
@@ -165,7 +167,7 @@ class CriteoDataset:
             "rank": self.rank,
             "world_size": self.world_size,
             "num_files": len(self.all_files),
-            "files_digest": self._files_digest,
+            "files_digest": self.files_digest,
             "batch_size": self.batch_size,
             **copy.deepcopy(self._state),
         }
@@ -264,7 +266,7 @@ class CriteoDataset:
         position is an index into the list of files and an offset in one of them."""
         saved, now = int(state["num_files"]), len(self.all_files)
         # States saved before files_digest existed are checked by the count alone.
-        if saved == now and state.get("files_digest", self._files_digest) == self._files_digest:
+        if saved == now and state.get("files_digest", self.files_digest) == self.files_digest:
             return
         change = f"{saved} files then, {now} now" if saved != now else "other names or order"
         raise ValueError(

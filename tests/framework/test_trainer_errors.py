@@ -25,10 +25,12 @@ import pytest
 import torch.distributed as dist
 
 from recis.framework.checkpoint_manager import Saver
+from recis.io import CriteoDataset
 from recis.nn import filter_out_sparse_param
 from recis.optim import SparseSGD
 from recis.testing import run_distributed
 from tests.framework.test_trainer import ToyModel, _ddp_model, build_trainer, make_batches
+from tests.io.test_criteo import random_rows, write_tsv
 
 
 def _failing_data(batches, fail_at: int):
@@ -187,13 +189,22 @@ def _arguments_of_another_node(out: str) -> str:
     with pytest.raises(ValueError) as raised:
         trainer.train()
     errors.append(str(raised.value))
+    # Ranks sharing out other lists of files would read records twice, or never.
+    data = CriteoDataset(os.path.join(out, "data", f"day_{rank}.tsv"), 4, 100)
+    trainer = build_trainer(_ddp_model(), data, os.path.join(out, "job"), train_steps=4)
+    with pytest.raises(ValueError) as raised:
+        trainer.train()
+    errors.append(str(raised.value))
     return errors
 
 
 def test_ranks_with_different_options_stop_at_once_instead_of_hanging_or_drifting(tmp_path):
+    (tmp_path / "data").mkdir()
+    for day in (0, 1):
+        write_tsv(tmp_path / "data" / f"day_{day}.tsv", random_rows(8, seed=day))
     errors = run_distributed(_arguments_of_another_node, 2, str(tmp_path), timeout=60)
     assert errors[0] == errors[1]
-    steps, lr = errors[0]
+    steps, lr, files = errors[0]
     assert steps.startswith(
         "ranks differ in TrainingArguments.save_steps: 3 on rank 1 but 2 on rank 0; "
     )
@@ -201,4 +212,5 @@ def test_ranks_with_different_options_stop_at_once_instead_of_hanging_or_driftin
         "ranks differ in the dense optimizer's lr (param group 0): 0.2 on rank 1 but 0.1 on "
         'rank 0 (and ["the sparse optimizer\'s lr (param group 0)"])'
     )
-    assert not os.listdir(tmp_path)  # stopped before anything was written
+    assert files.startswith("ranks differ in the train dataset's files (their fingerprint): ")
+    assert os.listdir(tmp_path) == ["data"]  # stopped before anything was written
