@@ -24,7 +24,9 @@ class RankSync:
     read it (all raise, the failing rank its own error, the others one naming it).
     :meth:`next_batch` goes on instead until every rank's data ended (evaluation
     covers every batch). :meth:`fail` handles an error raised inside a step, where
-    the other ranks may wait in a collective of the model.
+    the other ranks may wait in a collective of the model. :meth:`gather` and
+    :meth:`check_same` compare values across ranks (the step of a NaN loss, the
+    options every rank must share).
 
     Example::
 
@@ -71,6 +73,27 @@ class RankSync:
         except RuntimeError as e:
             raise self.fail(e, step, in_collective=True) from e
         return [int(v.item()) for v in values]
+
+    def check_same(self, mine: dict[str, Any], hint: str) -> None:
+        """Raises ``ValueError`` on every rank unless every rank has the same ``mine``
+        (one all-gather of objects), naming the first entry that differs from rank
+        0's, and ``hint``, a likely cause."""
+        if self.world_size == 1 or not dist.is_initialized():
+            return
+        everyone: list[Any] = [None] * self.world_size
+        dist.all_gather_object(everyone, mine)
+        for other, theirs in enumerate(everyone):
+            differing = sorted(
+                k for k in set(theirs) | set(mine) if theirs.get(k) != everyone[0].get(k)
+            )
+            if differing:
+                name = differing[0]
+                raise ValueError(
+                    f"ranks differ in {name}: {theirs.get(name)!r} on rank {other} but "
+                    f"{everyone[0].get(name)!r} on rank 0"
+                    + (f" (and {differing[1:]})" if differing[1:] else "")
+                    + f"; every rank must get the same options ({hint})"
+                )
 
     def next_window(
         self,

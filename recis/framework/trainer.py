@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
@@ -493,8 +492,6 @@ class Trainer:
         collectives and wait for each other for ever, dense replicas stepped with
         different learning rates drift apart, and ranks sharing out different lists
         of files read some records twice and others never."""
-        if self.world_size == 1 or not dist.is_initialized():
-            return
         mine = {f"TrainingArguments.{k}": v for k, v in self.args.shared().items()}
         for role, optimizer in (("dense", self.dense_optimizer), ("sparse", self.sparse_optimizer)):
             mine.update(_hyper_parameters(f"the {role} optimizer", optimizer))
@@ -502,18 +499,7 @@ class Trainer:
             digest = getattr(dataset, "files_digest", None)
             if digest is not None:
                 mine[f"the {role} dataset's files (their fingerprint)"] = digest
-        everyone: list[Any] = [None] * self.world_size
-        dist.all_gather_object(everyone, mine)
-        for other, theirs in enumerate(everyone):
-            differing = [k for k in set(theirs) | set(mine) if theirs.get(k) != everyone[0].get(k)]
-            if differing:
-                name = sorted(differing)[0]
-                raise ValueError(
-                    f"ranks differ in {name}: {theirs.get(name)!r} on rank {other} but "
-                    f"{everyone[0].get(name)!r} on rank 0"
-                    + (f" (and {sorted(differing)[1:]})" if differing[1:] else "")
-                    + "; every rank must get the same options (another config on some node?)"
-                )
+        self._sync.check_same(mine, "another config on some node?")
 
     def _check_model_device(self) -> None:
         param = next(iter(self.model.parameters()), None)
