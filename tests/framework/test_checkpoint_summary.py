@@ -32,6 +32,7 @@ def test_describes_a_dmp_checkpoint_and_verifies_every_file(tmp_path, capsys):
     assert lines[0] == f"checkpoint {path / 'ckpt-2'}"
     assert "committed beside it, oldest first: ckpt-2" in out
     assert "by 2 ranks" in out
+    assert "claimed" not in out  # saved without a Trainer: nobody claimed the directory
     # Each table with its shape, the optimizer's state kinds and its sharding.
     row = {line.split()[0]: line.split() for line in lines if line.startswith("    t_")}
     assert row["t_sum"][-2:] == ["row_wise", "0-1"]
@@ -47,6 +48,17 @@ def test_describes_a_dmp_checkpoint_and_verifies_every_file(tmp_path, capsys):
         timeout=120,
     )
     assert result.returncode == 0 and result.stdout.startswith(f"checkpoint {path / 'ckpt-2'}")
+
+
+def test_says_which_job_claimed_the_output_dir(tmp_path, capsys):
+    saver = _saved(tmp_path)[2]
+    saver.claim()
+    status, out, _ = run_main(capsys, tmp_path)
+    owner = saver._owner
+    assert status == 0 and out.splitlines()[2] == (
+        f"  its output_dir is claimed by the job on host {owner['host']} (pid {owner['pid']}) "
+        f"since {owner['since']}"
+    )
 
 
 @pytest.mark.parametrize("damage", ["flipped byte", "truncated", "missing file", "missing tensor"])

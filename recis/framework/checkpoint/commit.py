@@ -155,16 +155,24 @@ def _write_owner(storage: Storage, root: str, owner: dict[str, str]) -> None:
     storage.write_atomic(storage.join(root, OWNER_FILE), json.dumps(owner).encode(), tmp)
 
 
+def read_claim(storage: Storage, root: str) -> dict[str, str] | None:
+    """The claim on ``root`` (see :func:`claim`); None when there is none, ``{}`` when
+    it cannot be read."""
+    try:
+        return json.loads(storage.read_bytes(storage.join(root, OWNER_FILE)))
+    except FileNotFoundError:
+        return None
+    except ValueError:
+        return {}
+
+
 def check_claim(storage: Storage, root: str, owner: dict[str, str]) -> None:
     """Raises ``RuntimeError`` when another job has claimed ``root`` since ``owner``
     did (a claim found missing is written again)."""
-    try:
-        current = json.loads(storage.read_bytes(storage.join(root, OWNER_FILE)))
-    except FileNotFoundError:
+    current = read_claim(storage, root)
+    if current is None:
         _write_owner(storage, root, owner)
         return
-    except ValueError:
-        current = {}
     if current.get("id") != owner["id"]:
         raise RuntimeError(
             f"another job took over output_dir {storage.url(root)} (host "

@@ -26,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from recis.framework.checkpoint.commit import find_checkpoint, read_ids
+from recis.framework.checkpoint.commit import find_checkpoint, read_claim, read_ids
 from recis.framework.checkpoint.integrity import ChecksumError
 from recis.framework.checkpoint.manifest import CheckpointFormatError, read_manifest
 from recis.framework.checkpoint.storage import Storage, storage_for
@@ -102,14 +102,25 @@ def verify(
     return VerifyReport(len(files), total, time.perf_counter() - start)
 
 
-def describe(manifest: dict[str, Any], location: str, committed: list[str]) -> str:
+def describe(
+    manifest: dict[str, Any],
+    location: str,
+    committed: list[str],
+    owner: dict[str, str] | None = None,
+) -> str:
     """A readable account of a checkpoint's manifest (``location``: where it is;
-    ``committed``: the ids its output directory lists, if any)."""
+    ``committed``: the ids its output directory lists, if any; ``owner``: the job that
+    claimed that directory, if any)."""
     files = manifest["files"]
     saved = datetime.datetime.fromtimestamp(manifest.get("created_unix", 0), datetime.UTC)
     lines = [f"checkpoint {location}"]
     if committed:
         lines.append(f"  committed beside it, oldest first: {', '.join(committed)}")
+    if owner:  # Trainer.train() claims its output_dir
+        lines.append(
+            f"  its output_dir is claimed by the job on host {owner.get('host')} (pid "
+            f"{owner.get('pid')}) since {owner.get('since')}"
+        )
     lines += [
         f"  saved {saved:%Y-%m-%d %H:%M:%S} UTC by {manifest['world_size']} ranks "
         f"(checkpoint format {manifest['format_version']})",
@@ -219,7 +230,8 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, CheckpointFormatError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(describe(manifest, storage.url(ckpt_dir), committed), flush=True)
+    owner = read_claim(storage, root) if ckpt_dir != root else None
+    print(describe(manifest, storage.url(ckpt_dir), committed, owner), flush=True)
     if not args.verify:
         return 0
     total = sum(int(f["size"]) for f in manifest["files"].values())
