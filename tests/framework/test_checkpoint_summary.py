@@ -50,6 +50,13 @@ def test_describes_a_dmp_checkpoint_and_verifies_every_file(tmp_path, capsys):
     assert result.returncode == 0 and result.stdout.startswith(f"checkpoint {path / 'ckpt-2'}")
 
 
+def test_piped_into_head_it_stops_without_a_traceback(tmp_path):
+    _saved(tmp_path)
+    command = f"{sys.executable} -m recis.framework.checkpoint {tmp_path} --verify | head -1"
+    result = subprocess.run(command, shell=True, capture_output=True, text=True, timeout=120)
+    assert result.stdout.startswith("checkpoint ") and result.stderr == ""
+
+
 def test_says_which_job_claimed_the_output_dir(tmp_path, capsys):
     saver = _saved(tmp_path)[2]
     saver.claim()
