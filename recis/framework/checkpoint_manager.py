@@ -1,4 +1,5 @@
-"""Saver and CheckpointManager: sharded, atomic, resharding checkpoints.
+"""Saver (and CheckpointManager, from ``checkpoint/manager.py``): sharded, atomic,
+resharding checkpoints.
 
 Every rank writes the table shards it holds (weights and sparse-optimizer state)
 with ``concurrency`` writer threads; rank 0 also writes the dense parameters, the
@@ -22,8 +23,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from recis.distributed.comm import rank_and_world
 from recis.framework.checkpoint.commit import (
-    LIST_FILE,
     check_claim,
     claim,
     commit,
@@ -34,7 +35,7 @@ from recis.framework.checkpoint.commit import (
     validate_id,
 )
 from recis.framework.checkpoint.dense import dense_state_dict
-from recis.framework.checkpoint.integrity import DEFAULT_BLOCK_SIZE, ChecksumError
+from recis.framework.checkpoint.integrity import DEFAULT_BLOCK_SIZE
 from recis.framework.checkpoint.layout import (
     ELEMENT,
     merge_table_metas,
@@ -44,15 +45,12 @@ from recis.framework.checkpoint.layout import (
 from recis.framework.checkpoint.load import (
     CATEGORIES,
     CheckpointLoader,
+    is_damage,
     optimizer_table_state,
     parse_load_conf,
 )
-from recis.framework.checkpoint.manifest import (
-    MANIFEST,
-    CheckpointFormatError,
-    dumps,
-    read_manifest,
-)
+from recis.framework.checkpoint.manager import CheckpointManager
+from recis.framework.checkpoint.manifest import MANIFEST, dumps, read_manifest
 from recis.framework.checkpoint.storage import Storage, storage_for
 from recis.framework.checkpoint.tensor_file import ReaderCache, dtype_name
 from recis.framework.checkpoint.tree import encode, map_refs
@@ -61,6 +59,8 @@ from recis.framework.progress import Progress
 from recis.nn.sparse_params import filter_out_sparse_param
 
 logger = logging.getLogger(__name__)
+
+__all__ = ["CheckpointError", "CheckpointManager", "Saver", "parse_load_conf"]
 
 
 class CheckpointError(RuntimeError):
@@ -73,22 +73,6 @@ class CheckpointError(RuntimeError):
     def __init__(self, message: str, damaged: bool = False) -> None:
         super().__init__(message)
         self.damaged = damaged
-
-
-# What a load raises when the checkpoint itself is broken (a file missing, cut short or
-# changed), as opposed to a checkpoint that does not fit the model.
-_DAMAGE = (ChecksumError, CheckpointFormatError, FileNotFoundError)
-
-
-def _is_damage(error: BaseException) -> bool:
-    """Whether a load failed because the checkpoint's files are missing or broken."""
-    return isinstance(error, _DAMAGE) or getattr(error, "damaged", False)
-
-
-def _rank_world(group: Any) -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(group), dist.get_world_size(group)
-    return 0, 1
 
 
 def _all_gather(obj: Any, group: Any, world: int) -> list[Any]:
@@ -190,7 +174,7 @@ class Saver:
         its first save hours later, that its checkpoints cannot be written.
         """
         storage, root = self._storage, self._root
-        rank, world = _rank_world(self.process_group)
+        rank, world = rank_and_world(self.process_group)
         error = None
         try:
             storage.makedirs(root)
@@ -213,7 +197,7 @@ class Saver:
         the job started last keeps the directory (a restarted job takes over from
         its dead attempt).
         """
-        if _rank_world(self.process_group)[0] == 0:
+        if rank_and_world(self.process_group)[0] == 0:
             self._owner = claim(self._storage, self._root)
 
     def save(self, ckpt_id: str, blocking: bool = True) -> str:
@@ -230,7 +214,7 @@ class Saver:
         """
         validate_id(ckpt_id)
         self.wait()
-        rank, world = _rank_world(self.process_group)
+        rank, world = rank_and_world(self.process_group)
         if blocking:
             return self._save(self._snapshot(rank, copy=False), ckpt_id, self.process_group)
         if world > 1 and self._async_group is None:
@@ -267,7 +251,7 @@ class Saver:
 
     def _save(self, snapshot: dict[str, Any], ckpt_id: str, group: Any) -> str:
         storage, root = self._storage, self._root
-        rank, world = _rank_world(group)
+        rank, world = rank_and_world(group)
         start = time.monotonic()
         nonce, error = None, None
         if rank == 0:
@@ -526,7 +510,7 @@ class Saver:
     ) -> str:
         self.wait()
         group = self.process_group
-        rank, world = _rank_world(group)
+        rank, world = rank_and_world(group)
         error: BaseException | None = None
         path = ""
         start = time.monotonic()
@@ -555,7 +539,7 @@ class Saver:
         # Ranks agree on the outcome, so that one rank's failure never leaves the
         # others running into a collective that will not complete.
         outcomes = _all_gather(
-            None if error is None else (f"{type(error).__name__}: {error}", _is_damage(error)),
+            None if error is None else (f"{type(error).__name__}: {error}", is_damage(error)),
             group,
             world,
         )
@@ -577,81 +561,3 @@ class Saver:
                 time.monotonic() - start,
             )
         return path
-
-
-class CheckpointManager:
-    """Saves every ``save_interval`` optimizer steps and restores the latest checkpoint.
-
-    The manager's own global step is saved with each checkpoint (as extra state
-    ``checkpoint_manager``), so ``restore()`` returns the step to resume from.
-
-    Example::
-
-        >>> manager = CheckpointManager(saver, save_interval=1000)
-        >>> start = manager.restore()          # 0 on a fresh job
-        >>> for step in range(start, total_steps):
-        ...     train_one_step()
-        ...     manager.step()                 # saves at steps 1000, 2000, ...
-    """
-
-    def __init__(self, saver: Saver, save_interval: int) -> None:
-        if save_interval < 0:
-            raise ValueError(
-                f"save_interval must be >= 0 (0: never automatically), got {save_interval}"
-            )
-        self.saver = saver
-        self.save_interval = save_interval
-        self._global_step = 0
-        saver.register_for_checkpointing("checkpoint_manager", self)
-
-    @property
-    def global_step(self) -> int:
-        return self._global_step
-
-    def step(self) -> str | None:
-        """Counts one optimizer step; saves when it completes an interval (path, else None)."""
-        self._global_step += 1
-        if self.save_interval and self._global_step % self.save_interval == 0:
-            return self.save()
-        return None
-
-    def save(self) -> str:
-        """Saves now as ``ckpt-<global_step>``; returns the checkpoint's path."""
-        return self.saver.save(f"ckpt-{self._global_step}")
-
-    def restore(self) -> int:
-        """Loads the latest checkpoint of the saver's ``output_dir``; returns its global
-        step (0, loading nothing, when there is none)."""
-        ids = self.saver.checkpoints()
-        if not ids:
-            return 0
-        try:
-            self.saver.load()
-        except Exception as e:
-            if _is_damage(e) and len(ids) > 1 and _rank_world(self.saver.process_group)[0] == 0:
-                self._explain_fallback(ids)
-            raise
-        return self._global_step
-
-    def _explain_fallback(self, ids: list[str]) -> None:
-        # The list only names complete checkpoints, so a listed one that is gone or
-        # broken was deleted or damaged after its save: going back to an older one
-        # loses steps, which only the user can agree to.
-        output_dir = self.saver.output_dir.rstrip("/")
-        logger.error(
-            "resuming from %s, the newest checkpoint that %s lists, failed: it is missing "
-            "or damaged. To resume from %s instead, delete the line %r from that file "
-            "(`python -m recis.framework.checkpoint %s --id %s --verify` checks it first).",
-            ids[-1],
-            f"{output_dir}/{LIST_FILE}",
-            ids[-2],
-            ids[-1],
-            output_dir,
-            ids[-2],
-        )
-
-    def state_dict(self) -> dict[str, int]:
-        return {"global_step": self._global_step}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self._global_step = int(state["global_step"])

@@ -158,7 +158,7 @@ def _resume(tmp_path, caplog, specs=SPECS):
     """A fresh job's CheckpointManager.restore(): (step, model, what it logged)."""
     model, _, saver = _fresh(tmp_path, specs)
     caplog.clear()
-    with caplog.at_level(logging.ERROR, logger="recis.framework.checkpoint_manager"):
+    with caplog.at_level(logging.ERROR, logger="recis.framework.checkpoint.manager"):
         try:
             return CheckpointManager(saver, save_interval=0).restore(), model, caplog.text
         except Exception as e:

@@ -4,6 +4,8 @@ One job per module: ``storage`` (local paths and fsspec URLs), ``integrity``
 (block checksums), ``tensor_file`` (safetensors files written and read by slices),
 ``tree`` (nested state to JSON + tensors), ``layout`` (which rank writes which
 box of which table), ``writer`` (parallel writer threads), ``reader`` (resharding
-reads), ``manifest`` (the commit record), ``commit`` (atomic publish, pruning) and
+reads), ``manifest`` (the commit record), ``commit`` (atomic publish, pruning, the claim on
+an output directory), ``load`` (restoring a checkpoint's categories), ``manager``
+(CheckpointManager: periodic saves and the resume) and
 ``summary`` (``python -m recis.framework.checkpoint PATH [--verify]``).
 """

@@ -11,7 +11,9 @@ import torch
 from torch import Tensor, nn
 
 from recis.framework.checkpoint.dense import dense_names
+from recis.framework.checkpoint.integrity import ChecksumError
 from recis.framework.checkpoint.layout import ELEMENT
+from recis.framework.checkpoint.manifest import CheckpointFormatError
 from recis.framework.checkpoint.reader import TableReader
 from recis.framework.checkpoint.tensor_file import ReaderCache
 from recis.framework.checkpoint.tree import decode
@@ -70,6 +72,17 @@ def optimizer_table_state(sparse_optimizer: Any, name: str) -> dict[str, Tensor]
         return dict(sparse_optimizer.table_state(name))
     except KeyError:
         return {}  # a table this optimizer does not update has no state
+
+
+# What a load raises when the checkpoint itself is broken (a file missing, cut short or
+# changed), as opposed to a checkpoint that does not fit the model.
+_DAMAGE = (ChecksumError, CheckpointFormatError, FileNotFoundError)
+
+
+def is_damage(error: BaseException) -> bool:
+    """Whether a load failed because the checkpoint's files are missing or broken (on
+    this rank, or on another: ``CheckpointError.damaged``)."""
+    return isinstance(error, _DAMAGE) or bool(getattr(error, "damaged", False))
 
 
 class CheckpointLoader:
