@@ -1,10 +1,10 @@
-"""What Trainer.evaluate accumulates over the eval batches and reduces across ranks,
-and the zero-sample batch a rank runs once its eval data ended."""
+"""Trainer.evaluate's loop over the eval batches, what it accumulates and reduces
+across ranks, and the zero-sample batch a rank runs once its eval data ended."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
@@ -12,6 +12,10 @@ from torch import Tensor
 
 from recis.framework.metrics import BinaryClassificationMetric, Predictions
 from recis.sparse import KeyedJaggedTensor
+
+if TYPE_CHECKING:
+    from recis.framework.progress import Progress
+    from recis.framework.rank_sync import RankSync
 
 
 def without_samples(data: Any) -> Any:
@@ -105,3 +109,40 @@ class EvalMetrics:
             for i, name in enumerate(names):
                 results.setdefault(name, float(totals[2 * i] / totals[2 * i + 1]))
         return results
+
+
+def run_eval_batches(
+    it: Iterator[Any],
+    sync: RankSync,
+    eval_batch: Callable[[Any], dict[str, Any]],
+    metrics: EvalMetrics,
+    steps: int | None,
+    step: int,
+    stop: Callable[[], bool],
+    progress: Progress | None = None,
+) -> tuple[int, bool]:
+    """Feeds ``eval_batch(batch)`` of each batch of ``it`` to ``metrics``, for
+    ``steps`` batches or until every rank's data ended (``step``: the training step,
+    for errors); returns the batches run and whether ``stop()`` on some rank cut the
+    evaluation short. A rank whose data ended before the others' runs its last batch
+    cut to zero samples, so that the model's collectives meet on every rank, and
+    counts nothing from it."""
+    done, data, ended = 0, None, False
+    while steps is None or done < steps:
+        batch, any_left, stopping = sync.next_batch(it, "evaluation", step, stop)
+        if stopping:
+            return done, True
+        if not any_left:
+            break
+        if batch is not None:
+            data = batch
+        elif not ended:  # this rank's data ended: zero samples from now on
+            data, ended = without_samples(data), True
+        try:
+            metrics.add(eval_batch(data), count=not ended)
+        except Exception as e:
+            raise sync.fail(e, step) from e
+        done += 1
+        if progress is not None:
+            progress.add(1)
+    return done, False

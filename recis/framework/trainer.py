@@ -21,7 +21,8 @@ from recis.distributed.process_group import (
     world_size,
 )
 from recis.framework.checkpoint_manager import CheckpointManager, Saver
-from recis.framework.evaluation import EvalMetrics, eval_batches, without_samples
+from recis.framework.evaluation import EvalMetrics, eval_batches, run_eval_batches
+from recis.framework.job_checks import NonFiniteLossWatch, check_same_setup
 from recis.framework.metrics import clear_metrics, get_global_metrics
 from recis.framework.progress import Progress
 from recis.framework.rank_sync import RankSync
@@ -72,20 +73,6 @@ def _has_position(dataset: Any) -> bool:
     return callable(getattr(dataset, "state_dict", None)) and callable(
         getattr(dataset, "load_state_dict", None)
     )
-
-
-def _hyper_parameters(what: str, optimizer: Any) -> dict[str, Any]:
-    """``{"<what> <name> (group i)": value}`` of each param group's hyper-parameters,
-    tensors as plain numbers (they live on each rank's own device)."""
-    found: dict[str, Any] = {}
-    for i, group in enumerate(getattr(optimizer, "param_groups", [])):
-        for name, value in group.items():
-            if name in ("params", "table_names"):
-                continue
-            if isinstance(value, Tensor):
-                value = value.tolist()
-            found[f"{what}'s {name} (param group {i})"] = value
-    return found
 
 
 def _check_loss(loss: Any, source: str) -> Tensor:
@@ -193,9 +180,7 @@ class Trainer:
         self._checkpoints: CheckpointManager | None = None
         self._restored = False
         self._last_saved_step = -1
-        # The first step whose loss was not finite (0: none), kept on the device so
-        # that watching it costs no sync; read when a checkpoint is due.
-        self._first_nonfinite_step = torch.zeros((), dtype=torch.int64, device=self.device)
+        self._nonfinite_loss = NonFiniteLossWatch(self.device)
         self._stop_signal = StopSignal()
         self.last_evaluation: tuple[int, dict[str, float]] | None = None  # (step, metrics)
 
@@ -326,18 +311,8 @@ class Trainer:
         self.state.checkpoint_seconds += time.monotonic() - start
 
     def _check_losses_finite(self) -> None:
-        """Raises on every rank when a rank's loss was NaN or inf at some step so far."""
-        firsts = self._sync.gather(int(self._first_nonfinite_step), self.state.global_step)
-        bad = [(step, rank) for rank, step in enumerate(firsts) if step]
-        if bad:
-            step, rank = min(bad)
-            newest = self._checkpoint_manager().saver.latest_checkpoint()
-            raise FloatingPointError(
-                f"the training loss of rank {rank} was NaN or infinite at step {step}; "
-                f"stopping at step {self.state.global_step} without a checkpoint, so that "
-                f"the last good one stays the newest ({newest or 'none yet'}). A learning "
-                "rate too high, or inputs out of range?"
-            )
+        newest = self._checkpoint_manager().saver.latest_checkpoint()
+        self._nonfinite_loss.check(self._sync, self.state.global_step, newest)
 
     # ------------------------------------------------------------------- helpers
     def _to_device(self, data: Any) -> Any:
@@ -433,10 +408,7 @@ class Trainer:
         self._optimizer_step()
         self.state.global_step += 1
         loss = torch.stack(losses).mean()
-        first = self._first_nonfinite_step
-        self._first_nonfinite_step = torch.where(
-            (first == 0) & ~torch.isfinite(loss), self.state.global_step, first
-        )
+        self._nonfinite_loss.note(loss, self.state.global_step)
         return {**get_global_metrics(), "loss": loss, **metrics}
 
     def _run_epoch(self, epoch: int) -> tuple[int, bool]:
@@ -484,22 +456,6 @@ class Trainer:
             if callable(getattr(owner, "set_epoch", None)):
                 owner.set_epoch(epoch)
                 return
-
-    def _check_same_setup(self) -> None:
-        """Raises on every rank unless the ranks agree on ``TrainingArguments.shared()``,
-        the optimizers' hyper-parameters and the datasets' files (``files_digest``):
-        ranks that disagree on when to save, evaluate or stop meet in different
-        collectives and wait for each other for ever, dense replicas stepped with
-        different learning rates drift apart, and ranks sharing out different lists
-        of files read some records twice and others never."""
-        mine = {f"TrainingArguments.{k}": v for k, v in self.args.shared().items()}
-        for role, optimizer in (("dense", self.dense_optimizer), ("sparse", self.sparse_optimizer)):
-            mine.update(_hyper_parameters(f"the {role} optimizer", optimizer))
-        for role, dataset in (("train", self.train_dataset), ("eval", self.eval_dataset)):
-            digest = getattr(dataset, "files_digest", None)
-            if digest is not None:
-                mine[f"the {role} dataset's files (their fingerprint)"] = digest
-        self._sync.check_same(mine, "another config on some node?")
 
     def _check_model_device(self) -> None:
         param = next(iter(self.model.parameters()), None)
@@ -565,7 +521,12 @@ class Trainer:
         args = self.args
         max_epochs = args.train_epoch if args.train_epoch else (None if args.train_steps else 1)
         self._check_model_device()
-        self._check_same_setup()
+        check_same_setup(
+            self._sync,
+            args,
+            {"dense": self.dense_optimizer, "sparse": self.sparse_optimizer},
+            {"train": self.train_dataset, "eval": self.eval_dataset},
+        )
         saver = self._checkpoint_manager().saver
         saver.check_writable()
         saver.claim()
@@ -634,31 +595,22 @@ class Trainer:
         position = dataset.state_dict() if _has_position(dataset) else None
         it = eval_batches(dataset, self.rank, self.world_size)
         try:
-            done, data, ended, stopped = 0, None, False, False
             with torch.no_grad():
-                while steps is None or done < steps:
-                    batch, any_left, stop = self._sync.next_batch(
-                        it, "evaluation", self.state.global_step, self._stop_requested
-                    )
-                    if stop:  # SIGTERM inside train(): the checkpoint comes first
-                        stopped = self.state.stopped_by_signal = True
-                        break
-                    if not any_left:
-                        break
-                    if batch is not None:
-                        data = batch
-                    elif not ended:  # this rank's data ended: zero samples from now on
-                        data, ended = without_samples(data), True
-                    try:
-                        metrics.add(self._eval_batch(data), count=not ended)
-                    except Exception as e:
-                        raise self._sync.fail(e, self.state.global_step) from e
-                    done += 1
-                    if self.is_main_process:
-                        progress.add(1)
-            # Every rank ran the same number of batches of the same model, so the
-            # metric names match and the reduction's collectives line up.
-            if not stopped:
+                done, stopped = run_eval_batches(
+                    it,
+                    self._sync,
+                    self._eval_batch,
+                    metrics,
+                    steps,
+                    self.state.global_step,
+                    self._stop_requested,
+                    progress if self.is_main_process else None,
+                )
+            if stopped:  # SIGTERM inside train(): the checkpoint comes first
+                self.state.stopped_by_signal = True
+            else:
+                # Every rank ran the same number of batches of the same model, so the
+                # metric names match and the reduction's collectives line up.
                 results = metrics.reduce(self.world_size, self._sync.comm_device())
         finally:
             self.state.evaluation_seconds += time.monotonic() - start

@@ -1,0 +1,82 @@
+"""What a job checks across its ranks: that they share their options, and that no
+rank's loss went NaN or infinite before a checkpoint is written."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from recis.framework.rank_sync import RankSync
+from recis.framework.training_args import TrainingArguments
+
+
+def _hyper_parameters(what: str, optimizer: Any) -> dict[str, Any]:
+    """``{"<what>'s <name> (param group i)": value}`` of each param group's
+    hyper-parameters, tensors as plain numbers (they live on each rank's own device)."""
+    found: dict[str, Any] = {}
+    for i, group in enumerate(getattr(optimizer, "param_groups", [])):
+        for name, value in group.items():
+            if name in ("params", "table_names"):
+                continue
+            if isinstance(value, Tensor):
+                value = value.tolist()
+            found[f"{what}'s {name} (param group {i})"] = value
+    return found
+
+
+def check_same_setup(
+    sync: RankSync,
+    args: TrainingArguments,
+    optimizers: dict[str, Any],
+    datasets: dict[str, Any],
+) -> None:
+    """Raises on every rank unless the ranks agree on ``args.shared()``, the
+    hyper-parameters of ``optimizers`` and the files of ``datasets`` (their
+    ``files_digest``, where they have one): ranks that disagree on when to save,
+    evaluate or stop meet in different collectives and wait for each other for ever,
+    dense replicas stepped with different learning rates drift apart, and ranks
+    sharing out different lists of files read some records twice and others never.
+    ``optimizers`` and ``datasets`` map a role (``"dense"``, ``"train"``) to each."""
+    mine = {f"TrainingArguments.{k}": v for k, v in args.shared().items()}
+    for role, optimizer in optimizers.items():
+        mine.update(_hyper_parameters(f"the {role} optimizer", optimizer))
+    for role, dataset in datasets.items():
+        digest = getattr(dataset, "files_digest", None)
+        if digest is not None:
+            mine[f"the {role} dataset's files (their fingerprint)"] = digest
+    sync.check_same(mine, "another config on some node?")
+
+
+class NonFiniteLossWatch:
+    """Notes the first step whose loss was NaN or infinite, on the device so that
+    noting costs no sync; :meth:`check` reads it on every rank before a save.
+
+    Example::
+
+        >>> watch = NonFiniteLossWatch(torch.device("cpu"))
+        >>> watch.note(torch.tensor(float("nan")), step=3)
+        >>> watch.check(sync, step=4, newest="out/ckpt-2")  # FloatingPointError
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self._first = torch.zeros((), dtype=torch.int64, device=device)  # 0: none yet
+
+    def note(self, loss: Tensor, step: int) -> None:
+        self._first = torch.where((self._first == 0) & ~torch.isfinite(loss), step, self._first)
+
+    def check(self, sync: RankSync, step: int, newest: str | None) -> None:
+        """Raises ``FloatingPointError`` on every rank when a rank's loss was not
+        finite at some step so far (one small all-gather); ``newest``: the last good
+        checkpoint, for the message."""
+        firsts = sync.gather(int(self._first), step)
+        bad = [(first, rank) for rank, first in enumerate(firsts) if first]
+        if bad:
+            first, rank = min(bad)
+            raise FloatingPointError(
+                f"the training loss of rank {rank} was NaN or infinite at step {first}; "
+                f"stopping at step {step} without a checkpoint, so that the last good one "
+                f"stays the newest ({newest or 'none yet'}). A learning rate too high, or "
+                "inputs out of range?"
+            )
