@@ -26,6 +26,7 @@ import signal
 import types
 import typing
 from dataclasses import dataclass
+from types import FrameType
 from typing import Any
 
 import torch
@@ -317,5 +318,18 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                 ds.close()
 
 
+def _interrupt_once(signum: int, frame: FrameType | None) -> None:
+    # Ctrl-C reaches a worker twice, from the terminal and passed on by torchrun: a
+    # second KeyboardInterrupt would break into the first one's cleanup with a traceback.
+    # torchrun kills workers that do not end within its shutdown timeout.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise KeyboardInterrupt
+
+
 if __name__ == "__main__":
-    main()
+    signal.signal(signal.SIGINT, _interrupt_once)
+    try:
+        main()
+    except KeyboardInterrupt:
+        # The Trainer has said where to resume from; a traceback per rank adds nothing.
+        raise SystemExit(128 + signal.SIGINT) from None

@@ -310,6 +310,22 @@ class Trainer:
                 self._last_saved_step = step
         self.state.checkpoint_seconds += time.monotonic() - start
 
+    def _log_interrupt(self) -> None:
+        """Tells, on the main process, what a Ctrl-C leaves to resume from."""
+        if not self.is_main_process:
+            return
+        step = self.state.global_step
+        newest = self._saver.latest_checkpoint() if self._saver is not None else None
+        if newest is None:
+            logger.warning("interrupted at step %d, before any checkpoint was saved", step)
+        else:
+            logger.warning(
+                "interrupted at step %d; the newest checkpoint is %s: running the job "
+                "again resumes from it",
+                step,
+                newest,
+            )
+
     def _check_losses_finite(self) -> None:
         newest = self._checkpoint_manager().saver.latest_checkpoint()
         self._nonfinite_loss.check(self._sync, self.state.global_step, newest)
@@ -510,7 +526,9 @@ class Trainer:
         end, evaluates every ``eval_every_steps``, and returns the final
         :class:`TrainerState`. With ``args.save_on_sigterm`` (the default), a SIGTERM
         to any rank makes every rank finish the step after it, save a checkpoint and
-        return early with ``state.stopped_by_signal`` set.
+        return early with ``state.stopped_by_signal`` set. A KeyboardInterrupt (Ctrl-C)
+        is raised on, after the main process logs the step it stopped at and the newest
+        checkpoint, which a rerun resumes from.
         """
         if self.train_dataset is None:
             raise ValueError("Trainer.train() needs a train_dataset")
@@ -534,6 +552,16 @@ class Trainer:
         self.state.stopped_by_signal = False
         stop_signal = self._stop_signal if args.save_on_sigterm else contextlib.nullcontext()
         try:
+            self._train_then_save(stop_signal, max_epochs)
+        except KeyboardInterrupt:
+            self._log_interrupt()
+            raise
+        return self.state
+
+    def _train_then_save(
+        self, stop_signal: contextlib.AbstractContextManager, max_epochs: int | None
+    ) -> None:
+        try:
             with stop_signal:
                 self._call_hooks("before_train")
                 self.model.train()
@@ -553,7 +581,6 @@ class Trainer:
                 self._call_hooks("after_train")
         finally:
             self._call_hooks("end")
-        return self.state
 
     # --------------------------------------------------------------- evaluation
     def evaluate(

@@ -1,5 +1,6 @@
 """SIGTERM: every rank finishes the step after it, saves a checkpoint and stops; the
-job resumed from it ends exactly like one that was never stopped."""
+job resumed from it ends exactly like one that was never stopped. SIGINT (Ctrl-C)
+stops at once, after saying which checkpoint a rerun resumes from."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import torch
 import torch.distributed as dist
 
 from recis.framework.stop_signal import StopSignal
+from recis.hooks import Hook
 from recis.testing import run_distributed
 from tests.framework.test_trainer import Recorder, ToyModel, build_trainer, make_batches, weights
 from tests.framework.test_trainer_resume import ResumableBatches, assert_equal
@@ -154,3 +156,37 @@ def test_sigterm_during_an_evaluation_inside_train_stops_it_and_saves(tmp_path, 
     assert trainer.last_evaluation is None and trainer.model.training
     assert recorded_sigterm == []  # the Trainer's handler took it
     assert trainer.evaluate()["count"] == 24  # outside train(), a whole evaluation again
+
+
+class CtrlCAfterStep(Hook):
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def after_step(self, metrics, global_step):
+        if global_step == self.step:
+            signal.raise_signal(signal.SIGINT)
+
+
+@pytest.mark.parametrize("save_steps", [2, None])
+def test_ctrl_c_stops_at_once_and_says_which_checkpoint_a_rerun_resumes(
+    tmp_path, caplog, save_steps
+):
+    rec = Recorder()
+    trainer = build_trainer(
+        ToyModel(),
+        make_batches(6, 4, 0),
+        str(tmp_path),
+        hooks=[CtrlCAfterStep(3), rec],
+        train_steps=6,
+        save_steps=save_steps,
+    )
+    log = caplog.at_level("WARNING", logger="recis.framework.trainer")
+    with log, pytest.raises(KeyboardInterrupt):
+        trainer.train()
+    assert trainer.state.global_step == 3 and rec.calls[-1] == ("end",)
+    if save_steps:
+        said = f"the newest checkpoint is {tmp_path / 'ckpt-2'}: running the job again resumes"
+        assert f"interrupted at step 3; {said}" in caplog.text
+    else:
+        assert "interrupted at step 3, before any checkpoint was saved" in caplog.text
+        assert not (tmp_path / "checkpoint").exists()

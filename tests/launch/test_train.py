@@ -1,6 +1,7 @@
 """launch/train.py end to end under real torchrun agents (gloo, CPU)."""
 
 import importlib.util
+import os
 import re
 import signal
 import subprocess
@@ -216,10 +217,20 @@ def test_command_line_covers_training_arguments_and_rejects_bad_values(capsys):
         assert "error: " in err and message in err and "Traceback" not in err
 
 
-def sigterm_once_training(command: list[str], line: str) -> tuple[int, str]:
-    """Runs ``command``, sends it SIGTERM once it printed ``line``; (exit code, output)."""
+def signal_once_training(
+    command: list[str], line: str, signum: int = signal.SIGTERM, whole_group: bool = False
+) -> tuple[int, str]:
+    """Runs ``command``, sends it ``signum`` once it printed ``line``; (exit code, output).
+
+    ``whole_group``: to every process of the command, as a terminal sends Ctrl-C.
+    """
     process = subprocess.Popen(
-        command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        command,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=whole_group,
     )
     lines: list[str] = []
     training = threading.Event()
@@ -234,7 +245,10 @@ def sigterm_once_training(command: list[str], line: str) -> tuple[int, str]:
     reader.start()
     try:
         assert training.wait(180), "".join(lines)[-3000:]
-        process.send_signal(signal.SIGTERM)
+        if whole_group:
+            os.killpg(process.pid, signum)
+        else:
+            process.send_signal(signum)
         process.wait(120)
     finally:
         process.kill()
@@ -248,7 +262,7 @@ def test_sigterm_to_torchrun_checkpoints_the_job_which_then_resumes(tmp_path):
     out = str(tmp_path / "run")
     job = ["--output_dir", out, "--save_steps", "100000"]
     command = [*TORCHRUN, "--standalone", "--nproc_per_node=2", str(TRAIN), *SMALL, *job]
-    returncode, log = sigterm_once_training([*command, "--train_steps", "100000"], "step 4/")
+    returncode, log = signal_once_training([*command, "--train_steps", "100000"], "step 4/")
     assert returncode != 0  # torchrun reports the signal it got
     stops = re.findall(r"SIGTERM: saving a checkpoint at step (\d+) and stopping", log)
     assert len(stops) == 1 and int(stops[0]) >= 4, log[-3000:]
@@ -261,6 +275,27 @@ def test_sigterm_to_torchrun_checkpoints_the_job_which_then_resumes(tmp_path):
 def test_a_job_stopped_by_sigterm_exits_as_if_killed_by_it(tmp_path):
     # 128 + 15, which schedulers retry; 0 would mark the unfinished job as succeeded.
     command = [sys.executable, str(TRAIN), *SMALL, "--output_dir", str(tmp_path)]
-    returncode, log = sigterm_once_training([*command, "--train_steps", "100000"], "step 2/")
+    returncode, log = signal_once_training([*command, "--train_steps", "100000"], "step 2/")
     assert returncode == 143, log[-3000:]
     assert "evaluation at step" not in log and len(committed(tmp_path)) == 1
+
+
+def test_ctrl_c_stops_every_rank_with_one_line_saying_which_checkpoint_resumes(tmp_path):
+    # A terminal's Ctrl-C reaches torchrun and every worker, and torchrun passes it on.
+    out = str(tmp_path)
+    job = ["--output_dir", out, "--save_steps", "2", "--train_steps", "100000"]
+    command = [*TORCHRUN, "--standalone", "--nproc_per_node=2", str(TRAIN), *SMALL, *job]
+    returncode, log = signal_once_training(command, "step 4/", signal.SIGINT, whole_group=True)
+    assert returncode != 0
+    said = re.findall(r"interrupted at step \d+; the newest checkpoint is (\S+): running", log)
+    assert said == [str(Path(out) / committed(out)[-1])], log[-3000:]
+    assert "KeyboardInterrupt" not in log, log[-3000:]  # no traceback from each rank
+
+
+def test_an_interrupted_job_exits_as_if_killed_by_sigint(tmp_path):
+    command = [sys.executable, str(TRAIN), *SMALL, "--output_dir", str(tmp_path)]
+    returncode, log = signal_once_training(
+        [*command, "--train_steps", "100000"], "step 2/", signal.SIGINT
+    )
+    assert returncode == 128 + signal.SIGINT and "Traceback" not in log, log[-3000:]
+    assert "interrupted at step" in log
