@@ -289,7 +289,9 @@ class Trainer:
                 conf = {k: v for k, v in entry.items() if k != "path"}
                 self._saver.load_by_config(entry["path"], conf)
                 if self.is_main_process:
-                    logger.info("warm-started from model bank entry %s", entry["path"])
+                    # Loading "extra" brings that job's step: say where training goes on.
+                    at = f" at step {self.state.global_step}" if self.state.global_step else ""
+                    logger.info("warm-started from model bank entry %s%s", entry["path"], at)
         return self.state.global_step
 
     def _save_if_due(self, final: bool = False) -> None:

@@ -13,6 +13,7 @@ from recis.framework.checkpoint.integrity import ChecksumError
 from recis.framework.checkpoint.manifest import CheckpointFormatError
 from recis.framework.checkpoint_manager import CheckpointError, CheckpointManager, Saver
 from recis.nn import filter_out_sparse_param
+from recis.optim import SparseAdagrad, SparseAdam, SparseRowWiseAdagrad
 from recis.testing import run_distributed
 from tests.framework.ckpt_helpers import FakeSparseOptimizer, ShardedTables, fill
 
@@ -119,6 +120,30 @@ def test_changed_global_shape_and_missing_table(tmp_path):
     expected, _, _ = _saved(tmp_path / "again")
     assert torch.equal(model.tables["a"].weight, expected.tables["a"].weight)
     assert torch.equal(model.tables["new"].weight, torch.zeros(5, 3))
+
+
+@pytest.mark.parametrize("other", [SparseAdagrad, SparseAdam])
+def test_a_checkpoint_of_another_sparse_optimizer_is_refused_naming_how_to_keep_its_weights(
+    tmp_path, other
+):
+    # Adagrad keeps state_sum per element where row-wise Adagrad keeps it per row: the
+    # same name must not pass for the same state.
+    model = ShardedTables(SPECS, 0, 1)
+    fill(model, None)
+    Saver(model, SparseRowWiseAdagrad(filter_out_sparse_param(model), lr=0.1), str(tmp_path)).save(
+        "c1"
+    )
+    fresh = ShardedTables(SPECS, 0, 1)
+    saver = Saver(fresh, other(filter_out_sparse_param(fresh), lr=0.1), str(tmp_path))
+    with pytest.raises(ValueError) as refused:
+        saver.load()
+    message = str(refused.value)
+    assert f"table 'a': {other.__name__} keeps " in message
+    assert "has state_sum (per row): it was saved with another sparse optimizer" in message
+    assert """--model_bank '[{"path": "OLD_OUTPUT_DIR", "exclude": ["sparse_opt"]}]'""" in message
+    saver.load_by_config(str(tmp_path), {"exclude": ["sparse_opt"]})  # the way it names
+    for name in ("a", "b"):
+        assert torch.equal(fresh.tables[name].weight, model.tables[name].weight)
 
 
 def test_unpicklable_state_is_refused(tmp_path):

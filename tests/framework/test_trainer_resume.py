@@ -57,7 +57,7 @@ def _job(out_dir: str, train_steps: int, hooks=None, **args):
     return trainer, model
 
 
-def test_resume_matches_uninterrupted_and_model_bank_warm_starts(tmp_path):
+def test_resume_matches_uninterrupted_and_model_bank_warm_starts(tmp_path, caplog):
     straight, model_a = _job(str(tmp_path / "a"), train_steps=6)
     straight.train()
 
@@ -73,5 +73,14 @@ def test_resume_matches_uninterrupted_and_model_bank_warm_starts(tmp_path):
 
     bank = [{"path": str(tmp_path / "b"), "load": ["dense", "sparse"]}]
     warm, model_c = _job(str(tmp_path / "c"), train_steps=1, model_bank=bank)
-    assert warm.restore() == 0
+    with caplog.at_level("INFO", logger="recis.framework.trainer"):
+        assert warm.restore() == 0
     assert_equal(weights(model_b), weights(model_c))
+    assert f"warm-started from model bank entry {tmp_path / 'b'}\n" in caplog.text
+
+    # With its "extra" state, a bank entry brings its job's step: the job goes on from it.
+    bank = [{"path": str(tmp_path / "b"), "exclude": ["sparse_opt"]}]
+    going_on, _ = _job(str(tmp_path / "d"), train_steps=7, model_bank=bank)
+    with caplog.at_level("INFO", logger="recis.framework.trainer"):
+        assert going_on.restore() == 6
+    assert f"warm-started from model bank entry {tmp_path / 'b'} at step 6" in caplog.text

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from recis.framework.checkpoint.dense import dense_names
 from recis.framework.checkpoint.integrity import ChecksumError
-from recis.framework.checkpoint.layout import ELEMENT
+from recis.framework.checkpoint.layout import ELEMENT, ROW, SCALAR, state_kind
 from recis.framework.checkpoint.manifest import CheckpointFormatError
 from recis.framework.checkpoint.reader import TableReader
 from recis.framework.checkpoint.tensor_file import ReaderCache
@@ -49,6 +49,12 @@ def _fetch(cache: ReaderCache) -> Any:
     # A tensor read from a file views the (block-aligned) read buffer: copy it so that
     # restored state does not keep whole read blocks alive.
     return lambda ref: cache.read(ref).clone()
+
+
+def _describe_state(kinds: dict[str, str]) -> str:
+    """``state_sum (per row), step (scalar)`` from ``{key: kind}``."""
+    shown = {ELEMENT: "per element", ROW: "per row", SCALAR: "scalar"}
+    return ", ".join(f"{key} ({shown.get(kind, kind)})" for key, kind in sorted(kinds.items()))
 
 
 def _call(task: Callable[[], None]) -> None:
@@ -139,11 +145,20 @@ class CheckpointLoader:
     ) -> list[Callable[[], None]]:
         current = optimizer_table_state(self.sparse_optimizer, name)
         saved = [k for k in reader.entry["state"] if k != "weight"]
-        if strict and current and set(current) != set(saved):
-            raise KeyError(
-                f"table {name!r}: the sparse optimizer has state {sorted(current)} but checkpoint "
-                f"{path} has {sorted(saved)} (a different optimizer?)"
-            )
+        if strict and current:
+            local = tuple(table.weight.shape)
+            ours = {k: state_kind(name, k, tuple(v.shape), local) for k, v in current.items()}
+            theirs = {k: reader.kind(k) for k in saved}
+            if ours != theirs:
+                raise ValueError(
+                    f"table {name!r}: {type(self.sparse_optimizer).__name__} keeps "
+                    f"{_describe_state(ours)} but checkpoint {path} has "
+                    f"{_describe_state(theirs)}: it was saved with another sparse optimizer. "
+                    "To go on from it with this one, load it without its sparse optimizer "
+                    'state: Saver.load_by_config(path, {"exclude": ["sparse_opt"]}); with '
+                    "launch/train.py, a new --output_dir and "
+                    """--model_bank '[{"path": "OLD_OUTPUT_DIR", "exclude": ["sparse_opt"]}]'"""
+                )
         new = dict(current)
         tasks: list[Callable[[], None]] = []
         shape = (box[1] - box[0], box[3] - box[2])
