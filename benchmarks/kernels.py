@@ -403,6 +403,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--small", action="store_true", help="4 tables x 100k rows, batch 2048")
     p.add_argument(
+        "--copy_mib",
+        type=int,
+        default=1024,
+        help="MiB per buffer of the copy-bandwidth measurements (far above the caches)",
+    )
+    p.add_argument(
         "--profile", action="store_true", help="print recis's top ops per case (torch.profiler)"
     )
     args = p.parse_args(argv)
@@ -414,7 +420,9 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     torch.manual_seed(0)
-    memcpy_bw = memcpy_bandwidth(torch.get_num_threads()) if args.device == "cpu" else None
+    memcpy_bw = (
+        memcpy_bandwidth(torch.get_num_threads(), args.copy_mib) if args.device == "cpu" else None
+    )
     if memcpy_bw is not None:
         print(json.dumps({"metric": "memcpy_bandwidth_GBps", "value": round(memcpy_bw / 1e9, 2),
                           "threads": torch.get_num_threads()}))  # fmt: skip
@@ -437,7 +445,7 @@ def main(argv: list[str] | None = None) -> None:
                 continue
             # Measured next to each case (before its tables exist): a shared host's speed
             # can move by 2x within minutes, and a fraction is only as good as its reference.
-            case_bw = copy_bandwidth(device)
+            case_bw = copy_bandwidth(device, args.copy_mib)
             bandwidths.append(case_bw)
             init = [torch.empty(args.rows, dim).uniform_(-0.01, 0.01) for _ in range(args.tables)]
             impls: list = [Recis(args, dim, optim, init)]

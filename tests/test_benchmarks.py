@@ -39,6 +39,7 @@ CASES = {
         "kernels.py",
         *("--tables", "2", "--rows", "1000", "--dims", "8", "--batch", "64"),
         *("--iters", "1", "--warmup", "0", "--batches", "1", "--optimizers", "sgd,adam"),
+        *("--copy_mib", "16"),
     ],
     "update_order": [
         "update_order.py",
