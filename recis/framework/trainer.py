@@ -20,13 +20,13 @@ from recis.distributed.process_group import (
     set_seed,
     world_size,
 )
-from recis.framework.checkpoint_manager import CheckpointManager, Saver
 from recis.framework.evaluation import EvalMetrics, eval_batches, run_eval_batches
-from recis.framework.job_checks import NonFiniteLossWatch, check_same_setup
+from recis.framework.job_checks import check_same_setup
 from recis.framework.metrics import clear_metrics, get_global_metrics
 from recis.framework.progress import Progress
 from recis.framework.rank_sync import RankSync
 from recis.framework.stop_signal import StopSignal
+from recis.framework.trainer_checkpoints import TrainerCheckpoints, has_read_position
 from recis.framework.training_args import TrainingArguments, positive_or_none
 from recis.hooks import Hook, LoggerHook
 from recis.nn import filter_out_sparse_param
@@ -69,12 +69,6 @@ def _batch_size(data: Any) -> int:
     return 0
 
 
-def _has_position(dataset: Any) -> bool:
-    return callable(getattr(dataset, "state_dict", None)) and callable(
-        getattr(dataset, "load_state_dict", None)
-    )
-
-
 def _check_loss(loss: Any, source: str) -> Tensor:
     if not isinstance(loss, Tensor) or loss.numel() != 1:
         shape = f" of shape {tuple(loss.shape)}" if isinstance(loss, Tensor) else ""
@@ -111,7 +105,9 @@ class Trainer:
     trainer state and, per rank, the train dataset's read position when it has
     ``state_dict``/``load_state_dict``. A save raises ``FloatingPointError`` instead
     when any rank's loss has been NaN or infinite since the job started: a diverged
-    model must not push the good checkpoints out (``max_to_keep``).
+    model must not push the good checkpoints out (``max_to_keep``). ``checkpoints``
+    (:class:`~recis.framework.trainer_checkpoints.TrainerCheckpoints`) does this; its
+    ``saver`` is the :class:`Saver` of ``output_dir``.
 
     Example::
 
@@ -176,11 +172,8 @@ class Trainer:
             self.add_hook(LoggerHook(self.args.log_steps))
         if hooks:
             self.add_hooks(hooks)
-        self._saver: Saver | None = None
-        self._checkpoints: CheckpointManager | None = None
+        self.checkpoints = TrainerCheckpoints(self, self._sync)
         self._restored = False
-        self._last_saved_step = -1
-        self._nonfinite_loss = NonFiniteLossWatch(self.device)
         self._stop_signal = StopSignal()
         self.last_evaluation: tuple[int, dict[str, float]] | None = None  # (step, metrics)
 
@@ -243,30 +236,6 @@ class Trainer:
             getattr(hook, method)(*args)
 
     # -------------------------------------------------------------- checkpointing
-    def _checkpoint_manager(self) -> CheckpointManager:
-        """The CheckpointManager over ``output_dir``, built on first use."""
-        if self._checkpoints is not None:
-            return self._checkpoints
-        args = self.args
-        saver = Saver(
-            self.model,
-            self.sparse_optimizer,
-            args.output_dir,
-            max_keep=args.max_to_keep,
-            concurrency=args.save_concurrency_per_rank,
-        )
-        if self.dense_optimizer is not None:
-            saver.register_for_checkpointing("dense_optimizer", self.dense_optimizer)
-        if self.dense_lr_scheduler is not None:
-            saver.register_for_checkpointing("dense_lr_scheduler", self.dense_lr_scheduler)
-        saver.register_for_checkpointing("trainer_state", self.state)
-        if _has_position(self.train_dataset):
-            saver.register_for_checkpointing("train_dataset", self.train_dataset, per_rank=True)
-        self._saver = saver
-        # save_interval 0: no periodic saves, only train()'s final one.
-        self._checkpoints = CheckpointManager(saver, args.save_steps or 0)
-        return self._checkpoints
-
     def restore(self) -> int:
         """Loads the latest checkpoint of ``output_dir`` (or the model bank); returns the step.
 
@@ -275,62 +244,10 @@ class Trainer:
         loaded in order (a warm start, typically ``"load": ["sparse", "dense"]``;
         loading ``extra`` too would also bring that job's optimizer state and step).
         """
-        if self._restored:
-            return self.state.global_step
-        self._restored = True
-        step = int(self._checkpoint_manager().restore())
-        if step:
-            self.state.global_step = step
-            self._last_saved_step = step
-            if self.is_main_process:
-                logger.info("resumed from %s at step %d", self.args.output_dir, step)
-        elif self.args.model_bank:
-            for entry in self.args.model_bank:
-                conf = {k: v for k, v in entry.items() if k != "path"}
-                self._saver.load_by_config(entry["path"], conf)
-                if self.is_main_process:
-                    # Loading "extra" brings that job's step: say where training goes on.
-                    at = f" at step {self.state.global_step}" if self.state.global_step else ""
-                    logger.info("warm-started from model bank entry %s%s", entry["path"], at)
+        if not self._restored:
+            self._restored = True
+            self.checkpoints.restore()
         return self.state.global_step
-
-    def _save_if_due(self, final: bool = False) -> None:
-        manager = self._checkpoint_manager()
-        step = self.state.global_step
-        start = time.monotonic()
-        if final:
-            if step != self._last_saved_step:
-                self._check_losses_finite()
-                manager.save()
-                self._last_saved_step = step
-        else:
-            due = bool(self.args.save_steps) and step % self.args.save_steps == 0
-            if due:
-                self._check_losses_finite()
-            manager.step()  # saves when step is a multiple of save_steps
-            if due:
-                self._last_saved_step = step
-        self.state.checkpoint_seconds += time.monotonic() - start
-
-    def _log_interrupt(self) -> None:
-        """Tells, on the main process, what a Ctrl-C leaves to resume from."""
-        if not self.is_main_process:
-            return
-        step = self.state.global_step
-        newest = self._saver.latest_checkpoint() if self._saver is not None else None
-        if newest is None:
-            logger.warning("interrupted at step %d, before any checkpoint was saved", step)
-        else:
-            logger.warning(
-                "interrupted at step %d; the newest checkpoint is %s: running the job "
-                "again resumes from it",
-                step,
-                newest,
-            )
-
-    def _check_losses_finite(self) -> None:
-        newest = self._checkpoint_manager().saver.latest_checkpoint()
-        self._nonfinite_loss.check(self._sync, self.state.global_step, newest)
 
     # ------------------------------------------------------------------- helpers
     def _to_device(self, data: Any) -> Any:
@@ -426,7 +343,7 @@ class Trainer:
         self._optimizer_step()
         self.state.global_step += 1
         loss = torch.stack(losses).mean()
-        self._nonfinite_loss.note(loss, self.state.global_step)
+        self.checkpoints.note_loss(loss, self.state.global_step)
         return {**get_global_metrics(), "loss": loss, **metrics}
 
     def _run_epoch(self, epoch: int) -> tuple[int, bool]:
@@ -443,14 +360,14 @@ class Trainer:
             self.state.stopped_by_signal = stop
             if window is None:
                 return steps, True
-            if stop and self._last_saved_step == self.state.global_step:
+            if stop and self.checkpoints.last_saved_step == self.state.global_step:
                 # Just saved (or restored): the checkpoint's data position is before
                 # this window, so it is read again on resume; stop without training it.
                 return steps, False
             try:
                 self._call_hooks("before_step", self.state.global_step)
                 metrics = self._run_step(window, epoch)
-                self._save_if_due()
+                self.checkpoints.save_if_due()
                 self._call_hooks("after_step", metrics, self.state.global_step)
             except Exception as e:
                 raise self._sync.fail(e, self.state.global_step) from e
@@ -547,7 +464,7 @@ class Trainer:
             {"dense": self.dense_optimizer, "sparse": self.sparse_optimizer},
             {"train": self.train_dataset, "eval": self.eval_dataset},
         )
-        saver = self._checkpoint_manager().saver
+        saver = self.checkpoints.saver
         saver.check_writable()
         saver.claim()
         self.restore()
@@ -556,7 +473,7 @@ class Trainer:
         try:
             self._train_then_save(stop_signal, max_epochs)
         except KeyboardInterrupt:
-            self._log_interrupt()
+            self.checkpoints.log_interrupt()
             raise
         return self.state
 
@@ -570,14 +487,14 @@ class Trainer:
                 self._zero_grad()
                 self._train_epochs(max_epochs, resumed=self.state.global_step > 0)
                 if self.state.stopped_by_signal and self.is_main_process:
-                    saved = self._last_saved_step == self.state.global_step
+                    saved = self.checkpoints.last_saved_step == self.state.global_step
                     logger.warning(
                         "SIGTERM: %s at step %d and stopping; running the job again resumes it",
                         "its checkpoint is saved" if saved else "saving a checkpoint",
                         self.state.global_step,
                     )
                 try:
-                    self._save_if_due(final=True)
+                    self.checkpoints.save_if_due(final=True)
                 except Exception as e:
                     raise self._sync.fail(e, self.state.global_step) from e
                 self._call_hooks("after_train")
@@ -621,7 +538,7 @@ class Trainer:
         start = time.monotonic()
         # A dataset with a read position is put back where it was, so that every
         # evaluation starts at the same batch (whether it reads all or eval_steps).
-        position = dataset.state_dict() if _has_position(dataset) else None
+        position = dataset.state_dict() if has_read_position(dataset) else None
         it = eval_batches(dataset, self.rank, self.world_size)
         try:
             with torch.no_grad():

@@ -433,7 +433,7 @@ def test_a_job_started_on_a_running_jobs_output_dir_stops_that_job_at_its_next_s
     with pytest.raises(CheckpointError, match=r"another job took over output_dir"):
         first.train()
     # The later job's checkpoint stands; the first wrote none.
-    assert first._saver.checkpoints() == ["ckpt-1"]
+    assert first.checkpoints.saver.checkpoints() == ["ckpt-1"]
 
 
 def test_an_output_dir_that_cannot_be_written_stops_training_before_its_first_step(tmp_path):

@@ -1,0 +1,150 @@
+"""TrainerCheckpoints: what a Trainer saves, when it saves, and what it resumes from."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from recis.framework.checkpoint_manager import CheckpointManager, Saver
+from recis.framework.job_checks import NonFiniteLossWatch
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+    from recis.framework.rank_sync import RankSync
+    from recis.framework.trainer import Trainer
+
+# The Trainer's messages, under its logger's name.
+logger = logging.getLogger("recis.framework.trainer")
+
+
+def has_read_position(dataset: Any) -> bool:
+    """A dataset whose read position can be checkpointed (``state_dict``/``load_state_dict``)."""
+    return callable(getattr(dataset, "state_dict", None)) and callable(
+        getattr(dataset, "load_state_dict", None)
+    )
+
+
+class TrainerCheckpoints:
+    """A Trainer's checkpoints of ``args.output_dir``.
+
+    The :class:`Saver` is built on first use (after the Trainer's optimizers and
+    datasets are final) and holds the model, the sparse and dense optimizers, the LR
+    scheduler, the :class:`TrainerState` and, per rank, the train dataset's read
+    position. A :class:`CheckpointManager` saves every ``args.save_steps``. A model
+    whose loss went NaN or infinite on any rank is never saved: every rank raises
+    before writing, so that it cannot push the good checkpoints out.
+
+    Example (the Trainer makes one; its saver is public)::
+
+        >>> trainer.checkpoints.saver.latest_checkpoint()
+        '/ckpt/dcn/ckpt-4000'
+    """
+
+    def __init__(self, trainer: Trainer, sync: RankSync) -> None:
+        self._trainer = trainer
+        self._sync = sync
+        self._manager: CheckpointManager | None = None
+        self.last_saved_step = -1  # the step of the newest checkpoint saved or restored
+        self._nonfinite_loss = NonFiniteLossWatch(trainer.device)
+
+    @property
+    def manager(self) -> CheckpointManager:
+        """The CheckpointManager over ``output_dir``, built on first use."""
+        if self._manager is None:
+            self._manager = self._build()
+        return self._manager
+
+    @property
+    def saver(self) -> Saver:
+        return self.manager.saver
+
+    @property
+    def built(self) -> bool:
+        return self._manager is not None
+
+    def _build(self) -> CheckpointManager:
+        trainer, args = self._trainer, self._trainer.args
+        saver = Saver(
+            trainer.model,
+            trainer.sparse_optimizer,
+            args.output_dir,
+            max_keep=args.max_to_keep,
+            concurrency=args.save_concurrency_per_rank,
+        )
+        if trainer.dense_optimizer is not None:
+            saver.register_for_checkpointing("dense_optimizer", trainer.dense_optimizer)
+        if trainer.dense_lr_scheduler is not None:
+            saver.register_for_checkpointing("dense_lr_scheduler", trainer.dense_lr_scheduler)
+        saver.register_for_checkpointing("trainer_state", trainer.state)
+        if has_read_position(trainer.train_dataset):
+            saver.register_for_checkpointing("train_dataset", trainer.train_dataset, per_rank=True)
+        # save_interval 0: no periodic saves, only train()'s final one.
+        return CheckpointManager(saver, args.save_steps or 0)
+
+    def restore(self) -> int:
+        """Loads the newest checkpoint of ``output_dir``, else each ``model_bank`` entry
+        in order; returns the step training goes on from (see ``Trainer.restore``)."""
+        trainer = self._trainer
+        state, main = trainer.state, trainer.is_main_process
+        step = int(self.manager.restore())
+        if step:
+            state.global_step = step
+            self.last_saved_step = step
+            if main:
+                logger.info("resumed from %s at step %d", trainer.args.output_dir, step)
+        elif trainer.args.model_bank:
+            for entry in trainer.args.model_bank:
+                conf = {k: v for k, v in entry.items() if k != "path"}
+                self.saver.load_by_config(entry["path"], conf)
+                if main:
+                    # Loading "extra" brings that job's step: say where training goes on.
+                    at = f" at step {state.global_step}" if state.global_step else ""
+                    logger.info("warm-started from model bank entry %s%s", entry["path"], at)
+        return state.global_step
+
+    def note_loss(self, loss: Tensor, step: int) -> None:
+        """Notes a step's loss (no device sync) for the finiteness check before a save."""
+        self._nonfinite_loss.note(loss, step)
+
+    def save_if_due(self, final: bool = False) -> None:
+        """Saves when the step is a multiple of ``save_steps``, or (``final``) unless
+        this step is saved already. All ranks call it together."""
+        trainer = self._trainer
+        step = trainer.state.global_step
+        start = time.monotonic()
+        if final:
+            if step != self.last_saved_step:
+                self._check_losses_finite()
+                self.manager.save()
+                self.last_saved_step = step
+        else:
+            due = bool(trainer.args.save_steps) and step % trainer.args.save_steps == 0
+            if due:
+                self._check_losses_finite()
+            self.manager.step()  # saves when step is a multiple of save_steps
+            if due:
+                self.last_saved_step = step
+        trainer.state.checkpoint_seconds += time.monotonic() - start
+
+    def _check_losses_finite(self) -> None:
+        newest = self.saver.latest_checkpoint()
+        self._nonfinite_loss.check(self._sync, self._trainer.state.global_step, newest)
+
+    def log_interrupt(self) -> None:
+        """Tells, on the main process, what a Ctrl-C leaves to resume from."""
+        trainer = self._trainer
+        if not trainer.is_main_process:
+            return
+        step = trainer.state.global_step
+        newest = self.saver.latest_checkpoint() if self.built else None
+        if newest is None:
+            logger.warning("interrupted at step %d, before any checkpoint was saved", step)
+        else:
+            logger.warning(
+                "interrupted at step %d; the newest checkpoint is %s: running the job "
+                "again resumes from it",
+                step,
+                newest,
+            )
