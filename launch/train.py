@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import inspect
 import json
 import logging
@@ -41,6 +42,7 @@ from recis.distributed.process_group import (
     world_size,
 )
 from recis.framework.trainer import Trainer, TrainingArguments
+from recis.hooks import TensorBoardHook
 from recis.io import CriteoDataset, SyntheticCriteoDataset, default_table_sizes
 from recis.models import DLRM, DCNv2, DeepFM
 from recis.models.common import criteo_tables
@@ -92,6 +94,9 @@ class RunConfig:
     - ``sparse_optimizer``: the embedding tables' optimizer.
     - ``sparse_lr``: the sparse optimizer's learning rate.
     - ``dense_lr``: the learning rate of AdamW on the dense parameters.
+    - ``tensorboard``: rank 0 writes the training loss every ``log_steps`` steps (100
+      when that is none) and every evaluation's metrics for TensorBoard, under
+      ``OUTPUT_DIR/tensorboard`` (needs ``pip install tensorboard``).
     """
 
     model: str = "dlrm"
@@ -107,6 +112,7 @@ class RunConfig:
     sparse_optimizer: str = "rowwise_adagrad"
     sparse_lr: float = 0.05
     dense_lr: float = 1e-3
+    tensorboard: bool = False
 
     def __post_init__(self) -> None:
         if self.model not in MODELS:
@@ -232,6 +238,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainingArguments, RunCon
             "--train_epoch counts passes over --data, and synthetic data never ends: "
             "give --train_steps"
         )
+    if run.tensorboard and importlib.util.find_spec("tensorboard") is None:
+        parser.error("--tensorboard true needs the tensorboard package: pip install tensorboard")
     if run.data == "synthetic" and args.train_steps is None:
         args.train_steps = SYNTHETIC_DEFAULT_STEPS  # the synthetic stream never ends
     return args, run
@@ -301,6 +309,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         eval_dataset=eval_ds,
         dense_optimizers=(dense_opt, None),
         sparse_optimizer=sparse_opt,
+        hooks=[TensorBoardHook(log_steps=args.log_steps or 100)] if run.tensorboard else None,
     )
     try:
         state = trainer.train()

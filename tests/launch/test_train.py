@@ -18,6 +18,8 @@ ROOT = Path(__file__).resolve().parents[2]
 TRAIN = ROOT / "launch" / "train.py"
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
 CRITEO_SAMPLE = ROOT.parent / "shared" / "data" / "criteo_sample.txt"
+# tensorboard is an optional extra: the launcher's --tensorboard is tested where it is installed.
+TENSORBOARD = importlib.util.find_spec("tensorboard") is not None
 SMALL = ["--batch_size", "64", "--table_size", "1000", "--eval_batches", "2", "--log_steps", "2"]
 
 
@@ -80,11 +82,20 @@ def test_trains_on_real_criteo_rows(tmp_path):
             "16",
             "--log_steps",
             "7",
+            *(["--tensorboard", "true"] if TENSORBOARD else []),
         ],
     )
     assert "evaluation at step" in log and "'count': 200" in log
     # 100 rows a rank, 7 steps an epoch: the progress of epochs of a file by its bytes.
     assert "step 7 [50%]" in log and "step 14 [100%]" in log
+    if TENSORBOARD:
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+        events = EventAccumulator(str(tmp_path / "tensorboard"))
+        events.Reload()
+        assert [e.step for e in events.Scalars("train/loss")] == [7, 14]
+        (auc,) = events.Scalars("eval/auc")
+        assert auc.step == 14 and 0.0 <= auc.value <= 1.0
 
 
 @pytest.mark.skipif(not CRITEO_SAMPLE.exists(), reason="needs ../shared/data/criteo_sample.txt")
@@ -215,6 +226,22 @@ def test_command_line_covers_training_arguments_and_rejects_bad_values(capsys):
         assert exit_.value.code == 2
         err = capsys.readouterr().err
         assert "error: " in err and message in err and "Traceback" not in err
+
+
+def test_tensorboard_without_its_package_is_a_usage_error(monkeypatch, capsys):
+    train = load_train_module()
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "tensorboard" else find_spec(name, *a),
+    )
+    with pytest.raises(SystemExit) as exit_:
+        train.parse_args(["--tensorboard", "true"])
+    assert exit_.value.code == 2
+    assert "--tensorboard true needs the tensorboard package: pip install tensorboard" in (
+        capsys.readouterr().err
+    )
 
 
 def signal_once_training(
