@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -11,6 +12,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from recis.distributed.comm import rank_and_world
+from recis.distributed.host_memory import RankHost, check_plan_fits_hosts
 from recis.distributed.plan import ShardingPlan
 from recis.distributed.planner import plan_sharding
 from recis.distributed.sharded_ebc import ShardedEmbeddingBagCollection
@@ -19,6 +21,7 @@ from recis.nn.embedding_bag import EmbeddingBagCollection
 from recis.nn.table import EmbeddingTable
 
 _PREFIX = "module."
+logger = logging.getLogger(__name__)
 
 
 def _default_device(group: dist.ProcessGroup | None) -> torch.device:
@@ -40,15 +43,21 @@ def _not_synced_by_ddp(model: nn.Module) -> list[str]:
     return names
 
 
-def _check_same_plan(plan: ShardingPlan, group: dist.ProcessGroup | None) -> None:
-    """Raises on every rank unless every rank has this plan: ranks that built their
-    models from other options (a node with another config or code version) would
-    exchange lookups that do not fit, and fail later with a stranger error, or hang."""
-    _, world = rank_and_world(group)
-    if world == 1 or not dist.is_initialized():
-        return
-    plans: list[Any] = [None] * world
-    dist.all_gather_object(plans, plan.to_json(), group=group)
+def _check_plan(plan: ShardingPlan, device: torch.device, group: dist.ProcessGroup | None) -> None:
+    """Raises on every rank unless every rank has this plan and its tables fit the
+    memory of the hosts that keep them (:func:`check_plan_fits_hosts`).
+
+    Ranks that built their models from other options (a node with another config or
+    code version) would exchange lookups that do not fit, and fail later with a
+    stranger error, or hang. One all-gather carries what both checks need.
+    """
+    rank, world = rank_and_world(group)
+    mine = (plan.to_json(), RankHost.here(tables_in_host_memory=device.type == "cpu"))
+    ranks: list[Any] = [mine]
+    if world > 1 and dist.is_initialized():
+        ranks = [None] * world
+        dist.all_gather_object(ranks, mine, group=group)
+    plans = [p for p, _ in ranks]
     differing = [r for r, p in enumerate(plans) if p != plans[0]]
     if differing:
         first = ShardingPlan.from_json(plans[0])
@@ -58,6 +67,9 @@ def _check_same_plan(plan: ShardingPlan, group: dist.ProcessGroup | None) -> Non
             f"{differing[0]}: {what}): every rank must build the same model with the same "
             "options (another config or code version on some node?)"
         )
+    tight = check_plan_fits_hosts(plan, [host for _, host in ranks])
+    if tight and rank == 0:
+        logger.warning(tight)
 
 
 def _replace_collections(model: nn.Module, make: Any) -> nn.Module:
@@ -104,7 +116,7 @@ class DistributedModelParallel(nn.Module):
         device = torch.device(device) if device is not None else _default_device(process_group)
         if plan is None:
             plan = plan_sharding(model, world_size=world)
-        _check_same_plan(plan, process_group)
+        _check_plan(plan, device, process_group)
         self.plan = plan
 
         def shard(ebc: EmbeddingBagCollection) -> ShardedEmbeddingBagCollection:

@@ -1,0 +1,118 @@
+"""Whether the embedding tables a sharding plan puts on a host fit in its memory.
+
+Tables held in host memory (CPU training) that do not fit are not refused by any
+allocator: their pages are touched while they are initialised, and the kernel's OOM
+killer then ends a rank with SIGKILL, minutes in, without a word about why. GPU
+memory needs no such check: an allocation there that does not fit raises
+``torch.cuda.OutOfMemoryError``.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from recis.distributed.plan import ShardingPlan
+from recis.distributed.types import ShardingError
+
+logger = logging.getLogger(__name__)
+
+# Above this share of the available memory the rest of training (activations,
+# gradients, the data readers, checkpoint writes) may not fit: a warning.
+TIGHT_SHARE = 0.9
+_GIB = 2**30
+
+_MEMINFO = "/proc/meminfo"
+# cgroup v2, then v1: (limit, usage) files of this process's memory controller.
+_CGROUP_FILES = (
+    ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+    ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes"),
+)
+
+
+def _read_int(path: str) -> int | None:
+    try:
+        with open(path) as f:
+            text = f.read().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None  # cgroup v2 writes "max" for no limit
+
+
+def available_host_memory() -> int | None:
+    """Bytes this process's host can still give it: the kernel's ``MemAvailable``, or
+    less under a cgroup memory limit (a container's); None where neither is known."""
+    found: list[int] = []
+    try:
+        with open(_MEMINFO) as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    found.append(int(line.split()[1]) * 1024)
+    except OSError:
+        pass
+    for limit_file, usage_file in _CGROUP_FILES:
+        limit, usage = _read_int(limit_file), _read_int(usage_file)
+        if limit is not None and usage is not None and limit < 1 << 60:  # v1: huge = none
+            found.append(max(limit - usage, 0))
+            break
+    return min(found) if found else None
+
+
+@dataclass(frozen=True)
+class RankHost:
+    """Where one rank keeps its tables: its host, whether in host memory, and how much
+    memory that host has available (None: unknown)."""
+
+    host: str
+    tables_in_host_memory: bool
+    available: int | None
+
+    @staticmethod
+    def here(tables_in_host_memory: bool) -> RankHost:
+        return RankHost(socket.gethostname(), tables_in_host_memory, available_host_memory())
+
+
+def check_plan_fits_hosts(plan: ShardingPlan, ranks: Sequence[RankHost]) -> str | None:
+    """Raises :class:`ShardingError` when the weights and optimizer state that ``plan``
+    puts on the ranks of one host (``ranks[r]`` for rank r) exceed the memory that host
+    has available; returns a warning when they take more than :data:`TIGHT_SHARE` of
+    it, else None. Every rank gets the same answer from the same ``ranks``.
+
+    Example::
+
+        >>> check_plan_fits_hosts(plan, [RankHost("node1", True, 8 << 30)] * 2)
+        ShardingError: the sharding plan puts 12.5 GiB of embedding tables ...
+    """
+    need = plan.rank_memory()
+    by_host: dict[str, list[int]] = {}
+    for r, where in enumerate(ranks):
+        if where.tables_in_host_memory:
+            by_host.setdefault(where.host, []).append(r)
+    tight = []
+    for host, members in by_host.items():
+        reports = [ranks[r].available for r in members]
+        if any(a is None for a in reports):
+            continue
+        available = min(a for a in reports if a is not None)
+        total = sum(need[r] for r in members)
+        shares = ", ".join(f"rank {r}: {need[r] / _GIB:.1f}" for r in members[:8])
+        more = f", ... ({len(members)} ranks)" if len(members) > 8 else ""
+        what = (
+            f"the sharding plan puts {total / _GIB:.1f} GiB of embedding tables and "
+            f"optimizer state on host {host!r} ({shares}{more} GiB)"
+        )
+        if total > available:
+            raise ShardingError(
+                f"{what} but it has {available / _GIB:.1f} GiB available: the ranks would "
+                "be killed (SIGKILL) as they fill the tables. Spread them over more hosts, "
+                "or give the tables fewer rows or a smaller dim (launch/train.py: "
+                "--table_size, --embedding_dim)"
+            )
+        if total > TIGHT_SHARE * available:
+            tight.append(
+                f"{what} of its {available / _GIB:.1f} GiB available: training needs more "
+                "(activations, gradients, data, checkpoint writes) and may run out"
+            )
+    return "; ".join(tight) or None
