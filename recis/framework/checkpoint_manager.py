@@ -398,10 +398,8 @@ class Saver:
             merged, rank, snapshot["tables"], self.concurrency
         )
         items: dict[str, Tensor] = {**snapshot["items"], **sparse}
-        progress = None
-        if rank == 0:  # ranks hold about equal shares: one rank's lines tell the job's
-            nbytes = sum(t.numel() * t.element_size() for t in items.values())
-            progress = Progress(f"{what}: rank 0", "written", nbytes).add
+        nbytes = sum(t.numel() * t.element_size() for t in items.values())
+        progress = Progress(f"{what}: rank 0", "written", nbytes, log=rank == 0)
         location, files = write_files(
             self._storage,
             tmp,
@@ -409,7 +407,7 @@ class Saver:
             items,
             self.concurrency,
             self.block_size,
-            progress,
+            progress.add,
         )
 
         def ref(key: str) -> list[str]:
@@ -520,10 +518,8 @@ class Saver:
             path = storage.url(ckpt_dir)
             manifest = read_manifest(storage, ckpt_dir)
             saved_world = int(manifest["world_size"])
-            progress = Progress(f"loading {path}: rank 0", "read") if rank == 0 else None
-            cache = ReaderCache(
-                storage, ckpt_dir, manifest["files"], progress.add if progress else None
-            )
+            progress = Progress(f"loading {path}: rank 0", "read", log=rank == 0)
+            cache = ReaderCache(storage, ckpt_dir, manifest["files"], progress.add)
             loader = CheckpointLoader(self.model, self.sparse_optimizer, self._objects)
             with ThreadPoolExecutor(self.concurrency, thread_name_prefix="recis-ckpt-read") as pool:
                 if categories & {"sparse", "sparse_opt"}:

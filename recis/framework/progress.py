@@ -15,7 +15,9 @@ PROGRESS_SECONDS = 10.0
 class Progress:
     """Counts what threads did and logs a line at most every :data:`PROGRESS_SECONDS`:
     what, how much (of ``total`` when known), the rate. ``unit="bytes"`` is shown in
-    GiB and MiB/s; any other unit as a count (``"batches"``, ``"files"``).
+    GiB and MiB/s; any other unit as a count (``"batches"``, ``"files"``). With
+    ``log=False`` it only counts: ranks about equally busy pass ``log=rank == 0``, so
+    that one rank's lines tell the job's.
 
     Example::
 
@@ -28,8 +30,16 @@ class Progress:
         >>> # evaluation at step 600: 1200 batches evaluated (118 batches/s)
     """
 
-    def __init__(self, what: str, verb: str, total: int | None = None, unit: str = "bytes") -> None:
+    def __init__(
+        self,
+        what: str,
+        verb: str,
+        total: int | None = None,
+        unit: str = "bytes",
+        log: bool = True,
+    ) -> None:
         self.what, self.verb, self.total, self.unit = what, verb, total, unit
+        self.log = log  # False: only counts (the ranks whose lines rank 0's already tell)
         self.done = 0
         self._start = self._last = time.monotonic()
         self._lock = threading.Lock()
@@ -38,7 +48,7 @@ class Progress:
         with self._lock:
             self.done += amount
             now = time.monotonic()
-            if now - self._last < PROGRESS_SECONDS:
+            if not self.log or now - self._last < PROGRESS_SECONDS:
                 return
             self._last = now
             done, elapsed = self.done, max(now - self._start, 1e-9)

@@ -534,7 +534,7 @@ class Trainer:
         metrics = EvalMetrics()
         self.model.eval()
         what = f"evaluation at step {self.state.global_step}"
-        progress = Progress(what, "evaluated", steps, unit="batches")
+        progress = Progress(what, "evaluated", steps, unit="batches", log=self.is_main_process)
         start = time.monotonic()
         # A dataset with a read position is put back where it was, so that every
         # evaluation starts at the same batch (whether it reads all or eval_steps).
@@ -550,7 +550,7 @@ class Trainer:
                     steps,
                     self.state.global_step,
                     self._stop_requested,
-                    progress if self.is_main_process else None,
+                    progress,
                 )
             if stopped:  # SIGTERM inside train(): the checkpoint comes first
                 self.state.stopped_by_signal = True

@@ -312,12 +312,11 @@ class CriteoDataset:
             return [span(item) for item in items]
         spans = []
         what = "CriteoDataset: measuring the data files (sizes, Parquet footers)"
-        progress = Progress(what, "measured", len(items), unit="files")
+        progress = Progress(what, "measured", len(items), unit="files", log=self.rank == 0)
         with ThreadPoolExecutor(min(len(items), MEASURE_THREADS)) as pool:
             for result in pool.map(span, items):
                 spans.append(result)
-                if self.rank == 0:
-                    progress.add(1)
+                progress.add(1)
         return spans
 
     def _parse(self, records: list[Record]) -> tuple[ParsedRows, int]:
