@@ -9,7 +9,7 @@ from typing import Any, TextIO
 
 import torch
 
-from recis.framework.metrics import Predictions, binary_auc
+from recis.framework.metrics import PredictionBuffer, Predictions, binary_auc
 from recis.hooks.hook import Hook
 
 
@@ -65,7 +65,8 @@ class LoggerHook(Hook):
         self.stream = stream
         self._bar_open = False
         self._width = 0
-        self._window: dict[str, list[Predictions]] = {}
+        # Rank 0's predictions since the last line, per Predictions metric.
+        self._window: dict[str, PredictionBuffer] = {}
         self._unlogged: tuple[dict[str, Any], int] | None = None
 
     @property
@@ -96,19 +97,16 @@ class LoggerHook(Hook):
         self._last_samples = state.samples if state else 0
         self._last_paused = _paused_seconds(state)
         self._start_progress = self._progress()
-        self._window = {}
+        for window in self._window.values():
+            window.clear()
         self._unlogged = None
 
     def _window_aucs(self) -> dict[str, float]:
         """AUC of each Predictions metric of this rank over the window."""
-        # Concatenated here, not per step, so a GPU run syncs once per line.
-        aucs = {
-            name: binary_auc(
-                torch.cat([p.preds for p in parts]), torch.cat([p.labels for p in parts])
-            )
-            for name, parts in self._window.items()
-        }
-        self._window = {}
+        # The window stays on the predictions' device, so a GPU run syncs once per line.
+        aucs = {name: binary_auc(*window.tensors()) for name, window in self._window.items()}
+        for window in self._window.values():
+            window.clear()
         return aucs
 
     def after_step(self, metrics: dict[str, Any], global_step: int) -> None:
@@ -116,9 +114,9 @@ class LoggerHook(Hook):
             return
         for name, value in metrics.items():
             if isinstance(value, Predictions):
-                self._window.setdefault(name, []).append(
-                    Predictions(value.preds.reshape(-1), value.labels.reshape(-1))
-                )
+                if name not in self._window:
+                    self._window[name] = PredictionBuffer(device=value.preds.device)
+                self._window[name].append(value.preds, value.labels)
         if global_step % self.log_steps:
             self._unlogged = (metrics, global_step)
             return

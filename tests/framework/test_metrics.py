@@ -6,6 +6,7 @@ import torch.distributed as dist
 
 from recis.framework.metrics import (
     BinaryClassificationMetric,
+    PredictionBuffer,
     Predictions,
     add_metric,
     binary_auc,
@@ -101,6 +102,31 @@ def _distributed_metric():
         only_rank0.update(torch.tensor([0.2, 0.7]), torch.tensor([0, 1]))
     # Plain lists: tensors sent back from a rank that has exited cannot be rebuilt.
     return m.compute(), preds.tolist(), labels.tolist(), empty, only_rank0.compute()
+
+
+def test_a_prediction_buffer_holds_every_batch_in_a_few_allocations():
+    # One tensor kept per step pins the heap between steps' activations (see the class).
+    torch.manual_seed(0)
+    sizes = [0, 1, 7, 1024, 0, 3] + [int(n) for n in torch.randint(0, 2000, (994,))]
+    batches = [(torch.rand(n, 1), (torch.rand(n) < 0.3).double()) for n in sizes]
+    buffer = PredictionBuffer()
+    storages = set()
+    for preds, labels in batches:
+        buffer.append(preds, labels)
+        storages.add(buffer.tensors()[0].untyped_storage().data_ptr())
+    preds, labels = buffer.tensors()
+    assert len(buffer) == sum(sizes) and preds.dtype == labels.dtype == torch.float32
+    assert torch.equal(preds, torch.cat([p.reshape(-1) for p, _ in batches]))
+    assert torch.equal(labels, torch.cat([y.float() for _, y in batches]))
+    assert len(storages) <= 2 + math.ceil(math.log2(sum(sizes)))  # doubling
+    buffer.clear()
+    assert len(buffer) == 0 and buffer.tensors()[0].numel() == 0
+    buffer.append(torch.tensor([0.5]), torch.tensor([1.0]))
+    assert buffer.tensors()[0].tolist() == [0.5] and len(
+        storages | {buffer.tensors()[0].untyped_storage().data_ptr()}
+    ) == len(storages)
+    with pytest.raises(ValueError, match="2 predictions but 1 labels"):
+        buffer.append(torch.rand(2), torch.ones(1))
 
 
 def test_metric_across_two_ranks_equals_gathered_computation():
