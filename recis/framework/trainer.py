@@ -521,7 +521,8 @@ class Trainer:
         datasets): every evaluation starts at the same batch. A long evaluation logs
         its progress from rank 0 every 10 s. Inside ``train()`` (``eval_every_steps``),
         a SIGTERM stops the evaluation at once: it returns ``{}`` without calling
-        ``after_evaluate``, and training saves and stops.
+        ``after_evaluate``, and training saves and stops. A KeyboardInterrupt (Ctrl-C)
+        is raised on after rank 0 logs how far the evaluation got.
         """
         dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
         if dataset is None:
@@ -558,6 +559,10 @@ class Trainer:
                 # Every rank ran the same number of batches of the same model, so the
                 # metric names match and the reduction's collectives line up.
                 results = metrics.reduce(self.world_size, self._sync.comm_device())
+        except KeyboardInterrupt:
+            if self.is_main_process:
+                logger.warning("%s: interrupted after %d batches", what, progress.done)
+            raise
         finally:
             self.state.evaluation_seconds += time.monotonic() - start
             self.model.train(was_training)

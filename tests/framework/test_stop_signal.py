@@ -190,3 +190,20 @@ def test_ctrl_c_stops_at_once_and_says_which_checkpoint_a_rerun_resumes(
     else:
         assert "interrupted at step 3, before any checkpoint was saved" in caplog.text
         assert not (tmp_path / "checkpoint").exists()
+
+
+class CtrlCWhileReading(list):
+    def __iter__(self):
+        for i, batch in enumerate(super().__iter__()):
+            if i == 2:
+                signal.raise_signal(signal.SIGINT)
+            yield batch
+
+
+def test_ctrl_c_during_an_evaluation_says_how_far_it_got(tmp_path, caplog):
+    trainer = build_trainer(ToyModel(), make_batches(2, 4, 0), str(tmp_path))
+    log = caplog.at_level("WARNING", logger="recis.framework.trainer")
+    with log, pytest.raises(KeyboardInterrupt):
+        trainer.evaluate(CtrlCWhileReading(make_batches(4, 4, 1)))
+    assert "evaluation at step 0: interrupted after 2 batches" in caplog.text
+    assert trainer.model.training  # the model's mode is back
