@@ -9,8 +9,9 @@ from typing import Any, TextIO
 
 import torch
 
-from recis.framework.metrics import PredictionBuffer, Predictions, binary_auc
+from recis.framework.metrics import Predictions
 from recis.hooks.hook import Hook
+from recis.hooks.report_window import PredictionWindow, Throughput
 
 
 def _format_duration(seconds: float) -> str:
@@ -18,14 +19,6 @@ def _format_duration(seconds: float) -> str:
     hours, rest = divmod(seconds, 3600)
     minutes, secs = divmod(rest, 60)
     return f"{hours}:{minutes:02d}:{secs:02d}"
-
-
-def _paused_seconds(state: Any) -> dict[str, float]:
-    """Time in checkpoint saves and evaluations so far, which the rate leaves out."""
-    return {
-        "checkpoint": state.checkpoint_seconds if state else 0.0,
-        "eval": state.evaluation_seconds if state else 0.0,
-    }
 
 
 def _format_value(value: Any) -> str:
@@ -65,8 +58,8 @@ class LoggerHook(Hook):
         self.stream = stream
         self._bar_open = False
         self._width = 0
-        # Rank 0's predictions since the last line, per Predictions metric.
-        self._window: dict[str, PredictionBuffer] = {}
+        self._window = PredictionWindow()
+        self._throughput = Throughput()
         self._unlogged: tuple[dict[str, Any], int] | None = None
 
     @property
@@ -92,31 +85,16 @@ class LoggerHook(Hook):
         out.flush()
 
     def before_train(self) -> None:
-        state = self.trainer.state if self.trainer is not None else None
-        self._start_time = self._last_time = time.monotonic()
-        self._last_samples = state.samples if state else 0
-        self._last_paused = _paused_seconds(state)
+        self._start_time = time.monotonic()
+        self._throughput.start(self.trainer)
         self._start_progress = self._progress()
-        for window in self._window.values():
-            window.clear()
+        self._window.clear()
         self._unlogged = None
-
-    def _window_aucs(self) -> dict[str, float]:
-        """AUC of each Predictions metric of this rank over the window."""
-        # The window stays on the predictions' device, so a GPU run syncs once per line.
-        aucs = {name: binary_auc(*window.tensors()) for name, window in self._window.items()}
-        for window in self._window.values():
-            window.clear()
-        return aucs
 
     def after_step(self, metrics: dict[str, Any], global_step: int) -> None:
         if not self.is_main_process:
             return
-        for name, value in metrics.items():
-            if isinstance(value, Predictions):
-                if name not in self._window:
-                    self._window[name] = PredictionBuffer(device=value.preds.device)
-                self._window[name].append(value.preds, value.labels)
+        self._window.add(metrics)
         if global_step % self.log_steps:
             self._unlogged = (metrics, global_step)
             return
@@ -131,7 +109,7 @@ class LoggerHook(Hook):
 
     def _log_progress(self, metrics: dict[str, Any], global_step: int) -> None:
         self._unlogged = None
-        aucs = self._window_aucs()
+        aucs = self._window.aucs()
         trainer = self.trainer
         now = time.monotonic()
         total = trainer.total_steps if trainer is not None else None
@@ -146,21 +124,16 @@ class LoggerHook(Hook):
         if "loss" in metrics:
             parts[0] += f" loss {float(metrics['loss']):.4f}"
         if trainer is not None:
-            samples, paused = trainer.state.samples, _paused_seconds(trainer.state)
-            spent = {name: paused[name] - self._last_paused[name] for name in paused}
-            elapsed = now - self._last_time - sum(spent.values())
-            if elapsed > 0:
-                rate = (samples - self._last_samples) * trainer.world_size / elapsed
+            rate, spent = self._throughput.report(trainer)
+            if rate is not None:
                 parts.append(f"{rate:.0f} samples/s")
             parts += [
                 f"{name} {seconds:.1f} s" for name, seconds in spent.items() if seconds >= 0.05
             ]
-            self._last_samples, self._last_paused = samples, paused
             done = None if frac is None else frac - (self._start_progress or 0.0)
             if done is not None and done > 0:
                 eta = (1.0 - frac) * (now - self._start_time) / done
                 parts.append(f"ETA {_format_duration(eta)}")
-        self._last_time = now
         for name, value in metrics.items():
             if name != "loss" and not isinstance(value, Predictions):
                 parts.append(f"{name} {_format_value(value)}")

@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Any
 
 from recis.framework.metrics import Predictions
 from recis.hooks.hook import Hook
+from recis.hooks.report_window import PredictionWindow, Throughput
 
 
 class TensorBoardHook(Hook):
     """Rank 0 writes the scalar metrics every ``log_steps`` steps and every evaluation.
 
     Training scalars go under ``train/<name>``, evaluation results under
-    ``eval/<name>``, both at the global step. Needs the ``tensorboard`` package
+    ``eval/<name>``, both at the global step. Every ``log_steps`` steps also
+    ``train/samples_per_sec`` (over all ranks, saves and evaluations left out) and,
+    for each :class:`Predictions` metric, the AUC of rank 0's predictions since the
+    previous write (``train/auc_rank0``, ``train/<name>/auc_rank0``), as LoggerHook
+    prints them. Needs the ``tensorboard`` package
     (``pip install tensorboard``), which recis does not depend on. ``log_dir``
     defaults to ``<output_dir>/tensorboard`` of the trainer the hook is added to.
 
@@ -34,6 +40,8 @@ class TensorBoardHook(Hook):
         self.log_dir = log_dir
         self.log_steps = log_steps
         self._writer = None
+        self._window = PredictionWindow()
+        self._throughput = Throughput()
 
     def _get_writer(self):
         if self._writer is None:
@@ -54,9 +62,25 @@ class TensorBoardHook(Hook):
             writer.add_scalar(f"{prefix}/{name}", float(value), step)
         writer.flush()
 
+    def before_train(self) -> None:
+        self._window.clear()
+        self._throughput.start(self.trainer)
+
     def after_step(self, metrics: dict[str, Any], global_step: int) -> None:
-        if self.is_main_process and global_step % self.log_steps == 0:
-            self._write("train", metrics, global_step)
+        if not self.is_main_process:
+            return
+        self._window.add(metrics)
+        if global_step % self.log_steps:
+            return
+        scalars = dict(metrics)
+        if self.trainer is not None:
+            rate, _ = self._throughput.report(self.trainer)
+            if rate is not None:
+                scalars["samples_per_sec"] = rate
+        for name, auc in self._window.aucs().items():
+            if not math.isnan(auc):  # one class only in the window
+                scalars["auc_rank0" if name == "auc" else f"{name}/auc_rank0"] = auc
+        self._write("train", scalars, global_step)
 
     def after_evaluate(self, metrics: dict[str, Any]) -> None:
         if self.is_main_process:

@@ -233,3 +233,8 @@ def test_tensorboard_hook_writes_scalars(tmp_path):
     assert {"train/loss", "eval/auc", "eval/logloss", "eval/loss"} <= set(tags)
     assert [e.step for e in events.Scalars("train/loss")] == [2, 4]
     assert [e.step for e in events.Scalars("eval/auc")] == [4]
+    # What LoggerHook prints besides the loss: the rate and rank 0's window AUC.
+    assert [e.step for e in events.Scalars("train/samples_per_sec")] == [2, 4]
+    assert all(e.value > 0 for e in events.Scalars("train/samples_per_sec"))
+    window_aucs = events.Scalars("train/auc_rank0")
+    assert [e.step for e in window_aucs] == [2, 4] and all(0 <= e.value <= 1 for e in window_aucs)
