@@ -94,9 +94,10 @@ class RunConfig:
     - ``sparse_optimizer``: the embedding tables' optimizer.
     - ``sparse_lr``: the sparse optimizer's learning rate.
     - ``dense_lr``: the learning rate of AdamW on the dense parameters.
-    - ``tensorboard``: rank 0 writes the training loss every ``log_steps`` steps (100
-      when that is none) and every evaluation's metrics for TensorBoard, under
-      ``OUTPUT_DIR/tensorboard`` (needs ``pip install tensorboard``).
+    - ``tensorboard``: rank 0 writes for TensorBoard, under ``OUTPUT_DIR/tensorboard``,
+      the loss, samples/s and the AUC of its predictions every ``log_steps`` steps (100
+      when that is none), and every evaluation's metrics (needs
+      ``pip install tensorboard``).
     """
 
     model: str = "dlrm"
