@@ -41,7 +41,8 @@ import sys
 from pathlib import Path
 
 from kernels import needed_memory
-from machine import available_memory
+
+from recis.distributed.host_memory import available_host_memory
 
 BENCHMARKS = Path(__file__).resolve().parent
 
@@ -161,7 +162,7 @@ def main(argv: list[str] | None = None) -> None:
                                    args.optimizer, implementations=1)  # fmt: skip
     table_bytes = 4 * args.tables * args.rows * args.dim
     need = {"step": one_process, "lookup": table_bytes}.get(args.part, 0) * 2 * args.processes
-    have = available_memory()
+    have = available_host_memory()
     if have is not None and need > 0.9 * have:
         p.error(
             f"{2 * args.processes} processes need ~{need / 2**30:.1f} GiB, "

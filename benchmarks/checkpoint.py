@@ -31,8 +31,8 @@ import time
 
 import torch
 import torch.distributed as dist
-from machine import available_memory
 
+from recis.distributed.host_memory import available_host_memory
 from recis.framework.checkpoint.commit import find_checkpoint
 from recis.framework.checkpoint.manifest import read_manifest
 from recis.framework.checkpoint.storage import storage_for
@@ -51,7 +51,7 @@ GB = 1e9
 def default_size_gb(directory: str) -> float:
     """A size that fits: a sixth of available memory (shards + a loaded copy on both
     ranks), a tenth of free disk (several checkpoints), at most 4 GB."""
-    avail = (available_memory() or 0) / GB
+    avail = (available_host_memory() or 0) / GB
     disk = shutil.disk_usage(directory).free / GB
     return round(max(0.25, min(4.0, avail / 6, disk / 10)), 2)
 

@@ -45,8 +45,9 @@ import time
 
 import torch
 import torch.nn.functional as F
-from machine import available_memory, memcpy_bandwidth
+from machine import memcpy_bandwidth
 
+from recis.distributed.host_memory import available_host_memory
 from recis.nn import EmbeddingBagCollection, EmbeddingBagConfig, filter_out_sparse_param
 from recis.ops import sparse_rowwise_adagrad_update
 from recis.optim import SparseAdam, SparseRowWiseAdagrad, SparseSGD
@@ -358,7 +359,7 @@ def check_memory(args, dim: int, optim: str, with_fbgemm: bool) -> str | None:
     """Why this case does not fit the machine, or None when it does; says so when
     leaving out the plain-torch peer (--no-torch) would make it fit."""
     implementations = 1 + with_fbgemm + (not args.no_torch)
-    have = available_memory()
+    have = available_host_memory()
     free = torch.cuda.mem_get_info()[0] if args.device == "cuda" else None
 
     def shortfall(n: int) -> str | None:

@@ -13,18 +13,6 @@ import numpy as np
 from recis.ops import keep_freed_host_memory
 
 
-def available_memory() -> int | None:
-    """Bytes Linux reports as available (``MemAvailable``), or None when unknown."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
 def memcpy_bandwidth(threads: int, mib: int = 1024, repeats: int = 5) -> float:
     """Bytes/s (read + write counted) of the C library's memcpy over a large host
     buffer, split over ``threads`` threads (numpy's ``copyto`` is a memcpy here and

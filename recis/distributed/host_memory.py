@@ -9,15 +9,12 @@ memory needs no such check: an allocation there that does not fit raises
 
 from __future__ import annotations
 
-import logging
 import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from recis.distributed.plan import ShardingPlan
 from recis.distributed.types import ShardingError
-
-logger = logging.getLogger(__name__)
 
 # Above this share of the available memory the rest of training (activations,
 # gradients, the data readers, checkpoint writes) may not fit: a warning.
@@ -93,9 +90,10 @@ def check_plan_fits_hosts(plan: ShardingPlan, ranks: Sequence[RankHost]) -> str 
     tight = []
     for host, members in by_host.items():
         reports = [ranks[r].available for r in members]
-        if any(a is None for a in reports):
+        known = [a for a in reports if a is not None]
+        if len(known) < len(reports):  # a rank could not tell: no verdict on its host
             continue
-        available = min(a for a in reports if a is not None)
+        available = min(known)
         total = sum(need[r] for r in members)
         shares = ", ".join(f"rank {r}: {need[r] / _GIB:.1f}" for r in members[:8])
         more = f", ... ({len(members)} ranks)" if len(members) > 8 else ""
