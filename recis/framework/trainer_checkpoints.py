@@ -60,10 +60,6 @@ class TrainerCheckpoints:
     def saver(self) -> Saver:
         return self.manager.saver
 
-    @property
-    def built(self) -> bool:
-        return self._manager is not None
-
     def _build(self) -> CheckpointManager:
         trainer, args = self._trainer, self._trainer.args
         saver = Saver(
@@ -119,13 +115,12 @@ class TrainerCheckpoints:
                 self._check_losses_finite()
                 self.manager.save()
                 self.last_saved_step = step
+        elif self.manager.saves_next():  # step is a multiple of save_steps
+            self._check_losses_finite()
+            self.manager.step()
+            self.last_saved_step = step
         else:
-            due = bool(trainer.args.save_steps) and step % trainer.args.save_steps == 0
-            if due:
-                self._check_losses_finite()
-            self.manager.step()  # saves when step is a multiple of save_steps
-            if due:
-                self.last_saved_step = step
+            self.manager.step()
         trainer.state.checkpoint_seconds += time.monotonic() - start
 
     def _check_losses_finite(self) -> None:
@@ -138,7 +133,7 @@ class TrainerCheckpoints:
         if not trainer.is_main_process:
             return
         step = trainer.state.global_step
-        newest = self.saver.latest_checkpoint() if self.built else None
+        newest = self.saver.latest_checkpoint()
         if newest is None:
             logger.warning("interrupted at step %d, before any checkpoint was saved", step)
         else:

@@ -130,8 +130,12 @@ def test_checkpoint_manager(tmp_path):
     model, opt = _model()
     manager = CheckpointManager(Saver(model, opt, str(tmp_path), max_keep=2), save_interval=3)
     assert manager.restore() == 0
-    saved = [manager.step() for _ in range(7)]
+    announced, saved = [], []
+    for _ in range(7):
+        announced.append(manager.saves_next())  # what the Trainer checks before a save
+        saved.append(manager.step())
     assert [s is not None for s in saved] == [False, False, True, False, False, True, False]
+    assert announced == [s is not None for s in saved]
     assert manager.saver.checkpoints() == ["ckpt-3", "ckpt-6"]
     assert manager.save().endswith("ckpt-7")
 

@@ -45,12 +45,15 @@ class CheckpointManager:
     def global_step(self) -> int:
         return self._global_step
 
+    def saves_next(self) -> bool:
+        """Whether the next :meth:`step` completes an interval, and so saves."""
+        return bool(self.save_interval) and (self._global_step + 1) % self.save_interval == 0
+
     def step(self) -> str | None:
         """Counts one optimizer step; saves when it completes an interval (path, else None)."""
+        due = self.saves_next()
         self._global_step += 1
-        if self.save_interval and self._global_step % self.save_interval == 0:
-            return self.save()
-        return None
+        return self.save() if due else None
 
     def save(self) -> str:
         """Saves now as ``ckpt-<global_step>``; returns the checkpoint's path."""
