@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from recis.framework.checkpoint.load import load_without
 from recis.framework.progress import Progress
 from recis.io.batch import Batch, rows_to_batch
 from recis.io.criteo import NUM_DENSE, NUM_SPARSE, ParsedRows, RecordParser, resolve_table_sizes
@@ -273,9 +274,7 @@ class CriteoDataset:
             f"CriteoDataset rank {self.rank}: the data files are not those the read "
             f"position of saved rank {state['rank']} was taken on ({change}), so it cannot "
             "be resumed on them. Resume on the same files, or load the checkpoint without "
-            'its read position: Saver.load_by_config(path, {"exclude": ["io_state"]}); '
-            "with launch/train.py, a new --output_dir and "
-            """--model_bank '[{"path": "OLD_OUTPUT_DIR", "exclude": ["io_state"]}]'"""
+            f"its read position: {load_without('io_state')}"
         )
 
     # -- iteration -----------------------------------------------------------------

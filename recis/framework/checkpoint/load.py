@@ -57,6 +57,16 @@ def _describe_state(kinds: dict[str, str]) -> str:
     return ", ".join(f"{key} ({shown.get(kind, kind)})" for key, kind in sorted(kinds.items()))
 
 
+def load_without(category: str) -> str:
+    """How to load a checkpoint without ``category`` (e.g. ``"io_state"``), for the
+    errors that name that way out: the API call, and the launcher's options."""
+    return (
+        f'Saver.load_by_config(path, {{"exclude": ["{category}"]}}); with launch/train.py, '
+        "a new --output_dir and "
+        f"""--model_bank '[{{"path": "OLD_OUTPUT_DIR", "exclude": ["{category}"]}}]'"""
+    )
+
+
 def _call(task: Callable[[], None]) -> None:
     task()
 
@@ -155,9 +165,7 @@ class CheckpointLoader:
                     f"{_describe_state(ours)} but checkpoint {path} has "
                     f"{_describe_state(theirs)}: it was saved with another sparse optimizer. "
                     "To go on from it with this one, load it without its sparse optimizer "
-                    'state: Saver.load_by_config(path, {"exclude": ["sparse_opt"]}); with '
-                    "launch/train.py, a new --output_dir and "
-                    """--model_bank '[{"path": "OLD_OUTPUT_DIR", "exclude": ["sparse_opt"]}]'"""
+                    f"state: {load_without('sparse_opt')}"
                 )
         new = dict(current)
         tasks: list[Callable[[], None]] = []
