@@ -35,8 +35,8 @@ $(BUILT): $(STAMP) $(CSRC)
 build: $(BUILT)
 
 # Two pytest workers (pytest-xdist): many tests wait on processes they start, so a
-# second worker keeps a 2-core machine busy (7.3 instead of 11 min there). TEST_WORKERS=0
-# runs them in this process.
+# second worker keeps a 2-core machine busy (docs/DECISIONS.md, "CI on two cores").
+# TEST_WORKERS=0 runs them in this process.
 TEST_WORKERS ?= 2
 test: install
 	$(PY) -m pytest -q -n $(TEST_WORKERS) tests
