@@ -3,7 +3,8 @@ across ranks, and the zero-sample batch a rank runs once its eval data ended."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+import contextlib
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -11,6 +12,8 @@ import torch.distributed as dist
 from torch import Tensor
 
 from recis.framework.metrics import BinaryClassificationMetric, Predictions
+from recis.framework.rank_sync import deferred_iter
+from recis.framework.trainer_checkpoints import has_read_position
 from recis.sparse import KeyedJaggedTensor
 
 if TYPE_CHECKING:
@@ -40,16 +43,50 @@ def without_samples(data: Any) -> Any:
     return data
 
 
-def eval_batches(dataset: Iterable[Any], rank: int, world_size: int) -> Iterator[Any]:
-    """The batches of ``dataset``; raises when this rank has none: it could not take
-    part in the other ranks' steps, and on one rank there would be nothing to report."""
-    seen = False
-    for batch in dataset:
-        seen = True
-        yield batch
-    if not seen:
-        why = f"; with {world_size} ranks each needs at least one" if world_size > 1 else ""
-        raise ValueError(f"rank {rank} has no evaluation data (an empty eval set?){why}")
+@contextlib.contextmanager
+def eval_iterator(dataset: Any) -> Iterator[Iterator[Any]]:
+    """The batches of ``dataset`` from its read position, which is put back afterwards
+    for a dataset that has one (``state_dict``/``load_state_dict``, as recis.io's), so
+    that every evaluation starts at the same batch; the iteration is closed at the end.
+
+    Example::
+
+        >>> with eval_iterator(dataset) as it:
+        ...     first = next(it)
+    """
+    position = dataset.state_dict() if has_read_position(dataset) else None
+    it = deferred_iter(dataset)
+    try:
+        yield it
+    finally:
+        it.close()  # ends the dataset's iteration if it is a generator (its files)
+        if position is not None:
+            dataset.load_state_dict(position)
+
+
+def check_eval_set_not_empty(dataset: Any, sync: RankSync, step: int) -> None:
+    """Raises ``ValueError`` on every rank unless some rank's eval set has a batch
+    (collective; each rank reads one batch, and its read position is put back)."""
+    with eval_iterator(dataset) as it:
+        _, any_left, _ = sync.next_batch(it, "evaluation", step)
+    if not any_left:
+        raise ValueError(f"{empty_eval_set(sync.world_size)}: there is nothing to evaluate")
+
+
+def empty_eval_set(world_size: int) -> str:
+    return "the eval set is empty" + (f" on all {world_size} ranks" if world_size > 1 else "")
+
+
+def borrow_shape_where_empty(data: Any | None, sync: RankSync, step: int) -> Any:
+    """``data`` (this rank's first eval batch), or on a rank whose eval data is empty
+    another rank's first batch cut to zero samples: its model still has to take part
+    in the others' collectives. Collective: one small all-reduce, and an all-gather of
+    the zero-sample batches when some rank has none (``step``: for errors)."""
+    (some_rank_has_none,), _ = sync.agree([data is None], False, step)
+    if not some_rank_has_none:
+        return data
+    shapes = sync.gather_objects(None if data is None else without_samples(data))
+    return data if data is not None else next(s for s in shapes if s is not None)
 
 
 def is_scalar(value: Any) -> bool:
@@ -126,18 +163,24 @@ def run_eval_batches(
     for errors); returns the batches run and whether ``stop()`` on some rank cut the
     evaluation short. A rank whose data ended before the others' runs its last batch
     cut to zero samples, so that the model's collectives meet on every rank, and
-    counts nothing from it."""
+    counts nothing from it; a rank whose eval data is empty runs zero-sample batches
+    shaped like another rank's first batch. Raises ``ValueError`` on every rank when
+    no rank has a batch."""
     done, data, ended = 0, None, False
     while steps is None or done < steps:
         batch, any_left, stopping = sync.next_batch(it, "evaluation", step, stop)
         if stopping:
             return done, True
         if not any_left:
+            if done == 0:  # on every rank at once: nothing to report
+                raise ValueError(empty_eval_set(sync.world_size))
             break
         if batch is not None:
             data = batch
-        elif not ended:  # this rank's data ended: zero samples from now on
+        elif not ended:  # this rank's data ended (or was empty): zero samples from now on
             data, ended = without_samples(data), True
+        if done == 0 and sync.world_size > 1:
+            data = borrow_shape_where_empty(data, sync, step)
         try:
             metrics.add(eval_batch(data), count=not ended)
         except Exception as e:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -15,6 +15,20 @@ logger = logging.getLogger(__name__)
 _PEER_GONE = "Connection closed by peer"
 
 
+def deferred_iter(iterable: Iterable[Any]) -> Iterator[Any]:
+    """``iter(iterable)`` called at the first ``next()``, so that an error there (a
+    dataset opening its files) reaches the ranks' agreement on the batch like any
+    read error, instead of leaving the other ranks waiting in it. ``close()`` closes
+    the iterable's iterator, if it is a generator.
+
+    Example::
+
+        >>> it = deferred_iter(dataset)  # nothing is opened yet
+        >>> batch, any_left, stop = sync.next_batch(it, "evaluation", step=0)
+    """
+    yield from iterable
+
+
 class RankSync:
     """One small all-reduce per step keeps the ranks of a job in step.
 
@@ -24,9 +38,9 @@ class RankSync:
     read it (all raise, the failing rank its own error, the others one naming it).
     :meth:`next_batch` goes on instead until every rank's data ended (evaluation
     covers every batch). :meth:`fail` handles an error raised inside a step, where
-    the other ranks may wait in a collective of the model. :meth:`gather` and
-    :meth:`check_same` compare values across ranks (the step of a NaN loss, the
-    options every rank must share).
+    the other ranks may wait in a collective of the model. :meth:`gather`,
+    :meth:`gather_objects` and :meth:`check_same` compare values across ranks (the
+    step of a NaN loss, the options every rank must share).
 
     Example::
 
@@ -74,14 +88,19 @@ class RankSync:
             raise self.fail(e, step, in_collective=True) from e
         return [int(v.item()) for v in values]
 
+    def gather_objects(self, mine: Any) -> list[Any]:
+        """``mine`` (a picklable object) of every rank, in rank order."""
+        if self.world_size == 1 or not dist.is_initialized():
+            return [mine]
+        everyone: list[Any] = [None] * self.world_size
+        dist.all_gather_object(everyone, mine)
+        return everyone
+
     def check_same(self, mine: dict[str, Any], hint: str) -> None:
         """Raises ``ValueError`` on every rank unless every rank has the same ``mine``
         (one all-gather of objects), naming the first entry that differs from rank
         0's, and ``hint``, a likely cause."""
-        if self.world_size == 1 or not dist.is_initialized():
-            return
-        everyone: list[Any] = [None] * self.world_size
-        dist.all_gather_object(everyone, mine)
+        everyone = self.gather_objects(mine)
         for other, theirs in enumerate(everyone):
             differing = sorted(
                 k for k in set(theirs) | set(mine) if theirs.get(k) != everyone[0].get(k)

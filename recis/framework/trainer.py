@@ -20,13 +20,18 @@ from recis.distributed.process_group import (
     set_seed,
     world_size,
 )
-from recis.framework.evaluation import EvalMetrics, eval_batches, run_eval_batches
+from recis.framework.evaluation import (
+    EvalMetrics,
+    check_eval_set_not_empty,
+    eval_iterator,
+    run_eval_batches,
+)
 from recis.framework.job_checks import check_same_setup
 from recis.framework.metrics import clear_metrics, get_global_metrics
 from recis.framework.progress import Progress
-from recis.framework.rank_sync import RankSync
+from recis.framework.rank_sync import RankSync, deferred_iter
 from recis.framework.stop_signal import StopSignal
-from recis.framework.trainer_checkpoints import TrainerCheckpoints, has_read_position
+from recis.framework.trainer_checkpoints import TrainerCheckpoints
 from recis.framework.training_args import TrainingArguments, positive_or_none
 from recis.hooks import Hook, LoggerHook
 from recis.nn import filter_out_sparse_param
@@ -349,7 +354,7 @@ class Trainer:
     def _run_epoch(self, epoch: int) -> tuple[int, bool]:
         """Steps of one epoch until the data or ``train_steps`` ends; (steps, exhausted)."""
         k = self.args.gradient_accumulation_steps
-        it = iter(self.train_dataset)
+        it = deferred_iter(self.train_dataset)
         steps = 0
         while self.args.train_steps is None or self.state.global_step < self.args.train_steps:
             # The ranks agree on a stop (SIGTERM) with the window's read and stop after
@@ -441,7 +446,8 @@ class Trainer:
     def train(self) -> TrainerState:
         """Trains until ``train_steps`` or ``train_epoch`` (see :class:`TrainingArguments`).
 
-        Restores the latest checkpoint first, saves every ``save_steps`` and at the
+        Restores the latest checkpoint first (after checking that the eval set, if
+        any, is not empty on every rank), saves every ``save_steps`` and at the
         end, evaluates every ``eval_every_steps``, and returns the final
         :class:`TrainerState`. With ``args.save_on_sigterm`` (the default), a SIGTERM
         to any rank makes every rank finish the step after it, save a checkpoint and
@@ -464,6 +470,8 @@ class Trainer:
             {"dense": self.dense_optimizer, "sparse": self.sparse_optimizer},
             {"train": self.train_dataset, "eval": self.eval_dataset},
         )
+        if self.eval_dataset is not None:  # an empty one would fail the first evaluation
+            check_eval_set_not_empty(self.eval_dataset, self._sync, self.state.global_step)
         saver = self.checkpoints.saver
         saver.check_writable()
         saver.claim()
@@ -515,7 +523,8 @@ class Trainer:
         ``args.eval_steps``; ``None``: until every rank's data ends). A rank whose
         data ended before the others' runs its last batch cut to zero samples, so
         that the model's collectives still meet on every rank, and reports nothing
-        from it. Each rank needs at least one eval batch. The model's
+        from it; a rank whose eval data is empty (an eval set smaller than the
+        ranks) runs zero-sample batches throughout. The model's
         train/eval mode is restored afterwards, and so is the read position of a
         dataset that has one (``state_dict``/``load_state_dict``, as recis.io's
         datasets): every evaluation starts at the same batch. A long evaluation logs
@@ -537,12 +546,8 @@ class Trainer:
         what = f"evaluation at step {self.state.global_step}"
         progress = Progress(what, "evaluated", steps, unit="batches", log=self.is_main_process)
         start = time.monotonic()
-        # A dataset with a read position is put back where it was, so that every
-        # evaluation starts at the same batch (whether it reads all or eval_steps).
-        position = dataset.state_dict() if has_read_position(dataset) else None
-        it = eval_batches(dataset, self.rank, self.world_size)
         try:
-            with torch.no_grad():
+            with eval_iterator(dataset) as it, torch.no_grad():
                 done, stopped = run_eval_batches(
                     it,
                     self._sync,
@@ -566,9 +571,6 @@ class Trainer:
         finally:
             self.state.evaluation_seconds += time.monotonic() - start
             self.model.train(was_training)
-            it.close()  # lets go of the dataset's iterator (a generator ends here)
-            if position is not None:
-                dataset.load_state_dict(position)
         if stopped:
             if self.is_main_process:
                 logger.warning("%s: stopped by SIGTERM after %d batches", what, done)

@@ -109,24 +109,40 @@ def test_evaluate_two_ranks_matches_direct_computation(tmp_path):
     assert results[0]["full"] == results[1]["full"]
 
 
-def _dist_evaluate_without_data_on_one_rank(tmp: str) -> str:
+def _dist_evaluate_without_data_on_one_rank(tmp: str) -> dict:
     rank = dist.get_rank()
+    torch.manual_seed(0)
     model = ToyModel()
     eval_data = make_batches(2, 6, 100) if rank == 0 else []
     trainer = build_trainer(model, make_batches(1, 4, rank), tmp, eval_data=eval_data)
+    out = {"full": trainer.evaluate(), "direct": _direct(model, make_batches(2, 6, 100))}
     try:
-        trainer.evaluate()
-    except Exception as e:
-        return str(e)
-    return "no error"
+        trainer.evaluate([])  # no rank has a batch
+    except ValueError as e:
+        out["empty"] = str(e)
+    # train() finds an empty eval set before its first step, not at its first evaluation.
+    trainer = build_trainer(ToyModel(), make_batches(3, 4, rank), tmp, eval_data=[])
+    try:
+        trainer.train()
+    except ValueError as e:
+        out["train"] = (str(e), trainer.state.global_step)
+    return out
 
 
-def test_a_rank_without_eval_data_fails_every_rank_clearly(tmp_path):
-    errors = run_distributed(_dist_evaluate_without_data_on_one_rank, 2, str(tmp_path), timeout=90)
-    assert "rank 1 failed to read its evaluation data" in errors[0]
-    assert (
-        "rank 1 has no evaluation data (an empty eval set?); with 2 ranks each needs" in errors[1]
-    )
+def test_a_rank_without_eval_data_runs_zero_sample_batches(tmp_path):
+    # An eval set smaller than the ranks leaves some with nothing: they take part in
+    # the others' batches with zero samples shaped like rank 0's first batch.
+    results = run_distributed(_dist_evaluate_without_data_on_one_rank, 2, str(tmp_path), timeout=90)
+    expected = _expected([results[0]["direct"]])
+    for r in results:
+        assert r["full"]["count"] == expected["count"] == 12
+        for key in ("auc", "logloss", "loss"):
+            assert math.isclose(r["full"][key], expected[key], rel_tol=1e-6), key
+        assert r["empty"] == "the eval set is empty on all 2 ranks"
+        assert r["train"] == (
+            "the eval set is empty on all 2 ranks: there is nothing to evaluate",
+            0,
+        )
 
 
 def test_a_long_evaluation_reports_its_progress(tmp_path, monkeypatch, caplog):
