@@ -22,6 +22,7 @@ import inspect
 import json
 import logging
 import math
+import os
 import re
 import signal
 import types
@@ -289,11 +290,8 @@ def build_model(run: RunConfig, device: torch.device) -> DistributedModelParalle
     return DistributedModelParallel(model, plan=plan, device=device)
 
 
-# torchrun's failure summary shows the first failed rank's exception, not "<N/A>".
-@record
-def main(argv: list[str] | None = None) -> dict[str, float]:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    args, run = parse_args(argv)
+def build_trainer(args: TrainingArguments, run: RunConfig) -> Trainer:
+    """The process group, datasets, sharded model, optimizers and Trainer of a job."""
     init_distributed(args.backend, args.device)
     device = resolve_device(args.device)
     set_seed(args.seed)
@@ -303,7 +301,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         filter_out_sparse_param(model), lr=run.sparse_lr
     )
     dense_opt = torch.optim.AdamW(model.parameters(), lr=run.dense_lr)
-    trainer = Trainer(
+    return Trainer(
         model=model,
         args=args,
         train_dataset=train_ds,
@@ -312,6 +310,22 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         sparse_optimizer=sparse_opt,
         hooks=[TensorBoardHook(log_steps=args.log_steps or 100)] if run.tensorboard else None,
     )
+
+
+# torchrun's failure summary shows the first failed rank's exception, not "<N/A>".
+@record
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    args, run = parse_args(argv)
+    try:
+        trainer = build_trainer(args, run)
+    except KeyboardInterrupt:
+        if os.environ.get("RANK", "0") == "0":  # set by torchrun before any process group
+            logging.warning(
+                "interrupted before training: nothing was written to %s", args.output_dir
+            )
+        raise
+    eval_ds = trainer.eval_dataset
     try:
         state = trainer.train()
         if state.stopped_by_signal:
@@ -323,7 +337,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         last = trainer.last_evaluation  # the Trainer logs evaluations
         return last[1] if last and last[0] == state.global_step else trainer.evaluate()
     finally:
-        for ds in (train_ds, eval_ds):
+        for ds in (trainer.train_dataset, eval_ds):
             if ds is not None:
                 ds.close()
 

@@ -475,10 +475,10 @@ class Trainer:
         saver = self.checkpoints.saver
         saver.check_writable()
         saver.claim()
-        self.restore()
         self.state.stopped_by_signal = False
         stop_signal = self._stop_signal if args.save_on_sigterm else contextlib.nullcontext()
         try:
+            self.restore()
             self._train_then_save(stop_signal, max_epochs)
         except KeyboardInterrupt:
             self.checkpoints.log_interrupt()

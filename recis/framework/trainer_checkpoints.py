@@ -47,6 +47,7 @@ class TrainerCheckpoints:
         self._sync = sync
         self._manager: CheckpointManager | None = None
         self.last_saved_step = -1  # the step of the newest checkpoint saved or restored
+        self._loading: str | None = None  # what restore() was loading when it stopped
         self._nonfinite_loss = NonFiniteLossWatch(trainer.device)
 
     @property
@@ -84,6 +85,7 @@ class TrainerCheckpoints:
         in order; returns the step training goes on from (see ``Trainer.restore``)."""
         trainer = self._trainer
         state, main = trainer.state, trainer.is_main_process
+        self._loading = "the newest checkpoint"
         step = int(self.manager.restore())
         if step:
             state.global_step = step
@@ -92,12 +94,14 @@ class TrainerCheckpoints:
                 logger.info("resumed from %s at step %d", trainer.args.output_dir, step)
         elif trainer.args.model_bank:
             for entry in trainer.args.model_bank:
+                self._loading = f"model bank entry {entry['path']}"
                 conf = {k: v for k, v in entry.items() if k != "path"}
                 self.saver.load_by_config(entry["path"], conf)
                 if main:
                     # Loading "extra" brings that job's step: say where training goes on.
                     at = f" at step {state.global_step}" if state.global_step else ""
                     logger.info("warm-started from model bank entry %s%s", entry["path"], at)
+        self._loading = None
         return state.global_step
 
     def note_loss(self, loss: Tensor, step: int) -> None:
@@ -134,7 +138,14 @@ class TrainerCheckpoints:
             return
         step = trainer.state.global_step
         newest = self.saver.latest_checkpoint()
-        if newest is None:
+        if self._loading is not None:
+            loading = newest if self._loading == "the newest checkpoint" else self._loading
+            logger.warning(
+                "interrupted while loading %s, before training: running the job again "
+                "loads it again",
+                loading,
+            )
+        elif newest is None:
             logger.warning("interrupted at step %d, before any checkpoint was saved", step)
         else:
             logger.warning(

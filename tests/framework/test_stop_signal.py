@@ -207,3 +207,29 @@ def test_ctrl_c_during_an_evaluation_says_how_far_it_got(tmp_path, caplog):
         trainer.evaluate(CtrlCWhileReading(make_batches(4, 4, 1)))
     assert "evaluation at step 0: interrupted after 2 batches" in caplog.text
     assert trainer.model.training  # the model's mode is back
+
+
+@pytest.mark.parametrize("from_model_bank", [False, True])
+def test_ctrl_c_while_restoring_says_a_rerun_loads_it_again(
+    tmp_path, caplog, monkeypatch, from_model_bank
+):
+    trainer = build_trainer(ToyModel(), make_batches(2, 4, 0), str(tmp_path / "a"), save_steps=2)
+    trainer.train()
+    if from_model_bank:
+        bank = [{"path": str(tmp_path / "a"), "load": ["sparse", "dense"]}]
+        trainer = build_trainer(
+            ToyModel(), make_batches(2, 4, 0), str(tmp_path / "b"), model_bank=bank
+        )
+        loading = f"model bank entry {tmp_path / 'a'}"
+    else:
+        trainer = build_trainer(ToyModel(), make_batches(2, 4, 0), str(tmp_path / "a"))
+        loading = str(tmp_path / "a" / "ckpt-2")
+    saver = type(trainer.checkpoints.saver)
+    monkeypatch.setattr(saver, "_load", lambda *a, **k: signal.raise_signal(signal.SIGINT))
+    log = caplog.at_level("WARNING", logger="recis.framework.trainer")
+    with log, pytest.raises(KeyboardInterrupt):
+        trainer.train()
+    assert f"interrupted while loading {loading}, before training: running the job again" in (
+        caplog.text
+    )
+    assert trainer.state.global_step == 0

@@ -326,3 +326,19 @@ def test_an_interrupted_job_exits_as_if_killed_by_sigint(tmp_path):
     )
     assert returncode == 128 + signal.SIGINT and "Traceback" not in log, log[-3000:]
     assert "interrupted at step" in log
+
+
+def test_ctrl_c_while_setting_up_says_nothing_was_written(tmp_path, monkeypatch, caplog):
+    # Building a big model takes minutes: a Ctrl-C there gets a line too.
+    train = load_train_module()
+
+    def interrupted(*args, **kwargs):
+        signal.raise_signal(signal.SIGINT)
+
+    monkeypatch.setattr(train, "build_model", interrupted)
+    with caplog.at_level("WARNING"), pytest.raises(KeyboardInterrupt):
+        train.main([*SMALL, "--output_dir", str(tmp_path / "run")])
+    assert f"interrupted before training: nothing was written to {tmp_path / 'run'}" in (
+        caplog.text
+    )
+    assert not (tmp_path / "run").exists()
