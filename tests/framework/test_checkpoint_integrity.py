@@ -107,13 +107,21 @@ def test_missing_checkpoint(tmp_path):
         saver.load(ckpt_id="nope")
 
 
-def test_changed_global_shape_and_missing_table(tmp_path):
+def test_another_model_is_refused_naming_what_differs_and_why(tmp_path):
     _saved(tmp_path)
-    with pytest.raises(ValueError, match=r"table 'b' has global shape \[18, 7\].*\[17, 7\]"):
+    why = "a checkpoint loads into the model that saved it: train a new one in a new output_dir"
+    with pytest.raises(ValueError, match=r"table 'b' has global shape \[18, 7\].*\[17, 7\]") as e:
         _fresh(tmp_path, [SPECS[0], ("b", 18, 7, "table_wise", 0)])[2].load()
+    assert why in str(e.value)
     extra = [*SPECS, ("new", 5, 3, "table_wise", 0)]
-    with pytest.raises(KeyError, match="table 'new' is not in checkpoint"):
+    with pytest.raises(KeyError, match="table 'new' is not in checkpoint") as e:
         _fresh(tmp_path, extra)[2].load()
+    assert why in str(e.value)
+    model, _, saver = _fresh(tmp_path)
+    model.dense = torch.nn.Linear(4, 3, bias=False)
+    with pytest.raises(KeyError, match=r"does not match the model: missing \[\], unexpected") as e:
+        saver.load()
+    assert why in str(e.value)
     model, _, saver = _fresh(tmp_path, extra)
     with pytest.warns(UserWarning, match="table 'new'"):
         saver.load_by_config(None, {"load": "*", "strict": False})

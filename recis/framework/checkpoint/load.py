@@ -22,6 +22,13 @@ from recis.nn.sparse_params import filter_out_sparse_param
 CATEGORIES = ("sparse", "sparse_opt", "dense", "extra", "io_state")
 
 
+# Why a checkpoint does not fit the model, most often: a job's options changed.
+OTHER_MODEL = (
+    " (was it saved by another model, or with another embedding dim or table size? a "
+    "checkpoint loads into the model that saved it: train a new one in a new output_dir)"
+)
+
+
 def parse_load_conf(load_conf: dict[str, Any]) -> tuple[set[str], bool]:
     """``({categories to load}, strict)`` from ``{"load": [...], "exclude": [...], "strict": bool}``."""
     unknown = set(load_conf) - {"load", "exclude", "strict"}
@@ -123,13 +130,13 @@ class CheckpointLoader:
             if entry is None:
                 msg = f"table {name!r} is not in checkpoint {path} (it has {sorted(saved_tables)})"
                 if strict:
-                    raise KeyError(msg)
+                    raise KeyError(msg + OTHER_MODEL)
                 warnings.warn(msg + "; left as it is", stacklevel=3)
                 continue
             if list(entry["global_shape"]) != list(table.global_shape):
                 raise ValueError(
                     f"table {name!r} has global shape {list(table.global_shape)} in the model but "
-                    f"{entry['global_shape']} in checkpoint {path}"
+                    f"{entry['global_shape']} in checkpoint {path}{OTHER_MODEL}"
                 )
             rows, cols = table.weight.shape
             box = (
@@ -197,7 +204,7 @@ class CheckpointLoader:
         if (missing or unexpected) and strict:
             raise KeyError(
                 f"dense state of checkpoint {path} does not match the model: missing "
-                f"{missing}, unexpected {unexpected}"
+                f"{missing}, unexpected {unexpected}{OTHER_MODEL}"
             )
         if missing or unexpected:
             warnings.warn(
