@@ -17,19 +17,21 @@ from recis.distributed.sharding.output_dist import OutputDist
 from recis.distributed.types import DATA_PARALLEL
 from recis.nn.embedding_bag import EmbeddingBagCollection
 from recis.nn.table import EmbeddingTable
+from recis.nn.table_init import init_table_part
 from recis.ops.table_memory import empty_table
 from recis.sparse import KeyedJaggedTensor, KeyedTensor
 
 
 def _local_shard_weight(
-    source: EmbeddingTable, rows: slice, cols: slice, device: torch.device
+    source: EmbeddingTable, rows: slice, cols: slice, device: torch.device, seed: int
 ) -> Tensor:
-    """This rank's slice of a table: copied from its values, or initialised with the
-    table's init_fn when the table was built on ``meta`` (never materialised whole)."""
+    """This rank's slice of a table: copied from its values, or, when the table was
+    built on ``meta`` (never materialised whole), the slice of the values it would
+    have had built whole under ``seed`` (``init_table_part``)."""
     w = source.weight
     shard = empty_table((rows.stop - rows.start, cols.stop - cols.start), w.dtype, device)
     if w.device.type == "meta":
-        source.config.initializer()(shard)
+        init_table_part(source.config, shard, rows.start, cols.start, seed)
     else:
         shard.copy_(w[rows, cols])
     return shard
@@ -67,6 +69,7 @@ class ShardedEmbeddingBagCollection(nn.Module):
         self.layout = Layout(self._configs, plan, self.world_size)
         self.grad_scale = 1.0 / self.world_size if grad_scale is None else grad_scale
         self.tables = nn.ModuleDict()
+        seed = torch.initial_seed()  # the same on every rank seeded alike
         for cfg in self._configs:
             tp = plan.tables[cfg.name]
             shard = tp.shard_on(self.rank)
@@ -74,13 +77,14 @@ class ShardedEmbeddingBagCollection(nn.Module):
                 continue
             rows = slice(shard.row_offset, shard.row_offset + shard.rows)
             cols = slice(shard.col_offset, shard.col_offset + shard.cols)
-            weight = _local_shard_weight(ebc.tables[cfg.name], rows, cols, self.device)
+            weight = _local_shard_weight(ebc.tables[cfg.name], rows, cols, self.device, seed)
             if tp.sharding_type == DATA_PARALLEL:
                 self.tables[cfg.name] = EmbeddingTable(cfg, weight)
             else:
                 self.tables[cfg.name] = EmbeddingTable(
                     cfg, weight, shard.row_offset, shard.col_offset
                 )
+        self._broadcast_replicas()
         self.input_dist = InputDist(
             self.layout, self.rank, self.world_size, self.group, self.device
         )
@@ -89,6 +93,15 @@ class ShardedEmbeddingBagCollection(nn.Module):
             self.layout, self.rank, self.world_size, self.group, self.grad_scale
         )
         self._stats: dict[str, int] = {}
+
+    def _broadcast_replicas(self) -> None:
+        # Replicas that started apart would train apart. Built on meta they are equal
+        # when every rank has the same seed (torch.initial_seed()); built with values,
+        # when every rank drew them alike. Rank 0's values make sure of it.
+        if self.world_size == 1:
+            return
+        for cfg in self.layout.replicated:
+            dist.broadcast(self.tables[cfg.name].weight.data, group=self.group, group_src=0)
 
     def embedding_bag_configs(self) -> list:
         return list(self._configs)

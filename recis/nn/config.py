@@ -28,8 +28,11 @@ def default_init(num_embeddings: int) -> Callable[[Tensor], None]:
 class EmbeddingBagConfig:
     """One embedding table, pooled per bag, serving one or more sparse features.
 
-    ``init_fn(weight)`` fills a weight tensor in place; a sharded table calls it on
-    each shard, so it must not depend on the tensor's shape beyond its dim.
+    ``init_fn(weight)`` fills a weight tensor in place from torch's global RNG. It is
+    called on blocks of rows at full width, each under its own seed
+    (:func:`recis.nn.table_init.init_table_part`), so that a table starts with the
+    same values built whole or sharded by any plan: it must not depend on how many
+    rows it is given.
 
     Example::
 

@@ -11,6 +11,7 @@ from recis.nn.batch_inputs import BatchReader
 from recis.nn.config import EmbeddingBagConfig
 from recis.nn.lookup import Bags, pool_tables
 from recis.nn.table import EmbeddingTable
+from recis.nn.table_init import init_table_part
 from recis.ops.table_memory import empty_table
 from recis.sparse import KeyedJaggedTensor, KeyedTensor
 from recis.sparse._validate import offsets_from_lengths
@@ -51,10 +52,11 @@ class EmbeddingBagCollection(nn.Module):
         self._configs = tables
         self._read = BatchReader(tables)
         self.tables = nn.ModuleDict()
+        seed = torch.initial_seed()
         for cfg in tables:
             weight = empty_table((cfg.num_embeddings, cfg.embedding_dim), device=device)
             if device.type != "meta":
-                cfg.initializer()(weight)
+                init_table_part(cfg, weight, seed=seed)
             self.tables[cfg.name] = EmbeddingTable(cfg, weight)
 
     def embedding_bag_configs(self) -> list[EmbeddingBagConfig]:

@@ -158,7 +158,35 @@ def dmp_properties():
     big = sebc.tables["big"]
     assert big.weight.device.type == "cpu" and big.weight.shape[0] == 10**6 // world
     assert bool((big.weight == 0.25).all())
+    # Data-parallel replicas start equal on every rank, though only one rank drew
+    # from its RNG for "owned" before initialising its replica of "replicated".
+    cfgs = [
+        EmbeddingBagConfig("owned", 50, 4, ["f"]),
+        EmbeddingBagConfig("replicated", 9, 4, ["g"]),
+    ]
+    meta = torch.nn.Sequential()
+    meta.add_module("ebc", EmbeddingBagCollection(cfgs, device="meta"))
+    constraints = {"owned": TABLE_WISE, "replicated": DATA_PARALLEL}
+    dmp3 = DistributedModelParallel(meta, plan_sharding(meta, constraints=constraints))
+    replica = dmp3.unwrapped.ebc.tables["replicated"].weight
+    everyone = [torch.empty_like(replica) for _ in range(world)]
+    dist.all_gather(everyone, replica)
+    assert all(torch.equal(r, everyone[0]) for r in everyone)
+    assert bool(replica.abs().sum() > 0)  # initialised, not zeros
     return True
+
+
+def meta_shards_equal_the_whole_table(constraints):
+    """Every shard of a model built on meta equals that slice of the table built whole."""
+    torch.manual_seed(4)
+    whole = EmbeddingBagCollection(configs())
+    meta = torch.nn.Sequential()
+    meta.add_module("ebc", EmbeddingBagCollection(configs(), device="meta"))
+    dmp = DistributedModelParallel(meta, plan_sharding(meta, constraints=constraints))
+    for name, shard in filter_out_sparse_param(dmp).items():
+        r0, c0 = shard.row_offset, shard.col_offset
+        rows, cols = shard.weight.shape
+        assert torch.equal(shard.weight, whole.tables[name].weight[r0 : r0 + rows, c0 : c0 + cols])
 
 
 @pytest.mark.parametrize("world_size", [1, 2, 3])
@@ -176,6 +204,10 @@ def test_gradients_cleared_unread_change_nothing():
 
 def test_dmp_structure_and_meta_init():
     run_distributed(dmp_properties, 2, timeout=60)
+    # A table's initial values do not depend on the plan or the number of ranks.
+    for world in (1, 2, 3):
+        run_distributed(meta_shards_equal_the_whole_table, world, MIXED, timeout=60)
+    run_distributed(meta_shards_equal_the_whole_table, 2, {c.name: COLUMN_WISE for c in configs()})
     # No process group at all: world size 1 without DDP.
     torch.manual_seed(0)
     model = TinyModel()
