@@ -410,9 +410,8 @@ class Trainer:
         """Epochs until ``train_steps``, ``max_epochs`` or a stop on SIGTERM."""
         args = self.args
         epoch = self.state.epoch
-        while max_epochs is None or epoch < max_epochs:
-            if args.train_steps is not None and self.state.global_step >= args.train_steps:
-                break
+        start_step, was_resumed = self.state.global_step, resumed
+        while not self._limit_reached(max_epochs):
             self.state.epoch = epoch
             self._set_epoch(epoch)
             self._call_hooks("before_epoch", epoch)
@@ -442,6 +441,26 @@ class Trainer:
                 )
                 break
             resumed = False
+        if was_resumed and self.state.global_step == start_step and self.is_main_process:
+            reached = self._limit_reached(max_epochs)
+            if reached:
+                logger.warning(
+                    "nothing to train: the job resumed at step %d has reached %s; raise it "
+                    "to train on",
+                    start_step,
+                    reached,
+                )
+
+    def _limit_reached(self, max_epochs: int | None) -> str | None:
+        """The limit (``train_steps`` or the epochs) training has reached, if any."""
+        steps = self.args.train_steps
+        if steps is not None and self.state.global_step >= steps:
+            return f"train_steps={steps}"
+        if max_epochs is not None and self.state.epoch >= max_epochs:
+            if self.args.train_epoch:
+                return f"train_epoch={max_epochs}"
+            return "its one epoch (neither train_steps nor train_epoch is set)"
+        return None
 
     def train(self) -> TrainerState:
         """Trains until ``train_steps`` or ``train_epoch`` (see :class:`TrainingArguments`).

@@ -84,3 +84,18 @@ def test_resume_matches_uninterrupted_and_model_bank_warm_starts(tmp_path, caplo
     with caplog.at_level("INFO", logger="recis.framework.trainer"):
         assert going_on.restore() == 6
     assert f"warm-started from model bank entry {tmp_path / 'b'} at step 6" in caplog.text
+
+
+def test_a_job_resumed_past_its_limit_says_there_is_nothing_to_train(tmp_path, caplog):
+    first, trained = _job(str(tmp_path), train_steps=4)
+    first.train()
+    caplog.set_level("WARNING", logger="recis.framework.trainer")
+    again, model = _job(str(tmp_path), train_steps=2)
+    assert again.train().global_step == 4
+    assert "nothing to train: the job resumed at step 4 has reached train_steps=2" in caplog.text
+    assert_equal(weights(trained), weights(model))  # restored, not trained
+    # Two epochs of 8 batches, then the same job again.
+    _job(str(tmp_path / "e"), train_steps=None, train_epoch=2)[0].train()
+    caplog.clear()
+    _job(str(tmp_path / "e"), train_steps=None, train_epoch=2)[0].train()
+    assert "resumed at step 16 has reached train_epoch=2; raise it to train on" in caplog.text
