@@ -15,6 +15,7 @@ from recis.distributed.sharding.layout import Layout
 from recis.distributed.sharding.lookup import ShardLookup
 from recis.distributed.sharding.output_dist import OutputDist
 from recis.distributed.types import DATA_PARALLEL
+from recis.framework.progress import Progress
 from recis.nn.embedding_bag import EmbeddingBagCollection
 from recis.nn.table import EmbeddingTable
 from recis.nn.table_init import init_table_part
@@ -23,7 +24,12 @@ from recis.sparse import KeyedJaggedTensor, KeyedTensor
 
 
 def _local_shard_weight(
-    source: EmbeddingTable, rows: slice, cols: slice, device: torch.device, seed: int
+    source: EmbeddingTable,
+    rows: slice,
+    cols: slice,
+    device: torch.device,
+    seed: int,
+    progress: Progress,
 ) -> Tensor:
     """This rank's slice of a table: copied from its values, or, when the table was
     built on ``meta`` (never materialised whole), the slice of the values it would
@@ -31,7 +37,7 @@ def _local_shard_weight(
     w = source.weight
     shard = empty_table((rows.stop - rows.start, cols.stop - cols.start), w.dtype, device)
     if w.device.type == "meta":
-        init_table_part(source.config, shard, rows.start, cols.start, seed)
+        init_table_part(source.config, shard, rows.start, cols.start, seed, progress.add)
     else:
         shard.copy_(w[rows, cols])
     return shard
@@ -70,6 +76,7 @@ class ShardedEmbeddingBagCollection(nn.Module):
         self.grad_scale = 1.0 / self.world_size if grad_scale is None else grad_scale
         self.tables = nn.ModuleDict()
         seed = torch.initial_seed()  # the same on every rank seeded alike
+        progress = self._init_progress(ebc, plan)
         for cfg in self._configs:
             tp = plan.tables[cfg.name]
             shard = tp.shard_on(self.rank)
@@ -77,7 +84,8 @@ class ShardedEmbeddingBagCollection(nn.Module):
                 continue
             rows = slice(shard.row_offset, shard.row_offset + shard.rows)
             cols = slice(shard.col_offset, shard.col_offset + shard.cols)
-            weight = _local_shard_weight(ebc.tables[cfg.name], rows, cols, self.device, seed)
+            source = ebc.tables[cfg.name]
+            weight = _local_shard_weight(source, rows, cols, self.device, seed, progress)
             if tp.sharding_type == DATA_PARALLEL:
                 self.tables[cfg.name] = EmbeddingTable(cfg, weight)
             else:
@@ -93,6 +101,17 @@ class ShardedEmbeddingBagCollection(nn.Module):
             self.layout, self.rank, self.world_size, self.group, self.grad_scale
         )
         self._stats: dict[str, int] = {}
+
+    def _init_progress(self, ebc: EmbeddingBagCollection, plan: ShardingPlan) -> Progress:
+        """Counts the bytes of this rank's shards of tables built on ``meta`` as they are
+        initialised (minutes for big tables); rank 0 logs every 10 s."""
+        total = 0
+        for cfg in self._configs:
+            shard, weight = plan.tables[cfg.name].shard_on(self.rank), ebc.tables[cfg.name].weight
+            if shard is not None and weight.device.type == "meta":
+                total += shard.rows * shard.cols * weight.element_size()
+        what = f"initialising embedding tables: rank {self.rank}"
+        return Progress(what, "initialised", total, log=self.rank == 0)
 
     def _broadcast_replicas(self) -> None:
         # Replicas that started apart would train apart. Built on meta they are equal

@@ -41,7 +41,12 @@ def _seeding(device: torch.device) -> Iterator[Callable[[int], object]]:
 
 
 def init_table_part(
-    cfg: EmbeddingBagConfig, out: Tensor, row_offset: int = 0, col_offset: int = 0, seed: int = 0
+    cfg: EmbeddingBagConfig,
+    out: Tensor,
+    row_offset: int = 0,
+    col_offset: int = 0,
+    seed: int = 0,
+    progress: Callable[[int], object] | None = None,
 ) -> None:
     """Fills ``out`` with rows ``[row_offset, row_offset + len(out))`` and columns
     ``[col_offset, col_offset + out.shape[1])`` of table ``cfg``'s initial values.
@@ -50,7 +55,7 @@ def init_table_part(
     width under its own seed, from ``seed``, the table's name and the block: a table
     gets the same values built whole on one rank or sharded by any plan on any number
     of ranks (for one device type), its shards are not copies of each other, and the
-    global RNG is left as it was.
+    global RNG is left as it was. ``progress(nbytes)`` is called after each block.
 
     Example::
 
@@ -77,3 +82,5 @@ def init_table_part(
                 drawn = torch.empty(end - start, dim, dtype=out.dtype, device=out.device)
                 init(drawn)
                 dest.copy_(drawn[r0 - start : r1 - start, col_offset : col_offset + cols])
+            if progress is not None:
+                progress(dest.numel() * dest.element_size())

@@ -309,3 +309,20 @@ def test_ranks_that_built_different_models_stop_at_once_naming_the_difference():
         "the sharding plan of rank(s) [1] differs from rank 0's "
         "(rank 1: table 't_mean' is 14x12 instead of 13x12)"
     )
+
+
+def test_initialising_big_tables_reports_its_progress(monkeypatch, caplog):
+    from recis.framework import progress
+
+    monkeypatch.setattr(progress, "PROGRESS_SECONDS", 0.0)  # a line per block of rows
+    meta = torch.nn.Sequential()
+    meta.add_module(
+        "ebc", EmbeddingBagCollection([EmbeddingBagConfig("t", 10000, 8, ["f"])], device="meta")
+    )
+    with caplog.at_level("INFO", logger="recis.framework.progress"):
+        DistributedModelParallel(meta)
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 3  # 3 blocks of 4096 rows
+    assert lines[-1].startswith(
+        "initialising embedding tables: rank 0: 0.00 of 0.00 GiB initialised (100%"
+    )
