@@ -78,3 +78,17 @@ def test_a_collection_built_whole_uses_the_global_seed():
     torch.manual_seed(9)
     assert torch.equal(EmbeddingBagCollection(cfgs).tables["t"].weight, first)
     assert torch.equal(first, whole(cfgs[0], seed=9))
+
+
+@pytest.mark.cuda
+def test_on_a_gpu_every_part_equals_that_slice_of_the_whole_table():
+    cfg = EmbeddingBagConfig("t", 45, 5, ["f"])
+    device = torch.device("cuda")
+    full = torch.empty(45, 5, device=device)
+    init_table_part(cfg, full, seed=3)
+    cpu_rng, gpu_rng = torch.get_rng_state(), torch.cuda.get_rng_state()
+    out = torch.empty(17, 3, device=device)
+    init_table_part(cfg, out, 20, 1, seed=3)
+    assert torch.equal(out, full[20:37, 1:4])
+    assert torch.equal(torch.get_rng_state(), cpu_rng)
+    assert torch.equal(torch.cuda.get_rng_state(), gpu_rng)
