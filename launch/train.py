@@ -16,6 +16,7 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import importlib.util
 import inspect
@@ -27,6 +28,7 @@ import re
 import signal
 import types
 import typing
+from collections.abc import Iterator
 from dataclasses import dataclass
 from types import FrameType
 from typing import Any
@@ -253,16 +255,18 @@ def build_datasets(run: RunConfig, seed: int) -> tuple[Any, Any]:
     if run.data == "synthetic":
         train = SyntheticCriteoDataset(run.batch_size, sizes, seed=seed)
     else:
-        train = CriteoDataset(
-            run.data,
-            run.batch_size,
-            sizes,
-            skip_malformed=skip,
-            shuffle_window=run.shuffle_window,
-            seed=seed,
-        )
+        with _naming_option("--data"):
+            train = CriteoDataset(
+                run.data,
+                run.batch_size,
+                sizes,
+                skip_malformed=skip,
+                shuffle_window=run.shuffle_window,
+                seed=seed,
+            )
     if run.eval_data is not None:
-        evaluation = CriteoDataset(run.eval_data, run.batch_size, sizes, skip_malformed=skip)
+        with _naming_option("--eval_data"):
+            evaluation = CriteoDataset(run.eval_data, run.batch_size, sizes, skip_malformed=skip)
     elif run.data == "synthetic":
         evaluation = SyntheticCriteoDataset(
             run.batch_size, sizes, run.eval_batches, seed=seed, first_batch=EVAL_FIRST_BATCH
@@ -270,6 +274,19 @@ def build_datasets(run: RunConfig, seed: int) -> tuple[Any, Any]:
     else:
         evaluation = None
     return train, evaluation
+
+
+@contextlib.contextmanager
+def _naming_option(option: str) -> Iterator[None]:
+    """Data errors (no such file, an unknown format) name the option that gave the path."""
+    try:
+        yield
+    except (ValueError, OSError) as e:
+        try:
+            named = type(e)(f"{option}: {e}")
+        except Exception:  # a type that needs more than a message: as it was
+            raise e from None
+        raise named from e
 
 
 def _table_sizes(run: RunConfig) -> list[int]:

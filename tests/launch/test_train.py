@@ -207,6 +207,11 @@ def test_command_line_covers_training_arguments_and_rejects_bad_values(capsys):
     assert [ds.skip_malformed for ds in datasets] == [True, True]
     _, run = train.parse_args(["--data", str(CRITEO_SAMPLE)])
     assert train.build_datasets(run, seed=0)[0].skip_malformed is False
+    # A data path that is not there names its option.
+    for option in ("--data", "--eval_data"):
+        _, run = train.parse_args([option, "/no/such/criteo"])
+        with pytest.raises(ValueError, match=f"^{option}: no such file or directory"):
+            train.build_datasets(run, seed=0)
     # A bad value is a usage error (exit status 2, the message on stderr), no traceback.
     for argv, message in [
         (["--model", "nope"], "--model must be one of"),
