@@ -45,7 +45,7 @@ from recis.distributed.process_group import (
     world_size,
 )
 from recis.framework.trainer import Trainer, TrainingArguments
-from recis.hooks import TensorBoardHook
+from recis.hooks import Hook, TensorBoardHook
 from recis.io import CriteoDataset, SyntheticCriteoDataset, default_table_sizes
 from recis.models import DLRM, DCNv2, DeepFM
 from recis.models.common import criteo_tables
@@ -318,6 +318,10 @@ def build_trainer(args: TrainingArguments, run: RunConfig) -> Trainer:
         filter_out_sparse_param(model), lr=run.sparse_lr
     )
     dense_opt = torch.optim.AdamW(model.parameters(), lr=run.dense_lr)
+    rates = CommandLineRates(
+        {"--dense_lr": (dense_opt, run.dense_lr), "--sparse_lr": (sparse_opt, run.sparse_lr)}
+    )
+    tensorboard = [TensorBoardHook(log_steps=args.log_steps or 100)] if run.tensorboard else []
     return Trainer(
         model=model,
         args=args,
@@ -325,8 +329,27 @@ def build_trainer(args: TrainingArguments, run: RunConfig) -> Trainer:
         eval_dataset=eval_ds,
         dense_optimizers=(dense_opt, None),
         sparse_optimizer=sparse_opt,
-        hooks=[TensorBoardHook(log_steps=args.log_steps or 100)] if run.tensorboard else None,
+        hooks=[rates, *tensorboard],
     )
+
+
+class CommandLineRates(Hook):
+    """The launcher's learning rates hold for the whole run, a resumed one too (a
+    checkpoint restores the rates the optimizers were saved with): it has no LR
+    schedule, so the command line says what the job trains with."""
+
+    def __init__(self, rates: dict[str, tuple[torch.optim.Optimizer, float]]) -> None:
+        self.rates = rates
+
+    def before_train(self) -> None:  # after the restore
+        replaced = []
+        for option, (optimizer, lr) in self.rates.items():
+            for group in optimizer.param_groups:
+                if group["lr"] != lr:
+                    replaced.append(f"{option} {lr} replaces the checkpoint's {group['lr']}")
+                    group["lr"] = lr
+        if replaced and self.is_main_process:
+            logging.info("; ".join(dict.fromkeys(replaced)))
 
 
 # torchrun's failure summary shows the first failed rank's exception, not "<N/A>".

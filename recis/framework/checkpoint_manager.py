@@ -357,6 +357,9 @@ class Saver:
                     "dtype": dtype_name(table.weight.dtype),
                     "state": kinds,
                 }
+                if hasattr(self.sparse_optimizer, "table_hyperparameters"):
+                    # An LR scheduler's lr goes on from where it was on resume.
+                    metas[name]["hyper"] = self.sparse_optimizer.table_hyperparameters(name)
                 tables[name] = {"row_offset": r0, "tensors": tensors}
             items: dict[str, Tensor] = {}
             snapshot: dict[str, Any] = {"metas": metas, "tables": tables, "items": items}
@@ -418,8 +421,7 @@ class Saver:
             "scalars": {t: {k: ref(v) for k, v in s.items()} for t, s in scalars.items()},
             "files": files,
             "tables": {
-                name: {k: merged[name][k] for k in ("global_shape", "dtype", "state")}
-                for name in merged
+                name: {k: v for k, v in merged[name].items() if k != "holders"} for name in merged
             },
         }
         for p in pieces:

@@ -26,6 +26,21 @@ def has_read_position(dataset: Any) -> bool:
     )
 
 
+def _hyperparameters(trainer: Trainer) -> dict[str, Any]:
+    """``"sparse optimizer lr" -> 0.05``... of the Trainer's optimizers' param groups
+    (numbers and tuples of numbers: what a checkpoint restores)."""
+    found: dict[str, Any] = {}
+    optimizers = {"dense": trainer.dense_optimizer, "sparse": trainer.sparse_optimizer}
+    for kind, optimizer in optimizers.items():
+        groups = getattr(optimizer, "param_groups", [])
+        for i, group in enumerate(groups):
+            where = f"{kind} optimizer" + (f" group {i}" if len(groups) > 1 else "")
+            for key, value in group.items():
+                if isinstance(value, (int, float, tuple)) and not isinstance(value, bool):
+                    found[f"{where} {key}"] = value
+    return found
+
+
 class TrainerCheckpoints:
     """A Trainer's checkpoints of ``args.output_dir``.
 
@@ -85,6 +100,7 @@ class TrainerCheckpoints:
         in order; returns the step training goes on from (see ``Trainer.restore``)."""
         trainer = self._trainer
         state, main = trainer.state, trainer.is_main_process
+        built_with = _hyperparameters(trainer)
         self._loading = "the newest checkpoint"
         step = int(self.manager.restore())
         if step:
@@ -102,6 +118,17 @@ class TrainerCheckpoints:
                     at = f" at step {state.global_step}" if state.global_step else ""
                     logger.info("warm-started from model bank entry %s%s", entry["path"], at)
         self._loading = None
+        restored = _hyperparameters(trainer)
+        changed = [
+            f"{key} {restored[key]} (built with {value})"
+            for key, value in built_with.items()
+            if restored.get(key, value) != value
+        ]
+        if changed and main:
+            logger.info(
+                "restored from the checkpoint: %s; to change them, set them after restore()",
+                ", ".join(changed),
+            )
         return state.global_step
 
     def note_loss(self, loss: Tensor, step: int) -> None:

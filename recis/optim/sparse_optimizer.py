@@ -25,6 +25,13 @@ def check_non_negative(cls_name: str, **values: float) -> None:
             raise ValueError(f"{cls_name}: {name} must be a finite number >= 0, got {value}")
 
 
+def _is_plain(value: Any) -> bool:
+    """A number, flag, string or None, or a tuple or list of numbers: JSON as it is."""
+    if isinstance(value, (tuple, list)):
+        return all(isinstance(v, (int, float)) for v in value)
+    return value is None or isinstance(value, (bool, int, float, str))
+
+
 def grad_lists(grads: list[SparseGrad]) -> tuple[list, list, list, list, list]:
     """The fields of ``grads`` as the op's per-table lists: ``ids, offsets,
     per_sample_weights, grad_outs, mean``."""
@@ -156,6 +163,30 @@ class SparseOptimizer(torch.optim.Optimizer):
         raise KeyError(
             f"{type(self).__name__}: no table named {name!r} (tables: {sorted(self._tables)})"
         )
+
+    def table_hyperparameters(self, name: str) -> dict[str, Any]:
+        """The hyper-parameters (``lr``, ``eps``, ...; what an LR scheduler changes) of
+        the param group holding table ``name``: its plain numbers, flags and tuples of
+        numbers, which checkpoints save with the table.
+
+        Example::
+
+            >>> opt.table_hyperparameters("t_user")
+            {'lr': 0.05, 'eps': 1e-08, 'weight_decay': 0.0}
+        """
+        return {
+            k: v
+            for k, v in self._group_of(name).items()
+            if k not in ("params", "table_names") and _is_plain(v)
+        }
+
+    def set_table_hyperparameters(self, name: str, values: Mapping[str, Any]) -> None:
+        """Sets those of ``values`` that table ``name``'s param group has (the group's
+        other tables share them); a tuple stays a tuple."""
+        group = self._group_of(name)
+        for key, value in values.items():
+            if key in group and key not in ("params", "table_names"):
+                group[key] = tuple(value) if isinstance(group[key], tuple) else value
 
     def _ensure_state(self, name: str, group: dict[str, Any]) -> dict[str, Tensor]:
         state = self._table_states.get(name)

@@ -1,6 +1,7 @@
 """Checkpoints of real DistributedModelParallel models with a real sparse optimizer:
 saved on 2 ranks under one mix of sharding types, loaded on 1 and on 3 ranks under
-others, every shard's weights and optimizer state equal the saved global tables."""
+others, every shard's weights and optimizer state equal the saved global tables, and
+the optimizer's hyper-parameters (an LR scheduler's lr) are those it was saved with."""
 
 import torch
 
@@ -40,6 +41,7 @@ def local_shards(dmp, opt):
             t.col_offset,
             t.weight.clone(),
             {k: v.clone() for k, v in opt.table_state(name).items()},
+            opt.table_hyperparameters(name),
         )
         for name, t in filter_out_sparse_param(dmp).items()
     ]
@@ -51,6 +53,8 @@ def train_and_save(path):
     rank, world = dist.get_rank(), dist.get_world_size()
     dmp, sparse_opt = build(PLAN_ON_2, seed=0)
     dense_opt = torch.optim.SGD(dmp.parameters(), lr=0.1)
+    sparse_opt.param_groups[0]["betas"] = (0.8, 0.9)
+    schedule = torch.optim.lr_scheduler.StepLR(sparse_opt, step_size=1, gamma=0.5)
     for step in range(2):
         kjt = make_batch(8, seed=step, weighted=True)
         labels = torch.linspace(-1, 1, 8)
@@ -59,6 +63,7 @@ def train_and_save(path):
         dmp(slice_batch(kjt, lo, hi), labels[lo:hi]).backward()
         dense_opt.step()
         sparse_opt.step()
+        schedule.step()
         dense_opt.zero_grad()
         sparse_opt.zero_grad()
     Saver(dmp, sparse_opt, path, max_keep=2, concurrency=2).save("ckpt-2")
@@ -72,8 +77,9 @@ def load(path, constraints):
 
 
 def assert_slices_of(full, shards):
-    for name, row, col, weight, state in shards:
-        _, _, _, global_weight, global_state = full[name]
+    for name, row, col, weight, state, hyper in shards:
+        _, _, _, global_weight, global_state, _ = full[name]
+        assert hyper["lr"] == 0.05 * 0.5**2 and hyper["betas"] == (0.8, 0.9), name
         rows, cols = weight.shape
         assert torch.equal(weight, global_weight[row : row + rows, col : col + cols]), name
         assert state.keys() == global_state.keys(), name

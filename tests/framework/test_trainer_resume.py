@@ -99,3 +99,10 @@ def test_a_job_resumed_past_its_limit_says_there_is_nothing_to_train(tmp_path, c
     caplog.clear()
     _job(str(tmp_path / "e"), train_steps=None, train_epoch=2)[0].train()
     assert "resumed at step 16 has reached train_epoch=2; raise it to train on" in caplog.text
+
+
+def test_a_resumed_job_says_which_hyperparameters_the_checkpoint_restored(tmp_path, caplog):
+    _job(str(tmp_path), train_steps=4)[0].train()  # StepLR halves the dense lr at step 3
+    caplog.set_level("INFO", logger="recis.framework.trainer")
+    _job(str(tmp_path), train_steps=5)[0].train()
+    assert "restored from the checkpoint: dense optimizer lr 0.05 (built with 0.1)" in caplog.text

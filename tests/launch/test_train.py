@@ -10,6 +10,7 @@ import threading
 from pathlib import Path
 
 import pytest
+import torch
 
 from recis.distributed.plan import OPTIMIZER_STATE
 from recis.testing import free_port
@@ -347,3 +348,18 @@ def test_ctrl_c_while_setting_up_says_nothing_was_written(tmp_path, monkeypatch,
         caplog.text
     )
     assert not (tmp_path / "run").exists()
+
+
+def test_the_command_line_rates_hold_after_a_restore(caplog):
+    # The launcher has no LR schedule: a resumed job trains with the rates it is given.
+    train = load_train_module()
+    dense = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(2))], lr=0.002)
+    dense.param_groups[0]["lr"] = 0.001  # as restored from a checkpoint
+    rates = train.CommandLineRates({"--dense_lr": (dense, 0.002)})
+    with caplog.at_level("INFO"):
+        rates.before_train()
+    assert dense.param_groups[0]["lr"] == 0.002
+    assert "--dense_lr 0.002 replaces the checkpoint's 0.001" in caplog.text
+    caplog.clear()
+    rates.before_train()  # nothing to replace: no line
+    assert "replaces" not in caplog.text

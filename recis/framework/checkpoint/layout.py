@@ -47,7 +47,8 @@ def state_kind(table: str, key: str, shape: tuple[int, ...], local: tuple[int, i
 
 
 def merge_table_metas(metas: list[dict[str, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
-    """Joins every rank's ``{table: {"box", "global_shape", "dtype", "state"}}``.
+    """Joins every rank's ``{table: {"box", "global_shape", "dtype", "state"}}`` (and
+    ``"hyper"``, the sparse optimizer's hyper-parameters, taken from the first rank).
 
     Returns ``{table: {"global_shape", "dtype", "state", "holders": {box: [ranks]}}}``
     after checking that ranks agree on each table and that its boxes tile it.
@@ -63,6 +64,7 @@ def merge_table_metas(metas: list[dict[str, dict[str, Any]]]) -> dict[str, dict[
                     "state": meta["state"],
                     "holders": {},
                     "first_rank": rank,
+                    **({"hyper": meta["hyper"]} if "hyper" in meta else {}),
                 },
             )
             for field in ("global_shape", "dtype", "state"):

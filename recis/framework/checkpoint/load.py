@@ -195,6 +195,11 @@ class CheckpointLoader:
                 new[key] = value.to(like.dtype if key in current else value.dtype).to(like.device)
         if new:
             finish.append(functools.partial(self.sparse_optimizer.set_table_state, name, new))
+        hyper = reader.entry.get("hyper")
+        if hyper and hasattr(self.sparse_optimizer, "set_table_hyperparameters"):
+            finish.append(
+                functools.partial(self.sparse_optimizer.set_table_hyperparameters, name, hyper)
+            )
         return tasks
 
     def load_dense(self, manifest, cache, strict, path) -> None:

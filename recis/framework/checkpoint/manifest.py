@@ -16,7 +16,8 @@ Layout::
                        "state": {"weight": "element", key: "element" | "row" | "scalar"},
                        "pieces": [{"rows": [r0, r1], "cols": [c0, c1],
                                    "tensors": {key: [file, tensor_key]}}],
-                       "scalars": {key: [file, tensor_key]}}},
+                       "scalars": {key: [file, tensor_key]},
+                       "hyper": {"lr": ..., ...}}},  # the sparse optimizer's, if any
      "dense": tree, "extra": {name: tree}, "io_state": {"<rank>": {name: tree}},
      "checksum": crc32 of the rest}
 """
