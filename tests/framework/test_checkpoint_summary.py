@@ -33,9 +33,9 @@ def test_describes_a_dmp_checkpoint_and_verifies_every_file(tmp_path, capsys):
     assert "committed beside it, oldest first: ckpt-2" in out
     assert "by 2 ranks" in out
     assert "claimed" not in out  # saved without a Trainer: nobody claimed the directory
-    # Each table with its shape, the optimizer's state kinds and its sharding.
+    # Each table with its shape, the optimizer's state kinds, its lr and its sharding.
     row = {line.split()[0]: line.split() for line in lines if line.startswith("    t_")}
-    assert row["t_sum"][-2:] == ["row_wise", "0-1"]
+    assert row["t_sum"][-3:] == ["0.0125", "row_wise", "0-1"]  # a StepLR's lr
     assert row["t_small"][-2:] == ["data_parallel", "0-1"]
     assert "exp_avg" in out and "step (scalar)" in out
     files = len(json.loads((path / "ckpt-2" / "manifest.json").read_text())["files"])

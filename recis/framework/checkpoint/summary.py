@@ -122,7 +122,7 @@ def describe(
             f"{owner.get('pid')}) since {owner.get('since')}"
         )
     lines += [
-        f"  saved {saved:%Y-%m-%d %H:%M:%S} UTC by {manifest['world_size']} ranks "
+        f"  saved {saved:%Y-%m-%d %H:%M:%S} UTC by {_count(manifest['world_size'], 'rank')} "
         f"(checkpoint format {manifest['format_version']})",
         f"  {len(files)} files, {_mib(sum(int(f['size']) for f in files.values()))}",
         f"  dense: {_tree_summary(manifest.get('dense', {}))}",
@@ -140,7 +140,7 @@ def describe(
     sharding = {t["name"]: t for t in plan.get("tables", [])}
     tables = manifest["tables"]
     lines.append(f"  {len(tables)} tables:")
-    rows = [("table", "rows", "dim", "dtype", "state", "sharding", "ranks")]
+    rows = [("table", "rows", "dim", "dtype", "state", "lr", "sharding", "ranks")]
     for name, table in tables.items():
         shape = table["global_shape"]
         state = [k if kind == "element" else f"{k} ({kind})" for k, kind in table["state"].items()]
@@ -153,6 +153,7 @@ def describe(
                 str(shape[1] if len(shape) > 1 else 1),
                 table["dtype"],
                 ", ".join(state),
+                f"{table['hyper']['lr']:g}" if "lr" in table.get("hyper", {}) else "?",
                 placed.get("sharding_type", "?"),
                 _ranges(ranks) if ranks else "?",
             )
@@ -163,6 +164,10 @@ def describe(
             "    " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
         )
     return "\n".join(lines)
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
 def _position_summary(states: list[Any]) -> str:
