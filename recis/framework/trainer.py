@@ -92,7 +92,10 @@ class Trainer:
     ``set_epoch(epoch)`` first when it has one). Batches are moved to
     :attr:`device`; the model must already be there (``DistributedModelParallel``
     places it). ``dense_optimizers`` is ``(optimizer, lr_scheduler)``, either may be
-    ``None``; ``sparse_optimizer`` updates the embedding tables.
+    ``None``; ``sparse_optimizer`` updates the embedding tables, and
+    ``sparse_lr_scheduler`` (e.g. a ``torch.optim.lr_scheduler.StepLR`` over it) is
+    stepped after each optimizer step like the dense one; both schedulers and the
+    optimizers' rates are checkpointed.
 
     Every step the ranks agree (one small all-reduce) on whether any of them ran
     out of data or failed to read it, so uneven data ends the epoch on every rank
@@ -136,6 +139,7 @@ class Trainer:
         hooks: Sequence[Hook] | None = None,
         dense_optimizers: tuple[torch.optim.Optimizer | None, Any] = (None, None),
         sparse_optimizer: Any = None,
+        sparse_lr_scheduler: Any = None,
     ) -> None:
         self.args = args if args is not None else TrainingArguments()
         if not isinstance(self.args, TrainingArguments):
@@ -157,6 +161,7 @@ class Trainer:
         self.eval_dataset = eval_dataset
         self.dense_optimizer, self.dense_lr_scheduler = dense_optimizers
         self.sparse_optimizer = sparse_optimizer
+        self.sparse_lr_scheduler = sparse_lr_scheduler
         # Tables nobody updates still record gradients; clear them every step.
         self._untrained_tables = (
             list(filter_out_sparse_param(model).values()) if sparse_optimizer is None else []
@@ -300,8 +305,9 @@ class Trainer:
             self.dense_optimizer.step()
         if self.sparse_optimizer is not None:
             self.sparse_optimizer.step()
-        if self.dense_lr_scheduler is not None:
-            self.dense_lr_scheduler.step()
+        for scheduler in (self.dense_lr_scheduler, self.sparse_lr_scheduler):
+            if scheduler is not None:
+                scheduler.step()
         self._zero_grad()
 
     # ---------------------------------------------------------------- training

@@ -45,8 +45,8 @@ class TrainerCheckpoints:
     """A Trainer's checkpoints of ``args.output_dir``.
 
     The :class:`Saver` is built on first use (after the Trainer's optimizers and
-    datasets are final) and holds the model, the sparse and dense optimizers, the LR
-    scheduler, the :class:`TrainerState` and, per rank, the train dataset's read
+    datasets are final) and holds the model, the sparse and dense optimizers, their LR
+    schedulers, the :class:`TrainerState` and, per rank, the train dataset's read
     position. A :class:`CheckpointManager` saves every ``args.save_steps``. A model
     whose loss went NaN or infinite on any rank is never saved: every rank raises
     before writing, so that it cannot push the good checkpoints out.
@@ -87,8 +87,9 @@ class TrainerCheckpoints:
         )
         if trainer.dense_optimizer is not None:
             saver.register_for_checkpointing("dense_optimizer", trainer.dense_optimizer)
-        if trainer.dense_lr_scheduler is not None:
-            saver.register_for_checkpointing("dense_lr_scheduler", trainer.dense_lr_scheduler)
+        for name in ("dense_lr_scheduler", "sparse_lr_scheduler"):
+            if getattr(trainer, name) is not None:
+                saver.register_for_checkpointing(name, getattr(trainer, name))
         saver.register_for_checkpointing("trainer_state", trainer.state)
         if has_read_position(trainer.train_dataset):
             saver.register_for_checkpointing("train_dataset", trainer.train_dataset, per_rank=True)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import torch
 
+from recis.nn import filter_out_sparse_param
+from recis.optim import SparseAdagrad
 from tests.framework.test_trainer import (
     Recorder,
     ToyModel,
@@ -106,3 +108,23 @@ def test_a_resumed_job_says_which_hyperparameters_the_checkpoint_restored(tmp_pa
     caplog.set_level("INFO", logger="recis.framework.trainer")
     _job(str(tmp_path), train_steps=5)[0].train()
     assert "restored from the checkpoint: dense optimizer lr 0.05 (built with 0.1)" in caplog.text
+
+
+def _job_with_sparse_schedule(out_dir: str, train_steps: int):
+    """A job whose sparse optimizer (recis SparseAdagrad) halves its lr every 3 steps."""
+    trainer, model = _job(out_dir, train_steps)
+    sparse = SparseAdagrad(filter_out_sparse_param(model), lr=0.2)
+    trainer.sparse_optimizer = sparse
+    trainer.sparse_lr_scheduler = torch.optim.lr_scheduler.StepLR(sparse, step_size=3, gamma=0.5)
+    return trainer, model
+
+
+def test_a_sparse_lr_schedule_resumes_where_it_was(tmp_path):
+    straight, model_a = _job_with_sparse_schedule(str(tmp_path / "a"), train_steps=7)
+    straight.train()
+    _job_with_sparse_schedule(str(tmp_path / "b"), train_steps=4)[0].train()
+    resumed, model_b = _job_with_sparse_schedule(str(tmp_path / "b"), train_steps=7)
+    resumed.train()
+    assert straight.sparse_optimizer.param_groups[0]["lr"] == 0.2 * 0.5**2
+    assert resumed.sparse_optimizer.param_groups[0]["lr"] == 0.2 * 0.5**2
+    assert_equal(weights(model_a), weights(model_b))
