@@ -525,7 +525,9 @@ class Saver:
             loader = CheckpointLoader(self.model, self.sparse_optimizer, self._objects)
             with ThreadPoolExecutor(self.concurrency, thread_name_prefix="recis-ckpt-read") as pool:
                 if categories & {"sparse", "sparse_opt"}:
-                    loader.load_sparse(manifest, cache, pool, categories, strict, path)
+                    loader.load_sparse(
+                        manifest, cache, pool, categories, strict, path, progress.expect
+                    )
             if "dense" in categories:
                 loader.load_dense(manifest, cache, strict, path)
             if "extra" in categories:

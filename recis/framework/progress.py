@@ -44,6 +44,12 @@ class Progress:
         self._start = self._last = time.monotonic()
         self._lock = threading.Lock()
 
+    def expect(self, more: int) -> None:
+        """Sets the total, once known: ``more`` beyond what is done by now (the rest
+        that comes after it, if any, counts on past 100%)."""
+        with self._lock:
+            self.total = self.done + more
+
     def add(self, amount: int) -> None:
         with self._lock:
             self.done += amount
@@ -52,14 +58,15 @@ class Progress:
                 return
             self._last = now
             done, elapsed = self.done, max(now - self._start, 1e-9)
-        share = "" if self.total is None else f"{100 * done // max(self.total, 1)}%, "
+        total = None if self.total is None else max(self.total, done)
+        share = "" if total is None else f"{100 * done // max(total, 1)}%, "
         if self.unit == "bytes":
             count, unit, rate = f"{done / 2**30:.2f}", "GiB", f"{done / 2**20 / elapsed:.0f} MiB/s"
-            if self.total is not None:
-                count += f" of {self.total / 2**30:.2f}"
+            if total is not None:
+                count += f" of {total / 2**30:.2f}"
         else:
             count, unit = f"{done}", self.unit
             rate = f"{done / elapsed:.{0 if done / elapsed >= 10 else 1}f} {unit}/s"
-            if self.total is not None:
-                count += f" of {self.total}"
+            if total is not None:
+                count += f" of {total}"
         logger.info("%s: %s %s %s (%s%s)", self.what, count, unit, self.verb, share, rate)

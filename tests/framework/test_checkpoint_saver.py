@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import uuid
 
 import pytest
@@ -175,7 +176,10 @@ def test_long_saves_and_loads_report_their_progress(tmp_path, caplog, monkeypatc
     loading = [m for m in lines if m.startswith(f"loading {path}: rank 0: ")]
     assert saving and loading and len(saving) + len(loading) == len(lines), lines
     assert " GiB written (100%, " in saving[-1]
+    # Once the tables' reads are planned, loading knows its total too.
     assert all(" GiB read (" in m and "MiB/s)" in m for m in loading)
+    assert re.search(r" of \d+\.\d\d GiB read \(\d+%, ", loading[-2])
+    assert " GiB read (100%, " in loading[-1]
 
 
 def _check_writable_job(tmp: str) -> str:

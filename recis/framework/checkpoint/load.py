@@ -119,12 +119,14 @@ class CheckpointLoader:
         self.sparse_optimizer = sparse_optimizer
         self._objects = objects
 
-    def load_sparse(self, manifest, cache, pool, categories, strict, path) -> None:
+    def load_sparse(self, manifest, cache, pool, categories, strict, path, planned=None) -> None:
         # Plan every per-element read of every table first and run them all on the
-        # pool, so that all reader threads are busy whatever the number of tables.
+        # pool, so that all reader threads are busy whatever the number of tables;
+        # ``planned(nbytes)`` is told what they will read before they start.
         saved_tables = manifest["tables"]
         tasks: list[Callable[[], None]] = []
         finish: list[Callable[[], None]] = []
+        readers: list[TableReader] = []
         for name, table in filter_out_sparse_param(self.model).items():
             entry = saved_tables.get(name)
             if entry is None:
@@ -146,6 +148,7 @@ class CheckpointLoader:
                 table.col_offset + cols,
             )
             reader = TableReader(cache, name, entry)
+            readers.append(reader)
             if "sparse" in categories:
                 weight, reads = reader.plan_element("weight", box, out=table.weight)
                 tasks += reads
@@ -153,6 +156,8 @@ class CheckpointLoader:
                     finish.append(functools.partial(_copy_into, table.weight, weight))
             if "sparse_opt" in categories and self.sparse_optimizer is not None:
                 tasks += self._plan_table_opt(name, table, reader, box, strict, path, finish)
+        if planned is not None:
+            planned(sum(reader.planned_bytes for reader in readers))
         list(pool.map(_call, tasks))
         for step in finish:
             step()

@@ -56,6 +56,7 @@ class TableReader:
 
     def __init__(self, cache: ReaderCache, name: str, entry: dict[str, Any]):
         self.cache, self.name, self.entry = cache, name, entry
+        self.planned_bytes = 0  # what the tasks of plan_element read
 
     def kind(self, key: str) -> str:
         return self.entry["state"][key]
@@ -115,6 +116,10 @@ class TableReader:
             saved = self.cache.dtype(jobs[0][0]["tensors"][key]) if jobs else torch.float32
             out = torch.empty(r1 - r0, c1 - c0, dtype=saved)
         target = out.view(r1 - r0, c1 - c0)
+        for piece, orow, _ in jobs:  # whole rows of each piece are read
+            width = piece["cols"][1] - piece["cols"][0]
+            itemsize = self.cache.dtype(piece["tensors"][key]).itemsize
+            self.planned_bytes += (orow[1] - orow[0]) * width * itemsize
 
         def task(piece: dict[str, Any], orow: tuple[int, int], ocol: tuple[int, int]) -> None:
             dest = target[orow[0] - r0 : orow[1] - r0]
