@@ -65,9 +65,16 @@ def init_table_part(
         True
     """
     rows, cols = out.shape
+    init, dim, size = cfg.initializer(), cfg.embedding_dim, cfg.num_embeddings
+    if not (
+        0 <= row_offset <= row_offset + rows <= size and 0 <= col_offset <= col_offset + cols <= dim
+    ):
+        raise ValueError(
+            f"table {cfg.name!r} is {size}x{dim}: rows [{row_offset}, {row_offset + rows}) "
+            f"x cols [{col_offset}, {col_offset + cols}) lie outside it"
+        )
     if rows == 0 or cols == 0:
         return
-    init, dim, size = cfg.initializer(), cfg.embedding_dim, cfg.num_embeddings
     with torch.no_grad(), _seeding(out.device) as seed_block:
         first, last = row_offset // ROWS_PER_SEED, (row_offset + rows - 1) // ROWS_PER_SEED
         for block in range(first, last + 1):

@@ -65,6 +65,14 @@ def test_the_global_rng_is_left_as_it_was():
     assert torch.equal(torch.rand(3), expected)
 
 
+def test_a_part_outside_the_table_is_refused_naming_it():
+    cfg = EmbeddingBagConfig("t_user", 10, 4, ["f"])
+    with pytest.raises(ValueError, match=r"table 't_user' is 10x4: rows \[8, 11\) x cols"):
+        part(cfg, slice(8, 11), slice(0, 4))
+    with pytest.raises(ValueError, match=r"cols \[2, 5\) lie outside it"):
+        part(cfg, slice(0, 1), slice(2, 5))
+
+
 def test_empty_parts_and_a_one_row_table():
     cfg = EmbeddingBagConfig("t", 1, 3, ["f"])
     assert part(cfg, slice(0, 0), slice(0, 3)).shape == (0, 3)
