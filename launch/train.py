@@ -97,6 +97,9 @@ class RunConfig:
     - ``sparse_optimizer``: the embedding tables' optimizer.
     - ``sparse_lr``: the sparse optimizer's learning rate.
     - ``dense_lr``: the learning rate of AdamW on the dense parameters.
+    - ``threads_per_rank``: torch's threads in each rank (None: torch's setting, which
+      torchrun makes 1 when it starts several ranks; on CPU rank 0 warns when the
+      ranks leave most of the host's cores idle).
     - ``tensorboard``: rank 0 writes for TensorBoard, under ``OUTPUT_DIR/tensorboard``,
       the loss, samples/s and the AUC of its predictions every ``log_steps`` steps (100
       when that is none), and every evaluation's metrics (needs
@@ -116,6 +119,7 @@ class RunConfig:
     sparse_optimizer: str = "rowwise_adagrad"
     sparse_lr: float = 0.05
     dense_lr: float = 1e-3
+    threads_per_rank: int | None = None
     tensorboard: bool = False
 
     def __post_init__(self) -> None:
@@ -133,6 +137,8 @@ class RunConfig:
         for name in ("batch_size", "table_size", "embedding_dim", "eval_batches"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}")
+        if self.threads_per_rank is not None and self.threads_per_rank < 1:
+            raise ValueError(f"--threads_per_rank must be >= 1, got {self.threads_per_rank}")
         if self.shuffle_window < 0:
             raise ValueError(f"--shuffle_window must be >= 0, got {self.shuffle_window}")
         for name in ("sparse_lr", "dense_lr"):
@@ -309,6 +315,8 @@ def build_model(run: RunConfig, device: torch.device) -> DistributedModelParalle
 
 def build_trainer(args: TrainingArguments, run: RunConfig) -> Trainer:
     """The process group, datasets, sharded model, optimizers and Trainer of a job."""
+    if run.threads_per_rank is not None:
+        torch.set_num_threads(run.threads_per_rank)
     init_distributed(args.backend, args.device)
     device = resolve_device(args.device)
     set_seed(args.seed)

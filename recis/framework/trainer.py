@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -13,6 +14,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
+from recis.distributed.cpu_threads import idle_cores_hint
 from recis.distributed.process_group import (
     init_distributed,
     rank,
@@ -154,6 +156,10 @@ class Trainer:
                 "malloc keeps the host memory each step frees "
                 "(TrainingArguments.keep_freed_host_memory=False leaves its defaults)"
             )
+        if self.device.type == "cpu" and self.rank == 0:
+            hint = idle_cores_hint(int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+            if hint is not None:
+                logger.warning(hint)
         self._sync = RankSync(self.rank, self.world_size, self.device)
         set_seed(self.args.seed)
         self.model = model

@@ -219,6 +219,7 @@ def test_command_line_covers_training_arguments_and_rejects_bad_values(capsys):
         (["--sharding", "diagonal"], "--sharding must be auto or one of"),
         (["--gradient_accumulation_steps", "0"], "gradient_accumulation_steps"),
         (["--save_steps", "0"], "save_steps must be None or an int >= 1, got 0"),
+        (["--threads_per_rank", "0"], "--threads_per_rank must be >= 1, got 0"),
         (["--save_on_sigterm", "flase"], "expected true or false, got 'flase'"),
         (["--batch_size", "1.5"], "--batch_size: expected an integer, got '1.5'"),
         (["--train_steps", "x"], "--train_steps: expected an integer or none, got 'x'"),
