@@ -11,28 +11,22 @@ import os
 
 import torch
 
+from recis.distributed.host_memory import read_sys_file
+
 # cgroup v2, then v1: this process's CPU quota and period (a container's CPU limit).
 _CPU_MAX = "/sys/fs/cgroup/cpu.max"
 _CFS_FILES = ("/sys/fs/cgroup/cpu/cpu.cfs_quota_us", "/sys/fs/cgroup/cpu/cpu.cfs_period_us")
 
 
-def _read(path: str) -> str | None:
-    try:
-        with open(path) as f:
-            return f.read().strip()
-    except OSError:
-        return None
-
-
 def _cgroup_cpus() -> float | None:
     """The CPUs a cgroup quota allows (``quota / period``), or None without one."""
-    text = _read(_CPU_MAX)
+    text = read_sys_file(_CPU_MAX)
     if text is not None:
         quota, _, period = text.partition(" ")
         if quota != "max" and quota.isdigit() and period.isdigit():
             return int(quota) / int(period)
         return None
-    quota, period = (_read(p) for p in _CFS_FILES)
+    quota, period = (read_sys_file(p) for p in _CFS_FILES)
     if quota and period and quota.lstrip("-").isdigit() and period.isdigit():
         return int(quota) / int(period) if int(quota) > 0 else None  # v1: -1 = none
     return None

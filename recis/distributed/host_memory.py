@@ -29,13 +29,18 @@ _CGROUP_FILES = (
 )
 
 
-def _read_int(path: str) -> int | None:
+def read_sys_file(path: str) -> str | None:
+    """The stripped text of a small /proc or /sys file, or None where it cannot be read."""
     try:
         with open(path) as f:
-            text = f.read().strip()
+            return f.read().strip()
     except OSError:
         return None
-    return int(text) if text.isdigit() else None  # cgroup v2 writes "max" for no limit
+
+
+def _read_int(path: str) -> int | None:
+    text = read_sys_file(path)
+    return int(text) if text and text.isdigit() else None  # cgroup v2: "max" for no limit
 
 
 def available_host_memory() -> int | None:
