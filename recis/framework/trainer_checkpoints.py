@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from recis.framework.checkpoint_manager import CheckpointManager, Saver
 from recis.framework.job_checks import NonFiniteLossWatch
+from recis.optim.sparse_optimizer import plain_hyperparameters
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -28,16 +29,15 @@ def has_read_position(dataset: Any) -> bool:
 
 def _hyperparameters(trainer: Trainer) -> dict[str, Any]:
     """``"sparse optimizer lr" -> 0.05``... of the Trainer's optimizers' param groups
-    (numbers and tuples of numbers: what a checkpoint restores)."""
+    (what a checkpoint restores)."""
     found: dict[str, Any] = {}
     optimizers = {"dense": trainer.dense_optimizer, "sparse": trainer.sparse_optimizer}
     for kind, optimizer in optimizers.items():
         groups = getattr(optimizer, "param_groups", [])
         for i, group in enumerate(groups):
             where = f"{kind} optimizer" + (f" group {i}" if len(groups) > 1 else "")
-            for key, value in group.items():
-                if isinstance(value, (int, float, tuple)) and not isinstance(value, bool):
-                    found[f"{where} {key}"] = value
+            for key, value in plain_hyperparameters(group).items():
+                found[f"{where} {key}"] = value
     return found
 
 

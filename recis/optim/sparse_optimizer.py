@@ -25,11 +25,20 @@ def check_non_negative(cls_name: str, **values: float) -> None:
             raise ValueError(f"{cls_name}: {name} must be a finite number >= 0, got {value}")
 
 
-def _is_plain(value: Any) -> bool:
-    """A number, flag, string or None, or a tuple or list of numbers: JSON as it is."""
-    if isinstance(value, (tuple, list)):
-        return all(isinstance(v, (int, float)) for v in value)
-    return value is None or isinstance(value, (bool, int, float, str))
+def plain_hyperparameters(group: Mapping[str, Any]) -> dict[str, Any]:
+    """The entries of a torch optimizer's param group that are numbers, flags, strings,
+    None or sequences of numbers (as tuples): its hyper-parameters, JSON as they are,
+    without ``params`` and recis's ``table_names``."""
+    plain: dict[str, Any] = {}
+    for key, value in group.items():
+        if key in ("params", "table_names"):
+            continue
+        if isinstance(value, (tuple, list)):
+            if all(isinstance(v, (int, float)) for v in value):
+                plain[key] = tuple(value)
+        elif value is None or isinstance(value, (bool, int, float, str)):
+            plain[key] = value
+    return plain
 
 
 def grad_lists(grads: list[SparseGrad]) -> tuple[list, list, list, list, list]:
@@ -174,11 +183,7 @@ class SparseOptimizer(torch.optim.Optimizer):
             >>> opt.table_hyperparameters("t_user")
             {'lr': 0.05, 'eps': 1e-08, 'weight_decay': 0.0}
         """
-        return {
-            k: v
-            for k, v in self._group_of(name).items()
-            if k not in ("params", "table_names") and _is_plain(v)
-        }
+        return plain_hyperparameters(self._group_of(name))
 
     def set_table_hyperparameters(self, name: str, values: Mapping[str, Any]) -> None:
         """Sets those of ``values`` that table ``name``'s param group has (the group's
