@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import threading
 import time
 import uuid
@@ -51,6 +52,7 @@ from recis.framework.checkpoint.load import (
 )
 from recis.framework.checkpoint.manager import CheckpointManager
 from recis.framework.checkpoint.manifest import MANIFEST, dumps, read_manifest
+from recis.framework.checkpoint.shared_dir import sees_next_writer
 from recis.framework.checkpoint.storage import Storage, storage_for
 from recis.framework.checkpoint.tensor_file import ReaderCache, dtype_name
 from recis.framework.checkpoint.tree import encode, map_refs
@@ -90,6 +92,12 @@ def _broadcast(obj: Any, group: Any, world: int) -> Any:
     src = dist.get_global_rank(group, 0) if group is not None else 0
     dist.broadcast_object_list(box, src=src, group=group)
     return box[0]
+
+
+def _join_errors(errors: list[str], shown: int = 3) -> str:
+    """The first ``shown`` of the ranks' errors (a thousand ranks may fail alike)."""
+    more = len(errors) - shown
+    return "; ".join(errors[:shown]) + (f"; and {more} more on other ranks" if more > 0 else "")
 
 
 class Saver:
@@ -168,23 +176,34 @@ class Saver:
     # ------------------------------------------------------------------ save
     def check_writable(self) -> None:
         """Raises :class:`CheckpointError` on every rank unless every rank can create
-        ``output_dir`` and write a file in it (all ranks call it together).
+        ``output_dir``, write a file in it and see the file another rank wrote there
+        (one directory shared by all ranks, not each node's local disk); all ranks
+        call it together. ``save`` checks the sharing again before it commits.
 
         ``Trainer.train()`` calls it first, so that a job learns at its start, not at
         its first save hours later, that its checkpoints cannot be written.
         """
         storage, root = self._storage, self._root
-        rank, world = rank_and_world(self.process_group)
-        error = None
+        group = self.process_group
+        rank, world = rank_and_world(group)
+        error, probe = None, None
         try:
             storage.makedirs(root)
-            probe = storage.join(root, f".write-probe-rank{rank}-{uuid.uuid4().hex[:8]}")
-            with storage.open_write(probe) as f:
+            path = storage.join(root, f".write-probe-rank{rank}-{uuid.uuid4().hex[:8]}")
+            with storage.open_write(path) as f:
                 f.write(b"recis")
-            storage.remove(probe)
+            probe = path
         except Exception as e:
             error = f"rank {rank} cannot write there: {type(e).__name__}: {e}"
-        errors = [e for e in _all_gather(error, self.process_group, world) if e]
+        gathered = _all_gather((error, probe, socket.gethostname()), group, world)
+        errors = [e for e, _, _ in gathered if e]
+        if not errors:
+            written, hosts = [p for _, p, _ in gathered], [h for _, _, h in gathered]
+            seen = sees_next_writer(storage, written, hosts, rank)
+            # Also a barrier: no probe goes before every rank has looked for its own.
+            errors = [e for e in _all_gather(seen, group, world) if e]
+        if probe is not None:
+            storage.remove(probe)
         if errors:
             raise CheckpointError(f"output_dir {storage.url(root)}: {errors[0]}")
 
@@ -282,10 +301,16 @@ class Saver:
             result = {"error": str(e)}
         except Exception as e:
             result = {"error": f"rank {rank}: {type(e).__name__}: {e}"}
-        results = _all_gather(result, group, world)
+        results = _all_gather({**result, "host": socket.gethostname()}, group, world)
         errors = [r["error"] for r in results if "error" in r and "another rank" not in r["error"]]
         errors = errors or [r["error"] for r in results if "error" in r]
-        status = "; ".join(errors) if errors else None
+        if not errors and world > 1:  # files rank 0 cannot see would make a broken checkpoint
+            written = [storage.join(tmp, min(r["files"])) if r["files"] else None for r in results]
+            seen = sees_next_writer(storage, written, [r["host"] for r in results], rank)
+            errors = [
+                f"output_dir {storage.url(root)}: {e}" for e in _all_gather(seen, group, world) if e
+            ]
+        status = _join_errors(errors) if errors else None
         if rank == 0:
             if status is None:
                 try:

@@ -205,6 +205,34 @@ def test_check_writable_fails_every_rank_when_one_cannot_write(tmp_path):
     assert os.listdir(tmp_path / "ckpt") == []  # rank 0's probe is gone
 
 
+def _unshared_output_dir_job(url: str) -> list[str]:
+    # memory:// is each process's own: like a path on each node's local disk.
+    rank = dist.get_rank()
+    model, opt = _model([("a", 13, 5, "row_wise", 0)], rank, dist.get_world_size())
+    saver = Saver(model, opt, url)
+    errors = []
+    for call in (saver.check_writable, lambda: saver.save("s1")):
+        with pytest.raises(CheckpointError) as e:
+            call()
+        errors.append(str(e.value))
+    assert saver.checkpoints() == []
+    return errors
+
+
+def test_an_output_dir_that_the_ranks_do_not_share_fails_at_the_start_and_at_a_save():
+    url = f"memory://recis-test-{uuid.uuid4().hex}/job"
+    for checked, saved in run_distributed(_unshared_output_dir_job, 2, url, timeout=90):
+        assert checked.startswith(f"output_dir {url}: it is not one directory shared by all ranks")
+        assert re.search(
+            r"rank 0 \(host .+\) does not see memory://.*/\.write-probe-rank1-", checked
+        )
+        assert "which rank 1 (host " in checked and "NFS" in checked
+        assert saved.startswith(f"checkpoint {url}/s1 was not saved: output_dir {url}: it is not")
+        assert re.search(
+            r"does not see memory://.*/\.tmp-s1-\w+/rank0000[01]-0\.safetensors", saved
+        )
+
+
 def _concurrency_job(out_dir: str) -> None:
     # One small table, all on rank 0: rank 1 holds no table at all, and rank 0 has
     # fewer tensors than writer threads for most concurrencies.

@@ -162,6 +162,8 @@ class FsspecStorage(Storage):
         self.fs.makedirs(path, exist_ok=True)
 
     def exists(self, path: str) -> bool:
+        # Object stores cache listings: another rank's new file would look absent.
+        self.fs.invalidate_cache(path)
         return self.fs.exists(path)
 
     def isdir(self, path: str) -> bool:
