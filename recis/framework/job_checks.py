@@ -3,13 +3,33 @@ rank's loss went NaN or infinite before a checkpoint is written."""
 
 from __future__ import annotations
 
+import functools
+import hashlib
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
+import recis
 from recis.framework.rank_sync import RankSync
 from recis.framework.training_args import TrainingArguments
+
+
+def code_digest(package: Path) -> str:
+    """A digest of the Python files under ``package``, by path and content: two
+    installs of the same code agree wherever they live."""
+    digest = hashlib.blake2b(digest_size=8)
+    for path in sorted(package.rglob("*.py")):
+        digest.update(path.relative_to(package).as_posix().encode() + b"\0")
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+@functools.cache
+def recis_code_digest() -> str:
+    """:func:`code_digest` of the recis package this process imported."""
+    return code_digest(Path(recis.__file__).parent)
 
 
 def _hyper_parameters(what: str, optimizer: Any) -> dict[str, Any]:
@@ -38,15 +58,22 @@ def check_same_setup(
     evaluate or stop meet in different collectives and wait for each other for ever,
     dense replicas stepped with different learning rates drift apart, and ranks
     sharing out different lists of files read some records twice and others never.
-    ``optimizers`` and ``datasets`` map a role (``"dense"``, ``"train"``) to each."""
-    mine = {f"TrainingArguments.{k}": v for k, v in args.shared().items()}
+    ``optimizers`` and ``datasets`` map a role (``"dense"``, ``"train"``) to each.
+    The ranks must also run the same torch and recis (:func:`recis_code_digest`): a node
+    left on an older image or checkout could read the options alike and still
+    compute, save or communicate otherwise."""
+    mine: dict[str, Any] = {
+        "the torch version": torch.__version__,
+        "the recis code": recis_code_digest(),
+    }
+    mine.update({f"TrainingArguments.{k}": v for k, v in args.shared().items()})
     for role, optimizer in optimizers.items():
         mine.update(_hyper_parameters(f"the {role} optimizer", optimizer))
     for role, dataset in datasets.items():
         digest = getattr(dataset, "files_digest", None)
         if digest is not None:
             mine[f"the {role} dataset's files (their fingerprint)"] = digest
-    sync.check_same(mine, "another config on some node?")
+    sync.check_same(mine, "another config or install on some node?")
 
 
 class NonFiniteLossWatch:

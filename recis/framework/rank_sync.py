@@ -111,7 +111,7 @@ class RankSync:
                     f"ranks differ in {name}: {theirs.get(name)!r} on rank {other} but "
                     f"{everyone[0].get(name)!r} on rank 0"
                     + (f" (and {differing[1:]})" if differing[1:] else "")
-                    + f"; every rank must get the same options ({hint})"
+                    + f"; every rank must run the same code with the same options ({hint})"
                 )
 
     def next_window(

@@ -22,6 +22,7 @@ import os
 import time
 
 import pytest
+import torch
 import torch.distributed as dist
 
 from recis.framework.checkpoint_manager import Saver
@@ -195,6 +196,16 @@ def _arguments_of_another_node(out: str) -> str:
     with pytest.raises(ValueError) as raised:
         trainer.train()
     errors.append(str(raised.value))
+    # A node left on another torch (or recis) gets the same options and still differs.
+    version = torch.__version__
+    torch.__version__ = "2.99.0" if rank == 1 else version
+    try:
+        trainer = build_trainer(_ddp_model(), make_batches(4, 4, rank), out, train_steps=4)
+        with pytest.raises(ValueError) as raised:
+            trainer.train()
+    finally:
+        torch.__version__ = version
+    errors.append(str(raised.value))
     return errors
 
 
@@ -204,13 +215,19 @@ def test_ranks_with_different_options_stop_at_once_instead_of_hanging_or_driftin
         write_tsv(tmp_path / "data" / f"day_{day}.tsv", random_rows(8, seed=day))
     errors = run_distributed(_arguments_of_another_node, 2, str(tmp_path), timeout=60)
     assert errors[0] == errors[1]
-    steps, lr, files = errors[0]
+    steps, lr, files, torch_version = errors[0]
     assert steps.startswith(
         "ranks differ in TrainingArguments.save_steps: 3 on rank 1 but 2 on rank 0; "
+        "every rank must run the same code with the same options (another config or "
+        "install on some node?)"
     )
     assert lr.startswith(
         "ranks differ in the dense optimizer's lr (param group 0): 0.2 on rank 1 but 0.1 on "
         'rank 0 (and ["the sparse optimizer\'s lr (param group 0)"])'
     )
     assert files.startswith("ranks differ in the train dataset's files (their fingerprint): ")
+    assert torch_version.startswith(
+        f"ranks differ in the torch version: '2.99.0' on rank 1 but '{torch.__version__}' on "
+        "rank 0; "
+    )
     assert os.listdir(tmp_path) == ["data"]  # stopped before anything was written
