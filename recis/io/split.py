@@ -38,9 +38,10 @@ def expand_paths(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> list
 
     A path with ``://`` is an fsspec URL (``s3://bucket/criteo/``, ``gs://...``,
     ``hdfs://...``, ``memory://...``; the protocol's fsspec package must be installed)
-    and expands to URLs the readers open the same way. Hidden files (``.*``) and ``_*``
-    files (Spark's ``_SUCCESS``) in directories are ignored. Raises ``ValueError`` when
-    nothing matches.
+    and expands to URLs the readers open the same way. Hidden (``.*``) and ``_*`` names
+    (Spark's ``_SUCCESS``, ``.crc`` files and ``_temporary/``) in directories and in
+    what a wildcard matches are ignored; a folder's subfolders are not read. Raises
+    ``ValueError`` when nothing matches.
 
     Example::
 
@@ -72,11 +73,28 @@ def files_digest(files: Sequence[str]) -> str:
     return hashlib.sha1(relative.encode()).hexdigest()[:16]
 
 
+def _folder_files(folder: str, files: list[str], subfolders: list[str]) -> list[str]:
+    """``files`` (the folder's data files, sorted); an error that names the way to read
+    its subfolders (Hive-style ``day=1/`` partitions, say) when it has only those."""
+    if not files and subfolders:
+        shown = ", ".join(sorted(subfolders)[:3]) + (", ..." if len(subfolders) > 3 else "")
+        raise ValueError(
+            f"no data files in {folder!r}: its {len(subfolders)} subfolder(s) ({shown}) "
+            f"are not read; name their files with a glob, such as "
+            f"{folder.rstrip('/')}/*/*"
+        )
+    return files
+
+
 def _expand_local(p: str) -> list[str]:
     if os.path.isdir(p):
-        return [str(f) for f in sorted(Path(p).iterdir()) if f.is_file() and not _ignored(f.name)]
+        entries = sorted(Path(p).iterdir())
+        files = [str(f) for f in entries if f.is_file() and not _ignored(f.name)]
+        return _folder_files(
+            p, files, [f.name for f in entries if f.is_dir() and not _ignored(f.name)]
+        )
     if _has_magic(p):
-        matched = sorted(glob.glob(p))
+        matched = _not_hidden(p, sorted(f for f in glob.glob(p) if os.path.isfile(f)))
         if not matched:
             raise ValueError(f"no file matches {p!r}")
         return matched
@@ -90,14 +108,12 @@ def _expand_url(url: str) -> list[str]:
 
     fs, path = fsspec.core.url_to_fs(url)
     if fs.isdir(path):
-        entries = fs.ls(path, detail=True)
-        names = sorted(
-            e["name"]
-            for e in entries
-            if e["type"] == "file" and not _ignored(e["name"].rstrip("/").rsplit("/", 1)[-1])
-        )
+        entries = [(e["name"].rstrip("/").rsplit("/", 1)[-1], e) for e in fs.ls(path, detail=True)]
+        names = sorted(e["name"] for n, e in entries if e["type"] == "file" and not _ignored(n))
+        subfolders = [n for n, e in entries if e["type"] == "directory" and not _ignored(n)]
+        _folder_files(url, names, subfolders)
     elif _has_magic(path):
-        names = sorted(n for n in fs.glob(path) if fs.isfile(n))
+        names = _not_hidden(path, sorted(n for n in fs.glob(path) if fs.isfile(n)))
         if not names:
             raise ValueError(f"no file matches {url!r}")
     elif fs.isfile(path):
@@ -113,6 +129,20 @@ def _has_magic(path: str) -> bool:
 
 def _ignored(name: str) -> bool:
     return name.startswith((".", "_"))
+
+
+def _not_hidden(pattern: str, matches: list[str]) -> list[str]:
+    """The ``matches`` of glob ``pattern`` in which no name that a wildcard matched is
+    ignored (``.*``, ``_*``), as in a folder's listing: ``data/*`` skips Spark's
+    ``_SUCCESS`` and ``.crc`` files and ``data/*/*`` its ``_temporary/`` folder; a
+    pattern that itself starts a name with ``_`` or ``.`` (``data/_*``) keeps them."""
+    wild = [(i, part) for i, part in enumerate(reversed(pattern.split("/"))) if _has_magic(part)]
+
+    def kept(match: str) -> bool:
+        names = match.split("/")[::-1]  # one name per part of the pattern, from the end
+        return not any(_ignored(names[i]) and not part.startswith(names[i][0]) for i, part in wild)
+
+    return [m for m in matches if kept(m)]
 
 
 def split_files(files: Sequence[T], rank: int, world_size: int) -> tuple[list[T], bool]:

@@ -64,6 +64,30 @@ def test_nothing_found_names_the_path(data_root):
         expand_paths(f"{data_root}/markers")
 
 
+def test_a_wildcard_skips_the_names_a_folder_listing_skips(data_root):
+    # Spark's markers and checksums: "*" matched them on fsspec (and "_*" locally).
+    assert names(expand_paths(f"{data_root}/*")) == ["a.tsv", "b.tsv", "c.gz"]
+    assert names(expand_paths(f"{data_root}/*/*")) == ["d.tsv"]
+    assert names(expand_paths(f"{data_root}/_*")) == ["_SUCCESS"]  # named: kept
+    assert names(expand_paths(f"{data_root}/.h*")) == [".hidden"]
+
+
+def test_a_folder_of_partition_folders_names_the_glob_that_reads_them(data_root):
+    fs, path = fsspec.core.url_to_fs(data_root)
+    for day in range(5):
+        fs.makedirs(f"{path}/days/day={day}", exist_ok=True)
+        fs.pipe(f"{path}/days/day={day}/part-0.parquet", b"x")
+    fs.makedirs(f"{path}/days/_temporary", exist_ok=True)  # Spark's, still ignored
+    fs.pipe(f"{path}/days/_temporary/part-9.parquet", b"x")
+    with pytest.raises(ValueError) as raised:
+        expand_paths(f"{data_root}/days")
+    assert str(raised.value) == (
+        f"no data files in '{data_root}/days': its 5 subfolder(s) (day=0, day=1, day=2, ...) "
+        f"are not read; name their files with a glob, such as {data_root}/days/*/*"
+    )
+    assert len(expand_paths(f"{data_root}/days/*/*")) == 5
+
+
 def test_split_files_deals_whole_files_or_rows():
     files = [f"f{i}" for i in range(5)]
     assert split_files(files, 1, 2) == (["f1", "f3"], False)
