@@ -200,7 +200,7 @@ class Saver:
         if not errors:
             written, hosts = [p for _, p, _ in gathered], [h for _, _, h in gathered]
             seen = sees_next_writer(storage, written, hosts, rank)
-            # Also a barrier: no probe goes before every rank has looked for its own.
+            # Also a barrier: no probe is removed before the rank that looks for it looked.
             errors = [e for e in _all_gather(seen, group, world) if e]
         if probe is not None:
             storage.remove(probe)
@@ -304,7 +304,7 @@ class Saver:
         results = _all_gather({**result, "host": socket.gethostname()}, group, world)
         errors = [r["error"] for r in results if "error" in r and "another rank" not in r["error"]]
         errors = errors or [r["error"] for r in results if "error" in r]
-        if not errors and world > 1:  # files rank 0 cannot see would make a broken checkpoint
+        if not errors and world > 1:  # files a rank cannot see: a checkpoint no resume loads
             written = [storage.join(tmp, min(r["files"])) if r["files"] else None for r in results]
             seen = sees_next_writer(storage, written, [r["host"] for r in results], rank)
             errors = [
