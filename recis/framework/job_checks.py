@@ -54,7 +54,7 @@ def check_same_setup(
 ) -> None:
     """Raises on every rank unless the ranks agree on ``args.shared()``, the
     hyper-parameters of ``optimizers`` and the files of ``datasets`` (their
-    ``files_digest``, where they have one): ranks that disagree on when to save,
+    ``files_layout_digest()``, where they have one): ranks that disagree on when to save,
     evaluate or stop meet in different collectives and wait for each other for ever,
     dense replicas stepped with different learning rates drift apart, and ranks
     sharing out different lists of files read some records twice and others never.
@@ -70,9 +70,9 @@ def check_same_setup(
     for role, optimizer in optimizers.items():
         mine.update(_hyper_parameters(f"the {role} optimizer", optimizer))
     for role, dataset in datasets.items():
-        digest = getattr(dataset, "files_digest", None)
-        if digest is not None:
-            mine[f"the {role} dataset's files (their fingerprint)"] = digest
+        digest = getattr(dataset, "files_layout_digest", None)
+        if callable(digest):
+            mine[f"the {role} dataset's files (a fingerprint of names, order, sizes)"] = digest()
     sync.check_same(mine, "another config or install on some node?")
 
 

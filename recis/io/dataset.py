@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import logging
 import os
@@ -69,8 +70,9 @@ class CriteoDataset:
     left over each read all of it and keep the lines ``i % world_size`` of their share
     (passing over the others unparsed; rank 0 warns when that reading costs much).
     ``rank``/``world_size`` default to the initialised process group. Every rank must
-    be given the same files: :attr:`files_digest` fingerprints their names and order
-    (``Trainer.train()`` checks that the ranks agree).
+    be given the same files: :attr:`files_digest` fingerprints their names and order,
+    :meth:`files_layout_digest` their sizes too (``Trainer.train()`` checks that the
+    ranks agree).
 
     Iterating yields batches ``{"dense": [B, 13], "sparse": KJT C1..C26, "label": [B]}``
     from the current read position to the end of this rank's data; the last batch
@@ -219,6 +221,17 @@ class CriteoDataset:
         state = reshard(states, len(self.all_files), rank, world_size, self._deal)
         self.close()
         self._state = state
+
+    def files_layout_digest(self) -> str:
+        """A fingerprint of the files as this rank sees them: :attr:`files_digest` and
+        each file's size (bytes; rows and bytes of Parquet), measured as an epoch's
+        start measures them (and kept for it). Every rank cuts the files into the
+        ranks' shares by these sizes, so ranks that see other sizes (a node whose local
+        copy of the data is partial or another day's) would read some records twice
+        and others never; ``Trainer.train()`` checks that the ranks agree."""
+        spans = self._measure([[i, {}, None] for i in range(len(self.all_files))])
+        sizes = ",".join(f"{s.hi}:{s.weight}" for s in spans)
+        return hashlib.sha1(f"{self.files_digest}|{sizes}".encode()).hexdigest()[:16]
 
     def epoch_progress(self) -> float | None:
         """How much of this rank's share of the current epoch has been handed out, from

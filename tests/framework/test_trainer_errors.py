@@ -196,6 +196,12 @@ def _arguments_of_another_node(out: str) -> str:
     with pytest.raises(ValueError) as raised:
         trainer.train()
     errors.append(str(raised.value))
+    # Each node's own copy of day_0.tsv, rank 1's partial: the same names, other sizes.
+    data = CriteoDataset(os.path.join(out, "data", f"node_{rank}", "day_0.tsv"), 4, 100)
+    trainer = build_trainer(_ddp_model(), data, os.path.join(out, "job"), train_steps=4)
+    with pytest.raises(ValueError) as raised:
+        trainer.train()
+    errors.append(str(raised.value))
     # A node left on another torch (or recis) gets the same options and still differs.
     version = torch.__version__
     torch.__version__ = "2.99.0" if rank == 1 else version
@@ -213,9 +219,13 @@ def test_ranks_with_different_options_stop_at_once_instead_of_hanging_or_driftin
     (tmp_path / "data").mkdir()
     for day in (0, 1):
         write_tsv(tmp_path / "data" / f"day_{day}.tsv", random_rows(8, seed=day))
+        (tmp_path / "data" / f"node_{day}").mkdir()
+    rows = random_rows(8, seed=0)
+    write_tsv(tmp_path / "data" / "node_0" / "day_0.tsv", rows)
+    write_tsv(tmp_path / "data" / "node_1" / "day_0.tsv", rows[:5])
     errors = run_distributed(_arguments_of_another_node, 2, str(tmp_path), timeout=60)
     assert errors[0] == errors[1]
-    steps, lr, files, torch_version = errors[0]
+    steps, lr, files, sizes, torch_version = errors[0]
     assert steps.startswith(
         "ranks differ in TrainingArguments.save_steps: 3 on rank 1 but 2 on rank 0; "
         "every rank must run the same code with the same options (another config or "
@@ -225,7 +235,8 @@ def test_ranks_with_different_options_stop_at_once_instead_of_hanging_or_driftin
         "ranks differ in the dense optimizer's lr (param group 0): 0.2 on rank 1 but 0.1 on "
         'rank 0 (and ["the sparse optimizer\'s lr (param group 0)"])'
     )
-    assert files.startswith("ranks differ in the train dataset's files (their fingerprint): ")
+    fingerprint = "ranks differ in the train dataset's files (a fingerprint of names, order, sizes)"
+    assert files.startswith(fingerprint) and sizes.startswith(fingerprint)
     assert torch_version.startswith(
         f"ranks differ in the torch version: '2.99.0' on rank 1 but '{torch.__version__}' on "
         "rank 0; "

@@ -16,6 +16,7 @@ import torch.distributed as dist
 from fsspec.implementations.memory import MemoryFileSystem
 
 from recis.io import COLUMNS, SPARSE_NAMES, CriteoDataset, RecordParser, readers
+from recis.io import dataset as dataset_module
 from recis.testing import run_distributed
 
 SAMPLE = Path(__file__).resolve().parents[3] / "shared" / "data" / "criteo_sample.txt"
@@ -927,6 +928,25 @@ def test_a_position_resumes_only_on_the_files_it_was_taken_on(tmp_path):
     # A state saved before the fingerprint existed is checked by its count of files.
     older = {k: v for k, v in state.items() if k != "files_digest"}
     CriteoDataset(new, 5, SIZES).load_state_dict(older)
+
+
+def test_the_files_layout_digest_follows_names_order_and_sizes(tmp_path, monkeypatch):
+    rows = random_rows(20, seed=1)
+    for node in ("a", "b", "c"):
+        (tmp_path / node).mkdir()
+        write_tsv(tmp_path / node / "day_1.tsv", rows)
+        write_tsv(tmp_path / node / "day_2.tsv", rows[:7])
+    write_tsv(tmp_path / "c" / "day_2.tsv", rows[:6])  # a partial copy
+    digest = {n: CriteoDataset(tmp_path / n, 5, SIZES).files_layout_digest() for n in "abc"}
+    assert digest["a"] == digest["b"] != digest["c"]
+    renamed = tmp_path / "b" / "day_3.tsv"
+    (tmp_path / "b" / "day_1.tsv").rename(renamed)
+    assert CriteoDataset(tmp_path / "b", 5, SIZES).files_layout_digest() != digest["a"]
+    # The first epoch deals the files out by the sizes measured for the digest.
+    ds = CriteoDataset(tmp_path / "a", 5, SIZES, prefetch=0)
+    ds.files_layout_digest()
+    monkeypatch.setattr(dataset_module, "measure", None)  # measuring again would fail
+    assert sum(len(b["label"]) for b in ds) == 27
 
 
 def test_state_rejects_other_layout():
