@@ -53,15 +53,15 @@ def check_same_setup(
     datasets: dict[str, Any],
 ) -> None:
     """Raises on every rank unless the ranks agree on ``args.shared()``, the
-    hyper-parameters of ``optimizers`` and the files of ``datasets`` (their
-    ``files_layout_digest()``, where they have one): ranks that disagree on when to save,
-    evaluate or stop meet in different collectives and wait for each other for ever,
-    dense replicas stepped with different learning rates drift apart, and ranks
-    sharing out different lists of files read some records twice and others never.
-    ``optimizers`` and ``datasets`` map a role (``"dense"``, ``"train"``) to each.
-    The ranks must also run the same torch and recis (:func:`recis_code_digest`): a node
-    left on an older image or checkout could read the options alike and still
-    compute, save or communicate otherwise."""
+    hyper-parameters of ``optimizers`` and the setup of ``datasets`` (their
+    ``shared_setup()``, where they have one: files, batch size, shuffling): ranks
+    that disagree on when to save, evaluate or stop meet in different collectives
+    and wait for each other for ever, dense replicas stepped with different learning
+    rates drift apart, and ranks that share out their files otherwise read some
+    records twice and others never. ``optimizers`` and ``datasets`` map a role
+    (``"dense"``, ``"train"``) to each. The ranks must also run the same torch and
+    recis (:func:`recis_code_digest`): a node left on an older image or checkout
+    could read the options alike and still compute, save or communicate otherwise."""
     mine: dict[str, Any] = {
         "the torch version": torch.__version__,
         "the recis code": recis_code_digest(),
@@ -70,9 +70,9 @@ def check_same_setup(
     for role, optimizer in optimizers.items():
         mine.update(_hyper_parameters(f"the {role} optimizer", optimizer))
     for role, dataset in datasets.items():
-        digest = getattr(dataset, "files_layout_digest", None)
-        if callable(digest):
-            mine[f"the {role} dataset's files (a fingerprint of names, order, sizes)"] = digest()
+        shared_setup = getattr(dataset, "shared_setup", None)
+        if callable(shared_setup):
+            mine.update({f"the {role} dataset's {k}": v for k, v in shared_setup().items()})
     sync.check_same(mine, "another config or install on some node?")
 
 

@@ -70,9 +70,8 @@ class CriteoDataset:
     left over each read all of it and keep the lines ``i % world_size`` of their share
     (passing over the others unparsed; rank 0 warns when that reading costs much).
     ``rank``/``world_size`` default to the initialised process group. Every rank must
-    be given the same files: :attr:`files_digest` fingerprints their names and order,
-    :meth:`files_layout_digest` their sizes too (``Trainer.train()`` checks that the
-    ranks agree).
+    be given the same files and options: :meth:`shared_setup` says which
+    (``Trainer.train()`` checks that the ranks agree).
 
     Iterating yields batches ``{"dense": [B, 13], "sparse": KJT C1..C26, "label": [B]}``
     from the current read position to the end of this rank's data; the last batch
@@ -232,6 +231,20 @@ class CriteoDataset:
         spans = self._measure([[i, {}, None] for i in range(len(self.all_files))])
         sizes = ",".join(f"{s.hi}:{s.weight}" for s in spans)
         return hashlib.sha1(f"{self.files_digest}|{sizes}".encode()).hexdigest()[:16]
+
+    def shared_setup(self) -> dict[str, Any]:
+        """What every rank's dataset must agree on for the ranks' shares to read each
+        record once: the files (:meth:`files_layout_digest`), the batch size and the
+        shuffling, with its seed (it draws each epoch's order of the files).
+        ``Trainer.train()`` compares it across ranks, naming the first difference."""
+        setup = {
+            "files (a fingerprint of names, order, sizes)": self.files_layout_digest(),
+            "batch_size": self.batch_size,
+            "shuffle_window": self.shuffle_window,
+        }
+        if self.shuffle_window:
+            setup["seed (it orders the files when shuffling)"] = self.seed
+        return setup
 
     def epoch_progress(self) -> float | None:
         """How much of this rank's share of the current epoch has been handed out, from

@@ -202,6 +202,13 @@ def _arguments_of_another_node(out: str) -> str:
     with pytest.raises(ValueError) as raised:
         trainer.train()
     errors.append(str(raised.value))
+    # Shuffling draws each epoch's order of the files from the seed: per-rank seeds
+    # would deal the files out in other orders.
+    data = CriteoDataset(os.path.join(out, "data"), 4, 100, shuffle_window=2, seed=7 + rank)
+    trainer = build_trainer(_ddp_model(), data, os.path.join(out, "job"), train_steps=4)
+    with pytest.raises(ValueError) as raised:
+        trainer.train()
+    errors.append(str(raised.value))
     # A node left on another torch (or recis) gets the same options and still differs.
     version = torch.__version__
     torch.__version__ = "2.99.0" if rank == 1 else version
@@ -225,7 +232,7 @@ def test_ranks_with_different_options_stop_at_once_instead_of_hanging_or_driftin
     write_tsv(tmp_path / "data" / "node_1" / "day_0.tsv", rows[:5])
     errors = run_distributed(_arguments_of_another_node, 2, str(tmp_path), timeout=60)
     assert errors[0] == errors[1]
-    steps, lr, files, sizes, torch_version = errors[0]
+    steps, lr, files, sizes, seed, torch_version = errors[0]
     assert steps.startswith(
         "ranks differ in TrainingArguments.save_steps: 3 on rank 1 but 2 on rank 0; "
         "every rank must run the same code with the same options (another config or "
@@ -237,6 +244,10 @@ def test_ranks_with_different_options_stop_at_once_instead_of_hanging_or_driftin
     )
     fingerprint = "ranks differ in the train dataset's files (a fingerprint of names, order, sizes)"
     assert files.startswith(fingerprint) and sizes.startswith(fingerprint)
+    assert seed.startswith(
+        "ranks differ in the train dataset's seed (it orders the files when shuffling): "
+        "8 on rank 1 but 7 on rank 0;"
+    )
     assert torch_version.startswith(
         f"ranks differ in the torch version: '2.99.0' on rank 1 but '{torch.__version__}' on "
         "rank 0; "
