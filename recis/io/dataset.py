@@ -143,6 +143,7 @@ class CriteoDataset:
         self._active: Iterator[Batch] | None = None
         self._warned = False  # about files read whole: once per dataset
         self._whole_spans: dict[int, Span] = {}
+        self._layout_digest: str | None = None  # files_layout_digest(), once measured
         self._dealt_spans: dict[str, Span] = {}  # this rank's work items, for epoch_progress
         self._expanded: dict[int, int | None] = {}  # .gz files' sizes decompressed, likewise
         self._first_malformed: str | None = None  # where and why, for the epoch's warning
@@ -170,6 +171,7 @@ class CriteoDataset:
             "world_size": self.world_size,
             "num_files": len(self.all_files),
             "files_digest": self.files_digest,
+            **({"files_layout_digest": self._layout_digest} if self._layout_digest else {}),
             "batch_size": self.batch_size,
             **copy.deepcopy(self._state),
         }
@@ -227,10 +229,14 @@ class CriteoDataset:
         start measures them (and kept for it). Every rank cuts the files into the
         ranks' shares by these sizes, so ranks that see other sizes (a node whose local
         copy of the data is partial or another day's) would read some records twice
-        and others never; ``Trainer.train()`` checks that the ranks agree."""
-        spans = self._measure([[i, {}, None] for i in range(len(self.all_files))])
-        sizes = ",".join(f"{s.hi}:{s.weight}" for s in spans)
-        return hashlib.sha1(f"{self.files_digest}|{sizes}".encode()).hexdigest()[:16]
+        and others never (see :meth:`shared_setup`). Once measured, it is also saved
+        with the read position, which then resumes only on files of those sizes."""
+        if self._layout_digest is None:
+            spans = self._measure([[i, {}, None] for i in range(len(self.all_files))])
+            sizes = ",".join(f"{s.hi}:{s.weight}" for s in spans)
+            digest = hashlib.sha1(f"{self.files_digest}|{sizes}".encode()).hexdigest()[:16]
+            self._layout_digest = digest
+        return self._layout_digest
 
     def shared_setup(self) -> dict[str, Any]:
         """What every rank's dataset must agree on for the ranks' shares to read each
@@ -292,10 +298,18 @@ class CriteoDataset:
         """Raises unless ``state`` was saved reading the files this dataset reads: a
         position is an index into the list of files and an offset in one of them."""
         saved, now = int(state["num_files"]), len(self.all_files)
-        # States saved before files_digest existed are checked by the count alone.
-        if saved == now and state.get("files_digest", self.files_digest) == self.files_digest:
+        # States saved before files_digest existed are checked by the count alone, and
+        # those saved without their files' sizes measured by the names.
+        if saved != now:
+            change = f"{saved} files then, {now} now"
+        elif state.get("files_digest", self.files_digest) != self.files_digest:
+            change = "other names or order"
+        elif "files_layout_digest" in state and (
+            state["files_layout_digest"] != self.files_layout_digest()
+        ):
+            change = "the same names, other sizes: replaced, or still being written?"
+        else:
             return
-        change = f"{saved} files then, {now} now" if saved != now else "other names or order"
         raise ValueError(
             f"CriteoDataset rank {self.rank}: the data files are not those the read "
             f"position of saved rank {state['rank']} was taken on ({change}), so it cannot "

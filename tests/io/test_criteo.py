@@ -949,6 +949,25 @@ def test_the_files_layout_digest_follows_names_order_and_sizes(tmp_path, monkeyp
     assert sum(len(b["label"]) for b in ds) == 27
 
 
+def test_a_position_saved_with_the_files_sizes_resumes_only_on_those_sizes(tmp_path):
+    for name, seed in (("day_1.tsv", 1), ("day_2.tsv", 2)):
+        write_tsv(tmp_path / name, random_rows(20, seed))
+    ds = CriteoDataset(tmp_path, 5, SIZES, prefetch=0)
+    ds.shared_setup()  # as Trainer.train() does at its start: the sizes are measured
+    next(iter(ds))
+    state = ds.state_dict()
+    ds.close()
+    assert state["files_layout_digest"] == ds.files_layout_digest()
+    CriteoDataset(tmp_path, 5, SIZES).load_state_dict(state)
+    write_tsv(tmp_path / "day_2.tsv", random_rows(19, 2))  # another day under its name
+    how = r"\(the same names, other sizes: replaced, or still being written\?\), so it cannot"
+    with pytest.raises(ValueError, match=how):
+        CriteoDataset(tmp_path, 5, SIZES).load_state_dict(state)
+    # A position saved without its files' sizes measured is checked by their names.
+    older = {k: v for k, v in state.items() if k != "files_layout_digest"}
+    CriteoDataset(tmp_path, 5, SIZES).load_state_dict(older)
+
+
 def test_state_rejects_other_layout():
     state = CriteoDataset(SAMPLE, 8, SIZES, rank=0, world_size=2).state_dict()
     with pytest.raises(ValueError, match="world_size"):
