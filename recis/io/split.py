@@ -73,9 +73,9 @@ def files_digest(files: Sequence[str]) -> str:
     return hashlib.sha1(relative.encode()).hexdigest()[:16]
 
 
-def _folder_files(folder: str, files: list[str], subfolders: list[str]) -> list[str]:
-    """``files`` (the folder's data files, sorted); an error that names the way to read
-    its subfolders (Hive-style ``day=1/`` partitions, say) when it has only those."""
+def _check_not_only_subfolders(folder: str, files: list[str], subfolders: list[str]) -> None:
+    """Raises, naming the way to read them, when a folder holds no data ``files`` but
+    ``subfolders`` (Hive-style ``day=1/`` partitions, say)."""
     if not files and subfolders:
         shown = ", ".join(sorted(subfolders)[:3]) + (", ..." if len(subfolders) > 3 else "")
         raise ValueError(
@@ -83,16 +83,15 @@ def _folder_files(folder: str, files: list[str], subfolders: list[str]) -> list[
             f"are not read; name their files with a glob, such as "
             f"{folder.rstrip('/')}/*/*"
         )
-    return files
 
 
 def _expand_local(p: str) -> list[str]:
     if os.path.isdir(p):
         entries = sorted(Path(p).iterdir())
         files = [str(f) for f in entries if f.is_file() and not _ignored(f.name)]
-        return _folder_files(
-            p, files, [f.name for f in entries if f.is_dir() and not _ignored(f.name)]
-        )
+        subfolders = [f.name for f in entries if f.is_dir() and not _ignored(f.name)]
+        _check_not_only_subfolders(p, files, subfolders)
+        return files
     if _has_magic(p):
         matched = _not_hidden(p, sorted(f for f in glob.glob(p) if os.path.isfile(f)))
         if not matched:
@@ -111,7 +110,7 @@ def _expand_url(url: str) -> list[str]:
         entries = [(e["name"].rstrip("/").rsplit("/", 1)[-1], e) for e in fs.ls(path, detail=True)]
         names = sorted(e["name"] for n, e in entries if e["type"] == "file" and not _ignored(n))
         subfolders = [n for n, e in entries if e["type"] == "directory" and not _ignored(n)]
-        _folder_files(url, names, subfolders)
+        _check_not_only_subfolders(url, names, subfolders)
     elif _has_magic(path):
         names = _not_hidden(path, sorted(n for n in fs.glob(path) if fs.isfile(n)))
         if not names:
