@@ -86,8 +86,8 @@ class RunConfig:
       rank warns of the count at the end of an epoch.
     - ``shuffle_window``: with Criteo ``data``, each epoch shares the files out in
       another order and each rank permutes its records in windows of this many
-      batches (seeded by ``seed`` and the epoch; 0: read in file order). Resumes
-      exactly, on any number of ranks.
+      batches (seeded by ``seed``, which every rank must then share, and the epoch;
+      0: read in file order). Resumes exactly, on any number of ranks.
     - ``eval_batches``: batches per rank of the synthetic evaluation.
     - ``sharding``: ``auto`` (the planner chooses for each table), or one sharding type
       for every table.

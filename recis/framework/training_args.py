@@ -59,7 +59,8 @@ class TrainingArguments:
 
     Every rank of a job must have the same arguments but for ``device``, ``seed``,
     ``log_steps``, ``save_concurrency_per_rank`` and ``keep_freed_host_memory``:
-    ``Trainer.train()`` checks (:meth:`shared`), and the optimizers' hyper-parameters.
+    ``Trainer.train()`` checks (:meth:`shared`), and the optimizers' hyper-parameters
+    and the datasets' ``shared_setup()`` (a shuffling ``CriteoDataset`` needs one seed).
 
     Example::
 
