@@ -73,7 +73,7 @@ def check_same_setup(
         shared_setup = getattr(dataset, "shared_setup", None)
         if callable(shared_setup):
             mine.update({f"the {role} dataset's {k}": v for k, v in shared_setup().items()})
-    sync.check_same(mine, "another config or install on some node?")
+    sync.check_same(mine, "another config, install or copy of the data on some node?")
 
 
 class NonFiniteLossWatch:

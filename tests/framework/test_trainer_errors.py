@@ -235,8 +235,8 @@ def test_ranks_with_different_options_stop_at_once_instead_of_hanging_or_driftin
     steps, lr, files, sizes, seed, torch_version = errors[0]
     assert steps.startswith(
         "ranks differ in TrainingArguments.save_steps: 3 on rank 1 but 2 on rank 0; "
-        "every rank must run the same code with the same options (another config or "
-        "install on some node?)"
+        "every rank must run the same code with the same options (another config, "
+        "install or copy of the data on some node?)"
     )
     assert lr.startswith(
         "ranks differ in the dense optimizer's lr (param group 0): 0.2 on rank 1 but 0.1 on "
