@@ -11,6 +11,7 @@ for the pieces and ``DESIGN.md`` §6 for the on-disk layout.
 
 from __future__ import annotations
 
+import datetime
 import json
 import logging
 import socket
@@ -98,6 +99,12 @@ def _join_errors(errors: list[str], shown: int = 3) -> str:
     """The first ``shown`` of the ranks' errors (a thousand ranks may fail alike)."""
     more = len(errors) - shown
     return "; ".join(errors[:shown]) + (f"; and {more} more on other ranks" if more > 0 else "")
+
+
+def _saved(read: tuple[str, float]) -> str:
+    ckpt_id, created = read
+    when = datetime.datetime.fromtimestamp(created, datetime.timezone.utc)
+    return f"{ckpt_id!r} saved {when:%Y-%m-%d %H:%M:%S} UTC"
 
 
 class Saver:
@@ -540,11 +547,13 @@ class Saver:
         path = ""
         start = time.monotonic()
         saved_world = 0
+        read: tuple[str, float] | None = None  # which checkpoint this rank read
         try:
             storage, ckpt_dir = self._resolve(ckpt_path, ckpt_id)
             path = storage.url(ckpt_dir)
             manifest = read_manifest(storage, ckpt_dir)
             saved_world = int(manifest["world_size"])
+            read = (str(manifest.get("ckpt_id")), float(manifest.get("created_unix", 0)))
             progress = Progress(f"loading {path}: rank 0", "read", log=rank == 0)
             cache = ReaderCache(storage, ckpt_dir, manifest["files"], progress.add)
             loader = CheckpointLoader(self.model, self.sparse_optimizer, self._objects)
@@ -563,18 +572,25 @@ class Saver:
             error = e
         # Ranks agree on the outcome, so that one rank's failure never leaves the
         # others running into a collective that will not complete.
-        outcomes = _all_gather(
-            None if error is None else (f"{type(error).__name__}: {error}", is_damage(error)),
-            group,
-            world,
-        )
+        outcome = None if error is None else (f"{type(error).__name__}: {error}", is_damage(error))
+        gathered = _all_gather((outcome, read), group, world)
         if error is not None:
             raise error
-        failed = [(r, m) for r, m in enumerate(outcomes) if m is not None]
+        failed = [(r, m) for r, (m, _) in enumerate(gathered) if m is not None]
         if failed:
             rank_failed, (message, damaged) = failed[0]
             raise CheckpointError(
                 f"loading {path} failed on rank {rank_failed}: {message}", damaged=damaged
+            )
+        other = next(
+            (r for r, (_, theirs) in enumerate(gathered) if theirs != gathered[0][1]), None
+        )
+        if other is not None:  # each node's own copy of a model bank, say
+            raise CheckpointError(
+                f"loading {ckpt_path if ckpt_path is not None else self.output_dir}: the "
+                f"ranks read different checkpoints there: rank {other} "
+                f"{_saved(gathered[other][1])}, rank 0 {_saved(gathered[0][1])}. Every rank "
+                "must read the same one: give them one shared copy"
             )
         if rank == 0:
             logger.info(

@@ -233,6 +233,29 @@ def test_an_output_dir_that_the_ranks_do_not_share_fails_at_the_start_and_at_a_s
         )
 
 
+def _own_copies_job(url: str) -> str:
+    # Each process's memory:// store is like a node's own copy of a model bank: rank r
+    # saved "bank-r" there alone (a group of its own), then both load the same URL.
+    rank, world = dist.get_rank(), dist.get_world_size()
+    groups = [dist.new_group([r]) for r in range(world)]
+    specs = [("a", 13, 5, "row_wise", 0)]
+    model, opt = _model(specs, 0, 1)
+    Saver(model, opt, url, process_group=groups[rank]).save(f"bank-{rank}")
+    model, opt = _model(specs, rank, world)
+    with pytest.raises(CheckpointError) as raised:
+        Saver(model, opt, url).load()
+    return str(raised.value)
+
+
+def test_ranks_that_read_different_checkpoints_of_one_path_all_fail():
+    url = f"memory://recis-test-{uuid.uuid4().hex}/bank"
+    for error in run_distributed(_own_copies_job, 2, url, timeout=90):
+        assert error.startswith(
+            f"loading {url}: the ranks read different checkpoints there: rank 1 'bank-1' saved 20"
+        ), error
+        assert " UTC, rank 0 'bank-0' saved " in error and "one shared copy" in error
+
+
 def _concurrency_job(out_dir: str) -> None:
     # One small table, all on rank 0: rank 1 holds no table at all, and rank 0 has
     # fewer tensors than writer threads for most concurrencies.
