@@ -9,6 +9,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from recis.framework.progress import Progress
+
 logger = logging.getLogger(__name__)
 
 # How gloo reports a collective whose peer went away (a plain RuntimeError).
@@ -27,6 +29,25 @@ def deferred_iter(iterable: Iterable[Any]) -> Iterator[Any]:
         >>> batch, any_left, stop = sync.next_batch(it, "evaluation", step=0)
     """
     yield from iterable
+
+
+def skip_batches(it: Iterator[Any], count: int, progress: Progress) -> Iterator[Any]:
+    """``it`` without its first ``count`` batches, read and dropped at the first
+    ``next()`` (so that a read error there reaches the ranks' agreement on the batch);
+    ``progress`` counts them.
+
+    Example::
+
+        >>> it = skip_batches(deferred_iter(batches), 3, Progress("skip", "skipped"))
+    """
+    for _ in range(count):
+        if next(it, _END) is _END:
+            return
+        progress.add(1)
+    yield from it
+
+
+_END = object()
 
 
 class RankSync:

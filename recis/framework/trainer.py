@@ -31,9 +31,9 @@ from recis.framework.evaluation import (
 from recis.framework.job_checks import check_same_setup
 from recis.framework.metrics import clear_metrics, get_global_metrics
 from recis.framework.progress import Progress
-from recis.framework.rank_sync import RankSync, deferred_iter
+from recis.framework.rank_sync import RankSync, deferred_iter, skip_batches
 from recis.framework.stop_signal import StopSignal
-from recis.framework.trainer_checkpoints import TrainerCheckpoints
+from recis.framework.trainer_checkpoints import TrainerCheckpoints, has_read_position
 from recis.framework.training_args import TrainingArguments, positive_or_none
 from recis.hooks import Hook, LoggerHook
 from recis.nn import filter_out_sparse_param
@@ -46,21 +46,24 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class TrainerState:
-    """Progress of training; ``global_step`` and ``epoch`` are checkpointed."""
+    """Progress of training; ``global_step``, ``epoch`` and ``epoch_step`` are
+    checkpointed."""
 
     global_step: int = 0
     epoch: int = 0
+    epoch_step: int = 0  # optimizer steps done in this epoch
     samples: int = 0  # this rank's samples trained by this process (for throughput)
     checkpoint_seconds: float = 0.0  # this process's time in checkpoint saves (likewise)
     evaluation_seconds: float = 0.0  # and in evaluations (likewise)
     stopped_by_signal: bool = False  # train() stopped early on SIGTERM, after a checkpoint
 
     def state_dict(self) -> dict[str, int]:
-        return {"global_step": self.global_step, "epoch": self.epoch}
+        return {"global_step": self.global_step, "epoch": self.epoch, "epoch_step": self.epoch_step}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.global_step = int(state["global_step"])
         self.epoch = int(state["epoch"])
+        self.epoch_step = int(state.get("epoch_step", 0))  # not in checkpoints before it
 
 
 def _batch_size(data: Any) -> int:
@@ -113,7 +116,11 @@ class Trainer:
     re-running a job resumes it), then saves every ``save_steps`` steps and at the
     end: the model, the sparse optimizer, the dense optimizer and scheduler, the
     trainer state and, per rank, the train dataset's read position when it has
-    ``state_dict``/``load_state_dict``. A save raises ``FloatingPointError`` instead
+    ``state_dict``/``load_state_dict``. A dataset without one (a list, a
+    ``DataLoader``) starts its epoch over on resume: the trainer reads again and
+    skips the batches of the epoch trained before the checkpoint (rank 0 warns),
+    which gives the same batches when the epoch's order is reproducible (a
+    ``DistributedSampler`` with ``set_epoch``). A save raises ``FloatingPointError`` instead
     when any rank's loss has been NaN or infinite since the job started: a diverged
     model must not push the good checkpoints out (``max_to_keep``). ``checkpoints``
     (:class:`~recis.framework.trainer_checkpoints.TrainerCheckpoints`) does this; its
@@ -359,14 +366,28 @@ class Trainer:
             self.state.samples += _batch_size(data)
         self._optimizer_step()
         self.state.global_step += 1
+        self.state.epoch_step += 1
         loss = torch.stack(losses).mean()
         self.checkpoints.note_loss(loss, self.state.global_step)
         return {**get_global_metrics(), "loss": loss, **metrics}
 
-    def _run_epoch(self, epoch: int) -> tuple[int, bool]:
-        """Steps of one epoch until the data or ``train_steps`` ends; (steps, exhausted)."""
+    def _run_epoch(self, epoch: int, skip: int = 0) -> tuple[int, bool]:
+        """Steps of one epoch until the data or ``train_steps`` ends, after ``skip``
+        batches trained before a restore; (steps, exhausted)."""
         k = self.args.gradient_accumulation_steps
         it = deferred_iter(self.train_dataset)
+        if skip:
+            main = self.is_main_process
+            if main:
+                logger.warning(
+                    "train_dataset has no read position to checkpoint (state_dict and "
+                    "load_state_dict): reading the %d batches of epoch %d trained before "
+                    "the checkpoint again, to skip them",
+                    skip,
+                    epoch,
+                )
+            what = f"skipping the batches of epoch {epoch} trained before the checkpoint"
+            it = skip_batches(it, skip, Progress(what, "skipped", skip, "batches", log=main))
         steps = 0
         while self.args.train_steps is None or self.state.global_step < self.args.train_steps:
             # The ranks agree on a stop (SIGTERM) with the window's read and stop after
@@ -423,15 +444,23 @@ class Trainer:
         args = self.args
         epoch = self.state.epoch
         start_step, was_resumed = self.state.global_step, resumed
+        # A dataset without a read position starts its epoch over: skip what was trained.
+        positioned = has_read_position(self.train_dataset)
+        skip = (
+            0
+            if positioned or not resumed
+            else self.state.epoch_step * args.gradient_accumulation_steps
+        )
         while not self._limit_reached(max_epochs):
             self.state.epoch = epoch
             self._set_epoch(epoch)
             self._call_hooks("before_epoch", epoch)
-            steps, exhausted = self._run_epoch(epoch)
+            steps, exhausted = self._run_epoch(epoch, skip)
+            skip = 0
             self._call_hooks("after_epoch", epoch)
             if exhausted:
                 epoch += 1
-                self.state.epoch = epoch
+                self.state.epoch, self.state.epoch_step = epoch, 0
             if self.state.stopped_by_signal:
                 break
             # A resumed epoch may be at its end already; a fresh empty one means the

@@ -40,13 +40,13 @@ def assert_equal(a: dict, b: dict) -> None:
     assert all(torch.equal(a[n], b[n]) for n in a), [n for n in a if not torch.equal(a[n], b[n])]
 
 
-def _job(out_dir: str, train_steps: int, hooks=None, **args):
+def _job(out_dir: str, train_steps: int, hooks=None, data=None, **args):
     """A fresh 'process': same initial model, momentum SGD with a step LR schedule."""
     torch.manual_seed(5)
     model = ToyModel()
     trainer = build_trainer(
         model,
-        ResumableBatches(make_batches(8, 4, 0)),
+        ResumableBatches(make_batches(8, 4, 0)) if data is None else data,
         out_dir,
         hooks=hooks,
         train_steps=train_steps,
@@ -128,3 +128,25 @@ def test_a_sparse_lr_schedule_resumes_where_it_was(tmp_path):
     assert straight.sparse_optimizer.param_groups[0]["lr"] == 0.2 * 0.5**2
     assert resumed.sparse_optimizer.param_groups[0]["lr"] == 0.2 * 0.5**2
     assert_equal(weights(model_a), weights(model_b))
+
+
+def test_a_dataset_without_a_read_position_resumes_after_the_batches_it_trained(tmp_path, caplog):
+    # A plain list starts every epoch over: the resumed job skips what was trained.
+    batches = make_batches(6, 4, 0)
+    # Stopped in epoch 0, in epoch 1, and (k=2) at the end of epoch 0 before it knew.
+    for interrupted_at, k, skipped, epoch in ((4, 1, 4, 0), (8, 1, 2, 1), (3, 2, 6, 0)):
+        out = tmp_path / f"{interrupted_at}-{k}"
+        plan = {"train_steps": None, "train_epoch": 2, "gradient_accumulation_steps": k}
+        straight, model_a = _job(str(out / "a"), data=batches, **plan)
+        straight.train()
+        _job(str(out / "b"), data=batches, **{**plan, "train_steps": interrupted_at})[0].train()
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="recis.framework.trainer"):
+            resumed, model_b = _job(str(out / "b"), data=batches, **plan)
+            resumed.train()
+        assert resumed.state.global_step == straight.state.global_step == 12 // k
+        assert_equal(weights(model_a), weights(model_b))
+        assert (
+            f"reading the {skipped} batches of epoch {epoch} trained before the checkpoint "
+            "again, to skip them" in caplog.text
+        )
