@@ -46,24 +46,28 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class TrainerState:
-    """Progress of training; ``global_step``, ``epoch`` and ``epoch_step`` are
+    """Progress of training; ``global_step``, ``epoch`` and ``epoch_batches`` are
     checkpointed."""
 
     global_step: int = 0
     epoch: int = 0
-    epoch_step: int = 0  # optimizer steps done in this epoch
+    epoch_batches: int = 0  # batches trained in this epoch (k per step)
     samples: int = 0  # this rank's samples trained by this process (for throughput)
     checkpoint_seconds: float = 0.0  # this process's time in checkpoint saves (likewise)
     evaluation_seconds: float = 0.0  # and in evaluations (likewise)
     stopped_by_signal: bool = False  # train() stopped early on SIGTERM, after a checkpoint
 
     def state_dict(self) -> dict[str, int]:
-        return {"global_step": self.global_step, "epoch": self.epoch, "epoch_step": self.epoch_step}
+        return {
+            "global_step": self.global_step,
+            "epoch": self.epoch,
+            "epoch_batches": self.epoch_batches,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.global_step = int(state["global_step"])
         self.epoch = int(state["epoch"])
-        self.epoch_step = int(state.get("epoch_step", 0))  # not in checkpoints before it
+        self.epoch_batches = int(state.get("epoch_batches", 0))  # not in older checkpoints
 
 
 def _batch_size(data: Any) -> int:
@@ -366,7 +370,7 @@ class Trainer:
             self.state.samples += _batch_size(data)
         self._optimizer_step()
         self.state.global_step += 1
-        self.state.epoch_step += 1
+        self.state.epoch_batches += len(window)
         loss = torch.stack(losses).mean()
         self.checkpoints.note_loss(loss, self.state.global_step)
         return {**get_global_metrics(), "loss": loss, **metrics}
@@ -446,11 +450,7 @@ class Trainer:
         start_step, was_resumed = self.state.global_step, resumed
         # A dataset without a read position starts its epoch over: skip what was trained.
         positioned = has_read_position(self.train_dataset)
-        skip = (
-            0
-            if positioned or not resumed
-            else self.state.epoch_step * args.gradient_accumulation_steps
-        )
+        skip = 0 if positioned or not resumed else self.state.epoch_batches
         while not self._limit_reached(max_epochs):
             self.state.epoch = epoch
             self._set_epoch(epoch)
@@ -460,7 +460,7 @@ class Trainer:
             self._call_hooks("after_epoch", epoch)
             if exhausted:
                 epoch += 1
-                self.state.epoch, self.state.epoch_step = epoch, 0
+                self.state.epoch, self.state.epoch_batches = epoch, 0
             if self.state.stopped_by_signal:
                 break
             # A resumed epoch may be at its end already; a fresh empty one means the

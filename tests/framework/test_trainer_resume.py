@@ -150,3 +150,15 @@ def test_a_dataset_without_a_read_position_resumes_after_the_batches_it_trained(
             f"reading the {skipped} batches of epoch {epoch} trained before the checkpoint "
             "again, to skip them" in caplog.text
         )
+
+
+def test_the_batches_skipped_are_counted_in_batches_not_steps(tmp_path, caplog):
+    # Stopped at step 4 of k=1, resumed with k=2: the 4 batches trained are skipped.
+    batches = make_batches(6, 4, 0)
+    plan = {"train_steps": None, "train_epoch": 2}
+    _job(str(tmp_path), data=batches, **{**plan, "train_steps": 4})[0].train()
+    with caplog.at_level("WARNING", logger="recis.framework.trainer"):
+        resumed, _ = _job(str(tmp_path), data=batches, **plan, gradient_accumulation_steps=2)
+        resumed.train()
+    assert "reading the 4 batches of epoch 0 trained before the checkpoint" in caplog.text
+    assert resumed.state.global_step == 4 + 1 + 3  # epoch 0's last 2 batches, then 6 by 2
