@@ -69,10 +69,15 @@ def check_same_setup(
     mine.update({f"TrainingArguments.{k}": v for k, v in args.shared().items()})
     for role, optimizer in optimizers.items():
         mine.update(_hyper_parameters(f"the {role} optimizer", optimizer))
+    error = None
     for role, dataset in datasets.items():
         shared_setup = getattr(dataset, "shared_setup", None)
-        if callable(shared_setup):
-            mine.update({f"the {role} dataset's {k}": v for k, v in shared_setup().items()})
+        if callable(shared_setup) and error is None:
+            try:  # it measures the files: a rank may fail to read them
+                mine.update({f"the {role} dataset's {k}": v for k, v in shared_setup().items()})
+            except Exception as e:
+                error = e
+    sync.raise_if_any_failed(error, "/".join(datasets), step=0)
     sync.check_same(mine, "another config, install or copy of the data on some node?")
 
 

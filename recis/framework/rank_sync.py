@@ -182,6 +182,13 @@ class RankSync:
         self._raise_on_failure(error, failed_rank, what, step)
         return batch, any_left, any_stop
 
+    def raise_if_any_failed(self, error: BaseException | None, what: str, step: int) -> None:
+        """Raises on every rank when ``error`` is set on any (one small all-reduce): its
+        own error on a failed rank, on the others one naming it (reading its ``what``
+        data), so that no rank goes on into a collective the failed one never joins."""
+        _, failed_rank = self.agree([], error is not None, step)
+        self._raise_on_failure(error, failed_rank, what, step)
+
     def _raise_on_failure(
         self, error: BaseException | None, failed_rank: int | None, what: str, step: int
     ) -> None:

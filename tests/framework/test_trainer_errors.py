@@ -222,6 +222,36 @@ def _arguments_of_another_node(out: str) -> str:
     return errors
 
 
+def _unreadable_copy_of_the_data(out: str) -> str:
+    rank = dist.get_rank()
+    data = CriteoDataset(os.path.join(out, f"node_{rank}", "day.parquet"), 4, 100)
+    trainer = build_trainer(_ddp_model(), data, os.path.join(out, "job"), train_steps=4)
+    with pytest.raises(Exception) as raised:
+        trainer.train()
+    return f"{type(raised.value).__name__}: {raised.value}"
+
+
+def test_a_rank_that_cannot_measure_its_data_files_stops_every_rank(tmp_path):
+    # Measuring the files for the ranks' comparison reads them: rank 1's copy is broken.
+    for node in ("node_0", "node_1"):
+        (tmp_path / node).mkdir()
+    pytest.importorskip("pyarrow")
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = random_rows(8, seed=0)
+    columns = ["label"] + [f"I{i}" for i in range(1, 14)] + [f"C{i}" for i in range(1, 27)]
+    table = pa.table({c: [r[i] for r in rows] for i, c in enumerate(columns)})
+    pq.write_table(table, tmp_path / "node_0" / "day.parquet")
+    (tmp_path / "node_1" / "day.parquet").write_bytes(b"PAR1 but not Parquet")
+    errors = run_distributed(_unreadable_copy_of_the_data, 2, str(tmp_path), timeout=60)
+    assert errors[1].startswith("ValueError: ") and "day.parquet: cannot read it" in errors[1]
+    assert errors[0] == (
+        "RuntimeError: rank 1 failed to read its train/eval data at step 0; rank 0 stops "
+        "too (see rank 1's error)"
+    )
+
+
 def test_ranks_with_different_options_stop_at_once_instead_of_hanging_or_drifting(tmp_path):
     (tmp_path / "data").mkdir()
     for day in (0, 1):
