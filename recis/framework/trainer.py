@@ -31,9 +31,9 @@ from recis.framework.evaluation import (
 from recis.framework.job_checks import check_same_setup
 from recis.framework.metrics import clear_metrics, get_global_metrics
 from recis.framework.progress import Progress
-from recis.framework.rank_sync import RankSync, deferred_iter, skip_batches
+from recis.framework.rank_sync import RankSync, deferred_iter
 from recis.framework.stop_signal import StopSignal
-from recis.framework.trainer_checkpoints import TrainerCheckpoints, has_read_position
+from recis.framework.trainer_checkpoints import TrainerCheckpoints
 from recis.framework.training_args import TrainingArguments, positive_or_none
 from recis.hooks import Hook, LoggerHook
 from recis.nn import filter_out_sparse_param
@@ -375,23 +375,10 @@ class Trainer:
         self.checkpoints.note_loss(loss, self.state.global_step)
         return {**get_global_metrics(), "loss": loss, **metrics}
 
-    def _run_epoch(self, epoch: int, skip: int = 0) -> tuple[int, bool]:
-        """Steps of one epoch until the data or ``train_steps`` ends, after ``skip``
-        batches trained before a restore; (steps, exhausted)."""
+    def _run_epoch(self, epoch: int) -> tuple[int, bool]:
+        """Steps of one epoch until the data or ``train_steps`` ends; (steps, exhausted)."""
         k = self.args.gradient_accumulation_steps
-        it = deferred_iter(self.train_dataset)
-        if skip:
-            main = self.is_main_process
-            if main:
-                logger.warning(
-                    "train_dataset has no read position to checkpoint (state_dict and "
-                    "load_state_dict): reading the %d batches of epoch %d trained before "
-                    "the checkpoint again, to skip them",
-                    skip,
-                    epoch,
-                )
-            what = f"skipping the batches of epoch {epoch} trained before the checkpoint"
-            it = skip_batches(it, skip, Progress(what, "skipped", skip, "batches", log=main))
+        it = self.checkpoints.skip_trained_batches(deferred_iter(self.train_dataset), epoch)
         steps = 0
         while self.args.train_steps is None or self.state.global_step < self.args.train_steps:
             # The ranks agree on a stop (SIGTERM) with the window's read and stop after
@@ -448,15 +435,11 @@ class Trainer:
         args = self.args
         epoch = self.state.epoch
         start_step, was_resumed = self.state.global_step, resumed
-        # A dataset without a read position starts its epoch over: skip what was trained.
-        positioned = has_read_position(self.train_dataset)
-        skip = 0 if positioned or not resumed else self.state.epoch_batches
         while not self._limit_reached(max_epochs):
             self.state.epoch = epoch
             self._set_epoch(epoch)
             self._call_hooks("before_epoch", epoch)
-            steps, exhausted = self._run_epoch(epoch, skip)
-            skip = 0
+            steps, exhausted = self._run_epoch(epoch)
             self._call_hooks("after_epoch", epoch)
             if exhausted:
                 epoch += 1

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from recis.framework.checkpoint_manager import CheckpointManager, Saver
 from recis.framework.job_checks import NonFiniteLossWatch
+from recis.framework.progress import Progress
+from recis.framework.rank_sync import skip_batches
 from recis.optim.sparse_optimizer import plain_hyperparameters
 
 if TYPE_CHECKING:
@@ -63,6 +66,7 @@ class TrainerCheckpoints:
         self._manager: CheckpointManager | None = None
         self.last_saved_step = -1  # the step of the newest checkpoint saved or restored
         self._loading: str | None = None  # what restore() was loading when it stopped
+        self._batches_to_skip = 0  # see skip_trained_batches()
         self._nonfinite_loss = NonFiniteLossWatch(trainer.device)
 
     @property
@@ -119,6 +123,8 @@ class TrainerCheckpoints:
                     at = f" at step {state.global_step}" if state.global_step else ""
                     logger.info("warm-started from model bank entry %s%s", entry["path"], at)
         self._loading = None
+        if not has_read_position(trainer.train_dataset):
+            self._batches_to_skip = state.epoch_batches
         restored = _hyperparameters(trainer)
         changed = [
             f"{key} {restored[key]} (built with {value})"
@@ -131,6 +137,26 @@ class TrainerCheckpoints:
                 ", ".join(changed),
             )
         return state.global_step
+
+    def skip_trained_batches(self, it: Iterator[Any], epoch: int) -> Iterator[Any]:
+        """``it`` (the restored epoch's batches), without those trained before the
+        checkpoint when the train dataset has no read position (a list, a
+        ``DataLoader``): it starts its epoch over. Applies once, after a restore;
+        rank 0 warns, and a long skip logs its progress."""
+        count, self._batches_to_skip = self._batches_to_skip, 0
+        if not count:
+            return it
+        main = self._trainer.is_main_process
+        if main:
+            logger.warning(
+                "train_dataset has no read position to checkpoint (state_dict and "
+                "load_state_dict): reading the %d batches of epoch %d trained before the "
+                "checkpoint again, to skip them",
+                count,
+                epoch,
+            )
+        what = f"skipping the batches of epoch {epoch} trained before the checkpoint"
+        return skip_batches(it, count, Progress(what, "skipped", count, "batches", log=main))
 
     def note_loss(self, loss: Tensor, step: int) -> None:
         """Notes a step's loss (no device sync) for the finiteness check before a save."""
