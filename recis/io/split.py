@@ -41,7 +41,8 @@ def expand_paths(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> list
     and expands to URLs the readers open the same way. Hidden (``.*``) and ``_*`` names
     (Spark's ``_SUCCESS``, ``.crc`` files and ``_temporary/``) in directories and in
     what a wildcard matches are ignored; a folder's subfolders are not read. Raises
-    ``ValueError`` when nothing matches.
+    ``ValueError`` when nothing matches, and when two paths name one file (a folder and
+    a glob in it, say): its records would be read twice an epoch.
 
     Example::
 
@@ -51,9 +52,18 @@ def expand_paths(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> list
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
     files: list[str] = []
+    named_by: dict[str, str] = {}  # each file (its absolute path, for local ones) -> path
     for p in paths:
         p = os.fspath(p)
-        files.extend(_expand_url(p) if "://" in p else _expand_local(p))
+        for f in _expand_url(p) if "://" in p else _expand_local(p):
+            key = f if "://" in f else os.path.abspath(f)
+            if key in named_by:
+                raise ValueError(
+                    f"{f} is named twice (by {named_by[key]!r} and {p!r}): its records "
+                    "would be read twice an epoch; name each file once"
+                )
+            named_by[key] = p
+            files.append(f)
     if not files:
         raise ValueError(f"no data files in {list(paths)!r}")
     return files

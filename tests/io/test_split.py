@@ -72,6 +72,18 @@ def test_a_wildcard_skips_the_names_a_folder_listing_skips(data_root):
     assert names(expand_paths(f"{data_root}/.h*")) == [".hidden"]
 
 
+def test_a_file_named_twice_is_an_error_not_read_twice(data_root):
+    with pytest.raises(ValueError) as raised:
+        expand_paths([data_root, f"{data_root}/*.tsv"])
+    assert str(raised.value) == (
+        f"{expand_paths(data_root)[0]} is named twice (by {data_root!r} and "
+        f"'{data_root}/*.tsv'): its records would be read twice an epoch; name each file once"
+    )
+    if "://" not in data_root:  # local paths are compared as absolute paths
+        with pytest.raises(ValueError, match="is named twice"):
+            expand_paths([f"{data_root}/a.tsv", f"{data_root}/./a.tsv"])
+
+
 def test_a_folder_of_partition_folders_names_the_glob_that_reads_them(data_root):
     fs, path = fsspec.core.url_to_fs(data_root)
     for day in range(5):
