@@ -279,6 +279,17 @@ def build_datasets(run: RunConfig, seed: int) -> tuple[Any, Any]:
         )
     else:
         evaluation = None
+    shared = sorted(
+        set(getattr(train, "all_files", ())) & set(getattr(evaluation, "all_files", ()))
+    )
+    if shared and rank() == 0:
+        logging.warning(
+            "--eval_data shares %d file(s) with --data (%s%s): its metrics are not those of "
+            "held-out data",
+            len(shared),
+            shared[0],
+            ", ..." if len(shared) > 1 else "",
+        )
     return train, evaluation
 
 

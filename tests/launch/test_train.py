@@ -235,6 +235,27 @@ def test_command_line_covers_training_arguments_and_rejects_bad_values(capsys):
         assert "error: " in err and message in err and "Traceback" not in err
 
 
+@pytest.mark.skipif(not CRITEO_SAMPLE.exists(), reason="needs ../shared/data/criteo_sample.txt")
+def test_eval_data_among_the_training_files_is_said_not_to_be_held_out(tmp_path, caplog):
+    train = load_train_module()
+    (tmp_path / "day_0.csv").write_bytes(CRITEO_SAMPLE.read_bytes())
+    (tmp_path / "day_1.csv").write_bytes(CRITEO_SAMPLE.read_bytes())
+    _, run = train.parse_args(["--data", str(tmp_path), "--eval_data", str(tmp_path / "day_1.csv")])
+    with caplog.at_level("WARNING"):
+        train.build_datasets(run, seed=0)
+    assert (
+        f"--eval_data shares 1 file(s) with --data ({tmp_path / 'day_1.csv'}): its metrics "
+        "are not those of held-out data"
+    ) in caplog.text
+    caplog.clear()
+    _, run = train.parse_args(
+        ["--data", str(tmp_path / "day_0.csv"), "--eval_data", str(tmp_path / "day_1.csv")]
+    )
+    with caplog.at_level("WARNING"):
+        train.build_datasets(run, seed=0)
+    assert "shares" not in caplog.text
+
+
 def test_tensorboard_without_its_package_is_a_usage_error(monkeypatch, capsys):
     train = load_train_module()
     find_spec = importlib.util.find_spec
