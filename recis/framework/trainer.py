@@ -507,17 +507,17 @@ class Trainer:
         args = self.args
         max_epochs = args.train_epoch if args.train_epoch else (None if args.train_steps else 1)
         self._check_model_device()
-        check_same_setup(
-            self._sync,
-            args,
-            {"dense": self.dense_optimizer, "sparse": self.sparse_optimizer},
-            {"train": self.train_dataset, "eval": self.eval_dataset},
-        )
-        if self.eval_dataset is not None:  # an empty one would fail the first evaluation
-            check_eval_set_not_empty(self.eval_dataset, self._sync, self.state.global_step)
-        saver = self.checkpoints.saver
-        saver.check_writable()
-        saver.claim()
+        try:
+            self._check_setup()
+        except KeyboardInterrupt:  # measuring big remote data files can take minutes
+            if self.is_main_process:
+                logger.warning(
+                    "interrupted before training, while checking the ranks' setup and "
+                    "data: nothing was written to %s",
+                    self.args.output_dir,
+                )
+            raise
+        self.checkpoints.saver.claim()
         self.state.stopped_by_signal = False
         stop_signal = self._stop_signal if args.save_on_sigterm else contextlib.nullcontext()
         try:
@@ -527,6 +527,20 @@ class Trainer:
             self.checkpoints.log_interrupt()
             raise
         return self.state
+
+    def _check_setup(self) -> None:
+        """What must hold on every rank before a step, checked at the start rather than
+        hours in: the same options, code and data files, an eval set that is not empty,
+        and an ``output_dir`` every rank can write and sees alike."""
+        check_same_setup(
+            self._sync,
+            self.args,
+            {"dense": self.dense_optimizer, "sparse": self.sparse_optimizer},
+            {"train": self.train_dataset, "eval": self.eval_dataset},
+        )
+        if self.eval_dataset is not None:  # an empty one would fail the first evaluation
+            check_eval_set_not_empty(self.eval_dataset, self._sync, self.state.global_step)
+        self.checkpoints.saver.check_writable()
 
     def _train_then_save(
         self, stop_signal: contextlib.AbstractContextManager, max_epochs: int | None

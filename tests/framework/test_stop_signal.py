@@ -233,3 +233,23 @@ def test_ctrl_c_while_restoring_says_a_rerun_loads_it_again(
         caplog.text
     )
     assert trainer.state.global_step == 0
+
+
+class CtrlCWhileMeasured(list):
+    """Batches whose files take long to measure (a big remote dataset): Ctrl-C then."""
+
+    def shared_setup(self):
+        signal.raise_signal(signal.SIGINT)
+
+
+def test_ctrl_c_while_checking_the_setup_says_nothing_was_written(tmp_path, caplog):
+    out = tmp_path / "run"
+    trainer = build_trainer(ToyModel(), CtrlCWhileMeasured(make_batches(2, 4, 0)), str(out))
+    log = caplog.at_level("WARNING", logger="recis.framework.trainer")
+    with log, pytest.raises(KeyboardInterrupt):
+        trainer.train()
+    assert (
+        "interrupted before training, while checking the ranks' setup and data: nothing was "
+        f"written to {out}"
+    ) in caplog.text
+    assert not out.exists()
