@@ -22,6 +22,16 @@ def rank_and_world(group: dist.ProcessGroup | None) -> tuple[int, int]:
     return dist.get_rank(group), dist.get_world_size(group)
 
 
+def all_gather_objects(obj: Any, group: dist.ProcessGroup | None = None) -> list[Any]:
+    """``obj`` (picklable) of every rank of ``group``, in rank order; ``[obj]`` alone."""
+    world = rank_and_world(group)[1]
+    if world == 1:
+        return [obj]
+    out: list[Any] = [None] * world
+    dist.all_gather_object(out, obj, group=group)
+    return out
+
+
 def exchange_header(
     header: Tensor, error: str | None, group: dist.ProcessGroup | None, world_size: int
 ) -> list[list[int]]:

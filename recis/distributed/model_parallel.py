@@ -11,7 +11,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from recis.distributed.comm import rank_and_world
+from recis.distributed.comm import all_gather_objects, rank_and_world
 from recis.distributed.host_memory import RankHost, check_plan_fits_hosts
 from recis.distributed.plan import ShardingPlan
 from recis.distributed.planner import plan_sharding
@@ -51,12 +51,9 @@ def _check_plan(plan: ShardingPlan, device: torch.device, group: dist.ProcessGro
     code version) would exchange lookups that do not fit, and fail later with a
     stranger error, or hang. One all-gather carries what both checks need.
     """
-    rank, world = rank_and_world(group)
     mine = (plan.to_json(), RankHost.here(tables_in_host_memory=device.type == "cpu"))
-    ranks: list[Any] = [mine]
-    if world > 1 and dist.is_initialized():
-        ranks = [None] * world
-        dist.all_gather_object(ranks, mine, group=group)
+    ranks = all_gather_objects(mine, group)
+    rank = rank_and_world(group)[0]
     plans = [p for p, _ in ranks]
     differing = [r for r, p in enumerate(plans) if p != plans[0]]
     if differing:

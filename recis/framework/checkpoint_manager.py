@@ -11,10 +11,8 @@ for the pieces and ``DESIGN.md`` §6 for the on-disk layout.
 
 from __future__ import annotations
 
-import datetime
 import json
 import logging
-import socket
 import threading
 import time
 import uuid
@@ -25,7 +23,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from recis.distributed.comm import rank_and_world
+from recis.distributed.comm import all_gather_objects, rank_and_world
 from recis.framework.checkpoint.commit import (
     check_claim,
     claim,
@@ -52,8 +50,8 @@ from recis.framework.checkpoint.load import (
     parse_load_conf,
 )
 from recis.framework.checkpoint.manager import CheckpointManager
-from recis.framework.checkpoint.manifest import MANIFEST, dumps, read_manifest
-from recis.framework.checkpoint.shared_dir import sees_next_writer
+from recis.framework.checkpoint.manifest import MANIFEST, dumps, read_manifest, saved_at
+from recis.framework.checkpoint.shared_dir import ranks_see_one_directory
 from recis.framework.checkpoint.storage import Storage, storage_for
 from recis.framework.checkpoint.tensor_file import ReaderCache, dtype_name
 from recis.framework.checkpoint.tree import encode, map_refs
@@ -78,14 +76,6 @@ class CheckpointError(RuntimeError):
         self.damaged = damaged
 
 
-def _all_gather(obj: Any, group: Any, world: int) -> list[Any]:
-    if world == 1:
-        return [obj]
-    out: list[Any] = [None] * world
-    dist.all_gather_object(out, obj, group=group)
-    return out
-
-
 def _broadcast(obj: Any, group: Any, world: int) -> Any:
     if world == 1:
         return obj
@@ -99,12 +89,6 @@ def _join_errors(errors: list[str], shown: int = 3) -> str:
     """The first ``shown`` of the ranks' errors (a thousand ranks may fail alike)."""
     more = len(errors) - shown
     return "; ".join(errors[:shown]) + (f"; and {more} more on other ranks" if more > 0 else "")
-
-
-def _saved(read: tuple[str, float]) -> str:
-    ckpt_id, created = read
-    when = datetime.datetime.fromtimestamp(created, datetime.timezone.utc)
-    return f"{ckpt_id!r} saved {when:%Y-%m-%d %H:%M:%S} UTC"
 
 
 class Saver:
@@ -192,7 +176,7 @@ class Saver:
         """
         storage, root = self._storage, self._root
         group = self.process_group
-        rank, world = rank_and_world(group)
+        rank = rank_and_world(group)[0]
         error, probe = None, None
         try:
             storage.makedirs(root)
@@ -202,13 +186,11 @@ class Saver:
             probe = path
         except Exception as e:
             error = f"rank {rank} cannot write there: {type(e).__name__}: {e}"
-        gathered = _all_gather((error, probe, socket.gethostname()), group, world)
-        errors = [e for e, _, _ in gathered if e]
+        errors = [e for e in all_gather_objects(error, group) if e]
         if not errors:
-            written, hosts = [p for _, p, _ in gathered], [h for _, _, h in gathered]
-            seen = sees_next_writer(storage, written, hosts, rank)
             # Also a barrier: no probe is removed before the rank that looks for it looked.
-            errors = [e for e in _all_gather(seen, group, world) if e]
+            unseen = ranks_see_one_directory(storage, probe, group)
+            errors = [unseen] if unseen else []
         if probe is not None:
             storage.remove(probe)
         if errors:
@@ -296,7 +278,7 @@ class Saver:
         tmp = storage.join(root, temp_name(ckpt_id, nonce))
 
         result: dict[str, Any]
-        gathered = _all_gather((snapshot["metas"], snapshot.get("error")), group, world)
+        gathered = all_gather_objects((snapshot["metas"], snapshot.get("error")), group)
         try:
             if snapshot.get("error"):
                 raise CheckpointError(snapshot["error"])
@@ -308,15 +290,13 @@ class Saver:
             result = {"error": str(e)}
         except Exception as e:
             result = {"error": f"rank {rank}: {type(e).__name__}: {e}"}
-        results = _all_gather({**result, "host": socket.gethostname()}, group, world)
+        results = all_gather_objects(result, group)
         errors = [r["error"] for r in results if "error" in r and "another rank" not in r["error"]]
         errors = errors or [r["error"] for r in results if "error" in r]
-        if not errors and world > 1:  # files a rank cannot see: a checkpoint no resume loads
-            written = [storage.join(tmp, min(r["files"])) if r["files"] else None for r in results]
-            seen = sees_next_writer(storage, written, [r["host"] for r in results], rank)
-            errors = [
-                f"output_dir {storage.url(root)}: {e}" for e in _all_gather(seen, group, world) if e
-            ]
+        if not errors:  # files a rank cannot see: a checkpoint no resume loads
+            mine = storage.join(tmp, min(result["files"])) if result["files"] else None
+            unseen = ranks_see_one_directory(storage, mine, group)
+            errors = [f"output_dir {storage.url(root)}: {unseen}"] if unseen else []
         status = _join_errors(errors) if errors else None
         if rank == 0:
             if status is None:
@@ -547,13 +527,15 @@ class Saver:
         path = ""
         start = time.monotonic()
         saved_world = 0
-        read: tuple[str, float] | None = None  # which checkpoint this rank read
+        read: tuple[Any, str] | None = None  # which checkpoint this rank read
         try:
             storage, ckpt_dir = self._resolve(ckpt_path, ckpt_id)
             path = storage.url(ckpt_dir)
             manifest = read_manifest(storage, ckpt_dir)
             saved_world = int(manifest["world_size"])
-            read = (str(manifest.get("ckpt_id")), float(manifest.get("created_unix", 0)))
+            # Compared exactly; said to the second.
+            created = manifest.get("created_unix")
+            read = (created, f"{manifest.get('ckpt_id')!r} saved {saved_at(manifest)}")
             progress = Progress(f"loading {path}: rank 0", "read", log=rank == 0)
             cache = ReaderCache(storage, ckpt_dir, manifest["files"], progress.add)
             loader = CheckpointLoader(self.model, self.sparse_optimizer, self._objects)
@@ -573,7 +555,7 @@ class Saver:
         # Ranks agree on the outcome, so that one rank's failure never leaves the
         # others running into a collective that will not complete.
         outcome = None if error is None else (f"{type(error).__name__}: {error}", is_damage(error))
-        gathered = _all_gather((outcome, read), group, world)
+        gathered = all_gather_objects((outcome, read), group)
         if error is not None:
             raise error
         failed = [(r, m) for r, (m, _) in enumerate(gathered) if m is not None]
@@ -589,7 +571,7 @@ class Saver:
             raise CheckpointError(
                 f"loading {ckpt_path if ckpt_path is not None else self.output_dir}: the "
                 f"ranks read different checkpoints there: rank {other} "
-                f"{_saved(gathered[other][1])}, rank 0 {_saved(gathered[0][1])}. Every rank "
+                f"{gathered[other][1][1]}, rank 0 {gathered[0][1][1]}. Every rank "
                 "must read the same one: give them one shared copy"
             )
         if rank == 0:

@@ -24,6 +24,7 @@ Layout::
 
 from __future__ import annotations
 
+import datetime
 import json
 import zlib
 from typing import Any
@@ -80,3 +81,9 @@ def read_manifest(storage: Storage, ckpt_dir: str) -> dict[str, Any]:
     if checksum != zlib.crc32(_canonical(body)):
         raise CheckpointFormatError(f"{name}: checksum mismatch; the manifest is damaged")
     return body
+
+
+def saved_at(manifest: dict[str, Any]) -> str:
+    """When the checkpoint was saved, for people: ``2026-12-07 20:35:28 UTC``."""
+    saved = datetime.datetime.fromtimestamp(manifest.get("created_unix", 0), datetime.UTC)
+    return f"{saved:%Y-%m-%d %H:%M:%S} UTC"

@@ -11,8 +11,12 @@ the ring.
 
 from __future__ import annotations
 
+import socket
 import time
 
+import torch.distributed as dist
+
+from recis.distributed.comm import all_gather_objects, rank_and_world
 from recis.framework.checkpoint.storage import Storage
 
 # How long a rank looks for another rank's file before deciding it cannot see it:
@@ -65,3 +69,17 @@ def sees_next_writer(
         time.sleep(delay)
         delay = min(2 * delay, 1.0)
     return None
+
+
+def ranks_see_one_directory(
+    storage: Storage, written: str | None, group: dist.ProcessGroup | None = None
+) -> str | None:
+    """All ranks of ``group`` call it together, each with a file it wrote (None:
+    none): each looks for the next writer's. Returns, on every rank alike, the first
+    error of :func:`sees_next_writer`, or None when every rank saw its file."""
+    rank, world = rank_and_world(group)
+    if world == 1:
+        return None
+    paths, hosts = zip(*all_gather_objects((written, socket.gethostname()), group), strict=True)
+    seen = sees_next_writer(storage, list(paths), list(hosts), rank)
+    return next((e for e in all_gather_objects(seen, group) if e), None)

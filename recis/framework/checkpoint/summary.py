@@ -15,7 +15,6 @@ Example::
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import sys
 import threading
@@ -28,7 +27,7 @@ from typing import Any
 
 from recis.framework.checkpoint.commit import find_checkpoint, read_claim, read_ids
 from recis.framework.checkpoint.integrity import ChecksumError
-from recis.framework.checkpoint.manifest import CheckpointFormatError, read_manifest
+from recis.framework.checkpoint.manifest import CheckpointFormatError, read_manifest, saved_at
 from recis.framework.checkpoint.storage import Storage, storage_for
 from recis.framework.checkpoint.tensor_file import TensorFileReader
 from recis.framework.checkpoint.tree import map_refs
@@ -112,7 +111,6 @@ def describe(
     ``committed``: the ids its output directory lists, if any; ``owner``: the job that
     claimed that directory, if any)."""
     files = manifest["files"]
-    saved = datetime.datetime.fromtimestamp(manifest.get("created_unix", 0), datetime.UTC)
     lines = [f"checkpoint {location}"]
     if committed:
         lines.append(f"  committed beside it, oldest first: {', '.join(committed)}")
@@ -122,7 +120,7 @@ def describe(
             f"{owner.get('pid')}) since {owner.get('since')}"
         )
     lines += [
-        f"  saved {saved:%Y-%m-%d %H:%M:%S} UTC by {_count(manifest['world_size'], 'rank')} "
+        f"  saved {saved_at(manifest)} by {_count(manifest['world_size'], 'rank')} "
         f"(checkpoint format {manifest['format_version']})",
         f"  {len(files)} files, {_mib(sum(int(f['size']) for f in files.values()))}",
         f"  dense: {_tree_summary(manifest.get('dense', {}))}",
