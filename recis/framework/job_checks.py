@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from torch import Tensor
 import recis
 from recis.framework.rank_sync import RankSync
 from recis.framework.training_args import TrainingArguments
+from recis.optim.sparse_optimizer import plain_hyperparameters
 
 
 def code_digest(package: Path) -> str:
@@ -32,17 +34,24 @@ def recis_code_digest() -> str:
     return code_digest(Path(recis.__file__).parent)
 
 
-def _hyper_parameters(what: str, optimizer: Any) -> dict[str, Any]:
-    """``{"<what>'s <name> (param group i)": value}`` of each param group's
-    hyper-parameters, tensors as plain numbers (they live on each rank's own device)."""
+def optimizer_hyperparameters(optimizers: Mapping[str, Any]) -> dict[str, Any]:
+    """``{"the dense optimizer's lr": 0.1, ...}``: the hyper-parameters
+    (:func:`plain_hyperparameters`) of each optimizer's param groups, named by its role
+    in ``optimizers`` and, where it has several groups, by group. ``None`` stands for
+    no optimizer.
+
+    Example::
+
+        >>> optimizer_hyperparameters({"dense": torch.optim.SGD(model.parameters(), lr=0.1)})
+        {"the dense optimizer's lr": 0.1, "the dense optimizer's momentum": 0, ...}
+    """
     found: dict[str, Any] = {}
-    for i, group in enumerate(getattr(optimizer, "param_groups", [])):
-        for name, value in group.items():
-            if name in ("params", "table_names"):
-                continue
-            if isinstance(value, Tensor):
-                value = value.tolist()
-            found[f"{what}'s {name} (param group {i})"] = value
+    for role, optimizer in optimizers.items():
+        groups = getattr(optimizer, "param_groups", [])
+        for i, group in enumerate(groups):
+            group_name = f" (param group {i})" if len(groups) > 1 else ""
+            for key, value in plain_hyperparameters(group).items():
+                found[f"the {role} optimizer's {key}{group_name}"] = value
     return found
 
 
@@ -67,8 +76,7 @@ def check_same_setup(
         "the recis code": recis_code_digest(),
     }
     mine.update({f"TrainingArguments.{k}": v for k, v in args.shared().items()})
-    for role, optimizer in optimizers.items():
-        mine.update(_hyper_parameters(f"the {role} optimizer", optimizer))
+    mine.update(optimizer_hyperparameters(optimizers))
     error = None
     for role, dataset in datasets.items():
         shared_setup = getattr(dataset, "shared_setup", None)

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from recis.distributed.comm import all_gather_objects
 from recis.framework.progress import Progress
 
 logger = logging.getLogger(__name__)
@@ -111,11 +112,7 @@ class RankSync:
 
     def gather_objects(self, mine: Any) -> list[Any]:
         """``mine`` (a picklable object) of every rank, in rank order."""
-        if self.world_size == 1 or not dist.is_initialized():
-            return [mine]
-        everyone: list[Any] = [None] * self.world_size
-        dist.all_gather_object(everyone, mine)
-        return everyone
+        return all_gather_objects(mine)
 
     def check_same(self, mine: dict[str, Any], hint: str) -> None:
         """Raises ``ValueError`` on every rank unless every rank has the same ``mine``

@@ -8,10 +8,9 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from recis.framework.checkpoint_manager import CheckpointManager, Saver
-from recis.framework.job_checks import NonFiniteLossWatch
+from recis.framework.job_checks import NonFiniteLossWatch, optimizer_hyperparameters
 from recis.framework.progress import Progress
 from recis.framework.rank_sync import skip_batches
-from recis.optim.sparse_optimizer import plain_hyperparameters
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -28,20 +27,6 @@ def has_read_position(dataset: Any) -> bool:
     return callable(getattr(dataset, "state_dict", None)) and callable(
         getattr(dataset, "load_state_dict", None)
     )
-
-
-def _hyperparameters(trainer: Trainer) -> dict[str, Any]:
-    """``"sparse optimizer lr" -> 0.05``... of the Trainer's optimizers' param groups
-    (what a checkpoint restores)."""
-    found: dict[str, Any] = {}
-    optimizers = {"dense": trainer.dense_optimizer, "sparse": trainer.sparse_optimizer}
-    for kind, optimizer in optimizers.items():
-        groups = getattr(optimizer, "param_groups", [])
-        for i, group in enumerate(groups):
-            where = f"{kind} optimizer" + (f" group {i}" if len(groups) > 1 else "")
-            for key, value in plain_hyperparameters(group).items():
-                found[f"{where} {key}"] = value
-    return found
 
 
 class TrainerCheckpoints:
@@ -100,12 +85,19 @@ class TrainerCheckpoints:
         # save_interval 0: no periodic saves, only train()'s final one.
         return CheckpointManager(saver, args.save_steps or 0)
 
+    def _hyperparameters(self) -> dict[str, Any]:
+        """What a checkpoint restores of the Trainer's optimizers' param groups."""
+        trainer = self._trainer
+        return optimizer_hyperparameters(
+            {"dense": trainer.dense_optimizer, "sparse": trainer.sparse_optimizer}
+        )
+
     def restore(self) -> int:
         """Loads the newest checkpoint of ``output_dir``, else each ``model_bank`` entry
         in order; returns the step training goes on from (see ``Trainer.restore``)."""
         trainer = self._trainer
         state, main = trainer.state, trainer.is_main_process
-        built_with = _hyperparameters(trainer)
+        built_with = self._hyperparameters()
         self._loading = "the newest checkpoint"
         step = int(self.manager.restore())
         if step:
@@ -125,7 +117,7 @@ class TrainerCheckpoints:
         self._loading = None
         if not has_read_position(trainer.train_dataset):
             self._batches_to_skip = state.epoch_batches
-        restored = _hyperparameters(trainer)
+        restored = self._hyperparameters()
         changed = [
             f"{key} {restored[key]} (built with {value})"
             for key, value in built_with.items()

@@ -28,12 +28,15 @@ def check_non_negative(cls_name: str, **values: float) -> None:
 def plain_hyperparameters(group: Mapping[str, Any]) -> dict[str, Any]:
     """The entries of a torch optimizer's param group that are numbers, flags, strings,
     None or sequences of numbers (as tuples): its hyper-parameters, JSON as they are,
-    without ``params`` and recis's ``table_names``."""
+    without ``params`` and recis's ``table_names``. A one-element tensor (torch's
+    optimizers take ``lr=torch.tensor(0.01)``) becomes its number."""
     plain: dict[str, Any] = {}
     for key, value in group.items():
         if key in ("params", "table_names"):
             continue
-        if isinstance(value, (tuple, list)):
+        if isinstance(value, torch.Tensor) and value.numel() == 1:
+            plain[key] = value.item()
+        elif isinstance(value, (tuple, list)):
             if all(isinstance(v, (int, float)) for v in value):
                 plain[key] = tuple(value)
         elif value is None or isinstance(value, (bool, int, float, str)):

@@ -5,8 +5,10 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import torch
+
 import recis
-from recis.framework.job_checks import code_digest, recis_code_digest
+from recis.framework.job_checks import code_digest, optimizer_hyperparameters, recis_code_digest
 
 
 def test_the_code_digest_follows_the_python_files_not_where_they_live(tmp_path):
@@ -19,3 +21,18 @@ def test_the_code_digest_follows_the_python_files_not_where_they_live(tmp_path):
     assert code_digest(b) != code_digest(a)
     (b / "framework" / "trainer.py").rename(b / "framework" / "trainer2.py")
     assert code_digest(b) != code_digest(a)
+
+
+def test_hyperparameters_are_named_by_role_and_group_with_tensors_as_numbers():
+    one, two = torch.nn.Linear(2, 1), torch.nn.Linear(2, 1)
+    dense = torch.optim.Adam(
+        [{"params": one.parameters()}, {"params": two.parameters(), "lr": 0.5}],
+        lr=torch.tensor(0.25),
+    )
+    sparse = torch.optim.SGD(one.parameters(), lr=0.1)
+    found = optimizer_hyperparameters({"dense": dense, "sparse": sparse, "eval": None})
+    assert found["the dense optimizer's lr (param group 0)"] == 0.25
+    assert found["the dense optimizer's lr (param group 1)"] == 0.5
+    assert found["the dense optimizer's betas (param group 0)"] == (0.9, 0.999)
+    assert found["the sparse optimizer's lr"] == 0.1
+    assert not any("params" in key or "eval" in key for key in found)

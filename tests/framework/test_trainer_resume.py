@@ -107,7 +107,10 @@ def test_a_resumed_job_says_which_hyperparameters_the_checkpoint_restored(tmp_pa
     _job(str(tmp_path), train_steps=4)[0].train()  # StepLR halves the dense lr at step 3
     caplog.set_level("INFO", logger="recis.framework.trainer")
     _job(str(tmp_path), train_steps=5)[0].train()
-    assert "restored from the checkpoint: dense optimizer lr 0.05 (built with 0.1)" in caplog.text
+    assert (
+        "restored from the checkpoint: the dense optimizer's lr 0.05 (built with 0.1)"
+        in caplog.text
+    )
 
 
 def _job_with_sparse_schedule(out_dir: str, train_steps: int):
