@@ -35,6 +35,13 @@ from recis.framework.checkpoint.commit import (
     validate_id,
 )
 from recis.framework.checkpoint.dense import dense_state_dict
+from recis.framework.checkpoint.disk_space import (
+    free_space_note,
+    is_out_of_room,
+    lacking_room,
+    mib,
+    room_advice,
+)
 from recis.framework.checkpoint.integrity import DEFAULT_BLOCK_SIZE
 from recis.framework.checkpoint.layout import (
     ELEMENT,
@@ -144,6 +151,7 @@ class Saver:
         self._staging: dict[str, Tensor] = {}
         self._pending: tuple[threading.Thread, dict[str, Any]] | None = None
         self._owner: dict[str, str] | None = None  # see claim()
+        self._last_saved_bytes: int | None = None  # rank 0's, of this process's last save
 
     # ------------------------------------------------------------------ registry
     def register_for_checkpointing(self, name: str, obj: Any, per_rank: bool = False) -> None:
@@ -269,7 +277,9 @@ class Saver:
                 if self._owner is not None:  # before touching another job's temporaries
                     check_claim(storage, root, self._owner)
                 remove_stale(storage, root)
-                storage.makedirs(storage.join(root, temp_name(ckpt_id, nonce)))
+                error = lacking_room(storage, root, self._last_saved_bytes, self.max_keep)
+                if error is None:
+                    storage.makedirs(storage.join(root, temp_name(ckpt_id, nonce)))
             except Exception as e:
                 error = f"rank 0 could not prepare {storage.url(root)}: {type(e).__name__}: {e}"
         nonce, error = _broadcast((nonce, error), group, world)
@@ -290,6 +300,8 @@ class Saver:
             result = {"error": str(e)}
         except Exception as e:
             result = {"error": f"rank {rank}: {type(e).__name__}: {e}"}
+            if is_out_of_room(e):
+                result["out_of_room"] = True
         results = all_gather_objects(result, group)
         errors = [r["error"] for r in results if "error" in r and "another rank" not in r["error"]]
         errors = errors or [r["error"] for r in results if "error" in r]
@@ -306,17 +318,20 @@ class Saver:
                     status = f"rank 0 could not commit: {type(e).__name__}: {e}"
             if status is not None:
                 storage.remove(tmp)
+                if any(r.get("out_of_room") for r in results):
+                    status += f"; {free_space_note(storage, root)}. {room_advice(self.max_keep)}"
         status = _broadcast(status, group, world)
         path = storage.url(storage.join(root, ckpt_id))
         if status is not None:
             raise CheckpointError(f"checkpoint {path} was not saved: {status}")
         if rank == 0:
             files = [f for r in results for f in r["files"].values()]
+            self._last_saved_bytes = sum(f["size"] for f in files)
             logger.info(
                 "checkpoint saved: %s (%d files, %.1f MiB from %d rank%s, %.2f s)",
                 path,
                 len(files),
-                sum(f["size"] for f in files) / 2**20,
+                self._last_saved_bytes / 2**20,
                 world,
                 "" if world == 1 else "s",
                 time.monotonic() - start,
@@ -415,15 +430,20 @@ class Saver:
         items: dict[str, Tensor] = {**snapshot["items"], **sparse}
         nbytes = sum(t.numel() * t.element_size() for t in items.values())
         progress = Progress(f"{what}: rank 0", "written", nbytes, log=rank == 0)
-        location, files = write_files(
-            self._storage,
-            tmp,
-            f"rank{rank:05d}",
-            items,
-            self.concurrency,
-            self.block_size,
-            progress.add,
-        )
+        try:
+            location, files = write_files(
+                self._storage,
+                tmp,
+                f"rank{rank:05d}",
+                items,
+                self.concurrency,
+                self.block_size,
+                progress.add,
+            )
+        except OSError as e:
+            if is_out_of_room(e):  # the size this rank needed: the error does not tell
+                raise OSError(e.errno, f"{e.strerror}, writing {mib(nbytes)}") from e
+            raise
 
         def ref(key: str) -> list[str]:
             return [location[key], key]

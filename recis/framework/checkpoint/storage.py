@@ -69,6 +69,11 @@ class Storage:
     def sync_dir(self, path: str) -> None:
         """Makes the entries of directory ``path`` durable (no-op where meaningless)."""
 
+    def free_bytes(self, path: str) -> int | None:
+        """Bytes free on the file system that holds ``path`` (or would: the nearest
+        existing parent); None where the storage cannot tell (object stores)."""
+        return None
+
     def write_atomic(self, path: str, data: bytes, tmp: str) -> None:
         """Writes ``data`` to ``path`` (through ``tmp``, in the same folder) so that
         readers see the old or the new content."""
@@ -139,6 +144,12 @@ class LocalStorage(Storage):
         else:
             with contextlib.suppress(FileNotFoundError):
                 os.remove(path)
+
+    def free_bytes(self, path: str) -> int | None:
+        path = os.path.abspath(path)
+        while not os.path.exists(path) and os.path.dirname(path) != path:
+            path = os.path.dirname(path)
+        return shutil.disk_usage(path).free
 
     def sync_dir(self, path: str) -> None:
         fd = os.open(path or ".", os.O_RDONLY)

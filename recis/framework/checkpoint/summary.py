@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from recis.framework.checkpoint.commit import find_checkpoint, read_claim, read_ids
+from recis.framework.checkpoint.disk_space import mib
 from recis.framework.checkpoint.integrity import ChecksumError
 from recis.framework.checkpoint.manifest import CheckpointFormatError, read_manifest, saved_at
 from recis.framework.checkpoint.storage import Storage, storage_for
@@ -122,7 +123,7 @@ def describe(
     lines += [
         f"  saved {saved_at(manifest)} by {_count(manifest['world_size'], 'rank')} "
         f"(checkpoint format {manifest['format_version']})",
-        f"  {len(files)} files, {_mib(sum(int(f['size']) for f in files.values()))}",
+        f"  {len(files)} files, {mib(sum(int(f['size']) for f in files.values()))}",
         f"  dense: {_tree_summary(manifest.get('dense', {}))}",
     ]
     for name, tree in sorted(manifest.get("extra", {}).items()):
@@ -208,10 +209,6 @@ def _ranges(ranks: list[int]) -> str:
     return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)
 
 
-def _mib(n: float) -> str:
-    return f"{n / 2**20:.1f} MiB"
-
-
 def main(argv: list[str] | None = None) -> int:
     """``python -m recis.framework.checkpoint PATH [--id ID] [--verify] [--threads N]``;
     returns the exit status: 0, 1 when verification fails, 2 when there is no
@@ -245,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
         if time.monotonic() - last >= PROGRESS_EVERY:
             last = time.monotonic()
             print(f"verified {files} of {len(manifest['files'])} files, "
-                  f"{_mib(done)} of {_mib(total)}", flush=True)  # fmt: skip
+                  f"{mib(done)} of {mib(total)}", flush=True)  # fmt: skip
 
     try:
         report = verify(storage, ckpt_dir, manifest, args.threads, progress)
@@ -254,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     rate = report.bytes / report.seconds if report.seconds > 0 else 0.0
     print(
-        f"verified {report.files} files, {_mib(report.bytes)} in {report.seconds:.2f} s "
-        f"({_mib(rate)}/s): every size and checksum matches, every tensor is there"
+        f"verified {report.files} files, {mib(report.bytes)} in {report.seconds:.2f} s "
+        f"({mib(rate)}/s): every size and checksum matches, every tensor is there"
     )
     return 0

@@ -1,0 +1,52 @@
+"""Room for a checkpoint in ``output_dir``: a save that cannot fit stops before it
+fills the disk, and one that ran out of room says how much there was and why."""
+
+from __future__ import annotations
+
+import errno
+
+from recis.framework.checkpoint.storage import Storage
+
+# Out of space, or over the user's disk quota.
+_OUT_OF_ROOM = (errno.ENOSPC, errno.EDQUOT)
+
+
+def mib(nbytes: float) -> str:
+    """A size in MiB as messages give it: ``"54.8 MiB"``."""
+    return f"{nbytes / 2**20:.1f} MiB"
+
+
+def is_out_of_room(error: BaseException) -> bool:
+    """Did a write fail for want of space (or quota)?"""
+    return isinstance(error, OSError) and error.errno in _OUT_OF_ROOM
+
+
+def room_advice(max_keep: int | None) -> str:
+    """Why ``output_dir`` needs room for one checkpoint more than it keeps, and what to do."""
+    kept = f"the newest {max_keep} checkpoints" if max_keep else "every checkpoint"
+    return (
+        f"output_dir keeps {kept} and deletes the oldest only after a new one is "
+        "committed, so it needs room for one more: free space there, keep fewer "
+        "checkpoints (max_to_keep) or give output_dir a bigger disk"
+    )
+
+
+def free_space_note(storage: Storage, root: str) -> str:
+    """``output_dir has N MiB free`` where the storage can tell, else ``""``."""
+    free = storage.free_bytes(root)
+    return "" if free is None else f"output_dir has {mib(free)} free"
+
+
+def lacking_room(
+    storage: Storage, root: str, needed: int | None, max_keep: int | None
+) -> str | None:
+    """Why a checkpoint of ``needed`` bytes (the size of the last one) cannot fit in
+    ``root``'s file system, or None: it fits, or either size is unknown (an object
+    store has no free space to tell)."""
+    free = storage.free_bytes(root)
+    if needed is None or free is None or free >= needed:
+        return None
+    return (
+        f"output_dir {storage.url(root)} has {mib(free)} free, less than the "
+        f"{mib(needed)} of the last checkpoint, and nothing was written: {room_advice(max_keep)}"
+    )

@@ -1,0 +1,80 @@
+"""A checkpoint that does not fit in output_dir: stopped before it fills the disk where
+the last one's size tells, and otherwise a message with the sizes and what to do."""
+
+from __future__ import annotations
+
+import errno
+import os
+from unittest import mock
+
+import pytest
+import torch.distributed as dist
+
+from recis.framework.checkpoint.storage import LocalStorage
+from recis.framework.checkpoint_manager import CheckpointError, Saver
+from recis.nn import filter_out_sparse_param
+from recis.testing import run_distributed
+from tests.framework.ckpt_helpers import FakeSparseOptimizer, ShardedTables
+
+SPECS = [("a", 13, 5, "table_wise", 0), ("b", 17, 7, "row_wise", 1)]
+
+
+def _saver(path: str, rank: int = 0, world: int = 1, max_keep: int | None = 5) -> Saver:
+    model = ShardedTables(SPECS, rank, world)
+    return Saver(model, FakeSparseOptimizer(filter_out_sparse_param(model)), path, max_keep)
+
+
+def test_free_space_is_read_off_the_nearest_existing_folder(tmp_path):
+    storage = LocalStorage()
+    assert storage.free_bytes(str(tmp_path / "not" / "yet")) == storage.free_bytes(str(tmp_path))
+    assert storage.free_bytes(str(tmp_path)) > 0
+
+
+def test_a_save_bigger_than_the_free_space_stops_before_writing(tmp_path):
+    saver = _saver(str(tmp_path), max_keep=3)
+    saver.save("s1")
+    with (
+        mock.patch.object(LocalStorage, "free_bytes", return_value=1000),
+        pytest.raises(CheckpointError) as raised,
+    ):
+        saver.save("s2")
+    message = str(raised.value)
+    assert message.startswith(
+        f"checkpoint 's2': output_dir {tmp_path} has 0.0 MiB free, less than the "
+    )
+    assert "MiB of the last checkpoint, and nothing was written: output_dir keeps the " in message
+    assert (
+        "newest 3 checkpoints and deletes the oldest only after a new one is committed" in message
+    )
+    assert "max_to_keep" in message
+    assert sorted(os.listdir(tmp_path)) == ["checkpoint", "s1"]
+    assert saver.checkpoints() == ["s1"]
+    saver.save("s2")  # room again
+    assert saver.checkpoints() == ["s1", "s2"]
+
+
+def _rank_1_runs_out_of_room(path: str) -> str:
+    rank, world = dist.get_rank(), dist.get_world_size()
+    saver = _saver(path, rank, world, max_keep=None)
+
+    def full_disk(self, path):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    with (
+        mock.patch.object(LocalStorage, "open_write", full_disk) if rank == 1 else mock.MagicMock(),
+        pytest.raises(CheckpointError) as raised,
+    ):
+        saver.save("s1")
+    assert saver.checkpoints() == []
+    return str(raised.value)
+
+
+def test_a_rank_out_of_room_fails_every_rank_with_the_sizes_and_what_to_do(tmp_path):
+    errors = run_distributed(_rank_1_runs_out_of_room, 2, str(tmp_path), timeout=60)
+    assert errors[0] == errors[1]
+    assert errors[0].startswith(
+        f"checkpoint {tmp_path}/s1 was not saved: rank 1: OSError: [Errno 28] No space left "
+        "on device, writing 0.0 MiB; output_dir has "
+    )
+    assert "MiB free. output_dir keeps every checkpoint and deletes the oldest" in errors[0]
+    assert os.listdir(tmp_path) == []  # the temporary folder is gone
