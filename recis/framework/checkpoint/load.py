@@ -29,6 +29,14 @@ OTHER_MODEL = (
 )
 
 
+class NotInCheckpointError(KeyError):
+    """Something the model has is not in the checkpoint, or the other way round. A
+    ``KeyError`` whose message prints as it is (``KeyError`` quotes its own)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
 def parse_load_conf(load_conf: dict[str, Any]) -> tuple[set[str], bool]:
     """``({categories to load}, strict)`` from ``{"load": [...], "exclude": [...], "strict": bool}``."""
     unknown = set(load_conf) - {"load", "exclude", "strict"}
@@ -132,7 +140,7 @@ class CheckpointLoader:
             if entry is None:
                 msg = f"table {name!r} is not in checkpoint {path} (it has {sorted(saved_tables)})"
                 if strict:
-                    raise KeyError(msg + OTHER_MODEL)
+                    raise NotInCheckpointError(msg + OTHER_MODEL)
                 warnings.warn(msg + "; left as it is", stacklevel=3)
                 continue
             if list(entry["global_shape"]) != list(table.global_shape):
@@ -212,7 +220,7 @@ class CheckpointLoader:
         own = dense_names(self.model)
         missing, unexpected = sorted(set(own) - set(saved)), sorted(set(saved) - set(own))
         if (missing or unexpected) and strict:
-            raise KeyError(
+            raise NotInCheckpointError(
                 f"dense state of checkpoint {path} does not match the model: missing "
                 f"{missing}, unexpected {unexpected}{OTHER_MODEL}"
             )
@@ -229,7 +237,7 @@ class CheckpointLoader:
             if name not in saved:
                 msg = f"{'io state' if per_rank else 'extra state'} {name!r} is not in checkpoint {path}"
                 if strict:
-                    raise KeyError(msg)
+                    raise NotInCheckpointError(msg)
                 warnings.warn(msg, stacklevel=3)
                 continue
             obj.load_state_dict(decode(saved[name], _fetch(cache)))
