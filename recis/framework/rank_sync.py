@@ -74,6 +74,7 @@ class RankSync:
 
     def __init__(self, rank: int, world_size: int, device: torch.device) -> None:
         self.rank, self.world_size, self.device = rank, world_size, device
+        self.ran_out = False  # this rank's own data ended in the last next_window
 
     def comm_device(self) -> torch.device:
         """Where collective tensors live: the device under NCCL, CPU otherwise (and
@@ -153,6 +154,7 @@ class RankSync:
         except Exception as e:
             error = e
         stopping = stop is not None and stop()
+        self.ran_out = exhausted
         (any_exhausted, any_stop), failed_rank = self.agree(
             [exhausted, stopping], error is not None, step
         )

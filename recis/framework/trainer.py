@@ -451,12 +451,16 @@ class Trainer:
             # any step at all, that there is no data: a job must not pass as done.
             if steps == 0 and exhausted and not resumed:
                 if self.state.global_step == 0:
+                    ran_out = self._sync.gather(int(self._sync.ran_out), step=0)
+                    empty = [r for r, out in enumerate(ran_out) if out]
                     raise ValueError(
-                        f"rank {self.rank}: train_dataset gave not one training step in "
-                        f"epoch {epoch - 1}: the data of a rank ended before its first step "
-                        f"({args.gradient_accumulation_steps} batch a step with "
-                        "gradient_accumulation_steps). Is the training data empty, or "
-                        "smaller than a batch for every rank?"
+                        f"train_dataset gave not one training step in epoch {epoch - 1}: "
+                        f"the data of rank{'s' if len(empty) > 1 else ''} "
+                        f"{', '.join(map(str, empty))} of {len(ran_out)} ended before "
+                        f"{args.gradient_accumulation_steps} batch"
+                        f"{'es' if args.gradient_accumulation_steps > 1 else ''} (one step "
+                        "with gradient_accumulation_steps). Is the training data empty, or "
+                        "smaller than a batch for each rank?"
                     )
                 logger.warning(
                     "train_dataset yielded no full step in epoch %d; stopping at step %d",
