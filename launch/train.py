@@ -148,8 +148,28 @@ class RunConfig:
                 )
 
 
+def _parse_model_bank(text: str) -> list[dict[str, Any]]:
+    """``--model_bank``: a JSON list of entries, one JSON entry, or one checkpoint path."""
+    if not text.lstrip().startswith(("[", "{")):
+        return [{"path": text}]
+    value = json.loads(text)
+    return [value] if isinstance(value, dict) else value
+
+
+# What train.py takes beyond a field's TrainingArguments docstring.
+MORE_HELP = {
+    "model_bank": " train.py also takes one entry, or a path alone: --model_bank /ckpt/old "
+    'is [{"path": "/ckpt/old"}]'
+}
+
+
 # What a malformed option value should have been, by the option's parser.
-_EXPECTED: dict[Any, str] = {int: "an integer", float: "a number", json.loads: "JSON"}
+_EXPECTED: dict[Any, str] = {
+    int: "an integer",
+    float: "a number",
+    json.loads: "JSON",
+    _parse_model_bank: "JSON or a checkpoint path",
+}
 
 
 def _parse_bool(text: str) -> bool:
@@ -205,6 +225,8 @@ def add_dataclass_options(parser: argparse.ArgumentParser, cls: type) -> None:
     group = parser.add_argument_group(cls.__name__)
     for field in dataclasses.fields(cls):
         kind, optional = _option_type(hints[field.name])
+        if field.name == "model_bank":
+            kind = _parse_model_bank
 
         def parse(text: str, kind: Any = kind, optional: bool = optional) -> Any:
             if optional and text.lower() == "none":
@@ -223,7 +245,8 @@ def add_dataclass_options(parser: argparse.ArgumentParser, cls: type) -> None:
             default=default,
             metavar="{" + ",".join(choices) + "}" if choices else None,
             # argparse formats help with %: a literal one is doubled.
-            help=f"{docs.get(field.name, '')} (default: {default})".replace("%", "%%"),
+            help=f"{docs.get(field.name, '')}{MORE_HELP.get(field.name, '')} "
+            f"(default: {default})".replace("%", "%%"),
         )
 
 

@@ -1,6 +1,7 @@
 """launch/train.py end to end under real torchrun agents (gloo, CPU)."""
 
 import importlib.util
+import json
 import os
 import re
 import signal
@@ -208,6 +209,11 @@ def test_command_line_covers_training_arguments_and_rejects_bad_values(capsys):
     assert [ds.skip_malformed for ds in datasets] == [True, True]
     _, run = train.parse_args(["--data", str(CRITEO_SAMPLE)])
     assert train.build_datasets(run, seed=0)[0].skip_malformed is False
+    # A model bank: a JSON list, one JSON entry, or a checkpoint path alone.
+    entry = {"path": "s3://bank/dcn", "exclude": ["io_state"]}
+    for text in (f"[{json.dumps(entry)}]", json.dumps(entry)):
+        assert train.parse_args(["--model_bank", text])[0].model_bank == [entry]
+    assert train.parse_args(["--model_bank", "/ckpt/old"])[0].model_bank == [{"path": "/ckpt/old"}]
     # A data path that is not there names its option.
     for option in ("--data", "--eval_data"):
         _, run = train.parse_args([option, "/no/such/criteo"])
@@ -224,7 +230,7 @@ def test_command_line_covers_training_arguments_and_rejects_bad_values(capsys):
         (["--batch_size", "1.5"], "--batch_size: expected an integer, got '1.5'"),
         (["--train_steps", "x"], "--train_steps: expected an integer or none, got 'x'"),
         (["--sparse_lr", "fast"], "--sparse_lr: expected a number, got 'fast'"),
-        (["--model_bank", "[oops"], "--model_bank: expected JSON or none, got '[oops'"),
+        (["--model_bank", "[oops"], "--model_bank: expected JSON or a checkpoint path or none"),
         (["--eval_every_steps", "0"], "eval_every_steps must be None or an int >= 1"),
         (["--train_epoch", "1"], "synthetic data never ends: give --train_steps"),
     ]:

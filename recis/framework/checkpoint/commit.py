@@ -41,7 +41,7 @@ def read_ids(storage: Storage, root: str) -> list[str]:
     path = storage.join(root, LIST_FILE)
     try:
         text = storage.read_bytes(path).decode()
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return []
     return [line.strip() for line in text.splitlines() if line.strip()]
 
@@ -59,7 +59,12 @@ def find_checkpoint(
         return root
     ids = read_ids(storage, root)
     if not ids:
-        raise FileNotFoundError(f"no committed checkpoint in {storage.url(root)}")
+        why = ""
+        if not storage.exists(root):
+            why = " (there is nothing at that path)"
+        elif not storage.isdir(root):
+            why = " (it is a file: give a checkpoint's folder or the output_dir above it)"
+        raise FileNotFoundError(f"no committed checkpoint in {storage.url(root)}{why}")
     return storage.join(root, ids[-1])
 
 
