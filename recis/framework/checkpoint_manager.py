@@ -319,7 +319,8 @@ class Saver:
             if status is not None:
                 storage.remove(tmp)
                 if any(r.get("out_of_room") for r in results):
-                    status += f"; {free_space_note(storage, root)}. {room_advice(self.max_keep)}"
+                    note = free_space_note(storage, root)
+                    status += (f"; {note}" if note else "") + f". {room_advice(self.max_keep)}"
         status = _broadcast(status, group, world)
         path = storage.url(storage.join(root, ckpt_id))
         if status is not None:
