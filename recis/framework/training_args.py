@@ -6,12 +6,20 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from recis.distributed.process_group import resolve_device
+from recis.framework.checkpoint.storage import check_url_supported
 
 
 def positive_or_none(name: str, value: Any) -> None:
     """Raises ValueError naming ``name`` unless ``value`` is None or an int >= 1."""
     if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
         raise ValueError(f"TrainingArguments.{name} must be None or an int >= 1, got {value!r}")
+
+
+def _check_url(name: str, path: str) -> None:
+    try:
+        check_url_supported(path)
+    except ValueError as e:
+        raise ValueError(f"TrainingArguments.{name} {e}") from None
 
 
 @dataclass
@@ -104,6 +112,7 @@ class TrainingArguments:
             raise ValueError(
                 f"TrainingArguments.output_dir must be a path, got {self.output_dir!r}"
             )
+        _check_url("output_dir", self.output_dir)
         for name in ("keep_freed_host_memory", "save_on_sigterm"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(
@@ -120,6 +129,7 @@ class TrainingArguments:
                         f"TrainingArguments.model_bank[{i}] must be a dict with a 'path' string, "
                         f"got {entry!r}"
                     )
+                _check_url(f"model_bank[{i}]", entry["path"])
         resolve_device(self.device)  # raises a clear error for a bad or unavailable device
         if self.backend not in ("auto", "gloo", "nccl", "mpi", "ucc"):
             raise ValueError(

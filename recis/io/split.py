@@ -15,6 +15,8 @@ from typing import TypeVar
 
 import torch.distributed as dist
 
+from recis.framework.checkpoint.storage import check_url_supported
+
 T = TypeVar("T")
 
 
@@ -115,6 +117,7 @@ def _expand_local(p: str) -> list[str]:
 def _expand_url(url: str) -> list[str]:
     import fsspec
 
+    check_url_supported(url)  # s3:// without s3fs: a ValueError naming the URL
     fs, path = fsspec.core.url_to_fs(url)
     if fs.isdir(path):
         entries = [(e["name"].rstrip("/").rsplit("/", 1)[-1], e) for e in fs.ls(path, detail=True)]

@@ -465,6 +465,9 @@ def test_an_output_dir_that_cannot_be_written_stops_training_before_its_first_st
         ({"max_to_keep": 1.5}, "max_to_keep"),
         ({"output_dir": ""}, "output_dir"),
         ({"model_bank": [{"load": ["dense"]}]}, r"model_bank\[0\]"),
+        # Known before minutes of building a model, not at the first save.
+        ({"output_dir": "nosuchfs://bucket/job"}, "output_dir 'nosuchfs://bucket/job': Protocol"),
+        ({"model_bank": [{"path": "nosuchfs://b/x"}]}, r"model_bank\[0\] 'nosuchfs://b/x'"),
         ({"device": "tpu:7"}, "device"),
         ({"backend": "mpich"}, "backend"),
         ({"keep_freed_host_memory": "yes"}, "keep_freed_host_memory"),

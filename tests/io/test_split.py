@@ -62,6 +62,8 @@ def test_nothing_found_names_the_path(data_root):
     fs.pipe(f"{path}/markers/_SUCCESS", b"")
     with pytest.raises(ValueError, match="no data files"):
         expand_paths(f"{data_root}/markers")
+    with pytest.raises(ValueError, match=r"^'nosuchfs://bucket/day_0\.tsv': Protocol not known"):
+        expand_paths("nosuchfs://bucket/day_0.tsv")
 
 
 def test_a_wildcard_skips_the_names_a_folder_listing_skips(data_root):

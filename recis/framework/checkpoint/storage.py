@@ -212,6 +212,20 @@ class FsspecStorage(Storage):
             self.fs.rm(path, recursive=True)
 
 
+def check_url_supported(path: str) -> None:
+    """Raises ``ValueError`` when ``path`` is a URL whose protocol fsspec does not know
+    or whose package is not installed (``s3://`` without s3fs): cheap, no I/O, so a
+    job can find out before it spends minutes building its model."""
+    if "://" not in path:
+        return
+    import fsspec
+
+    try:
+        fsspec.get_filesystem_class(path.split("://", 1)[0])
+    except (ImportError, ValueError) as e:
+        raise ValueError(f"{path!r}: {e}") from None
+
+
 def storage_for(path: str) -> tuple[Storage, str]:
     """The storage that serves ``path`` and the path in that storage's terms.
 
