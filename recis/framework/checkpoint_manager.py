@@ -151,7 +151,8 @@ class Saver:
         self._staging: dict[str, Tensor] = {}
         self._pending: tuple[threading.Thread, dict[str, Any]] | None = None
         self._owner: dict[str, str] | None = None  # see claim()
-        self._last_saved_bytes: int | None = None  # rank 0's, of this process's last save
+        # Of the last checkpoint saved, or loaded whole: the size the next save needs.
+        self._last_saved_bytes: int | None = None
 
     # ------------------------------------------------------------------ registry
     def register_for_checkpointing(self, name: str, obj: Any, per_rank: bool = False) -> None:
@@ -595,6 +596,9 @@ class Saver:
                 f"{gathered[other][1][1]}, rank 0 {gathered[0][1][1]}. Every rank "
                 "must read the same one: give them one shared copy"
             )
+        if categories == set(CATEGORIES) and strict:
+            # All of it loaded into this model: the next save will be about as big.
+            self._last_saved_bytes = sum(int(f["size"]) for f in manifest["files"].values())
         if rank == 0:
             logger.info(
                 "checkpoint loaded: %s (saved by %d rank%s, loaded on %d, %.2f s)",

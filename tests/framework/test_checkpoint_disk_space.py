@@ -51,6 +51,19 @@ def test_a_save_bigger_than_the_free_space_stops_before_writing(tmp_path):
     assert saver.checkpoints() == ["s1"]
     saver.save("s2")  # room again
     assert saver.checkpoints() == ["s1", "s2"]
+    # A resumed job knows the size from the checkpoint it loaded whole.
+    resumed = _saver(str(tmp_path))
+    resumed.load()
+    with (
+        mock.patch.object(LocalStorage, "free_bytes", return_value=1000),
+        pytest.raises(CheckpointError, match=r"less than the .* of the last checkpoint"),
+    ):
+        resumed.save("s3")
+    # A part of it (a model bank's tables, say) may be another model's: no size known.
+    warm = _saver(str(tmp_path / "warm"))
+    warm.load_by_config(str(tmp_path), {"load": ["sparse"]})
+    with mock.patch.object(LocalStorage, "free_bytes", return_value=1000):
+        warm.save("w1")
 
 
 def _rank_1_runs_out_of_room(path: str) -> str:

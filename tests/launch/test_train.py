@@ -210,7 +210,7 @@ def test_command_line_covers_training_arguments_and_rejects_bad_values(capsys):
     _, run = train.parse_args(["--data", str(CRITEO_SAMPLE)])
     assert train.build_datasets(run, seed=0)[0].skip_malformed is False
     # A model bank: a JSON list, one JSON entry, or a checkpoint path alone.
-    entry = {"path": "s3://bank/dcn", "exclude": ["io_state"]}
+    entry = {"path": "memory://bank/dcn", "exclude": ["io_state"]}
     for text in (f"[{json.dumps(entry)}]", json.dumps(entry)):
         assert train.parse_args(["--model_bank", text])[0].model_bank == [entry]
     assert train.parse_args(["--model_bank", "/ckpt/old"])[0].model_bank == [{"path": "/ckpt/old"}]
