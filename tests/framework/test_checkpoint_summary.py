@@ -114,6 +114,7 @@ def test_paths_without_a_checkpoint_are_usage_errors(tmp_path, capsys):
     for argv, message in [
         ([tmp_path / "elsewhere"], "no committed checkpoint in"),
         ([tmp_path / "elsewhere"], "(there is nothing at that path)"),
+        (["nosuchfs://bucket/job"], "'nosuchfs://bucket/job': Protocol not known"),
         ([tmp_path / "c1" / "rank00000-0.safetensors"], "(it is a file: give a checkpoint's"),
         ([tmp_path, "--id", "c9"], "no checkpoint at"),
         ([tmp_path, "--id", "../c1"], "invalid checkpoint id"),

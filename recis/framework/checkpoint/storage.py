@@ -238,6 +238,7 @@ def storage_for(path: str) -> tuple[Storage, str]:
         return LocalStorage(), path
     import fsspec
 
+    check_url_supported(path)
     fs, root = fsspec.core.url_to_fs(path)
     protocol = path.split("://", 1)[0]
     return FsspecStorage(fs, protocol), root
