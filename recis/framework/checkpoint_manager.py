@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import threading
 import time
 import uuid
@@ -41,6 +42,7 @@ from recis.framework.checkpoint.disk_space import (
     lacking_room,
     mib,
     room_advice,
+    too_small_for,
 )
 from recis.framework.checkpoint.integrity import DEFAULT_BLOCK_SIZE
 from recis.framework.checkpoint.layout import (
@@ -186,16 +188,26 @@ class Saver:
         storage, root = self._storage, self._root
         group = self.process_group
         rank = rank_and_world(group)[0]
-        error, probe = None, None
+        error, probe, free = None, None, None
         try:
             storage.makedirs(root)
             path = storage.join(root, f".write-probe-rank{rank}-{uuid.uuid4().hex[:8]}")
             with storage.open_write(path) as f:
                 f.write(b"recis")
             probe = path
+            free = storage.free_bytes(root)
         except Exception as e:
             error = f"rank {rank} cannot write there: {type(e).__name__}: {e}"
-        errors = [e for e in all_gather_objects(error, group) if e]
+        gathered = all_gather_objects((error, self._table_bytes(), free), group)
+        errors = [e for e, _, _ in gathered if e]
+        if not errors:
+            # Every table counted once, whichever ranks hold its shards.
+            tables = {name: size for _, sizes, _ in gathered for name, size in sizes.items()}
+            least = sum(tables.values()) + self._dense_bytes()
+            lacking, tight = too_small_for(gathered[0][2], least, self.max_keep)
+            errors = [lacking] if lacking else []
+            if tight and rank == 0:
+                logger.warning("output_dir %s: %s", storage.url(root), tight)
         if not errors:
             # Also a barrier: no probe is removed before the rank that looks for it looked.
             unseen = ranks_see_one_directory(storage, probe, group)
@@ -204,6 +216,17 @@ class Saver:
             storage.remove(probe)
         if errors:
             raise CheckpointError(f"output_dir {storage.url(root)}: {errors[0]}")
+
+    def _table_bytes(self) -> dict[str, int]:
+        """Each table this rank holds a shard of -> the bytes of its whole weight."""
+        return {
+            name: math.prod(table.global_shape) * table.weight.element_size()
+            for name, table in filter_out_sparse_param(self.model).items()
+        }
+
+    def _dense_bytes(self) -> int:
+        state = dense_state_dict(self.model).values()
+        return sum(t.numel() * t.element_size() for t in state if isinstance(t, Tensor))
 
     def claim(self) -> None:
         """Marks ``output_dir`` as this job's (rank 0 writes ``.owner``; call it on every

@@ -10,6 +10,7 @@ from unittest import mock
 import pytest
 import torch.distributed as dist
 
+from recis.framework.checkpoint.dense import dense_state_dict
 from recis.framework.checkpoint.storage import LocalStorage
 from recis.framework.checkpoint_manager import CheckpointError, Saver
 from recis.nn import filter_out_sparse_param
@@ -91,3 +92,43 @@ def test_a_rank_out_of_room_fails_every_rank_with_the_sizes_and_what_to_do(tmp_p
     )
     assert "MiB free. output_dir keeps every checkpoint and deletes the oldest" in errors[0]
     assert os.listdir(tmp_path) == []  # the temporary folder is gone
+
+
+def _weights_bytes(saver: Saver) -> int:
+    """What the test expects: every table's whole weight once, and the dense state."""
+    tables = sum(rows * cols * 4 for _, rows, cols, _, _ in SPECS)
+    dense = dense_state_dict(saver.model).values()
+    return tables + sum(t.numel() * t.element_size() for t in dense)
+
+
+def _start_check_job(path: str) -> list[str]:
+    rank, world = dist.get_rank(), dist.get_world_size()
+    saver = _saver(path, rank, world, max_keep=2)
+    least = _weights_bytes(saver)  # table "b" is cut over both ranks: counted once
+    outcomes = []
+    for free in (least - 1, least, 3 * least):
+        with mock.patch.object(LocalStorage, "free_bytes", return_value=free):
+            try:
+                saver.check_writable()
+                outcomes.append("ok")
+            except CheckpointError as e:
+                outcomes.append(str(e))
+    return outcomes
+
+
+def test_a_job_whose_first_checkpoint_cannot_fit_stops_at_its_start(tmp_path, caplog):
+    outcomes = run_distributed(_start_check_job, 2, str(tmp_path), timeout=60)
+    assert outcomes[0] == outcomes[1]
+    too_small, tight, roomy = outcomes[0]
+    assert too_small.startswith(f"output_dir {tmp_path}: it has 0.0 MiB free, but the model's")
+    assert "weights alone take" in too_small and "not one checkpoint fits there" in too_small
+    assert (tight, roomy) == ("ok", "ok")
+    # One process: the warning when fewer fit than max_keep and the one being saved.
+    saver = _saver(str(tmp_path / "one"), max_keep=2)
+    with (
+        caplog.at_level("WARNING"),
+        mock.patch.object(LocalStorage, "free_bytes", return_value=_weights_bytes(saver) * 2),
+    ):
+        saver.check_writable()
+    assert "room for 2 checkpoints of this model's weights alone" in caplog.text
+    assert "keeps the newest 2 checkpoints" in caplog.text

@@ -50,3 +50,27 @@ def lacking_room(
         f"output_dir {storage.url(root)} has {mib(free)} free, less than the "
         f"{mib(needed)} of the last checkpoint, and nothing was written: {room_advice(max_keep)}"
     )
+
+
+def too_small_for(
+    free: int | None, least: int, max_keep: int | None
+) -> tuple[str | None, str | None]:
+    """``(error, warning)`` for a file system with ``free`` bytes (None: unknown) and
+    checkpoints of at least ``least`` bytes (a model's weights, before any optimizer
+    state): the error when not even one fits, the warning when fewer fit than
+    ``max_keep`` and the one being saved."""
+    if free is None:
+        return None, None
+    if free < least:
+        return (
+            f"it has {mib(free)} free, but the model's weights alone take {mib(least)} "
+            "(its optimizer state comes on top): not one checkpoint fits there. Free "
+            "space there or give output_dir a bigger disk"
+        ), None
+    if max_keep and free < least * (max_keep + 1):
+        return None, (
+            f"it has {mib(free)} free: room for {free // least} checkpoints of this "
+            f"model's weights alone ({mib(least)}, before its optimizer state). "
+            f"{room_advice(max_keep)}; else a save will stop the job once it is full"
+        )
+    return None, None
