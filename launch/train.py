@@ -30,6 +30,7 @@ import types
 import typing
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from types import FrameType
 from typing import Any
 
@@ -351,7 +352,7 @@ def build_trainer(args: TrainingArguments, run: RunConfig) -> Trainer:
     """The process group, datasets, sharded model, optimizers and Trainer of a job."""
     if run.threads_per_rank is not None:
         torch.set_num_threads(run.threads_per_rank)
-    init_distributed(args.backend, args.device)
+    init_distributed(args.backend, args.device, timedelta(seconds=args.ddp_timeout))
     device = resolve_device(args.device)
     set_seed(args.seed)
     train_ds, eval_ds = build_datasets(run, args.seed)  # first: a bad path fails at once

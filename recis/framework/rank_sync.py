@@ -16,6 +16,9 @@ logger = logging.getLogger(__name__)
 
 # How gloo reports a collective whose peer went away (a plain RuntimeError).
 _PEER_GONE = "Connection closed by peer"
+# gloo ("Timed out waiting 1800000ms for recv", then "Application timeout caused pair
+# closure") and NCCL's watchdog ("Watchdog caught collective operation timeout").
+_TIMED_OUT = ("Timed out waiting", "Application timeout", "collective operation timeout")
 
 
 def deferred_iter(iterable: Iterable[Any]) -> Iterator[Any]:
@@ -218,6 +221,13 @@ class RankSync:
             type(error).__name__,
         )
         dist.destroy_process_group()
+        if any(sign in str(error) for sign in _TIMED_OUT):
+            return RuntimeError(
+                f"rank {self.rank}: a collective timed out at step {step}: another rank "
+                "did not join it within the process group's timeout "
+                "(TrainingArguments.ddp_timeout). That rank is slow (a long save, load or "
+                "data read: raise ddp_timeout) or hung (see its log)"
+            )
         if in_collective or isinstance(error, dist.DistError) or _PEER_GONE in str(error):
             return RuntimeError(
                 f"rank {self.rank}: a collective failed at step {step}, most likely because "

@@ -8,6 +8,7 @@ import os
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import torch
@@ -159,7 +160,9 @@ class Trainer:
             raise TypeError(f"args must be TrainingArguments, got {type(self.args).__name__}")
         if not isinstance(dense_optimizers, (tuple, list)) or len(dense_optimizers) != 2:
             raise TypeError("dense_optimizers must be a pair (optimizer, lr_scheduler)")
-        init_distributed(self.args.backend, self.args.device)
+        init_distributed(
+            self.args.backend, self.args.device, timedelta(seconds=self.args.ddp_timeout)
+        )
         self.device = resolve_device(self.args.device)
         self.rank, self.world_size = rank(), world_size()
         if self.args.keep_freed_host_memory and keep_freed_host_memory() and self.rank == 0:

@@ -55,6 +55,9 @@ class TrainingArguments:
       CPU; or ``"cpu"``, ``"cuda"`` (``cuda:LOCAL_RANK``), ``"cuda:N"``.
     - ``backend``: the process group's backend; ``"auto"`` picks nccl on CUDA, gloo
       on CPU.
+    - ``ddp_timeout``: seconds a rank waits in a collective for the others before
+      the job fails (the process group's timeout, where the Trainer creates it):
+      raise it when saving, loading or reading data can hold one rank for longer.
     - ``save_on_sigterm``: on SIGTERM (Slurm preemption or time limit, a Kubernetes
       eviction, torchrun stopping its workers), every rank finishes the step after
       it, saves a checkpoint and ``train()`` returns early; False leaves SIGTERM's
@@ -91,6 +94,7 @@ class TrainingArguments:
     bf16: bool = False
     device: str = "auto"
     backend: str = "auto"
+    ddp_timeout: int = 1800
     save_on_sigterm: bool = True
     keep_freed_host_memory: bool = True
 
@@ -104,7 +108,12 @@ class TrainingArguments:
             "save_steps",
         ):
             positive_or_none(name, getattr(self, name))
-        for name in ("max_to_keep", "save_concurrency_per_rank", "gradient_accumulation_steps"):
+        for name in (
+            "max_to_keep",
+            "save_concurrency_per_rank",
+            "gradient_accumulation_steps",
+            "ddp_timeout",
+        ):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"TrainingArguments.{name} must be an int >= 1, got {value!r}")

@@ -473,6 +473,7 @@ def test_an_output_dir_that_cannot_be_written_stops_training_before_its_first_st
         ({"keep_freed_host_memory": "yes"}, "keep_freed_host_memory"),
         ({"save_on_sigterm": 1}, "save_on_sigterm must be a bool"),
         ({"eval_every_steps": 0}, "eval_every_steps must be None or an int >= 1"),
+        ({"ddp_timeout": 0}, "ddp_timeout must be an int >= 1"),
     ],
 )
 def test_training_arguments_validation(kwargs, message):

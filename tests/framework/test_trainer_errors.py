@@ -25,11 +25,13 @@ import pytest
 import torch
 import torch.distributed as dist
 
+from recis.distributed.comm import all_gather_objects
 from recis.framework.checkpoint_manager import Saver
+from recis.hooks import Hook
 from recis.io import CriteoDataset
 from recis.nn import filter_out_sparse_param
 from recis.optim import SparseSGD
-from recis.testing import run_distributed
+from recis.testing import free_port, run_distributed
 from tests.framework.test_trainer import ToyModel, _ddp_model, build_trainer, make_batches
 from tests.io.test_criteo import random_rows, write_tsv
 
@@ -283,3 +285,38 @@ def test_ranks_with_different_options_stop_at_once_instead_of_hanging_or_driftin
         "rank 0; "
     )
     assert os.listdir(tmp_path) == ["data"]  # stopped before anything was written
+
+
+class _SlowRank1(Hook):
+    """Rank 1 is busy after step 1 for longer than the process group waits."""
+
+    def after_step(self, metrics, global_step):
+        if dist.get_rank() == 1 and global_step == 1:
+            time.sleep(6)
+
+
+def _slow_rank(tmp: str) -> str:
+    # The Trainer creates the process group itself, with its ddp_timeout: give up the
+    # test's group and meet again on a new port.
+    rank, port = dist.get_rank(), all_gather_objects(free_port())[0]
+    dist.destroy_process_group()
+    os.environ["MASTER_PORT"] = str(port)
+    trainer = build_trainer(
+        ToyModel(),  # not DDP: the group does not exist before the Trainer
+        make_batches(4, 4, rank),
+        os.path.join(tmp, "slow"),
+        hooks=[_SlowRank1()],
+        ddp_timeout=2,
+    )
+    with pytest.raises(RuntimeError) as raised:
+        trainer.train()
+    return str(raised.value)
+
+
+def test_a_collective_that_times_out_says_so_and_names_the_option(tmp_path):
+    waited, slow = run_distributed(_slow_rank, 2, str(tmp_path), timeout=90)
+    assert waited.startswith(
+        "rank 0: a collective timed out at step 1: another rank did not join it within the "
+        "process group's timeout (TrainingArguments.ddp_timeout). That rank is slow"
+    )
+    assert slow.startswith("rank 1: a collective failed at step 1, most likely because")
