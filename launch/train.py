@@ -272,6 +272,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainingArguments, RunCon
             "--train_epoch counts passes over --data, and synthetic data never ends: "
             "give --train_steps"
         )
+    if args.eval_every_steps and run.data != "synthetic" and run.eval_data is None:
+        parser.error("--eval_every_steps needs --eval_data: the files to evaluate on")
     if run.tensorboard and importlib.util.find_spec("tensorboard") is None:
         parser.error("--tensorboard true needs the tensorboard package: pip install tensorboard")
     if run.data == "synthetic" and args.train_steps is None:

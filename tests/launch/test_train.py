@@ -233,6 +233,10 @@ def test_command_line_covers_training_arguments_and_rejects_bad_values(capsys):
         (["--model_bank", "[oops"], "--model_bank: expected JSON or a checkpoint path or none"),
         (["--eval_every_steps", "0"], "eval_every_steps must be None or an int >= 1"),
         (["--train_epoch", "1"], "synthetic data never ends: give --train_steps"),
+        (
+            ["--data", str(CRITEO_SAMPLE), "--eval_every_steps", "5"],
+            "--eval_every_steps needs --eval_data",
+        ),
     ]:
         with pytest.raises(SystemExit) as exit_:
             train.parse_args(argv)
