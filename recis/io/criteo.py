@@ -104,7 +104,13 @@ class RecordParser:
 
     def parse(self, fields: Sequence[object]) -> tuple[float, list[float], list[int]]:
         if len(fields) != len(COLUMNS):
-            raise ValueError(f"expected {len(COLUMNS)} fields, got {len(fields)}")
+            hint = (
+                " (no label column, as in Criteo's test files? training and evaluation "
+                "need labelled records)"
+                if len(fields) == len(COLUMNS) - 1
+                else ""
+            )
+            raise ValueError(f"expected {len(COLUMNS)} fields, got {len(fields)}{hint}")
         label = self._label(fields[0])
         dense = [self._dense(name, v) for name, v in zip(DENSE_NAMES, fields[1:14], strict=True)]
         ids = [

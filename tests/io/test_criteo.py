@@ -1007,6 +1007,14 @@ def test_malformed_lines(tmp_path, caplog):
     assert len(list(ds)) == 1 and ds.num_malformed == 1
 
 
+def test_a_file_without_labels_is_named_as_such(tmp_path):
+    # Criteo's test files: the 39 feature columns, no label.
+    path = tmp_path / "test.tsv"
+    path.write_text("".join("\t".join(r[1:]) + "\n" for r in random_rows(3, seed=5)))
+    with pytest.raises(ValueError, match=r"test\.tsv:1: .*got 39 \(no label column, as in"):
+        list(CriteoDataset(path, 4, SIZES))
+
+
 def test_prefetch_thread_stops_when_iteration_is_abandoned():
     def threads():
         return {t for t in threading.enumerate() if t.name == "recis-prefetch"}
