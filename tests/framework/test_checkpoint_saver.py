@@ -125,6 +125,12 @@ def test_fsspec_memory_round_trip():
     assert_tree_equal(model.state_dict(), model2.state_dict())
     assert_tree_equal(opt.table_state("b"), opt2.table_state("b"))
     assert (io2.pos, io2.seen.tolist()) == (11, [0, 1, 2])
+    # A chained URL (a local cache in front of the store) reads it too.
+    model3, opt3 = _model()
+    Saver(model3, opt3, f"simplecache::{url}").load_by_config(None, {"exclude": ["io_state"]})
+    assert_tree_equal(model.state_dict(), model3.state_dict())
+    with pytest.raises(ValueError, match="Protocol not known: nosuchfs"):
+        Saver(model3, opt3, "simplecache::nosuchfs://bucket/job")
 
 
 def test_checkpoint_manager(tmp_path):

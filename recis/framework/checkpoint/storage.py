@@ -215,15 +215,17 @@ class FsspecStorage(Storage):
 def check_url_supported(path: str) -> None:
     """Raises ``ValueError`` when ``path`` is a URL whose protocol fsspec does not know
     or whose package is not installed (``s3://`` without s3fs): cheap, no I/O, so a
-    job can find out before it spends minutes building its model."""
+    job can find out before it spends minutes building its model. Each protocol of a
+    chained URL (``simplecache::s3://...``) is checked."""
     if "://" not in path:
         return
     import fsspec
 
-    try:
-        fsspec.get_filesystem_class(path.split("://", 1)[0])
-    except (ImportError, ValueError) as e:
-        raise ValueError(f"{path!r}: {e}") from None
+    for link in path.split("::"):
+        try:
+            fsspec.get_filesystem_class(link.split("://", 1)[0])
+        except (ImportError, ValueError) as e:
+            raise ValueError(f"{path!r}: {e}") from None
 
 
 def storage_for(path: str) -> tuple[Storage, str]:
