@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import threading
 import time
 import uuid
@@ -43,6 +42,7 @@ from recis.framework.checkpoint.disk_space import (
     mib,
     room_advice,
     too_small_for,
+    weight_bytes,
 )
 from recis.framework.checkpoint.integrity import DEFAULT_BLOCK_SIZE
 from recis.framework.checkpoint.layout import (
@@ -198,13 +198,15 @@ class Saver:
             free = storage.free_bytes(root)
         except Exception as e:
             error = f"rank {rank} cannot write there: {type(e).__name__}: {e}"
-        gathered = all_gather_objects((error, self._table_bytes(), free), group)
+        tables, dense = weight_bytes(self.model)
+        gathered = all_gather_objects((error, tables, free), group)
         errors = [e for e, _, _ in gathered if e]
         if not errors:
             # Every table counted once, whichever ranks hold its shards.
             tables = {name: size for _, sizes, _ in gathered for name, size in sizes.items()}
-            least = sum(tables.values()) + self._dense_bytes()
-            lacking, tight = too_small_for(gathered[0][2], least, self.max_keep)
+            lacking, tight = too_small_for(
+                gathered[0][2], sum(tables.values()) + dense, self.max_keep
+            )
             errors = [lacking] if lacking else []
             if tight and rank == 0:
                 logger.warning("output_dir %s: %s", storage.url(root), tight)
@@ -216,17 +218,6 @@ class Saver:
             storage.remove(probe)
         if errors:
             raise CheckpointError(f"output_dir {storage.url(root)}: {errors[0]}")
-
-    def _table_bytes(self) -> dict[str, int]:
-        """Each table this rank holds a shard of -> the bytes of its whole weight."""
-        return {
-            name: math.prod(table.global_shape) * table.weight.element_size()
-            for name, table in filter_out_sparse_param(self.model).items()
-        }
-
-    def _dense_bytes(self) -> int:
-        state = dense_state_dict(self.model).values()
-        return sum(t.numel() * t.element_size() for t in state if isinstance(t, Tensor))
 
     def claim(self) -> None:
         """Marks ``output_dir`` as this job's (rank 0 writes ``.owner``; call it on every
@@ -349,9 +340,9 @@ class Saver:
         path = storage.url(storage.join(root, ckpt_id))
         if status is not None:
             raise CheckpointError(f"checkpoint {path} was not saved: {status}")
+        files = [f for r in results for f in r["files"].values()]
+        self._last_saved_bytes = sum(f["size"] for f in files)
         if rank == 0:
-            files = [f for r in results for f in r["files"].values()]
-            self._last_saved_bytes = sum(f["size"] for f in files)
             logger.info(
                 "checkpoint saved: %s (%d files, %.1f MiB from %d rank%s, %.2f s)",
                 path,

@@ -4,8 +4,13 @@ fills the disk, and one that ran out of room says how much there was and why."""
 from __future__ import annotations
 
 import errno
+import math
 
+from torch import Tensor, nn
+
+from recis.framework.checkpoint.dense import dense_state_dict
 from recis.framework.checkpoint.storage import Storage
+from recis.nn.sparse_params import filter_out_sparse_param
 
 # Out of space, or over the user's disk quota.
 _OUT_OF_ROOM = (errno.ENOSPC, errno.EDQUOT)
@@ -50,6 +55,17 @@ def lacking_room(
         f"output_dir {storage.url(root)} has {mib(free)} free, less than the "
         f"{mib(needed)} of the last checkpoint, and nothing was written: {room_advice(max_keep)}"
     )
+
+
+def weight_bytes(model: nn.Module) -> tuple[dict[str, int], int]:
+    """Each table this rank holds a shard of -> the bytes of its whole weight, and the
+    bytes of the dense state: what any checkpoint of ``model`` holds at least."""
+    tables = {
+        name: math.prod(table.global_shape) * table.weight.element_size()
+        for name, table in filter_out_sparse_param(model).items()
+    }
+    dense = dense_state_dict(model).values()
+    return tables, sum(t.numel() * t.element_size() for t in dense if isinstance(t, Tensor))
 
 
 def too_small_for(
