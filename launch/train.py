@@ -157,7 +157,8 @@ def _parse_model_bank(text: str) -> list[dict[str, Any]]:
     return [value] if isinstance(value, dict) else value
 
 
-# What train.py takes beyond a field's TrainingArguments docstring.
+# Options train.py parses beyond what their field's type gives, and says so.
+PARSERS = {"model_bank": _parse_model_bank}
 MORE_HELP = {
     "model_bank": " train.py also takes one entry, or a path alone: --model_bank /ckpt/old "
     'is [{"path": "/ckpt/old"}]'
@@ -226,8 +227,7 @@ def add_dataclass_options(parser: argparse.ArgumentParser, cls: type) -> None:
     group = parser.add_argument_group(cls.__name__)
     for field in dataclasses.fields(cls):
         kind, optional = _option_type(hints[field.name])
-        if field.name == "model_bank":
-            kind = _parse_model_bank
+        kind = PARSERS.get(field.name, kind)
 
         def parse(text: str, kind: Any = kind, optional: bool = optional) -> Any:
             if optional and text.lower() == "none":
