@@ -195,7 +195,7 @@ class Saver:
             with storage.open_write(path) as f:
                 f.write(b"recis")
             probe = path
-            free = storage.free_bytes(root)
+            free = storage.free_bytes(root) if rank == 0 else None  # one file system
         except Exception as e:
             error = f"rank {rank} cannot write there: {type(e).__name__}: {e}"
         tables, dense = weight_bytes(self.model)
