@@ -4,6 +4,7 @@ gradients back the way the forward came."""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 import torch
@@ -20,6 +21,21 @@ def rank_and_world(group: dist.ProcessGroup | None) -> tuple[int, int]:
     if not dist.is_initialized():
         return 0, 1
     return dist.get_rank(group), dist.get_world_size(group)
+
+
+def group_timeout(group: dist.ProcessGroup | None) -> timedelta | None:
+    """How long ``group``'s collectives wait for a missing rank (None if torch does not say).
+
+    A group made with ``dist.new_group`` gets torch's default (30 min), not the
+    timeout of the group it copies: pass this to keep that one.
+    """
+    pg = group if group is not None else dist.group.WORLD
+    for device in ("cpu", "cuda"):
+        try:  # a private attribute: torch has no public getter for it
+            return pg._get_backend(torch.device(device)).options._timeout
+        except (AttributeError, RuntimeError):
+            continue
+    return None
 
 
 def all_gather_objects(obj: Any, group: dist.ProcessGroup | None = None) -> list[Any]:

@@ -23,7 +23,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from recis.distributed.comm import all_gather_objects, rank_and_world
+from recis.distributed.comm import all_gather_objects, group_timeout, rank_and_world
 from recis.framework.checkpoint.commit import (
     check_claim,
     claim,
@@ -250,10 +250,12 @@ class Saver:
             return self._save(self._snapshot(rank, copy=False), ckpt_id, self.process_group)
         if world > 1 and self._async_group is None:
             # Collectives of a background save must not interleave with the
-            # training's on one group: give them their own (created by all ranks).
+            # training's on one group: give them their own (created by all ranks),
+            # waiting as long as the training's (TrainingArguments.ddp_timeout).
             self._async_group = dist.new_group(
                 ranks=dist.get_process_group_ranks(self.process_group or dist.group.WORLD),
                 backend="gloo",
+                timeout=group_timeout(self.process_group),
             )
         snapshot = self._snapshot(rank, copy=True)
         result: dict[str, Any] = {}

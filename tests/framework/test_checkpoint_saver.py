@@ -8,11 +8,13 @@ import logging
 import os
 import re
 import uuid
+from datetime import timedelta
 
 import pytest
 import torch
 import torch.distributed as dist
 
+from recis.distributed.comm import group_timeout
 from recis.framework import progress
 from recis.framework.checkpoint_manager import (
     CheckpointError,
@@ -300,6 +302,9 @@ def _async_save(out_dir: str, rank: int, world: int) -> None:
         table.weight.add_(1.0)
     if world > 1:
         dist.all_reduce(torch.ones(3))
+        # Its collectives wait as long as the training's (120 s in run_distributed),
+        # not torch's 30-minute default for a new group.
+        assert group_timeout(saver._async_group) == timedelta(seconds=120)
     assert saver.wait() == path
     assert saver.wait() is None
     model2, opt2 = _model(specs, rank, world)
