@@ -639,8 +639,8 @@ class Trainer:
             if self.is_main_process:
                 logger.warning("%s: stopped by SIGTERM after %d batches", what, done)
             return {}
-        if self.is_main_process:
-            logger.info("evaluation at step %d: %s", self.state.global_step, results)
+        if self.is_main_process:  # at full precision; LoggerHook prints them (once)
+            logger.debug("evaluation at step %d: %s", self.state.global_step, results)
         self.last_evaluation = (self.state.global_step, results)
         self._call_hooks("after_evaluate", results)
         return results

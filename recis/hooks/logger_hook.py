@@ -41,7 +41,9 @@ class LoggerHook(Hook):
     hook may be added on rank 0 only; ``Trainer.evaluate`` gives the exact AUC over
     all ranks). The last step of a training gets its line too, whatever its number.
     When ``stream`` is a terminal the line is a progress bar redrawn in place;
-    otherwise (files, CI logs) each is a plain line. Evaluation results are printed too.
+    otherwise (files, CI logs) each is a plain line. Evaluation results are printed too
+    (``evaluation at step 1500: auc 0.8309, logloss 0.4867, count 40960, loss 0.4867``;
+    the Trainer logs them at DEBUG only, so that they show once).
 
     Example::
 
@@ -146,10 +148,18 @@ class LoggerHook(Hook):
     def after_evaluate(self, metrics: dict[str, Any]) -> None:
         if self.is_main_process:
             body = ", ".join(f"{k} {_format_value(v)}" for k, v in metrics.items())
-            self._emit(f"eval: {body}")
+            step = self.trainer.state.global_step if self.trainer is not None else None
+            self._emit(f"evaluation at step {step}: {body}" if step is not None else body)
+
+    def before_evaluate(self) -> None:
+        # The evaluation's progress lines are logged: not onto the end of the bar.
+        self._close_bar()
 
     def end(self) -> None:
         # Also after an error: the traceback should not start on the progress line.
+        self._close_bar()
+
+    def _close_bar(self) -> None:
         if self.is_main_process and self._bar_open:
             self._out.write("\n")
             self._out.flush()

@@ -57,7 +57,7 @@ def test_logger_hook_plain_lines(tmp_path):
         for s in steps:
             window.update(*rec.metrics[s]["auc"])
         assert line.endswith(f" | auc(rank 0) {window.compute()['auc']:.4f}")
-    assert lines[3].startswith("eval: auc ") and "logloss" in lines[3] and "loss" in lines[3]
+    assert lines[3].startswith("evaluation at step 5: auc ") and ", logloss " in lines[3]
 
 
 def test_logger_hook_rate_leaves_out_checkpoint_saves(tmp_path, monkeypatch):
@@ -175,6 +175,26 @@ def test_logger_hook_progress_bar_on_tty(tmp_path):
     # One line redrawn in place four times, ended by a newline after training.
     assert text.count("\r") == 4 and text.endswith("\n") and text.count("\n") == 1
     assert "[" + "#" * LoggerHook.BAR_WIDTH + "] step 4/4 [100%]" in text
+
+
+def test_logger_hook_ends_the_bar_before_an_evaluation(tmp_path):
+    # The evaluation's own progress is logged: it must not start on the bar's line.
+    out = TTY()
+    trainer = build_trainer(
+        ToyModel(),
+        make_batches(4, 4, 0),
+        str(tmp_path),
+        hooks=[LoggerHook(log_steps=1, stream=out)],
+        eval_data=make_batches(2, 8, 1),
+        train_steps=4,
+        eval_every_steps=2,
+    )
+    trainer.train()
+    text = out.getvalue()
+    bar_1, eval_1, bar_2, eval_2, end = text.split("\n")
+    assert "step 2/4 [50%]" in bar_1.split("\r")[-1] and "step 4/4" in bar_2.split("\r")[-1]
+    assert eval_1.startswith("evaluation at step 2: auc ") and ", logloss " in eval_1
+    assert eval_2.startswith("evaluation at step 4: auc ") and end == ""
 
 
 def test_logger_hook_rejects_bad_interval():
