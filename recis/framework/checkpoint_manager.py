@@ -11,7 +11,6 @@ for the pieces and ``DESIGN.md`` §6 for the on-disk layout.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -19,7 +18,6 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
@@ -34,39 +32,24 @@ from recis.framework.checkpoint.commit import (
     temp_name,
     validate_id,
 )
-from recis.framework.checkpoint.dense import dense_state_dict
 from recis.framework.checkpoint.disk_space import (
     free_space_note,
     is_out_of_room,
     lacking_room,
-    mib,
     room_advice,
     too_small_for,
     weight_bytes,
 )
 from recis.framework.checkpoint.integrity import DEFAULT_BLOCK_SIZE
-from recis.framework.checkpoint.layout import (
-    ELEMENT,
-    merge_table_metas,
-    rank_table_items,
-    state_kind,
-)
-from recis.framework.checkpoint.load import (
-    CATEGORIES,
-    CheckpointLoader,
-    is_damage,
-    optimizer_table_state,
-    parse_load_conf,
-)
+from recis.framework.checkpoint.layout import merge_table_metas
+from recis.framework.checkpoint.load import CATEGORIES, CheckpointLoader, is_damage, parse_load_conf
 from recis.framework.checkpoint.manager import CheckpointManager
 from recis.framework.checkpoint.manifest import MANIFEST, dumps, read_manifest, saved_at
+from recis.framework.checkpoint.save import manifest_body, take_snapshot, write_rank
 from recis.framework.checkpoint.shared_dir import ranks_see_one_directory
 from recis.framework.checkpoint.storage import Storage, storage_for
-from recis.framework.checkpoint.tensor_file import ReaderCache, dtype_name
-from recis.framework.checkpoint.tree import encode, map_refs
-from recis.framework.checkpoint.writer import write_files
+from recis.framework.checkpoint.tensor_file import ReaderCache
 from recis.framework.progress import Progress
-from recis.nn.sparse_params import filter_out_sparse_param
 
 logger = logging.getLogger(__name__)
 
@@ -247,7 +230,8 @@ class Saver:
         self.wait()
         rank, world = rank_and_world(self.process_group)
         if blocking:
-            return self._save(self._snapshot(rank, copy=False), ckpt_id, self.process_group)
+            snapshot = take_snapshot(self.model, self.sparse_optimizer, self._objects, rank, None)
+            return self._save(snapshot, ckpt_id, self.process_group)
         if world > 1 and self._async_group is None:
             # Collectives of a background save must not interleave with the
             # training's on one group: give them their own (created by all ranks),
@@ -257,7 +241,11 @@ class Saver:
                 backend="gloo",
                 timeout=group_timeout(self.process_group),
             )
-        snapshot = self._snapshot(rank, copy=True)
+        # Host buffers are kept from one background save to the next.
+        snapshot = take_snapshot(
+            self.model, self.sparse_optimizer, self._objects, rank, self._staging
+        )
+        self._staging = snapshot.pop("staging", self._staging)
         result: dict[str, Any] = {}
 
         def run() -> None:
@@ -312,7 +300,16 @@ class Saver:
             if any(err for _, err in gathered):
                 raise CheckpointError("another rank failed")
             merged = merge_table_metas([metas for metas, _ in gathered])
-            result = self._write_rank(tmp, merged, rank, snapshot, f"saving {ckpt_id}")
+            result = write_rank(
+                storage,
+                tmp,
+                merged,
+                rank,
+                snapshot,
+                self.concurrency,
+                self.block_size,
+                f"saving {ckpt_id}",
+            )
         except CheckpointError as e:
             result = {"error": str(e)}
         except Exception as e:
@@ -356,131 +353,6 @@ class Saver:
             )
         return path
 
-    def _opt_state(self, name: str) -> dict[str, Tensor]:
-        return optimizer_table_state(self.sparse_optimizer, name)
-
-    def _snapshot(self, rank: int, copy: bool) -> dict[str, Any]:
-        """What this rank saves: table shards and their state, dense, extra and io
-        state (tensors referenced, or copied to host memory with ``copy``)."""
-
-        staging: dict[str, Tensor] = {}
-
-        def take(t: Tensor, slot: str) -> Tensor:
-            if not copy:
-                return t.detach()
-            # Host buffers are kept from one background save to the next: copying
-            # into memory already mapped is much cheaper than allocating it afresh.
-            buf = self._staging.get(slot)
-            if buf is None or buf.shape != t.shape or buf.dtype != t.dtype:
-                buf = torch.empty(t.shape, dtype=t.dtype, pin_memory=t.is_cuda)
-            buf.copy_(t.detach())
-            staging[slot] = buf
-            return buf
-
-        try:
-            metas: dict[str, dict[str, Any]] = {}
-            tables: dict[str, dict[str, Any]] = {}
-            for name, table in filter_out_sparse_param(self.model).items():
-                if table.weight.dim() != 2:
-                    raise ValueError(
-                        f"table {name!r}: weight must be 2-D, got {list(table.weight.shape)}"
-                    )
-                rows, cols = table.weight.shape
-                tensors = {"weight": take(table.weight, f"sparse/{name}/weight")}
-                kinds = {"weight": ELEMENT}
-                for key, value in self._opt_state(name).items():
-                    if key in kinds:
-                        raise ValueError(
-                            f"table {name!r}: optimizer state may not be named {key!r}"
-                        )
-                    kinds[key] = state_kind(name, key, tuple(value.shape), (rows, cols))
-                    tensors[key] = take(value, f"sparse/{name}/{key}")
-                r0, c0 = table.row_offset, table.col_offset
-                metas[name] = {
-                    "box": [r0, r0 + rows, c0, c0 + cols],
-                    "global_shape": list(table.global_shape),
-                    "dtype": dtype_name(table.weight.dtype),
-                    "state": kinds,
-                }
-                if hasattr(self.sparse_optimizer, "table_hyperparameters"):
-                    # An LR scheduler's lr goes on from where it was on resume.
-                    metas[name]["hyper"] = self.sparse_optimizer.table_hyperparameters(name)
-                tables[name] = {"row_offset": r0, "tensors": tensors}
-            items: dict[str, Tensor] = {}
-            snapshot: dict[str, Any] = {"metas": metas, "tables": tables, "items": items}
-            if rank == 0:
-                snapshot["dense"] = encode(dense_state_dict(self.model), "dense", items)
-                snapshot["extra"] = {
-                    name: encode(obj.state_dict(), f"extra/{name}", items)
-                    for name, (obj, per_rank) in self._objects.items()
-                    if not per_rank
-                }
-            snapshot["io_state"] = {
-                name: encode(obj.state_dict(), f"io/{name}", items)
-                for name, (obj, per_rank) in self._objects.items()
-                if per_rank
-            }
-            for key in list(items):
-                items[key] = take(items[key], key)
-            if copy:
-                self._staging = staging
-            plans = [getattr(self.model, a, None) for a in ("plan", "sharding_plan")]
-            plan = next((p for p in plans if hasattr(p, "to_json")), None)
-            snapshot["plan"] = json.loads(plan.to_json()) if plan is not None else None
-            return snapshot
-        except Exception as e:
-            # Still take part in the save's collectives: every rank then raises.
-            return {"error": f"rank {rank}: {type(e).__name__}: {e}", "metas": {}, "plan": None}
-
-    def _write_rank(
-        self,
-        tmp: str,
-        merged: dict[str, dict[str, Any]],
-        rank: int,
-        snapshot: dict[str, Any],
-        what: str,
-    ) -> dict[str, Any]:
-        """Writes this rank's files into ``tmp``; returns what the manifest needs from it.
-        Rank 0 reports the progress of a long write (``what``: e.g. "saving ckpt-600")."""
-        sparse, pieces, scalars = rank_table_items(
-            merged, rank, snapshot["tables"], self.concurrency
-        )
-        items: dict[str, Tensor] = {**snapshot["items"], **sparse}
-        nbytes = sum(t.numel() * t.element_size() for t in items.values())
-        progress = Progress(f"{what}: rank 0", "written", nbytes, log=rank == 0)
-        try:
-            location, files = write_files(
-                self._storage,
-                tmp,
-                f"rank{rank:05d}",
-                items,
-                self.concurrency,
-                self.block_size,
-                progress.add,
-            )
-        except OSError as e:
-            if is_out_of_room(e):  # the size this rank needed: the error does not tell
-                raise OSError(e.errno, f"{e.strerror}, writing {mib(nbytes)}") from e
-            raise
-
-        def ref(key: str) -> list[str]:
-            return [location[key], key]
-
-        result: dict[str, Any] = {
-            "pieces": pieces,
-            "scalars": {t: {k: ref(v) for k, v in s.items()} for t, s in scalars.items()},
-            "files": files,
-            "tables": {
-                name: {k: v for k, v in merged[name].items() if k != "holders"} for name in merged
-            },
-        }
-        for p in pieces:
-            p["tensors"] = {k: ref(v) for k, v in p["tensors"].items()}
-        for field in ("dense", "extra", "io_state"):
-            if field in snapshot:
-                result[field] = map_refs(snapshot[field], ref)
-        return result
-
     def _commit(
         self,
         tmp: str,
@@ -491,30 +363,7 @@ class Saver:
         plan: Any,
     ) -> None:
         storage = self._storage
-        tables: dict[str, dict[str, Any]] = {
-            name: {**meta, "pieces": [], "scalars": {}}
-            for name, meta in results[0]["tables"].items()
-        }
-        files: dict[str, Any] = {}
-        for res in results:
-            files.update(res["files"])
-            for p in res["pieces"]:
-                tables[p["table"]]["pieces"].append({k: p[k] for k in ("rows", "cols", "tensors")})
-            for name, refs in res["scalars"].items():
-                tables[name]["scalars"].update(refs)
-        for entry in tables.values():
-            entry["pieces"].sort(key=lambda p: (p["rows"][0], p["cols"][0]))
-        body = {
-            "ckpt_id": ckpt_id,
-            "world_size": world,
-            "created_unix": time.time(),
-            "plan": plan,
-            "files": files,
-            "tables": tables,
-            "dense": results[0]["dense"],
-            "extra": results[0]["extra"],
-            "io_state": {str(r): res["io_state"] for r, res in enumerate(results)},
-        }
+        body = manifest_body(ckpt_id, results, world, plan)
         with storage.open_write(storage.join(tmp, MANIFEST)) as f:
             f.write(dumps(body))
         storage.sync_dir(tmp)

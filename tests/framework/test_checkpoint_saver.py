@@ -15,7 +15,7 @@ import torch
 import torch.distributed as dist
 
 from recis.distributed.comm import group_timeout
-from recis.framework import progress
+from recis.framework import checkpoint_manager, progress
 from recis.framework.checkpoint_manager import (
     CheckpointError,
     CheckpointManager,
@@ -379,7 +379,7 @@ def _job(out: str) -> Saver:
     return saver
 
 
-def test_the_job_that_claimed_an_output_dir_last_keeps_it(tmp_path):
+def test_the_job_that_claimed_an_output_dir_last_keeps_it(tmp_path, monkeypatch):
     out = str(tmp_path)
     first = _job(out)
     first.save("first-1")
@@ -395,14 +395,14 @@ def test_the_job_that_claimed_an_output_dir_last_keeps_it(tmp_path):
     second.save("second-2")
     assert json.loads((tmp_path / ".owner").read_text())["id"] == second._owner["id"]
     # A takeover while a save is being written stops it before its commit.
-    write_rank = second._write_rank
+    write_rank = checkpoint_manager.write_rank
 
     def taken_over_meanwhile(*args, **kwargs):
         result = write_rank(*args, **kwargs)
         _job(out)
         return result
 
-    second._write_rank = taken_over_meanwhile
+    monkeypatch.setattr(checkpoint_manager, "write_rank", taken_over_meanwhile)
     with pytest.raises(CheckpointError, match=r"could not commit: .*" + took_over):
         second.save("second-3")
     assert second.checkpoints() == ["first-1", "second-1", "second-2"]
