@@ -419,7 +419,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             raise SystemExit(128 + signal.SIGTERM)
         if eval_ds is None:
             return {}
-        last = trainer.last_evaluation  # the Trainer logs evaluations
+        last = trainer.last_evaluation  # logged already
         return last[1] if last and last[0] == state.global_step else trainer.evaluate()
     finally:
         for ds in (trainer.train_dataset, eval_ds):

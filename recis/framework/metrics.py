@@ -125,6 +125,19 @@ def clear_metrics() -> None:
     _metrics.clear()
 
 
+def format_metrics(metrics: dict[str, object]) -> str:
+    """``auc 0.8309, count 40960`` from ``{"auc": 0.830936, "count": 40960}`` (4
+    significant digits; a one-element tensor as its number)."""
+    return ", ".join(f"{name} {format_metric(value)}" for name, value in metrics.items())
+
+
+def format_metric(value: object) -> str:
+    """A metric's value as a log line shows it: a float to 4 significant digits."""
+    if isinstance(value, Tensor) and value.numel() == 1:
+        value = value.item()
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
 def binary_auc(preds: Tensor, labels: Tensor) -> float:
     """Exact ROC AUC: the Mann-Whitney U statistic with tied scores counted as half.
 

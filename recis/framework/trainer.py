@@ -30,7 +30,7 @@ from recis.framework.evaluation import (
     run_eval_batches,
 )
 from recis.framework.job_checks import check_same_setup
-from recis.framework.metrics import clear_metrics, get_global_metrics
+from recis.framework.metrics import clear_metrics, format_metrics, get_global_metrics
 from recis.framework.progress import Progress
 from recis.framework.rank_sync import RankSync, deferred_iter
 from recis.framework.stop_signal import StopSignal
@@ -639,8 +639,8 @@ class Trainer:
             if self.is_main_process:
                 logger.warning("%s: stopped by SIGTERM after %d batches", what, done)
             return {}
-        if self.is_main_process:  # at full precision; LoggerHook prints them (once)
-            logger.debug("evaluation at step %d: %s", self.state.global_step, results)
+        if self.is_main_process:  # at full precision in last_evaluation and the result
+            logger.info("%s: %s (%.1f s)", what, format_metrics(results), time.monotonic() - start)
         self.last_evaluation = (self.state.global_step, results)
         self._call_hooks("after_evaluate", results)
         return results

@@ -7,9 +7,7 @@ import sys
 import time
 from typing import Any, TextIO
 
-import torch
-
-from recis.framework.metrics import Predictions
+from recis.framework.metrics import Predictions, format_metric
 from recis.hooks.hook import Hook
 from recis.hooks.report_window import PredictionWindow, Throughput
 
@@ -19,12 +17,6 @@ def _format_duration(seconds: float) -> str:
     hours, rest = divmod(seconds, 3600)
     minutes, secs = divmod(rest, 60)
     return f"{hours}:{minutes:02d}:{secs:02d}"
-
-
-def _format_value(value: Any) -> str:
-    if isinstance(value, torch.Tensor) and value.numel() == 1:
-        value = value.item()
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 class LoggerHook(Hook):
@@ -41,9 +33,8 @@ class LoggerHook(Hook):
     hook may be added on rank 0 only; ``Trainer.evaluate`` gives the exact AUC over
     all ranks). The last step of a training gets its line too, whatever its number.
     When ``stream`` is a terminal the line is a progress bar redrawn in place;
-    otherwise (files, CI logs) each is a plain line. Evaluation results are printed too
-    (``evaluation at step 1500: auc 0.8309, logloss 0.4867, count 40960, loss 0.4867``;
-    the Trainer logs them at DEBUG only, so that they show once).
+    otherwise (files, CI logs) each is a plain line. Evaluation results are the
+    Trainer's to log (``evaluation at step 1500: auc 0.8309, logloss 0.4867, ...``).
 
     Example::
 
@@ -138,21 +129,15 @@ class LoggerHook(Hook):
                 parts.append(f"ETA {_format_duration(eta)}")
         for name, value in metrics.items():
             if name != "loss" and not isinstance(value, Predictions):
-                parts.append(f"{name} {_format_value(value)}")
+                parts.append(f"{name} {format_metric(value)}")
         for name, auc in aucs.items():
             if not math.isnan(auc):  # one class only in the window
                 label = "auc" if name == "auc" else f"{name}/auc"
                 parts.append(f"{label}(rank 0) {auc:.4f}")
         self._emit(" | ".join(parts), progress=True)
 
-    def after_evaluate(self, metrics: dict[str, Any]) -> None:
-        if self.is_main_process:
-            body = ", ".join(f"{k} {_format_value(v)}" for k, v in metrics.items())
-            step = self.trainer.state.global_step if self.trainer is not None else None
-            self._emit(f"evaluation at step {step}: {body}" if step is not None else body)
-
     def before_evaluate(self) -> None:
-        # The evaluation's progress lines are logged: not onto the end of the bar.
+        # The evaluation's progress and results are logged: not onto the end of the bar.
         self._close_bar()
 
     def end(self) -> None:

@@ -160,6 +160,17 @@ def test_a_long_evaluation_reports_its_progress(tmp_path, monkeypatch, caplog):
     ]
 
 
+def test_an_evaluation_logs_its_results_once_to_4_digits(tmp_path, caplog):
+    trainer = build_trainer(ToyModel(), make_batches(1, 4, 0), str(tmp_path), log_steps=1)
+    with caplog.at_level("INFO"):
+        results = trainer.evaluate(make_batches(3, 6, 100))
+    lines = [r.getMessage() for r in caplog.records if "evaluation at step" in r.getMessage()]
+    assert len(lines) == 1, lines  # not again by the LoggerHook
+    body = ", ".join(f"{k} {v:.4g}" for k, v in results.items())
+    assert lines[0].startswith(f"evaluation at step 0: {body} (") and lines[0].endswith(" s)")
+    assert ", count 18, " in lines[0]
+
+
 def test_every_evaluation_starts_at_the_beginning_of_the_eval_set(tmp_path):
     # A dataset with a read position (CriteoDataset, SyntheticCriteoDataset) is put
     # back where it was: evaluating the first 2 batches twice sees the same 2 batches.
