@@ -36,9 +36,9 @@ from recis.framework.checkpoint.disk_space import (
     free_space_note,
     is_out_of_room,
     lacking_room,
+    least_checkpoint_bytes,
     room_advice,
     too_small_for,
-    weight_bytes,
 )
 from recis.framework.checkpoint.integrity import DEFAULT_BLOCK_SIZE
 from recis.framework.checkpoint.layout import merge_table_metas
@@ -181,7 +181,7 @@ class Saver:
             free = storage.free_bytes(root) if rank == 0 else None  # one file system
         except Exception as e:
             error = f"rank {rank} cannot write there: {type(e).__name__}: {e}"
-        tables, dense = weight_bytes(self.model)
+        tables, dense = least_checkpoint_bytes(self.model, self.sparse_optimizer)
         gathered = all_gather_objects((error, tables, free), group)
         errors = [e for e, _, _ in gathered if e]
         if not errors:

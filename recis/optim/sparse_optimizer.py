@@ -196,6 +196,17 @@ class SparseOptimizer(torch.optim.Optimizer):
             if key in group and key not in ("params", "table_names"):
                 group[key] = tuple(value) if isinstance(group[key], tuple) else value
 
+    def table_state_kinds(self, name: str) -> dict[str, str]:
+        """Each state tensor of table ``name`` -> ``"element"`` (shaped like the
+        weight), ``"row"`` (one value per row) or ``"scalar"``; creates no state.
+
+        Example::
+
+            >>> SparseAdam(filter_out_sparse_param(model), lr=0.01).table_state_kinds("t0")
+            {'step': 'scalar', 'exp_avg': 'element', 'exp_avg_sq': 'element'}
+        """
+        return {key: kind for key, (kind, _) in self._state_spec(self._group_of(name)).items()}
+
     def _ensure_state(self, name: str, group: dict[str, Any]) -> dict[str, Tensor]:
         state = self._table_states.get(name)
         if state is None:

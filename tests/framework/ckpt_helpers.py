@@ -115,6 +115,9 @@ class FakeSparseOptimizer:
     def table_state(self, name: str) -> dict[str, Tensor]:
         return dict(self.state[name])
 
+    def table_state_kinds(self, name: str) -> dict[str, str]:
+        return {"momentum": "element", "visits": "row", "step": "scalar"}
+
     def set_table_state(self, name: str, state: dict[str, Tensor]) -> None:
         for key, value in state.items():
             if value.shape != self.state[name][key].shape:

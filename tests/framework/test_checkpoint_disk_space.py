@@ -12,9 +12,11 @@ import pytest
 import torch.distributed as dist
 
 from recis.framework.checkpoint.dense import dense_state_dict
+from recis.framework.checkpoint.disk_space import least_checkpoint_bytes
 from recis.framework.checkpoint.storage import LocalStorage
 from recis.framework.checkpoint_manager import CheckpointError, Saver
 from recis.nn import filter_out_sparse_param
+from recis.optim import SparseAdagrad, SparseAdam, SparseRowWiseAdagrad, SparseSGD
 from recis.testing import run_distributed
 from tests.framework.ckpt_helpers import FakeSparseOptimizer, ShardedTables
 
@@ -95,9 +97,10 @@ def test_a_rank_out_of_room_fails_every_rank_with_the_sizes_and_what_to_do(tmp_p
     assert os.listdir(tmp_path) == []  # the temporary folder is gone
 
 
-def _weights_bytes(saver: Saver) -> int:
-    """What the test expects: every table's whole weight once, and the dense state."""
-    tables = sum(rows * cols * 4 for _, rows, cols, _, _ in SPECS)
+def _least_bytes(saver: Saver) -> int:
+    """What the test expects: every table's whole weight and the optimizer's state
+    (momentum per element, visits per row) once, and the dense state."""
+    tables = sum(rows * (2 * cols + 1) * 4 for _, rows, cols, _, _ in SPECS)
     dense = dense_state_dict(saver.model).values()
     return tables + sum(t.numel() * t.element_size() for t in dense)
 
@@ -105,7 +108,7 @@ def _weights_bytes(saver: Saver) -> int:
 def _start_check_job(path: str) -> list[str]:
     rank, world = dist.get_rank(), dist.get_world_size()
     saver = _saver(path, rank, world, max_keep=2)
-    least = _weights_bytes(saver)  # table "b" is cut over both ranks: counted once
+    least = _least_bytes(saver)  # table "b" is cut over both ranks: counted once
     outcomes = []
     for free in (least - 1, least, 3 * least):
         with mock.patch.object(LocalStorage, "free_bytes", return_value=free):
@@ -121,15 +124,28 @@ def test_a_job_whose_first_checkpoint_cannot_fit_stops_at_its_start(tmp_path, ca
     outcomes = run_distributed(_start_check_job, 2, str(tmp_path), timeout=60)
     assert outcomes[0] == outcomes[1]
     too_small, tight, roomy = outcomes[0]
-    assert too_small.startswith(f"output_dir {tmp_path}: it has 0.0 MiB free, but the model's")
-    assert "weights alone take" in too_small and "not one checkpoint fits there" in too_small
+    assert too_small.startswith(
+        f"output_dir {tmp_path}: it has 0.0 MiB free, but a checkpoint takes at least 0.0 MiB "
+        "(this model's weights and sparse-optimizer state): not one fits there"
+    )
     assert (tight, roomy) == ("ok", "ok")
     # One process: the warning when fewer fit than max_keep and the one being saved.
     saver = _saver(str(tmp_path / "one"), max_keep=2)
     with (
         caplog.at_level("WARNING"),
-        mock.patch.object(LocalStorage, "free_bytes", return_value=_weights_bytes(saver) * 2),
+        mock.patch.object(LocalStorage, "free_bytes", return_value=_least_bytes(saver) * 2),
     ):
         saver.check_writable()
-    assert "room for 2 checkpoints of this model's weights alone" in caplog.text
+    assert "room for 2 checkpoints of at least 0.0 MiB (this model's weights and" in caplog.text
     assert "keeps the newest 2 checkpoints" in caplog.text
+
+
+@pytest.mark.parametrize("optimizer", [SparseSGD, SparseRowWiseAdagrad, SparseAdagrad, SparseAdam])
+def test_the_start_bound_is_a_checkpoint_of_the_model_before_its_headers(tmp_path, optimizer):
+    model = ShardedTables([("a", 3000, 16, "table_wise", 0), ("b", 2000, 8, "table_wise", 0)], 0, 1)
+    saver = Saver(model, optimizer(filter_out_sparse_param(model), lr=0.1), str(tmp_path))
+    tables, dense = least_checkpoint_bytes(saver.model, saver.sparse_optimizer)
+    saver.save("c1")
+    saved = sum(f.stat().st_size for f in (tmp_path / "c1").iterdir())
+    least = tables["a"] + tables["b"] + dense
+    assert least <= saved < least * 1.05  # the rest: file headers, the manifest

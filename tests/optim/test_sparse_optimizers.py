@@ -255,6 +255,19 @@ def test_table_state_shapes_and_set_table_state_validation():
         SparseAdamW({"u": make_table("u", 6, 3)}).load_state_dict(adam.state_dict())
 
 
+@pytest.mark.parametrize("name", list(OPTIMIZERS))
+def test_table_state_kinds_tell_the_shapes_before_the_state_exists(name):
+    opt = OPTIMIZERS[name][0]({"t": make_table("t", 6, 3)})
+    kinds = opt.table_state_kinds("t")
+    assert opt._table_states == {}  # nothing created
+    shapes = {"element": (6, 3), "row": (6,), "scalar": ()}
+    assert {k: shapes[kind] for k, kind in kinds.items()} == {
+        k: tuple(v.shape) for k, v in opt.table_state("t").items()
+    }
+    with pytest.raises(KeyError, match="no table named 'x'"):
+        opt.table_state_kinds("x")
+
+
 def test_hyper_parameter_validation():
     t = {"t": make_table("t", 3, 2)}
     with pytest.raises(ValueError, match="SparseSGD: lr must be a finite number >= 0, got -1"):

@@ -4,11 +4,12 @@ fills the disk, and one that ran out of room says how much there was and why."""
 from __future__ import annotations
 
 import errno
-import math
+from typing import Any
 
 from torch import Tensor, nn
 
 from recis.framework.checkpoint.dense import dense_state_dict
+from recis.framework.checkpoint.layout import ELEMENT, ROW
 from recis.framework.checkpoint.storage import Storage
 from recis.nn.sparse_params import filter_out_sparse_param
 
@@ -57,36 +58,49 @@ def lacking_room(
     )
 
 
-def weight_bytes(model: nn.Module) -> tuple[dict[str, int], int]:
-    """Each table this rank holds a shard of -> the bytes of its whole weight, and the
-    bytes of the dense state: what any checkpoint of ``model`` holds at least."""
-    tables = {
-        name: math.prod(table.global_shape) * table.weight.element_size()
-        for name, table in filter_out_sparse_param(model).items()
-    }
+def least_checkpoint_bytes(model: nn.Module, sparse_optimizer: Any) -> tuple[dict[str, int], int]:
+    """Each table this rank holds a shard of -> the bytes of its whole weight and
+    sparse-optimizer state, and the bytes of the dense state: what any checkpoint of
+    ``model`` holds at least, before any step has run (the dense optimizer's state
+    comes on top, and per-row state of a table cut by columns once per cut)."""
+    tables = {}
+    for name, table in filter_out_sparse_param(model).items():
+        rows, cols = table.global_shape
+        state = _state_kinds(sparse_optimizer, name)
+        per_row = cols * (1 + state.count(ELEMENT)) + state.count(ROW)
+        tables[name] = rows * per_row * table.weight.element_size()
     dense = dense_state_dict(model).values()
     return tables, sum(t.numel() * t.element_size() for t in dense if isinstance(t, Tensor))
+
+
+def _state_kinds(sparse_optimizer: Any, name: str) -> list[str]:
+    """The kinds of table ``name``'s state tensors ([] where the optimizer cannot say)."""
+    try:
+        return list(sparse_optimizer.table_state_kinds(name).values())
+    except (AttributeError, KeyError):  # no optimizer, or none of this table
+        return []
 
 
 def too_small_for(
     free: int | None, least: int, max_keep: int | None
 ) -> tuple[str | None, str | None]:
     """``(error, warning)`` for a file system with ``free`` bytes (None: unknown) and
-    checkpoints of at least ``least`` bytes (a model's weights, before any optimizer
-    state): the error when not even one fits, the warning when fewer fit than
-    ``max_keep`` and the one being saved."""
+    checkpoints of at least ``least`` bytes (:func:`least_checkpoint_bytes`): the error
+    when not even one fits, the warning when fewer fit than ``max_keep`` and the one
+    being saved."""
     if free is None:
         return None, None
+    what = "this model's weights and sparse-optimizer state"
     if free < least:
         return (
-            f"it has {mib(free)} free, but the model's weights alone take {mib(least)} "
-            "(its optimizer state comes on top): not one checkpoint fits there. Free "
-            "space there or give output_dir a bigger disk"
+            f"it has {mib(free)} free, but a checkpoint takes at least {mib(least)} "
+            f"({what}): not one fits there. Free space there or give output_dir a "
+            "bigger disk"
         ), None
     if max_keep and free < least * (max_keep + 1):
         return None, (
-            f"it has {mib(free)} free: room for {free // least} checkpoints of this "
-            f"model's weights alone ({mib(least)}, before its optimizer state). "
-            f"{room_advice(max_keep)}; else a save will stop the job once it is full"
+            f"it has {mib(free)} free: room for {free // least} checkpoint"
+            f"{'' if free // least == 1 else 's'} of at least {mib(least)} ({what}). {room_advice(max_keep)}; else a save will stop the "
+            "job once it is full"
         )
     return None, None
