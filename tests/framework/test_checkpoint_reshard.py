@@ -1,8 +1,8 @@
 """Round trips on 1, 2 and 3 ranks and N->M resharding for every pair of placements.
 
 One chain of jobs: save on 1 rank (in the test process, no process group), load it
-on 2 ranks and save (through a ``file://`` URL), load both on 3 ranks and save, load
-that on 1 again: 1->2, 1->3, 2->3 and 3->1. Every saving job first round-trips its
+on 2 ranks and save (through fsspec: ``simplecache::file://``), load both on 3 ranks
+and save, load that on 1 again: 1->2, 1->3, 2->3 and 3->1. Every saving job first round-trips its
 own checkpoint (weights, optimizer state of all kinds, dense, extra, io state). The
 25 tables ``<src>__<dst>`` are saved placed by ``src`` and loaded placed by ``dst``.
 """
@@ -135,6 +135,6 @@ def _job(out_dir: str | None, prevs: list[tuple[str, int]]) -> None:
 def test_round_trip_and_resharding_every_placement_pair(tmp_path):
     d = {n: str(tmp_path / f"ws{n}") for n in (1, 2, 3)}
     _job(d[1], [])
-    run_distributed(_job, 2, "file://" + d[2], [(d[1], 1)])
+    run_distributed(_job, 2, "simplecache::file://" + d[2], [(d[1], 1)])
     run_distributed(_job, 3, d[3], [(d[2], 2), (d[1], 1)])
     _job(None, [(d[3], 3)])

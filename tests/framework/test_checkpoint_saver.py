@@ -107,6 +107,16 @@ def test_load_by_config_warm_start_from_a_model_bank(tmp_path):
     assert_tree_equal(opt2.table_state("a"), opt.table_state("a"))
 
 
+def test_a_file_url_is_a_local_path_with_its_durable_commit(tmp_path, monkeypatch):
+    # fsspec's own local rename deletes, then moves: not the atomic os.replace.
+    saver = Saver(*_model(), f"file://{tmp_path}/job")
+    replaced = []
+    monkeypatch.setattr(os, "replace", lambda a, b: replaced.append(b) or os.rename(a, b))
+    assert saver.save("s1") == f"{tmp_path}/job/s1"
+    assert f"{tmp_path}/job/checkpoint" in replaced and saver.checkpoints() == ["s1"]
+    Saver(*_model(), f"local://{tmp_path}/job").load()
+
+
 def test_fsspec_memory_round_trip():
     url = f"memory://recis-test-{uuid.uuid4().hex}/job"
     model, opt = _model()

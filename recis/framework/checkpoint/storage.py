@@ -1,9 +1,9 @@
 """Where checkpoint bytes live: a local directory or any fsspec URL.
 
 Local paths get the durability a checkpoint needs (``fsync`` of every file and of
-the directories whose entries changed, ``os.replace`` for atomic replacement).
-URLs (``file://``, ``memory://``, ``s3://`` ...) go through fsspec; there a commit is
-as atomic as the backend's ``mv``.
+the directories whose entries changed, ``os.replace`` for atomic replacement); so do
+``file://`` URLs, which are local paths. Other URLs (``memory://``, ``s3://`` ...) go
+through fsspec; there a commit is as atomic as the backend's ``mv``.
 """
 
 from __future__ import annotations
@@ -167,7 +167,8 @@ class FsspecStorage(Storage):
         self.protocol = protocol
 
     def url(self, path: str) -> str:
-        return f"{self.protocol}://{path.lstrip('/') if self.protocol != 'file' else path}"
+        on_disk = self.protocol.rsplit("::", 1)[-1] in ("file", "local")  # an absolute path
+        return f"{self.protocol}://{path if on_disk else path.lstrip('/')}"
 
     def makedirs(self, path: str) -> None:
         self.fs.makedirs(path, exist_ok=True)
@@ -239,8 +240,13 @@ def storage_for(path: str) -> tuple[Storage, str]:
     if "://" not in path:
         return LocalStorage(), path
     import fsspec
+    from fsspec.implementations.local import LocalFileSystem
 
     check_url_supported(path)
     fs, root = fsspec.core.url_to_fs(path)
+    if isinstance(fs, LocalFileSystem):
+        # fsspec's local rename is a delete and a move, with no fsync: a crash between
+        # the two would lose the list of committed checkpoints.
+        return LocalStorage(), root
     protocol = path.split("://", 1)[0]
     return FsspecStorage(fs, protocol), root
