@@ -117,6 +117,23 @@ def test_a_file_url_is_a_local_path_with_its_durable_commit(tmp_path, monkeypatc
     Saver(*_model(), f"local://{tmp_path}/job").load()
 
 
+def test_fsspec_rename_onto_a_file_that_the_backend_will_not_replace():
+    from fsspec.implementations.memory import MemoryFileSystem
+
+    from recis.framework.checkpoint.storage import FsspecStorage
+
+    class NoReplace(MemoryFileSystem):  # as HDFS: a rename onto a file fails
+        def mv(self, path1, path2, **kwargs):
+            if self.isfile(path2):
+                raise FileExistsError(path2)
+            super().mv(path1, path2, **kwargs)
+
+    fs, root = NoReplace(), f"/recis-test-{uuid.uuid4().hex}"
+    fs.pipe({f"{root}/list": b"old", f"{root}/tmp": b"new"})
+    FsspecStorage(fs, "memory").rename(f"{root}/tmp", f"{root}/list")
+    assert fs.cat(f"{root}/list") == b"new" and not fs.exists(f"{root}/tmp")
+
+
 def test_fsspec_memory_round_trip():
     url = f"memory://recis-test-{uuid.uuid4().hex}/job"
     model, opt = _model()
@@ -125,9 +142,14 @@ def test_fsspec_memory_round_trip():
     saver = Saver(model, opt, url, max_keep=1, concurrency=3)
     saver.register_for_checkpointing("reader", io, per_rank=True)
     saver.save("s1")
+    removed = []
+    rm = saver._storage.fs.rm
+    saver._storage.fs.rm = lambda path, **kw: removed.append(path) or rm(path, **kw)
     saver.save("s2")
     assert saver.checkpoints() == ["s2"]
     assert saver.latest_checkpoint().startswith("memory://")
+    # The list of committed checkpoints was replaced, never missing for a moment.
+    assert removed and not [p for p in removed if p.endswith("/checkpoint")]
 
     model2, opt2 = _model()
     io2 = IOState()

@@ -204,9 +204,15 @@ class FsspecStorage(Storage):
         return self.fs.cat_file(path)
 
     def rename(self, src: str, dst: str) -> None:
-        if self.fs.isfile(dst):
-            self.fs.rm(dst)
-        self.fs.mv(src, dst, recursive=True)
+        try:
+            # Object stores (and memory://) replace a file in one step: readers of
+            # dst (the list of committed checkpoints) see the old or the new one.
+            self.fs.mv(src, dst, recursive=True)
+        except OSError:
+            if not self.fs.isfile(dst):
+                raise
+            self.fs.rm(dst)  # a backend that will not replace a file: not atomic then
+            self.fs.mv(src, dst, recursive=True)
 
     def remove(self, path: str) -> None:
         if self.fs.exists(path):
