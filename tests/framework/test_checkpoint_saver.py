@@ -67,6 +67,24 @@ def test_max_keep_prunes_this_and_earlier_runs_and_stale_temporaries(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["checkpoint", "new0", "new1", "notes"]
 
 
+def test_a_deleted_checkpoint_list_is_rebuilt_from_the_complete_folders(tmp_path, caplog):
+    model, opt = _model()
+    saver = Saver(model, opt, str(tmp_path), max_keep=3)
+    for ckpt_id in ("b-first", "a-second"):  # their names sort against their order
+        saver.save(ckpt_id)
+    os.remove(tmp_path / "checkpoint")
+    (tmp_path / "notes").mkdir()  # not a checkpoint
+    (tmp_path / "half").mkdir()  # a manifest cut short
+    (tmp_path / "half" / "manifest.json").write_text('{"format": "recis')
+    with caplog.at_level("WARNING"):
+        assert saver.checkpoints() == ["b-first", "a-second"]
+        assert saver.latest_checkpoint() == f"{tmp_path}/a-second"
+    assert caplog.text.count("has no list of committed checkpoints") == 1
+    saver.save("c-third")  # they are kept, not pruned as folders a crash left unlisted
+    assert saver.checkpoints() == ["b-first", "a-second", "c-third"]
+    assert (tmp_path / "checkpoint").read_text() == "b-first\na-second\nc-third\n"
+
+
 def test_invalid_ids_and_conf():
     model, opt = _model()
     saver = Saver(model, opt, "/tmp/unused-recis")

@@ -13,13 +13,21 @@ from __future__ import annotations
 
 import datetime
 import json
+import logging
 import os
 import re
 import socket
 import uuid
 
-from recis.framework.checkpoint.manifest import FORMAT, MANIFEST
+from recis.framework.checkpoint.manifest import (
+    FORMAT,
+    MANIFEST,
+    CheckpointFormatError,
+    read_manifest,
+)
 from recis.framework.checkpoint.storage import Storage
+
+logger = logging.getLogger(__name__)
 
 LIST_FILE = "checkpoint"
 TMP_PREFIX = ".tmp-"
@@ -37,13 +45,49 @@ def validate_id(ckpt_id: str) -> None:
 
 
 def read_ids(storage: Storage, root: str) -> list[str]:
-    """Committed checkpoint ids in ``root``, oldest first ([] when none)."""
+    """Committed checkpoint ids in ``root``, oldest first ([] when none).
+
+    Without the list (deleted by hand, say), the complete checkpoint folders there, by
+    the time they were saved: a job would otherwise start again from scratch and its
+    first save would prune them as folders a crash left unlisted.
+    """
     path = storage.join(root, LIST_FILE)
     try:
         text = storage.read_bytes(path).decode()
-    except (FileNotFoundError, NotADirectoryError):
+    except NotADirectoryError:
         return []
+    except FileNotFoundError:
+        return _unlisted_checkpoints(storage, root)
     return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+_warned_unlisted: set[str] = set()
+
+
+def _unlisted_checkpoints(storage: Storage, root: str) -> list[str]:
+    found = []
+    for entry in storage.listdir(root):
+        path = storage.join(root, entry)
+        if entry.startswith(".") or not storage.isdir(path):
+            continue
+        try:
+            found.append((float(read_manifest(storage, path).get("created_unix", 0)), entry))
+        except (CheckpointFormatError, OSError):
+            continue  # not a checkpoint, or not a whole one
+    ids = [entry for _, entry in sorted(found)]
+    if ids and storage.url(root) not in _warned_unlisted:
+        _warned_unlisted.add(storage.url(root))
+        logger.warning(
+            "%s has no list of committed checkpoints (%r, deleted?): taking the %d "
+            "complete checkpoint folder%s there, newest last: %s. The next save writes "
+            "the list again",
+            storage.url(root),
+            LIST_FILE,
+            len(ids),
+            "" if len(ids) == 1 else "s",
+            ", ".join(ids),
+        )
+    return ids
 
 
 def find_checkpoint(
