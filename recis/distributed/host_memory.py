@@ -76,6 +76,44 @@ class RankHost:
         return RankHost(socket.gethostname(), tables_in_host_memory, available_host_memory())
 
 
+@dataclass(frozen=True)
+class HostLoad:
+    """What the ranks of one host ask of its memory: ``need[i]`` bytes for rank
+    ``ranks[i]``; ``available`` is None when one of them could not tell."""
+
+    host: str
+    ranks: list[int]
+    need: list[int]
+    available: int | None
+
+    @property
+    def total(self) -> int:
+        return sum(self.need)
+
+    def shares(self, unit: int = _GIB, unit_name: str = "GiB") -> str:
+        """``rank 0: 1.2, rank 1: 1.3 GiB`` (the first 8 ranks)."""
+        first = zip(self.ranks[:8], self.need[:8], strict=True)
+        shown = ", ".join(f"rank {r}: {n / unit:.1f}" for r, n in first)
+        more = f", ... ({len(self.ranks)} ranks)" if len(self.ranks) > 8 else ""
+        return f"{shown}{more} {unit_name}"
+
+
+def host_loads(need: Sequence[int], ranks: Sequence[RankHost]) -> list[HostLoad]:
+    """Per host, what ``need[r]`` bytes of host memory for each rank r that keeps its
+    tables there (``ranks[r]``) add up to, against what the host has available."""
+    by_host: dict[str, list[int]] = {}
+    for r, where in enumerate(ranks):
+        if where.tables_in_host_memory:
+            by_host.setdefault(where.host, []).append(r)
+    loads = []
+    for host, members in by_host.items():
+        reports = [ranks[r].available for r in members]
+        known = [a for a in reports if a is not None]
+        available = min(known) if len(known) == len(reports) else None
+        loads.append(HostLoad(host, members, [need[r] for r in members], available))
+    return loads
+
+
 def check_plan_fits_hosts(plan: ShardingPlan, ranks: Sequence[RankHost]) -> str | None:
     """Raises :class:`ShardingError` when the weights and optimizer state that ``plan``
     puts on the ranks of one host (``ranks[r]`` for rank r) exceed the memory that host
@@ -87,24 +125,14 @@ def check_plan_fits_hosts(plan: ShardingPlan, ranks: Sequence[RankHost]) -> str 
         >>> check_plan_fits_hosts(plan, [RankHost("node1", True, 8 << 30)] * 2)
         ShardingError: the sharding plan puts 12.5 GiB of embedding tables ...
     """
-    need = plan.rank_memory()
-    by_host: dict[str, list[int]] = {}
-    for r, where in enumerate(ranks):
-        if where.tables_in_host_memory:
-            by_host.setdefault(where.host, []).append(r)
     tight = []
-    for host, members in by_host.items():
-        reports = [ranks[r].available for r in members]
-        known = [a for a in reports if a is not None]
-        if len(known) < len(reports):  # a rank could not tell: no verdict on its host
+    for load in host_loads(plan.rank_memory(), ranks):
+        available, total = load.available, load.total
+        if available is None:  # a rank could not tell: no verdict on its host
             continue
-        available = min(known)
-        total = sum(need[r] for r in members)
-        shares = ", ".join(f"rank {r}: {need[r] / _GIB:.1f}" for r in members[:8])
-        more = f", ... ({len(members)} ranks)" if len(members) > 8 else ""
         what = (
             f"the sharding plan puts {total / _GIB:.1f} GiB of embedding tables and "
-            f"optimizer state on host {host!r} ({shares}{more} GiB)"
+            f"optimizer state on host {load.host!r} ({load.shares()})"
         )
         if total > available:
             raise ShardingError(

@@ -259,6 +259,11 @@ class Saver:
         thread.start()
         return self._storage.url(self._storage.join(self._root, ckpt_id))
 
+    @property
+    def saving_in_background(self) -> bool:
+        """Whether a background save was started and not waited for (:meth:`wait`)."""
+        return self._pending is not None
+
     def wait(self) -> str | None:
         """Waits for a background save; returns its path (None if none was running)."""
         if self._pending is None:

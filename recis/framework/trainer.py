@@ -548,6 +548,8 @@ class Trainer:
         if self.eval_dataset is not None:  # an empty one would fail the first evaluation
             check_eval_set_not_empty(self.eval_dataset, self._sync, self.state.global_step)
         self.checkpoints.saver.check_writable()
+        if self.args.async_save:
+            self.checkpoints.check_staging_memory()
 
     def _train_then_save(
         self, stop_signal: contextlib.AbstractContextManager, max_epochs: int | None
@@ -559,10 +561,15 @@ class Trainer:
                 self._zero_grad()
                 self._train_epochs(max_epochs, resumed=self.state.global_step > 0)
                 if self.state.stopped_by_signal and self.is_main_process:
-                    saved = self.checkpoints.last_saved_step == self.state.global_step
+                    if self.checkpoints.last_saved_step != self.state.global_step:
+                        what = "saving a checkpoint"
+                    elif self.checkpoints.saver.saving_in_background:
+                        what = "its checkpoint is being written"
+                    else:
+                        what = "its checkpoint is saved"
                     logger.warning(
                         "SIGTERM: %s at step %d and stopping; running the job again resumes it",
-                        "its checkpoint is saved" if saved else "saving a checkpoint",
+                        what,
                         self.state.global_step,
                     )
                 try:

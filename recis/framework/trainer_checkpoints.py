@@ -7,6 +7,8 @@ import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+from recis.distributed.host_memory import TIGHT_SHARE, RankHost, host_loads
+from recis.framework.checkpoint.disk_space import host_state_bytes, mib, rank_checkpoint_bytes
 from recis.framework.checkpoint_manager import CheckpointManager, Saver
 from recis.framework.job_checks import NonFiniteLossWatch, optimizer_hyperparameters
 from recis.framework.progress import Progress
@@ -165,13 +167,42 @@ class TrainerCheckpoints:
                 self._check_losses_finite()
                 self.manager.save()
                 self.last_saved_step = step
+            self.saver.wait()  # a background save of this very step
         elif self.manager.saves_next():  # step is a multiple of save_steps
             self._check_losses_finite()
-            self.manager.step()
+            self.manager.step(blocking=not trainer.args.async_save)
             self.last_saved_step = step
         else:
             self.manager.step()
         trainer.state.checkpoint_seconds += time.monotonic() - start
+
+    def check_staging_memory(self) -> None:
+        """Raises on every rank when the ranks of a host need more host memory for the
+        copies a background save makes (``args.async_save``) than the host has
+        available; rank 0 warns when they would take most of it."""
+        trainer = self._trainer
+        model, optimizer = trainer.model, trainer.sparse_optimizer
+        # The optimizer state of tables in host memory comes on top once created: the
+        # memory available now has not paid for it yet.
+        need = rank_checkpoint_bytes(model, optimizer) + host_state_bytes(model, optimizer)
+        everyone = self._sync.gather_objects((need, RankHost.here(True)))
+        for load in host_loads([n for n, _ in everyone], [h for _, h in everyone]):
+            if load.available is None:
+                continue
+            what = (
+                f"TrainingArguments.async_save: the ranks on host {load.host!r} need "
+                f"{mib(load.total)} of its memory ({load.shares(2**20, 'MiB')}) for the "
+                "copy a background save makes of their shards, optimizer state and dense "
+                "state (and for optimizer state not created yet), and it has "
+                f"{mib(load.available)} available"
+            )
+            if load.total > load.available:
+                raise MemoryError(
+                    f"{what}: the ranks would be killed (SIGKILL) at the first save. Set "
+                    "async_save to False (each save then holds the training while it writes)"
+                )
+            if load.total > TIGHT_SHARE * load.available and trainer.is_main_process:
+                logger.warning("%s: the training may run out of memory at a save", what)
 
     def _check_losses_finite(self) -> None:
         newest = self.saver.latest_checkpoint()

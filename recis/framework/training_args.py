@@ -41,6 +41,13 @@ class TrainingArguments:
       the end).
     - ``max_to_keep``: how many of the newest checkpoints are kept; older ones are
       deleted once a newer one is committed.
+    - ``async_save``: each ``save_steps`` save copies the state to host memory and
+      is written by a background thread while training goes on (one host copy of
+      each rank's shards and their optimizer state, checked against the hosts'
+      memory at the start); a failed background save raises at the next save. The
+      last save, and one on SIGTERM, is complete when ``train()`` returns. It pays
+      where the ranks leave CPU cores idle (GPU training): where every core trains,
+      the writes slow the steps about as much as a blocking save stops them.
     - ``save_concurrency_per_rank``: threads with which each rank writes its shards.
     - ``gradient_accumulation_steps``: k; each optimizer step averages the gradients
       of k micro-batches (the loss is scaled by 1/k; DDP syncs once).
@@ -87,6 +94,7 @@ class TrainingArguments:
     log_steps: int | None = 100
     save_steps: int | None = 1000
     max_to_keep: int = 5
+    async_save: bool = False
     save_concurrency_per_rank: int = 4
     gradient_accumulation_steps: int = 1
     model_bank: list[dict[str, Any]] | None = None
@@ -122,7 +130,7 @@ class TrainingArguments:
                 f"TrainingArguments.output_dir must be a path, got {self.output_dir!r}"
             )
         _check_url("output_dir", self.output_dir)
-        for name in ("keep_freed_host_memory", "save_on_sigterm"):
+        for name in ("keep_freed_host_memory", "save_on_sigterm", "async_save"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(
                     f"TrainingArguments.{name} must be a bool, got {getattr(self, name)!r}"

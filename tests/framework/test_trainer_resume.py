@@ -3,8 +3,11 @@ like an uninterrupted one; model_bank warm-starts a new job."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
+from recis.framework.checkpoint_manager import CheckpointError
+from recis.hooks import Hook
 from recis.nn import filter_out_sparse_param
 from recis.optim import SparseAdagrad
 from tests.framework.test_trainer import (
@@ -165,3 +168,63 @@ def test_the_batches_skipped_are_counted_in_batches_not_steps(tmp_path, caplog):
         resumed.train()
     assert "reading the 4 batches of epoch 0 trained before the checkpoint" in caplog.text
     assert resumed.state.global_step == 4 + 1 + 3  # epoch 0's last 2 batches, then 6 by 2
+
+
+def test_background_saves_hold_their_step_and_resume_like_blocking_ones(tmp_path):
+    blocking, model_a = _job(str(tmp_path / "a"), train_steps=6)
+    blocking.train()
+    pending = []
+
+    class SeesTheBackgroundSave(Hook):
+        def after_step(self, metrics, global_step):
+            pending.append(self.trainer.checkpoints.saver.saving_in_background)
+
+    first, _ = _job(
+        str(tmp_path / "b"), train_steps=5, hooks=[SeesTheBackgroundSave()], async_save=True
+    )
+    first.train()
+    assert pending == [False, True, True, True, True]  # from step 2's save on
+    assert not first.checkpoints.saver.saving_in_background  # train() waited for it
+    # Steps 3 and 4 ran while ckpt-2 was written: it holds step 2's values all the same.
+    for ckpt_id in ("ckpt-2", "ckpt-4"):
+        loaded = []
+        for out in ("a", "b"):
+            trainer, model = _job(str(tmp_path / "c"), train_steps=6)
+            trainer.checkpoints.saver.load(str(tmp_path / out), ckpt_id)
+            loaded.append(weights(model))
+        assert_equal(*loaded)
+    second, model_b = _job(str(tmp_path / "b"), train_steps=6, async_save=True)
+    second.train()
+    assert second.checkpoints.saver.checkpoints() == ["ckpt-2", "ckpt-4", "ckpt-5", "ckpt-6"]
+    assert_equal(weights(model_a), weights(model_b))
+
+
+def test_a_failed_background_save_stops_the_job_at_its_next_save(tmp_path, monkeypatch):
+    from recis.framework import checkpoint_manager
+
+    write_rank = checkpoint_manager.write_rank
+
+    def full_disk_at_step_2(*args, **kwargs):
+        if args[-1] == "saving ckpt-2":
+            raise OSError(28, "No space left on device")
+        return write_rank(*args, **kwargs)
+
+    monkeypatch.setattr(checkpoint_manager, "write_rank", full_disk_at_step_2)
+    trainer, _ = _job(str(tmp_path), train_steps=6, async_save=True)
+    with pytest.raises(CheckpointError, match=r"ckpt-2 was not saved: rank 0: OSError"):
+        trainer.train()
+    assert trainer.state.global_step == 4  # stopped at the save after it
+    assert trainer.checkpoints.saver.checkpoints() == []
+
+
+def test_background_saves_that_would_not_fit_in_memory_stop_the_start(tmp_path, monkeypatch):
+    from recis.distributed import host_memory
+
+    trainer, _ = _job(str(tmp_path), train_steps=2, async_save=True)
+    monkeypatch.setattr(host_memory, "available_host_memory", lambda: 1000)
+    with pytest.raises(
+        MemoryError,
+        match=r"async_save: the ranks on host .* need .* for the copy a background save makes",
+    ):
+        trainer.train()
+    assert trainer.state.global_step == 0

@@ -47,9 +47,8 @@ def test_two_ranks_train_evaluate_checkpoint_and_resume_on_another_world_size(tm
     out = str(tmp_path / "run")
     job = ["--output_dir", out, "--embedding_dim", "8"]
     two_ranks = ["--standalone", "--nproc_per_node=2"]
-    log = torchrun(
-        two_ranks, [*job, "--train_steps", "6", "--save_steps", "3", "--eval_every_steps", "3"]
-    )
+    first = ["--train_steps", "6", "--save_steps", "3", "--eval_every_steps", "3"]
+    log = torchrun(two_ranks, [*job, *first, "--async_save", "true"])  # ckpt-3 in background
     assert "step 6/6" in log
     assert "evaluation at step 3: auc " in log
     assert log.count("evaluation at step 6") == 1  # not again after training

@@ -63,22 +63,47 @@ def least_checkpoint_bytes(model: nn.Module, sparse_optimizer: Any) -> tuple[dic
     sparse-optimizer state, and the bytes of the dense state: what any checkpoint of
     ``model`` holds at least, before any step has run (the dense optimizer's state
     comes on top, and per-row state of a table cut by columns once per cut)."""
-    tables = {}
-    for name, table in filter_out_sparse_param(model).items():
-        rows, cols = table.global_shape
-        state = _state_kinds(sparse_optimizer, name)
-        per_row = cols * (1 + state.count(ELEMENT)) + state.count(ROW)
-        tables[name] = rows * per_row * table.weight.element_size()
-    dense = dense_state_dict(model).values()
-    return tables, sum(t.numel() * t.element_size() for t in dense if isinstance(t, Tensor))
+    tables = {
+        name: _table_bytes(*table.global_shape, table.weight, sparse_optimizer, name)
+        for name, table in filter_out_sparse_param(model).items()
+    }
+    return tables, _dense_bytes(model)
 
 
-def _state_kinds(sparse_optimizer: Any, name: str) -> list[str]:
-    """The kinds of table ``name``'s state tensors ([] where the optimizer cannot say)."""
+def rank_checkpoint_bytes(model: nn.Module, sparse_optimizer: Any) -> int:
+    """The bytes of this rank's shards and their sparse-optimizer state, and of the
+    dense state: what this rank copies to host memory for a background save, but for
+    the dense optimizer's state and other registered objects."""
+    tables = filter_out_sparse_param(model).items()
+    return _dense_bytes(model) + sum(
+        _table_bytes(*table.weight.shape, table.weight, sparse_optimizer, name)
+        for name, table in tables
+    )
+
+
+def host_state_bytes(model: nn.Module, sparse_optimizer: Any) -> int:
+    """The bytes of the sparse-optimizer state of this rank's shards that are in host
+    memory: what the state takes there once created (it is created lazily)."""
+    return sum(
+        _table_bytes(*table.weight.shape, table.weight, sparse_optimizer, name)
+        - table.weight.numel() * table.weight.element_size()
+        for name, table in filter_out_sparse_param(model).items()
+        if table.weight.device.type == "cpu"
+    )
+
+
+def _table_bytes(rows: int, cols: int, weight: Tensor, sparse_optimizer: Any, name: str) -> int:
     try:
-        return list(sparse_optimizer.table_state_kinds(name).values())
+        kinds = list(sparse_optimizer.table_state_kinds(name).values())
     except (AttributeError, KeyError):  # no optimizer, or none of this table
-        return []
+        kinds = []
+    per_row = cols * (1 + kinds.count(ELEMENT)) + kinds.count(ROW)
+    return rows * per_row * weight.element_size()
+
+
+def _dense_bytes(model: nn.Module) -> int:
+    dense = dense_state_dict(model).values()
+    return sum(t.numel() * t.element_size() for t in dense if isinstance(t, Tensor))
 
 
 def too_small_for(

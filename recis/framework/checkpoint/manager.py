@@ -49,15 +49,17 @@ class CheckpointManager:
         """Whether the next :meth:`step` completes an interval, and so saves."""
         return bool(self.save_interval) and (self._global_step + 1) % self.save_interval == 0
 
-    def step(self) -> str | None:
-        """Counts one optimizer step; saves when it completes an interval (path, else None)."""
+    def step(self, blocking: bool = True) -> str | None:
+        """Counts one optimizer step; saves when it completes an interval (path, else
+        None). ``blocking=False``: see :meth:`Saver.save
+        <recis.framework.checkpoint_manager.Saver.save>`."""
         due = self.saves_next()
         self._global_step += 1
-        return self.save() if due else None
+        return self.save(blocking) if due else None
 
-    def save(self) -> str:
+    def save(self, blocking: bool = True) -> str:
         """Saves now as ``ckpt-<global_step>``; returns the checkpoint's path."""
-        return self.saver.save(f"ckpt-{self._global_step}")
+        return self.saver.save(f"ckpt-{self._global_step}", blocking=blocking)
 
     def restore(self) -> int:
         """Loads the latest checkpoint of the saver's ``output_dir``; returns its global
