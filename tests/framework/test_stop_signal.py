@@ -106,15 +106,20 @@ def test_sigterm_saves_and_stops_and_the_resumed_job_ends_as_if_never_stopped(
     assert_equal(weights(model_a), weights(model_b))
 
 
-def test_sigterm_right_after_a_save_stops_without_another_step(tmp_path, recorded_sigterm, caplog):
+@pytest.mark.parametrize("async_save", [False, True])
+def test_sigterm_right_after_a_save_stops_without_another_step(
+    tmp_path, recorded_sigterm, caplog, async_save
+):
     # SIGTERM while the batches after step 4's save are read: ckpt-4 already holds
-    # everything, and its data position is before those batches.
+    # everything, and its data position is before those batches. Written in the
+    # background, it is complete when train() returns.
     straight, model_a = _job(str(tmp_path / "a"), None)
     straight.train()
-    stopped, _ = _job(str(tmp_path / "b"), 4)
+    stopped, _ = _job(str(tmp_path / "b"), 4, async_save=async_save)
     with caplog.at_level("WARNING", logger="recis.framework.trainer"):
         state = stopped.train()
-    assert "SIGTERM: its checkpoint is saved at step 4 and stopping" in caplog.text
+    saved = "being written" if async_save else "saved"
+    assert f"SIGTERM: its checkpoint is {saved} at step 4 and stopping" in caplog.text
     assert state.stopped_by_signal and state.global_step == 4
     assert (tmp_path / "b" / "checkpoint").read_text().split() == ["ckpt-4"]
     resumed, model_b = _job(str(tmp_path / "b"), None)
