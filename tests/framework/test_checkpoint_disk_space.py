@@ -12,7 +12,11 @@ import pytest
 import torch.distributed as dist
 
 from recis.framework.checkpoint.dense import dense_state_dict
-from recis.framework.checkpoint.disk_space import least_checkpoint_bytes
+from recis.framework.checkpoint.disk_space import (
+    host_state_bytes,
+    least_checkpoint_bytes,
+    rank_checkpoint_bytes,
+)
 from recis.framework.checkpoint.storage import LocalStorage
 from recis.framework.checkpoint_manager import CheckpointError, Saver
 from recis.nn import filter_out_sparse_param
@@ -149,3 +153,7 @@ def test_the_start_bound_is_a_checkpoint_of_the_model_before_its_headers(tmp_pat
     saved = sum(f.stat().st_size for f in (tmp_path / "c1").iterdir())
     least = tables["a"] + tables["b"] + dense
     assert least <= saved < least * 1.05  # the rest: file headers, the manifest
+    # On one rank its shards are the whole tables; their state alone is the rest.
+    assert rank_checkpoint_bytes(saver.model, saver.sparse_optimizer) == least
+    weights = (3000 * 16 + 2000 * 8) * 4
+    assert host_state_bytes(saver.model, saver.sparse_optimizer) == least - weights - dense
