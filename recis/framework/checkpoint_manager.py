@@ -55,6 +55,9 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["CheckpointError", "CheckpointManager", "Saver", "parse_load_conf"]
 
+# A save held up this long by the background save before it is reported.
+WAIT_REPORTED_SECONDS = 1.0
+
 
 class CheckpointError(RuntimeError):
     """A save or load failed on some rank (the message names the rank and the cause).
@@ -227,8 +230,8 @@ class Saver:
         it first. Staging costs one host copy of the rank's shards.
         """
         validate_id(ckpt_id)
-        self.wait()
         rank, world = rank_and_world(self.process_group)
+        self._wait_before(ckpt_id, rank)
         if blocking:
             snapshot = take_snapshot(self.model, self.sparse_optimizer, self._objects, rank, None)
             return self._save(snapshot, ckpt_id, self.process_group)
@@ -246,7 +249,7 @@ class Saver:
             self.model, self.sparse_optimizer, self._objects, rank, self._staging
         )
         self._staging = snapshot.pop("staging", self._staging)
-        result: dict[str, Any] = {}
+        result: dict[str, Any] = {"id": ckpt_id}
 
         def run() -> None:
             try:
@@ -274,6 +277,24 @@ class Saver:
         if "error" in result:
             raise result["error"]
         return result["path"]
+
+    def _wait_before(self, ckpt_id: str, rank: int) -> None:
+        """Waits for a background save before the next; says so when that held it up."""
+        if self._pending is None:
+            return
+        thread, result = self._pending
+        start, busy = time.monotonic(), thread.is_alive()
+        self.wait()
+        waited = time.monotonic() - start
+        if busy and waited >= WAIT_REPORTED_SECONDS and rank == 0:
+            logger.warning(
+                "checkpoint %r waited %.1f s for the background save of %r: saves come "
+                "faster than they are written (save less often: "
+                "TrainingArguments.save_steps)",
+                ckpt_id,
+                waited,
+                result["id"],
+            )
 
     def _save(self, snapshot: dict[str, Any], ckpt_id: str, group: Any) -> str:
         storage, root = self._storage, self._root

@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import re
+import time
 import uuid
 from datetime import timedelta
 
@@ -364,6 +365,31 @@ def _async_save(out_dir: str, rank: int, world: int) -> None:
 
 def test_async_save_in_one_process(tmp_path):
     _async_save(str(tmp_path), 0, 1)
+
+
+def test_a_save_held_up_by_the_background_one_before_it_says_so(tmp_path, monkeypatch, caplog):
+    write_rank = checkpoint_manager.write_rank
+
+    def slow_write(*args, **kwargs):
+        time.sleep(0.3)
+        return write_rank(*args, **kwargs)
+
+    monkeypatch.setattr(checkpoint_manager, "write_rank", slow_write)
+    monkeypatch.setattr(checkpoint_manager, "WAIT_REPORTED_SECONDS", 0.1)
+    saver = Saver(*_model(), str(tmp_path))
+    with caplog.at_level("WARNING"):
+        saver.save("s1", blocking=False)
+        saver.save("s2", blocking=False)  # s1 is still being written
+        saver._pending[0].join()  # s2 written, not yet waited for
+        saver.save("s3")  # no wait to report
+    assert saver.checkpoints() == ["s1", "s2", "s3"]
+    held_up = [r.getMessage() for r in caplog.records if "waited" in r.getMessage()]
+    assert len(held_up) == 1, held_up
+    assert re.fullmatch(
+        r"checkpoint 's2' waited \d+\.\d s for the background save of 's1': saves come "
+        r"faster than they are written \(save less often: TrainingArguments.save_steps\)",
+        held_up[0],
+    )
 
 
 def test_concurrency_1_to_8_with_a_rank_without_tensors(tmp_path):
