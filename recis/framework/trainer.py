@@ -560,18 +560,8 @@ class Trainer:
                 self.model.train()
                 self._zero_grad()
                 self._train_epochs(max_epochs, resumed=self.state.global_step > 0)
-                if self.state.stopped_by_signal and self.is_main_process:
-                    if self.checkpoints.last_saved_step != self.state.global_step:
-                        what = "saving a checkpoint"
-                    elif self.checkpoints.saver.saving_in_background:
-                        what = "its checkpoint is being written"
-                    else:
-                        what = "its checkpoint is saved"
-                    logger.warning(
-                        "SIGTERM: %s at step %d and stopping; running the job again resumes it",
-                        what,
-                        self.state.global_step,
-                    )
+                if self.state.stopped_by_signal:
+                    self.checkpoints.log_sigterm_stop()
                 try:
                     self.checkpoints.save_if_due(final=True)
                 except Exception as e:

@@ -208,6 +208,23 @@ class TrainerCheckpoints:
         newest = self.saver.latest_checkpoint()
         self._nonfinite_loss.check(self._sync, self._trainer.state.global_step, newest)
 
+    def log_sigterm_stop(self) -> None:
+        """Tells, on the main process, that SIGTERM stops the training at this step and
+        whether its checkpoint is saved, being written or still to be saved."""
+        trainer = self._trainer
+        if not trainer.is_main_process:
+            return
+        step = trainer.state.global_step
+        if self.last_saved_step != step:
+            what = "saving a checkpoint"
+        elif self.saver.saving_in_background:
+            what = "its checkpoint is being written"
+        else:
+            what = "its checkpoint is saved"
+        logger.warning(
+            "SIGTERM: %s at step %d and stopping; running the job again resumes it", what, step
+        )
+
     def log_interrupt(self) -> None:
         """Tells, on the main process, what a Ctrl-C leaves to resume from."""
         trainer = self._trainer
