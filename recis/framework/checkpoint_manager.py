@@ -263,9 +263,11 @@ class Saver:
         return self._storage.url(self._storage.join(self._root, ckpt_id))
 
     @property
-    def saving_in_background(self) -> bool:
-        """Whether a background save was started and not waited for (:meth:`wait`)."""
-        return self._pending is not None
+    def background_save(self) -> str | None:
+        """The id of the background save still being written, else None."""
+        if self._pending is None or not self._pending[0].is_alive():
+            return None
+        return self._pending[1]["id"]
 
     def wait(self) -> str | None:
         """Waits for a background save; returns its path (None if none was running)."""

@@ -217,7 +217,7 @@ class TrainerCheckpoints:
         step = trainer.state.global_step
         if self.last_saved_step != step:
             what = "saving a checkpoint"
-        elif self.saver.saving_in_background:
+        elif self.saver.background_save is not None:
             what = "its checkpoint is being written"
         else:
             what = "its checkpoint is saved"
@@ -239,12 +239,19 @@ class TrainerCheckpoints:
                 "loads it again",
                 loading,
             )
-        elif newest is None:
-            logger.warning("interrupted at step %d, before any checkpoint was saved", step)
         else:
-            logger.warning(
-                "interrupted at step %d; the newest checkpoint is %s: running the job "
-                "again resumes from it",
-                step,
-                newest,
-            )
+            # Its collectives cannot be cancelled: the process ends in the middle of it.
+            pending = self.saver.background_save
+            cut = "" if pending is None else f" (the background save of {pending!r} is cut short)"
+            if newest is None:
+                logger.warning(
+                    "interrupted at step %d, before any checkpoint was saved%s", step, cut
+                )
+            else:
+                logger.warning(
+                    "interrupted at step %d; the newest checkpoint is %s%s: running the job "
+                    "again resumes from it",
+                    step,
+                    newest,
+                    cut,
+                )

@@ -106,9 +106,24 @@ def test_sigterm_saves_and_stops_and_the_resumed_job_ends_as_if_never_stopped(
     assert_equal(weights(model_a), weights(model_b))
 
 
+def _held_writes(monkeypatch, seconds: float) -> threading.Event:
+    """Makes every checkpoint write wait until the event returned is set (at the
+    latest after ``seconds``): a background save then is still running."""
+    from recis.framework import checkpoint_manager
+
+    release, write_rank = threading.Event(), checkpoint_manager.write_rank
+
+    def held(*args, **kwargs):
+        release.wait(seconds)
+        return write_rank(*args, **kwargs)
+
+    monkeypatch.setattr(checkpoint_manager, "write_rank", held)
+    return release
+
+
 @pytest.mark.parametrize("async_save", [False, True])
 def test_sigterm_right_after_a_save_stops_without_another_step(
-    tmp_path, recorded_sigterm, caplog, async_save
+    tmp_path, recorded_sigterm, caplog, monkeypatch, async_save
 ):
     # SIGTERM while the batches after step 4's save are read: ckpt-4 already holds
     # everything, and its data position is before those batches. Written in the
@@ -116,6 +131,8 @@ def test_sigterm_right_after_a_save_stops_without_another_step(
     straight, model_a = _job(str(tmp_path / "a"), None)
     straight.train()
     stopped, _ = _job(str(tmp_path / "b"), 4, async_save=async_save)
+    if async_save:
+        _held_writes(monkeypatch, 1.0)
     with caplog.at_level("WARNING", logger="recis.framework.trainer"):
         state = stopped.train()
     saved = "being written" if async_save else "saved"
@@ -195,6 +212,28 @@ def test_ctrl_c_stops_at_once_and_says_which_checkpoint_a_rerun_resumes(
     else:
         assert "interrupted at step 3, before any checkpoint was saved" in caplog.text
         assert not (tmp_path / "checkpoint").exists()
+
+
+def test_ctrl_c_during_a_background_save_says_it_is_cut_short(tmp_path, caplog, monkeypatch):
+    release = _held_writes(monkeypatch, 30.0)
+    trainer = build_trainer(
+        ToyModel(),
+        make_batches(6, 4, 0),
+        str(tmp_path),
+        hooks=[CtrlCAfterStep(3)],
+        train_steps=6,
+        save_steps=2,
+        async_save=True,
+    )
+    log = caplog.at_level("WARNING", logger="recis.framework.trainer")
+    with log, pytest.raises(KeyboardInterrupt):
+        trainer.train()
+    release.set()  # let the save end before the test does
+    trainer.checkpoints.saver.wait()
+    assert (
+        "interrupted at step 3, before any checkpoint was saved (the background save of "
+        "'ckpt-2' is cut short)" in caplog.text
+    )
 
 
 class CtrlCWhileReading(list):
