@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from recis.framework.checkpoint.disk_space import rank_checkpoint_bytes
 from recis.framework.checkpoint_manager import CheckpointError
 from recis.nn import filter_out_sparse_param
 from recis.optim import SparseAdagrad
@@ -213,7 +214,9 @@ def test_a_failed_background_save_stops_the_job_at_its_next_save(tmp_path, monke
     assert trainer.checkpoints.saver.checkpoints() == []
 
 
-def test_background_saves_that_would_not_fit_in_memory_stop_the_start(tmp_path, monkeypatch):
+def test_background_saves_that_would_not_fit_in_memory_stop_the_start(
+    tmp_path, monkeypatch, caplog
+):
     from recis.distributed import host_memory
 
     trainer, _ = _job(str(tmp_path), train_steps=2, async_save=True)
@@ -224,3 +227,9 @@ def test_background_saves_that_would_not_fit_in_memory_stop_the_start(tmp_path, 
     ):
         trainer.train()
     assert trainer.state.global_step == 0
+    # Room for the copies but little more: a warning, and the job trains.
+    need = rank_checkpoint_bytes(trainer.model, trainer.sparse_optimizer)
+    monkeypatch.setattr(host_memory, "available_host_memory", lambda: int(need / 0.95))
+    with caplog.at_level("WARNING", logger="recis.framework.trainer"):
+        assert trainer.train().global_step == 2
+    assert "the training may run out of memory at a save" in caplog.text
