@@ -15,8 +15,9 @@ from typing import Any
 
 from torch import Tensor
 
-# Kinds of per-table state, by the shape of the tensor relative to the local shard.
-ELEMENT, ROW, SCALAR = "element", "row", "scalar"
+# Kinds of per-table state, by the shape of the tensor relative to the local shard: the
+# sparse optimizers' own (SparseOptimizer.table_state_kinds speaks of them too).
+from recis.optim.sparse_optimizer import ELEMENT, ROW, SCALAR
 
 
 @dataclass(frozen=True)
