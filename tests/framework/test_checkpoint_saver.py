@@ -153,7 +153,7 @@ def test_fsspec_rename_onto_a_file_that_the_backend_will_not_replace():
     assert fs.cat(f"{root}/list") == b"new" and not fs.exists(f"{root}/tmp")
 
 
-def test_fsspec_memory_round_trip():
+def test_fsspec_memory_round_trip(monkeypatch):
     url = f"memory://recis-test-{uuid.uuid4().hex}/job"
     model, opt = _model()
     fill(model, opt)
@@ -162,8 +162,10 @@ def test_fsspec_memory_round_trip():
     saver.register_for_checkpointing("reader", io, per_rank=True)
     saver.save("s1")
     removed = []
-    rm = saver._storage.fs.rm
-    saver._storage.fs.rm = lambda path, **kw: removed.append(path) or rm(path, **kw)
+    rm = saver._storage.fs.rm  # fsspec caches the instance: patched for this test only
+    monkeypatch.setattr(
+        saver._storage.fs, "rm", lambda path, **kw: removed.append(path) or rm(path, **kw)
+    )
     saver.save("s2")
     assert saver.checkpoints() == ["s2"]
     assert saver.latest_checkpoint().startswith("memory://")
