@@ -227,7 +227,9 @@ class Saver:
         training may change it as soon as this returns), then written and committed
         by a background thread over a process group of its own; :meth:`wait`
         returns its path or raises its error. A later ``save`` or ``load`` waits for
-        it first. Staging costs one host copy of the rank's shards.
+        it first. Staging costs one host copy of the rank's shards. Call :meth:`wait`
+        before the program ends: the interpreter waits for the thread at exit, but
+        the save's writer threads cannot start any more then.
         """
         validate_id(ckpt_id)
         rank, world = rank_and_world(self.process_group)
@@ -257,7 +259,10 @@ class Saver:
             except BaseException as e:
                 result["error"] = e
 
-        thread = threading.Thread(target=run, name=f"recis-ckpt-save-{ckpt_id}", daemon=True)
+        # Not a daemon: at interpreter exit a daemon thread inside a torch op is ended
+        # where it takes the GIL back, which aborts the process ("terminate called
+        # without an active exception").
+        thread = threading.Thread(target=run, name=f"recis-ckpt-save-{ckpt_id}")
         self._pending = (thread, result)
         thread.start()
         return self._storage.url(self._storage.join(self._root, ckpt_id))

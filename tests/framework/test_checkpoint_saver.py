@@ -7,9 +7,12 @@ import json
 import logging
 import os
 import re
+import subprocess
+import sys
 import time
 import uuid
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,6 +20,7 @@ import torch.distributed as dist
 
 from recis.distributed.comm import group_timeout
 from recis.framework import checkpoint_manager, progress
+from recis.framework.checkpoint.writer import map_in_threads
 from recis.framework.checkpoint_manager import (
     CheckpointError,
     CheckpointManager,
@@ -392,6 +396,56 @@ def test_a_save_held_up_by_the_background_one_before_it_says_so(tmp_path, monkey
         r"faster than they are written \(save less often: TrainingArguments.save_steps\)",
         held_up[0],
     )
+
+
+_ENDS_DURING_A_SAVE = """
+import sys, time
+from recis.framework import checkpoint_manager
+from tests.framework.test_checkpoint_saver import _model
+from recis.framework.checkpoint_manager import Saver
+
+write_rank = checkpoint_manager.write_rank
+def held(*args, **kwargs):
+    time.sleep(0.5)
+    return write_rank(*args, **kwargs)
+checkpoint_manager.write_rank = held
+Saver(*_model(), sys.argv[1], concurrency=4).save("s1", blocking=False)
+"""
+
+
+def test_a_program_that_ends_during_a_background_save_still_commits_it(tmp_path):
+    # Without wait(): the interpreter waits for the save's thread and its writers,
+    # and the process exits 0 (a daemon thread inside a torch op at exit aborts it).
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run(
+        [sys.executable, "-c", _ENDS_DURING_A_SAVE, str(tmp_path)],
+        cwd=root,
+        env=dict(os.environ, PYTHONPATH=str(root)),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "checkpoint").read_text().split() == ["s1"]
+    model, opt = _model()
+    Saver(model, opt, str(tmp_path)).load()
+
+
+def test_map_in_threads_keeps_the_order_and_raises_the_first_error_after_all_ended():
+    assert map_in_threads(lambda i: i * i, 5, "squares") == [0, 1, 4, 9, 16]
+    assert map_in_threads(lambda i: i, 1, "one") == [0]
+    ended = []
+
+    def fail_odd(i: int) -> int:
+        time.sleep(0.05 * (4 - i))
+        ended.append(i)
+        if i % 2:
+            raise OSError(f"file {i}")
+        return i
+
+    with pytest.raises(OSError, match="file 1"):
+        map_in_threads(fail_odd, 4, "files")
+    assert sorted(ended) == [0, 1, 2, 3]
 
 
 def test_concurrency_1_to_8_with_a_rank_without_tensors(tmp_path):

@@ -9,8 +9,8 @@ overlap for real. A rank with no tensors writes no file.
 from __future__ import annotations
 
 import heapq
+import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from torch import Tensor
@@ -64,10 +64,40 @@ def write_files(
         tensors = [(k, items[k]) for k in groups[i]]
         return write_tensor_file(storage, path, tensors, block_size, progress)
 
-    if len(groups) == 1:
-        records = [write(0)]
-    else:
-        with ThreadPoolExecutor(len(groups), thread_name_prefix="recis-ckpt-write") as pool:
-            records = list(pool.map(write, range(len(groups))))
+    records = map_in_threads(write, len(groups), "recis-ckpt-write")
     location = {k: names[i] for i, group in enumerate(groups) for k in group}
     return location, dict(zip(names, records, strict=True))
+
+
+def map_in_threads(fn: Callable[[int], Any], count: int, name: str) -> list[Any]:
+    """``[fn(0), ..., fn(count - 1)]``, each call on a thread of its own (the first
+    in this one); raises the error of the lowest ``i`` that failed, once all ended.
+
+    Plain threads, not a ``ThreadPoolExecutor``: a background save can still be
+    writing when the main thread has ended, and executors take no work from then on
+    (the interpreter still joins threads started then).
+
+    Example::
+
+        >>> map_in_threads(lambda i: i * i, 3, "squares")
+        [0, 1, 4]
+    """
+    results: list[Any] = [None] * count
+    errors: list[BaseException | None] = [None] * count
+
+    def run(i: int) -> None:
+        try:
+            results[i] = fn(i)
+        except BaseException as e:
+            errors[i] = e
+
+    threads = [threading.Thread(target=run, args=(i,), name=f"{name}-{i}") for i in range(1, count)]
+    for thread in threads:
+        thread.start()
+    run(0)
+    for thread in threads:
+        thread.join()
+    for error in errors:
+        if error is not None:
+            raise error
+    return results
