@@ -75,9 +75,17 @@ class RankSync:
         (False, False)
     """
 
-    def __init__(self, rank: int, world_size: int, device: torch.device) -> None:
+    def __init__(
+        self,
+        rank: int,
+        world_size: int,
+        device: torch.device,
+        before_leaving: Callable[[], None] | None = None,
+    ) -> None:
         self.rank, self.world_size, self.device = rank, world_size, device
         self.ran_out = False  # this rank's own data ended in the last next_window
+        # What must end before fail() gives up the process group (a background save).
+        self._before_leaving = before_leaving
 
     def comm_device(self) -> torch.device:
         """Where collective tensors live: the device under NCCL, CPU otherwise (and
@@ -207,9 +215,10 @@ class RankSync:
 
         The other ranks may be waiting in a collective of the model, which no flag
         can reach: their collective fails when this process ends (as under
-        torchrun) or lets go of the group. A collective that failed because a peer
-        left (gloo: "Connection closed by peer"; NCCL: a DistError) is reported as
-        such, chained to the original error.
+        torchrun) or lets go of the group. ``before_leaving`` runs first (the other
+        ranks' background save needs this one's). A collective that failed because
+        a peer left (gloo: "Connection closed by peer"; NCCL: a DistError) is
+        reported as such, chained to the original error.
         """
         if self.world_size == 1 or not dist.is_initialized():
             return error
@@ -220,6 +229,8 @@ class RankSync:
             step,
             type(error).__name__,
         )
+        if self._before_leaving is not None:
+            self._before_leaving()
         dist.destroy_process_group()
         if any(sign in str(error) for sign in _TIMED_OUT):
             return RuntimeError(

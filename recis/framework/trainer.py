@@ -174,7 +174,14 @@ class Trainer:
             hint = idle_cores_hint(int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
             if hint is not None:
                 logger.warning(hint)
-        self._sync = RankSync(self.rank, self.world_size, self.device)
+        self._sync = RankSync(
+            self.rank,
+            self.world_size,
+            self.device,
+            before_leaving=lambda: self.checkpoints.finish_background_save(
+                f"rank {self.rank}", log=True
+            ),
+        )
         set_seed(self.args.seed)
         self.model = model
         self.train_dataset = train_dataset
@@ -503,7 +510,8 @@ class Trainer:
         to any rank makes every rank finish the step after it, save a checkpoint and
         return early with ``state.stopped_by_signal`` set. A KeyboardInterrupt (Ctrl-C)
         is raised on, after the main process logs the step it stopped at and the newest
-        checkpoint, which a rerun resumes from.
+        checkpoint, which a rerun resumes from. A checkpoint still being written in the
+        background (``args.async_save``) is finished first, on an error too.
         """
         if self.train_dataset is None:
             raise ValueError("Trainer.train() needs a train_dataset")
@@ -530,8 +538,14 @@ class Trainer:
         try:
             self.restore()
             self._train_then_save(stop_signal, max_epochs)
-        except KeyboardInterrupt:
-            self.checkpoints.log_interrupt()
+        except BaseException as e:
+            interrupted = isinstance(e, KeyboardInterrupt)
+            how = "interrupted" if interrupted else "stopping"
+            self.checkpoints.finish_background_save(
+                f"{how} at step {self.state.global_step}", log=self.is_main_process
+            )
+            if interrupted:
+                self.checkpoints.log_interrupt()
             raise
         return self.state
 

@@ -225,6 +225,35 @@ class TrainerCheckpoints:
             "SIGTERM: %s at step %d and stopping; running the job again resumes it", what, step
         )
 
+    def finish_background_save(self, why: str, log: bool) -> None:
+        """Waits for a background save still being written when the training stops
+        early (Ctrl-C, an error), so that its checkpoint is committed rather than cut
+        short; ``log``: say so, starting with ``why``. Its failure is logged, not
+        raised: the error that stopped the training is the one to raise."""
+        if self._manager is None:
+            return
+        saver = self._manager.saver
+        pending, start = saver.background_save, time.monotonic()
+        if pending is not None and log:
+            logger.warning("%s: finishing the background save of %r first", why, pending)
+        try:
+            saver.wait()
+        except Exception as e:
+            if log:
+                what = (
+                    "a background save"
+                    if pending is None
+                    else f"the background save of {pending!r}"
+                )
+                logger.warning("%s: %s failed: %s", why, what, e)
+            return
+        if pending is not None and log:
+            logger.warning(
+                "the background save of %r is complete (%.1f s)",
+                pending,
+                time.monotonic() - start,
+            )
+
     def log_interrupt(self) -> None:
         """Tells, on the main process, what a Ctrl-C leaves to resume from."""
         trainer = self._trainer
@@ -239,19 +268,12 @@ class TrainerCheckpoints:
                 "loads it again",
                 loading,
             )
+        elif newest is None:
+            logger.warning("interrupted at step %d, before any checkpoint was saved", step)
         else:
-            # Its collectives cannot be cancelled: the process ends in the middle of it.
-            pending = self.saver.background_save
-            cut = "" if pending is None else f" (the background save of {pending!r} is cut short)"
-            if newest is None:
-                logger.warning(
-                    "interrupted at step %d, before any checkpoint was saved%s", step, cut
-                )
-            else:
-                logger.warning(
-                    "interrupted at step %d; the newest checkpoint is %s%s: running the job "
-                    "again resumes from it",
-                    step,
-                    newest,
-                    cut,
-                )
+            logger.warning(
+                "interrupted at step %d; the newest checkpoint is %s: running the job "
+                "again resumes from it",
+                step,
+                newest,
+            )

@@ -4,6 +4,7 @@ stops at once, after saying which checkpoint a rerun resumes from."""
 
 from __future__ import annotations
 
+import re
 import signal
 import threading
 
@@ -15,7 +16,7 @@ from recis.framework.stop_signal import StopSignal
 from recis.hooks import Hook
 from recis.testing import run_distributed
 from tests.framework.test_trainer import Recorder, ToyModel, build_trainer, make_batches, weights
-from tests.framework.test_trainer_resume import ResumableBatches, assert_equal
+from tests.framework.test_trainer_resume import ResumableBatches, assert_equal, held_writes
 
 
 @pytest.fixture
@@ -106,21 +107,6 @@ def test_sigterm_saves_and_stops_and_the_resumed_job_ends_as_if_never_stopped(
     assert_equal(weights(model_a), weights(model_b))
 
 
-def _held_writes(monkeypatch, seconds: float) -> threading.Event:
-    """Makes every checkpoint write wait until the event returned is set (at the
-    latest after ``seconds``): a background save then is still running."""
-    from recis.framework import checkpoint_manager
-
-    release, write_rank = threading.Event(), checkpoint_manager.write_rank
-
-    def held(*args, **kwargs):
-        release.wait(seconds)
-        return write_rank(*args, **kwargs)
-
-    monkeypatch.setattr(checkpoint_manager, "write_rank", held)
-    return release
-
-
 @pytest.mark.parametrize("async_save", [False, True])
 def test_sigterm_right_after_a_save_stops_without_another_step(
     tmp_path, recorded_sigterm, caplog, monkeypatch, async_save
@@ -132,7 +118,7 @@ def test_sigterm_right_after_a_save_stops_without_another_step(
     straight.train()
     stopped, _ = _job(str(tmp_path / "b"), 4, async_save=async_save)
     if async_save:
-        _held_writes(monkeypatch, 1.0)
+        held_writes(monkeypatch, 1.0)
     with caplog.at_level("WARNING", logger="recis.framework.trainer"):
         state = stopped.train()
     saved = "being written" if async_save else "saved"
@@ -214,8 +200,8 @@ def test_ctrl_c_stops_at_once_and_says_which_checkpoint_a_rerun_resumes(
         assert not (tmp_path / "checkpoint").exists()
 
 
-def test_ctrl_c_during_a_background_save_says_it_is_cut_short(tmp_path, caplog, monkeypatch):
-    release = _held_writes(monkeypatch, 30.0)
+def test_ctrl_c_during_a_background_save_lets_it_finish_first(tmp_path, caplog, monkeypatch):
+    held_writes(monkeypatch, 0.5)  # ckpt-2 is still being written at step 3
     trainer = build_trainer(
         ToyModel(),
         make_batches(6, 4, 0),
@@ -228,11 +214,14 @@ def test_ctrl_c_during_a_background_save_says_it_is_cut_short(tmp_path, caplog, 
     log = caplog.at_level("WARNING", logger="recis.framework.trainer")
     with log, pytest.raises(KeyboardInterrupt):
         trainer.train()
-    release.set()  # let the save end before the test does
-    trainer.checkpoints.saver.wait()
-    assert (
-        "interrupted at step 3, before any checkpoint was saved (the background save of "
-        "'ckpt-2' is cut short)" in caplog.text
+    assert trainer.checkpoints.saver.background_save is None
+    assert (tmp_path / "checkpoint").read_text().split() == ["ckpt-2"]
+    said = [r.getMessage() for r in caplog.records]
+    assert said[0] == "interrupted at step 3: finishing the background save of 'ckpt-2' first"
+    assert re.fullmatch(r"the background save of 'ckpt-2' is complete \(\d+\.\d s\)", said[1])
+    assert said[2] == (
+        f"interrupted at step 3; the newest checkpoint is {tmp_path / 'ckpt-2'}: running the "
+        "job again resumes from it"
     )
 
 

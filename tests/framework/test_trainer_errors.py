@@ -33,6 +33,7 @@ from recis.nn import filter_out_sparse_param
 from recis.optim import SparseSGD
 from recis.testing import free_port, run_distributed
 from tests.framework.test_trainer import ToyModel, _ddp_model, build_trainer, make_batches
+from tests.framework.test_trainer_resume import held_writes
 from tests.io.test_criteo import random_rows, write_tsv
 
 
@@ -114,6 +115,38 @@ def test_failing_rank_stops_the_others(tmp_path):
     assert r1["forward"]["error"] == "ValueError: bad feature value in forward"
     assert r0["forward"]["error"].startswith("RuntimeError: rank 0: a collective failed at step 2")
     assert r0["forward"]["seconds"] < 30
+
+
+def _failure_during_a_background_save(tmp: str) -> tuple[dict, list[str]]:
+    # Rank 1's forward raises at step 3 while ckpt-2 is still written in the background.
+    from torch.nn.parallel import DistributedDataParallel
+
+    rank = dist.get_rank()
+    model = FailingModel() if rank == 1 else ToyModel()
+    with pytest.MonkeyPatch.context() as patch:
+        held_writes(patch, 0.5)
+        trainer = build_trainer(
+            DistributedDataParallel(model, broadcast_buffers=False),
+            make_batches(5, 4, rank),
+            tmp,
+            train_epoch=1,
+            save_steps=2,
+            async_save=True,
+        )
+        outcome = _outcome(trainer.train)
+    return outcome, _checkpoints(tmp)
+
+
+def test_a_rank_that_fails_during_a_background_save_lets_it_commit_first(tmp_path):
+    # The failing rank finishes its part of the save before it leaves the process
+    # group; the other ranks' background saves need it to commit.
+    (r0, saved0), (r1, saved1) = run_distributed(
+        _failure_during_a_background_save, 2, str(tmp_path), timeout=90
+    )
+    assert r1["error"] == "ValueError: bad feature value in forward"
+    assert r0["error"].startswith("RuntimeError: rank 0: a collective failed at step 2")
+    assert r0["seconds"] < 30
+    assert saved0 == saved1 == ["ckpt-2"]
 
 
 def _diverging_batches(rank: int, bad_rank: int, bad_step: int) -> list[dict]:

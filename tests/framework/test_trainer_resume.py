@@ -3,11 +3,14 @@ like an uninterrupted one; model_bank warm-starts a new job."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import torch
 
 from recis.framework.checkpoint.disk_space import rank_checkpoint_bytes
 from recis.framework.checkpoint_manager import CheckpointError
+from recis.hooks import Hook
 from recis.nn import filter_out_sparse_param
 from recis.optim import SparseAdagrad
 from tests.framework.test_trainer import (
@@ -41,6 +44,20 @@ class ResumableBatches:
 def assert_equal(a: dict, b: dict) -> None:
     assert a.keys() == b.keys()
     assert all(torch.equal(a[n], b[n]) for n in a), [n for n in a if not torch.equal(a[n], b[n])]
+
+
+def held_writes(monkeypatch: pytest.MonkeyPatch, seconds: float) -> None:
+    """Makes every rank's checkpoint writing start ``seconds`` late: a background
+    save is still being written for that long."""
+    from recis.framework import checkpoint_manager
+
+    write_rank = checkpoint_manager.write_rank
+
+    def held(*args, **kwargs):
+        time.sleep(seconds)
+        return write_rank(*args, **kwargs)
+
+    monkeypatch.setattr(checkpoint_manager, "write_rank", held)
 
 
 def _job(out_dir: str, train_steps: int, hooks=None, data=None, **args):
@@ -212,6 +229,26 @@ def test_a_failed_background_save_stops_the_job_at_its_next_save(tmp_path, monke
         trainer.train()
     assert trainer.state.global_step == 4  # stopped at the save after it
     assert trainer.checkpoints.saver.checkpoints() == []
+
+
+class FailAfterStep(Hook):
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def after_step(self, metrics, global_step):
+        if global_step == self.step:
+            raise ValueError(f"a hook failed after step {global_step}")
+
+
+def test_an_error_while_a_background_save_is_written_lets_it_finish(tmp_path, monkeypatch, caplog):
+    held_writes(monkeypatch, 0.5)  # ckpt-2 is still being written at step 3
+    trainer, _ = _job(str(tmp_path), train_steps=6, hooks=[FailAfterStep(3)], async_save=True)
+    log = caplog.at_level("WARNING", logger="recis.framework.trainer")
+    with log, pytest.raises(ValueError, match="a hook failed after step 3"):
+        trainer.train()
+    assert trainer.checkpoints.saver.checkpoints() == ["ckpt-2"]
+    assert "stopping at step 3: finishing the background save of 'ckpt-2' first" in caplog.text
+    assert "the background save of 'ckpt-2' is complete" in caplog.text
 
 
 def test_background_saves_that_would_not_fit_in_memory_stop_the_start(
