@@ -45,7 +45,8 @@ class TrainingArguments:
       is written by a background thread while training goes on (one host copy of
       each rank's shards and their optimizer state, checked against the hosts'
       memory at the start); a failed background save raises at the next save. The
-      last save, and one on SIGTERM, is complete when ``train()`` returns. It pays
+      last save, and one on SIGTERM, is complete when ``train()`` returns; one still
+      being written at a Ctrl-C or an error is finished before it raises. It pays
       where the ranks leave CPU cores idle (GPU training): where every core trains,
       the writes slow the steps about as much as a blocking save stops them.
     - ``save_concurrency_per_rank``: threads with which each rank writes its shards.
