@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from recis.distributed.plan import OPTIMIZER_STATE
+from recis.io import SyntheticCriteoDataset
 from recis.testing import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -197,6 +198,21 @@ def test_command_line_covers_training_arguments_and_rejects_bad_values(capsys):
         ["--train_steps", "7", "--save_steps", "none", "--model", "deepfm", "--bf16", "true"]
     )
     assert (args.train_steps, args.save_steps, args.bf16, run.model) == (7, None, True, "deepfm")
+    # Adam's step does not shrink with the gradient: it gets a smaller default rate.
+    rates = {
+        name: train.parse_args(["--sparse_optimizer", name])[1].sparse_lr
+        for name in ("adam", "adamw", "adagrad", "rowwise_adagrad", "sgd")
+    }
+    assert rates == {
+        "adam": 1e-3,
+        "adamw": 1e-3,
+        "adagrad": 0.05,
+        "rowwise_adagrad": 0.05,
+        "sgd": 0.05,
+    }
+    assert (
+        train.parse_args(["--sparse_optimizer", "adam", "--sparse_lr", "0.01"])[1].sparse_lr == 0.01
+    )
     args, _ = train.parse_args(["--save_on_sigterm", "No", "--bf16", "0"])
     assert (args.save_on_sigterm, args.bf16) == (False, False)
     assert args.train_steps == train.SYNTHETIC_DEFAULT_STEPS  # synthetic data never ends
@@ -208,6 +224,11 @@ def test_command_line_covers_training_arguments_and_rejects_bad_values(capsys):
     assert [ds.skip_malformed for ds in datasets] == [True, True]
     _, run = train.parse_args(["--data", str(CRITEO_SAMPLE)])
     assert train.build_datasets(run, seed=0)[0].skip_malformed is False
+    # Synthetic evaluation: the default with synthetic data, on request with any data.
+    for argv in ([], ["--data", str(CRITEO_SAMPLE), "--eval_data", "synthetic"]):
+        _, run = train.parse_args([*argv, "--eval_batches", "3"])
+        evaluation = train.build_datasets(run, seed=0)[1]
+        assert isinstance(evaluation, SyntheticCriteoDataset) and len(list(evaluation)) == 3
     # A model bank: a JSON list, one JSON entry, or a checkpoint path alone.
     entry = {"path": "memory://bank/dcn", "exclude": ["io_state"]}
     for text in (f"[{json.dumps(entry)}]", json.dumps(entry)):
@@ -228,7 +249,8 @@ def test_command_line_covers_training_arguments_and_rejects_bad_values(capsys):
         (["--save_on_sigterm", "flase"], "expected true or false, got 'flase'"),
         (["--batch_size", "1.5"], "--batch_size: expected an integer, got '1.5'"),
         (["--train_steps", "x"], "--train_steps: expected an integer or none, got 'x'"),
-        (["--sparse_lr", "fast"], "--sparse_lr: expected a number, got 'fast'"),
+        (["--dense_lr", "fast"], "--dense_lr: expected a number, got 'fast'"),
+        (["--sparse_lr", "fast"], "--sparse_lr: expected a number or none, got 'fast'"),
         (["--model_bank", "[oops"], "--model_bank: expected JSON or a checkpoint path or none"),
         (["--eval_every_steps", "0"], "eval_every_steps must be None or an int >= 1"),
         (["--train_epoch", "1"], "synthetic data never ends: give --train_steps"),
