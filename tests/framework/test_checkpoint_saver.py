@@ -27,7 +27,9 @@ from recis.framework.checkpoint_manager import (
     Saver,
     parse_load_conf,
 )
-from recis.nn import filter_out_sparse_param
+from recis.nn import EmbeddingBagCollection, EmbeddingBagConfig, filter_out_sparse_param
+from recis.optim import SparseAdam
+from recis.sparse import KeyedJaggedTensor
 from recis.testing import run_distributed
 from tests.framework.ckpt_helpers import (
     FakeSparseOptimizer,
@@ -37,6 +39,7 @@ from tests.framework.ckpt_helpers import (
     fill,
     global_weight,
 )
+from tests.framework.test_trainer_resume import held_writes
 
 SPECS = [("a", 13, 5, "table_wise", 0), ("b", 17, 7, "row_wise", 1)]
 
@@ -371,6 +374,41 @@ def _async_save(out_dir: str, rank: int, world: int) -> None:
 
 def test_async_save_in_one_process(tmp_path):
     _async_save(str(tmp_path), 0, 1)
+
+
+def _trained_collection(device: str) -> tuple[EmbeddingBagCollection, SparseAdam]:
+    torch.manual_seed(0)
+    ebc = EmbeddingBagCollection([EmbeddingBagConfig("t", 1000, 16, ["f"])]).to(device)
+    opt = SparseAdam(filter_out_sparse_param(ebc), lr=0.01)
+    ids = torch.tensor([1, 5, 5, 999], device=device)
+    batch = KeyedJaggedTensor(["f"], ids, torch.tensor([2, 0, 2], device=device))
+    ebc(batch).values().sum().backward()
+    opt.step()
+    return ebc, opt
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+def test_a_background_save_holds_the_tables_of_its_call_on_any_device(
+    tmp_path, monkeypatch, device
+):
+    # GPU tables are staged in pinned host memory; the training changes them before
+    # the save writes them.
+    held_writes(monkeypatch, 0.3)
+    ebc, opt = _trained_collection(device)
+    expected = {k: v.cpu().clone() for k, v in ebc.state_dict().items()}
+    expected_state = {k: v.cpu().clone() for k, v in opt.table_state("t").items()}
+    saver = Saver(ebc, opt, str(tmp_path))
+    saver.save("s1", blocking=False)
+    assert all(t.device.type == "cpu" for t in saver._staging.values())
+    assert all(t.is_pinned() == (device == "cuda") for t in saver._staging.values())
+    with torch.no_grad():
+        filter_out_sparse_param(ebc)["t"].weight.add_(1.0)
+        opt.table_state("t")["exp_avg"].add_(1.0)
+    saver.wait()
+    loaded, loaded_opt = _trained_collection("cpu")
+    Saver(loaded, loaded_opt, str(tmp_path)).load()
+    assert_tree_equal(expected, loaded.state_dict())
+    assert_tree_equal(expected_state, loaded_opt.table_state("t"))
 
 
 def test_a_save_held_up_by_the_background_one_before_it_says_so(tmp_path, monkeypatch, caplog):
