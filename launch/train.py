@@ -63,8 +63,10 @@ SPARSE_OPTIMIZERS = {
 }
 # Adam's step is about lr whatever the gradient's size: at the Adagrads' 0.05 the
 # embeddings of DeepFM's factorization machine grow until its logits saturate
-# (synthetic data, 300 steps: logloss 1.46 against 0.52 at 0.001).
-SPARSE_LR_DEFAULTS = {"adam": 1e-3, "adamw": 1e-3}
+# (synthetic data, 300 steps: logloss 1.46 against 0.52 at 0.001). Plain SGD's step
+# is the gradient's, which is small per row: 0.5 trained every model better than 0.05
+# and 1 in 1500 steps, and DeepFM went NaN at 5 (docs/DECISIONS.md).
+SPARSE_LR_DEFAULTS = {"adam": 1e-3, "adamw": 1e-3, "sgd": 0.5}
 SPARSE_LR_DEFAULT = 0.05
 # Each one's name in the planner's estimate of a shard's memory (weights + state).
 PLANNER_OPTIMIZER = {"rowwise_adagrad": "row_wise_adagrad"}
@@ -101,8 +103,8 @@ class RunConfig:
     - ``table_size``: cap on each table's rows (the Criteo Kaggle cardinalities).
     - ``embedding_dim``: every table's embedding dim.
     - ``sparse_optimizer``: the embedding tables' optimizer.
-    - ``sparse_lr``: the sparse optimizer's learning rate (None: 0.001 for Adam and
-      AdamW, 0.05 for the others).
+    - ``sparse_lr``: the sparse optimizer's learning rate (None: 0.05 for the
+      Adagrads, 0.001 for Adam and AdamW, 0.5 for SGD).
     - ``dense_lr``: the learning rate of AdamW on the dense parameters.
     - ``threads_per_rank``: torch's threads in each rank (None: torch's setting, which
       torchrun makes 1 when it starts several ranks; on CPU rank 0 warns when the

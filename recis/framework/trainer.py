@@ -127,7 +127,8 @@ class Trainer:
     which gives the same batches when the epoch's order is reproducible (a
     ``DistributedSampler`` with ``set_epoch``). A save raises ``FloatingPointError`` instead
     when any rank's loss has been NaN or infinite since the job started: a diverged
-    model must not push the good checkpoints out (``max_to_keep``). ``checkpoints``
+    model must not push the good checkpoints out (``max_to_keep``). Between saves the
+    ranks check this every 100 steps, so a diverged job stops soon. ``checkpoints``
     (:class:`~recis.framework.trainer_checkpoints.TrainerCheckpoints`) does this; its
     ``saver`` is the :class:`Saver` of ``output_dir``.
 

@@ -23,6 +23,11 @@ if TYPE_CHECKING:
 # The Trainer's messages, under its logger's name.
 logger = logging.getLogger("recis.framework.trainer")
 
+# Between saves the ranks also compare their losses' finiteness this often, so that
+# a diverged job stops within these steps, not only at its next save (one small
+# all-gather, and on a GPU one sync, per that many steps).
+NONFINITE_CHECK_STEPS = 100
+
 
 def has_read_position(dataset: Any) -> bool:
     """A dataset whose read position can be checkpointed (``state_dict``/``load_state_dict``)."""
@@ -158,7 +163,9 @@ class TrainerCheckpoints:
 
     def save_if_due(self, final: bool = False) -> None:
         """Saves when the step is a multiple of ``save_steps``, or (``final``) unless
-        this step is saved already. All ranks call it together."""
+        this step is saved already. All ranks call it together. Raises
+        ``FloatingPointError`` on every rank instead when a rank's loss was NaN or
+        infinite, checked before each save and every ``NONFINITE_CHECK_STEPS``."""
         trainer = self._trainer
         step = trainer.state.global_step
         start = time.monotonic()
@@ -173,6 +180,8 @@ class TrainerCheckpoints:
             self.manager.step(blocking=not trainer.args.async_save)
             self.last_saved_step = step
         else:
+            if step % NONFINITE_CHECK_STEPS == 0:
+                self._check_losses_finite()
             self.manager.step()
         trainer.state.checkpoint_seconds += time.monotonic() - start
 

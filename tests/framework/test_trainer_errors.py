@@ -26,6 +26,7 @@ import torch
 import torch.distributed as dist
 
 from recis.distributed.comm import all_gather_objects
+from recis.framework import trainer_checkpoints
 from recis.framework.checkpoint_manager import Saver
 from recis.hooks import Hook
 from recis.io import CriteoDataset
@@ -180,6 +181,16 @@ def test_a_loss_that_turns_nan_stops_training_before_the_next_save(tmp_path):
     with pytest.raises(FloatingPointError, match=r"rank 0 .* at step 2; stopping at step 3"):
         trainer.train()
     assert _checkpoints(str(tmp_path / "end")) == []
+
+
+def test_a_loss_that_turns_nan_between_saves_stops_within_the_check_interval(tmp_path, monkeypatch):
+    monkeypatch.setattr(trainer_checkpoints, "NONFINITE_CHECK_STEPS", 2)
+    trainer = build_trainer(
+        ToyModel(), _diverging_batches(0, 0, bad_step=3), str(tmp_path), train_epoch=1
+    )  # saves only at the end (step 5)
+    with pytest.raises(FloatingPointError, match=r"at step 3; stopping at step 4 without"):
+        trainer.train()
+    assert trainer.state.global_step == 4 and _checkpoints(str(tmp_path)) == []
 
 
 def _dist_nan(tmp: str) -> str:

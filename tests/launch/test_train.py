@@ -198,7 +198,8 @@ def test_command_line_covers_training_arguments_and_rejects_bad_values(capsys):
         ["--train_steps", "7", "--save_steps", "none", "--model", "deepfm", "--bf16", "true"]
     )
     assert (args.train_steps, args.save_steps, args.bf16, run.model) == (7, None, True, "deepfm")
-    # Adam's step does not shrink with the gradient: it gets a smaller default rate.
+    # Each optimizer has a default rate of its own (Adam's step does not shrink with
+    # the gradient, plain SGD's is the gradient's).
     rates = {
         name: train.parse_args(["--sparse_optimizer", name])[1].sparse_lr
         for name in ("adam", "adamw", "adagrad", "rowwise_adagrad", "sgd")
@@ -208,7 +209,7 @@ def test_command_line_covers_training_arguments_and_rejects_bad_values(capsys):
         "adamw": 1e-3,
         "adagrad": 0.05,
         "rowwise_adagrad": 0.05,
-        "sgd": 0.05,
+        "sgd": 0.5,
     }
     assert (
         train.parse_args(["--sparse_optimizer", "adam", "--sparse_lr", "0.01"])[1].sparse_lr == 0.01
