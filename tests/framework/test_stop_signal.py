@@ -16,7 +16,12 @@ from recis.framework.stop_signal import StopSignal
 from recis.hooks import Hook
 from recis.testing import run_distributed
 from tests.framework.test_trainer import Recorder, ToyModel, build_trainer, make_batches, weights
-from tests.framework.test_trainer_resume import ResumableBatches, assert_equal, held_writes
+from tests.framework.test_trainer_resume import (
+    ReleaseAfterStep,
+    ResumableBatches,
+    assert_equal,
+    held_writes,
+)
 
 
 @pytest.fixture
@@ -201,12 +206,12 @@ def test_ctrl_c_stops_at_once_and_says_which_checkpoint_a_rerun_resumes(
 
 
 def test_ctrl_c_during_a_background_save_lets_it_finish_first(tmp_path, caplog, monkeypatch):
-    held_writes(monkeypatch, 0.5)  # ckpt-2 is still being written at step 3
+    release = held_writes(monkeypatch, 30.0)  # ckpt-2 is still being written at step 3
     trainer = build_trainer(
         ToyModel(),
         make_batches(6, 4, 0),
         str(tmp_path),
-        hooks=[CtrlCAfterStep(3)],
+        hooks=[ReleaseAfterStep(3, release), CtrlCAfterStep(3)],
         train_steps=6,
         save_steps=2,
         async_save=True,

@@ -125,7 +125,7 @@ def _failure_during_a_background_save(tmp: str) -> tuple[dict, list[str]]:
     rank = dist.get_rank()
     model = FailingModel() if rank == 1 else ToyModel()
     with pytest.MonkeyPatch.context() as patch:
-        held_writes(patch, 0.5)
+        held_writes(patch, 1.0)  # ckpt-2 is still being written at step 3
         trainer = build_trainer(
             DistributedDataParallel(model, broadcast_buffers=False),
             make_batches(5, 4, rank),

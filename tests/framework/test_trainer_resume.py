@@ -3,7 +3,7 @@ like an uninterrupted one; model_bank warm-starts a new job."""
 
 from __future__ import annotations
 
-import time
+import threading
 
 import pytest
 import torch
@@ -46,18 +46,31 @@ def assert_equal(a: dict, b: dict) -> None:
     assert all(torch.equal(a[n], b[n]) for n in a), [n for n in a if not torch.equal(a[n], b[n])]
 
 
-def held_writes(monkeypatch: pytest.MonkeyPatch, seconds: float) -> None:
-    """Makes every rank's checkpoint writing start ``seconds`` late: a background
-    save is still being written for that long."""
+def held_writes(monkeypatch: pytest.MonkeyPatch, seconds: float) -> threading.Event:
+    """Makes every rank's checkpoint writing wait until the event returned is set,
+    at most ``seconds``: a background save is still being written until then."""
     from recis.framework import checkpoint_manager
 
-    write_rank = checkpoint_manager.write_rank
+    release, write_rank = threading.Event(), checkpoint_manager.write_rank
 
     def held(*args, **kwargs):
-        time.sleep(seconds)
+        release.wait(seconds)
         return write_rank(*args, **kwargs)
 
     monkeypatch.setattr(checkpoint_manager, "write_rank", held)
+    return release
+
+
+class ReleaseAfterStep(Hook):
+    """Sets ``release`` 0.2 s after step ``step`` (on a timer: the step may then wait
+    for what it releases)."""
+
+    def __init__(self, step: int, release: threading.Event) -> None:
+        self.step, self.release = step, release
+
+    def after_step(self, metrics, global_step):
+        if global_step == self.step:
+            threading.Timer(0.2, self.release.set).start()
 
 
 def _job(out_dir: str, train_steps: int, hooks=None, data=None, **args):
@@ -241,8 +254,9 @@ class FailAfterStep(Hook):
 
 
 def test_an_error_while_a_background_save_is_written_lets_it_finish(tmp_path, monkeypatch, caplog):
-    held_writes(monkeypatch, 0.5)  # ckpt-2 is still being written at step 3
-    trainer, _ = _job(str(tmp_path), train_steps=6, hooks=[FailAfterStep(3)], async_save=True)
+    release = held_writes(monkeypatch, 30.0)  # ckpt-2 is still being written at step 3
+    hooks = [ReleaseAfterStep(3, release), FailAfterStep(3)]
+    trainer, _ = _job(str(tmp_path), train_steps=6, hooks=hooks, async_save=True)
     log = caplog.at_level("WARNING", logger="recis.framework.trainer")
     with log, pytest.raises(ValueError, match="a hook failed after step 3"):
         trainer.train()
