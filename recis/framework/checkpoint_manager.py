@@ -227,9 +227,9 @@ class Saver:
         training may change it as soon as this returns), then written and committed
         by a background thread over a process group of its own; :meth:`wait`
         returns its path or raises its error. A later ``save`` or ``load`` waits for
-        it first. Staging costs one host copy of the rank's shards. Call :meth:`wait`
-        before the program ends: the interpreter waits for the thread at exit, but
-        the save's writer threads cannot start any more then.
+        it first. Staging costs one host copy of the rank's shards. A program that ends
+        first still finishes the save (the interpreter waits for its thread), but only
+        :meth:`wait` reports whether it failed.
         """
         validate_id(ckpt_id)
         rank, world = rank_and_world(self.process_group)
