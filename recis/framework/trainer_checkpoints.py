@@ -249,11 +249,7 @@ class TrainerCheckpoints:
             saver.wait()
         except Exception as e:
             if log:
-                what = (
-                    "a background save"
-                    if pending is None
-                    else f"the background save of {pending!r}"
-                )
+                what = f"the background save of {pending!r}" if pending else "a background save"
                 logger.warning("%s: %s failed: %s", why, what, e)
             return
         if pending is not None and log:

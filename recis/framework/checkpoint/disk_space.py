@@ -123,9 +123,10 @@ def too_small_for(
             "bigger disk"
         ), None
     if max_keep and free < least * (max_keep + 1):
+        fits = free // least
         return None, (
-            f"it has {mib(free)} free: room for {free // least} checkpoint"
-            f"{'' if free // least == 1 else 's'} of at least {mib(least)} ({what}). {room_advice(max_keep)}; else a save will stop the "
-            "job once it is full"
+            f"it has {mib(free)} free: room for {fits} checkpoint{'' if fits == 1 else 's'} "
+            f"of at least {mib(least)} ({what}). {room_advice(max_keep)}; else a save will "
+            "stop the job once it is full"
         )
     return None, None
