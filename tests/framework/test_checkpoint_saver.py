@@ -399,6 +399,8 @@ def test_a_background_save_holds_the_tables_of_its_call_on_any_device(
     expected_state = {k: v.cpu().clone() for k, v in opt.table_state("t").items()}
     saver = Saver(ebc, opt, str(tmp_path))
     saver.save("s1", blocking=False)
+    staged = ["sparse/t/exp_avg", "sparse/t/exp_avg_sq", "sparse/t/step", "sparse/t/weight"]
+    assert sorted(saver._staging) == staged
     assert all(t.device.type == "cpu" for t in saver._staging.values())
     assert all(t.is_pinned() == (device == "cuda") for t in saver._staging.values())
     with torch.no_grad():
@@ -412,13 +414,7 @@ def test_a_background_save_holds_the_tables_of_its_call_on_any_device(
 
 
 def test_a_save_held_up_by_the_background_one_before_it_says_so(tmp_path, monkeypatch, caplog):
-    write_rank = checkpoint_manager.write_rank
-
-    def slow_write(*args, **kwargs):
-        time.sleep(0.3)
-        return write_rank(*args, **kwargs)
-
-    monkeypatch.setattr(checkpoint_manager, "write_rank", slow_write)
+    held_writes(monkeypatch, 0.3)
     monkeypatch.setattr(checkpoint_manager, "WAIT_REPORTED_SECONDS", 0.1)
     saver = Saver(*_model(), str(tmp_path))
     with caplog.at_level("WARNING"):

@@ -160,17 +160,18 @@ def test_logger_hook_shows_the_progress_of_epochs_of_unknown_length(tmp_path, li
     assert trainer.progress == 1.0
 
 
-def test_logger_hook_progress_bar_on_tty(tmp_path):
+def _train_4_steps_on_a_tty(tmp_path, **args) -> str:
+    """What a LoggerHook logging every step writes to a terminal over 4 steps."""
     out = TTY()
-    trainer = build_trainer(
-        ToyModel(),
-        make_batches(4, 4, 0),
-        str(tmp_path),
-        hooks=[LoggerHook(log_steps=1, stream=out)],
-        train_steps=4,
-    )
-    trainer.train()
-    text = out.getvalue()
+    hook = LoggerHook(log_steps=1, stream=out)
+    build_trainer(
+        ToyModel(), make_batches(4, 4, 0), str(tmp_path), hooks=[hook], train_steps=4, **args
+    ).train()
+    return out.getvalue()
+
+
+def test_logger_hook_progress_bar_on_tty(tmp_path):
+    text = _train_4_steps_on_a_tty(tmp_path)
     # One line redrawn in place four times, ended by a newline after training.
     assert text.count("\r") == 4 and text.endswith("\n") and text.count("\n") == 1
     assert "[" + "#" * LoggerHook.BAR_WIDTH + "] step 4/4 [100%]" in text
@@ -178,18 +179,8 @@ def test_logger_hook_progress_bar_on_tty(tmp_path):
 
 def test_logger_hook_ends_the_bar_before_an_evaluation(tmp_path):
     # The evaluation's progress and results are logged: not onto the end of the bar.
-    out = TTY()
-    trainer = build_trainer(
-        ToyModel(),
-        make_batches(4, 4, 0),
-        str(tmp_path),
-        hooks=[LoggerHook(log_steps=1, stream=out)],
-        eval_data=make_batches(2, 8, 1),
-        train_steps=4,
-        eval_every_steps=2,
-    )
-    trainer.train()
-    bar_1, bar_2, end = out.getvalue().split("\n")
+    text = _train_4_steps_on_a_tty(tmp_path, eval_data=make_batches(2, 8, 1), eval_every_steps=2)
+    bar_1, bar_2, end = text.split("\n")
     assert "step 2/4 [50%]" in bar_1.split("\r")[-1] and "step 4/4" in bar_2.split("\r")[-1]
     assert end == ""
 
